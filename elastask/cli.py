@@ -1,0 +1,185 @@
+"""The ``elastask`` command: configuration, the task index, the test bed and the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from elastask.config import Settings, load_settings
+from elastask.errors import ElastaskError
+
+
+class Context:
+    """What every subcommand shares: the --config path, settings loaded on first use."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+        return self._settings
+
+
+def fail(error: Exception) -> None:
+    """Print one line naming what is wrong and exit non-zero."""
+    click.echo(f"elastask: {error}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="elastask.yaml to read (default: $ELASTASK_CONFIG or ./elastask.yaml)")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """elastask: push Kibana Task Manager tasks to Kibana nodes, with Celery.
+
+    Run the dispatcher with `celery -A elastask worker` and `celery -A elastask beat`.
+    """
+    if config_path:
+        # celery and child processes read the same file.
+        os.environ["ELASTASK_CONFIG"] = config_path
+    ctx.obj = Context(config_path)
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@click.pass_obj
+def config_show(obj: Context) -> None:
+    """Print the effective settings (file + ELASTASK_* overrides), secrets masked."""
+    try:
+        settings = obj.settings
+    except ElastaskError as e:
+        fail(e)
+    click.echo(_describe(settings))
+
+
+def _describe(value: Any, indent: int = 0) -> str:
+    from dataclasses import fields, is_dataclass
+
+    pad = "  " * indent
+    if is_dataclass(value) and not isinstance(value, type):
+        lines = []
+        for f in fields(value):
+            item = getattr(value, f.name)
+            if is_dataclass(item) or (isinstance(item, tuple) and item and is_dataclass(item[0])):
+                lines.append(f"{pad}{f.name}:")
+                lines.append(_describe(item, indent + 1))
+            else:
+                lines.append(f"{pad}{f.name}: {item}")
+        return "\n".join(lines)
+    if isinstance(value, tuple):
+        return "\n".join(f"{pad}- \n{_describe(v, indent + 1)}" for v in value)
+    return f"{pad}{value}"
+
+
+@cli.group()
+def index() -> None:
+    """The task index (.kibana_task_manager)."""
+
+
+@index.command("create")
+@click.pass_obj
+def index_create(obj: Context) -> None:
+    """Create the index and alias with Kibana's mapping, for dev and test clusters.
+
+    In production Kibana creates and owns the index; do not run this there.
+    """
+    from elastask.store import TaskStore, build_client
+
+    try:
+        settings = obj.settings
+        client = build_client(settings.elasticsearch)
+        created = TaskStore(client, settings.index).bootstrap()
+    except ElastaskError as e:
+        fail(e)
+    click.echo(f"{'created' if created else 'already exists:'} {settings.index}")
+
+
+@index.command("check")
+@click.pass_obj
+def index_check(obj: Context) -> None:
+    """Check that the index exists and indexes every field elastask queries."""
+    from elastask.store import TaskStore, build_client
+
+    try:
+        settings = obj.settings
+        warnings = TaskStore(build_client(settings.elasticsearch), settings.index).check_index()
+    except ElastaskError as e:
+        fail(e)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{settings.index}: ok" if not warnings else f"{settings.index}: {len(warnings)} problem(s)")
+    sys.exit(1 if warnings else 0)
+
+
+@cli.group()
+def testbed() -> None:
+    """The local test bed: OpenSearch, compatibility proxy, Redis and simulated Kibana nodes."""
+
+
+@testbed.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--kibana-nodes", type=int, default=3, show_default=True, help="simulated Kibana nodes")
+@click.option("--run-ms", default="200", show_default=True, help="simulated run time: MS or LOW-HIGH")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="keep data and logs here")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tuple[str, ...]) -> None:
+    """Start the test bed, run COMMAND with ELASTASK_* pointing at it, stop everything.
+
+    Exits with COMMAND's status. Example: elastask testbed run -- celery -A elastask worker
+    """
+    from pathlib import Path
+
+    from elastask.testbed import Testbed
+
+    bed = Testbed(Path(workdir) if workdir else None, kibana_nodes=kibana_nodes, run_ms=run_ms)
+    click.echo("elastask testbed: starting the search engine, proxy, Redis and "
+               f"{kibana_nodes} simulated Kibana node(s)...", err=True)
+    try:
+        bed.start()
+    except ElastaskError as e:
+        fail(e)
+    try:
+        env = {**os.environ, **bed.env()}
+        for key, value in bed.env().items():
+            click.echo(f"elastask testbed: {key}={value}", err=True)
+        try:
+            status = subprocess.call(list(command), env=env)
+        except FileNotFoundError:
+            click.echo(f"elastask testbed: command not found: {command[0]}", err=True)
+            status = 127
+        except KeyboardInterrupt:
+            status = 130
+    finally:
+        bed.stop()
+    sys.exit(status)
+
+
+@cli.command("sim", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim(args: tuple[str, ...]) -> None:
+    """Serve simulated Kibana nodes (see `elastask sim --help`)."""
+    from elastask.simulator.server import main as sim_main
+
+    sim_main(list(args))
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="elastask")
+
+
+def dumps(value: Any) -> str:
+    """JSON for --json outputs."""
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,464 @@
+"""Settings: elastask.yaml, validated at load, with ``ELASTASK_*`` environment overrides.
+
+The file comes from ``--config`` or ``ELASTASK_CONFIG`` (default ``./elastask.yaml``; a missing
+default file means "all defaults"). Any key can be overridden by one rule: ``ELASTASK_`` + the key
+upper-cased with dots as underscores (``elasticsearch.host`` -> ``ELASTASK_ELASTICSEARCH_HOST``).
+Secrets are held in :class:`Secret`, which never prints its value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from elastask.errors import ConfigError
+from elastask.intervals import parse_interval_ms
+
+DEFAULT_PATH = "elastask.yaml"
+ENV_PREFIX = "ELASTASK_"
+
+#: Kibana's capacity cost units (x-pack task_manager TaskCost): a node of capacity 10 has 20 units.
+COSTS = {"tiny": 1, "normal": 2, "extra-large": 10}
+
+
+class Secret:
+    """A password or API key: ``str()``, ``repr()`` and f-strings show ``********``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __str__(self) -> str:
+        return "********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ElasticsearchSettings:
+    """How to reach the search engine that holds the task index."""
+
+    host: str = "http://localhost:9200"
+    username: str | None = None
+    password: Secret | None = None
+    api_key: Secret | None = None
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    request_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class KibanaNode:
+    """One Kibana node that elastask pushes tasks to."""
+
+    url: str
+    username: str | None = None
+    password: Secret | None = None
+    api_key: Secret | None = None
+    capacity: int | None = None  # None: the global kibana_capacity
+    id: str | None = None  # the ownerId; None: "kibana:<uuid>" from GET /api/status
+
+
+@dataclass(frozen=True)
+class KibanaSettings:
+    """The Kibana nodes and how to talk to them."""
+
+    hosts: tuple[KibanaNode, ...] = (KibanaNode(url="http://localhost:5601"),)
+    request_timeout_s: float = 10.0
+    ca_certs: str | None = None
+    verify_certs: bool = True
+
+
+@dataclass(frozen=True)
+class TaskTypeSettings:
+    """Per-task-type overrides, as Kibana's task definitions have them."""
+
+    timeout_ms: int
+    max_attempts: int
+    cost: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything elastask reads from elastask.yaml and the environment."""
+
+    source: str = "<defaults>"
+    elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
+    index: str = ".kibana_task_manager"
+    redis_url: Secret = Secret("redis://localhost:6379/0")
+    polling_interval_ms: int = 3000
+    retry_interval_ms: int = 5000
+    kibana_capacity: int = 10
+    kibana: KibanaSettings = KibanaSettings()
+    max_attempts: int = 3
+    task_timeout_ms: int = 300_000
+    claim_batch_size: int = 1000
+    task_types: Mapping[str, TaskTypeSettings] = field(default_factory=dict)
+
+    def for_type(self, task_type: str) -> TaskTypeSettings:
+        """The timeout, max attempts and cost of one task type, with the global defaults filled in."""
+        found = self.task_types.get(task_type)
+        if found is not None:
+            return found
+        return TaskTypeSettings(self.task_timeout_ms, self.max_attempts, COSTS["normal"])
+
+    def capacity_units(self, node: KibanaNode) -> int:
+        """A node's capacity in Kibana cost units (a normal task costs 2)."""
+        return (node.capacity if node.capacity is not None else self.kibana_capacity) * COSTS["normal"]
+
+
+# ---- the schema: key -> (kind, default). Every leaf key has one env variable. -------------------
+
+_SCHEMA: dict[str, tuple[str, Any]] = {
+    "elasticsearch.host": ("url", "http://localhost:9200"),
+    "elasticsearch.username": ("str?", None),
+    "elasticsearch.password": ("secret?", None),
+    "elasticsearch.api_key": ("secret?", None),
+    "elasticsearch.ca_certs": ("str?", None),
+    "elasticsearch.verify_certs": ("bool", True),
+    "elasticsearch.request_timeout_s": ("posfloat", 30.0),
+    "index": ("str", ".kibana_task_manager"),
+    "redis.url": ("redis_url", "redis://localhost:6379/0"),
+    "polling_interval": ("posint", 3000),
+    "retry_interval": ("posint", 5000),
+    "kibana_capacity": ("posint", 10),
+    "kibana.hosts": ("hosts", ["http://localhost:5601"]),
+    "kibana.username": ("str?", None),
+    "kibana.password": ("secret?", None),
+    "kibana.api_key": ("secret?", None),
+    "kibana.request_timeout_s": ("posfloat", 10.0),
+    "kibana.ca_certs": ("str?", None),
+    "kibana.verify_certs": ("bool", True),
+    "max_attempts": ("posint", 3),
+    "task_timeout": ("interval", "5m"),
+    "claim_batch_size": ("posint", 1000),
+    "task_types": ("task_types", {}),
+}
+
+_HOST_KEYS = {"url", "username", "password", "api_key", "capacity", "id"}
+_TASK_TYPE_KEYS = {"timeout", "max_attempts", "cost"}
+
+
+def env_name(key: str) -> str:
+    """The environment variable that overrides a key: ``ELASTASK_`` + KEY with dots as underscores."""
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, override and validate the settings; raises ConfigError naming the file and key."""
+    env = os.environ if env is None else env
+    explicit = path is not None or bool(env.get(ENV_PREFIX + "CONFIG"))
+    chosen = Path(path if path is not None else env.get(ENV_PREFIX + "CONFIG") or DEFAULT_PATH)
+    source = str(chosen)
+    raw: Any = {}
+    if chosen.exists():
+        try:
+            raw = yaml.safe_load(chosen.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else "(whole file)"
+            raise ConfigError(source, where, f"not valid YAML ({getattr(e, 'problem', e)})") from e
+        except OSError as e:
+            raise ConfigError(source, "(file)", f"cannot be read: {e.strerror}") from e
+    elif explicit:
+        raise ConfigError(source, "(file)", "does not exist; pass an existing file to --config or ELASTASK_CONFIG")
+    else:
+        source = "<defaults>"
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "(top level)", "expected a mapping of keys to values")
+    return parse_settings(raw, source=source, env=env)
+
+
+def parse_settings(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str]) -> Settings:
+    """Validate a parsed YAML mapping plus environment overrides into Settings."""
+    flat = _flatten(raw, source)
+    values: dict[str, Any] = {}
+    for key, (kind, default) in _SCHEMA.items():
+        name = env_name(key)
+        if name in env and kind != "task_types":
+            values[key] = _coerce(kind, _from_env(kind, env[name]), f"{name} (environment)", key)
+        elif key in flat:
+            values[key] = _coerce(kind, flat[key], source, key)
+        else:
+            values[key] = _coerce(kind, default, "<defaults>", key)
+    return _build(values, source)
+
+
+def _flatten(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Dotted keys for known sections; an unknown key is an error naming it."""
+    flat: dict[str, Any] = {}
+    sections = {key.split(".")[0] for key in _SCHEMA if "." in key}
+    for top, value in raw.items():
+        if not isinstance(top, str):
+            raise ConfigError(source, repr(top), "keys must be strings")
+        if top in sections and top not in _SCHEMA:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(source, top, f"expected a mapping, got {_kind_of(value)}")
+            for sub, subvalue in value.items():
+                key = f"{top}.{sub}"
+                if key not in _SCHEMA:
+                    raise ConfigError(source, key, f"unknown key; known keys of {top}: {_known(top)}")
+                flat[key] = subvalue
+        elif top in _SCHEMA:
+            flat[top] = value
+        else:
+            known = ", ".join(sorted({k.split(".")[0] for k in _SCHEMA}))
+            raise ConfigError(source, top, f"unknown key; known top-level keys: {known}")
+    return flat
+
+
+def _known(section: str) -> str:
+    return ", ".join(k.split(".", 1)[1] for k in _SCHEMA if k.startswith(section + "."))
+
+
+def _kind_of(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _from_env(kind: str, text: str) -> Any:
+    """Environment values are strings; hosts are comma-separated URLs."""
+    if kind == "hosts":
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if kind.endswith("?") and text == "":
+        return None
+    return text
+
+
+def _coerce(kind: str, value: Any, source: str, key: str) -> Any:
+    optional = kind.endswith("?")
+    base = kind.rstrip("?")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(source, key, f"must be set ({_EXPECTED[base]})")
+    try:
+        return _COERCERS[base](value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(source, key, f"expected {_EXPECTED[base]}, got {_shown(key, value)}{_why(e)}") from None
+
+
+class _Bad(ValueError):
+    """A value error whose message is worth showing to the person who wrote the value."""
+
+
+def _why(e: Exception) -> str:
+    return f" ({e})" if isinstance(e, _Bad) and str(e) else ""
+
+
+def _shown(key: str, value: Any) -> str:
+    # Never echo a secret back, whatever its shape.
+    if any(word in key for word in ("password", "api_key", "redis.url")):
+        return _kind_of(value)
+    return repr(value)
+
+
+def _as_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("")
+    return value
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+        return value.lower() in {"true", "1", "yes", "on"}
+    raise TypeError("")
+
+
+def _as_posint(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("")
+    number = int(value) if isinstance(value, str) else value
+    if not isinstance(number, int) or number <= 0:
+        raise ValueError("")
+    return number
+
+
+def _as_posfloat(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("")
+    number = float(value) if isinstance(value, (str, int, float)) else None
+    if number is None or number <= 0:
+        raise ValueError("")
+    return number
+
+
+def _as_url(value: Any, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    text = _as_str(value)
+    parts = urlsplit(text)
+    if parts.scheme not in schemes or not (parts.hostname or parts.scheme == "unix"):
+        raise ValueError("")
+    return text.rstrip("/")
+
+
+def _as_secret(value: Any) -> Secret:
+    return Secret(_as_str(value))
+
+
+def _as_redis_url(value: Any) -> Secret:
+    return Secret(_as_url(value, ("redis", "rediss", "unix")))
+
+
+def _as_interval(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value * 1000  # a bare number is seconds
+    return parse_interval_ms(_as_str(value))
+
+
+def _as_hosts(value: Any) -> tuple[dict[str, Any], ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not value:
+        raise TypeError("")
+    hosts = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, str):
+            entry = {"url": entry}
+        if not isinstance(entry, dict):
+            raise _Bad(f"entry {index} is {_kind_of(entry)}")
+        unknown = set(entry) - _HOST_KEYS
+        if unknown:
+            raise _Bad(f"entry {index} has unknown keys {sorted(unknown)}; known: {sorted(_HOST_KEYS)}")
+        try:
+            url = _as_url(entry.get("url"))
+        except (TypeError, ValueError):
+            raise _Bad(f"entry {index}: url must be an http(s) URL") from None
+        hosts.append({**entry, "url": url})
+    return tuple(hosts)
+
+
+def _as_task_types(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise TypeError("")
+    result = {}
+    for name, entry in value.items():
+        if not isinstance(entry, dict) or set(entry) - _TASK_TYPE_KEYS:
+            raise _Bad(f"{name}: expected a mapping with keys {sorted(_TASK_TYPE_KEYS)}")
+        result[str(name)] = entry
+    return result
+
+
+_COERCERS: dict[str, Any] = {
+    "str": _as_str,
+    "bool": _as_bool,
+    "posint": _as_posint,
+    "posfloat": _as_posfloat,
+    "url": _as_url,
+    "secret": _as_secret,
+    "redis_url": _as_redis_url,
+    "interval": _as_interval,
+    "hosts": _as_hosts,
+    "task_types": _as_task_types,
+}
+
+_EXPECTED = {
+    "str": "a non-empty string",
+    "bool": "true or false",
+    "posint": "a positive integer",
+    "posfloat": "a positive number",
+    "url": "an http:// or https:// URL",
+    "secret": "a non-empty string",
+    "redis_url": "a redis://, rediss:// or unix:// URL",
+    "interval": "an interval such as 30s, 5m or 1h",
+    "hosts": "a list of Kibana URLs (or mappings with url, username, password, api_key, capacity, id)",
+    "task_types": "a mapping of task type to {timeout, max_attempts, cost}",
+}
+
+
+def _build(values: dict[str, Any], source: str) -> Settings:
+    nodes = []
+    for index, entry in enumerate(values["kibana.hosts"]):
+        key = f"kibana.hosts[{index}]"
+        capacity = entry.get("capacity")
+        nodes.append(
+            KibanaNode(
+                url=entry["url"],
+                username=_coerce("str?", entry.get("username"), source, key + ".username"),
+                password=_coerce("secret?", entry.get("password"), source, key + ".password"),
+                api_key=_coerce("secret?", entry.get("api_key"), source, key + ".api_key"),
+                capacity=None if capacity is None else _coerce("posint", capacity, source, key + ".capacity"),
+                id=_coerce("str?", entry.get("id"), source, key + ".id"),
+            )
+        )
+    urls = [node.url for node in nodes]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(source, "kibana.hosts", "lists the same URL twice")
+    task_types = {}
+    for name, entry in values["task_types"].items():
+        key = f"task_types.{name}"
+        cost = entry.get("cost", "normal")
+        if cost not in COSTS:
+            raise ConfigError(source, key + ".cost", f"expected one of {', '.join(COSTS)}, got {cost!r}")
+        timeout = entry.get("timeout")
+        max_attempts = entry.get("max_attempts")
+        task_types[name] = TaskTypeSettings(
+            timeout_ms=values["task_timeout"] if timeout is None else _coerce("interval", timeout, source, key + ".timeout"),
+            max_attempts=values["max_attempts"]
+            if max_attempts is None
+            else _coerce("posint", max_attempts, source, key + ".max_attempts"),
+            cost=COSTS[cost],
+        )
+    return Settings(
+        source=source,
+        elasticsearch=ElasticsearchSettings(
+            host=values["elasticsearch.host"],
+            username=values["elasticsearch.username"],
+            password=values["elasticsearch.password"],
+            api_key=values["elasticsearch.api_key"],
+            ca_certs=values["elasticsearch.ca_certs"],
+            verify_certs=values["elasticsearch.verify_certs"],
+            request_timeout_s=values["elasticsearch.request_timeout_s"],
+        ),
+        index=values["index"],
+        redis_url=values["redis.url"],
+        polling_interval_ms=values["polling_interval"],
+        retry_interval_ms=values["retry_interval"],
+        kibana_capacity=values["kibana_capacity"],
+        kibana=KibanaSettings(
+            hosts=tuple(_with_shared_auth(node, values) for node in nodes),
+            request_timeout_s=values["kibana.request_timeout_s"],
+            ca_certs=values["kibana.ca_certs"],
+            verify_certs=values["kibana.verify_certs"],
+        ),
+        max_attempts=values["max_attempts"],
+        task_timeout_ms=values["task_timeout"],
+        claim_batch_size=values["claim_batch_size"],
+        task_types=task_types,
+    )
+
+
+def _with_shared_auth(node: KibanaNode, values: dict[str, Any]) -> KibanaNode:
+    """kibana.username/password/api_key apply to every node that does not set its own."""
+    if node.username or node.api_key:
+        return node
+    return KibanaNode(
+        url=node.url,
+        username=values["kibana.username"],
+        password=values["kibana.password"],
+        api_key=values["kibana.api_key"],
+        capacity=node.capacity,
+        id=node.id,
+    )

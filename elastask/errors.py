@@ -1,0 +1,81 @@
+"""One exception hierarchy for elastask; callers branch on the class, never on the message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ElastaskError(Exception):
+    """Base of every error elastask raises on purpose."""
+
+
+class ConfigError(ElastaskError):
+    """The configuration is wrong (file, key or value): final until a person fixes it."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+class DocumentError(ElastaskError):
+    """A task document is malformed: final for that document, which is skipped and reported."""
+
+    def __init__(self, doc_id: str, field: str, problem: str, raw: Any = None) -> None:
+        self.doc_id = doc_id
+        self.field = field
+        self.problem = problem
+        self.raw = raw
+        super().__init__(f"task document {doc_id!r}: field {field!r}: {problem}")
+
+
+class StoreError(ElastaskError):
+    """The search engine failed or could not be reached: retryable on the next cycle."""
+
+
+class ConflictError(StoreError):
+    """A conditional write lost its race (HTTP 409): the document changed since it was read."""
+
+    def __init__(self, doc_id: str) -> None:
+        self.doc_id = doc_id
+        super().__init__(f"task document {doc_id!r} changed since it was read (version conflict)")
+
+
+class DocumentMissingError(StoreError):
+    """The document is gone (HTTP 404): Kibana finished or removed the task."""
+
+    def __init__(self, doc_id: str) -> None:
+        self.doc_id = doc_id
+        super().__init__(f"task document {doc_id!r} not found")
+
+
+class TaskIndexError(StoreError):
+    """The task index is missing or its mapping lacks fields elastask queries: final until fixed."""
+
+
+class LedgerError(ElastaskError):
+    """Redis, which holds the in-flight ledger, failed or could not be reached: retryable."""
+
+
+class KibanaError(ElastaskError):
+    """A Kibana node could not be asked: see the subclasses for whether the push reached it."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"Kibana {url}: {problem}")
+
+
+class KibanaRefused(KibanaError):
+    """The push provably never reached Kibana (connection refused, 4xx/5xx): no attempt is burned."""
+
+
+class KibanaAmbiguous(KibanaError):
+    """The push may have reached Kibana (timeout after sending): the lease is kept until retryAt."""
+
+
+class TestbedError(ElastaskError):
+    """A part of the test bed (engine, proxy, Redis, simulator) could not be started."""
+
+    __test__ = False  # not a pytest test class

@@ -1,0 +1,42 @@
+"""Kibana interval strings (``10s``, ``5m``, ``1h``, ``1d``) and ISO-8601 dates, both ways. Pure."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_INTERVAL = re.compile(r"^(\d+)([smhd])$")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_interval_ms(text: str) -> int:
+    """Milliseconds in a Kibana interval string; raises ValueError for anything else."""
+    match = _INTERVAL.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"expected an interval such as 10s, 5m, 1h or 1d, got {text!r}")
+    value = int(match.group(1)) * _UNIT_MS[match.group(2)]
+    if value <= 0:
+        raise ValueError(f"expected a positive interval, got {text!r}")
+    return value
+
+
+def parse_date(text: str) -> datetime:
+    """A timezone-aware UTC datetime from an ISO-8601 string as Kibana writes it."""
+    if not isinstance(text, str) or "T" not in text:
+        raise ValueError(f"expected an ISO-8601 date such as 2024-05-01T10:00:00.000Z, got {text!r}")
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    if parsed.tzinfo is None:
+        # Elasticsearch reads a date without an offset as UTC; so do we.
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_date(moment: datetime) -> str:
+    """The ISO-8601 form JavaScript's ``Date.toISOString()`` writes: milliseconds, ``Z``."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def ms(delta_ms: int | float) -> timedelta:
+    """A timedelta of that many milliseconds."""
+    return timedelta(milliseconds=delta_ms)

@@ -1,0 +1,67 @@
+"""What the simulator measures per node: runs, concurrency, overlapping runs, start drift. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of ``values`` (``fraction`` in 0..1), None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+@dataclass
+class NodeStats:
+    """Counters of one simulated node."""
+
+    pushes: int = 0
+    runs_started: int = 0
+    runs_finished: int = 0
+    runs_failed: int = 0
+    rejected_over_capacity: int = 0
+    answered_5xx: int = 0
+    current: int = 0
+    max_concurrency: int = 0
+    overlapping_runs: int = 0
+    outcome_write_errors: int = 0
+    drift_ms: list[float] = field(default_factory=list)
+
+    def run_started(self, drift_ms: float | None, overlapping: bool) -> None:
+        """A run began; ``overlapping`` when the same task was already running anywhere."""
+        self.runs_started += 1
+        self.current += 1
+        self.max_concurrency = max(self.max_concurrency, self.current)
+        if overlapping:
+            self.overlapping_runs += 1
+        if drift_ms is not None:
+            self.drift_ms.append(drift_ms)
+
+    def run_ended(self, *, failed: bool) -> None:
+        """A run ended (successfully or not)."""
+        self.current -= 1
+        if failed:
+            self.runs_failed += 1
+        else:
+            self.runs_finished += 1
+
+    def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
+        """The counters as JSON, with drift percentiles."""
+        data: dict[str, Any] = {
+            key: value for key, value in self.__dict__.items() if key != "drift_ms"
+        }
+        drifts = self.drift_ms
+        data["drift_ms"] = {
+            "count": len(drifts),
+            "p50": percentile(drifts, 0.50),
+            "p95": percentile(drifts, 0.95),
+            "p99": percentile(drifts, 0.99),
+            "max": max(drifts) if drifts else None,
+        }
+        if with_drifts:
+            data["drifts"] = list(drifts)
+        return data

@@ -1,0 +1,160 @@
+"""The search engine: the task index, read and written with conditional writes only."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import elasticsearch
+from elasticsearch import Elasticsearch
+
+from elastask import mapping
+from elastask.config import ElasticsearchSettings
+from elastask.documents import TaskDocument, parse_hit
+from elastask.errors import ConflictError, DocumentMissingError, StoreError, TaskIndexError
+
+log = logging.getLogger(__name__)
+
+
+def build_client(settings: ElasticsearchSettings) -> Elasticsearch:
+    """The one Elasticsearch client of a process, from the ``elasticsearch.*`` settings."""
+    options: dict[str, Any] = {
+        "request_timeout": settings.request_timeout_s,
+        "retry_on_timeout": False,  # a claim must never be sent twice behind our back
+        "max_retries": 0,
+    }
+    if settings.api_key is not None:
+        options["api_key"] = settings.api_key.reveal()
+    elif settings.username is not None:
+        password = settings.password.reveal() if settings.password is not None else ""
+        options["basic_auth"] = (settings.username, password)
+    if settings.host.startswith("https"):
+        options["verify_certs"] = settings.verify_certs
+        if settings.ca_certs:
+            options["ca_certs"] = settings.ca_certs
+        if not settings.verify_certs:
+            options["ssl_show_warn"] = False
+    return Elasticsearch(settings.host, **options)
+
+
+@contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """Map the client's transport errors to StoreError, naming what was being done."""
+    try:
+        yield
+    except elasticsearch.ApiError as e:
+        if e.meta.status == 409:
+            raise
+        raise StoreError(f"{what}: the search engine answered {e.meta.status} ({_reason(e)})") from e
+    except elasticsearch.TransportError as e:
+        raise StoreError(f"{what}: the search engine could not be reached ({type(e).__name__}: {e})") from e
+
+
+def _reason(error: elasticsearch.ApiError) -> str:
+    body = error.body if isinstance(error.body, Mapping) else {}
+    inner = body.get("error", {})
+    if isinstance(inner, Mapping):
+        return str(inner.get("reason") or inner.get("type") or error.message)
+    return str(inner or error.message)
+
+
+class TaskStore:
+    """Reads and conditionally writes task documents of one index (or alias)."""
+
+    def __init__(self, client: Elasticsearch, index: str) -> None:
+        self.client = client
+        self.index = index
+
+    # ---- single documents ------------------------------------------------------------------------
+
+    def get(self, doc_id: str) -> TaskDocument:
+        """One task document with its version; DocumentMissingError if it is gone."""
+        try:
+            with engine_errors(f"reading {doc_id!r} from {self.index}"):
+                hit = self.client.get(index=self.index, id=doc_id)
+        except elasticsearch.NotFoundError as e:
+            raise DocumentMissingError(doc_id) from e
+        return parse_hit(dict(hit))
+
+    def create(self, doc: TaskDocument, *, refresh: bool = False) -> TaskDocument:
+        """Index a new task document (fails with ConflictError if the id exists)."""
+        try:
+            with engine_errors(f"creating {doc.id!r} in {self.index}"):
+                answer = self.client.create(
+                    index=self.index, id=doc.id, document=doc.to_source(), refresh=refresh or None
+                )
+        except elasticsearch.ConflictError as e:
+            raise ConflictError(doc.id) from e
+        return doc.with_changes(seq_no=answer["_seq_no"], primary_term=answer["_primary_term"])
+
+    def update_task(self, doc: TaskDocument, task_fields: Mapping[str, Any], *, refresh: bool = False) -> TaskDocument:
+        """Partially update ``task.*`` only if the document is still at the version ``doc`` was read at."""
+        if doc.seq_no is None or doc.primary_term is None:
+            raise ValueError(f"task document {doc.id!r} has no version; read it before writing it")
+        try:
+            with engine_errors(f"updating {doc.id!r} in {self.index}"):
+                answer = self.client.update(
+                    index=self.index,
+                    id=doc.id,
+                    doc={"task": dict(task_fields)},
+                    if_seq_no=doc.seq_no,
+                    if_primary_term=doc.primary_term,
+                    refresh=refresh or None,
+                )
+        except elasticsearch.ConflictError as e:
+            raise ConflictError(doc.id) from e
+        except elasticsearch.NotFoundError as e:
+            raise DocumentMissingError(doc.id) from e
+        return doc.with_changes(seq_no=answer["_seq_no"], primary_term=answer["_primary_term"])
+
+    def refresh(self) -> None:
+        """Make every write so far visible to search (tests and tools only)."""
+        with engine_errors(f"refreshing {self.index}"):
+            self.client.indices.refresh(index=self.index)
+
+    # ---- the index itself --------------------------------------------------------------------
+
+    def bootstrap(self) -> bool:
+        """Create the index behind the alias with Kibana's mapping, for dev and test; False if it exists."""
+        with engine_errors(f"checking {self.index}"):
+            if self.client.indices.exists(index=self.index):
+                return False
+        physical = self.index + mapping.INDEX_SUFFIX
+        try:
+            with engine_errors(f"creating {physical}"), warnings.catch_warnings():
+                # Kibana's own index names start with a dot; the engine warns about that, and we know.
+                warnings.simplefilter("ignore", elasticsearch.ElasticsearchWarning)
+                self.client.indices.create(
+                    index=physical,
+                    mappings=mapping.MAPPINGS,
+                    settings={"number_of_shards": 1, "auto_expand_replicas": "0-1", "refresh_interval": "1s"},
+                    aliases={self.index: {"is_write_index": True}},
+                )
+        except elasticsearch.BadRequestError as e:
+            if "already_exists" in str(e):  # another process bootstrapped it first
+                return False
+            raise StoreError(f"creating {physical}: {_reason(e)}") from e
+        log.info("created index %r behind alias %r with Kibana's task mapping", physical, self.index)
+        return True
+
+    def check_index(self) -> list[str]:
+        """Raise TaskIndexError if the index is missing; return a warning per unindexed queried field."""
+        try:
+            with engine_errors(f"reading the mapping of {self.index}"):
+                answer = self.client.indices.get_mapping(index=self.index)
+        except elasticsearch.NotFoundError as e:
+            raise TaskIndexError(
+                f"index or alias {self.index!r} does not exist: start Kibana once so it creates it, "
+                f"or run 'elastask index create' for a dev/test cluster"
+            ) from e
+        warnings = []
+        for physical, body in dict(answer).items():
+            for field in mapping.missing_fields(body.get("mappings", {})):
+                warnings.append(
+                    f"index {physical!r}: mapping does not index {field!r}, which elastask queries; "
+                    f"tasks may be missed. Is this Kibana's task index?"
+                )
+        return warnings
