@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def _settings_of(module: ModuleType) -> dict[str, Any]:
-    return {key: value for key, value in vars(module).items() if not key.startswith("_") and key.islower()
-            and not isinstance(value, ModuleType) and not callable(value)}
+    return {
+        key: value
+        for key, value in vars(module).items()
+        if not key.startswith("_") and key.islower() and not isinstance(value, ModuleType) and not callable(value)
+    }
 
 
 def site_overrides() -> dict[str, Any]:

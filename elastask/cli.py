@@ -35,8 +35,13 @@ def fail(error: Exception) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="elastask.yaml to read (default: $ELASTASK_CONFIG or ./elastask.yaml)")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="elastask.yaml to read (default: $ELASTASK_CONFIG or ./elastask.yaml)",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """elastask: push Kibana Task Manager tasks to Kibana nodes, with Celery.
@@ -129,6 +134,27 @@ def testbed() -> None:
     """The local test bed: OpenSearch, compatibility proxy, Redis and simulated Kibana nodes."""
 
 
+@testbed.command("prepare")
+def testbed_prepare() -> None:
+    """Check Java, Maven and redis-server, and fetch the search engine from Maven Central."""
+    import shutil
+
+    from elastask.testbed.engine import find_java, resolve_classpath
+    from elastask.testbed.redis_server import REDIS_HINT
+
+    try:
+        java = find_java()
+        classpath = resolve_classpath()
+    except ElastaskError as e:
+        fail(e)
+    if shutil.which("redis-server") is None:
+        fail(ElastaskError(f"redis-server not found: {REDIS_HINT}"))
+    click.echo(
+        f"elastask testbed: java {java}, engine classpath of {len(classpath.split(os.pathsep))} jars, "
+        "redis-server found"
+    )
+
+
 @testbed.command("run", context_settings={"ignore_unknown_options": True})
 @click.option("--kibana-nodes", type=int, default=3, show_default=True, help="simulated Kibana nodes")
 @click.option("--run-ms", default="200", show_default=True, help="simulated run time: MS or LOW-HIGH")
@@ -144,8 +170,10 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tu
     from elastask.testbed import Testbed
 
     bed = Testbed(Path(workdir) if workdir else None, kibana_nodes=kibana_nodes, run_ms=run_ms)
-    click.echo("elastask testbed: starting the search engine, proxy, Redis and "
-               f"{kibana_nodes} simulated Kibana node(s)...", err=True)
+    click.echo(
+        f"elastask testbed: starting the search engine, proxy, Redis and {kibana_nodes} simulated Kibana node(s)...",
+        err=True,
+    )
     try:
         bed.start()
     except ElastaskError as e:

@@ -103,7 +103,7 @@ class Settings:
     source: str = "<defaults>"
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     index: str = ".kibana_task_manager"
-    redis_url: Secret = Secret("redis://localhost:6379/0")
+    redis_url: Secret = Secret("redis://localhost:6379/0")  # noqa: RUF009 - immutable
     polling_interval_ms: int = 3000
     retry_interval_ms: int = 5000
     kibana_capacity: int = 10
@@ -415,7 +415,9 @@ def _build(values: dict[str, Any], source: str) -> Settings:
         timeout = entry.get("timeout")
         max_attempts = entry.get("max_attempts")
         task_types[name] = TaskTypeSettings(
-            timeout_ms=values["task_timeout"] if timeout is None else _coerce("interval", timeout, source, key + ".timeout"),
+            timeout_ms=values["task_timeout"]
+            if timeout is None
+            else _coerce("interval", timeout, source, key + ".timeout"),
             max_attempts=values["max_attempts"]
             if max_attempts is None
             else _coerce("posint", max_attempts, source, key + ".max_attempts"),

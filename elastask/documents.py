@@ -81,6 +81,8 @@ class TaskDocument:
         for key, value in task_fields(self).items():
             if key in task and _same(key, task[key], value):
                 continue  # keep the representation Kibana wrote
+            if key not in task and value in _ABSENT_MEANS.get(key, (None,)):
+                continue  # absent already means this
             task[key] = value
         return source
 
@@ -111,6 +113,10 @@ def task_fields(doc: TaskDocument) -> dict[str, Any]:
     if doc.trace_parent is not None:
         fields["traceparent"] = doc.trace_parent
     return fields
+
+
+#: What a missing field reads as, so a round trip does not add it.
+_ABSENT_MEANS: dict[str, tuple[Any, ...]] = {"enabled": (True,), "attempts": (0,), "params": ("{}",), "state": ("{}",)}
 
 
 def _same(key: str, old: Any, new: Any) -> bool:
@@ -299,7 +305,7 @@ def new_task(
     """A new task as Kibana's ``taskManager.schedule`` writes it: idle, attempts 0, runAt = now."""
     if interval is not None:
         parse_interval_ms(interval)
-    return TaskDocument(
+    doc = TaskDocument(
         id=task_id if task_id.startswith("task:") else f"task:{task_id}",
         task_type=task_type,
         status="idle",
@@ -310,8 +316,9 @@ def new_task(
         schedule=Schedule(interval=interval) if interval else None,
         priority=priority,
         scope=scope,
-        raw=new_envelope(now),
     )
+    # Kibana writes every field of a new task, nulls included.
+    return doc.with_changes(raw={**new_envelope(now), "task": task_fields(doc)})
 
 
 def run_now_body(doc: TaskDocument) -> dict[str, Any]:

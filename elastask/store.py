@@ -46,8 +46,8 @@ def engine_errors(what: str) -> Iterator[None]:
     try:
         yield
     except elasticsearch.ApiError as e:
-        if e.meta.status == 409:
-            raise
+        if e.meta.status in (404, 409):
+            raise  # callers map these to DocumentMissingError / ConflictError
         raise StoreError(f"{what}: the search engine answered {e.meta.status} ({_reason(e)})") from e
     except elasticsearch.TransportError as e:
         raise StoreError(f"{what}: the search engine could not be reached ({type(e).__name__}: {e})") from e

@@ -44,8 +44,7 @@ class Simulator:
 
     def describe(self) -> list[dict[str, Any]]:
         return [
-            {"index": n.index, "url": n.url, "uuid": n.uuid, "owner_id": n.owner_id, "mode": n.mode}
-            for n in self.nodes
+            {"index": n.index, "url": n.url, "uuid": n.uuid, "owner_id": n.owner_id, "mode": n.mode} for n in self.nodes
         ]
 
     async def list_nodes(self, _request: web.Request) -> web.Response:
@@ -56,8 +55,17 @@ class Simulator:
         nodes = {n.owner_id: n.snapshot(with_drifts=with_drifts) for n in self.nodes}
         totals = {
             key: sum(int(data[key]) for data in nodes.values())
-            for key in ("pushes", "runs_started", "runs_finished", "runs_failed", "rejected_over_capacity",
-                        "answered_5xx", "current", "overlapping_runs", "outcome_write_errors")
+            for key in (
+                "pushes",
+                "runs_started",
+                "runs_finished",
+                "runs_failed",
+                "rejected_over_capacity",
+                "answered_5xx",
+                "current",
+                "overlapping_runs",
+                "outcome_write_errors",
+            )
         }
         totals["max_concurrency"] = max((int(d["max_concurrency"]) for d in nodes.values()), default=0)
         return web.json_response({"nodes": nodes, "totals": totals})
@@ -76,6 +84,12 @@ class Simulator:
             current = node.stats.current
             node.stats = NodeStats(current=current, max_concurrency=current)
         return web.json_response({"reset": True})
+
+
+def bound_port(site: web.TCPSite) -> int:
+    """The port a site listens on (when it was started on port 0)."""
+    server: Any = site._server
+    return int(server.sockets[0].getsockname()[1])
 
 
 def _parse_by_type(items: list[str]) -> dict[str, str]:
@@ -108,14 +122,14 @@ async def serve(args: argparse.Namespace) -> None:
     for node in nodes:
         await node.start()
         if node.port == 0:  # learn the port the OS chose
-            assert node.site is not None and node.site._server is not None
-            node.port = node.site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            assert node.site is not None
+            node.port = bound_port(node.site)
     simulator = Simulator(nodes, shared)
     control = web.AppRunner(simulator.build_control_app(), access_log=None)
     await control.setup()
     site = web.TCPSite(control, "127.0.0.1", args.control_port)
     await site.start()
-    control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    control_port = bound_port(site)
     print(json.dumps({"control": f"http://127.0.0.1:{control_port}", "nodes": simulator.describe()}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,8 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index", default=".kibana_task_manager")
     parser.add_argument("--capacity", type=int, default=10, help="ephemeral request capacity per node")
     parser.add_argument("--run-ms", default="200", help="run time: MS or LOW-HIGH (uniform)")
-    parser.add_argument("--run-ms-by-type", action="append", default=[], metavar="TYPE=MS",
-                        help="run time of one task type (repeatable)")
+    parser.add_argument(
+        "--run-ms-by-type",
+        action="append",
+        default=[],
+        metavar="TYPE=MS",
+        help="run time of one task type (repeatable)",
+    )
     parser.add_argument("--seed", default="0", help="seed of node uuids and run times")
     parser.add_argument("--ports", default="", help="comma-separated node ports (default: free ports)")
     parser.add_argument("--control-port", type=int, default=0)

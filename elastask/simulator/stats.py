@@ -11,7 +11,7 @@ def percentile(values: list[float], fraction: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[rank]
 
 
@@ -51,9 +51,7 @@ class NodeStats:
 
     def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
         """The counters as JSON, with drift percentiles."""
-        data: dict[str, Any] = {
-            key: value for key, value in self.__dict__.items() if key != "drift_ms"
-        }
+        data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key != "drift_ms"}
         drifts = self.drift_ms
         data["drift_ms"] = {
             "count": len(drifts),

@@ -79,12 +79,34 @@ class Proxy:
 class SimulatorProcess:
     """``python -m elastask.simulator`` as a child process."""
 
-    def __init__(self, workdir: Path, engine_url: str, *, nodes: int, run_ms: str = "200", capacity: int = 10,
-                 extra_args: list[str] | None = None, seed: str = "0") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        engine_url: str,
+        *,
+        nodes: int,
+        run_ms: str = "200",
+        capacity: int = 10,
+        extra_args: list[str] | None = None,
+        seed: str = "0",
+    ) -> None:
         self.log_path = workdir / f"simulator-{free_port()}.log"
         self.argv = [
-            sys.executable, "-m", "elastask.simulator", "--nodes", str(nodes), "--engine", engine_url,
-            "--index", INDEX, "--run-ms", str(run_ms), "--capacity", str(capacity), "--seed", seed,
+            sys.executable,
+            "-m",
+            "elastask.simulator",
+            "--nodes",
+            str(nodes),
+            "--engine",
+            engine_url,
+            "--index",
+            INDEX,
+            "--run-ms",
+            str(run_ms),
+            "--capacity",
+            str(capacity),
+            "--seed",
+            seed,
             *(extra_args or []),
         ]
         self.process = ManagedProcess("Kibana simulator", self.argv, self.log_path)
@@ -126,8 +148,9 @@ class SimulatorProcess:
 class Testbed:
     """Starts the real parts on loopback; ``env()`` is what elastask needs to use them."""
 
-    def __init__(self, workdir: Path | None = None, *, kibana_nodes: int = 3, run_ms: str = "200",
-                 engine_heap_mb: int = 512) -> None:
+    def __init__(
+        self, workdir: Path | None = None, *, kibana_nodes: int = 3, run_ms: str = "200", engine_heap_mb: int = 512
+    ) -> None:
         self.own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="elastask-testbed-")) if workdir is None else workdir
         self.kibana_nodes = kibana_nodes

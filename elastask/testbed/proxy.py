@@ -84,17 +84,19 @@ class Proxy:
             await asyncio.sleep(float(faults["latency_ms"]) / 1000)
         if faults.get("status"):
             status = int(faults["status"])
-            body = {"error": {"type": "injected_fault", "reason": f"fault injected by the test bed: {status}"},
-                    "status": status}
+            body = {
+                "error": {"type": "injected_fault", "reason": f"fault injected by the test bed: {status}"},
+                "status": status,
+            }
             return web.json_response(body, status=status, headers={"X-Elastic-Product": "Elasticsearch"})
         self.counts[request_kind(request.method, request.path)] += 1
         headers = {k: plain_media_type(v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         # aiohttp would otherwise ask for gzip on the caller's behalf and pass it back undecoded.
         headers.setdefault("Accept-Encoding", request.headers.get("Accept-Encoding", "identity"))
-        body = await request.read()
+        request_body = await request.read()
         assert self.session is not None
         async with self.session.request(
-            request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers, data=body or None
+            request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers, data=request_body or None
         ) as answer:
             payload = await answer.read()
             out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}

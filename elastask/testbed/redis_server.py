@@ -31,8 +31,21 @@ class RedisServer:
             raise TestbedError(f"redis-server not found: {REDIS_HINT}")
         self.port = self.port or free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir), "--protected-mode", "yes"]
+        argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--protected-mode",
+            "yes",
+        ]
         self.process = ManagedProcess("Redis", argv, self.workdir / "redis.log")
         self.process.start()
         self.process.wait_until(lambda: port_open(self.port), 30)

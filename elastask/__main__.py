@@ -1,0 +1,5 @@
+"""``python -m elastask``: the elastask command."""
+
+from elastask.cli import main
+
+main()

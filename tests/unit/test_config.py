@@ -1,0 +1,188 @@
+"""elastask.yaml: defaults, original keys, environment overrides, one-line errors, no secret leaks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from elastask.config import COSTS, Secret, env_name, load_settings
+from elastask.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "elastask.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_elastask_yaml_loads_with_its_documented_defaults() -> None:
+    settings = load_settings(REPO / "elastask.yaml", env={})
+    assert settings.index == ".kibana_task_manager"
+    assert settings.kibana_capacity == 10
+    assert settings.polling_interval_ms == 3000
+    assert settings.max_attempts == 3 and settings.task_timeout_ms == 300_000
+    assert settings.elasticsearch.verify_certs is True
+
+
+def test_no_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(env={})
+    assert settings.source == "<defaults>"
+    assert settings.redis_url.reveal() == "redis://localhost:6379/0"
+
+
+def test_original_keys_of_the_proof_of_concept_still_work(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+elasticsearch:
+  host: https://es.example.com:9200
+  username: elastic
+  password: changeme
+polling_interval: 500
+kibana_capacity: 4
+kibana:
+  hosts:
+    - http://kibana-1:5601
+    - url: http://kibana-2:5601
+      capacity: 20
+      id: kibana:fixed-id
+""",
+    )
+    settings = load_settings(path, env={})
+    assert settings.elasticsearch.host == "https://es.example.com:9200"
+    assert settings.elasticsearch.password == Secret("changeme")
+    assert settings.polling_interval_ms == 500
+    first, second = settings.kibana.hosts
+    assert first.url == "http://kibana-1:5601" and first.capacity is None
+    assert settings.capacity_units(first) == 4 * COSTS["normal"]
+    assert second.capacity == 20 and second.id == "kibana:fixed-id"
+
+
+def test_environment_overrides_follow_one_rule(tmp_path: Path) -> None:
+    path = write(tmp_path, "kibana_capacity: 4\nelasticsearch:\n  host: http://a:9200\n")
+    env = {
+        "ELASTASK_ELASTICSEARCH_HOST": "http://b:9200",
+        "ELASTASK_REDIS_URL": "redis://:pw@r:6380/2",
+        "ELASTASK_KIBANA_CAPACITY": "7",
+        "ELASTASK_KIBANA_HOSTS": "http://k1:5601, http://k2:5601",
+        "ELASTASK_ELASTICSEARCH_VERIFY_CERTS": "false",
+        "ELASTASK_TASK_TIMEOUT": "90s",
+    }
+    settings = load_settings(path, env=env)
+    assert settings.elasticsearch.host == "http://b:9200"
+    assert settings.redis_url.reveal() == "redis://:pw@r:6380/2"
+    assert settings.kibana_capacity == 7
+    assert [n.url for n in settings.kibana.hosts] == ["http://k1:5601", "http://k2:5601"]
+    assert settings.elasticsearch.verify_certs is False
+    assert settings.task_timeout_ms == 90_000
+    assert env_name("elasticsearch.host") == "ELASTASK_ELASTICSEARCH_HOST"
+
+
+def test_config_path_comes_from_elastask_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "index: my-tasks\n")
+    assert load_settings(env={"ELASTASK_CONFIG": str(path)}).index == "my-tasks"
+
+
+def test_task_type_overrides(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+max_attempts: 5
+task_types:
+  "alerting:.es-query": {timeout: 1m, cost: tiny}
+  "reports:generate": {max_attempts: 1, cost: extra-large}
+""",
+    )
+    settings = load_settings(path, env={})
+    query = settings.for_type("alerting:.es-query")
+    assert (query.timeout_ms, query.max_attempts, query.cost) == (60_000, 5, 1)
+    report = settings.for_type("reports:generate")
+    assert (report.timeout_ms, report.max_attempts, report.cost) == (300_000, 1, 10)
+    other = settings.for_type("anything")
+    assert (other.timeout_ms, other.max_attempts, other.cost) == (300_000, 5, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("kibana_capacity: lots\n", "kibana_capacity", "positive integer"),
+        ("kibana_capacity: 0\n", "kibana_capacity", "positive integer"),
+        ("polling_intervall: 500\n", "polling_intervall", "unknown key"),
+        ("elasticsearch:\n  hots: http://x\n", "elasticsearch.hots", "unknown key"),
+        ("elasticsearch:\n  host: es.example.com:9200\n", "elasticsearch.host", "http:// or https:// URL"),
+        ("redis:\n  url: http://r:6379\n", "redis.url", "redis://"),
+        ("kibana:\n  hosts: [ftp://k]\n", "kibana.hosts", "url must be an http(s) URL"),
+        ("kibana:\n  hosts: [{url: 'http://k', capacty: 3}]\n", "kibana.hosts", "unknown keys"),
+        ("task_timeout: soon\n", "task_timeout", "interval"),
+        ("task_types:\n  x: {cost: huge}\n", "task_types.x.cost", "tiny, normal, extra-large"),
+        ("elasticsearch: [1, 2]\n", "elasticsearch", "mapping"),
+        ("elasticsearch:\n  verify_certs: maybe\n", "elasticsearch.verify_certs", "true or false"),
+    ],
+)
+def test_a_bad_value_names_the_file_and_key(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {key}:"), message
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "index: a\nkibana:\n  hosts: [http://x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value).startswith(f"{path}: line ")
+
+
+def test_a_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", env={})
+
+
+def test_secrets_never_show_in_errors_or_repr(tmp_path: Path) -> None:
+    path = write(tmp_path, "elasticsearch:\n  password: hunter2-secret\n  api_key: [not, a, string]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert "'not'" not in str(caught.value) and "a list" in str(caught.value)
+    good = load_settings(
+        write(tmp_path, "elasticsearch:\n  password: hunter2-secret\n"),
+        env={"ELASTASK_REDIS_URL": "redis://:redis-secret@r:1/0"},
+    )
+    shown = repr(good) + str(good) + f"{good.elasticsearch.password}"
+    assert "hunter2-secret" not in shown and "redis-secret" not in shown
+
+
+def test_a_malformed_yaml_makes_the_cli_exit_non_zero_with_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "kibana_capacity: -3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "elastask", "--config", str(path), "config", "show"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0] and "kibana_capacity" in lines[0]
+
+
+def test_a_malformed_yaml_makes_celery_exit_with_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "kibana:\n  hosts: nope\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "elastask", "report"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "ELASTASK_CONFIG": str(path)},
+    )
+    assert result.returncode != 0
+    assert f"{path}: kibana.hosts:" in result.stderr
