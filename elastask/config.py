@@ -111,6 +111,10 @@ class Settings:
     max_attempts: int = 3
     task_timeout_ms: int = 300_000
     claim_batch_size: int = 1000
+    retry_delay_ms: int = 30_000
+    max_retry_delay_ms: int = 3_600_000
+    node_failure_threshold: int = 3
+    node_probe_interval_ms: int = 5000
     task_types: Mapping[str, TaskTypeSettings] = field(default_factory=dict)
 
     def for_type(self, task_type: str) -> TaskTypeSettings:
@@ -150,6 +154,10 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "max_attempts": ("posint", 3),
     "task_timeout": ("interval", "5m"),
     "claim_batch_size": ("posint", 1000),
+    "retry_delay": ("interval", "30s"),
+    "max_retry_delay": ("interval", "1h"),
+    "node_failure_threshold": ("posint", 3),
+    "node_probe_interval": ("posint", 5000),
     "task_types": ("task_types", {}),
 }
 
@@ -448,6 +456,10 @@ def _build(values: dict[str, Any], source: str) -> Settings:
         max_attempts=values["max_attempts"],
         task_timeout_ms=values["task_timeout"],
         claim_batch_size=values["claim_batch_size"],
+        retry_delay_ms=values["retry_delay"],
+        max_retry_delay_ms=values["max_retry_delay"],
+        node_failure_threshold=values["node_failure_threshold"],
+        node_probe_interval_ms=values["node_probe_interval"],
         task_types=task_types,
     )
 

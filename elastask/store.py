@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -94,21 +94,33 @@ class TaskStore:
         """Partially update ``task.*`` only if the document is still at the version ``doc`` was read at."""
         if doc.seq_no is None or doc.primary_term is None:
             raise ValueError(f"task document {doc.id!r} has no version; read it before writing it")
+        seq_no, primary_term = self.update_if_unchanged(
+            doc.id, doc.seq_no, doc.primary_term, task_fields, refresh=refresh
+        )
+        return doc.with_changes(seq_no=seq_no, primary_term=primary_term)
+
+    def update_if_unchanged(
+        self, doc_id: str, seq_no: int, primary_term: int, task_fields: Mapping[str, Any], *, refresh: bool = False
+    ) -> tuple[int, int]:
+        """Partially update ``task.*`` if the document is at (seq_no, primary_term); the new version.
+
+        Raises ConflictError (it changed: a lost race) or DocumentMissingError (it is gone).
+        """
         try:
-            with engine_errors(f"updating {doc.id!r} in {self.index}"):
+            with engine_errors(f"updating {doc_id!r} in {self.index}"):
                 answer = self.client.update(
                     index=self.index,
-                    id=doc.id,
+                    id=doc_id,
                     doc={"task": dict(task_fields)},
-                    if_seq_no=doc.seq_no,
-                    if_primary_term=doc.primary_term,
+                    if_seq_no=seq_no,
+                    if_primary_term=primary_term,
                     refresh=refresh or None,
                 )
         except elasticsearch.ConflictError as e:
-            raise ConflictError(doc.id) from e
+            raise ConflictError(doc_id) from e
         except elasticsearch.NotFoundError as e:
-            raise DocumentMissingError(doc.id) from e
-        return doc.with_changes(seq_no=answer["_seq_no"], primary_term=answer["_primary_term"])
+            raise DocumentMissingError(doc_id) from e
+        return int(answer["_seq_no"]), int(answer["_primary_term"])
 
     def refresh(self) -> None:
         """Make every write so far visible to search (tests and tools only)."""
@@ -158,3 +170,78 @@ class TaskStore:
                     f"tasks may be missed. Is this Kibana's task index?"
                 )
         return warnings
+
+
+class WriteResult:
+    """Outcome of one conditional write in a bulk request."""
+
+    __slots__ = ("doc_id", "error", "primary_term", "seq_no", "status")
+
+    def __init__(self, doc_id: str, status: int, seq_no: int | None, primary_term: int | None, error: str) -> None:
+        self.doc_id = doc_id
+        self.status = status
+        self.seq_no = seq_no
+        self.primary_term = primary_term
+        self.error = error
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def missing(self) -> bool:
+        return self.status == 404
+
+
+def _bulk_results(answer: Mapping[str, Any]) -> list[WriteResult]:
+    results = []
+    for item in answer.get("items", []):
+        (_action, body), *_ = item.items()
+        error = body.get("error")
+        reason = error.get("reason", str(error)) if isinstance(error, Mapping) else str(error or "")
+        results.append(
+            WriteResult(
+                str(body.get("_id")), int(body.get("status", 0)), body.get("_seq_no"), body.get("_primary_term"), reason
+            )
+        )
+    return results
+
+
+def search_hits(store: TaskStore, body: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
+    """The hits of one search on the task index."""
+    with engine_errors(what):
+        answer = store.client.search(index=store.index, body=dict(body))
+    return [dict(hit) for hit in answer["hits"]["hits"]]
+
+
+def bulk_update_tasks(
+    store: TaskStore, updates: Sequence[tuple[TaskDocument, Mapping[str, Any]]], *, refresh: bool = False
+) -> list[WriteResult]:
+    """Partial ``task.*`` updates, each conditional on the version its document was read at (one request)."""
+    if not updates:
+        return []
+    operations: list[dict[str, Any]] = []
+    for doc, fields in updates:
+        if doc.seq_no is None or doc.primary_term is None:
+            raise ValueError(f"task document {doc.id!r} has no version; read it before writing it")
+        operations.append({"update": {"_id": doc.id, "if_seq_no": doc.seq_no, "if_primary_term": doc.primary_term}})
+        operations.append({"doc": {"task": dict(fields)}})
+    with engine_errors(f"bulk update of {len(updates)} task(s) in {store.index}"):
+        answer = store.client.bulk(index=store.index, operations=operations, refresh=refresh or None)
+    return _bulk_results(answer.body)
+
+
+def mget_sources(store: TaskStore, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """Real-time reads of several documents: id -> hit (with version), or None if it is gone."""
+    if not ids:
+        return {}
+    with engine_errors(f"reading {len(ids)} task(s) from {store.index}"):
+        answer = store.client.mget(index=store.index, ids=list(ids))
+    result: dict[str, dict[str, Any] | None] = {}
+    for doc in answer["docs"]:
+        result[str(doc["_id"])] = dict(doc) if doc.get("found") else None
+    return result

@@ -16,6 +16,7 @@ from elastask.config import ElasticsearchSettings
 from elastask.store import TaskStore, build_client
 from elastask.testbed import Testbed
 from elastask.testbed.bed import INDEX, SimulatorProcess
+from tests.integration.harness import Dispatcher
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +66,20 @@ def simulator(testbed: Testbed) -> Iterator[Callable[..., SimulatorProcess]]:
     yield start
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture
+def dispatcher_factory(
+    testbed: Testbed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Dispatcher]]:
+    """Factory: workers and beats for this test (config as a dict, ELASTASK_* as env); stopped after."""
+    made: list[Dispatcher] = []
+
+    def make(simulator: SimulatorProcess, **options: Any) -> Dispatcher:
+        dispatcher = Dispatcher(tmp_path_factory.mktemp("dispatcher"), testbed, simulator, **options)
+        made.append(dispatcher)
+        return dispatcher
+
+    yield make
+    for dispatcher in made:
+        dispatcher.stop()

@@ -48,6 +48,7 @@ class ManagedProcess:
         self.env = env
         self.keep_stdin_open = keep_stdin_open
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cwd: str | None = None
 
     def start(self) -> None:
         """Start the process in its own process group (so a stop reaches its children too)."""
@@ -60,6 +61,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.PIPE if self.keep_stdin_open else subprocess.DEVNULL,
                 env=self.env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
         except FileNotFoundError as e:

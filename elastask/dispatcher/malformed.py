@@ -1,0 +1,38 @@
+"""Bad task documents: skipped, counted and reported once (by id and field), never fatal."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import cast
+
+import redis
+
+from elastask import keys
+from elastask.errors import DocumentError
+
+log = logging.getLogger(__name__)
+
+#: A malformed document is left out of claims (and not reported again) for this long.
+QUARANTINE = timedelta(minutes=10)
+
+
+def report_malformed(client: redis.Redis, error: DocumentError, now: datetime) -> None:
+    """Log a malformed document once per quarantine period and leave it out of the next claims."""
+    until_ms = int((now + QUARANTINE).timestamp() * 1000)
+    if client.zadd(keys.MALFORMED, {error.doc_id: until_ms}, nx=True):
+        log.warning(
+            "skipped malformed task document %r: field %r: %s (value %.120r)",
+            error.doc_id,
+            error.field,
+            error.problem,
+            error.raw,
+        )
+
+
+def quarantined(client: redis.Redis, now: datetime, limit: int = 5000) -> list[str]:
+    """Ids of malformed documents to leave out of claims now."""
+    now_ms = int(now.timestamp() * 1000)
+    client.zremrangebyscore(keys.MALFORMED, "-inf", now_ms)
+    members = cast(list[bytes], client.zrange(keys.MALFORMED, 0, limit - 1))
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]

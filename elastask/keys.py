@@ -1,0 +1,46 @@
+"""Every Redis key elastask writes, in one place (prefix ``elastask:``)."""
+
+from __future__ import annotations
+
+PREFIX = "elastask:"
+
+#: Set when the ledger was built; its absence means Redis lost the ledger (flush, restart).
+LEDGER_EPOCH = PREFIX + "ledger:epoch"
+#: The claim and retry loops each run one at a time across every beat and worker.
+CLAIM_LOCK = PREFIX + "lock:claim"
+RETRY_LOCK = PREFIX + "lock:retry"
+#: Hash: Kibana URL -> ownerId learned from GET /api/status.
+NODE_IDS = PREFIX + "nodes:owner_ids"
+#: Sorted set of malformed documents to leave out of claims for a while (score: until when, ms).
+MALFORMED = PREFIX + "malformed"
+#: Hash: document id -> why it was marked failed (for operators; Kibana's mapping has no field for it).
+FAILED_REASONS = PREFIX + "failed:reasons"
+
+
+def inflight(owner_id: str) -> str:
+    """Sorted set of task ids leased to a node, scored by lease expiry (ms since epoch)."""
+    return f"{PREFIX}inflight:{owner_id}"
+
+
+def inflight_costs(owner_id: str) -> str:
+    """Hash of task id -> capacity cost for the same node."""
+    return f"{PREFIX}inflight-cost:{owner_id}"
+
+
+def health(owner_id: str) -> str:
+    """Hash of a node's circuit breaker: failures, open_until_ms, backoff_ms."""
+    return f"{PREFIX}health:{owner_id}"
+
+
+def pushed(doc_id: str, seq_no: int) -> str:
+    """Marks that the push of one claim (document version) was attempted: never push it twice."""
+    return f"{PREFIX}pushed:{doc_id}:{seq_no}"
+
+
+def queue(owner_id: str) -> str:
+    """The Celery queue of dispatch jobs for one Kibana node."""
+    return f"elastask.dispatch.{owner_id}"
+
+
+CLAIM_QUEUE = "elastask.claim"
+RETRY_QUEUE = "elastask.retry"

@@ -1,0 +1,76 @@
+"""The Celery tasks: thin wrappers that build the process's clients and call the dispatcher.
+
+- ``elastask.claim`` (beat, every ``polling_interval``, queue ``elastask.claim``)
+- ``elastask.retry`` (beat, every ``retry_interval``, queue ``elastask.retry``)
+- ``elastask.dispatch`` (one per claimed task, queue ``elastask.dispatch.<ownerId>``)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from elastask import keys
+from elastask.celeryapp import get_app
+from elastask.dispatcher.claim import DispatchJob, claim_available_tasks
+from elastask.dispatcher.dispatch import job_from_dict, push_claimed_task
+from elastask.dispatcher.retry import retry_expired_leases
+from elastask.errors import LedgerError, StoreError
+from elastask.runtime import Runtime, build_runtime
+
+log = logging.getLogger(__name__)
+app = get_app()
+
+_runtime: tuple[int, Runtime] | None = None
+
+
+def runtime() -> Runtime:
+    """This process's clients, built after the fork of a prefork pool child."""
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        _runtime = (os.getpid(), build_runtime(app.conf.elastask_settings))
+    return _runtime[1]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def enqueue_dispatch(job: DispatchJob) -> None:
+    """Send a dispatch job to its node's queue; Flower shows only the task id, never the body."""
+    dispatch.apply_async(args=[job.as_dict()], queue=keys.queue(job.owner_id), argsrepr=f"({job.doc_id!r})")
+
+
+@app.task(name="elastask.claim", ignore_result=True)
+def claim() -> dict[str, Any]:
+    """One claim cycle."""
+    try:
+        return claim_available_tasks(runtime(), _now(), enqueue_dispatch).as_dict()
+    except (StoreError, LedgerError) as e:
+        log.error("claim cycle failed, next one in %d ms: %s", app.conf.elastask_settings.polling_interval_ms, e)
+        return {"ran": False, "error": str(e)}
+
+
+@app.task(name="elastask.retry", ignore_result=True)
+def retry() -> dict[str, Any]:
+    """One retry cycle for expired leases."""
+    try:
+        return retry_expired_leases(runtime(), _now()).as_dict()
+    except (StoreError, LedgerError) as e:
+        log.error("retry cycle failed, next one in %d ms: %s", app.conf.elastask_settings.retry_interval_ms, e)
+        return {"ran": False, "error": str(e)}
+
+
+@app.task(
+    name="elastask.dispatch",
+    ignore_result=True,
+    autoretry_for=(StoreError, LedgerError),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    max_retries=10,
+)
+def dispatch(job: dict[str, Any]) -> str:
+    """Push one claimed task to its Kibana node."""
+    return push_claimed_task(runtime(), job_from_dict(job), _now())

@@ -1,0 +1,130 @@
+"""Real ``celery -A elastask worker|beat`` processes against the test bed, and helpers to watch them."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from elasticsearch import Elasticsearch
+
+from elastask.documents import TaskDocument
+from elastask.testbed import Testbed
+from elastask.testbed.bed import INDEX, SimulatorProcess
+from elastask.testbed.process import ManagedProcess
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Dispatcher:
+    """Workers and beats of one test, configured through ELASTASK_* and an elastask.yaml."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        testbed: Testbed,
+        simulator: SimulatorProcess,
+        *,
+        config: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        config_path = workdir / "elastask.yaml"
+        config_path.write_text(yaml.safe_dump(config or {}))
+        self.env = {
+            **os.environ,
+            "ELASTASK_CONFIG": str(config_path),
+            "ELASTASK_ELASTICSEARCH_HOST": testbed.es_url,
+            "ELASTASK_REDIS_URL": testbed.redis.url,
+            "ELASTASK_KIBANA_HOSTS": ",".join(simulator.urls),
+            "ELASTASK_POLLING_INTERVAL": "200",
+            "ELASTASK_RETRY_INTERVAL": "500",
+            "ELASTASK_RETRY_DELAY": "1s",
+            "ELASTASK_NODE_PROBE_INTERVAL": "1000",
+            **(env or {}),
+        }
+        self.processes: list[ManagedProcess] = []
+
+    def _celery(self, name: str, *args: str) -> ManagedProcess:
+        argv = [sys.executable, "-m", "celery", "-A", "elastask", *args]
+        process = ManagedProcess(name, argv, self.workdir / f"{name}.log", env=self.env)
+        process.cwd = str(REPO)
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def worker(self, name: str = "worker1", *, concurrency: int = 4, queues: str | None = None) -> ManagedProcess:
+        """Start a worker and wait until it is ready to consume."""
+        args = [
+            "worker",
+            "-l",
+            "info",
+            "-n",
+            f"{name}@%h",
+            "-c",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        if queues:
+            args += ["-Q", queues]
+        process = self._celery(name, *args)
+        process.wait_until(lambda: " ready." in process.log_path.read_text(errors="replace"), 60)
+        return process
+
+    def beat(self, name: str = "beat1") -> ManagedProcess:
+        """Start a beat with its own schedule file."""
+        return self._celery(name, "beat", "-l", "info", "-s", str(self.workdir / f"{name}-schedule"))
+
+    def logs(self) -> str:
+        """Everything the workers and beats logged."""
+        return "\n".join(p.log_path.read_text(errors="replace") for p in self.processes if p.log_path.exists())
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop(timeout_s=20)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    """Poll until ``predicate`` holds; fail naming what was awaited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for: {what}")
+
+
+def task_count(es: Elasticsearch, **terms: Any) -> int:
+    """Task documents (real-time after a refresh) matching ``task.<field>: value`` terms."""
+    es.indices.refresh(index=INDEX)
+    filters = [{"term": {"type": "task"}}] + [{"term": {f"task.{k}": v}} for k, v in terms.items()]
+    return int(es.count(index=INDEX, query={"bool": {"filter": filters}})["count"])
+
+
+def seed(es: Elasticsearch, docs: list[TaskDocument]) -> None:
+    """Index task documents in bulk, as Kibana would have scheduled them."""
+    operations: list[dict[str, Any]] = []
+    for doc in docs:
+        operations += [{"create": {"_index": INDEX, "_id": doc.id}}, doc.to_source()]
+    for start in range(0, len(operations), 1000):
+        answer = es.bulk(operations=operations[start : start + 1000], refresh=True)
+        assert not answer["errors"], answer
+    return None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def assert_no_violations(stats: dict[str, Any], capacity: int = 10) -> None:
+    """The invariants the simulator sees: cap, no overlapping run, nothing rejected over capacity."""
+    for owner, node in stats["nodes"].items():
+        assert node["max_concurrency"] <= capacity, f"{owner} ran {node['max_concurrency']} at once"
+        assert node["overlapping_runs"] == 0, f"{owner} saw an overlapping run"
+        assert node["rejected_over_capacity"] == 0, f"{owner} was pushed beyond its capacity"

@@ -1,0 +1,106 @@
+"""Pure decisions: assignment by free capacity, claim/release fields, expiry outcomes, backoff."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from elastask import policy
+from elastask.documents import TaskDocument, new_task
+from elastask.intervals import parse_date
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def task(name: str, **changes: object) -> TaskDocument:
+    return new_task(name, "sample", now=NOW).with_changes(**changes)
+
+
+def test_given_free_units_when_assigning_then_each_task_goes_to_the_node_with_most_room() -> None:
+    tasks = [task(f"t{i}") for i in range(5)]
+    result = policy.assign(tasks, {"a": 4, "b": 6, "c": 0}, lambda _t: 2)
+    owners = [a.owner_id for a in result]
+    assert owners == ["b", "a", "b", "a", "b"]
+    assert all(a.cost == 2 for a in result)
+
+
+def test_assignment_never_exceeds_free_capacity_and_stops_at_the_first_misfit() -> None:
+    tasks = [task("small"), task("big").with_changes(task_type="big"), task("small2")]
+    costs = {"sample": 1, "big": 10}
+    result = policy.assign(tasks, {"a": 3, "b": 2}, lambda t: costs[t])
+    assert [a.task.id for a in result] == ["task:small"]  # big fits nowhere: stop, keep priority order
+    total = policy.assign([task(f"t{i}") for i in range(20)], {"a": 5, "b": 4}, lambda _t: 2)
+    used = {o: sum(a.cost for a in total if a.owner_id == o) for o in ("a", "b")}
+    assert used["a"] <= 5 and used["b"] <= 4 and len(total) == 4
+
+
+def test_a_retried_task_avoids_the_node_its_lease_ran_out_on() -> None:
+    retried = task("r", attempts=1, owner_id="a")
+    fresh = task("f", owner_id="a")
+    assert policy.assign([retried], {"a": 20, "b": 2}, lambda _t: 2)[0].owner_id == "b"
+    assert policy.assign([fresh], {"a": 20, "b": 2}, lambda _t: 2)[0].owner_id == "a"
+    assert policy.assign([retried], {"a": 20, "b": 0}, lambda _t: 2)[0].owner_id == "a"  # no room elsewhere
+
+
+def test_claim_fields_are_kibanas_mark_task_as_running() -> None:
+    one_shot = task("o", attempts=1, run_at=NOW - timedelta(seconds=5))
+    fields = policy.claim_fields(one_shot, "kibana:x", NOW, timeout_ms=300_000)
+    assert fields["status"] == "running" and fields["ownerId"] == "kibana:x"
+    assert fields["attempts"] == 2
+    assert parse_date(fields["startedAt"]) == NOW
+    assert parse_date(fields["retryAt"]) == NOW + timedelta(minutes=5)
+    assert parse_date(fields["scheduledAt"]) == one_shot.run_at
+    recurring = new_task("r", "sample", now=NOW, interval="1h")
+    assert parse_date(policy.claim_fields(recurring, "k", NOW, 300_000)["retryAt"]) == NOW + timedelta(hours=1)
+
+
+def test_release_gives_the_attempt_back() -> None:
+    fields = policy.release_fields_for(3)
+    assert fields == {"status": "idle", "ownerId": None, "startedAt": None, "retryAt": None, "attempts": 2}
+    assert policy.release_fields_for(0)["attempts"] == 0
+
+
+def test_expired_one_shot_task_is_retried_with_backoff_then_failed() -> None:
+    rng = random.Random(1)
+    first = policy.on_lease_expired(
+        task("o", attempts=1, status="running", owner_id="a"),
+        NOW,
+        max_attempts=3,
+        base_delay_ms=30_000,
+        max_delay_ms=3_600_000,
+        rng=rng,
+    )
+    assert first.outcome == "retry" and first.fields["status"] == "idle"
+    assert parse_date(first.fields["runAt"]) == NOW + timedelta(seconds=30)
+    assert "ownerId" not in first.fields  # kept, so the retry goes elsewhere
+    last = policy.on_lease_expired(
+        task("o", attempts=3, status="running"),
+        NOW,
+        max_attempts=3,
+        base_delay_ms=30_000,
+        max_delay_ms=3_600_000,
+        rng=rng,
+    )
+    assert last.outcome == "failed" and last.fields["status"] == "failed"
+    assert "3 runs" in last.reason
+
+
+def test_expired_recurring_task_is_never_failed() -> None:
+    rng = random.Random(1)
+    doc = new_task("r", "sample", now=NOW, interval="10m").with_changes(attempts=3, status="running")
+    expiry = policy.on_lease_expired(doc, NOW, max_attempts=3, base_delay_ms=30_000, max_delay_ms=3_600_000, rng=rng)
+    assert expiry.outcome == "rescheduled"
+    assert expiry.fields["status"] == "idle" and expiry.fields["attempts"] == 0
+    assert parse_date(expiry.fields["runAt"]) == NOW + timedelta(minutes=10)
+    early = policy.on_lease_expired(
+        doc.with_changes(attempts=1), NOW, max_attempts=3, base_delay_ms=30_000, max_delay_ms=3_600_000, rng=rng
+    )
+    assert early.outcome == "retry" and parse_date(early.fields["runAt"]) == NOW
+
+
+def test_retry_delay_follows_kibana() -> None:
+    rng = random.Random(7)
+    assert policy.retry_delay_ms(1, base_ms=30_000, max_ms=3_600_000, rng=rng) == 30_000
+    for attempts in range(2, 12):
+        delay = policy.retry_delay_ms(attempts, base_ms=30_000, max_ms=3_600_000, rng=rng)
+        assert 30_000 <= delay <= min(3_600_000, 300_000 * 2 ** (attempts - 2))
