@@ -31,7 +31,17 @@ def runtime() -> Runtime:
     global _runtime
     if _runtime is None or _runtime[0] != os.getpid():
         _runtime = (os.getpid(), build_runtime(app.conf.elastask_settings))
+        _check_index(_runtime[1])
     return _runtime[1]
+
+
+def _check_index(rt: Runtime) -> None:
+    """Kibana owns the index: say clearly if it is missing or lacks a field elastask queries."""
+    try:
+        for warning in rt.store.check_index():
+            log.warning("%s", warning)
+    except StoreError as e:
+        log.error("%s", e)
 
 
 def _now() -> datetime:

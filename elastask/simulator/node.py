@@ -64,8 +64,11 @@ class SharedState:
 class SimulatedNode:
     """A Kibana node on its own port with its own uuid."""
 
-    def __init__(self, index: int, port: int, shared: SharedState, *, capacity: int, node_uuid: str) -> None:
+    def __init__(
+        self, index: int, port: int, shared: SharedState, *, capacity: int, node_uuid: str, host: str = "127.0.0.1"
+    ) -> None:
         self.index = index
+        self.host = host
         self.port = port
         self.shared = shared
         self.capacity = capacity
@@ -104,7 +107,7 @@ class SimulatedNode:
 
     async def listen(self) -> None:
         assert self.runner is not None
-        self.site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
+        self.site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
         await self.site.start()
 
     async def set_mode(self, mode: str, delay_s: float | None = None) -> None:

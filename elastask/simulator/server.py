@@ -118,7 +118,11 @@ async def serve(args: argparse.Namespace) -> None:
     nodes = []
     for index in range(args.nodes):
         port = ports[index] if ports else 0
-        nodes.append(SimulatedNode(index, port, shared, capacity=args.capacity, node_uuid=node_uuid(args.seed, index)))
+        nodes.append(
+            SimulatedNode(
+                index, port, shared, capacity=args.capacity, node_uuid=node_uuid(args.seed, index), host=args.host
+            )
+        )
     for node in nodes:
         await node.start()
         if node.port == 0:  # learn the port the OS chose
@@ -127,7 +131,7 @@ async def serve(args: argparse.Namespace) -> None:
     simulator = Simulator(nodes, shared)
     control = web.AppRunner(simulator.build_control_app(), access_log=None)
     await control.setup()
-    site = web.TCPSite(control, "127.0.0.1", args.control_port)
+    site = web.TCPSite(control, args.host, args.control_port)
     await site.start()
     control_port = bound_port(site)
     print(json.dumps({"control": f"http://127.0.0.1:{control_port}", "nodes": simulator.describe()}), flush=True)
@@ -159,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", default="0", help="seed of node uuids and run times")
     parser.add_argument("--ports", default="", help="comma-separated node ports (default: free ports)")
     parser.add_argument("--control-port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     return parser
 
 

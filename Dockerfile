@@ -1,0 +1,9 @@
+# The elastask image: worker, beat, Flower, the CLI and the Kibana simulator.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md celeryconfig.py elastask.yaml ./
+COPY elastask ./elastask
+RUN pip install --no-cache-dir . && useradd --create-home elastask
+USER elastask
+ENV ELASTASK_CONFIG=/app/elastask.yaml
+CMD ["celery", "-A", "elastask", "worker", "-l", "info"]
