@@ -194,6 +194,110 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tu
     sys.exit(status)
 
 
+@cli.command("bench")
+@click.argument("scenario", type=click.Choice(["backlog", "steady", "idle", "scale", "all"]))
+@click.option("--mode", type=click.Choice(["push", "pull", "both"]), default="both", show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="write every run as JSON here (default bench-results/<scenario>.json)",
+)
+@click.option(
+    "--chart", "chart_path", type=click.Path(dir_okay=False), default=None, help="PNG chart (default next to the JSON)"
+)
+@click.option("--nodes", type=int, default=None, help="simulated Kibana nodes")
+@click.option("--tasks", type=int, default=None, help="one-shot tasks (backlog, scale) or recurring tasks (steady)")
+@click.option("--docs", type=int, default=None, help="scale: task documents in the index in all")
+@click.option("--run-ms", type=int, default=None, help="run time of every task")
+@click.option("--duration", type=float, default=None, help="steady and idle: seconds to measure")
+@click.option("--push-interval", type=int, default=200, show_default=True, help="elastask's claim interval (ms)")
+@click.option("--pull-intervals", default="500,3000", show_default=True, help="Kibana poll intervals to run (ms)")
+@click.option("--workers", type=int, default=1, show_default=True, help="celery workers in push mode")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="processes per worker")
+def bench(
+    scenario: str,
+    mode: str,
+    json_path: str | None,
+    chart_path: str | None,
+    nodes: int | None,
+    tasks: int | None,
+    docs: int | None,
+    run_ms: int | None,
+    duration: float | None,
+    push_interval: int,
+    pull_intervals: str,
+    workers: int,
+    concurrency: int,
+) -> None:
+    """Benchmark push (elastask) against Kibana's pull model, side by side on one test bed."""
+    import shlex
+    import tempfile
+    from pathlib import Path
+
+    from elastask.bench import report
+    from elastask.bench.runner import BenchRun, run_idle
+    from elastask.bench.scenarios import IDLE_FLEETS, SCENARIOS
+    from elastask.testbed import Testbed
+
+    modes = (["push"] if mode in ("push", "both") else []) + (
+        [f"pull-{ms.strip()}" for ms in pull_intervals.split(",") if ms.strip()] if mode in ("pull", "both") else []
+    )
+    names = ["backlog", "steady", "idle", "scale"] if scenario == "all" else [scenario]
+    out = Path(json_path or f"bench-results/{scenario}.json")
+    command = "elastask bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    workdir = Path(tempfile.mkdtemp(prefix="elastask-bench-"))
+    bar_state: dict[str, Any] = {}
+
+    def progress(done: int, total: int, label: str) -> None:
+        width = 30
+        filled = int(width * done / total) if total else width
+        click.echo(f"\r  [{'#' * filled}{'.' * (width - filled)}] {label:<40}", nl=False, err=True)
+        bar_state["dirty"] = True
+
+    results: list[dict[str, Any]] = []
+    bed = Testbed(workdir / "testbed", kibana_nodes=0, engine_heap_mb=1024)
+    click.echo("elastask bench: starting the test bed...", err=True)
+    try:
+        bed.start()
+        for name in names:
+            base = SCENARIOS[name]
+            if name == "idle":
+                click.echo(f"{name}: {base.description}", err=True)
+                fleets = (nodes,) if nodes else IDLE_FLEETS
+                results += run_idle(bed, fleets, modes, workdir, duration or base.duration_s, push_interval, progress)
+                click.echo("", err=True)
+                continue
+            sized = base.sized(nodes=nodes, run_ms=run_ms, duration_s=duration)
+            if tasks is not None:
+                sized = sized.sized(**({"recurring_tasks": tasks} if name == "steady" else {"one_shot_tasks": tasks}))
+            if docs is not None and name == "scale":
+                sized = sized.sized(idle_docs=max(0, docs - sized.one_shot_tasks))
+            click.echo(f"{name}: {sized.description}", err=True)
+            for run_mode in modes:
+                run = BenchRun(
+                    bed,
+                    sized,
+                    run_mode,
+                    workdir,
+                    push_interval_ms=push_interval,
+                    workers=workers,
+                    concurrency=concurrency,
+                    progress=progress,
+                )
+                results.append(run.run())
+                click.echo("", err=True)
+    except ElastaskError as e:
+        fail(e)
+    finally:
+        bed.stop()
+    report.write_json(out, command, results)
+    drawn = report.chart(Path(chart_path) if chart_path else out.with_suffix(".png"), results)
+    click.echo(report.markdown_table(results))
+    click.echo(f"results: {out}" + (f", chart: {chart_path or out.with_suffix('.png')}" if drawn else ""), err=True)
+
+
 @cli.command("sim", context_settings={"ignore_unknown_options": True, "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def sim(args: tuple[str, ...]) -> None:

@@ -301,8 +301,13 @@ def new_task(
     interval: str | None = None,
     priority: int = DEFAULT_PRIORITY,
     scope: tuple[str, ...] | None = None,
+    partition: int | None = None,
 ) -> TaskDocument:
-    """A new task as Kibana's ``taskManager.schedule`` writes it: idle, attempts 0, runAt = now."""
+    """A new task as Kibana's ``taskManager.schedule`` writes it: idle, attempts 0, runAt = now.
+
+    ``partition`` (0-255) is what Kibana 8.16+ sets from a hash of the id, so that each node of the
+    ``mget`` claimer only searches the partitions assigned to it.
+    """
     if interval is not None:
         parse_interval_ms(interval)
     doc = TaskDocument(
@@ -318,7 +323,10 @@ def new_task(
         scope=scope,
     )
     # Kibana writes every field of a new task, nulls included.
-    return doc.with_changes(raw={**new_envelope(now), "task": task_fields(doc)})
+    task = task_fields(doc)
+    if partition is not None:
+        task["partition"] = partition
+    return doc.with_changes(raw={**new_envelope(now), "task": task})
 
 
 def run_now_body(doc: TaskDocument) -> dict[str, Any]:

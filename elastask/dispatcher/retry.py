@@ -32,6 +32,7 @@ from elastask.store import bulk_update_tasks, search_hits
 log = logging.getLogger(__name__)
 
 AUDIT_SIZE = 100
+AUDIT_EVERY_S = 60
 
 
 @dataclass
@@ -57,7 +58,9 @@ def retry_expired_leases(rt: Runtime, now: datetime) -> RetrySummary:
         if not taken:
             return RetrySummary(ran=False)
         summary = _retry_cycle(rt, now)
-        summary.unclaimable = audit_unclaimable(rt, now)
+        # The audit looks for documents no loop would pick up; once a minute is plenty.
+        if rt.redis.set(keys.AUDIT_DUE, 1, nx=True, ex=AUDIT_EVERY_S):
+            summary.unclaimable = audit_unclaimable(rt, now)
     summary.duration_ms = (time.monotonic() - started) * 1000
     if summary.expired or summary.skipped or summary.unclaimable:
         log.info(

@@ -173,10 +173,14 @@ class SimulatedNode:
             self.stats.rejected_over_capacity += 1
             log.warning("%s: ephemeral capacity %d reached, rejected %r", self.name, self.capacity, body["id"])
             return web.Response(status=204)
+        self.start_run(body, received)
+        return web.Response(status=204)
+
+    def start_run(self, body: dict[str, Any], received: datetime) -> None:
+        """Run a task in the background (the ephemeral queue), as _run_now and the pull claimer do."""
         task = asyncio.get_running_loop().create_task(self.run(body, received))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return web.Response(status=204)
 
     # ---- the run ---------------------------------------------------------------------------------
 

@@ -65,6 +65,9 @@ class Simulator:
                 "current",
                 "overlapping_runs",
                 "outcome_write_errors",
+                "claim_conflicts",
+                "claim_stale",
+                "claim_missing",
             )
         }
         totals["max_concurrency"] = max((int(d["max_concurrency"]) for d in nodes.values()), default=0)
@@ -128,6 +131,15 @@ async def serve(args: argparse.Namespace) -> None:
         if node.port == 0:  # learn the port the OS chose
             assert node.site is not None
             node.port = bound_port(node.site)
+    pollers = []
+    if args.pull_interval_ms > 0:
+        from elastask.simulator.pull import PullClaimer
+
+        for node in nodes:
+            claimer = PullClaimer(
+                node, poll_interval_ms=args.pull_interval_ms, timeout_ms=args.timeout_ms, node_count=len(nodes)
+            )
+            pollers.append(asyncio.get_running_loop().create_task(claimer.loop()))
     simulator = Simulator(nodes, shared)
     control = web.AppRunner(simulator.build_control_app(), access_log=None)
     await control.setup()
@@ -140,6 +152,8 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    for poller in pollers:
+        poller.cancel()
     for node in nodes:
         await node.stop()
     await control.cleanup()
@@ -163,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", default="0", help="seed of node uuids and run times")
     parser.add_argument("--ports", default="", help="comma-separated node ports (default: free ports)")
     parser.add_argument("--control-port", type=int, default=0)
+    parser.add_argument(
+        "--pull-interval-ms",
+        type=int,
+        default=0,
+        help="pull mode: each node claims for itself like Kibana's mget claimer, polling this often",
+    )
+    parser.add_argument("--timeout-ms", type=int, default=300_000, help="pull mode: task timeout (sets retryAt)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     return parser
 

@@ -29,7 +29,11 @@ class NodeStats:
     max_concurrency: int = 0
     overlapping_runs: int = 0
     outcome_write_errors: int = 0
+    claim_conflicts: int = 0  # pull mode: 409s of this node's claims
+    claim_stale: int = 0
+    claim_missing: int = 0
     drift_ms: list[float] = field(default_factory=list)
+    claim_cycles_ms: list[float] = field(default_factory=list)  # pull mode
 
     def run_started(self, drift_ms: float | None, overlapping: bool) -> None:
         """A run began; ``overlapping`` when the same task was already running anywhere."""
@@ -51,7 +55,14 @@ class NodeStats:
 
     def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
         """The counters as JSON, with drift percentiles."""
-        data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key != "drift_ms"}
+        skip = ("drift_ms", "claim_cycles_ms")
+        data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key not in skip}
+        cycles = self.claim_cycles_ms
+        data["claim_cycle_ms"] = {
+            "count": len(cycles),
+            "p50": percentile(cycles, 0.50),
+            "p99": percentile(cycles, 0.99),
+        }
         drifts = self.drift_ms
         data["drift_ms"] = {
             "count": len(drifts),
@@ -62,4 +73,5 @@ class NodeStats:
         }
         if with_drifts:
             data["drifts"] = list(drifts)
+            data["claim_cycles"] = list(cycles)
         return data

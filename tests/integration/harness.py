@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from elasticsearch import Elasticsearch
 
 from elastask.documents import TaskDocument
 from elastask.testbed import Testbed
 from elastask.testbed.bed import INDEX, SimulatorProcess
-from elastask.testbed.process import ManagedProcess
-
-REPO = Path(__file__).resolve().parents[2]
+from elastask.testbed.fleet import CeleryFleet
 
 
-class Dispatcher:
-    """Workers and beats of one test, configured through ELASTASK_* and an elastask.yaml."""
+class Dispatcher(CeleryFleet):
+    """A fleet with the fast intervals the tests use (overridable through ``env``)."""
 
     def __init__(
         self,
@@ -33,61 +28,13 @@ class Dispatcher:
         config: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.workdir = workdir
-        config_path = workdir / "elastask.yaml"
-        config_path.write_text(yaml.safe_dump(config or {}))
-        self.env = {
-            **os.environ,
-            "ELASTASK_CONFIG": str(config_path),
-            "ELASTASK_ELASTICSEARCH_HOST": testbed.es_url,
-            "ELASTASK_REDIS_URL": testbed.redis.url,
-            "ELASTASK_KIBANA_HOSTS": ",".join(simulator.urls),
+        fast = {
             "ELASTASK_POLLING_INTERVAL": "200",
             "ELASTASK_RETRY_INTERVAL": "500",
             "ELASTASK_RETRY_DELAY": "1s",
             "ELASTASK_NODE_PROBE_INTERVAL": "1000",
-            **(env or {}),
         }
-        self.processes: list[ManagedProcess] = []
-
-    def _celery(self, name: str, *args: str) -> ManagedProcess:
-        argv = [sys.executable, "-m", "celery", "-A", "elastask", *args]
-        process = ManagedProcess(name, argv, self.workdir / f"{name}.log", env=self.env)
-        process.cwd = str(REPO)
-        process.start()
-        self.processes.append(process)
-        return process
-
-    def worker(self, name: str = "worker1", *, concurrency: int = 4, queues: str | None = None) -> ManagedProcess:
-        """Start a worker and wait until it is ready to consume."""
-        args = [
-            "worker",
-            "-l",
-            "info",
-            "-n",
-            f"{name}@%h",
-            "-c",
-            str(concurrency),
-            "--without-gossip",
-            "--without-mingle",
-        ]
-        if queues:
-            args += ["-Q", queues]
-        process = self._celery(name, *args)
-        process.wait_until(lambda: " ready." in process.log_path.read_text(errors="replace"), 60)
-        return process
-
-    def beat(self, name: str = "beat1") -> ManagedProcess:
-        """Start a beat with its own schedule file."""
-        return self._celery(name, "beat", "-l", "info", "-s", str(self.workdir / f"{name}-schedule"))
-
-    def logs(self) -> str:
-        """Everything the workers and beats logged."""
-        return "\n".join(p.log_path.read_text(errors="replace") for p in self.processes if p.log_path.exists())
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.stop(timeout_s=20)
+        super().__init__(workdir, testbed, simulator, config=config, env={**fast, **(env or {})})
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:

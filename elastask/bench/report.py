@@ -1,0 +1,116 @@
+"""Benchmark output: JSON, a Markdown table and a PNG chart of push against pull. Only measured numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: Path, command: str, results: Sequence[dict[str, Any]]) -> None:
+    """One JSON file: the command, the machine and every run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": command, "machine": machine(), "runs": list(results)}, indent=2))
+
+
+def _fmt(value: Any, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}{suffix}" if abs(value) >= 10 else f"{value:.2f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+    """A table of every run, side by side."""
+    head = (
+        "| scenario | mode | nodes | claim interval | completed | elapsed | utilisation | drift p50 / p95 / p99 / max "
+        "| claim cycle p50 / p99 | engine ops/s | engine ops/task | cap viol. | overlaps | lost |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in results:
+        drift = r.get("drift_ms") or {}
+        cycle = r.get("claim_cycle_ms") or {}
+        engine = r.get("engine", {})
+        util = r.get("utilisation")
+        rows.append(
+            "| {scenario} | {mode} | {nodes} | {interval} ms | {completed} | {elapsed} s | {util} | {drift} | {cycle} "
+            "| {ops_s} | {ops_task} | {viol} | {overlaps} | {lost} |".format(
+                scenario=r["scenario"],
+                mode=r["mode"],
+                nodes=r["nodes"],
+                interval=r.get("claim_interval_ms", "-"),
+                completed=_fmt(r.get("completed")),
+                elapsed=_fmt(r.get("elapsed_s")),
+                util="-" if util is None else f"{util * 100:.1f} %",
+                drift=" / ".join(_fmt(drift.get(k)) for k in ("p50", "p95", "p99", "max")) + " ms" if drift else "-",
+                cycle=" / ".join(_fmt(cycle.get(k)) for k in ("p50", "p99")) + " ms" if cycle else "-",
+                ops_s=_fmt(engine.get("operations_per_s")),
+                ops_task=_fmt(engine.get("operations_per_task")),
+                viol=r.get("cap_violations", "-"),
+                overlaps=r.get("overlapping_runs", "-"),
+                lost=r.get("lost", "-"),
+            )
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def chart(path: Path, results: Sequence[dict[str, Any]]) -> bool:
+    """A PNG with one panel per measure that has data; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = [
+        ("utilisation of the ceiling (%)", lambda r: (r.get("utilisation") or 0) * 100, lambda r: r.get("utilisation")),
+        (
+            "start drift p99 (ms)",
+            lambda r: (r.get("drift_ms") or {}).get("p99") or 0,
+            lambda r: (r.get("drift_ms") or {}).get("p99"),
+        ),
+        (
+            "engine operations per second",
+            lambda r: r["engine"]["operations_per_s"] or 0,
+            lambda r: r.get("engine", {}).get("operations_per_s"),
+        ),
+        (
+            "engine operations per completed task",
+            lambda r: r["engine"].get("operations_per_task") or 0,
+            lambda r: r.get("engine", {}).get("operations_per_task"),
+        ),
+    ]
+    used = [(title, get) for title, get, has in panels if any(has(r) is not None for r in results)]
+    if not used:
+        return False
+    fig, axes = plt.subplots(len(used), 1, figsize=(10, 3.2 * len(used)), squeeze=False)
+    labels = [f"{r['scenario']}\n{r['nodes']} nodes\n{r['mode']}" for r in results]
+    colours = ["#2b7bba" if r["mode"] == "push" else "#d95f02" for r in results]
+    for axis, (title, get) in zip(axes[:, 0], used, strict=True):
+        values = [get(r) for r in results]
+        axis.bar(range(len(results)), values, color=colours)
+        axis.set_title(title)
+        axis.set_xticks(range(len(results)), labels, fontsize=7)
+    fig.suptitle("elastask push (blue) vs Kibana pull model (orange), measured side by side")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

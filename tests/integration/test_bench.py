@@ -1,0 +1,60 @@
+"""A smoke-sized benchmark proves the harness works: the report's shape and the zero-violation invariants.
+
+It never asserts a speed: timings on a shared machine are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "backlog.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "elastask",
+            "bench",
+            "backlog",
+            "--mode",
+            "both",
+            "--nodes",
+            "2",
+            "--tasks",
+            "40",
+            "--run-ms",
+            "100",
+            "--pull-intervals",
+            "500",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env={**os.environ, "ELASTASK_CONFIG": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("elastask bench backlog")
+    assert report["machine"]["cpus"]
+    modes = [run["mode"] for run in report["runs"]]
+    assert modes == ["push", "pull-500"]
+    for run in report["runs"]:
+        assert run["completed"] == 40 and run["completed_in_time"]
+        assert run["cap_violations"] == 0 and run["overlapping_runs"] == 0 and run["lost"] == 0
+        assert 0 < run["utilisation"] <= 1.5
+        assert run["drift_ms"]["count"] == 40 and run["drift_ms"]["p50"] is not None
+        assert run["engine"]["operations"] > 0 and run["engine"]["by_kind"]["delete"] == 40
+        assert run["claim_cycle_ms"]["count"] > 0
+    assert "| backlog | push |" in result.stdout and "| backlog | pull-500 |" in result.stdout
+    assert (tmp_path / "backlog.png").stat().st_size > 1000
