@@ -129,6 +129,159 @@ def index_check(obj: Context) -> None:
     sys.exit(1 if warnings else 0)
 
 
+def _runtime(obj: Context) -> Any:
+    from elastask.runtime import build_runtime
+
+    try:
+        return build_runtime(obj.settings)
+    except ElastaskError as e:
+        fail(e)
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+@cli.command("check")
+@click.pass_obj
+def check_cmd(obj: Context) -> None:
+    """Validate the config and reach the engine, the index, Redis and every Kibana node."""
+    from elastask import admin
+
+    rt = _runtime(obj)
+    rows = admin.check(obj.settings, rt)
+    width = max(len(r.name) for r in rows)
+    for row in rows:
+        mark = "ok     " if row.ok else "PROBLEM"
+        line = f"{mark}  {row.name:<{width}}  {row.detail}"
+        click.echo(line + (f"\n         {'':<{width}}  fix: {row.fix}" if row.fix and not row.ok else ""))
+    sys.exit(0 if all(r.ok for r in rows) else 1)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def status_cmd(obj: Context, as_json: bool) -> None:
+    """Per Kibana node: tasks in flight against capacity, rotation; task counts by status."""
+    from elastask import admin
+
+    rt = _runtime(obj)
+    try:
+        data = admin.status(rt, _now())
+    except ElastaskError as e:
+        fail(e)
+    if as_json:
+        click.echo(dumps(data))
+        return
+    click.echo(f"{'node':<40} {'ownerId':<46} {'in flight':>10} {'load':>7}  rotation")
+    for row in data["nodes"]:
+        flight = f"{row['in_flight_units']}/{row['capacity_units']}"
+        rotation = "in" if row["in_rotation"] else f"out ({row['failures']} failures)"
+        click.echo(f"{row['url']:<40} {row['owner_id']:<46} {flight:>10} {row['load_percent']:>6}%  {rotation}")
+    for problem in data["unresolved"]:
+        click.echo(f"unresolved: {problem}")
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(data["tasks_by_status"].items())) or "none"
+    click.echo(f"tasks by status: {counts}; due now: {data['due_now']}  (in flight counted in cost units)")
+
+
+@cli.group()
+def tasks() -> None:
+    """Inspect and requeue task documents."""
+
+
+@tasks.command("failed")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def tasks_failed(obj: Context, as_json: bool) -> None:
+    """List failed tasks with the reason elastask failed them."""
+    from elastask import admin
+
+    try:
+        rows = admin.failed_tasks(_runtime(obj))
+    except ElastaskError as e:
+        fail(e)
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    for row in rows:
+        click.echo(f"{row['id']}  {row['task_type']}  attempts={row['attempts']}  {row['reason'] or ''}")
+    click.echo(f"{len(rows)} failed task(s)", err=True)
+
+
+@tasks.command("show")
+@click.argument("task_id")
+@click.pass_obj
+def tasks_show(obj: Context, task_id: str) -> None:
+    """Print one task document (id with or without the task: prefix)."""
+    import elasticsearch
+
+    from elastask import admin
+
+    try:
+        click.echo(dumps(admin.show(_runtime(obj), task_id)))
+    except elasticsearch.NotFoundError:
+        fail(ElastaskError(f"task {task_id!r} not found in {obj.settings.index}"))
+
+
+@tasks.command("requeue")
+@click.argument("task_id")
+@click.pass_obj
+def tasks_requeue(obj: Context, task_id: str) -> None:
+    """Send a failed or stuck task back to idle now, attempts reset (a conditional write)."""
+    from elastask import admin
+
+    try:
+        doc = admin.requeue(_runtime(obj), task_id, _now())
+    except ElastaskError as e:
+        fail(e)
+    click.echo(f"requeued {doc.id}: idle, attempts 0, due now")
+
+
+@cli.command("schedule")
+@click.option("--type", "task_type", required=True, help="taskType, e.g. actions:.server-log")
+@click.option("--id", "task_id", default=None, help="task id (default: a new uuid)")
+@click.option("--params", default="{}", help="params as a JSON object")
+@click.option("--interval", default=None, help="recurring: 10s, 5m, 1h ...")
+@click.option("--in", "delay", default=None, help="run after this interval instead of now (e.g. 30s)")
+@click.pass_obj
+def schedule_cmd(
+    obj: Context, task_type: str, task_id: str | None, params: str, interval: str | None, delay: str | None
+) -> None:
+    """Create a task document as Kibana's taskManager.schedule would (testing and operations)."""
+    import uuid
+    from datetime import timedelta
+
+    from elastask import admin
+    from elastask.intervals import parse_interval_ms
+
+    try:
+        decoded = json.loads(params)
+    except ValueError as e:
+        fail(ElastaskError(f"--params: not valid JSON ({e})"))
+    if not isinstance(decoded, dict):
+        fail(ElastaskError("--params: expected a JSON object"))
+    now = _now()
+    try:
+        run_at = now + timedelta(milliseconds=parse_interval_ms(delay)) if delay else None
+    except ValueError as e:
+        fail(ElastaskError(f"--in: {e}"))
+    try:
+        doc = admin.schedule(
+            _runtime(obj),
+            task_type,
+            now,
+            task_id=task_id or str(uuid.uuid4()),
+            params=decoded,
+            interval=interval,
+            run_at=run_at,
+        )
+    except ElastaskError as e:
+        fail(e)
+    click.echo(doc.id)
+
+
 @cli.group()
 def testbed() -> None:
     """The local test bed: OpenSearch, compatibility proxy, Redis and simulated Kibana nodes."""

@@ -166,7 +166,7 @@ def parse_source(doc_id: str, source: Mapping[str, Any]) -> TaskDocument:
     if not isinstance(task, Mapping):
         raise DocumentError(doc_id, "task", "missing or not an object", task)
     status = task.get("status")
-    if status not in STATUSES:
+    if not isinstance(status, str) or status not in STATUSES:
         raise DocumentError(doc_id, "task.status", f"expected one of {sorted(STATUSES)}", status)
     return TaskDocument(
         id=doc_id,

@@ -13,6 +13,8 @@ RETRY_LOCK = PREFIX + "lock:retry"
 NODE_IDS = PREFIX + "nodes:owner_ids"
 #: Sorted set of malformed documents to leave out of claims for a while (score: until when, ms).
 MALFORMED = PREFIX + "malformed"
+#: Present for a second after the claim loop reconciled the ledger with the engine.
+RECONCILED = PREFIX + "ledger:reconciled"
 #: Present while the last audit of unclaimable documents is recent (expires when the next one is due).
 AUDIT_DUE = PREFIX + "audit:due"
 #: Hash: document id -> why it was marked failed (for operators; Kibana's mapping has no field for it).

@@ -3,9 +3,11 @@
 One cycle, run by beat every ``polling_interval`` under a Redis lock (so cycles never overlap):
 
 1. learn the nodes and, if Redis lost the ledger, rebuild it from the engine before anything else;
-2. reconcile the ledger with the engine (real-time ``mget``): tasks Kibana finished free their slot;
-3. search due tasks (``seq_no_primary_term``), skip malformed ones (reported by id) and stale hits
-   (tasks this ledger already holds: the search is near-real-time, the ledger is not);
+2. search due tasks (``seq_no_primary_term``);
+3. reconcile the ledger with the engine (real-time ``mget``): tasks Kibana finished free their
+   slot (skipped, but for once a second, when nothing is due); then drop stale hits (tasks this
+   ledger holds, or whose real-time version differs: the search is near-real-time) and skip
+   malformed ones (reported by id);
 4. assign by free capacity, reserve the slots atomically in the ledger (Lua), claim with one
    conditional ``_bulk`` (``if_seq_no``/``if_primary_term``); a 409 is a lost race, not an error;
 5. enqueue one dispatch job per claimed task on its node's queue; log one line with the counts.
@@ -27,13 +29,16 @@ from elastask.dispatcher.malformed import quarantined, report_malformed
 from elastask.documents import TaskDocument, parse_hit, run_now_body
 from elastask.errors import DocumentError
 from elastask.intervals import format_date, parse_date
+from elastask.ledger import Lease
 from elastask.nodes import Node
 from elastask.runtime import Runtime
 from elastask.store import bulk_update_tasks, mget_sources, search_hits
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = frozenset(queries.IN_FLIGHT_STATUSES)
+# A list, not a set: a malformed status may be unhashable (a list or an object).
+IN_FLIGHT_LIST = list(queries.IN_FLIGHT_STATUSES)
+RECONCILE_EVERY_MS = 1000
 
 
 @dataclass
@@ -108,29 +113,37 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], No
         log.warning("%s", problem)
     if not rt.ledger.is_built():
         summary.ledger_rebuilt = rebuild_ledger(rt, nodes, now)
-    held, summary.released = reconcile_ledger(rt, nodes, now)
     available = rt.nodes.available(nodes, now)
     summary.nodes = len(available)
-    used = rt.ledger.used_units([n.owner_id for n in available], now)
-    free = {n.owner_id: n.capacity_units - used[n.owner_id] for n in available}
-    summary.capacity_left = dict(free)
-    room = sum(max(0, units) for units in free.values())
-    if room <= 0:
-        return summary
-
+    leases = rt.ledger.leases([n.owner_id for n in nodes])
     settings = rt.settings
     body = queries.due_tasks(
         now,
-        # Room for every free unit, plus the stale hits the near-real-time search may still return.
-        size=min(settings.claim_batch_size, room + len(held)),
+        # Every unit of capacity, plus the stale hits the near-real-time search may still return.
+        size=min(settings.claim_batch_size, sum(n.capacity_units for n in available) + len(leases)),
         default_max_attempts=settings.max_attempts,
         max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
         exclude_ids=quarantined(rt.redis, now),
     )
-    hits = search_hits(rt.store, body, "searching due tasks")
+    hits = search_hits(rt.store, body, "searching due tasks") if available else []
+    # Nothing due: the ledger only needs the engine's view about once a second (for status and load).
+    if hits or rt.redis.set(keys.RECONCILED, 1, nx=True, px=RECONCILE_EVERY_MS):
+        held, summary.released = reconcile_ledger(rt, leases, now)
+    else:
+        held = {lease.task_id for lease in leases}
+    used = rt.ledger.used_units([n.owner_id for n in available], now)
+    free = {n.owner_id: n.capacity_units - used[n.owner_id] for n in available}
+    summary.capacity_left = dict(free)
+    room = sum(max(0, units) for units in free.values())
+    if room <= 0 or not hits:
+        return summary
+
     summary.found = len(hits)
     candidates = []
-    for hit in fresh_hits(rt, hits, held, summary):
+    # Most tasks this cycle can claim: the free units over the cheapest cost, plus a margin for stale hits.
+    cheapest = min([settings.for_type("").cost, *(t.cost for t in settings.task_types.values())])
+    most = room // max(1, cheapest)
+    for hit in fresh_hits(rt, hits, held, summary, limit=most + most // 4 + 2):
         try:
             candidates.append(parse_hit(hit))
         except DocumentError as e:
@@ -168,29 +181,31 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], No
 
 
 def fresh_hits(
-    rt: Runtime, hits: Sequence[dict[str, Any]], held: set[str], summary: ClaimSummary
+    rt: Runtime, hits: Sequence[dict[str, Any]], held: set[str], summary: ClaimSummary, limit: int
 ) -> list[dict[str, Any]]:
     """Drop stale search hits, as Kibana's mget claimer does: the search is near-real-time, ``mget`` is not.
 
-    A hit is stale when this ledger already holds it, or when its real-time version differs (Kibana
-    wrote an outcome, or another claim won) or it is gone. Claiming only fresh hits keeps 409s for
-    true races and fills free capacity with tasks that can really be claimed.
+    A hit is stale when this ledger already holds it (we claimed it moments ago), or when its
+    real-time version differs (Kibana wrote an outcome, another claim won) or it is gone. Only the
+    first ``limit`` other hits are checked: the most this cycle can claim, plus a margin, so the
+    engine does not read documents that would be left unclaimed anyway.
     """
-    ids = [str(hit["_id"]) for hit in hits if str(hit["_id"]) not in held]
-    current = mget_sources(rt.store, ids)
-    fresh = []
+    candidates: list[dict[str, Any]] = []
     for hit in hits:
+        if str(hit["_id"]) in held:
+            summary.stale += 1
+        elif len(candidates) < limit:
+            candidates.append(hit)
+    current = mget_sources(rt.store, [str(hit["_id"]) for hit in candidates])
+    fresh = []
+    for hit in candidates:
         now_hit = current.get(str(hit["_id"]))
         if now_hit is None:
-            if str(hit["_id"]) in held:
-                summary.stale += 1
-            else:
-                summary.missing += 1
-            continue
-        if (now_hit.get("_seq_no"), now_hit.get("_primary_term")) != (hit.get("_seq_no"), hit.get("_primary_term")):
+            summary.missing += 1
+        elif (now_hit.get("_seq_no"), now_hit.get("_primary_term")) != (hit.get("_seq_no"), hit.get("_primary_term")):
             summary.stale += 1
-            continue
-        fresh.append(hit)
+        else:
+            fresh.append(hit)
     return fresh
 
 
@@ -221,13 +236,12 @@ def _job(doc: TaskDocument, node: Node) -> DispatchJob:
     )
 
 
-def reconcile_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple[set[str], int]:
+def reconcile_ledger(rt: Runtime, leases: Sequence[Lease], now: datetime) -> tuple[set[str], int]:
     """Free the slots of tasks Kibana finished (deleted, back to idle, or owned by someone else).
 
     Uses ``mget`` because it is real-time: a search could still show a task we claimed a moment ago
     as idle and free a slot that is in use. Returns the ids still held and how many were freed.
     """
-    leases = rt.ledger.leases([n.owner_id for n in nodes])
     if not leases:
         return set(), 0
     now_ms = int(now.timestamp() * 1000)
@@ -240,7 +254,7 @@ def reconcile_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple
         still_ours = (
             hit is not None
             and isinstance(task, dict)
-            and task.get("status") in IN_FLIGHT
+            and task.get("status") in IN_FLIGHT_LIST
             and task.get("ownerId") == lease.owner_id
             and lease.expires_ms > now_ms
         )

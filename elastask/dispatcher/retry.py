@@ -148,7 +148,8 @@ def audit_unclaimable(rt: Runtime, now: datetime) -> int:
     for hit in hits:
         task = hit.get("_source", {}).get("task", {})
         doc_id = str(hit.get("_id"))
-        if task.get("status") not in STATUSES:
+        status = task.get("status")
+        if not isinstance(status, str) or status not in STATUSES:
             report_malformed(rt.redis, DocumentError(doc_id, "task.status", "unknown status", task.get("status")), now)
         else:
             report_malformed(rt.redis, DocumentError(doc_id, "task.runAt", "idle task without runAt", None), now)

@@ -56,6 +56,7 @@ class SharedState:
     engine_url: str
     index: str
     session: ClientSession
+    authorization: str | None  # the Authorization header every /api request must carry, if set
     run_times: RunTimes
     rng: random.Random
     running: Counter[str] = field(default_factory=Counter)  # task id -> runs in progress, all nodes
@@ -92,8 +93,17 @@ class SimulatedNode:
         """The ownerId elastask gives this node: ``kibana:<uuid>``."""
         return f"kibana:{self.uuid}"
 
+    @web.middleware
+    async def require_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Kibana answers 401 to an /api request without valid credentials."""
+        expected = self.shared.authorization
+        if expected and request.path.startswith("/api/") and request.headers.get("Authorization") != expected:
+            return web.json_response({"statusCode": 401, "error": "Unauthorized"}, status=401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self.require_auth])
         app.router.add_post("/api/task_manager/_run_now", self.run_now)
         app.router.add_get("/api/status", self.status)
         app.router.add_get("/_sim/stats", self.node_stats)

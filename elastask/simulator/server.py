@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -95,6 +96,12 @@ def bound_port(site: web.TCPSite) -> int:
     return int(server.sockets[0].getsockname()[1])
 
 
+def _authorization(basic_auth: str) -> str | None:
+    if not basic_auth:
+        return None
+    return "Basic " + base64.b64encode(basic_auth.encode()).decode()
+
+
 def _parse_by_type(items: list[str]) -> dict[str, str]:
     result = {}
     for item in items:
@@ -114,6 +121,7 @@ async def serve(args: argparse.Namespace) -> None:
         session=session,
         run_times=RunTimes(default=args.run_ms, by_type=_parse_by_type(args.run_ms_by_type)),
         rng=random.Random(args.seed),
+        authorization=_authorization(args.basic_auth),
     )
     ports = [int(p) for p in args.ports.split(",")] if args.ports else []
     if ports and len(ports) != args.nodes:
@@ -184,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pull mode: each node claims for itself like Kibana's mget claimer, polling this often",
     )
     parser.add_argument("--timeout-ms", type=int, default=300_000, help="pull mode: task timeout (sets retryAt)")
+    parser.add_argument(
+        "--basic-auth",
+        default="",
+        metavar="USER:PASSWORD",
+        help="require these credentials on /api requests (401 otherwise)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     return parser
 

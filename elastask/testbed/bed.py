@@ -148,6 +148,8 @@ class SimulatorProcess:
 class Testbed:
     """Starts the real parts on loopback; ``env()`` is what elastask needs to use them."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     def __init__(
         self, workdir: Path | None = None, *, kibana_nodes: int = 3, run_ms: str = "200", engine_heap_mb: int = 512
     ) -> None:
