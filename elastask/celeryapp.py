@@ -72,6 +72,13 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     }
 
 
+@signals.after_setup_logger.connect
+def _setup_logging(logger: Any, **_kwargs: Any) -> None:
+    from elastask import logs
+
+    logs.configure(logger, get_app().conf.elastask_settings.log_format)
+
+
 @signals.celeryd_after_setup.connect
 def _note_pinned_queues(sender: Any, instance: Any, **_kwargs: Any) -> None:
     # After -Q is applied: a worker started with -Q consumes exactly those queues (pinned);

@@ -160,14 +160,50 @@ def check_cmd(obj: Context) -> None:
     sys.exit(0 if all(r.ok for r in rows) else 1)
 
 
+@cli.command("demo")
+@click.option("--kibana-nodes", type=int, default=3, show_default=True)
+@click.option("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+@click.option("--json", "as_json", is_flag=True, help="print the live view as one JSON line per second")
+def demo_cmd(kibana_nodes: int, duration: float | None, as_json: bool) -> None:
+    """Run the test bed, a worker, a beat, Flower and the exporter with demo tasks and a live view."""
+    from elastask.demo import run_demo
+
+    try:
+        run_demo(kibana_nodes, duration, as_json, lambda line: click.echo(line))
+    except ElastaskError as e:
+        fail(e)
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=9808, show_default=True)
+@click.pass_obj
+def serve_cmd(obj: Context, host: str, port: int) -> None:
+    """Serve Prometheus /metrics and the /health report over HTTP."""
+    import logging
+
+    from elastask.exporter import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    click.echo(f"elastask: /metrics and /health on http://{host}:{port}", err=True)
+    serve(_runtime(obj), host, port)
+
+
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--health", "as_health", is_flag=True, help="the health report (as GET /health of elastask serve)")
 @click.pass_obj
-def status_cmd(obj: Context, as_json: bool) -> None:
+def status_cmd(obj: Context, as_json: bool, as_health: bool) -> None:
     """Per Kibana node: tasks in flight against capacity, rotation; task counts by status."""
     from elastask import admin
 
     rt = _runtime(obj)
+    if as_health:
+        from elastask.health import health
+
+        report = health(rt, _now())
+        click.echo(dumps(report))
+        sys.exit({"OK": 0, "warn": 0}.get(report["status"], 1))
     try:
         data = admin.status(rt, _now())
     except ElastaskError as e:

@@ -115,6 +115,7 @@ class Settings:
     max_retry_delay_ms: int = 3_600_000
     node_failure_threshold: int = 3
     node_probe_interval_ms: int = 5000
+    log_format: str = "text"
     task_types: Mapping[str, TaskTypeSettings] = field(default_factory=dict)
 
     def for_type(self, task_type: str) -> TaskTypeSettings:
@@ -136,6 +137,8 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "elasticsearch.username": ("str?", None),
     "elasticsearch.password": ("secret?", None),
     "elasticsearch.api_key": ("secret?", None),
+    "elasticsearch.password_file": ("str?", None),
+    "elasticsearch.api_key_file": ("str?", None),
     "elasticsearch.ca_certs": ("str?", None),
     "elasticsearch.verify_certs": ("bool", True),
     "elasticsearch.request_timeout_s": ("posfloat", 30.0),
@@ -148,6 +151,8 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "kibana.username": ("str?", None),
     "kibana.password": ("secret?", None),
     "kibana.api_key": ("secret?", None),
+    "kibana.password_file": ("str?", None),
+    "kibana.api_key_file": ("str?", None),
     "kibana.request_timeout_s": ("posfloat", 10.0),
     "kibana.ca_certs": ("str?", None),
     "kibana.verify_certs": ("bool", True),
@@ -158,6 +163,7 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "max_retry_delay": ("interval", "1h"),
     "node_failure_threshold": ("posint", 3),
     "node_probe_interval": ("posint", 5000),
+    "log_format": ("log_format", "text"),
     "task_types": ("task_types", {}),
 }
 
@@ -168,6 +174,11 @@ _TASK_TYPE_KEYS = {"timeout", "max_attempts", "cost"}
 def env_name(key: str) -> str:
     """The environment variable that overrides a key: ``ELASTASK_`` + KEY with dots as underscores."""
     return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def known_env_names() -> set[str]:
+    """Every ELASTASK_* variable elastask reads (ELASTASK_CONFIG and one per key)."""
+    return {ENV_PREFIX + "CONFIG"} | {env_name(key) for key, (kind, _) in _SCHEMA.items() if kind != "task_types"}
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -207,7 +218,23 @@ def parse_settings(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str
             values[key] = _coerce(kind, flat[key], source, key)
         else:
             values[key] = _coerce(kind, default, "<defaults>", key)
+    _read_secret_files(values, source)
     return _build(values, source)
+
+
+def _read_secret_files(values: dict[str, Any], source: str) -> None:
+    """``<key>_file`` names a file holding the secret (Docker and Kubernetes secrets); the key wins if both."""
+    for key in [k for k in values if k.endswith("_file")]:
+        path, target = values[key], key.removesuffix("_file")
+        if path is None or values.get(target) is not None:
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(source, key, f"cannot read {path}: {e.strerror}") from None
+        if not text:
+            raise ConfigError(source, key, f"{path} is empty")
+        values[target] = Secret(text)
 
 
 def _flatten(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -369,7 +396,14 @@ def _as_task_types(value: Any) -> dict[str, dict[str, Any]]:
     return result
 
 
+def _as_log_format(value: Any) -> str:
+    if value not in ("text", "json"):
+        raise ValueError("")
+    return str(value)
+
+
 _COERCERS: dict[str, Any] = {
+    "log_format": _as_log_format,
     "str": _as_str,
     "bool": _as_bool,
     "posint": _as_posint,
@@ -383,6 +417,7 @@ _COERCERS: dict[str, Any] = {
 }
 
 _EXPECTED = {
+    "log_format": "text or json",
     "str": "a non-empty string",
     "bool": "true or false",
     "posint": "a positive integer",
@@ -460,6 +495,7 @@ def _build(values: dict[str, Any], source: str) -> Settings:
         max_retry_delay_ms=values["max_retry_delay"],
         node_failure_threshold=values["node_failure_threshold"],
         node_probe_interval_ms=values["node_probe_interval"],
+        log_format=values["log_format"],
         task_types=task_types,
     )
 

@@ -164,6 +164,13 @@ class Ledger:
                 result.append(Lease(task_id, owner, int(score)))
         return result
 
+    def extend(self, owner_id: str, task_id: str, expiry: datetime) -> None:
+        """Move a held lease's expiry (after the lease was renewed in the engine); no-op if not held."""
+        try:
+            self.client.zadd(keys.inflight(owner_id), {task_id: _ms(expiry)}, xx=True)
+        except redis.RedisError as e:
+            raise LedgerError(f"Redis: {e}") from e
+
     def release_many(self, by_owner: Mapping[str, Iterable[str]]) -> int:
         """Release several nodes' tasks."""
         return sum(self.release(owner, ids) for owner, ids in by_owner.items())

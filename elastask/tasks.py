@@ -18,6 +18,9 @@ from elastask.dispatcher.claim import DispatchJob, claim_available_tasks
 from elastask.dispatcher.dispatch import job_from_dict, push_claimed_task
 from elastask.dispatcher.retry import retry_expired_leases
 from elastask.errors import LedgerError, StoreError
+from elastask.intervals import parse_date
+from elastask.logs import bound
+from elastask.metrics import Metrics, summary_counts
 from elastask.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -56,8 +59,17 @@ def enqueue_dispatch(job: DispatchJob) -> None:
 @app.task(name="elastask.claim", ignore_result=True)
 def claim() -> dict[str, Any]:
     """One claim cycle."""
+    now = _now()
     try:
-        return claim_available_tasks(runtime(), _now(), enqueue_dispatch).as_dict()
+        rt = runtime()
+        summary = claim_available_tasks(rt, now, enqueue_dispatch)
+        if summary.ran:
+            metrics = Metrics(rt.redis)
+            metrics.record(
+                summary_counts(summary), observations=[("claim_duration_seconds", summary.duration_ms / 1000)]
+            )
+            metrics.claim_succeeded(now)
+        return summary.as_dict()
     except (StoreError, LedgerError) as e:
         log.error("claim cycle failed, next one in %d ms: %s", app.conf.elastask_settings.polling_interval_ms, e)
         return {"ran": False, "error": str(e)}
@@ -67,7 +79,13 @@ def claim() -> dict[str, Any]:
 def retry() -> dict[str, Any]:
     """One retry cycle for expired leases."""
     try:
-        return retry_expired_leases(runtime(), _now()).as_dict()
+        rt = runtime()
+        summary = retry_expired_leases(rt, _now())
+        Metrics(rt.redis).record(
+            {"elastask_malformed_total": summary.skipped},
+            labelled=[("elastask_retried_total", {"outcome": k}, n) for k, n in summary.outcomes.items()],
+        )
+        return summary.as_dict()
     except (StoreError, LedgerError) as e:
         log.error("retry cycle failed, next one in %d ms: %s", app.conf.elastask_settings.retry_interval_ms, e)
         return {"ran": False, "error": str(e)}
@@ -83,4 +101,15 @@ def retry() -> dict[str, Any]:
 )
 def dispatch(job: dict[str, Any]) -> str:
     """Push one claimed task to its Kibana node."""
-    return push_claimed_task(runtime(), job_from_dict(job), _now())
+    rt, claimed, now = runtime(), job_from_dict(job), _now()
+    with bound(task_id=claimed.doc_id, owner_id=claimed.owner_id):
+        outcome = push_claimed_task(rt, claimed, now)
+    observations = []
+    if outcome == "accepted":
+        # Start drift as Kibana's health API defines it: when the run started (Kibana starts at once) - runAt.
+        drift_s = (now - parse_date(claimed.body["runAt"])).total_seconds()
+        observations.append(("start_drift_seconds", max(0.0, drift_s)))
+    Metrics(rt.redis).record(
+        labelled=[("elastask_dispatched_total", {"outcome": outcome}, 1)], observations=observations
+    )
+    return outcome

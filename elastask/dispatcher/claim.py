@@ -5,7 +5,7 @@ One cycle, run by beat every ``polling_interval`` under a Redis lock (so cycles 
 1. learn the nodes and, if Redis lost the ledger, rebuild it from the engine before anything else;
 2. search due tasks (``seq_no_primary_term``);
 3. reconcile the ledger with the engine (real-time ``mget``): tasks Kibana finished free their
-   slot (skipped, but for once a second, when nothing is due); then drop stale hits (tasks this
+   slot (see ``finished``; skipped, but for once a second, when nothing is due); then drop stale hits (tasks this
    ledger holds, or whose real-time version differs: the search is near-real-time) and skip
    malformed ones (reported by id);
 4. assign by free capacity, reserve the slots atomically in the ledger (Lua), claim with one
@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from elastask import keys, policy, queries
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # A list, not a set: a malformed status may be unhashable (a list or an object).
 IN_FLIGHT_LIST = list(queries.IN_FLIGHT_STATUSES)
 RECONCILE_EVERY_MS = 1000
+#: A slot is held this long past retryAt: Kibana times a run from when it started, a little after the claim.
+LEASE_GRACE = timedelta(seconds=2)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class DispatchJob:
     primary_term: int
     retry_at: str
     attempts: int
+    lease_ms: int  # how long the claim leased the task for (retryAt - startedAt)
     body: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
@@ -215,7 +218,8 @@ def _reserve(
     by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
     for a in assignments:
         timeout_ms = rt.settings.for_type(a.task.task_type).timeout_ms
-        by_owner[a.owner_id].append((a.task.id, a.cost, policy.lease_until(a.task, now, timeout_ms)))
+        expiry = policy.lease_until(a.task, now, timeout_ms) + LEASE_GRACE
+        by_owner[a.owner_id].append((a.task.id, a.cost, expiry))
     reserved: dict[str, set[str]] = defaultdict(set)
     for owner, candidates in by_owner.items():
         reserved[owner] = rt.ledger.reserve(owner, nodes[owner].capacity_units, candidates, now)
@@ -224,6 +228,8 @@ def _reserve(
 
 def _job(doc: TaskDocument, node: Node) -> DispatchJob:
     assert doc.seq_no is not None and doc.primary_term is not None and doc.retry_at is not None
+    assert doc.started_at is not None
+    lease_ms = int((doc.retry_at - doc.started_at).total_seconds() * 1000)
     return DispatchJob(
         doc_id=doc.id,
         owner_id=node.owner_id,
@@ -232,6 +238,7 @@ def _job(doc: TaskDocument, node: Node) -> DispatchJob:
         primary_term=doc.primary_term,
         retry_at=format_date(doc.retry_at),
         attempts=doc.attempts,
+        lease_ms=lease_ms,
         body=run_now_body(doc),
     )
 
@@ -251,18 +258,27 @@ def reconcile_ledger(rt: Runtime, leases: Sequence[Lease], now: datetime) -> tup
     for lease in leases:
         hit = hits.get(lease.task_id)
         task = (hit or {}).get("_source", {}).get("task", {}) if hit else {}
-        still_ours = (
-            hit is not None
-            and isinstance(task, dict)
-            and task.get("status") in IN_FLIGHT_LIST
-            and task.get("ownerId") == lease.owner_id
-            and lease.expires_ms > now_ms
-        )
-        if still_ours:
+        if lease.expires_ms > now_ms and not finished(hit, task, lease.owner_id):
             held.add(lease.task_id)
         else:
             done[lease.owner_id].append(lease.task_id)
     return held, rt.ledger.release_many(done)
+
+
+def finished(hit: dict[str, Any] | None, task: Any, owner_id: str) -> bool:
+    """True when the engine shows Kibana is done with the task on this node, so its slot is free.
+
+    Done: the document is gone (a one-shot task succeeded), another node owns it, or it is idle
+    with ``attempts: 0`` (Kibana's outcome of a recurring task). A task the retry loop sent back to
+    idle keeps its attempts: the node may still be running it until its own timeout, so its slot is
+    held until the lease (plus grace) runs out.
+    """
+    if hit is None or not isinstance(task, dict):
+        return True
+    if task.get("ownerId") != owner_id:
+        return True
+    status = task.get("status")
+    return bool(status == "idle" and task.get("attempts") == 0)
 
 
 def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
@@ -279,7 +295,7 @@ def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
         except (KeyError, TypeError, ValueError):
             continue
         cost = rt.settings.for_type(str(task.get("taskType"))).cost
-        by_owner[str(task.get("ownerId"))].append((str(hit["_id"]), cost, retry_at))
+        by_owner[str(task.get("ownerId"))].append((str(hit["_id"]), cost, retry_at + LEASE_GRACE))
     capacity = {n.owner_id: n.capacity_units for n in nodes}
     count = 0
     for owner, leases in by_owner.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -108,7 +108,6 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
         )
     results = bulk_update_tasks(rt.store, [(doc, expiry.fields) for doc, expiry in plans])
     outcomes: Counter[str] = Counter()
-    freed: dict[str, list[str]] = defaultdict(list)
     for (doc, expiry), result in zip(plans, results, strict=True):
         if result.conflict or result.missing:
             # Kibana's outcome landed first (it wins), or our search was stale. Either way the
@@ -119,8 +118,6 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
             log.error("retrying %r failed: %s %s", doc.id, result.status, result.error)
             continue
         outcomes[expiry.outcome] += 1
-        if doc.owner_id:
-            freed[doc.owner_id].append(doc.id)
         if expiry.outcome == "failed":
             rt.redis.hset(
                 keys.FAILED_REASONS,
@@ -137,7 +134,6 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
             log.warning("task %r (%s) failed for good: %s", doc.id, doc.task_type, expiry.reason)
         else:
             log.info("task %r (%s): %s", doc.id, doc.task_type, expiry.reason)
-    rt.ledger.release_many(freed)
     summary.outcomes = dict(outcomes)
     return summary
 

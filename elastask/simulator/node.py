@@ -13,6 +13,7 @@ is rejected and only logged; the answer is still 204), then
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -76,7 +77,7 @@ class SimulatedNode:
         self.uuid = node_uuid
         self.name = f"sim-kibana-{index}"
         self.mode = "ok"
-        self.delay_s = 10.0
+        self.delay_s = 300.0  # slow: seconds before answering; hang: seconds before the run is cancelled
         self.stats = NodeStats()
         self.release_hung = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -205,7 +206,10 @@ class SimulatedNode:
         failed = True
         try:
             if self.mode == "hang":
-                await self.release_hung.wait()
+                # Kibana cancels a run at its timeout: a hung run ends, without an outcome, after
+                # delay_s, or when the node leaves hang mode.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.release_hung.wait(), timeout=self.delay_s)
                 return
             run_ms = shared.run_times.draw_ms(str(body.get("taskType")), shared.rng)
             await asyncio.sleep(run_ms / 1000)

@@ -194,9 +194,11 @@ class Testbed:
         finally:
             client.close()
 
-    def start_simulator(self, nodes: int, **options: Any) -> SimulatorProcess:
-        """Start (another) simulator writing outcomes through the proxy."""
-        simulator = SimulatorProcess(self.workdir, self.es_url, nodes=nodes, **options)
+    def start_simulator(self, nodes: int, *, direct: bool = False, **options: Any) -> SimulatorProcess:
+        """Start (another) simulator writing outcomes through the proxy (``direct``: to the engine itself,
+        so faults injected in the proxy hit elastask only)."""
+        engine = self.engine.url if direct else self.es_url
+        simulator = SimulatorProcess(self.workdir, engine, nodes=nodes, **options)
         simulator.start()
         return simulator
 

@@ -186,3 +186,12 @@ def test_a_malformed_yaml_makes_celery_exit_with_one_line(tmp_path: Path) -> Non
     )
     assert result.returncode != 0
     assert f"{path}: kibana.hosts:" in result.stderr
+
+
+def test_secrets_can_come_from_files(tmp_path: Path) -> None:
+    secret = tmp_path / "es-password"
+    secret.write_text("from-a-file\n")
+    settings = load_settings(env={"ELASTASK_ELASTICSEARCH_PASSWORD_FILE": str(secret), "ELASTASK_CONFIG": ""})
+    assert settings.elasticsearch.password == Secret("from-a-file")
+    with pytest.raises(ConfigError, match=r"kibana\.api_key_file: cannot read"):
+        load_settings(env={"ELASTASK_KIBANA_API_KEY_FILE": str(tmp_path / "missing")})

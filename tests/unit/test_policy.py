@@ -104,3 +104,16 @@ def test_retry_delay_follows_kibana() -> None:
     for attempts in range(2, 12):
         delay = policy.retry_delay_ms(attempts, base_ms=30_000, max_ms=3_600_000, rng=rng)
         assert 30_000 <= delay <= min(3_600_000, 300_000 * 2 ** (attempts - 2))
+
+
+def test_a_slot_is_free_only_when_kibana_is_done_with_the_task() -> None:
+    from elastask.dispatcher.claim import finished
+
+    hit = {"_id": "task:x"}
+    assert finished(None, None, "kibana:a")  # deleted: a one-shot task succeeded
+    assert finished(hit, {"status": "running", "ownerId": "kibana:b"}, "kibana:a")  # someone else has it
+    assert finished(hit, {"status": "idle", "attempts": 0, "ownerId": "kibana:a"}, "kibana:a")  # recurring outcome
+    # Sent back by the retry loop (attempts kept): the node may still run it until its own timeout.
+    assert not finished(hit, {"status": "idle", "attempts": 1, "ownerId": "kibana:a"}, "kibana:a")
+    assert not finished(hit, {"status": "running", "attempts": 1, "ownerId": "kibana:a"}, "kibana:a")
+    assert not finished(hit, {"status": "failed", "attempts": 3, "ownerId": "kibana:a"}, "kibana:a")

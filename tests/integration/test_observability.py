@@ -1,0 +1,154 @@
+"""/metrics and /health scraped while tasks run; their numbers agree with the simulator's and the engine's."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from elastask.store import TaskStore
+from elastask.testbed.bed import SimulatorProcess
+from elastask.testbed.process import ManagedProcess, free_port, port_open
+from tests.integration.harness import Dispatcher, seed, task_count, wait_for
+from tests.integration.test_dispatcher import one_shots
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def scrape(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus exposition text (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        match = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+def test_metrics_and_health_agree_with_the_simulator_while_tasks_run(
+    store: TaskStore,
+    redis_client: redis.Redis,
+    simulator: Callable[..., SimulatorProcess],
+    dispatcher_factory: Callable[..., Dispatcher],
+) -> None:
+    sim = simulator(nodes=3, run_ms="300")
+    es = store.client
+    dispatcher = dispatcher_factory(sim)
+    port = free_port()
+    exporter = ManagedProcess(
+        "exporter",
+        [sys.executable, "-m", "elastask", "serve", "--port", str(port)],
+        dispatcher.workdir / "exporter.log",
+        env=dispatcher.env,
+    )
+    exporter.start()
+    dispatcher.processes.append(exporter)
+    exporter.wait_until(lambda: port_open(port), 30)
+    base = f"http://127.0.0.1:{port}"
+    dispatcher.worker()
+    dispatcher.beat()
+    seed(es, one_shots(150, "observed"))
+    # While the tasks run: in-flight gauges within capacity, health reports the load per node.
+    wait_for(lambda: sim.stats()["totals"]["runs_started"] >= 30, 60, "runs under way")
+    _, during = scrape(base + "/metrics")
+    in_flight = metric(during, "elastask_node_in_flight_units")
+    assert 0 < in_flight <= 3 * 20
+    assert metric(during, "elastask_node_capacity_units") == 60
+    status, body = scrape(base + "/health")
+    report = json.loads(body)
+    assert status == 200 and report["status"] in ("OK", "warn"), report
+    assert set(report["load_percent"]) == {n["owner_id"] for n in sim.nodes}
+    assert all(0 <= load <= 100 for load in report["load_percent"].values())
+    wait_for(lambda: task_count(es) == 0, 120, "all tasks done")
+    time.sleep(1)
+    _, after = scrape(base + "/metrics")
+    pushes = sim.stats()["totals"]["pushes"]
+    assert metric(after, "elastask_dispatched_total", outcome="accepted") == pushes == 150
+    assert metric(after, "elastask_claimed_total") == 150
+    assert metric(after, "elastask_start_drift_seconds_count") == 150
+    assert metric(after, "elastask_claim_duration_seconds_count") >= 1
+    assert metric(after, "elastask_node_in_rotation") == 3
+    report = json.loads(scrape(base + "/health")[1])
+    assert report["claimed_total"] == 150 and report["drift_ms"]["p50"] is not None
+    assert report["overdue"] == 0 and report["seconds_since_last_claim"] < 10
+    # elastask status --health prints the same report.
+    cli = subprocess.run(
+        [sys.executable, "-m", "elastask", "status", "--health"],
+        capture_output=True,
+        text=True,
+        env=dispatcher.env,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["claimed_total"] == 150
+
+
+def test_secrets_never_appear_in_logs_metrics_or_job_arguments(
+    store: TaskStore,
+    redis_client: redis.Redis,
+    simulator: Callable[..., SimulatorProcess],
+    dispatcher_factory: Callable[..., Dispatcher],
+) -> None:
+    es_secret, kibana_secret = "es-secret-5f2a9c", "kibana-secret-8d1e3b"
+    sim = simulator(nodes=2, run_ms="100", extra_args=["--basic-auth", f"elastic:{kibana_secret}"])
+    dispatcher = dispatcher_factory(
+        sim,
+        env={
+            "ELASTASK_ELASTICSEARCH_USERNAME": "elastic",
+            "ELASTASK_ELASTICSEARCH_PASSWORD": es_secret,  # the test engine ignores it; elastask still sends it
+            "ELASTASK_KIBANA_USERNAME": "elastic",
+            "ELASTASK_KIBANA_PASSWORD": kibana_secret,
+        },
+    )
+    port = free_port()
+    exporter = ManagedProcess(
+        "exporter",
+        [sys.executable, "-m", "elastask", "serve", "--port", str(port)],
+        dispatcher.workdir / "exporter.log",
+        env=dispatcher.env,
+    )
+    exporter.start()
+    dispatcher.processes.append(exporter)
+    exporter.wait_until(lambda: port_open(port), 30)
+    dispatcher.worker()
+    dispatcher.beat()
+    seed(store.client, one_shots(30, "secretive"))
+    wait_for(lambda: task_count(store.client) == 0, 90, "all tasks done (so Kibana accepted the credentials)")
+    assert sim.stats()["totals"]["runs_finished"] == 30
+    _, metrics_text = scrape(f"http://127.0.0.1:{port}/metrics")
+    _, health_text = scrape(f"http://127.0.0.1:{port}/health")
+    shown = subprocess.run(
+        [sys.executable, "-m", "elastask", "config", "show"],
+        capture_output=True,
+        text=True,
+        env=dispatcher.env,
+        timeout=60,
+    ).stdout
+    # Every message the broker carried (job arguments as Flower would show them) is gone by now, but
+    # the events are not: the worker logs every received job with its argsrepr.
+    everything = dispatcher.logs() + metrics_text + health_text + shown
+    assert "elastask.dispatch[" in dispatcher.logs()
+    for secret in (es_secret, kibana_secret):
+        assert secret not in everything
+    assert "********" in shown
