@@ -77,7 +77,7 @@ class SimulatedNode:
         self.uuid = node_uuid
         self.name = f"sim-kibana-{index}"
         self.mode = "ok"
-        self.delay_s = 300.0  # slow: seconds before answering; hang: seconds before the run is cancelled
+        self.delay_s = 300.0  # slow: seconds before the (204) answer; hang: seconds before the run is cancelled
         self.stats = NodeStats()
         self.release_hung = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -177,14 +177,15 @@ class SimulatedNode:
             return web.json_response({"statusCode": 400, "error": "Bad Request"}, status=400)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):
             return web.json_response({"statusCode": 400, "error": "Bad Request", "message": "id"}, status=400)
-        if self.mode == "slow":
-            await asyncio.sleep(self.delay_s)
         if self.stats.current >= self.capacity:
             # Kibana's ephemeral queue is full: the run is rejected and only logged; still 204.
             self.stats.rejected_over_capacity += 1
             log.warning("%s: ephemeral capacity %d reached, rejected %r", self.name, self.capacity, body["id"])
-            return web.Response(status=204)
-        self.start_run(body, received)
+        else:
+            # Kibana starts the run in the handler, then answers: a slow answer is a late 204.
+            self.start_run(body, received)
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay_s)
         return web.Response(status=204)
 
     def start_run(self, body: dict[str, Any], received: datetime) -> None:
