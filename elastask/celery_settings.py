@@ -11,6 +11,8 @@ from __future__ import annotations
 task_acks_late = True
 # ... and a job whose worker process died (SIGKILL, OOM) is requeued, not marked failed.
 task_reject_on_worker_lost = True
+# The pool stays Celery's default, prefork: with the threads pool, a broker connection lost while
+# jobs run (Redis restarted) crashed the worker in kombu's ack path (seen in the fault tests).
 # One job at a time per worker process: a prefetched job would hold a claimed task hostage
 # while its worker is busy, and its lease would run out before the push.
 worker_prefetch_multiplier = 1

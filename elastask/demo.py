@@ -31,7 +31,7 @@ from elastask.testbed.process import ManagedProcess, free_port, port_open
 RECURRING = (("5s", 8), ("10s", 8), ("30s", 4))
 
 
-def seed_demo_tasks(es: Any, now: datetime, one_shot: int, prefix: str) -> None:
+def seed_demo_tasks(es: Any, now: datetime, one_shot: int, prefix: str) -> int:
     """Recurring tasks (first call only, prefix "init") and one-shot tasks due over the next seconds."""
     operations: list[dict[str, Any]] = []
     docs = []
@@ -48,6 +48,7 @@ def seed_demo_tasks(es: Any, now: datetime, one_shot: int, prefix: str) -> None:
     for doc in docs:
         operations += [{"create": {"_index": INDEX, "_id": doc.id}}, doc.to_source()]
     es.bulk(operations=operations)
+    return len(docs)
 
 
 def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: Callable[[str], None]) -> None:
@@ -82,7 +83,7 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
         echo(f"Metrics: http://127.0.0.1:{metrics_port}/metrics   Health: http://127.0.0.1:{metrics_port}/health")
         settings = parse_settings({}, source="<demo>", env=fleet.env)
         rt = build_runtime(settings)
-        seed_demo_tasks(rt.store.client, datetime.now(UTC), 100, "init")
+        seeded = seed_demo_tasks(rt.store.client, datetime.now(UTC), 100, "init")
         started = last_seed = time.monotonic()
         previous_claimed, previous_at, batch = 0, started, 0
         while duration_s is None or time.monotonic() - started < duration_s:
@@ -90,12 +91,13 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
             now_mono = time.monotonic()
             if now_mono - last_seed >= 3:  # keep one-shot work coming
                 batch += 1
-                seed_demo_tasks(rt.store.client, datetime.now(UTC), 15, f"b{batch}")
+                seeded += seed_demo_tasks(rt.store.client, datetime.now(UTC), 15, f"b{batch}")
                 last_seed = now_mono
             view = live_view(rt, bed, settings)
             rate = (view["claimed_total"] - previous_claimed) / max(1e-6, now_mono - previous_at)
             previous_claimed, previous_at = view["claimed_total"], now_mono
             view["claimed_per_s"] = round(rate, 1)
+            view["seeded"] = seeded
             echo(json.dumps(view) if as_json else render(view))
     except KeyboardInterrupt:
         echo("elastask demo: stopping")
@@ -126,10 +128,12 @@ def live_view(rt: Any, bed: Testbed, settings: Any) -> dict[str, Any]:
         )
     due_body = queries.due_tasks(now, size=0, default_max_attempts=settings.max_attempts, max_attempts_by_type={})
     due = int(rt.store.client.count(index=rt.store.index, query=due_body["query"])["count"])
+    in_index = int(rt.store.client.count(index=rt.store.index, query={"term": {"type": "task"}})["count"])
     return {
         "at": now.isoformat(timespec="seconds"),
         "nodes": nodes,
         "due": due,
+        "tasks_in_index": in_index,
         "overdue": report.get("overdue"),
         "claimed_total": report.get("claimed_total", 0),
         "drift_ms": report.get("drift_ms"),

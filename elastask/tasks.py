@@ -51,9 +51,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def enqueue_dispatch(job: DispatchJob) -> None:
+def enqueue_dispatch(job: DispatchJob, producer: Any = None) -> None:
     """Send a dispatch job to its node's queue; Flower shows only the task id, never the body."""
-    dispatch.apply_async(args=[job.as_dict()], queue=keys.queue(job.owner_id), argsrepr=f"({job.doc_id!r})")
+    dispatch.apply_async(
+        args=[job.as_dict()], queue=keys.queue(job.owner_id), argsrepr=f"({job.doc_id!r})", producer=producer
+    )
 
 
 @app.task(name="elastask.claim", ignore_result=True)
@@ -62,7 +64,9 @@ def claim() -> dict[str, Any]:
     now = _now()
     try:
         rt = runtime()
-        summary = claim_available_tasks(rt, now, enqueue_dispatch)
+        # One producer (one broker connection) for every job this cycle enqueues.
+        with app.producer_or_acquire() as producer:
+            summary = claim_available_tasks(rt, now, lambda job: enqueue_dispatch(job, producer))
         if summary.ran:
             metrics = Metrics(rt.redis)
             metrics.record(

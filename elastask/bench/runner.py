@@ -66,7 +66,11 @@ class BenchRun:
 
     def reset(self) -> None:
         """Empty the task index and Redis: every run starts from the same state."""
-        self.es.delete_by_query(index=INDEX, query={"match_all": {}}, refresh=True, conflicts="proceed")
+        for _ in range(10):  # a write landing during the delete leaves a document behind: go again
+            self.es.delete_by_query(index=INDEX, query={"match_all": {}}, refresh=True, conflicts="proceed")
+            if int(self.es.count(index=INDEX)["count"]) == 0:
+                break
+            time.sleep(1)
         client = redis.Redis.from_url(self.bed.redis.url)
         client.flushall()
         client.close()
@@ -102,7 +106,8 @@ class BenchRun:
         for start in range(0, len(operations), 2000):
             answer = self.es.bulk(operations=operations[start : start + 2000])
             if answer["errors"]:
-                raise RuntimeError(f"seeding failed: {answer['items'][:1]}")
+                failed = [item for item in answer["items"] if "error" in next(iter(item.values()))]
+                raise RuntimeError(f"seeding failed for {len(failed)} document(s), first: {failed[:1]}")
         self.es.indices.refresh(index=INDEX)
 
     def run(self) -> dict[str, Any]:

@@ -50,19 +50,13 @@ class CeleryFleet:
         self.processes.append(process)
         return process
 
-    def worker(self, name: str = "worker1", *, concurrency: int = 4, queues: str | None = None) -> ManagedProcess:
-        """Start a worker and wait until it is ready to consume."""
-        args = [
-            "worker",
-            "-l",
-            "info",
-            "-n",
-            f"{name}@%h",
-            "-c",
-            str(concurrency),
-            "--without-gossip",
-            "--without-mingle",
-        ]
+    def worker(
+        self, name: str = "worker1", *, concurrency: int | None = None, queues: str | None = None
+    ) -> ManagedProcess:
+        """Start a worker (default pool and concurrency from celery_settings) and wait until it consumes."""
+        args = ["worker", "-l", "info", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
+        if concurrency is not None:
+            args += ["-c", str(concurrency)]
         if queues:
             args += ["-Q", queues]
         process = self._celery(name, *args)

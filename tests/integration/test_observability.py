@@ -28,7 +28,8 @@ def scrape(url: str) -> tuple[int, str]:
         with urllib.request.urlopen(url, timeout=10) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+        with e:  # closes the response's socket
+            return e.code, e.read().decode()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -152,3 +153,38 @@ def test_secrets_never_appear_in_logs_metrics_or_job_arguments(
     for secret in (es_secret, kibana_secret):
         assert secret not in everything
     assert "********" in shown
+
+
+def test_flower_lists_the_per_node_queues(
+    store: TaskStore,
+    redis_client: redis.Redis,
+    simulator: Callable[..., SimulatorProcess],
+    dispatcher_factory: Callable[..., Dispatcher],
+) -> None:
+    import base64
+
+    sim = simulator(nodes=2)
+    dispatcher = dispatcher_factory(sim)
+    dispatcher.worker()
+    port = free_port()
+    flower = dispatcher._celery(
+        "flower", "flower", f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:flower-test-password"
+    )
+    flower.wait_until(lambda: port_open(port), 60)
+    auth = "Basic " + base64.b64encode(b"ops:flower-test-password").decode()
+
+    def worker_queues() -> set[str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/workers?refresh=1", headers={"Authorization": auth}
+        )
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            workers = json.load(answer)
+        return {q["name"] for info in workers.values() for q in info.get("active_queues") or []}
+
+    expected = {f"elastask.dispatch.{node['owner_id']}" for node in sim.nodes} | {"elastask.claim", "elastask.retry"}
+    wait_for(lambda: expected <= worker_queues(), 60, "Flower to list the claim, retry and per-node queues")
+    unauthorised = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(unauthorised, timeout=20)
+    assert refused.value.code == 401
+    refused.value.close()

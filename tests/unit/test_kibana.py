@@ -1,0 +1,113 @@
+"""The Kibana client's classification against answers of every shape, from a throwaway local server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from elastask.config import KibanaNode, KibanaSettings
+from elastask.kibana import KibanaClient, PushOutcome
+
+
+class Garbage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer()
+
+    def _answer(self) -> None:
+        mode = self.path.split("mode=")[-1] if "mode=" in self.path else self.server.mode  # type: ignore[attr-defined]
+        if mode == "html":
+            body = b"<html>not kibana</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif mode == "reset":
+            self.wfile.write(b"\x00garbage that is not HTTP\r\n\r\n")
+            self.close_connection = True
+        elif mode == "401":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadingHTTPServer]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    httpd.mode = "html"  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+CLIENTS: list[KibanaClient] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while CLIENTS:
+        CLIENTS.pop().session.close()
+
+
+def client_for(server: ThreadingHTTPServer) -> tuple[KibanaClient, KibanaNode]:
+    node = KibanaNode(url=f"http://127.0.0.1:{server.server_address[1]}")
+    client = KibanaClient(KibanaSettings(hosts=(node,), request_timeout_s=2))
+    CLIENTS.append(client)
+    return client, node
+
+
+def test_garbage_status_gives_no_owner_id(server: ThreadingHTTPServer) -> None:
+    client, node = client_for(server)
+    with pytest.raises(ValueError):
+        client.status_uuid(node)
+    assert not client.is_available(node)
+
+
+def test_a_2xx_with_a_garbage_body_is_accepted(server: ThreadingHTTPServer) -> None:
+    client, node = client_for(server)
+    assert client.push(node, {"id": "task:x"}).outcome is PushOutcome.ACCEPTED
+
+
+def test_garbage_instead_of_http_after_sending_is_ambiguous(server: ThreadingHTTPServer) -> None:
+    server.mode = "reset"  # type: ignore[attr-defined]
+    client, node = client_for(server)
+    result = client.push(node, {"id": "task:x"})
+    assert result.outcome is PushOutcome.AMBIGUOUS
+
+
+def test_refused_and_rejected_pushes_are_refused(server: ThreadingHTTPServer) -> None:
+    server.mode = "401"  # type: ignore[attr-defined]
+    client, node = client_for(server)
+    rejected = client.push(node, {"id": "task:x"})
+    assert rejected.outcome is PushOutcome.REFUSED and "credentials" in rejected.detail
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    nobody = KibanaNode(url=f"http://127.0.0.1:{closed_port}")
+    refused = client.push(nobody, {"id": "task:x"})
+    assert refused.outcome is PushOutcome.REFUSED and refused.connection_refused
+
+
+def test_a_5mb_state_parses() -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from elastask.documents import new_task, parse_source
+
+    big = {"blob": "x" * (5 * 1024 * 1024)}
+    doc = new_task("big", "sample", now=datetime.now(UTC), state=big)
+    parsed = parse_source(doc.id, json.loads(json.dumps(doc.to_source())))
+    assert len(parsed.state["blob"]) == 5 * 1024 * 1024
