@@ -217,3 +217,21 @@ def test_redis_flushed_mid_run_keeps_the_cap_and_loses_nothing(
     assert_no_violations(stats)
     assert stats["totals"]["runs_finished"] >= 150
     assert "rebuilt" in dispatcher.logs()
+
+
+def test_a_worker_started_with_q_consumes_only_the_queues_given(
+    store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
+) -> None:
+    sim = simulator(nodes=2, run_ms="50")
+    pinned_to, other = (f"elastask.dispatch.{node['owner_id']}" for node in sim.nodes)
+    dispatcher = dispatcher_factory(sim)
+    worker = dispatcher.worker("pinned", queues=f"elastask.claim,elastask.retry,{pinned_to}")
+    dispatcher.beat()
+    seed(store.client, one_shots(40))
+    wait_for(
+        lambda: sim.stats()["nodes"][sim.nodes[0]["owner_id"]]["runs_finished"] >= 10, 60, "the pinned node's tasks run"
+    )
+    time.sleep(3)
+    assert sim.stats()["nodes"][sim.nodes[1]["owner_id"]]["pushes"] == 0  # nobody consumes its queue
+    log = worker.log_path.read_text()
+    assert pinned_to in log and other not in log
