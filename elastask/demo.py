@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from elastask.runtime import build_runtime
 from elastask.testbed import Testbed
 from elastask.testbed.bed import INDEX
 from elastask.testbed.fleet import CeleryFleet
-from elastask.testbed.process import ManagedProcess, free_port, port_open
+from elastask.testbed.process import free_port, port_open
 
 RECURRING = (("5s", 8), ("10s", 8), ("30s", 4))
 
@@ -69,15 +68,7 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
         flower = fleet._celery(
             "flower", "flower", f"--port={flower_port}", "--address=127.0.0.1", f"--basic-auth=demo:{password}"
         )
-        exporter = ManagedProcess(
-            "exporter",
-            [sys.executable, "-m", "elastask", "serve", "--port", str(metrics_port)],
-            workdir / "exporter.log",
-            env=fleet.env,
-        )
-        exporter.start()
-        fleet.processes.append(exporter)
-        exporter.wait_until(lambda: port_open(metrics_port), 30)
+        fleet.exporter(metrics_port)
         flower.wait_until(lambda: port_open(flower_port), 60)
         echo(f"Flower:  http://127.0.0.1:{flower_port}  (user demo, password {password})")
         echo(f"Metrics: http://127.0.0.1:{metrics_port}/metrics   Health: http://127.0.0.1:{metrics_port}/health")

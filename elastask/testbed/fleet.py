@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from elastask.testbed.bed import SimulatorProcess, Testbed
-from elastask.testbed.process import ManagedProcess
+from elastask.testbed.process import ManagedProcess, port_open
 
 #: Where celeryconfig.py lives when running from a checkout (celery imports it from the cwd).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +66,15 @@ class CeleryFleet:
     def beat(self, name: str = "beat1") -> ManagedProcess:
         """Start a beat with its own schedule file."""
         return self._celery(name, "beat", "-l", "info", "-s", str(self.workdir / f"{name}-schedule"))
+
+    def exporter(self, port: int) -> ManagedProcess:
+        """Start ``elastask serve`` (/metrics and /health) on a port and wait until it listens."""
+        argv = [sys.executable, "-m", "elastask", "serve", "--port", str(port)]
+        process = ManagedProcess("exporter", argv, self.workdir / "exporter.log", env=self.env)
+        process.start()
+        self.processes.append(process)
+        process.wait_until(lambda: port_open(port), 30)
+        return process
 
     def logs(self) -> str:
         """Everything the workers and beats logged."""

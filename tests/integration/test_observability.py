@@ -16,7 +16,7 @@ import redis
 
 from elastask.store import TaskStore
 from elastask.testbed.bed import SimulatorProcess
-from elastask.testbed.process import ManagedProcess, free_port, port_open
+from elastask.testbed.process import free_port, port_open
 from tests.integration.harness import Dispatcher, seed, task_count, wait_for
 from tests.integration.test_dispatcher import one_shots
 
@@ -57,15 +57,7 @@ def test_metrics_and_health_agree_with_the_simulator_while_tasks_run(
     es = store.client
     dispatcher = dispatcher_factory(sim)
     port = free_port()
-    exporter = ManagedProcess(
-        "exporter",
-        [sys.executable, "-m", "elastask", "serve", "--port", str(port)],
-        dispatcher.workdir / "exporter.log",
-        env=dispatcher.env,
-    )
-    exporter.start()
-    dispatcher.processes.append(exporter)
-    exporter.wait_until(lambda: port_open(port), 30)
+    dispatcher.exporter(port)
     base = f"http://127.0.0.1:{port}"
     dispatcher.worker()
     dispatcher.beat()
@@ -123,15 +115,7 @@ def test_secrets_never_appear_in_logs_metrics_or_job_arguments(
         },
     )
     port = free_port()
-    exporter = ManagedProcess(
-        "exporter",
-        [sys.executable, "-m", "elastask", "serve", "--port", str(port)],
-        dispatcher.workdir / "exporter.log",
-        env=dispatcher.env,
-    )
-    exporter.start()
-    dispatcher.processes.append(exporter)
-    exporter.wait_until(lambda: port_open(port), 30)
+    dispatcher.exporter(port)
     dispatcher.worker()
     dispatcher.beat()
     seed(store.client, one_shots(30, "secretive"))
