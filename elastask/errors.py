@@ -58,23 +58,6 @@ class LedgerError(ElastaskError):
     """Redis, which holds the in-flight ledger, failed or could not be reached: retryable."""
 
 
-class KibanaError(ElastaskError):
-    """A Kibana node could not be asked: see the subclasses for whether the push reached it."""
-
-    def __init__(self, url: str, problem: str) -> None:
-        self.url = url
-        self.problem = problem
-        super().__init__(f"Kibana {url}: {problem}")
-
-
-class KibanaRefused(KibanaError):
-    """The push provably never reached Kibana (connection refused, 4xx/5xx): no attempt is burned."""
-
-
-class KibanaAmbiguous(KibanaError):
-    """The push may have reached Kibana (timeout after sending): the lease is kept until retryAt."""
-
-
 class TestbedError(ElastaskError):
     """A part of the test bed (engine, proxy, Redis, simulator) could not be started."""
 

@@ -6,8 +6,6 @@ import json
 import urllib.request
 from dataclasses import dataclass
 
-KINDS = ("search", "get", "index", "delete")
-
 
 @dataclass(frozen=True)
 class EngineCounters:

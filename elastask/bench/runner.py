@@ -29,11 +29,6 @@ Progress = Callable[[int, int, str], None]  # (done, total, label)
 _CLAIM_DURATION = re.compile(r"claim cycle: .*? duration=(\d+)ms")
 
 
-def mode_label(mode: str) -> str:
-    """``push`` or ``pull-500`` (pull polling every 500 ms)."""
-    return mode
-
-
 def pull_interval_ms(mode: str) -> int:
     """0 for push, the poll interval for ``pull-<ms>``."""
     return int(mode.split("-", 1)[1]) if mode.startswith("pull-") else 0

@@ -76,11 +76,6 @@ PARTITIONS = 256
 IDLE_FLEETS = (1, 10, 50)
 
 
-def steady_task_count(nodes: int, capacity: int, interval_ms: int, run_ms: int, fill: float = 0.5) -> int:
-    """Recurring tasks that keep ``fill`` of the capacity busy: each is busy run/(interval+run) of the time."""
-    return max(1, round(fill * nodes * capacity * (interval_ms + run_ms) / run_ms))
-
-
 def partition_of(task_id: str) -> int:
     """A task's partition, 0-255, from a hash of its id (Kibana uses murmur3; any uniform hash will do)."""
     return zlib.crc32(task_id.encode()) % PARTITIONS

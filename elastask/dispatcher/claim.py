@@ -36,8 +36,6 @@ from elastask.store import bulk_update_tasks, mget_sources, search_hits
 
 log = logging.getLogger(__name__)
 
-# A list, not a set: a malformed status may be unhashable (a list or an object).
-IN_FLIGHT_LIST = list(queries.IN_FLIGHT_STATUSES)
 RECONCILE_EVERY_MS = 1000
 #: A slot is held this long past retryAt: Kibana times a run from when it started, a little after the claim.
 LEASE_GRACE = timedelta(seconds=2)
