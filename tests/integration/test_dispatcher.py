@@ -98,6 +98,8 @@ def test_a_hung_node_makes_leases_expire_one_shot_fails_after_max_recurring_does
     failed = store.get("task:hung-once")
     assert failed.attempts == 2
     assert 1 in seen_attempts  # after its first expired run, attempts was 1
+    # The retry loop records the reason right after its write: it may land a moment after the status.
+    wait_for(lambda: redis_client.hget(keys.FAILED_REASONS, "task:hung-once") is not None, 10, "the failure reason")
     reason = json.loads(redis_client.hget(keys.FAILED_REASONS, "task:hung-once") or b"{}")
     assert "without an outcome" in reason["reason"]
     # The recurring task is pushed a 3rd time instead of failing: moved to its next interval.
