@@ -16,7 +16,7 @@ from elastask.config import ElasticsearchSettings
 from elastask.store import TaskStore, build_client
 from elastask.testbed import Testbed
 from elastask.testbed.bed import INDEX, SimulatorProcess
-from tests.integration.harness import Dispatcher
+from tests.integration.harness import FAST_ENV, Dispatcher
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +76,7 @@ def dispatcher_factory(
     made: list[Dispatcher] = []
 
     def make(simulator: SimulatorProcess, **options: Any) -> Dispatcher:
+        options["env"] = {**FAST_ENV, **(options.get("env") or {})}
         dispatcher = Dispatcher(tmp_path_factory.mktemp("dispatcher"), testbed, simulator, **options)
         made.append(dispatcher)
         return dispatcher

@@ -5,36 +5,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from elasticsearch import Elasticsearch
 
 from elastask.documents import TaskDocument
-from elastask.testbed import Testbed
-from elastask.testbed.bed import INDEX, SimulatorProcess
+from elastask.testbed.bed import INDEX
 from elastask.testbed.fleet import CeleryFleet
 
+#: The workers and beats of a test are an ordinary fleet...
+Dispatcher = CeleryFleet
 
-class Dispatcher(CeleryFleet):
-    """A fleet with the fast intervals the tests use (overridable through ``env``)."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        testbed: Testbed,
-        simulator: SimulatorProcess,
-        *,
-        config: dict[str, Any] | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        fast = {
-            "ELASTASK_POLLING_INTERVAL": "200",
-            "ELASTASK_RETRY_INTERVAL": "500",
-            "ELASTASK_RETRY_DELAY": "1s",
-            "ELASTASK_NODE_PROBE_INTERVAL": "1000",
-        }
-        super().__init__(workdir, testbed, simulator, config=config, env={**fast, **(env or {})})
+#: ...with the fast intervals the tests use (a test's own ``env`` overrides them).
+FAST_ENV = {
+    "ELASTASK_POLLING_INTERVAL": "200",
+    "ELASTASK_RETRY_INTERVAL": "500",
+    "ELASTASK_RETRY_DELAY": "1s",
+    "ELASTASK_NODE_PROBE_INTERVAL": "1000",
+}
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
