@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 RECONCILE_EVERY_MS = 1000
 #: A slot is held this long past retryAt: Kibana times a run from when it started, a little after the claim.
 LEASE_GRACE = timedelta(seconds=2)
+#: After a ledger rebuild, no claims for this long (longer than any claim cycle runs).
+LEDGER_SETTLE_MS = 3000
 
 
 @dataclass
@@ -113,6 +115,16 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], No
     for problem in problems:
         log.warning("%s", problem)
     if not rt.ledger.is_built():
+        # Redis lost the ledger, and with it the claim lock: a cycle that started before the loss
+        # may still be writing claims the engine does not show yet. Rebuild now, claim nothing
+        # while such a cycle could still finish, then rebuild once more before claiming again.
+        summary.ledger_rebuilt = rebuild_ledger(rt, nodes, now)
+        rt.redis.set(keys.LEDGER_SETTLING, 1, px=LEDGER_SETTLE_MS)
+        rt.redis.set(keys.LEDGER_RECHECK, 1)
+        return summary
+    if rt.redis.exists(keys.LEDGER_SETTLING):
+        return summary
+    if rt.redis.delete(keys.LEDGER_RECHECK):
         summary.ledger_rebuilt = rebuild_ledger(rt, nodes, now)
     available = rt.nodes.available(nodes, now)
     summary.nodes = len(available)
