@@ -164,10 +164,12 @@ class Ledger:
                 result.append(Lease(task_id, owner, int(score)))
         return result
 
-    def extend(self, owner_id: str, task_id: str, expiry: datetime) -> None:
-        """Move a held lease's expiry (after the lease was renewed in the engine); no-op if not held."""
+    def extend(self, owner_id: str, expiries: Mapping[str, datetime]) -> None:
+        """Move held leases' expiries (after they were renewed in the engine); ids not held are left out."""
+        if not expiries:
+            return
         try:
-            self.client.zadd(keys.inflight(owner_id), {task_id: _ms(expiry)}, xx=True)
+            self.client.zadd(keys.inflight(owner_id), {task_id: _ms(at) for task_id, at in expiries.items()}, xx=True)
         except redis.RedisError as e:
             raise LedgerError(f"Redis: {e}") from e
 

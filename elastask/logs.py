@@ -50,8 +50,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+#: Client libraries that log every request at INFO: thousands of lines a second under load.
+QUIET_LOGGERS = ("elastic_transport.transport", "urllib3.connectionpool")
+
+
 def configure(root: logging.Logger, log_format: str) -> None:
-    """Install the context filter on every handler, and the JSON formatter when asked for."""
+    """Install the context filter on every handler, and the JSON formatter when asked for.
+
+    The engine client's per-request lines are kept to warnings; a worker run with ``-l debug`` shows them.
+    """
+    if root.getEffectiveLevel() > logging.DEBUG:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     for handler in root.handlers:
         handler.addFilter(ContextFilter())
         if log_format == "json":

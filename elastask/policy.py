@@ -54,16 +54,32 @@ def assign(
     return assignments
 
 
-def lease_until(task: TaskDocument, now: datetime, timeout_ms: int) -> datetime:
-    """retryAt as Kibana's getRetryAt sets it at claim: the timeout, or the interval if longer."""
-    lease_ms = timeout_ms
+#: A claim's lease is Kibana's plus a slack for the time the push takes to reach the node (the
+#: dispatch queue, the HTTP call): Kibana times a run from its start, not from the claim. A tenth of
+#: the lease, at least 1 s and at most 5 s; a dispatch job that waited longer renews the lease.
+MIN_SLACK_MS = 1000
+MAX_SLACK_MS = 5000
+
+
+def kibana_lease_ms(task: TaskDocument, timeout_ms: int) -> int:
+    """The lease Kibana's getRetryAt gives at claim: the timeout, or the interval if longer."""
     if task.schedule is not None and task.schedule.interval_ms is not None:
-        lease_ms = max(lease_ms, task.schedule.interval_ms)
-    return now + timedelta(milliseconds=lease_ms)
+        return max(timeout_ms, task.schedule.interval_ms)
+    return timeout_ms
+
+
+def dispatch_slack_ms(task: TaskDocument, timeout_ms: int) -> int:
+    """How much later than Kibana's a claim's lease ends (see MIN_SLACK_MS)."""
+    return min(MAX_SLACK_MS, max(MIN_SLACK_MS, kibana_lease_ms(task, timeout_ms) // 10))
+
+
+def lease_until(task: TaskDocument, now: datetime, timeout_ms: int) -> datetime:
+    """retryAt for a claim made now: Kibana's lease plus the dispatch slack."""
+    return now + timedelta(milliseconds=kibana_lease_ms(task, timeout_ms) + dispatch_slack_ms(task, timeout_ms))
 
 
 def claim_fields(task: TaskDocument, owner_id: str, now: datetime, timeout_ms: int) -> dict[str, Any]:
-    """The partial update that claims a task, as Kibana's markTaskAsRunning writes it."""
+    """The partial update that claims a task, as Kibana's markTaskAsRunning writes it (retryAt: plus the slack)."""
     return {
         "status": "running",
         "ownerId": owner_id,

@@ -52,7 +52,11 @@ def due_tasks(
     max_attempts_by_type: Mapping[str, int],
     exclude_ids: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Idle tasks whose runAt has come, highest priority first, then oldest runAt (Kibana's order)."""
+    """Idle tasks whose runAt has come, highest priority first, then oldest runAt (Kibana's order).
+
+    Only ids and versions come back (``_source: false``): the claim loop reads the documents it may
+    claim with a real-time ``mget`` anyway, so the search does not load every hit's source.
+    """
     must_not: list[dict[str, Any]] = [{"term": {"task.enabled": False}}]
     if exclude_ids:
         must_not.append({"ids": {"values": sorted(exclude_ids)}})
@@ -74,6 +78,7 @@ def due_tasks(
         ],
         "size": size,
         "seq_no_primary_term": True,
+        "_source": False,
     }
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import redis
 
@@ -12,6 +13,9 @@ from elastask.kibana import KibanaClient
 from elastask.ledger import Ledger
 from elastask.nodes import NodeRegistry
 from elastask.store import TaskStore, build_client
+
+#: Pushes in flight at once per worker process (the HTTP pool to Kibana holds 32 connections).
+PUSH_PARALLELISM = 16
 
 
 @dataclass
@@ -25,9 +29,14 @@ class Runtime:
     nodes: NodeRegistry
     kibana: KibanaClient
     rng: random.Random
+    #: Pushes one dispatch job's tasks in parallel (a job carries at most a node's free capacity).
+    pushers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=PUSH_PARALLELISM, thread_name_prefix="elastask-push")
+    )
 
     def close(self) -> None:
         """Close the network clients."""
+        self.pushers.shutdown(wait=False, cancel_futures=True)
         self.store.client.close()
         self.redis.close()
         self.kibana.session.close()

@@ -6,6 +6,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import elasticsearch
@@ -222,25 +223,53 @@ def bulk_update_tasks(
     store: TaskStore, updates: Sequence[tuple[TaskDocument, Mapping[str, Any]]], *, refresh: bool = False
 ) -> list[WriteResult]:
     """Partial ``task.*`` updates, each conditional on the version its document was read at (one request)."""
-    if not updates:
-        return []
-    operations: list[dict[str, Any]] = []
+    versioned = []
     for doc, fields in updates:
         if doc.seq_no is None or doc.primary_term is None:
             raise ValueError(f"task document {doc.id!r} has no version; read it before writing it")
-        operations.append({"update": {"_id": doc.id, "if_seq_no": doc.seq_no, "if_primary_term": doc.primary_term}})
-        operations.append({"doc": {"task": dict(fields)}})
+        versioned.append(VersionedUpdate(doc.id, doc.seq_no, doc.primary_term, fields))
+    return bulk_update_versions(store, versioned, refresh=refresh)
+
+
+@dataclass(frozen=True)
+class VersionedUpdate:
+    """A partial ``task.*`` update that applies only if the document is still at this version."""
+
+    doc_id: str
+    seq_no: int
+    primary_term: int
+    fields: Mapping[str, Any]
+
+
+def bulk_update_versions(
+    store: TaskStore, updates: Sequence[VersionedUpdate], *, refresh: bool = False
+) -> list[WriteResult]:
+    """Conditional partial updates in one ``_bulk`` request; one result per update, in order."""
+    if not updates:
+        return []
+    operations: list[dict[str, Any]] = []
+    for update in updates:
+        operations.append(
+            {"update": {"_id": update.doc_id, "if_seq_no": update.seq_no, "if_primary_term": update.primary_term}}
+        )
+        operations.append({"doc": {"task": dict(update.fields)}})
     with engine_errors(f"bulk update of {len(updates)} task(s) in {store.index}"):
         answer = store.client.bulk(index=store.index, operations=operations, refresh=refresh or None)
     return _bulk_results(answer.body)
 
 
-def mget_sources(store: TaskStore, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-    """Real-time reads of several documents: id -> hit (with version), or None if it is gone."""
+def mget_sources(
+    store: TaskStore, ids: Sequence[str], *, fields: Sequence[str] | None = None
+) -> dict[str, dict[str, Any] | None]:
+    """Real-time reads of several documents: id -> hit (with version), or None if it is gone.
+
+    ``fields``: only these source fields (e.g. ``task.status``), for reads that need a few.
+    """
     if not ids:
         return {}
+    options: dict[str, Any] = {"source_includes": list(fields)} if fields is not None else {}
     with engine_errors(f"reading {len(ids)} task(s) from {store.index}"):
-        answer = store.client.mget(index=store.index, ids=list(ids))
+        answer = store.client.mget(index=store.index, ids=list(ids), **options)
     result: dict[str, dict[str, Any] | None] = {}
     for doc in answer["docs"]:
         result[str(doc["_id"])] = dict(doc) if doc.get("found") else None

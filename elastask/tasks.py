@@ -2,7 +2,8 @@
 
 - ``elastask.claim`` (beat, every ``polling_interval``, queue ``elastask.claim``)
 - ``elastask.retry`` (beat, every ``retry_interval``, queue ``elastask.retry``)
-- ``elastask.dispatch`` (one per claimed task, queue ``elastask.dispatch.<ownerId>``)
+- ``elastask.dispatch`` (one per node per claim cycle, carrying the tasks claimed for that node, queue
+  ``elastask.dispatch.<ownerId>``)
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from elastask import keys
 from elastask.celeryapp import get_app
-from elastask.dispatcher.claim import DispatchJob, claim_available_tasks
-from elastask.dispatcher.dispatch import job_from_dict, push_claimed_task
+from elastask.dispatcher.claim import DispatchBatch, claim_available_tasks
+from elastask.dispatcher.dispatch import batch_from_dict, push_claimed_tasks
 from elastask.dispatcher.retry import retry_expired_leases
 from elastask.errors import LedgerError, StoreError
 from elastask.intervals import parse_date
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 app = get_app()
 
 _runtime: tuple[int, Runtime] | None = None
+#: Task ids a dispatch job shows in Flower and the logs.
+MAX_IDS_SHOWN = 10
 
 
 def runtime() -> Runtime:
@@ -51,10 +54,17 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def enqueue_dispatch(job: DispatchJob, producer: Any = None) -> None:
-    """Send a dispatch job to its node's queue; Flower shows only the task id, never the body."""
+def enqueue_dispatch(batch: DispatchBatch, producer: Any = None) -> None:
+    """Send a dispatch job to its node's queue; Flower shows only the task ids, never the bodies."""
+    ids = ", ".join(repr(job.doc_id) for job in batch.jobs[:MAX_IDS_SHOWN])
+    more = f", ... {len(batch.jobs) - MAX_IDS_SHOWN} more" if len(batch.jobs) > MAX_IDS_SHOWN else ""
     dispatch.apply_async(
-        args=[job.as_dict()], queue=keys.queue(job.owner_id), argsrepr=f"({job.doc_id!r})", producer=producer
+        args=[batch.as_dict()],
+        queue=keys.queue(batch.owner_id),
+        argsrepr=f"([{ids}{more}])",
+        producer=producer,
+        # Tasks claimed ahead of their runAt: the worker holds the job until then.
+        eta=parse_date(batch.not_before) if batch.not_before else None,
     )
 
 
@@ -103,17 +113,14 @@ def retry() -> dict[str, Any]:
     retry_backoff_max=30,
     max_retries=10,
 )
-def dispatch(job: dict[str, Any]) -> str:
-    """Push one claimed task to its Kibana node."""
-    rt, claimed, now = runtime(), job_from_dict(job), _now()
-    with bound(task_id=claimed.doc_id, owner_id=claimed.owner_id):
-        outcome = push_claimed_task(rt, claimed, now)
-    observations = []
-    if outcome == "accepted":
-        # Start drift as Kibana's health API defines it: when the run started (Kibana starts at once) - runAt.
-        drift_s = (now - parse_date(claimed.body["runAt"])).total_seconds()
-        observations.append(("start_drift_seconds", max(0.0, drift_s)))
+def dispatch(batch: dict[str, Any]) -> dict[str, int]:
+    """Push the tasks one claim cycle claimed for one Kibana node; returns the count per outcome."""
+    rt, claimed, now = runtime(), batch_from_dict(batch), _now()
+    with bound(owner_id=claimed.owner_id):
+        report = push_claimed_tasks(rt, claimed, now, rt.pushers)
+    counts = report.counts()
     Metrics(rt.redis).record(
-        labelled=[("elastask_dispatched_total", {"outcome": outcome}, 1)], observations=observations
+        labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
+        observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
     )
-    return outcome
+    return dict(counts)

@@ -39,8 +39,8 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """A table of every run, side by side."""
     head = (
         "| scenario | mode | nodes | claim interval | completed | elapsed | utilisation | drift p50 / p95 / p99 / max "
-        "| claim cycle p50 / p99 | engine ops/s | engine ops/task | cap viol. | overlaps | lost |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| claim cycle p50 / p99 | engine ops/s | engine ops/task | cap viol. | overlaps | lost | early |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
@@ -50,7 +50,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         util = r.get("utilisation")
         rows.append(
             "| {scenario} | {mode} | {nodes} | {interval} ms | {completed} | {elapsed} s | {util} | {drift} | {cycle} "
-            "| {ops_s} | {ops_task} | {viol} | {overlaps} | {lost} |".format(
+            "| {ops_s} | {ops_task} | {viol} | {overlaps} | {lost} | {early} |".format(
                 scenario=r["scenario"],
                 mode=r["mode"],
                 nodes=r["nodes"],
@@ -65,6 +65,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
                 viol=r.get("cap_violations", "-"),
                 overlaps=r.get("overlapping_runs", "-"),
                 lost=r.get("lost", "-"),
+                early=r.get("early_starts", "-"),
             )
         )
     return head + "\n".join(rows) + "\n"

@@ -223,6 +223,8 @@ class BenchRun:
             "cap_violations": violations,
             "overlapping_runs": int(stats["totals"]["overlapping_runs"]),
             "lost": lost,
+            # Runs a node received before the task's runAt (push claims ahead; it must never push early).
+            "early_starts": sum(1 for d in drifts if d < 0),
             "remaining": remaining,
             "claim_conflicts": int(stats["totals"].get("claim_conflicts", 0)),
         }
@@ -230,6 +232,7 @@ class BenchRun:
 
 def _summary(values: list[float], points: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, float | None]:
     result: dict[str, float | None] = {f"p{round(p * 100)}": _round(percentile(values, p)) for p in points}
+    result["min"] = _round(min(values)) if values else None
     result["max"] = _round(max(values)) if values else None
     result["count"] = len(values)
     return result

@@ -3,14 +3,17 @@
 One cycle, run by beat every ``polling_interval`` under a Redis lock (so cycles never overlap):
 
 1. learn the nodes and, if Redis lost the ledger, rebuild it from the engine before anything else;
-2. search due tasks (``seq_no_primary_term``);
-3. reconcile the ledger with the engine (real-time ``mget``): tasks Kibana finished free their
-   slot (see ``finished``; skipped, but for once a second, when nothing is due); then drop stale hits (tasks this
-   ledger holds, or whose real-time version differs: the search is near-real-time) and skip
-   malformed ones (reported by id);
+2. search due tasks, and those due within the next polling interval (at most 1 s ahead), leaving
+   out the tasks the ledger holds (ids and ``seq_no_primary_term`` only);
+3. reconcile the ledger with the engine (real-time ``mget`` of the fields that tell) when the free
+   room may be too small for what is due, and otherwise about once a second: tasks Kibana finished
+   free their slot (see ``finished``); then read the hits this cycle can claim in real time, drop
+   stale ones (whose version differs: the search is near-real-time) and skip malformed ones
+   (reported by id);
 4. assign by free capacity, reserve the slots atomically in the ledger (Lua), claim with one
    conditional ``_bulk`` (``if_seq_no``/``if_primary_term``); a 409 is a lost race, not an error;
-5. enqueue one dispatch job per claimed task on its node's queue; log one line with the counts.
+5. enqueue one dispatch job per node on its queue, carrying the tasks claimed for it (tasks claimed
+   ahead go in jobs with an ETA: their runAt, in 25 ms steps); log one line with the counts.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ RECONCILE_EVERY_MS = 1000
 LEASE_GRACE = timedelta(seconds=2)
 #: After a ledger rebuild, no claims for this long (longer than any claim cycle runs).
 LEDGER_SETTLE_MS = 3000
+#: Tasks due within the next polling interval, but at most this far ahead, are claimed now and
+#: pushed at their runAt (a dispatch job with an ETA), not one interval late.
+MAX_LOOKAHEAD_MS = 1000
+#: Claimed-ahead tasks are pushed in steps of this many ms (one dispatch job per node and step).
+ETA_STEP_MS = 25
 
 
 @dataclass
@@ -59,9 +67,20 @@ class ClaimSummary:
     nodes: int = 0
     capacity_left: dict[str, int] = field(default_factory=dict)
     duration_ms: float = 0.0
+    #: Milliseconds spent in each step (search, reconcile, verify, reserve, claim, enqueue).
+    steps_ms: dict[str, float] = field(default_factory=dict)
+    _mark: float = field(default_factory=time.monotonic, repr=False)
+
+    def step(self, name: str) -> None:
+        """Close the step that just ended: its time goes under ``name``."""
+        now = time.monotonic()
+        self.steps_ms[name] = round(self.steps_ms.get(name, 0.0) + (now - self._mark) * 1000, 1)
+        self._mark = now
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("_mark")
+        return data
 
 
 @dataclass(frozen=True)
@@ -77,12 +96,38 @@ class DispatchJob:
     attempts: int
     lease_ms: int  # how long the claim leased the task for (retryAt - startedAt)
     body: dict[str, Any]
+    claim_seq_no: int | None = None  # the claim's version when a renewal changed seq_no
+    slack_ms: int = policy.MIN_SLACK_MS  # the lease's dispatch slack: a job that waited longer renews it
+
+    @property
+    def claim(self) -> int:
+        """The version the claim wrote: a push is attempted at most once per claim."""
+        return self.seq_no if self.claim_seq_no is None else self.claim_seq_no
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], None]) -> ClaimSummary:
+@dataclass(frozen=True)
+class DispatchBatch:
+    """One dispatch job: the tasks one claim cycle claimed for one Kibana node."""
+
+    owner_id: str
+    node_url: str
+    jobs: tuple[DispatchJob, ...]
+    #: Push no earlier than this (ISO date): the latest runAt of the tasks, when claimed ahead.
+    not_before: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "owner_id": self.owner_id,
+            "node_url": self.node_url,
+            "tasks": [j.as_dict() for j in self.jobs],
+            "not_before": self.not_before,
+        }
+
+
+def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], None]) -> ClaimSummary:
     """One claim cycle (see the module docstring); a cycle already running elsewhere makes this a no-op."""
     started = time.monotonic()
     lock_ttl_ms = max(30_000, 10 * rt.settings.polling_interval_ms)
@@ -92,9 +137,10 @@ def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[Dispatc
         summary = _claim_cycle(rt, now, enqueue)
     summary.duration_ms = (time.monotonic() - started) * 1000
     per_node = " ".join(f"{owner}={left}" for owner, left in summary.capacity_left.items())
+    steps = ",".join(f"{name}:{ms:.0f}" for name, ms in summary.steps_ms.items() if ms >= 1)
     log.info(
         "claim cycle: found=%d claimed=%d conflicts=%d stale=%d missing=%d skipped(malformed)=%d released=%d "
-        "nodes=%d duration=%.0fms capacity_left(units) %s",
+        "nodes=%d duration=%.0fms (%s) capacity_left(units) %s",
         summary.found,
         summary.claimed,
         summary.conflicts,
@@ -104,12 +150,13 @@ def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[Dispatc
         summary.released,
         summary.nodes,
         summary.duration_ms,
+        steps or "-",
         per_node or "-",
     )
     return summary
 
 
-def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], None]) -> ClaimSummary:
+def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], None]) -> ClaimSummary:
     summary = ClaimSummary()
     nodes, problems = rt.nodes.resolve()
     for problem in problems:
@@ -128,25 +175,40 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], No
         summary.ledger_rebuilt = rebuild_ledger(rt, nodes, now)
     available = rt.nodes.available(nodes, now)
     summary.nodes = len(available)
+    summary.step("nodes")
     leases = rt.ledger.leases([n.owner_id for n in nodes])
     settings = rt.settings
+    # The cheapest task cost: the most tasks a unit of free capacity can take.
+    cheapest = max(1, min([settings.for_type("").cost, *(t.cost for t in settings.task_types.values())]))
+    lookahead = timedelta(milliseconds=min(settings.polling_interval_ms, MAX_LOOKAHEAD_MS))
     body = queries.due_tasks(
-        now,
-        # Every unit of capacity, plus the stale hits the near-real-time search may still return.
-        size=min(settings.claim_batch_size, sum(n.capacity_units for n in available) + len(leases)),
+        now + lookahead,
+        # Every task the nodes could take if every lease ended now; held tasks are left out of the
+        # search (the near-real-time search can still show a task claimed a moment ago as idle).
+        size=min(settings.claim_batch_size, sum(n.capacity_units for n in available) // cheapest),
         default_max_attempts=settings.max_attempts,
         max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
-        exclude_ids=quarantined(rt.redis, now),
+        exclude_ids={*quarantined(rt.redis, now), *(lease.task_id for lease in leases)},
     )
     hits = search_hits(rt.store, body, "searching due tasks") if available else []
-    # Nothing due: the ledger only needs the engine's view about once a second (for status and load).
-    if hits or rt.redis.set(keys.RECONCILED, 1, nx=True, px=RECONCILE_EVERY_MS):
+    summary.step("search")
+    owners = [n.owner_id for n in available]
+    used = rt.ledger.used_units(owners, now)
+    free = {n.owner_id: n.capacity_units - used[n.owner_id] for n in available}
+    # The ledger learns which tasks Kibana finished from the engine (a real-time read of every
+    # lease): when the free room may be too small for what is due, and otherwise about once a
+    # second (for status and load).
+    costliest = max([settings.for_type("").cost, *(t.cost for t in settings.task_types.values())])
+    short_of_room = sum(max(0, units) for units in free.values()) < len(hits) * costliest
+    if short_of_room or rt.redis.set(keys.RECONCILED, 1, nx=True, px=RECONCILE_EVERY_MS):
         held, summary.released = reconcile_ledger(rt, leases, now)
+        if summary.released:
+            used = rt.ledger.used_units(owners, now)
+            free = {n.owner_id: n.capacity_units - used[n.owner_id] for n in available}
     else:
         held = {lease.task_id for lease in leases}
-    used = rt.ledger.used_units([n.owner_id for n in available], now)
-    free = {n.owner_id: n.capacity_units - used[n.owner_id] for n in available}
     summary.capacity_left = dict(free)
+    summary.step("reconcile")
     room = sum(max(0, units) for units in free.values())
     if room <= 0 or not hits:
         return summary
@@ -154,8 +216,7 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], No
     summary.found = len(hits)
     candidates = []
     # Most tasks this cycle can claim: the free units over the cheapest cost, plus a margin for stale hits.
-    cheapest = min([settings.for_type("").cost, *(t.cost for t in settings.task_types.values())])
-    most = room // max(1, cheapest)
+    most = room // cheapest
     for hit in fresh_hits(rt, hits, held, summary, limit=most + most // 4 + 2):
         try:
             candidates.append(parse_hit(hit))
@@ -166,21 +227,29 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], No
     def cost_of(task_type: str) -> int:
         return settings.for_type(task_type).cost
 
+    summary.step("verify")
     assignments = policy.assign(candidates, {o: max(0, f) for o, f in free.items()}, cost_of)
     reserved = _reserve(rt, assignments, {n.owner_id: n for n in available}, now)
+    summary.step("reserve")
     to_claim = [a for a in assignments if a.task.id in reserved[a.owner_id]]
     fields = [
         policy.claim_fields(a.task, a.owner_id, now, settings.for_type(a.task.task_type).timeout_ms) for a in to_claim
     ]
     results = bulk_update_tasks(rt.store, [(a.task, f) for a, f in zip(to_claim, fields, strict=True)])
+    summary.step("claim")
     give_back: dict[str, list[str]] = defaultdict(list)
     by_owner = {n.owner_id: n for n in available}
+    jobs: dict[tuple[str, datetime | None], list[DispatchJob]] = defaultdict(list)
     for assignment, claim, result in zip(to_claim, fields, results, strict=True):
         if result.ok and result.seq_no is not None and result.primary_term is not None:
             summary.claimed += 1
             summary.capacity_left[assignment.owner_id] -= assignment.cost
             doc = policy.claimed(assignment.task, claim, result.seq_no, result.primary_term)
-            enqueue(_job(doc, by_owner[assignment.owner_id]))
+            slack_ms = policy.dispatch_slack_ms(
+                assignment.task, settings.for_type(assignment.task.task_type).timeout_ms
+            )
+            push_at = _push_step(doc.run_at, now)
+            jobs[(assignment.owner_id, push_at)].append(_job(doc, by_owner[assignment.owner_id], slack_ms))
             continue
         give_back[assignment.owner_id].append(assignment.task.id)
         if result.conflict:
@@ -190,18 +259,24 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], No
         else:
             log.error("claiming %r failed: %s %s", result.doc_id, result.status, result.error)
     rt.ledger.release_many(give_back)
+    summary.step("bookkeeping")
+    for (owner_id, push_at), claimed in jobs.items():
+        not_before = format_date(push_at) if push_at is not None else None
+        enqueue(DispatchBatch(owner_id, by_owner[owner_id].url, tuple(claimed), not_before))
+    summary.step("enqueue")
     return summary
 
 
 def fresh_hits(
     rt: Runtime, hits: Sequence[dict[str, Any]], held: set[str], summary: ClaimSummary, limit: int
 ) -> list[dict[str, Any]]:
-    """Drop stale search hits, as Kibana's mget claimer does: the search is near-real-time, ``mget`` is not.
+    """The documents of the search hits that are still as the search saw them, read in real time.
 
-    A hit is stale when this ledger already holds it (we claimed it moments ago), or when its
-    real-time version differs (Kibana wrote an outcome, another claim won) or it is gone. Only the
-    first ``limit`` other hits are checked: the most this cycle can claim, plus a margin, so the
-    engine does not read documents that would be left unclaimed anyway.
+    As Kibana's mget claimer does: the search is near-real-time, ``mget`` is not. A hit is stale
+    when this ledger already holds it (we claimed it moments ago), or when its real-time version
+    differs (Kibana wrote an outcome, another claim won) or it is gone. Only the first ``limit``
+    other hits are read: the most this cycle can claim, plus a margin, so the engine does not read
+    documents that would be left unclaimed anyway. Returns the real-time documents, in search order.
     """
     candidates: list[dict[str, Any]] = []
     for hit in hits:
@@ -218,8 +293,17 @@ def fresh_hits(
         elif (now_hit.get("_seq_no"), now_hit.get("_primary_term")) != (hit.get("_seq_no"), hit.get("_primary_term")):
             summary.stale += 1
         else:
-            fresh.append(hit)
+            fresh.append(now_hit)
     return fresh
+
+
+def _push_step(run_at: datetime, now: datetime) -> datetime | None:
+    """When to push a task claimed ahead: its runAt rounded up to the next ETA step; None if due now."""
+    if run_at <= now:
+        return None
+    step_us = ETA_STEP_MS * 1000
+    ahead_us = (run_at - now) // timedelta(microseconds=1)
+    return now + timedelta(microseconds=-(-ahead_us // step_us) * step_us)
 
 
 def _reserve(
@@ -236,7 +320,7 @@ def _reserve(
     return reserved
 
 
-def _job(doc: TaskDocument, node: Node) -> DispatchJob:
+def _job(doc: TaskDocument, node: Node, slack_ms: int) -> DispatchJob:
     assert doc.seq_no is not None and doc.primary_term is not None and doc.retry_at is not None
     assert doc.started_at is not None
     lease_ms = int((doc.retry_at - doc.started_at).total_seconds() * 1000)
@@ -250,6 +334,7 @@ def _job(doc: TaskDocument, node: Node) -> DispatchJob:
         attempts=doc.attempts,
         lease_ms=lease_ms,
         body=run_now_body(doc),
+        slack_ms=slack_ms,
     )
 
 
@@ -262,7 +347,7 @@ def reconcile_ledger(rt: Runtime, leases: Sequence[Lease], now: datetime) -> tup
     if not leases:
         return set(), 0
     now_ms = int(now.timestamp() * 1000)
-    hits = mget_sources(rt.store, sorted({lease.task_id for lease in leases}))
+    hits = mget_sources(rt.store, sorted({lease.task_id for lease in leases}), fields=FINISHED_FIELDS)
     done: dict[str, list[str]] = defaultdict(list)
     held = set()
     for lease in leases:
@@ -273,6 +358,10 @@ def reconcile_ledger(rt: Runtime, leases: Sequence[Lease], now: datetime) -> tup
         else:
             done[lease.owner_id].append(lease.task_id)
     return held, rt.ledger.release_many(done)
+
+
+#: The fields ``finished`` looks at: the ledger's reads fetch only these.
+FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts")
 
 
 def finished(hit: dict[str, Any] | None, task: Any, owner_id: str) -> bool:

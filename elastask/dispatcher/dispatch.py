@@ -1,11 +1,15 @@
-"""The dispatch job: push one claimed task to its Kibana node's ``_run_now``.
+"""The dispatch job: push one claim cycle's tasks for one Kibana node to its ``_run_now``.
+
+A claim cycle sends one job per node with every task it claimed for that node (at most the node's
+free capacity); the job pushes them in parallel. Per task:
 
 - The lease ran out while the job waited in its queue: the task goes back to ``idle`` (attempt
-  returned) with a conditional write; it never reached Kibana. A job that waited more than a
-  second renews the lease first (conditional write), so the lease covers the whole run Kibana
-  starts now.
-- A job is pushed at most once per claim: a Redis marker keyed by the claim's version is set
-  before the push, so a job redelivered after a worker died mid-push is not pushed again (its
+  returned) with a conditional write; it never reached Kibana. A claim's lease is Kibana's plus a
+  slack (``policy.dispatch_slack_ms``, 1-5 s) for the way to the node; a job that waited longer
+  than the slack renews its leases first (one conditional ``_bulk``), so each lease covers the
+  whole run Kibana starts now; a task that changed meanwhile is not pushed.
+- A task is pushed at most once per claim: a Redis marker keyed by the claim's version is set
+  before the push, so a job redelivered after a worker died mid-push does not push it again (its
   lease runs out and the retry loop takes it back: ambiguous, never a double run).
 - accepted: keep the lease. refused: back to ``idle`` with the attempt returned, slot freed, node
   health updated. ambiguous: keep the lease until ``retryAt``.
@@ -13,104 +17,208 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from dataclasses import replace
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from elastask import keys, policy
-from elastask.dispatcher.claim import LEASE_GRACE, DispatchJob
-from elastask.errors import ConflictError, DocumentMissingError
+from elastask.dispatcher.claim import LEASE_GRACE, DispatchBatch, DispatchJob
 from elastask.intervals import format_date, parse_date
-from elastask.kibana import PushOutcome
+from elastask.kibana import PushOutcome, PushResult
+from elastask.logs import bound
 from elastask.nodes import Node
 from elastask.runtime import Runtime
+from elastask.store import VersionedUpdate, bulk_update_versions
 
 log = logging.getLogger(__name__)
 
-#: A job that waited in its queue longer than this renews its lease before pushing.
-RENEW_AFTER_MS = 1000
+#: The longest a job that started before its ETA waits for it (a claim looks at most 1 s ahead).
+MAX_EARLY_WAIT_S = 1.0
 
 
-def job_from_dict(data: dict[str, Any]) -> DispatchJob:
-    """A DispatchJob from its JSON form in the Celery message."""
-    return DispatchJob(**data)
+@dataclass
+class DispatchReport:
+    """What one dispatch job did: an outcome per task, and the start drift of the accepted ones."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)  # task id -> outcome
+    drifts_s: list[float] = field(default_factory=list)
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.outcomes.values())
 
 
-def push_claimed_task(rt: Runtime, job: DispatchJob, now: datetime) -> str:
-    """Push one task; returns the outcome: accepted, refused, ambiguous, expired, duplicate or unknown-node."""
-    node = _node(rt, job)
-    if node is None:
-        log.error("task %r: Kibana node %s is no longer configured; giving the task back", job.doc_id, job.node_url)
-        _give_back(rt, job)
-        return "unknown-node"
-    retry_at = parse_date(job.retry_at)
-    if now >= retry_at:
-        log.warning(
-            "task %r: lease ran out before the push (queue of %s backed up?); giving it back", job.doc_id, job.owner_id
+def batch_from_dict(data: dict[str, Any]) -> DispatchBatch:
+    """A DispatchBatch from its JSON form in the Celery message (a single job's form is accepted too)."""
+    if "tasks" in data:
+        jobs = tuple(DispatchJob(**job) for job in data["tasks"])
+        not_before = data.get("not_before")
+        return DispatchBatch(
+            str(data["owner_id"]), str(data["node_url"]), jobs, str(not_before) if not_before else None
         )
-        _give_back(rt, job)
-        return "expired"
-    remaining_ms = int((retry_at - now).total_seconds() * 1000)
-    marker_ttl_ms = max(remaining_ms, job.lease_ms) + 60_000
-    if not rt.redis.set(keys.pushed(job.doc_id, job.seq_no), 1, nx=True, px=marker_ttl_ms):
-        log.warning("task %r: this claim was already pushed once (redelivered job); its lease decides", job.doc_id)
-        return "duplicate"
-    if remaining_ms < job.lease_ms - RENEW_AFTER_MS:
-        renewed = _renew_lease(rt, job, now)
-        if renewed is None:
-            return "expired"
-        job = renewed
-    result = rt.kibana.push(node.config, job.body)
-    if result.outcome is PushOutcome.ACCEPTED:
-        rt.nodes.record_success(node)
-        log.debug("task %r pushed to %s", job.doc_id, node.url)
-        return "accepted"
-    if result.outcome is PushOutcome.REFUSED:
-        log.warning("task %r: push refused, back to idle without burning an attempt: %s", job.doc_id, result.detail)
-        _give_back(rt, job)
-        rt.nodes.record_failure(node, now, result.detail, hard=result.connection_refused)
-        return "refused"
-    log.warning("task %r: push ambiguous, keeping the lease until %s: %s", job.doc_id, job.retry_at, result.detail)
-    rt.nodes.record_failure(node, now, result.detail, hard=False)
-    return "ambiguous"
+    job = DispatchJob(**data)  # a message enqueued by elastask 0.1, one task per job
+    return DispatchBatch(job.owner_id, job.node_url, (job,))
 
 
-def _renew_lease(rt: Runtime, job: DispatchJob, now: datetime) -> DispatchJob | None:
-    """The job waited in its queue: renew the lease so it covers the run Kibana starts now.
+def push_claimed_tasks(rt: Runtime, batch: DispatchBatch, now: datetime, pool: Executor) -> DispatchReport:
+    """Push a node's claimed tasks; each ends accepted, refused, ambiguous, expired, duplicate or unknown-node.
 
-    Kibana times a run from its start; without this, the retry loop could take the task back
-    while Kibana still runs it. A conditional write: if the task changed, it is not pushed.
+    Tasks claimed ahead are never pushed before their runAt: the job carries an ETA, and if it still
+    starts early (clocks of the claiming and the pushing machine differ), it waits the rest here.
     """
-    retry_at = now + timedelta(milliseconds=job.lease_ms)
-    try:
-        seq_no, primary_term = rt.store.update_if_unchanged(
-            job.doc_id, job.seq_no, job.primary_term, {"retryAt": format_date(retry_at)}
+    if batch.not_before is not None:
+        early_s = (parse_date(batch.not_before) - now).total_seconds()
+        if early_s > 0:
+            time.sleep(min(early_s, MAX_EARLY_WAIT_S))
+            now += timedelta(seconds=min(early_s, MAX_EARLY_WAIT_S))
+    report = DispatchReport()
+    node = _node(rt, batch)
+    if node is None:
+        log.error("Kibana node %s is no longer configured; giving its %d task(s) back", batch.node_url, len(batch.jobs))
+        _give_back(rt, batch.owner_id, batch.jobs)
+        report.outcomes.update(dict.fromkeys((j.doc_id for j in batch.jobs), "unknown-node"))
+        return report
+    live = [j for j in batch.jobs if now < parse_date(j.retry_at)]
+    expired = [j for j in batch.jobs if now >= parse_date(j.retry_at)]
+    if expired:
+        log.warning(
+            "%d task(s) for %s: lease ran out before the push (queue backed up?); giving them back: %s",
+            len(expired),
+            batch.owner_id,
+            ", ".join(j.doc_id for j in expired),
         )
-    except (ConflictError, DocumentMissingError):
-        log.warning("task %r changed while its dispatch job waited; not pushing it", job.doc_id)
-        return None
-    rt.ledger.extend(job.owner_id, job.doc_id, retry_at + LEASE_GRACE)
-    log.info(
-        "task %r waited %.1fs in its queue; lease renewed until %s",
-        job.doc_id,
-        (now - parse_date(job.body.get("startedAt") or job.retry_at)).total_seconds(),
-        format_date(retry_at),
+        _give_back(rt, batch.owner_id, expired)
+        report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
+    live = _renew_waited_leases(rt, batch.owner_id, live, now, report)
+    to_push = _mark_pushed(rt, live, now, report)
+    results = list(pool.map(lambda job: rt.kibana.push(node.config, job.body), to_push))
+    _settle(rt, node, to_push, results, now, report)
+    return report
+
+
+def _renew_waited_leases(
+    rt: Runtime, owner_id: str, jobs: Sequence[DispatchJob], now: datetime, report: DispatchReport
+) -> list[DispatchJob]:
+    """Renew the leases of jobs that waited (one conditional ``_bulk``) so they cover the run Kibana starts now.
+
+    Kibana times a run from its start; without this, the retry loop could take a task back while
+    Kibana still runs it. A task that changed while its job waited is not pushed.
+    """
+    # Kibana's run, started now, ends by now + its lease (lease_ms - slack_ms); the retry loop waits
+    # until retryAt + LEASE_GRACE. Renewing once the wait passes the slack keeps LEASE_GRACE in hand.
+    waited = [j for j in jobs if _remaining_ms(j, now) < j.lease_ms - j.slack_ms]
+    if not waited:
+        return list(jobs)
+    renewed_until = {j.doc_id: now + timedelta(milliseconds=j.lease_ms) for j in waited}
+    results = bulk_update_versions(
+        rt.store,
+        [
+            VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, {"retryAt": format_date(renewed_until[j.doc_id])})
+            for j in waited
+        ],
     )
-    return replace(job, seq_no=seq_no, primary_term=primary_term, retry_at=format_date(retry_at))
+    renewed: dict[str, DispatchJob] = {}
+    for job, result in zip(waited, results, strict=True):
+        if result.ok and result.seq_no is not None and result.primary_term is not None:
+            retry_at = format_date(renewed_until[job.doc_id])
+            renewed[job.doc_id] = replace(
+                job, seq_no=result.seq_no, primary_term=result.primary_term, retry_at=retry_at, claim_seq_no=job.claim
+            )
+        else:
+            _warn(job, "task %r changed while its dispatch job waited (%s); not pushing it", job.doc_id, result.status)
+            report.outcomes[job.doc_id] = "expired"
+    rt.ledger.extend(owner_id, {doc_id: renewed_until[doc_id] + LEASE_GRACE for doc_id in renewed})
+    if renewed:
+        log.info(
+            "%d task(s) for %s waited %.1fs in their queue; leases renewed",
+            len(renewed),
+            owner_id,
+            max(_waited_s(j, now) for j in waited),
+        )
+    waited_ids = {j.doc_id for j in waited}
+    return [renewed.get(j.doc_id, j) for j in jobs if j.doc_id in renewed or j.doc_id not in waited_ids]
 
 
-def _node(rt: Runtime, job: DispatchJob) -> Node | None:
+def _mark_pushed(rt: Runtime, jobs: Sequence[DispatchJob], now: datetime, report: DispatchReport) -> list[DispatchJob]:
+    """Set each claim's push marker (one pipelined round trip); a claim already marked is not pushed again."""
+    pipe = rt.redis.pipeline(transaction=False)
+    for job in jobs:
+        marker_ttl_ms = max(_remaining_ms(job, now), job.lease_ms) + 60_000
+        pipe.set(keys.pushed(job.doc_id, job.claim), 1, nx=True, px=marker_ttl_ms)
+    fresh = []
+    for job, was_set in zip(jobs, pipe.execute(), strict=True):
+        if was_set:
+            fresh.append(job)
+        else:
+            _warn(job, "task %r: this claim was already pushed once (redelivered job); its lease decides", job.doc_id)
+            report.outcomes[job.doc_id] = "duplicate"
+    return fresh
+
+
+def _settle(
+    rt: Runtime,
+    node: Node,
+    jobs: Sequence[DispatchJob],
+    results: Sequence[PushResult],
+    now: datetime,
+    report: DispatchReport,
+) -> None:
+    """Record each push's outcome: keep accepted leases, give refused tasks back, keep ambiguous leases."""
+    refused = []
+    for job, result in zip(jobs, results, strict=True):
+        report.outcomes[job.doc_id] = result.outcome.value
+        if result.outcome is PushOutcome.ACCEPTED:
+            # Start drift as Kibana's health API defines it: when the run started (at once) - runAt.
+            report.drifts_s.append(max(0.0, (now - parse_date(job.body["runAt"])).total_seconds()))
+        elif result.outcome is PushOutcome.REFUSED:
+            _warn(job, "task %r: push refused, back to idle without burning an attempt: %s", job.doc_id, result.detail)
+            refused.append(job)
+        else:
+            _warn(job, "task %r: push ambiguous, lease kept until %s: %s", job.doc_id, job.retry_at, result.detail)
+    _give_back(rt, node.owner_id, refused)
+    # The breaker counts failures in a row: a node that accepted any push this time is answering.
+    if any(r.outcome is PushOutcome.ACCEPTED for r in results):
+        rt.nodes.record_success(node)
+        return
+    for result in results:
+        rt.nodes.record_failure(node, now, result.detail, hard=result.connection_refused)
+
+
+def _warn(job: DispatchJob, message: str, *args: object) -> None:
+    """A warning about one task, with its id bound (JSON logs carry ``task_id``)."""
+    with bound(task_id=job.doc_id):
+        log.warning(message, *args)
+
+
+def _remaining_ms(job: DispatchJob, now: datetime) -> int:
+    return int((parse_date(job.retry_at) - now).total_seconds() * 1000)
+
+
+def _waited_s(job: DispatchJob, now: datetime) -> float:
+    return (now - parse_date(job.body.get("startedAt") or job.retry_at)).total_seconds()
+
+
+def _node(rt: Runtime, batch: DispatchBatch) -> Node | None:
     for config in rt.settings.kibana.hosts:
-        if config.url == job.node_url:
-            return Node(config, job.owner_id, rt.settings.capacity_units(config))
+        if config.url == batch.node_url:
+            return Node(config, batch.owner_id, rt.settings.capacity_units(config))
     return None
 
 
-def _give_back(rt: Runtime, job: DispatchJob) -> None:
-    """Return a never-pushed task to idle (attempt returned) if it is still our claim; free its slot."""
-    # A conflict or 404: it moved on (the retry loop or Kibana got there first); nothing to give back.
-    with contextlib.suppress(ConflictError, DocumentMissingError):
-        rt.store.update_if_unchanged(job.doc_id, job.seq_no, job.primary_term, policy.release_fields_for(job.attempts))
-    rt.ledger.release(job.owner_id, [job.doc_id])
+def _give_back(rt: Runtime, owner_id: str, jobs: Sequence[DispatchJob]) -> None:
+    """Return never-pushed tasks to idle (attempt returned) where still our claim; free their slots.
+
+    A conflict or 404 means the task moved on (the retry loop or Kibana got there first): nothing
+    to give back for it.
+    """
+    if not jobs:
+        return
+    bulk_update_versions(
+        rt.store,
+        [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, policy.release_fields_for(j.attempts)) for j in jobs],
+    )
+    rt.ledger.release(owner_id, [j.doc_id for j in jobs])

@@ -52,6 +52,7 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
     for run in report["runs"]:
         assert run["completed"] == 40 and run["completed_in_time"]
         assert run["cap_violations"] == 0 and run["overlapping_runs"] == 0 and run["lost"] == 0
+        assert run["early_starts"] == 0  # never pushed (push) or claimed (pull) before runAt
         assert 0 < run["utilisation"] <= 1.5
         assert run["drift_ms"]["count"] == 40 and run["drift_ms"]["p50"] is not None
         assert run["engine"]["operations"] > 0 and run["engine"]["by_kind"]["delete"] == 40

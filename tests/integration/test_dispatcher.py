@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 import redis
@@ -237,3 +238,25 @@ def test_a_worker_started_with_q_consumes_only_the_queues_given(
     assert sim.stats()["nodes"][sim.nodes[1]["owner_id"]]["pushes"] == 0  # nobody consumes its queue
     log = worker.log_path.read_text()
     assert pinned_to in log and other not in log
+
+
+def test_tasks_claimed_ahead_of_their_run_at_are_never_pushed_before_it(
+    store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
+) -> None:
+    # A 1 s polling interval: tasks due within the next second are claimed ahead, pushed at runAt.
+    sim = simulator(nodes=2, run_ms="50")
+    es = store.client
+    dispatcher = dispatcher_factory(sim, env={"ELASTASK_POLLING_INTERVAL": "1000"})
+    dispatcher.worker()
+    dispatcher.beat()
+    wait_for(lambda: "claim cycle" in dispatcher.logs(), 60, "the claim loop running")
+    # About 10 tasks fall due per second (the nodes have room for 20): each cycle claims ahead.
+    start, at = now() + timedelta(seconds=3), now()
+    later = [new_task(f"later-{i}", "sample", now=at, run_at=start + timedelta(milliseconds=97 * i)) for i in range(40)]
+    seed(es, later)
+    wait_for(lambda: task_count(es) == 0, 90, "all 40 tasks run")
+    stats = sim.stats(drifts=True)
+    drifts = [d for node in stats["nodes"].values() for d in node["drifts"]]
+    assert len(drifts) == 40 == stats["totals"]["runs_finished"]
+    assert min(drifts) >= 0, f"a task was pushed {-min(drifts):.0f} ms before its runAt"
+    assert_no_violations(stats)

@@ -32,8 +32,9 @@ DispatcherFactory = Callable[..., Dispatcher]
 
 TIMEOUT_S = 4  # task timeout in these tests: a lease cut short by a fault runs out this fast
 CONFIG = {"task_types": {"faulty": {"timeout": f"{TIMEOUT_S}s"}}}
-# Fault cleared -> everything done: the lease (timeout) + retry delay (1 s) + claim/retry cycles + the runs.
-RECOVERY_BOUND_S = TIMEOUT_S + 1 + 15
+# Fault cleared -> everything done: the lease (timeout + dispatch slack, 1 s at this timeout) + retry
+# delay (1 s) + claim/retry cycles + the runs.
+RECOVERY_BOUND_S = TIMEOUT_S + 1 + 1 + 15
 
 
 def record(fault: str, checked: str, recovery_s: float) -> None:

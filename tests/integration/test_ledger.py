@@ -84,7 +84,7 @@ def test_rebuild_marker_disappears_with_a_flush(redis_client: redis.Redis) -> No
 def test_extend_moves_a_held_lease_only(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
     ledger.reserve("kibana:a", 20, [("t", 2, NOW + timedelta(seconds=1))], NOW)
-    ledger.extend("kibana:a", "t", NOW + timedelta(minutes=1))
-    ledger.extend("kibana:a", "not-held", NOW + timedelta(minutes=1))
+    ledger.extend("kibana:a", {"t": NOW + timedelta(minutes=1)})
+    ledger.extend("kibana:a", {"not-held": NOW + timedelta(minutes=1)})
     assert ledger.used_units(["kibana:a"], NOW + timedelta(seconds=30))["kibana:a"] == 2
     assert [lease.task_id for lease in ledger.leases(["kibana:a"])] == ["t"]

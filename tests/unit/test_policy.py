@@ -48,10 +48,15 @@ def test_claim_fields_are_kibanas_mark_task_as_running() -> None:
     assert fields["status"] == "running" and fields["ownerId"] == "kibana:x"
     assert fields["attempts"] == 2
     assert parse_date(fields["startedAt"]) == NOW
-    assert parse_date(fields["retryAt"]) == NOW + timedelta(minutes=5)
+    # Kibana's lease (the timeout) plus the dispatch slack: a tenth of it, at most 5 s.
+    assert parse_date(fields["retryAt"]) == NOW + timedelta(minutes=5, seconds=5)
     assert parse_date(fields["scheduledAt"]) == one_shot.run_at
     recurring = new_task("r", "sample", now=NOW, interval="1h")
-    assert parse_date(policy.claim_fields(recurring, "k", NOW, 300_000)["retryAt"]) == NOW + timedelta(hours=1)
+    assert parse_date(policy.claim_fields(recurring, "k", NOW, 300_000)["retryAt"]) == NOW + timedelta(
+        hours=1, seconds=5
+    )
+    short = policy.claim_fields(one_shot, "k", NOW, timeout_ms=4000)  # the slack is at least 1 s
+    assert parse_date(short["retryAt"]) == NOW + timedelta(seconds=5)
 
 
 def test_release_gives_the_attempt_back() -> None:

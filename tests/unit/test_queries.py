@@ -22,6 +22,7 @@ def test_due_tasks_asks_for_idle_due_enabled_tasks_in_kibanas_order() -> None:
     assert {"term": {"task.enabled": False}} in must_not
     assert {"ids": {"values": ["task:bad"]}} in must_not
     assert body["seq_no_primary_term"] is True and body["size"] == 40
+    assert body["_source"] is False  # ids and versions only: the claim loop mgets what it may claim
     assert list(body["sort"][0]) == ["task.priority"] and body["sort"][0]["task.priority"]["order"] == "desc"
     assert body["sort"][1] == {"task.runAt": {"order": "asc"}}
     attempts = filters[3]["bool"]["should"]

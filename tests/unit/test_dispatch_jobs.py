@@ -1,0 +1,92 @@
+"""Dispatch jobs as they travel through the broker, when claimed-ahead tasks are pushed, and the
+order a worker reads its queues in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from elastask import keys, policy
+from elastask.dispatcher.claim import ClaimSummary, DispatchBatch, DispatchJob, _push_step
+from elastask.dispatcher.dispatch import batch_from_dict
+from elastask.documents import new_task
+from elastask.queue_order import LoopsFirst
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)
+
+
+def job(doc_id: str, seq_no: int = 7) -> DispatchJob:
+    return DispatchJob(
+        doc_id=doc_id,
+        owner_id="kibana:a",
+        node_url="http://kibana-a:5601",
+        seq_no=seq_no,
+        primary_term=1,
+        retry_at="2024-05-01T12:05:05.500Z",
+        attempts=1,
+        lease_ms=305_000,
+        body={"id": doc_id, "runAt": "2024-05-01T12:00:00.000Z"},
+        slack_ms=5000,
+    )
+
+
+def test_a_batch_survives_its_json_round_trip_through_the_broker() -> None:
+    url = "http://kibana-a:5601"
+    batch = DispatchBatch("kibana:a", url, (job("task:1"), job("task:2", 9)), "2024-05-01T12:00:00.525Z")
+    assert batch_from_dict(batch.as_dict()) == batch
+    assert batch_from_dict(DispatchBatch("kibana:a", url, (job("task:1"),)).as_dict()).not_before is None
+
+
+def test_a_single_job_message_from_the_previous_release_is_still_dispatched() -> None:
+    legacy = job("task:1").as_dict()
+    del legacy["claim_seq_no"], legacy["slack_ms"]
+    batch = batch_from_dict(legacy)
+    assert batch.owner_id == "kibana:a" and [j.doc_id for j in batch.jobs] == ["task:1"]
+    assert batch.jobs[0].slack_ms == policy.MIN_SLACK_MS and batch.jobs[0].claim == 7
+
+
+def test_a_renewed_job_keeps_the_version_of_its_claim_for_the_push_marker() -> None:
+    renewed = DispatchJob(**{**job("task:1").as_dict(), "seq_no": 12, "claim_seq_no": 7})
+    assert renewed.claim == 7 and keys.pushed("task:1", renewed.claim) == keys.pushed("task:1", 7)
+
+
+def test_tasks_due_now_are_pushed_at_once_and_tasks_claimed_ahead_at_their_run_at_in_25ms_steps() -> None:
+    assert _push_step(NOW - timedelta(seconds=3), NOW) is None
+    assert _push_step(NOW, NOW) is None
+    assert _push_step(NOW + timedelta(milliseconds=1), NOW) == NOW + timedelta(milliseconds=25)
+    assert _push_step(NOW + timedelta(milliseconds=25), NOW) == NOW + timedelta(milliseconds=25)
+    assert _push_step(NOW + timedelta(milliseconds=190), NOW) == NOW + timedelta(milliseconds=200)
+    for ms in range(1, 1000, 7):  # never before runAt, never a step late
+        run_at = NOW + timedelta(milliseconds=ms)
+        step = _push_step(run_at, NOW)
+        assert step is not None and run_at <= step < run_at + timedelta(milliseconds=25)
+
+
+def test_the_dispatch_slack_is_a_tenth_of_the_lease_between_1_and_5_seconds() -> None:
+    one_shot = new_task("o", "t", now=NOW)
+    assert policy.dispatch_slack_ms(one_shot, 4_000) == 1000
+    assert policy.dispatch_slack_ms(one_shot, 30_000) == 3000
+    assert policy.dispatch_slack_ms(one_shot, 300_000) == 5000
+    hourly = new_task("r", "t", now=NOW, interval="1h")
+    assert policy.lease_until(hourly, NOW, 4_000) == NOW + timedelta(hours=1, seconds=5)
+
+
+def test_a_worker_reads_the_claim_and_retry_queues_before_any_node_queue() -> None:
+    order = LoopsFirst()
+    order.update(["elastask.dispatch.kibana:a", "elastask.claim", "elastask.dispatch.kibana:b", "elastask.retry"])
+    assert order.consume(4)[:2] == ["elastask.claim", "elastask.retry"]
+    order.rotate("elastask.claim")
+    order.rotate("elastask.dispatch.kibana:a")  # round robin among the nodes, loops still first
+    assert order.consume(4) == [
+        "elastask.retry",
+        "elastask.claim",
+        "elastask.dispatch.kibana:b",
+        "elastask.dispatch.kibana:a",
+    ]
+
+
+def test_a_claim_summary_times_its_steps_and_keeps_its_clock_out_of_json() -> None:
+    summary = ClaimSummary()
+    summary.step("search")
+    summary.step("search")
+    assert set(summary.steps_ms) == {"search"} and summary.steps_ms["search"] >= 0
+    assert "_mark" not in summary.as_dict() and "steps_ms" in summary.as_dict()
