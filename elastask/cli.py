@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import click
@@ -439,10 +440,17 @@ def bench(
     workdir = Path(tempfile.mkdtemp(prefix="elastask-bench-"))
     bar_state: dict[str, Any] = {}
 
+    interactive = sys.stderr.isatty()
+
     def progress(done: int, total: int, label: str) -> None:
         width = 30
         filled = int(width * done / total) if total else width
-        click.echo(f"\r  [{'#' * filled}{'.' * (width - filled)}] {label:<40}", nl=False, err=True)
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {label:<40}"
+        if interactive:
+            click.echo(f"\r  {bar}", nl=False, err=True)
+        elif time.monotonic() - bar_state.get("last_line", 0.0) >= 10:  # a log file: a line every 10 s
+            click.echo(f"  {bar}", err=True)
+            bar_state["last_line"] = time.monotonic()
         bar_state["dirty"] = True
 
     results: list[dict[str, Any]] = []
@@ -483,8 +491,11 @@ def bench(
         bed.stop()
     report.write_json(out, command, results)
     drawn = report.chart(Path(chart_path) if chart_path else out.with_suffix(".png"), results)
-    click.echo(report.markdown_table(results))
-    click.echo(f"results: {out}" + (f", chart: {chart_path or out.with_suffix('.png')}" if drawn else ""), err=True)
+    table = report.markdown_table(results)
+    out.with_suffix(".md").write_text(table)
+    click.echo(table)
+    chart_note = f", chart: {chart_path or out.with_suffix('.png')}" if drawn else ""
+    click.echo(f"results: {out}, table: {out.with_suffix('.md')}{chart_note}", err=True)
 
 
 @cli.command("sim", context_settings={"ignore_unknown_options": True, "help_option_names": []})

@@ -58,4 +58,5 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
         assert run["engine"]["operations"] > 0 and run["engine"]["by_kind"]["delete"] == 40
         assert run["claim_cycle_ms"]["count"] > 0
     assert "| backlog | push |" in result.stdout and "| backlog | pull-500 |" in result.stdout
+    assert out.with_suffix(".md").read_text() in result.stdout  # the table is kept beside the JSON
     assert (tmp_path / "backlog.png").stat().st_size > 1000
