@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 import redis
 
+from elastask.documents import new_task
 from elastask.store import TaskStore
 from elastask.testbed import Testbed
 from elastask.testbed.bed import SimulatorProcess
-from tests.integration.harness import Dispatcher, assert_no_violations, seed, task_count, wait_for
+from tests.integration.harness import Dispatcher, assert_no_violations, now, seed, task_count, wait_for
 from tests.integration.test_dispatcher import one_shots
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -83,6 +86,33 @@ def test_worker_killed_mid_dispatch_before_and_after_the_push(
     dispatcher.worker("survivor", concurrency=4)
     finish(es, sim, cleared, "worker SIGKILLed mid-dispatch", "all 60 done once, no overlap, cap held")
     assert sim.stats()["totals"]["runs_finished"] >= 60
+
+
+def test_worker_killed_while_holding_jobs_claimed_ahead_of_their_run_at(
+    store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
+) -> None:
+    # A 1 s polling interval: each cycle claims the tasks due in the next second; their dispatch
+    # jobs wait in the worker for their ETA. Killing the worker then strands claimed, unpushed tasks.
+    sim = simulator(nodes=3, run_ms="200")
+    es = store.client
+    dispatcher = dispatcher_factory(sim, config=CONFIG, env={"ELASTASK_POLLING_INTERVAL": "1000"})
+    doomed = dispatcher.worker("doomed")
+    dispatcher.beat()
+    wait_for(lambda: "claim cycle" in dispatcher.logs(), 60, "the claim loop running")
+    start, at = now() + timedelta(seconds=3), now()
+    ahead = [new_task(f"ahead-{i}", "faulty", now=at, run_at=start + timedelta(milliseconds=50 * i)) for i in range(40)]
+    seed(es, ahead)
+    claimed_ahead = re.compile(r"claim cycle: found=\d+ claimed=[1-9]")
+    wait_for(lambda: claimed_ahead.search(dispatcher.logs()) is not None, 30, "a claim ahead of runAt")
+    doomed.kill()
+    cleared = time.monotonic()
+    dispatcher.worker("survivor")
+    finish(es, sim, cleared, "worker SIGKILLed holding jobs claimed ahead (ETA)", "all 40 done once, none early")
+    stats = sim.stats(drifts=True)
+    # The kill stranded claimed tasks whose jobs waited for their runAt: their leases ran out.
+    assert re.search(r"retry cycle: expired=[1-9]", dispatcher.logs()), "no claimed-ahead task was stranded"
+    assert stats["totals"]["runs_started"] == 40
+    assert min(d for node in stats["nodes"].values() for d in node["drifts"]) >= 0
 
 
 def test_beat_killed_and_restarted(
