@@ -1,7 +1,8 @@
 """The dispatch job: push one claim cycle's tasks for one Kibana node to its ``_run_now``.
 
 A claim cycle sends one job per node with every task it claimed for that node (at most the node's
-free capacity); the job pushes them in parallel. Per task:
+free capacity; tasks claimed ahead of their runAt go in one job per node and 25 ms step, with an
+ETA); the job pushes them in parallel. Per task:
 
 - The lease ran out while the job waited in its queue: the task goes back to ``idle`` (attempt
   returned) with a conditional write; it never reached Kibana. A claim's lease is Kibana's plus a
