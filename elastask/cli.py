@@ -438,7 +438,7 @@ def bench(
     out = Path(json_path or f"bench-results/{scenario}.json")
     command = "elastask bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     workdir = Path(tempfile.mkdtemp(prefix="elastask-bench-"))
-    bar_state: dict[str, Any] = {}
+    bar_state: dict[str, float] = {}
 
     interactive = sys.stderr.isatty()
 
@@ -451,7 +451,6 @@ def bench(
         elif time.monotonic() - bar_state.get("last_line", 0.0) >= 10:  # a log file: a line every 10 s
             click.echo(f"  {bar}", err=True)
             bar_state["last_line"] = time.monotonic()
-        bar_state["dirty"] = True
 
     results: list[dict[str, Any]] = []
     bed = Testbed(workdir / "testbed", kibana_nodes=0, engine_heap_mb=1024)

@@ -178,8 +178,8 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], 
     summary.step("nodes")
     leases = rt.ledger.leases([n.owner_id for n in nodes])
     settings = rt.settings
-    # The cheapest task cost: the most tasks a unit of free capacity can take.
-    cheapest = max(1, min([settings.for_type("").cost, *(t.cost for t in settings.task_types.values())]))
+    costs = [settings.for_type("").cost, *(t.cost for t in settings.task_types.values())]
+    cheapest = max(1, min(costs))  # the most tasks a unit of free capacity can take
     lookahead = timedelta(milliseconds=min(settings.polling_interval_ms, MAX_LOOKAHEAD_MS))
     body = queries.due_tasks(
         now + lookahead,
@@ -193,18 +193,20 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], 
     hits = search_hits(rt.store, body, "searching due tasks") if available else []
     summary.step("search")
     owners = [n.owner_id for n in available]
-    used = rt.ledger.used_units(owners, now)
-    free = {n.owner_id: n.capacity_units - used[n.owner_id] for n in available}
+
+    def free_units() -> dict[str, int]:
+        used = rt.ledger.used_units(owners, now)
+        return {n.owner_id: n.capacity_units - used[n.owner_id] for n in available}
+
+    free = free_units()
     # The ledger learns which tasks Kibana finished from the engine (a real-time read of every
     # lease): when the free room may be too small for what is due, and otherwise about once a
     # second (for status and load).
-    costliest = max([settings.for_type("").cost, *(t.cost for t in settings.task_types.values())])
-    short_of_room = sum(max(0, units) for units in free.values()) < len(hits) * costliest
+    short_of_room = sum(max(0, units) for units in free.values()) < len(hits) * max(costs)
     if short_of_room or rt.redis.set(keys.RECONCILED, 1, nx=True, px=RECONCILE_EVERY_MS):
         held, summary.released = reconcile_ledger(rt, leases, now)
         if summary.released:
-            used = rt.ledger.used_units(owners, now)
-            free = {n.owner_id: n.capacity_units - used[n.owner_id] for n in available}
+            free = free_units()
     else:
         held = {lease.task_id for lease in leases}
     summary.capacity_left = dict(free)

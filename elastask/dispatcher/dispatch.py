@@ -83,8 +83,10 @@ def push_claimed_tasks(rt: Runtime, batch: DispatchBatch, now: datetime, pool: E
         _give_back(rt, batch.owner_id, batch.jobs)
         report.outcomes.update(dict.fromkeys((j.doc_id for j in batch.jobs), "unknown-node"))
         return report
-    live = [j for j in batch.jobs if now < parse_date(j.retry_at)]
-    expired = [j for j in batch.jobs if now >= parse_date(j.retry_at)]
+    live: list[DispatchJob] = []
+    expired: list[DispatchJob] = []
+    for job in batch.jobs:
+        (live if now < parse_date(job.retry_at) else expired).append(job)
     if expired:
         log.warning(
             "%d task(s) for %s: lease ran out before the push (queue backed up?); giving them back: %s",

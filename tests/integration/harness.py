@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from elastask.documents import TaskDocument
+from elastask.documents import TaskDocument, new_task
 from elastask.testbed.bed import INDEX
 from elastask.testbed.fleet import CeleryFleet
 
@@ -55,6 +55,18 @@ def seed(es: Elasticsearch, docs: list[TaskDocument]) -> None:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def seed_due_later(es: Elasticsearch, prefix: str, task_type: str, count: int, step_ms: int) -> None:
+    """One-shot tasks falling due one every ``step_ms``, the first 3 s from now (to be claimed ahead)."""
+    start, at = now() + timedelta(seconds=3), now()
+    step = timedelta(milliseconds=step_ms)
+    seed(es, [new_task(f"{prefix}-{i}", task_type, now=at, run_at=start + i * step) for i in range(count)])
+
+
+def drifts_ms(stats: dict[str, Any]) -> list[float]:
+    """Every start drift (received - runAt) the simulator recorded (``stats(drifts=True)``)."""
+    return [d for node in stats["nodes"].values() for d in node["drifts"]]
 
 
 def assert_no_violations(stats: dict[str, Any], capacity: int = 10) -> None:

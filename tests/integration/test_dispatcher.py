@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import timedelta
 
 import pytest
 import redis
@@ -18,7 +17,16 @@ from elastask import keys
 from elastask.documents import new_task
 from elastask.store import TaskStore
 from elastask.testbed.bed import INDEX, SimulatorProcess
-from tests.integration.harness import Dispatcher, assert_no_violations, now, seed, task_count, wait_for
+from tests.integration.harness import (
+    Dispatcher,
+    assert_no_violations,
+    drifts_ms,
+    now,
+    seed,
+    seed_due_later,
+    task_count,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -251,12 +259,10 @@ def test_tasks_claimed_ahead_of_their_run_at_are_never_pushed_before_it(
     dispatcher.beat()
     wait_for(lambda: "claim cycle" in dispatcher.logs(), 60, "the claim loop running")
     # About 10 tasks fall due per second (the nodes have room for 20): each cycle claims ahead.
-    start, at = now() + timedelta(seconds=3), now()
-    later = [new_task(f"later-{i}", "sample", now=at, run_at=start + timedelta(milliseconds=97 * i)) for i in range(40)]
-    seed(es, later)
+    seed_due_later(es, "later", "sample", 40, step_ms=97)
     wait_for(lambda: task_count(es) == 0, 90, "all 40 tasks run")
     stats = sim.stats(drifts=True)
-    drifts = [d for node in stats["nodes"].values() for d in node["drifts"]]
+    drifts = drifts_ms(stats)
     assert len(drifts) == 40 == stats["totals"]["runs_finished"]
     assert min(drifts) >= 0, f"a task was pushed {-min(drifts):.0f} ms before its runAt"
     assert_no_violations(stats)
