@@ -11,7 +11,9 @@ import redis
 import requests
 
 from elastask import keys, queries
+from elastask.advice import settings_advice
 from elastask.config import Settings
+from elastask.dispatcher.cadence import Cadence
 from elastask.documents import TaskDocument, new_task
 from elastask.errors import ConflictError, ElastaskError, StoreError
 from elastask.intervals import format_date
@@ -27,11 +29,14 @@ class CheckRow:
     ok: bool
     detail: str
     fix: str = ""
+    #: Works, but is known to cost drift, throughput or safety (printed, does not fail the check).
+    warning: bool = False
 
 
 def check(settings: Settings, rt: Runtime) -> list[CheckRow]:
     """Reach every dependency once and say what is wrong with each, with the fix."""
     rows = [CheckRow("config", True, f"{settings.source}: valid")]
+    rows += [CheckRow("settings", True, advice, warning=True) for advice in settings_advice(settings)]
     rows.append(_check_engine(settings, rt))
     if rows[-1].ok:
         rows.append(_check_index(settings, rt))
@@ -190,6 +195,7 @@ def requeue(rt: Runtime, doc_id: str, now: datetime) -> TaskDocument:
     except ConflictError as e:
         raise ElastaskError(f"task {doc_id!r} changed while requeueing it; look at it again and retry") from e
     rt.redis.hdel(keys.FAILED_REASONS, doc_id)
+    Cadence(rt.redis).wake()
     return updated
 
 
@@ -208,4 +214,6 @@ def schedule(
         doc = new_task(task_id, task_type, now=now, params=params, interval=interval, run_at=run_at)
     except ValueError as e:
         raise ElastaskError(f"--interval: {e}") from e
-    return rt.store.create(doc, refresh=True)
+    created = rt.store.create(doc, refresh=True)
+    Cadence(rt.redis).wake()
+    return created

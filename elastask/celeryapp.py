@@ -79,6 +79,16 @@ def _setup_logging(logger: Any, **_kwargs: Any) -> None:
     logs.configure(logger, get_app().conf.elastask_settings.log_format)
 
 
+@signals.worker_ready.connect
+@signals.beat_init.connect
+def _log_settings_advice(**_kwargs: Any) -> None:
+    # Once per worker or beat, at start: settings known to fall behind or to run unsafely.
+    from elastask.advice import settings_advice
+
+    for advice in settings_advice(get_app().conf.elastask_settings):
+        log.warning("%s", advice)
+
+
 @signals.celeryd_after_setup.connect
 def _note_pinned_queues(sender: Any, instance: Any, **_kwargs: Any) -> None:
     # After -Q is applied: a worker started with -Q consumes exactly those queues (pinned);

@@ -155,7 +155,7 @@ def check_cmd(obj: Context) -> None:
     rows = admin.check(obj.settings, rt)
     width = max(len(r.name) for r in rows)
     for row in rows:
-        mark = "ok     " if row.ok else "PROBLEM"
+        mark = ("WARNING" if row.warning else "ok     ") if row.ok else "PROBLEM"
         line = f"{mark}  {row.name:<{width}}  {row.detail}"
         click.echo(line + (f"\n         {'':<{width}}  fix: {row.fix}" if row.fix and not row.ok else ""))
     sys.exit(0 if all(r.ok for r in rows) else 1)

@@ -104,7 +104,8 @@ class Settings:
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     index: str = ".kibana_task_manager"
     redis_url: Secret = Secret("redis://localhost:6379/0")  # noqa: RUF009 - immutable
-    polling_interval_ms: int = 3000
+    polling_interval_ms: int = 500
+    idle_polling_interval_ms: int = 3000
     retry_interval_ms: int = 5000
     kibana_capacity: int = 10
     kibana: KibanaSettings = KibanaSettings()
@@ -144,7 +145,8 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "elasticsearch.request_timeout_s": ("posfloat", 30.0),
     "index": ("str", ".kibana_task_manager"),
     "redis.url": ("redis_url", "redis://localhost:6379/0"),
-    "polling_interval": ("posint", 3000),
+    "polling_interval": ("posint", 500),
+    "idle_polling_interval": ("posint", 3000),
     "retry_interval": ("posint", 5000),
     "kibana_capacity": ("posint", 10),
     "kibana.hosts": ("hosts", ["http://localhost:5601"]),
@@ -480,6 +482,7 @@ def _build(values: dict[str, Any], source: str) -> Settings:
         index=values["index"],
         redis_url=values["redis.url"],
         polling_interval_ms=values["polling_interval"],
+        idle_polling_interval_ms=values["idle_polling_interval"],
         retry_interval_ms=values["retry_interval"],
         kibana_capacity=values["kibana_capacity"],
         kibana=KibanaSettings(

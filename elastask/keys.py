@@ -12,6 +12,8 @@ LEDGER_RECHECK = PREFIX + "ledger:recheck"
 #: The claim and retry loops each run one at a time across every beat and worker.
 CLAIM_LOCK = PREFIX + "lock:claim"
 RETRY_LOCK = PREFIX + "lock:retry"
+#: Present while the claim loop rests after a quiet cycle (expires when the next cycle is due).
+CLAIM_RESTING = PREFIX + "claim:resting"
 #: Hash: Kibana URL -> ownerId learned from GET /api/status.
 NODE_IDS = PREFIX + "nodes:owner_ids"
 #: Sorted set of malformed documents to leave out of claims for a while (score: until when, ms).

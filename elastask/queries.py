@@ -51,23 +51,27 @@ def due_tasks(
     default_max_attempts: int,
     max_attempts_by_type: Mapping[str, int],
     exclude_ids: Collection[str] = (),
+    next_run_after: datetime | None = None,
 ) -> dict[str, Any]:
     """Idle tasks whose runAt has come, highest priority first, then oldest runAt (Kibana's order).
 
     Only ids and versions come back (``_source: false``): the claim loop reads the documents it may
     claim with a real-time ``mget`` anyway, so the search does not load every hit's source.
+    ``next_run_after``: also return (aggregation ``next_run_at``) the earliest runAt after it of any
+    claimable idle task, in the same request, so a quiet claim loop knows how long it may rest.
     """
     must_not: list[dict[str, Any]] = [{"term": {"task.enabled": False}}]
     if exclude_ids:
         must_not.append({"ids": {"values": sorted(exclude_ids)}})
-    return {
+    attempts = attempts_below_max(default_max_attempts, max_attempts_by_type)
+    body = {
         "query": {
             "bool": {
                 "filter": [
                     _is_task(),
                     {"term": {"task.status": "idle"}},
                     {"range": {"task.runAt": {"lte": format_date(now)}}},
-                    attempts_below_max(default_max_attempts, max_attempts_by_type),
+                    attempts,
                 ],
                 "must_not": must_not,
             }
@@ -80,6 +84,32 @@ def due_tasks(
         "seq_no_primary_term": True,
         "_source": False,
     }
+    if next_run_after is not None:
+        later = {
+            "bool": {
+                "filter": [
+                    _is_task(),
+                    {"term": {"task.status": "idle"}},
+                    {"range": {"task.runAt": {"gt": format_date(next_run_after)}}},
+                    attempts,
+                ],
+                "must_not": [{"term": {"task.enabled": False}}],
+            }
+        }
+        # ``global``: the earliest later runAt is outside the query's own runAt range.
+        body["aggs"] = {
+            "later": {
+                "global": {},
+                "aggs": {"idle": {"filter": later, "aggs": {"next_run_at": {"min": {"field": "task.runAt"}}}}},
+            }
+        }
+    return body
+
+
+def next_run_at_ms(answer: Mapping[str, Any]) -> int | None:
+    """The ``next_run_at`` aggregation of a ``due_tasks`` answer, in ms since the epoch (None: no later task)."""
+    value = answer.get("aggregations", {}).get("later", {}).get("idle", {}).get("next_run_at", {}).get("value")
+    return None if value is None else int(value)
 
 
 def expired_leases(now: datetime, *, size: int) -> dict[str, Any]:

@@ -29,6 +29,8 @@ class Runtime:
     nodes: NodeRegistry
     kibana: KibanaClient
     rng: random.Random
+    #: What this process already warned about once (e.g. task types that run more often than the claim loop).
+    warned: set[str] = field(default_factory=set)
     #: Pushes one dispatch job's tasks in parallel (a job carries at most a node's free capacity).
     pushers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=PUSH_PARALLELISM, thread_name_prefix="elastask-push")

@@ -214,9 +214,14 @@ def _bulk_results(answer: Mapping[str, Any]) -> list[WriteResult]:
 
 def search_hits(store: TaskStore, body: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
     """The hits of one search on the task index."""
+    return [dict(hit) for hit in search(store, body, what)["hits"]["hits"]]
+
+
+def search(store: TaskStore, body: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """One search on the task index: the whole answer (hits and aggregations)."""
     with engine_errors(what):
         answer = store.client.search(index=store.index, body=dict(body))
-    return [dict(hit) for hit in answer["hits"]["hits"]]
+    return dict(answer.body)
 
 
 def bulk_update_tasks(

@@ -83,6 +83,8 @@ def claim() -> dict[str, Any]:
                 summary_counts(summary), observations=[("claim_duration_seconds", summary.duration_ms / 1000)]
             )
             metrics.claim_succeeded(now)
+        elif summary.resting:
+            Metrics(rt.redis).claim_succeeded(now)  # resting after a quiet cycle is a healthy loop
         return summary.as_dict()
     except (StoreError, LedgerError) as e:
         log.error("claim cycle failed, next one in %d ms: %s", app.conf.elastask_settings.polling_interval_ms, e)

@@ -125,6 +125,8 @@ class BenchRun:
             started = time.monotonic()
             finished = self.wait_until_done(simulator, started)
             elapsed = (finished or time.monotonic()) - started
+            if not s.duration_s:
+                self.wait_for_outcomes(simulator)
             after = read_counters(self.bed.engine.url)
             stats = simulator.stats(drifts=True)
             remaining = self.remaining()
@@ -154,6 +156,16 @@ class BenchRun:
             if now - started > limit:
                 return None
             time.sleep(0.25)
+
+    def wait_for_outcomes(self, simulator: SimulatorProcess, timeout_s: float = 30.0) -> None:
+        """Wait until every finished run's outcome write was answered by the engine.
+
+        A node counts a run finished before it writes the outcome (update or delete); the engine's
+        counters read before those writes land would miss them.
+        """
+        deadline = time.monotonic() + timeout_s
+        while int(simulator.stats()["totals"].get("outcomes_pending", 0)) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def remaining(self) -> dict[str, int]:
         """One-shot documents left, and documents stuck past their lease or failed."""

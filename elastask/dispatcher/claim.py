@@ -23,10 +23,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from elastask import keys, policy, queries
+from elastask.advice import interval_advice
+from elastask.config import Settings
+from elastask.dispatcher.cadence import Cadence, rest_until
 from elastask.dispatcher.locks import exclusive
 from elastask.dispatcher.malformed import quarantined, report_malformed
 from elastask.documents import TaskDocument, parse_hit, run_now_body
@@ -35,7 +38,7 @@ from elastask.intervals import format_date, parse_date
 from elastask.ledger import Lease
 from elastask.nodes import Node
 from elastask.runtime import Runtime
-from elastask.store import bulk_update_tasks, mget_sources, search_hits
+from elastask.store import bulk_update_tasks, mget_sources, search, search_hits
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,12 @@ class ClaimSummary:
     released: int = 0
     ledger_rebuilt: int = -1
     nodes: int = 0
+    #: Leases held when the cycle began (tasks Kibana may be finishing: slots about to free).
+    in_flight: int = 0
+    #: The earliest runAt of a later idle task, when a cycle with nothing in flight asked (ms since epoch).
+    next_run_at_ms: int | None = None
+    #: The cycle was skipped because the loop rests after a quiet cycle (see cadence.py).
+    resting: bool = False
     capacity_left: dict[str, int] = field(default_factory=dict)
     duration_ms: float = 0.0
     #: Milliseconds spent in each step (search, reconcile, verify, reserve, claim, enqueue).
@@ -130,11 +139,16 @@ class DispatchBatch:
 def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], None]) -> ClaimSummary:
     """One claim cycle (see the module docstring); a cycle already running elsewhere makes this a no-op."""
     started = time.monotonic()
+    cadence = Cadence(rt.redis)
+    if cadence.resting():
+        return ClaimSummary(ran=False, resting=True)
     lock_ttl_ms = max(30_000, 10 * rt.settings.polling_interval_ms)
     with exclusive(rt.redis, keys.CLAIM_LOCK, lock_ttl_ms) as taken:
         if not taken:
             return ClaimSummary(ran=False)
         summary = _claim_cycle(rt, now, enqueue)
+        if _quiet(summary):
+            cadence.rest(now, _rest_until(rt.settings, summary, now))
     summary.duration_ms = (time.monotonic() - started) * 1000
     per_node = " ".join(f"{owner}={left}" for owner, left in summary.capacity_left.items())
     steps = ",".join(f"{name}:{ms:.0f}" for name, ms in summary.steps_ms.items() if ms >= 1)
@@ -154,6 +168,25 @@ def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[Dispatc
         per_node or "-",
     )
     return summary
+
+
+def _quiet(summary: ClaimSummary) -> bool:
+    """Nothing was due and nothing is in flight (no slot about to free): the loop may rest."""
+    return summary.ran and summary.found == 0 and summary.in_flight == 0 and summary.ledger_rebuilt == -1
+
+
+def _rest_until(settings: Settings, summary: ClaimSummary, now: datetime) -> datetime:
+    """A quiet loop rests until the idle interval ends or the next known runAt comes near."""
+    next_ms = summary.next_run_at_ms
+    next_run_at = None if next_ms is None else datetime.fromtimestamp(next_ms / 1000, tz=UTC)
+    return rest_until(
+        now, next_run_at=next_run_at, idle_ms=settings.idle_polling_interval_ms, lookahead_ms=_lookahead_ms(settings)
+    )
+
+
+def _lookahead_ms(settings: Settings) -> int:
+    """How far ahead of runAt a task is claimed (and pushed at its runAt)."""
+    return min(settings.polling_interval_ms, MAX_LOOKAHEAD_MS)
 
 
 def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], None]) -> ClaimSummary:
@@ -177,10 +210,11 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], 
     summary.nodes = len(available)
     summary.step("nodes")
     leases = rt.ledger.leases([n.owner_id for n in nodes])
+    summary.in_flight = len(leases)
     settings = rt.settings
     costs = [settings.for_type("").cost, *(t.cost for t in settings.task_types.values())]
     cheapest = max(1, min(costs))  # the most tasks a unit of free capacity can take
-    lookahead = timedelta(milliseconds=min(settings.polling_interval_ms, MAX_LOOKAHEAD_MS))
+    lookahead = timedelta(milliseconds=_lookahead_ms(settings))
     body = queries.due_tasks(
         now + lookahead,
         # Every task the nodes could take if every lease ended now; held tasks are left out of the
@@ -189,8 +223,12 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], 
         default_max_attempts=settings.max_attempts,
         max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
         exclude_ids={*quarantined(rt.redis, now), *(lease.task_id for lease in leases)},
+        # Nothing in flight: this cycle may turn out quiet; learn how long the loop may then rest.
+        next_run_after=None if leases else now + lookahead,
     )
-    hits = search_hits(rt.store, body, "searching due tasks") if available else []
+    answer = search(rt.store, body, "searching due tasks") if available else {"hits": {"hits": []}}
+    hits = [dict(hit) for hit in answer["hits"]["hits"]]
+    summary.next_run_at_ms = queries.next_run_at_ms(answer)
     summary.step("search")
     owners = [n.owner_id for n in available]
 
@@ -247,6 +285,7 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], 
             summary.claimed += 1
             summary.capacity_left[assignment.owner_id] -= assignment.cost
             doc = policy.claimed(assignment.task, claim, result.seq_no, result.primary_term)
+            _advise_on_interval(rt, doc)
             slack_ms = policy.dispatch_slack_ms(
                 assignment.task, settings.for_type(assignment.task.task_type).timeout_ms
             )
@@ -297,6 +336,17 @@ def fresh_hits(
         else:
             fresh.append(now_hit)
     return fresh
+
+
+def _advise_on_interval(rt: Runtime, doc: TaskDocument) -> None:
+    """Warn once per process about a task type that falls due more often than the claim loop looks."""
+    interval_ms = doc.schedule.interval_ms if doc.schedule is not None else None
+    if interval_ms is None or doc.task_type in rt.warned:
+        return
+    advice = interval_advice(rt.settings, doc.task_type, interval_ms)
+    if advice is not None:
+        rt.warned.add(doc.task_type)
+        log.warning("%s", advice)
 
 
 def _push_step(run_at: datetime, now: datetime) -> datetime | None:

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from elastask import keys, policy
+from elastask.dispatcher.cadence import Cadence
 from elastask.dispatcher.claim import LEASE_GRACE, DispatchBatch, DispatchJob
 from elastask.intervals import format_date, parse_date
 from elastask.kibana import PushOutcome, PushResult
@@ -225,3 +226,4 @@ def _give_back(rt: Runtime, owner_id: str, jobs: Sequence[DispatchJob]) -> None:
         [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, policy.release_fields_for(j.attempts)) for j in jobs],
     )
     rt.ledger.release(owner_id, [j.doc_id for j in jobs])
+    Cadence(rt.redis).wake()  # due again now: a resting claim loop must not wait its idle interval

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from elastask import keys, policy, queries
+from elastask.dispatcher.cadence import Cadence
 from elastask.dispatcher.claim import LEASE_GRACE
 from elastask.dispatcher.locks import exclusive
 from elastask.dispatcher.malformed import report_malformed
@@ -138,6 +139,8 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
         else:
             log.info("task %r (%s): %s", doc.id, doc.task_type, expiry.reason)
     summary.outcomes = dict(outcomes)
+    if outcomes["retry"] or outcomes["rescheduled"]:
+        Cadence(rt.redis).wake()  # tasks went back to idle: a resting claim loop looks again now
     return summary
 
 

@@ -258,7 +258,9 @@ class SimulatedNode:
                 async with shared.session.delete(f"{doc_url}/_doc/{task_id}") as answer:
                     await answer.read()
                     ok = answer.status < 300
-            if not ok:
+            if ok:
+                self.stats.outcomes_written += 1
+            else:
                 self.stats.outcome_write_errors += 1
                 log.error("%s: writing the outcome of %r answered %d", self.name, body["id"], answer.status)
         except Exception:

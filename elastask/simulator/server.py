@@ -66,6 +66,8 @@ class Simulator:
                 "current",
                 "overlapping_runs",
                 "outcome_write_errors",
+                "outcomes_written",
+                "outcomes_pending",
                 "claim_conflicts",
                 "claim_stale",
                 "claim_missing",

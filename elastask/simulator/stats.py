@@ -29,6 +29,7 @@ class NodeStats:
     max_concurrency: int = 0
     overlapping_runs: int = 0
     outcome_write_errors: int = 0
+    outcomes_written: int = 0  # outcome writes the engine acknowledged (update or delete)
     claim_conflicts: int = 0  # pull mode: 409s of this node's claims
     claim_stale: int = 0
     claim_missing: int = 0
@@ -53,10 +54,16 @@ class NodeStats:
         else:
             self.runs_finished += 1
 
+    @property
+    def outcomes_pending(self) -> int:
+        """Finished runs whose outcome write has not been answered yet."""
+        return max(0, self.runs_finished - self.outcomes_written - self.outcome_write_errors)
+
     def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
         """The counters as JSON, with drift percentiles."""
         skip = ("drift_ms", "claim_cycles_ms")
         data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key not in skip}
+        data["outcomes_pending"] = self.outcomes_pending
         cycles = self.claim_cycles_ms
         data["claim_cycle_ms"] = {
             "count": len(cycles),

@@ -19,6 +19,7 @@ Dispatcher = CeleryFleet
 #: ...with the fast intervals the tests use (a test's own ``env`` overrides them).
 FAST_ENV = {
     "ELASTASK_POLLING_INTERVAL": "200",
+    "ELASTASK_IDLE_POLLING_INTERVAL": "1000",
     "ELASTASK_RETRY_INTERVAL": "500",
     "ELASTASK_RETRY_DELAY": "1s",
     "ELASTASK_NODE_PROBE_INTERVAL": "1000",

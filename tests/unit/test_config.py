@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from elastask.config import COSTS, Secret, env_name, load_settings
+from elastask.config import COSTS, Secret, Settings, env_name, load_settings
 from elastask.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,9 +25,14 @@ def test_the_shipped_elastask_yaml_loads_with_its_documented_defaults() -> None:
     settings = load_settings(REPO / "elastask.yaml", env={})
     assert settings.index == ".kibana_task_manager"
     assert settings.kibana_capacity == 10
-    assert settings.polling_interval_ms == 3000
+    assert settings.polling_interval_ms == 500 and settings.idle_polling_interval_ms == 3000
     assert settings.max_attempts == 3 and settings.task_timeout_ms == 300_000
     assert settings.elasticsearch.verify_certs is True
+
+
+def test_the_shipped_elastask_yaml_states_exactly_the_code_defaults() -> None:
+    shipped = load_settings(REPO / "elastask.yaml", env={})
+    assert replace(shipped, source="<defaults>") == Settings()
 
 
 def test_no_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

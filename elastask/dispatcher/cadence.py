@@ -1,0 +1,59 @@
+"""The claim cadence: a cycle every ``polling_interval`` while there is work, fewer while the index is quiet.
+
+Kibana polls every 500 ms and stretches to 3 s while its load stays under 25 % (elastic/kibana
+PR #200260). The dispatcher can do better because it sees the whole schedule: a quiet cycle (nothing
+due, nothing in flight) also learns the earliest ``runAt`` of any idle task, and the claim loop then
+rests until the earlier of ``idle_polling_interval`` and that ``runAt`` (less the claim-ahead
+window), so a quiet index costs one search per idle interval whatever the number of nodes, and a
+task due soon is still claimed ahead and pushed at its ``runAt``. Beat keeps firing every
+``polling_interval``; a claim job fired while the loop rests costs one Redis read. Anything that
+makes a task due at once (the retry loop, ``elastask tasks requeue``, ``elastask schedule``) wakes it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import redis
+
+from elastask import keys
+from elastask.errors import LedgerError
+
+
+def rest_until(now: datetime, *, next_run_at: datetime | None, idle_ms: int, lookahead_ms: int) -> datetime:
+    """When a quiet claim loop should run again: after the idle interval, or in time for the next runAt."""
+    wake = now + timedelta(milliseconds=idle_ms)
+    if next_run_at is not None:
+        wake = min(wake, next_run_at - timedelta(milliseconds=lookahead_ms))
+    return max(now, wake)
+
+
+class Cadence:
+    """Whether the claim loop rests; one Redis key that expires when the rest ends."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def resting(self) -> bool:
+        """True while a quiet cycle's rest lasts (beat's claim jobs return at once)."""
+        try:
+            return bool(self.client.exists(keys.CLAIM_RESTING))
+        except redis.RedisError as e:
+            raise LedgerError(f"Redis: {e}") from e
+
+    def rest(self, now: datetime, until: datetime) -> None:
+        """Rest until ``until`` (nothing happens if that is now or past)."""
+        rest_ms = int((until - now).total_seconds() * 1000)
+        if rest_ms <= 0:
+            return
+        try:
+            self.client.set(keys.CLAIM_RESTING, 1, px=rest_ms)
+        except redis.RedisError as e:
+            raise LedgerError(f"Redis: {e}") from e
+
+    def wake(self) -> None:
+        """Something became due now: the next claim job runs a full cycle."""
+        try:
+            self.client.delete(keys.CLAIM_RESTING)
+        except redis.RedisError as e:
+            raise LedgerError(f"Redis: {e}") from e

@@ -1,0 +1,36 @@
+"""Settings known to fall behind or to run unsafely are named, with the key and what to set."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from elastask.advice import interval_advice, settings_advice
+from elastask.config import ElasticsearchSettings, Settings
+
+
+def test_the_defaults_draw_no_advice() -> None:
+    assert settings_advice(Settings()) == []
+
+
+def test_a_polling_interval_beyond_the_claim_ahead_window_is_named_with_its_measured_effect() -> None:
+    [advice] = settings_advice(replace(Settings(), source="elastask.yaml", polling_interval_ms=3000))
+    assert advice.startswith("elastask.yaml: polling_interval: 3000 ms")
+    assert "up to 2000 ms late" in advice and "default 500" in advice
+
+
+def test_an_idle_interval_shorter_than_the_busy_one_is_named() -> None:
+    [advice] = settings_advice(replace(Settings(), idle_polling_interval_ms=200))
+    assert "idle_polling_interval (200 ms)" in advice
+
+
+def test_certificate_verification_turned_off_is_named() -> None:
+    settings = replace(Settings(), elasticsearch=ElasticsearchSettings(verify_certs=False))
+    [advice] = settings_advice(settings)
+    assert "elasticsearch.verify_certs: false" in advice and "ca_certs" in advice
+
+
+def test_a_task_type_due_more_often_than_the_claim_loop_looks_is_named() -> None:
+    settings = replace(Settings(), polling_interval_ms=3000)
+    advice = interval_advice(settings, "alerting:fast", 1000)
+    assert advice is not None and "'alerting:fast' runs every 1000 ms" in advice and "at most 1000" in advice
+    assert interval_advice(settings, "alerting:slow", 60_000) is None
