@@ -1,13 +1,20 @@
 """The Kibana HTTP client: ``POST /api/task_manager/_run_now`` and ``GET /api/status``.
 
-A push ends in one of three ways, and the difference decides whether an attempt is burned:
+A push ends in one of four ways, and the difference decides whether an attempt is burned:
 
 - ``accepted``: Kibana answered 2xx (204): it has the task; the lease is kept until Kibana writes
   the outcome or ``retryAt`` passes;
-- ``refused``: it provably never started (connection refused or not established, or an HTTP error
-  answer — Kibana answers 204 *before* it runs anything, so an error answer means no run);
-- ``ambiguous``: the request may have arrived (timeout or connection lost after sending): the lease
-  is kept until ``retryAt`` so the task is never run twice at once.
+- ``refused``: it provably never started, for a reason of the node's, not the task's (connection
+  refused or not established; 401/403, 404/405 (no such route), 408, 429, 500, 503; a redirect,
+  never followed, since a login page answering 200 would look accepted): Kibana answers 204
+  *before* it runs anything, so an error answer means no run. No attempt is burned and the node's
+  circuit breaker counts it;
+- ``rejected``: the node refused *this task* (any other 4xx: 400 a body it will not validate, 413
+  a state over its payload limit, 422): it would be refused again, so the attempt is burned (the
+  task fails after its maximum) and the node, which answered, stays in rotation;
+- ``ambiguous``: the request may have arrived (timeout or connection lost after sending, or a
+  gateway's 502/504, which may have forwarded it): the lease is kept until ``retryAt`` so the task
+  is never run twice at once.
 """
 
 from __future__ import annotations
@@ -35,7 +42,25 @@ class PushOutcome(enum.Enum):
 
     ACCEPTED = "accepted"
     REFUSED = "refused"
+    REJECTED = "rejected"
     AMBIGUOUS = "ambiguous"
+
+
+#: Answers about the node, not the task: the same push may succeed later or on another node.
+NODE_STATUSES = frozenset({401, 403, 404, 405, 408, 429, 500, 501, 503})
+#: A gateway in front of Kibana answered: it may have forwarded the push before failing.
+GATEWAY_STATUSES = frozenset({502, 504})
+
+
+def classify_status(status_code: int) -> PushOutcome:
+    """The outcome of a push Kibana (or something in front of it) answered with this status."""
+    if 200 <= status_code < 300:
+        return PushOutcome.ACCEPTED
+    if status_code in GATEWAY_STATUSES:
+        return PushOutcome.AMBIGUOUS
+    if 400 <= status_code < 500 and status_code not in NODE_STATUSES:
+        return PushOutcome.REJECTED
+    return PushOutcome.REFUSED
 
 
 @dataclass(frozen=True)
@@ -73,7 +98,9 @@ class KibanaClient:
         """POST the task to the node's ``_run_now`` and classify the outcome."""
         url = node.url + RUN_NOW_PATH
         try:
-            answer = self.session.post(url, json=dict(body), **self._options(node, self.settings.request_timeout_s))
+            answer = self.session.post(
+                url, json=dict(body), allow_redirects=False, **self._options(node, self.settings.request_timeout_s)
+            )
         except requests.exceptions.ConnectTimeout as e:
             return PushResult(PushOutcome.REFUSED, f"{url}: no connection within {CONNECT_TIMEOUT_S}s ({e})")
         except requests.exceptions.ReadTimeout:
@@ -86,14 +113,21 @@ class KibanaClient:
             return PushResult(PushOutcome.AMBIGUOUS, f"{url}: connection lost after sending ({_root(e)})")
         except requests.RequestException as e:
             return PushResult(PushOutcome.AMBIGUOUS, f"{url}: {type(e).__name__}: {_root(e)}")
-        if 200 <= answer.status_code < 300:
-            return PushResult(PushOutcome.ACCEPTED, f"{url}: {answer.status_code}", answer.status_code)
-        hint = " (check kibana credentials)" if answer.status_code in (401, 403) else ""
-        return PushResult(
-            PushOutcome.REFUSED,
-            f"{url}: answered {answer.status_code} {answer.reason}{hint}: {answer.text[:200]!r}",
-            answer.status_code,
-        )
+        code = answer.status_code
+        if 300 <= code < 400:
+            return PushResult(
+                PushOutcome.REFUSED,
+                f"{url}: answered {code}, a redirect to {answer.headers.get('Location')!r} (not followed: point "
+                "kibana.hosts at the Kibana node itself, with its base path)",
+                code,
+            )
+        outcome = classify_status(code)
+        if outcome is PushOutcome.ACCEPTED:
+            return PushResult(outcome, f"{url}: {code}", code)
+        hint = {401: " (check kibana credentials)", 403: " (check kibana credentials)"}.get(code, "")
+        if code in (404, 405):
+            hint = " (no _run_now route: is this node on the external-task-manager branch?)"
+        return PushResult(outcome, f"{url}: answered {code} {answer.reason}{hint}: {answer.text[:200]!r}", code)
 
     def status_uuid(self, node: KibanaNode, timeout_s: float = 5.0) -> str:
         """The node's instance uuid from ``GET /api/status``; raises requests exceptions or ValueError."""

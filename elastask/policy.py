@@ -139,31 +139,62 @@ def on_lease_expired(
     task: TaskDocument, now: datetime, *, max_attempts: int, base_delay_ms: int, max_delay_ms: int, rng: random.Random
 ) -> Expiry:
     """The next state of a task whose retryAt passed: retry later, fail for good, or move to its next run."""
-    # ownerId stays: it tells operators where the lease ran out, and the claim loop sends a retry elsewhere.
+    interval_ms = task.schedule.interval_ms if task.schedule else None
+    return after_failed_attempt(
+        task.attempts,
+        task.is_recurring,
+        interval_ms,
+        now,
+        "lease expired without an outcome",
+        max_attempts=max_attempts,
+        base_delay_ms=base_delay_ms,
+        max_delay_ms=max_delay_ms,
+        rng=rng,
+    )
+
+
+def after_failed_attempt(
+    attempts: int,
+    recurring: bool,
+    interval_ms: int | None,
+    now: datetime,
+    why: str,
+    *,
+    max_attempts: int,
+    base_delay_ms: int,
+    max_delay_ms: int,
+    rng: random.Random,
+) -> Expiry:
+    """The next state after an attempt that ended without an outcome (``attempts`` counts it).
+
+    Recurring: retried now, or moved to its next interval with attempts reset after the maximum
+    (Kibana never fails a recurring task). One-shot: retried after Kibana's backoff, failed after
+    the maximum.
+    """
+    # ownerId stays: it tells operators where the attempt failed, and the claim loop sends a retry elsewhere.
     cleared = {"startedAt": None, "retryAt": None}
-    if task.is_recurring:
-        if task.attempts >= max_attempts:
-            interval_ms = task.schedule.interval_ms if task.schedule else None
+    if recurring:
+        if attempts >= max_attempts:
             next_run = now + timedelta(milliseconds=interval_ms or base_delay_ms)
             return Expiry(
                 "rescheduled",
                 {**cleared, "status": "idle", "attempts": 0, "runAt": format_date(next_run)},
-                f"{task.attempts} runs without an outcome; recurring, so moved to its next interval",
+                f"{attempts} runs without an outcome ({why}); recurring, so moved to its next interval",
             )
         return Expiry(
             "retry",
             {**cleared, "status": "idle", "runAt": format_date(now)},
-            f"lease expired without an outcome (attempt {task.attempts} of {max_attempts})",
+            f"{why} (attempt {attempts} of {max_attempts})",
         )
-    if task.attempts >= max_attempts:
+    if attempts >= max_attempts:
         return Expiry(
             "failed",
             {**cleared, "status": "failed"},
-            f"{task.attempts} runs of {max_attempts} ended without an outcome from Kibana",
+            f"{attempts} runs of {max_attempts} ended without an outcome from Kibana ({why})",
         )
-    delay = retry_delay_ms(task.attempts, base_ms=base_delay_ms, max_ms=max_delay_ms, rng=rng)
+    delay = retry_delay_ms(attempts, base_ms=base_delay_ms, max_ms=max_delay_ms, rng=rng)
     return Expiry(
         "retry",
         {**cleared, "status": "idle", "runAt": format_date(now + timedelta(milliseconds=delay))},
-        f"lease expired without an outcome (attempt {task.attempts} of {max_attempts}); retry in {delay} ms",
+        f"{why} (attempt {attempts} of {max_attempts}); retry in {delay} ms",
     )

@@ -13,7 +13,9 @@ ETA); the job pushes them in parallel. Per task:
   before the push, so a job redelivered after a worker died mid-push does not push it again (its
   lease runs out and the retry loop takes it back: ambiguous, never a double run).
 - accepted: keep the lease. refused: back to ``idle`` with the attempt returned, slot freed, node
-  health updated. ambiguous: keep the lease until ``retryAt``.
+  health updated. rejected (a 4xx about the task itself): the attempt is burned, the task is retried
+  after Kibana's delay or fails at its maximum, the node stays in rotation. ambiguous: keep the
+  lease until ``retryAt``. A slot is freed only where the write applied (or the document is gone).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from typing import Any
 from elastask import keys, policy
 from elastask.dispatcher.cadence import Cadence
 from elastask.dispatcher.claim import LEASE_GRACE, DispatchBatch, DispatchJob
-from elastask.intervals import format_date, parse_date
+from elastask.dispatcher.failures import record_failure
+from elastask.intervals import format_date, parse_date, parse_interval_ms
 from elastask.kibana import PushOutcome, PushResult
 from elastask.logs import bound
 from elastask.nodes import Node
 from elastask.runtime import Runtime
-from elastask.store import VersionedUpdate, bulk_update_versions
+from elastask.store import VersionedUpdate, WriteResult, bulk_update_versions
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +175,7 @@ def _settle(
     report: DispatchReport,
 ) -> None:
     """Record each push's outcome: keep accepted leases, give refused tasks back, keep ambiguous leases."""
-    refused = []
+    refused, rejected = [], []
     for job, result in zip(jobs, results, strict=True):
         report.outcomes[job.doc_id] = result.outcome.value
         if result.outcome is PushOutcome.ACCEPTED:
@@ -181,15 +184,57 @@ def _settle(
         elif result.outcome is PushOutcome.REFUSED:
             _warn(job, "task %r: push refused, back to idle without burning an attempt: %s", job.doc_id, result.detail)
             refused.append(job)
+        elif result.outcome is PushOutcome.REJECTED:
+            rejected.append((job, result))
         else:
             _warn(job, "task %r: push ambiguous, lease kept until %s: %s", job.doc_id, job.retry_at, result.detail)
     _give_back(rt, node.owner_id, refused)
-    # The breaker counts failures in a row: a node that accepted any push this time is answering.
-    if any(r.outcome is PushOutcome.ACCEPTED for r in results):
+    _burn_attempts(rt, node.owner_id, rejected, now)
+    # The breaker counts failures in a row: a node that accepted any push this time is answering, and
+    # one that rejected a task (a 4xx about the task itself) answered too.
+    if any(r.outcome in (PushOutcome.ACCEPTED, PushOutcome.REJECTED) for r in results):
         rt.nodes.record_success(node)
         return
     for result in results:
         rt.nodes.record_failure(node, now, result.detail, hard=result.connection_refused)
+
+
+def _burn_attempts(
+    rt: Runtime, owner_id: str, rejected: Sequence[tuple[DispatchJob, PushResult]], now: datetime
+) -> None:
+    """Kibana rejected these tasks themselves: the attempt counted at claim stays, so they end after the maximum.
+
+    Back to idle after Kibana's retry delay (a recurring one: now, or its next interval after the
+    maximum), or ``failed`` (one-shot, at the maximum), in one conditional ``_bulk``.
+    """
+    if not rejected:
+        return
+    plans = []
+    for job, result in rejected:
+        task_type = str(job.body.get("taskType"))
+        schedule = job.body.get("schedule")
+        interval = schedule.get("interval") if isinstance(schedule, dict) else None
+        plan = policy.after_failed_attempt(
+            job.attempts,
+            isinstance(schedule, dict),
+            parse_interval_ms(interval) if isinstance(interval, str) else None,
+            now,
+            f"Kibana rejected the push: {result.detail}",
+            max_attempts=rt.settings.for_type(task_type).max_attempts,
+            base_delay_ms=rt.settings.retry_delay_ms,
+            max_delay_ms=rt.settings.max_retry_delay_ms,
+            rng=rt.rng,
+        )
+        _warn(job, "task %r: %s", job.doc_id, plan.reason)
+        plans.append((job, plan))
+    writes = bulk_update_versions(
+        rt.store, [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, plan.fields) for j, plan in plans]
+    )
+    for (job, plan), write in zip(plans, writes, strict=True):
+        if write.ok and plan.outcome == "failed":
+            task_type = str(job.body.get("taskType"))
+            record_failure(rt.redis, job.doc_id, now, plan.reason, owner_id=owner_id, task_type=task_type)
+    _release_where_ours(rt, owner_id, [job for job, _ in plans], writes)
 
 
 def _warn(job: DispatchJob, message: str, *args: object) -> None:
@@ -221,9 +266,22 @@ def _give_back(rt: Runtime, owner_id: str, jobs: Sequence[DispatchJob]) -> None:
     """
     if not jobs:
         return
-    bulk_update_versions(
+    results = bulk_update_versions(
         rt.store,
         [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, policy.release_fields_for(j.attempts)) for j in jobs],
     )
-    rt.ledger.release(owner_id, [j.doc_id for j in jobs])
+    _release_where_ours(rt, owner_id, jobs, results)
     Cadence(rt.redis).wake()  # due again now: a resting claim loop must not wait its idle interval
+
+
+def _release_where_ours(
+    rt: Runtime, owner_id: str, jobs: Sequence[DispatchJob], results: Sequence[WriteResult]
+) -> None:
+    """Free the slots of the tasks whose write applied (or whose document is gone).
+
+    A 409 means the document moved on since this job's claim: a job redelivered after the visibility
+    timeout, or one that waited past its lease, while the same task was claimed again, possibly for
+    this very node. The slot then belongs to that newer lease and is not ours to free.
+    """
+    mine = [j.doc_id for j, r in zip(jobs, results, strict=True) if r.ok or r.missing]
+    rt.ledger.release(owner_id, mine)

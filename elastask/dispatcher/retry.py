@@ -12,7 +12,6 @@ The loop also reports task documents no loop would ever pick up (unknown status,
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -23,11 +22,11 @@ from typing import Any
 from elastask import keys, policy, queries
 from elastask.dispatcher.cadence import Cadence
 from elastask.dispatcher.claim import LEASE_GRACE
+from elastask.dispatcher.failures import record_failure
 from elastask.dispatcher.locks import exclusive
 from elastask.dispatcher.malformed import report_malformed
 from elastask.documents import STATUSES, TaskDocument, parse_hit
 from elastask.errors import DocumentError
-from elastask.intervals import format_date
 from elastask.runtime import Runtime
 from elastask.store import bulk_update_tasks, search_hits
 
@@ -123,19 +122,7 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
             continue
         outcomes[expiry.outcome] += 1
         if expiry.outcome == "failed":
-            rt.redis.hset(
-                keys.FAILED_REASONS,
-                doc.id,
-                json.dumps(
-                    {
-                        "at": format_date(now),
-                        "reason": expiry.reason,
-                        "owner_id": doc.owner_id,
-                        "task_type": doc.task_type,
-                    }
-                ),
-            )
-            log.warning("task %r (%s) failed for good: %s", doc.id, doc.task_type, expiry.reason)
+            record_failure(rt.redis, doc.id, now, expiry.reason, owner_id=doc.owner_id, task_type=doc.task_type)
         else:
             log.info("task %r (%s): %s", doc.id, doc.task_type, expiry.reason)
     summary.outcomes = dict(outcomes)

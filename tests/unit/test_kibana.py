@@ -36,6 +36,15 @@ class Garbage(BaseHTTPRequestHandler):
             self.send_response(401)
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "/login?mode=html")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode.isdigit():
+            self.send_response(int(mode))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
     def log_message(self, *_args: object) -> None:
         pass
@@ -99,6 +108,43 @@ def test_refused_and_rejected_pushes_are_refused(server: ThreadingHTTPServer) ->
     nobody = KibanaNode(url=f"http://127.0.0.1:{closed_port}")
     refused = client.push(nobody, {"id": "task:x"})
     assert refused.outcome is PushOutcome.REFUSED and refused.connection_refused
+
+
+@pytest.mark.parametrize("status", ["400", "413", "422"])
+def test_a_deterministic_4xx_is_rejected_so_the_task_burns_an_attempt_instead_of_coming_back_forever(
+    server: ThreadingHTTPServer, status: str
+) -> None:
+    server.mode = status  # type: ignore[attr-defined]
+    client, node = client_for(server)
+    result = client.push(node, {"id": "task:x"})
+    assert result.outcome is PushOutcome.REJECTED and result.status_code == int(status)
+    assert f"answered {status}" in result.detail
+
+
+@pytest.mark.parametrize("status", ["429", "503", "500", "404", "401"])
+def test_an_answer_about_the_node_not_the_task_is_refused(server: ThreadingHTTPServer, status: str) -> None:
+    server.mode = status  # type: ignore[attr-defined]
+    client, node = client_for(server)
+    assert client.push(node, {"id": "task:x"}).outcome is PushOutcome.REFUSED
+
+
+@pytest.mark.parametrize("status", ["502", "504"])
+def test_a_gateway_error_is_ambiguous_the_gateway_may_have_forwarded_the_push(
+    server: ThreadingHTTPServer, status: str
+) -> None:
+    server.mode = status  # type: ignore[attr-defined]
+    client, node = client_for(server)
+    assert client.push(node, {"id": "task:x"}).outcome is PushOutcome.AMBIGUOUS
+
+
+def test_a_redirect_is_not_followed_so_a_login_page_answering_200_is_never_taken_as_accepted(
+    server: ThreadingHTTPServer,
+) -> None:
+    server.mode = "redirect"  # type: ignore[attr-defined]
+    client, node = client_for(server)
+    result = client.push(node, {"id": "task:x"})
+    assert result.outcome is PushOutcome.REFUSED
+    assert "redirect" in result.detail and "/login" in result.detail
 
 
 def test_a_5mb_state_parses() -> None:

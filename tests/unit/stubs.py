@@ -1,0 +1,113 @@
+"""A stub search engine (conditional writes and real-time reads, in memory) and a scripted Kibana.
+
+For fast tests of the loops' rules only; races and faults are proven on the real engine in
+tests/integration.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import fakeredis
+
+from elastask.config import KibanaNode, KibanaSettings, Settings
+from elastask.kibana import KibanaClient, PushOutcome, PushResult
+from elastask.ledger import Ledger
+from elastask.nodes import NodeRegistry
+from elastask.runtime import Runtime
+from elastask.store import TaskStore
+
+INDEX = ".kibana_task_manager"
+
+
+class Answer(dict[str, Any]):
+    """What the elasticsearch client returns: a mapping with ``.body``."""
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return dict(self)
+
+
+class StubEngine:
+    """Documents with versions; ``bulk`` updates honour ``if_seq_no``; ``mget`` may answer error items."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.seq_no = 0
+        self.mget_errors: set[str] = set()  # ids whose mget item is an error (shard unavailable)
+        self.writes: list[dict[str, Any]] = []
+
+    def put(self, doc_id: str, source: dict[str, Any]) -> int:
+        self.seq_no += 1
+        self.docs[doc_id] = {"_source": source, "_seq_no": self.seq_no, "_primary_term": 1}
+        return self.seq_no
+
+    def bulk(self, *, index: str, operations: Sequence[Mapping[str, Any]], refresh: Any = None) -> Answer:
+        items = []
+        for action, body in zip(operations[::2], operations[1::2], strict=True):
+            meta = action["update"]
+            doc_id = meta["_id"]
+            current = self.docs.get(doc_id)
+            if current is None:
+                items.append({"update": {"_id": doc_id, "status": 404, "error": {"reason": "document missing"}}})
+            elif (current["_seq_no"], current["_primary_term"]) != (meta["if_seq_no"], meta["if_primary_term"]):
+                items.append({"update": {"_id": doc_id, "status": 409, "error": {"reason": "version conflict"}}})
+            else:
+                task = {**current["_source"]["task"], **body["doc"]["task"]}
+                seq_no = self.put(doc_id, {**current["_source"], "task": task})
+                self.writes.append({"_id": doc_id, **body["doc"]["task"]})
+                items.append({"update": {"_id": doc_id, "status": 200, "_seq_no": seq_no, "_primary_term": 1}})
+        return Answer(items=items, errors=any(i["update"]["status"] >= 300 for i in items))
+
+    def mget(self, *, index: str, ids: Sequence[str], source_includes: Any = None) -> Answer:
+        docs = []
+        for doc_id in ids:
+            if doc_id in self.mget_errors:
+                docs.append({"_id": doc_id, "error": {"type": "no_shard_available_action_exception"}})
+            elif doc_id in self.docs:
+                docs.append({"_id": doc_id, "found": True, **self.docs[doc_id]})
+            else:
+                docs.append({"_id": doc_id, "found": False})
+        return Answer(docs=docs)
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedKibana(KibanaClient):
+    """Answers every push with the result ``answer(body)`` gives, and remembers the pushes."""
+
+    def __init__(self, settings: KibanaSettings, answer: Callable[[Mapping[str, Any]], PushResult]) -> None:
+        super().__init__(settings)
+        self.answer = answer
+        self.pushed: list[Mapping[str, Any]] = []
+
+    def push(self, node: KibanaNode, body: Mapping[str, Any]) -> PushResult:
+        self.pushed.append(body)
+        return self.answer(body)
+
+
+def accepted(_body: Mapping[str, Any]) -> PushResult:
+    return PushResult(PushOutcome.ACCEPTED, "204", 204)
+
+
+def stub_runtime(
+    engine: StubEngine, answer: Callable[[Mapping[str, Any]], PushResult] = accepted, **settings: Any
+) -> Runtime:
+    """A Runtime on the stub engine, fakeredis and a scripted Kibana node ``kibana:a``."""
+    node = KibanaNode(url="http://kibana-a:5601", id="kibana:a")
+    base = replace(Settings(), kibana=KibanaSettings(hosts=(node,)), **settings)
+    client = fakeredis.FakeRedis()
+    kibana = ScriptedKibana(base.kibana, answer)
+    return Runtime(
+        settings=base,
+        store=TaskStore(engine, INDEX),  # type: ignore[arg-type]
+        redis=client,
+        ledger=Ledger(client),
+        nodes=NodeRegistry(base, client, kibana),
+        kibana=kibana,
+        rng=random.Random(7),
+    )

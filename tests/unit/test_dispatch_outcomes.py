@@ -1,0 +1,149 @@
+"""What a dispatch job writes for each way a push ends, on a stub engine and fakeredis (the rules, fast).
+
+Given/When/Then in each name. The same paths run on real processes in tests/integration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from elastask import keys
+from elastask.dispatcher.claim import DispatchBatch, DispatchJob
+from elastask.dispatcher.dispatch import push_claimed_tasks
+from elastask.intervals import format_date
+from elastask.kibana import PushResult
+from elastask.runtime import Runtime
+from tests.unit.stubs import StubEngine, stub_runtime
+
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+OWNER, URL = "kibana:a", "http://kibana-a:5601"
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def claimed(engine: StubEngine, rt: Runtime, doc_id: str, attempts: int, schedule: Any = None) -> DispatchJob:
+    """A task as the claim loop leaves it: running on kibana:a, its slot held in the ledger."""
+    retry_at = NOW + timedelta(minutes=5)
+    task = {
+        "taskType": "sample",
+        "status": "running",
+        "ownerId": OWNER,
+        "attempts": attempts,
+        "runAt": format_date(NOW),
+        "startedAt": format_date(NOW),
+        "retryAt": format_date(retry_at),
+        "params": "{}",
+        "state": "{}",
+        **({"schedule": schedule} if schedule else {}),
+    }
+    seq_no = engine.put(doc_id, {"type": "task", "task": task})
+    rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], NOW)
+    body = {
+        "id": doc_id,
+        "taskType": "sample",
+        "runAt": format_date(NOW),
+        **({"schedule": schedule} if schedule else {}),
+    }
+    return DispatchJob(doc_id, OWNER, URL, seq_no, 1, format_date(retry_at), attempts, 300_000, body, slack_ms=5000)
+
+
+def answering(status: int) -> Any:
+    from elastask.kibana import classify_status
+
+    def answer(_body: Mapping[str, Any]) -> PushResult:
+        return PushResult(classify_status(status), f"{URL}/api/task_manager/_run_now: answered {status}", status)
+
+    return answer
+
+
+def held(rt: Runtime) -> set[str]:
+    return {lease.task_id for lease in rt.ledger.leases([OWNER])}
+
+
+def test_given_a_push_kibana_rejects_with_413_then_the_attempt_is_burned_and_the_task_waits_kibanas_delay(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine, answering(413))
+    job = claimed(engine, rt, "task:big", attempts=1)
+    report = push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (job,)), NOW, pool)
+    assert report.outcomes == {"task:big": "rejected"}
+    task = engine.docs["task:big"]["_source"]["task"]
+    assert task["status"] == "idle" and task["attempts"] == 1  # not given back: it would be refused again
+    assert task["runAt"] == format_date(NOW + timedelta(seconds=30))  # Kibana's first retry delay
+    assert held(rt) == set()
+    # The node answered: it stays in rotation however many tasks it rejects.
+    assert not rt.redis.hget(keys.health(OWNER), "failures")
+
+
+def test_given_a_one_shot_task_rejected_at_its_last_attempt_then_it_fails_with_the_reason_kept(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine, answering(400))
+    job = claimed(engine, rt, "task:bad", attempts=3)
+    push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (job,)), NOW, pool)
+    assert engine.docs["task:bad"]["_source"]["task"]["status"] == "failed"
+    reason = json.loads(rt.redis.hget(keys.FAILED_REASONS, "task:bad"))
+    assert "Kibana rejected the push" in reason["reason"] and "answered 400" in reason["reason"]
+
+
+def test_given_a_recurring_task_rejected_at_its_last_attempt_then_it_moves_to_its_next_interval(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine, answering(422))
+    job = claimed(engine, rt, "task:rec", attempts=3, schedule={"interval": "1m"})
+    push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (job,)), NOW, pool)
+    task = engine.docs["task:rec"]["_source"]["task"]
+    assert task["status"] == "idle" and task["attempts"] == 0
+    assert task["runAt"] == format_date(NOW + timedelta(minutes=1))
+
+
+def test_given_a_push_refused_by_the_node_then_the_attempt_is_returned_and_the_breaker_counts_it(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine, answering(503))
+    job = claimed(engine, rt, "task:x", attempts=1)
+    push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (job,)), NOW, pool)
+    task = engine.docs["task:x"]["_source"]["task"]
+    assert task["status"] == "idle" and task["attempts"] == 0
+    assert held(rt) == set()
+    assert int(rt.redis.hget(keys.health(OWNER), "failures") or 0) == 1
+
+
+def test_given_a_stale_job_whose_give_back_loses_its_write_then_the_newer_lease_keeps_its_slot(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine, answering(503))
+    stale = claimed(engine, rt, "task:rec", attempts=1, schedule={"interval": "10s"})
+    # Kibana finished that run, the task was claimed again for the same node: a newer version, the same id.
+    claimed(engine, rt, "task:rec", attempts=1, schedule={"interval": "10s"})
+    push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (stale,)), NOW, pool)
+    assert engine.docs["task:rec"]["_source"]["task"]["status"] == "running"  # the 409 changed nothing
+    assert held(rt) == {"task:rec"}  # and the slot of the newer lease is still held
+
+
+def test_given_an_expired_job_whose_give_back_loses_its_write_then_the_slot_stays_held(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    stale = claimed(engine, rt, "task:rec", attempts=1)
+    claimed(engine, rt, "task:rec", attempts=1)
+    late = NOW + timedelta(minutes=6)  # the stale job's lease ran out while it waited
+    report = push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (stale,)), late, pool)
+    assert report.outcomes == {"task:rec": "expired"}
+    assert held(rt) == {"task:rec"}
