@@ -292,6 +292,14 @@ def _coerce(kind: str, value: Any, source: str, key: str) -> Any:
         raise ConfigError(source, key, f"must be set ({_EXPECTED[base]})")
     try:
         return _COERCERS[base](value)
+    except _Credentials as e:
+        prefix = key.split(".")[0]
+        raise ConfigError(
+            source,
+            key,
+            f"has a user name and password in the URL ({e}); give them as {prefix}.username and "
+            f"{prefix}.password (or {env_name(prefix + '.password')}, or {prefix}.password_file) instead",
+        ) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(source, key, f"expected {_EXPECTED[base]}, got {_shown(key, value)}{_why(e)}") from None
 
@@ -351,6 +359,19 @@ def _as_url(value: Any, schemes: tuple[str, ...] = ("http", "https")) -> str:
     return text.rstrip("/")
 
 
+def _as_http_url(value: Any) -> str:
+    """An http(s) URL without credentials: they would show in logs, /metrics labels and ``config show``."""
+    text = _as_url(value)
+    parts = urlsplit(text)
+    if parts.username is not None or parts.password is not None:
+        raise _Credentials(f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}")
+    return text
+
+
+class _Credentials(ValueError):
+    """A URL with user:password in it; the message is the URL without them."""
+
+
 def _as_secret(value: Any) -> Secret:
     return Secret(_as_str(value))
 
@@ -380,7 +401,9 @@ def _as_hosts(value: Any) -> tuple[dict[str, Any], ...]:
         if unknown:
             raise _Bad(f"entry {index} has unknown keys {sorted(unknown)}; known: {sorted(_HOST_KEYS)}")
         try:
-            url = _as_url(entry.get("url"))
+            url = _as_http_url(entry.get("url"))
+        except _Credentials as e:
+            raise _Credentials(f"entry {index}: {e}") from None
         except (TypeError, ValueError):
             raise _Bad(f"entry {index}: url must be an http(s) URL") from None
         hosts.append({**entry, "url": url})
@@ -410,7 +433,7 @@ _COERCERS: dict[str, Any] = {
     "bool": _as_bool,
     "posint": _as_posint,
     "posfloat": _as_posfloat,
-    "url": _as_url,
+    "url": _as_http_url,
     "secret": _as_secret,
     "redis_url": _as_redis_url,
     "interval": _as_interval,

@@ -63,7 +63,14 @@ def due_tasks(
     must_not: list[dict[str, Any]] = [{"term": {"task.enabled": False}}]
     if exclude_ids:
         must_not.append({"ids": {"values": sorted(exclude_ids)}})
-    attempts = attempts_below_max(default_max_attempts, max_attempts_by_type)
+    # Kibana claims a recurring task whatever its attempts; a one-shot one only below its maximum
+    # (one at or over it is failed by the retry loop: see exhausted_one_shots).
+    attempts = {
+        "bool": {
+            "should": [_is_recurring(), attempts_below_max(default_max_attempts, max_attempts_by_type)],
+            "minimum_should_match": 1,
+        }
+    }
     body = {
         "query": {
             "bool": {
@@ -110,6 +117,30 @@ def next_run_at_ms(answer: Mapping[str, Any]) -> int | None:
     """The ``next_run_at`` aggregation of a ``due_tasks`` answer, in ms since the epoch (None: no later task)."""
     value = answer.get("aggregations", {}).get("later", {}).get("idle", {}).get("next_run_at", {}).get("value")
     return None if value is None else int(value)
+
+
+def _is_recurring() -> dict[str, Any]:
+    return {"exists": {"field": "task.schedule.interval"}}
+
+
+def exhausted_one_shots(
+    *, size: int, default_max_attempts: int, max_attempts_by_type: Mapping[str, int]
+) -> dict[str, Any]:
+    """Idle one-shot tasks at or over their maximum attempts: never claimable, so the retry loop fails them."""
+    return {
+        "query": {
+            "bool": {
+                "filter": [_is_task(), {"term": {"task.status": "idle"}}],
+                "must_not": [
+                    _is_recurring(),
+                    attempts_below_max(default_max_attempts, max_attempts_by_type),
+                    {"term": {"task.enabled": False}},
+                ],
+            }
+        },
+        "size": size,
+        "seq_no_primary_term": True,
+    }
 
 
 def expired_leases(now: datetime, *, size: int) -> dict[str, Any]:

@@ -268,6 +268,8 @@ def mget_sources(
 ) -> dict[str, dict[str, Any] | None]:
     """Real-time reads of several documents: id -> hit (with version), or None if it is gone.
 
+    An id whose read failed (an error item: shard unavailable) is left out: unknown, never "gone".
+
     ``fields``: only these source fields (e.g. ``task.status``), for reads that need a few.
     """
     if not ids:
@@ -277,5 +279,9 @@ def mget_sources(
         answer = store.client.mget(index=store.index, ids=list(ids), **options)
     result: dict[str, dict[str, Any] | None] = {}
     for doc in answer["docs"]:
+        if "error" in doc:
+            # A shard relocating or unavailable: the document's state is unknown, not "deleted".
+            log.warning("reading %r from %s: %s; left out of this cycle", doc.get("_id"), store.index, doc["error"])
+            continue
         result[str(doc["_id"])] = dict(doc) if doc.get("found") else None
     return result

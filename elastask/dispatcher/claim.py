@@ -328,7 +328,10 @@ def fresh_hits(
     current = mget_sources(rt.store, [str(hit["_id"]) for hit in candidates])
     fresh = []
     for hit in candidates:
-        now_hit = current.get(str(hit["_id"]))
+        if str(hit["_id"]) not in current:
+            summary.stale += 1  # its real-time read failed: not claimed this cycle
+            continue
+        now_hit = current[str(hit["_id"])]
         if now_hit is None:
             summary.missing += 1
         elif (now_hit.get("_seq_no"), now_hit.get("_primary_term")) != (hit.get("_seq_no"), hit.get("_primary_term")):
@@ -403,6 +406,9 @@ def reconcile_ledger(rt: Runtime, leases: Sequence[Lease], now: datetime) -> tup
     done: dict[str, list[str]] = defaultdict(list)
     held = set()
     for lease in leases:
+        if lease.task_id not in hits and lease.expires_ms > now_ms:
+            held.add(lease.task_id)  # the read failed: unknown, so the lease stands
+            continue
         hit = hits.get(lease.task_id)
         task = (hit or {}).get("_source", {}).get("task", {}) if hit else {}
         if lease.expires_ms > now_ms and not finished(hit, task, lease.owner_id):

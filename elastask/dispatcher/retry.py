@@ -62,6 +62,7 @@ def retry_expired_leases(rt: Runtime, now: datetime) -> RetrySummary:
         # The audit looks for documents no loop would pick up; once a minute is plenty.
         if rt.redis.set(keys.AUDIT_DUE, 1, nx=True, ex=AUDIT_EVERY_S):
             summary.unclaimable = audit_unclaimable(rt, now)
+            summary.outcomes["failed"] = summary.outcomes.get("failed", 0) + fail_exhausted_one_shots(rt, now)
     summary.duration_ms = (time.monotonic() - started) * 1000
     if summary.expired or summary.skipped or summary.unclaimable:
         log.info(
@@ -143,3 +144,32 @@ def audit_unclaimable(rt: Runtime, now: datetime) -> int:
         else:
             report_malformed(rt.redis, DocumentError(doc_id, "task.runAt", "idle task without runAt", None), now)
     return len(hits)
+
+
+def fail_exhausted_one_shots(rt: Runtime, now: datetime) -> int:
+    """Fail idle one-shot tasks at or over their maximum attempts (no claim would ever take them).
+
+    They appear when ``max_attempts`` was lowered, or Kibana left a task idle after its own last
+    attempt. Conditional writes; returns how many were failed.
+    """
+    settings = rt.settings
+    body = queries.exhausted_one_shots(
+        size=AUDIT_SIZE,
+        default_max_attempts=settings.max_attempts,
+        max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
+    )
+    docs = []
+    for hit in search_hits(rt.store, body, "searching one-shot tasks out of attempts"):
+        try:
+            docs.append(parse_hit(hit))
+        except DocumentError as e:
+            report_malformed(rt.redis, e, now)
+    results = bulk_update_tasks(rt.store, [(doc, {"status": "failed"}) for doc in docs])
+    failed = 0
+    for doc, result in zip(docs, results, strict=True):
+        if result.ok:
+            failed += 1
+            maximum = settings.for_type(doc.task_type).max_attempts
+            reason = f"idle one-shot task with {doc.attempts} attempts, at or over the maximum of {maximum}"
+            record_failure(rt.redis, doc.id, now, reason, owner_id=doc.owner_id, task_type=doc.task_type)
+    return failed

@@ -117,6 +117,33 @@ def test_a_hung_node_makes_leases_expire_one_shot_fails_after_max_recurring_does
     assert "failed for good" in dispatcher.logs()
 
 
+def test_idle_tasks_at_their_maximum_attempts_recurring_ones_still_run_one_shot_ones_fail_with_a_reason(
+    store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
+) -> None:
+    # Given: max_attempts lowered to 2 while tasks sat idle with 3 attempts (as Kibana's claimer ignores
+    # attempts for recurring tasks, so must elastask); when the dispatcher runs; then the recurring task
+    # runs and the one-shot one ends failed, its reason kept, instead of sitting idle for ever.
+    sim = simulator(nodes=1, run_ms="50")
+    at = now()
+    seed(
+        store.client,
+        [
+            new_task("worn-rec", "sample", now=at, interval="1h").with_changes(attempts=3),
+            new_task("worn-once", "sample", now=at).with_changes(attempts=3),
+        ],
+    )
+    dispatcher = dispatcher_factory(sim, env={"ELASTASK_MAX_ATTEMPTS": "2"})
+    dispatcher.worker()
+    dispatcher.beat()
+    wait_for(lambda: sim.stats()["totals"]["runs_finished"] >= 1, 30, "the recurring task to run")
+    wait_for(lambda: store.get("task:worn-once").status == "failed", 30, "the one-shot task to be failed")
+    wait_for(lambda: redis_client.hget(keys.FAILED_REASONS, "task:worn-once") is not None, 10, "the failure reason")
+    reason = json.loads(redis_client.hget(keys.FAILED_REASONS, "task:worn-once") or b"{}")
+    assert "at or over the maximum of 2" in reason["reason"]
+    assert sim.stats()["totals"]["runs_started"] == 1  # the recurring one ran, the one-shot one never did
+    assert store.get("task:worn-rec").status == "idle"  # Kibana's outcome: rescheduled an hour on
+
+
 def test_an_expired_task_is_retried_on_another_node(
     store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
 ) -> None:

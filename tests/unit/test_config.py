@@ -201,3 +201,20 @@ def test_secrets_can_come_from_files(tmp_path: Path) -> None:
     assert settings.elasticsearch.password == Secret("from-a-file")
     with pytest.raises(ConfigError, match=r"kibana\.api_key_file: cannot read"):
         load_settings(env={"ELASTASK_KIBANA_API_KEY_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("elasticsearch.host", "elasticsearch:\n  host: https://elastic:s3cret@es.example.com:9200\n"),
+        ("kibana.hosts", "kibana:\n  hosts: [https://elastic:s3cret@kb.example.com:5601]\n"),
+    ],
+)
+def test_credentials_inside_a_url_are_refused_naming_the_keys_to_use_and_never_echoed(
+    tmp_path: Path, key: str, text: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, text), env={})
+    message = str(raised.value)
+    assert key in message and ".username" in message and ".password" in message
+    assert "s3cret" not in message and "elastic:" not in message
