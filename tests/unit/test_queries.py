@@ -25,7 +25,9 @@ def test_due_tasks_asks_for_idle_due_enabled_tasks_in_kibanas_order() -> None:
     assert body["_source"] is False  # ids and versions only: the claim loop mgets what it may claim
     assert list(body["sort"][0]) == ["task.priority"] and body["sort"][0]["task.priority"]["order"] == "desc"
     assert body["sort"][1] == {"task.runAt": {"order": "asc"}}
-    attempts = filters[3]["bool"]["should"]
+    recurring, below_max = filters[3]["bool"]["should"]
+    assert recurring == {"exists": {"field": "task.schedule.interval"}}  # Kibana claims these whatever attempts
+    attempts = below_max["bool"]["should"]
     assert {"terms": {"task.taskType": ["x"]}} in attempts[0]["bool"]["filter"]  # x has its own maximum (5)
     assert attempts[1]["bool"]["must_not"] == [{"terms": {"task.taskType": ["x"]}}]  # y uses the default
 
