@@ -10,10 +10,11 @@ from typing import Any, cast
 import redis
 import requests
 
-from elastask import keys, queries
+from elastask import keys, policy, queries
 from elastask.advice import settings_advice
 from elastask.config import Settings
 from elastask.dispatcher.cadence import Cadence
+from elastask.dispatcher.claim import LEASE_GRACE
 from elastask.documents import TaskDocument, new_task
 from elastask.errors import ConflictError, ElastaskError, StoreError
 from elastask.intervals import format_date
@@ -183,12 +184,18 @@ def show(rt: Runtime, doc_id: str) -> dict[str, Any]:
     }
 
 
-def requeue(rt: Runtime, doc_id: str, now: datetime) -> TaskDocument:
-    """Send a failed (or stuck) task back to ``idle`` now with its attempts reset, conditionally."""
+def requeue(rt: Runtime, doc_id: str, now: datetime, *, force: bool = False) -> TaskDocument:
+    """Send a failed (or stuck) task back to ``idle`` now with its attempts reset, conditionally.
+
+    A running or claiming task is refused until its lease (plus grace) ran out, unless ``force``.
+    """
     doc_id = doc_id if doc_id.startswith("task:") else f"task:{doc_id}"
     doc = rt.store.get(doc_id)
     if doc.status not in ("failed", "running", "claiming", "idle"):
         raise ElastaskError(f"task {doc_id!r} is {doc.status!r}; only failed, running or claiming tasks are requeued")
+    refusal = policy.requeue_refusal(doc, now, LEASE_GRACE)
+    if refusal is not None and not force:
+        raise ElastaskError(refusal)
     fields = {"status": "idle", "attempts": 0, "runAt": format_date(now), "retryAt": None, "startedAt": None}
     try:
         updated = rt.store.update_task(doc, fields)

@@ -264,13 +264,14 @@ def tasks_show(obj: Context, task_id: str) -> None:
 
 @tasks.command("requeue")
 @click.argument("task_id")
+@click.option("--force", is_flag=True, help="requeue a running task before its lease ran out (it may run twice)")
 @click.pass_obj
-def tasks_requeue(obj: Context, task_id: str) -> None:
+def tasks_requeue(obj: Context, task_id: str, force: bool) -> None:
     """Send a failed or stuck task back to idle now, attempts reset (a conditional write)."""
     from elastask import admin
 
     try:
-        doc = admin.requeue(_runtime(obj), task_id, _now())
+        doc = admin.requeue(_runtime(obj), task_id, _now(), force=force)
     except ElastaskError as e:
         fail(e)
     click.echo(f"requeued {doc.id}: idle, attempts 0, due now")

@@ -198,3 +198,21 @@ def after_failed_attempt(
         {**cleared, "status": "idle", "runAt": format_date(now + timedelta(milliseconds=delay))},
         f"{why} (attempt {attempts} of {max_attempts}); retry in {delay} ms",
     )
+
+
+def requeue_refusal(task: TaskDocument, now: datetime, grace: timedelta) -> str | None:
+    """Why a running or claiming task must not be requeued yet (None: it may be).
+
+    Requeueing writes ``idle`` with ``attempts: 0``, which is also Kibana's outcome of a recurring
+    run: the ledger would free the slot and the claim loop push it again while Kibana may still run it.
+    """
+    if task.status not in ("running", "claiming") or task.retry_at is None:
+        return None
+    until = task.retry_at + grace
+    if now >= until:
+        return None
+    return (
+        f"task {task.id!r} is {task.status} on {task.owner_id or 'a Kibana node'} and its lease lasts until "
+        f"{format_date(until)}: requeueing it now would start a second run while Kibana may still run this one. "
+        "Wait until then (the retry loop takes it back by itself), or pass --force to accept two runs at once"
+    )

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,12 @@ def test_schedule_status_failed_show_and_requeue(
     assert data["tasks_by_status"] == {"idle": 1} and data["due_now"] == 1
     assert {n["owner_id"] for n in data["nodes"]} == {n["owner_id"] for n in sim.nodes}
     assert all(n["in_rotation"] and n["capacity_units"] == 20 for n in data["nodes"])
+    lease = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    doc = store.update_task(doc, {"status": "running", "ownerId": "kibana:x", "retryAt": lease}, refresh=True)
+    refused = elastask(env, "tasks", "requeue", "cli-1")  # Kibana may still run it: no second run
+    assert refused.returncode != 0 and "--force" in refused.stderr and "kibana:x" in refused.stderr
+    assert store.get("task:cli-1").status == "running"
+    doc = store.get("task:cli-1")
     store.update_task(doc, {"status": "failed", "attempts": 3}, refresh=True)
     failed = elastask(env, "tasks", "failed", "--json")
     assert [row["id"] for row in json.loads(failed.stdout)] == ["task:cli-1"]

@@ -122,3 +122,19 @@ def test_a_slot_is_free_only_when_kibana_is_done_with_the_task() -> None:
     assert not finished(hit, {"status": "idle", "attempts": 1, "ownerId": "kibana:a"}, "kibana:a")
     assert not finished(hit, {"status": "running", "attempts": 1, "ownerId": "kibana:a"}, "kibana:a")
     assert not finished(hit, {"status": "failed", "attempts": 3, "ownerId": "kibana:a"}, "kibana:a")
+
+
+def test_a_running_task_is_not_requeued_before_its_lease_and_grace_ran_out() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from elastask.documents import new_task
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    grace = timedelta(seconds=2)
+    running = new_task("r", "sample", now=now).with_changes(
+        status="running", owner_id="kibana:a", retry_at=now + timedelta(minutes=5)
+    )
+    refusal = policy.requeue_refusal(running, now, grace)
+    assert refusal is not None and "kibana:a" in refusal and "--force" in refusal
+    assert policy.requeue_refusal(running, now + timedelta(minutes=5, seconds=2), grace) is None
+    assert policy.requeue_refusal(running.with_changes(status="failed"), now, grace) is None
