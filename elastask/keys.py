@@ -36,6 +36,11 @@ def inflight_costs(owner_id: str) -> str:
     return f"{PREFIX}inflight-cost:{owner_id}"
 
 
+def inflight_pending(owner_id: str) -> str:
+    """Hash of task id -> when its slot was reserved (ms), while the claim may not be written yet."""
+    return f"{PREFIX}inflight-pending:{owner_id}"
+
+
 def health(owner_id: str) -> str:
     """Hash of a node's circuit breaker: failures, open_until_ms, backoff_ms."""
     return f"{PREFIX}health:{owner_id}"

@@ -18,19 +18,25 @@ import redis
 from elastask import keys
 from elastask.errors import LedgerError
 
-# Prune expired leases of one node; KEYS: zset, costs; ARGV: now_ms.
+# Prune expired leases of one node; KEYS: zset, costs, pending; ARGV: now_ms.
 _PRUNE = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, id in ipairs(expired) do redis.call('HDEL', KEYS[2], id) end
+for _, id in ipairs(expired) do
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 """
 
-# Used units of several nodes; KEYS: zset1, costs1, zset2, costs2, ...; ARGV: now_ms.
+# Used units of several nodes; KEYS: zset1, costs1, pending1, zset2, costs2, pending2, ...; ARGV: now_ms.
 _USAGE = """
 local result = {}
-for k = 1, #KEYS, 2 do
+for k = 1, #KEYS, 3 do
   local expired = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', ARGV[1])
-  for _, id in ipairs(expired) do redis.call('HDEL', KEYS[k + 1], id) end
+  for _, id in ipairs(expired) do
+    redis.call('HDEL', KEYS[k + 1], id)
+    redis.call('HDEL', KEYS[k + 2], id)
+  end
   redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', ARGV[1])
   local used = 0
   for _, c in ipairs(redis.call('HVALS', KEYS[k + 1])) do used = used + tonumber(c) end
@@ -39,8 +45,9 @@ end
 return result
 """
 
-# Reserve as many of the candidates as fit; KEYS: zset, costs;
-# ARGV: now_ms, capacity, force (1 = rebuild: no capacity check), then (id, cost, expiry_ms) triples.
+# Reserve as many of the candidates as fit; KEYS: zset, costs, pending;
+# ARGV: now_ms, capacity, force (1 = rebuild: no capacity check, the claims are already written),
+# then (id, cost, expiry_ms) triples. A reservation is pending (since now_ms) until confirmed.
 _RESERVE = (
     _PRUNE
     + """
@@ -54,6 +61,7 @@ for i = 4, #ARGV, 3 do
   if not redis.call('ZSCORE', KEYS[1], id) and (force or used + cost <= capacity) then
     redis.call('ZADD', KEYS[1], expiry, id)
     redis.call('HSET', KEYS[2], id, cost)
+    if not force then redis.call('HSET', KEYS[3], id, ARGV[1]) end
     used = used + cost
     table.insert(reserved, id)
   end
@@ -62,12 +70,13 @@ return reserved
 """
 )
 
-# Release ids; KEYS: zset, costs; ARGV: ids.
+# Release ids; KEYS: zset, costs, pending; ARGV: ids.
 _RELEASE = """
 local n = 0
 for _, id in ipairs(ARGV) do
   n = n + redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
 end
 return n
 """
@@ -77,6 +86,15 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _keys(owner_id: str) -> list[str]:
+    """The keys every script of one node takes: leases, their costs, their pending marks."""
+    return [keys.inflight(owner_id), keys.inflight_costs(owner_id), keys.inflight_pending(owner_id)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 @dataclass(frozen=True)
 class Lease:
     """A slot held for one task on one node until ``expires_ms``."""
@@ -84,6 +102,8 @@ class Lease:
     task_id: str
     owner_id: str
     expires_ms: int
+    #: Set while the claim that reserved the slot may not be written yet (ms since epoch it was reserved).
+    pending_since_ms: int | None = None
 
 
 class Ledger:
@@ -110,7 +130,7 @@ class Ledger:
         """Units in use per node, after dropping expired leases."""
         if not owner_ids:
             return {}
-        key_list = [k for owner in owner_ids for k in (keys.inflight(owner), keys.inflight_costs(owner))]
+        key_list = [k for owner in owner_ids for k in _keys(owner)]
         try:
             used = self._usage(keys=key_list, args=[_ms(now)])
         except redis.RedisError as e:
@@ -133,7 +153,7 @@ class Ledger:
         if len(args) == 3:
             return set()
         try:
-            taken = self._reserve(keys=[keys.inflight(owner_id), keys.inflight_costs(owner_id)], args=args)
+            taken = self._reserve(keys=_keys(owner_id), args=args)
         except redis.RedisError as e:
             raise LedgerError(f"Redis: {e}") from e
         return {t.decode() if isinstance(t, bytes) else str(t) for t in taken}
@@ -144,7 +164,7 @@ class Ledger:
         if not ids:
             return 0
         try:
-            return int(self._release(keys=[keys.inflight(owner_id), keys.inflight_costs(owner_id)], args=ids))
+            return int(self._release(keys=_keys(owner_id), args=ids))
         except redis.RedisError as e:
             raise LedgerError(f"Redis: {e}") from e
 
@@ -153,16 +173,28 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         for owner in owner_ids:
             pipe.zrange(keys.inflight(owner), 0, -1, withscores=True)
+            pipe.hgetall(keys.inflight_pending(owner))
         try:
             answers = pipe.execute()
         except redis.RedisError as e:
             raise LedgerError(f"Redis: {e}") from e
         result = []
-        for owner, members in zip(owner_ids, answers, strict=True):
+        for owner, members, pending in zip(owner_ids, answers[::2], answers[1::2], strict=True):
+            since = {_text(k): int(v) for k, v in pending.items()}
             for member, score in members:
-                task_id = member.decode() if isinstance(member, bytes) else str(member)
-                result.append(Lease(task_id, owner, int(score)))
+                task_id = _text(member)
+                result.append(Lease(task_id, owner, int(score), since.get(task_id)))
         return result
+
+    def confirm(self, owner_id: str, task_ids: Iterable[str]) -> None:
+        """The claims of these reservations are written: reconcile may now judge them by the engine."""
+        ids = list(task_ids)
+        if not ids:
+            return
+        try:
+            self.client.hdel(keys.inflight_pending(owner_id), *ids)
+        except redis.RedisError as e:
+            raise LedgerError(f"Redis: {e}") from e
 
     def extend(self, owner_id: str, expiries: Mapping[str, datetime]) -> None:
         """Move held leases' expiries (after they were renewed in the engine); ids not held are left out."""

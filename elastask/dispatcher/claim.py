@@ -142,11 +142,10 @@ def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[Dispatc
     cadence = Cadence(rt.redis)
     if cadence.resting():
         return ClaimSummary(ran=False, resting=True)
-    lock_ttl_ms = max(30_000, 10 * rt.settings.polling_interval_ms)
-    with exclusive(rt.redis, keys.CLAIM_LOCK, lock_ttl_ms) as taken:
-        if not taken:
+    with exclusive(rt.redis, keys.CLAIM_LOCK, claim_lock_ttl_ms(rt.settings)) as lock:
+        if not lock.taken:
             return ClaimSummary(ran=False)
-        summary = _claim_cycle(rt, now, enqueue)
+        summary = _claim_cycle(rt, now, enqueue, lock.held)
         if _quiet(summary):
             cadence.rest(now, _rest_until(rt.settings, summary, now))
     summary.duration_ms = (time.monotonic() - started) * 1000
@@ -189,7 +188,23 @@ def _lookahead_ms(settings: Settings) -> int:
     return min(settings.polling_interval_ms, MAX_LOOKAHEAD_MS)
 
 
-def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], None]) -> ClaimSummary:
+def claim_lock_ttl_ms(settings: Settings) -> int:
+    """How long the claim lock lives without renewal: also how long a reservation may stay unwritten."""
+    return max(30_000, 10 * settings.polling_interval_ms)
+
+
+def pending_max_ms(settings: Settings) -> int:
+    """How long a reservation may stay unwritten before reconcile judges it by the engine.
+
+    A cycle that lost its lock (a pause longer than its TTL) may still have its claim ``_bulk`` in
+    flight for up to the engine request timeout; a few seconds more for clocks and queues.
+    """
+    return claim_lock_ttl_ms(settings) + int(settings.elasticsearch.request_timeout_s * 1000) + 5000
+
+
+def _claim_cycle(
+    rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], None], fence: Callable[[], bool] = lambda: True
+) -> ClaimSummary:
     summary = ClaimSummary()
     nodes, problems = rt.nodes.resolve()
     for problem in problems:
@@ -242,7 +257,7 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], 
     # second (for status and load).
     short_of_room = sum(max(0, units) for units in free.values()) < len(hits) * max(costs)
     if short_of_room or rt.redis.set(keys.RECONCILED, 1, nx=True, px=RECONCILE_EVERY_MS):
-        held, summary.released = reconcile_ledger(rt, leases, now)
+        held, summary.released = reconcile_ledger(rt, leases, now, pending_max_ms(settings))
         if summary.released:
             free = free_units()
     else:
@@ -272,6 +287,15 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], 
     reserved = _reserve(rt, assignments, {n.owner_id: n for n in available}, now)
     summary.step("reserve")
     to_claim = [a for a in assignments if a.task.id in reserved[a.owner_id]]
+    if to_claim and not fence():
+        # The lock ran out under us (a pause longer than its TTL) and another cycle may be claiming
+        # from the same room: write nothing, give the reservations back.
+        log.warning("claim lock lost during the cycle; abandoning %d claim(s) before writing them", len(to_claim))
+        abandoned: dict[str, list[str]] = defaultdict(list)
+        for a in to_claim:
+            abandoned[a.owner_id].append(a.task.id)
+        rt.ledger.release_many(abandoned)
+        return summary
     fields = [
         policy.claim_fields(a.task, a.owner_id, now, settings.for_type(a.task.task_type).timeout_ms) for a in to_claim
     ]
@@ -300,6 +324,11 @@ def _claim_cycle(rt: Runtime, now: datetime, enqueue: Callable[[DispatchBatch], 
         else:
             log.error("claiming %r failed: %s %s", result.doc_id, result.status, result.error)
     rt.ledger.release_many(give_back)
+    written: dict[str, list[str]] = defaultdict(list)
+    for (owner_id, _push_at), claimed_jobs in jobs.items():
+        written[owner_id] += [j.doc_id for j in claimed_jobs]
+    for owner_id, ids in written.items():
+        rt.ledger.confirm(owner_id, ids)
     summary.step("bookkeeping")
     for (owner_id, push_at), claimed in jobs.items():
         not_before = format_date(push_at) if push_at is not None else None
@@ -393,18 +422,29 @@ def _job(doc: TaskDocument, node: Node, slack_ms: int) -> DispatchJob:
     )
 
 
-def reconcile_ledger(rt: Runtime, leases: Sequence[Lease], now: datetime) -> tuple[set[str], int]:
+def reconcile_ledger(
+    rt: Runtime, leases: Sequence[Lease], now: datetime, pending_max_ms: int = 30_000
+) -> tuple[set[str], int]:
     """Free the slots of tasks Kibana finished (deleted, back to idle, or owned by someone else).
 
     Uses ``mget`` because it is real-time: a search could still show a task we claimed a moment ago
-    as idle and free a slot that is in use. Returns the ids still held and how many were freed.
+    as idle and free a slot that is in use. A reservation whose claim may not be written yet (another
+    cycle still running, for up to ``pending_max_ms``) looks idle in the engine and is never judged
+    by it. Returns the ids still held and how many were freed.
     """
     if not leases:
         return set(), 0
     now_ms = int(now.timestamp() * 1000)
+    held = {
+        lease.task_id
+        for lease in leases
+        if lease.pending_since_ms is not None and now_ms - lease.pending_since_ms < pending_max_ms
+    }
+    leases = [lease for lease in leases if lease.task_id not in held]
+    if not leases:
+        return held, 0
     hits = mget_sources(rt.store, sorted({lease.task_id for lease in leases}), fields=FINISHED_FIELDS)
     done: dict[str, list[str]] = defaultdict(list)
-    held = set()
     for lease in leases:
         if lease.task_id not in hits and lease.expires_ms > now_ms:
             held.add(lease.task_id)  # the read failed: unknown, so the lease stands

@@ -1,12 +1,21 @@
-"""A Redis lock so a loop runs once at a time across every beat and worker on any machine."""
+"""A Redis lock so a loop runs once at a time across every beat and worker on any machine.
+
+The lock is renewed while its holder runs (a cycle slowed by the engine must not lose it half way)
+and can be asked whether it is still held just before a write that only its holder may make
+(fencing): a holder that lost it (a pause longer than the TTL) abandons its writes.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
+
+log = logging.getLogger(__name__)
 
 # Delete the lock only if we still hold it: a lock that expired and was taken by another
 # process must not be released by us.
@@ -14,15 +23,70 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Extend the lock only if we still hold it; 0 means it was lost.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class Lock:
+    """One holding of the lock: ``taken`` if it was acquired, ``held()`` while it still is."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl_ms: int) -> None:
+        self.client = client
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.token = uuid.uuid4().hex
+        self.taken = False
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        self.taken = bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        if self.taken:
+            self._renewer = threading.Thread(target=self._renew_until_stopped, name=f"renew {self.key}", daemon=True)
+            self._renewer.start()
+        return self.taken
+
+    def held(self) -> bool:
+        """True if this holder still has the lock (a Redis read): check it before a fenced write."""
+        if not self.taken or self.lost.is_set():
+            return False
+        try:
+            current = self.client.get(self.key)
+        except redis.RedisError:
+            return False
+        return current is not None and (current.decode() if isinstance(current, bytes) else str(current)) == self.token
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+        if self.taken:
+            self.client.eval(_RELEASE, 1, self.key, self.token)
+
+    def _renew_until_stopped(self) -> None:
+        # Renew at a third of the TTL: two renewals may fail (a Redis blip) before the lock runs out.
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                renewed = self.client.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))
+            except redis.RedisError as e:
+                log.warning("could not renew lock %s (will retry): %s", self.key, e)
+                continue
+            if not renewed:
+                log.warning("lock %s was lost while held (a pause longer than %d ms?)", self.key, self.ttl_ms)
+                self.lost.set()
+                return
 
 
 @contextmanager
-def exclusive(client: redis.Redis, key: str, ttl_ms: int) -> Iterator[bool]:
-    """Yield True if the lock was taken (and release it after), False if another process holds it."""
-    token = uuid.uuid4().hex
-    taken = bool(client.set(key, token, nx=True, px=ttl_ms))
+def exclusive(client: redis.Redis, key: str, ttl_ms: int) -> Iterator[Lock]:
+    """Yield the lock (``taken`` True if acquired, then renewed until the block ends, and released)."""
+    lock = Lock(client, key, ttl_ms)
+    lock.acquire()
     try:
-        yield taken
+        yield lock
     finally:
-        if taken:
-            client.eval(_RELEASE, 1, key, token)
+        lock.release()

@@ -55,8 +55,8 @@ class RetrySummary:
 def retry_expired_leases(rt: Runtime, now: datetime) -> RetrySummary:
     """One retry cycle; a cycle already running elsewhere makes this a no-op."""
     started = time.monotonic()
-    with exclusive(rt.redis, keys.RETRY_LOCK, max(30_000, 10 * rt.settings.retry_interval_ms)) as taken:
-        if not taken:
+    with exclusive(rt.redis, keys.RETRY_LOCK, max(30_000, 10 * rt.settings.retry_interval_ms)) as lock:
+        if not lock.taken:
             return RetrySummary(ran=False)
         summary = _retry_cycle(rt, now)
         # The audit looks for documents no loop would pick up; once a minute is plenty.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
@@ -39,6 +40,23 @@ class StubEngine:
         self.seq_no = 0
         self.mget_errors: set[str] = set()  # ids whose mget item is an error (shard unavailable)
         self.writes: list[dict[str, Any]] = []
+        self.before_bulk: Callable[[], None] | None = None  # runs once, before the next bulk applies
+
+    def search(self, *, index: str, body: Mapping[str, Any]) -> Answer:
+        """Only the due-task search: idle documents with runAt, minus excluded ids, oldest runAt first."""
+        excluded: set[str] = set()
+        for clause in body["query"]["bool"].get("must_not", []):
+            excluded |= set(clause.get("ids", {}).get("values", []))
+        idle = [
+            (doc["_source"]["task"].get("runAt", ""), doc_id)
+            for doc_id, doc in self.docs.items()
+            if doc["_source"]["task"].get("status") == "idle" and doc_id not in excluded
+        ]
+        hits = [
+            {"_id": doc_id, "_seq_no": self.docs[doc_id]["_seq_no"], "_primary_term": 1}
+            for _run_at, doc_id in sorted(idle)[: body["size"]]
+        ]
+        return Answer(hits={"hits": hits})
 
     def put(self, doc_id: str, source: dict[str, Any]) -> int:
         self.seq_no += 1
@@ -46,6 +64,9 @@ class StubEngine:
         return self.seq_no
 
     def bulk(self, *, index: str, operations: Sequence[Mapping[str, Any]], refresh: Any = None) -> Answer:
+        hook, self.before_bulk = self.before_bulk, None
+        if hook is not None:
+            hook()
         items = []
         for action, body in zip(operations[::2], operations[1::2], strict=True):
             meta = action["update"]
@@ -102,6 +123,7 @@ def stub_runtime(
     base = replace(Settings(), kibana=KibanaSettings(hosts=(node,)), **settings)
     client = fakeredis.FakeRedis()
     kibana = ScriptedKibana(base.kibana, answer)
+    Ledger(client).mark_built(datetime.now(UTC))  # as after the first cycle: no rebuild first
     return Runtime(
         settings=base,
         store=TaskStore(engine, INDEX),  # type: ignore[arg-type]

@@ -6,10 +6,17 @@ from datetime import UTC, datetime, timedelta
 
 from elastask.dispatcher.claim import reconcile_ledger
 from elastask.intervals import format_date
+from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 OWNER = "kibana:a"
+
+
+def claimed(rt: Runtime, doc_id: str) -> None:
+    """A slot reserved and its claim written (confirmed), as a finished claim cycle leaves it."""
+    rt.ledger.reserve(OWNER, 20, [(doc_id, 2, NOW + timedelta(minutes=5))], NOW)
+    rt.ledger.confirm(OWNER, [doc_id])
 
 
 def running(engine: StubEngine, doc_id: str) -> None:
@@ -20,7 +27,7 @@ def test_given_an_mget_error_item_for_a_leased_task_then_its_slot_is_kept_not_fr
     engine = StubEngine()
     rt = stub_runtime(engine)
     for doc_id in ("task:on-a-relocating-shard", "task:done"):
-        rt.ledger.reserve(OWNER, 20, [(doc_id, 2, NOW + timedelta(minutes=5))], NOW)
+        claimed(rt, doc_id)
     running(engine, "task:on-a-relocating-shard")
     engine.mget_errors.add("task:on-a-relocating-shard")  # the shard is unavailable: unknown, not deleted
     # task:done is gone from the engine: Kibana deleted the finished one-shot task.
@@ -33,10 +40,24 @@ def test_given_an_mget_error_item_for_a_leased_task_then_its_slot_is_kept_not_fr
 def test_given_a_recurring_task_kibana_rescheduled_then_its_slot_is_freed() -> None:
     engine = StubEngine()
     rt = stub_runtime(engine)
-    rt.ledger.reserve(OWNER, 20, [("task:rec", 2, NOW + timedelta(minutes=5))], NOW)
+    claimed(rt, "task:rec")
     engine.put(
         "task:rec",
         {"type": "task", "task": {"status": "idle", "ownerId": OWNER, "attempts": 0, "runAt": format_date(NOW)}},
     )
     held, released = reconcile_ledger(rt, rt.ledger.leases([OWNER]), NOW)
+    assert held == set() and released == 1
+
+
+def test_given_a_reservation_whose_claim_is_not_written_yet_then_reconcile_keeps_it_though_it_looks_idle() -> None:
+    # Another claim cycle reserved the slot and is still writing its claim: the engine shows the
+    # task idle with attempts 0, which is also what a finished recurring run looks like.
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    rt.ledger.reserve(OWNER, 20, [("task:being-claimed", 2, NOW + timedelta(minutes=5))], NOW)
+    engine.put("task:being-claimed", {"type": "task", "task": {"status": "idle", "attempts": 0}})
+    held, released = reconcile_ledger(rt, rt.ledger.leases([OWNER]), NOW + timedelta(seconds=1), 65_000)
+    assert held == {"task:being-claimed"} and released == 0
+    # A cycle that died before writing: after the lock's TTL and the engine timeout the engine decides again.
+    held, released = reconcile_ledger(rt, rt.ledger.leases([OWNER]), NOW + timedelta(seconds=66), 65_000)
     assert held == set() and released == 1

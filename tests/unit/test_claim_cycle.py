@@ -1,0 +1,87 @@
+"""The claim cycle's rules on a stub engine and fakeredis: interleavings no timing could reproduce reliably.
+
+The same invariants are proven on real processes (several workers and beats racing) in tests/integration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from elastask import keys
+from elastask.dispatcher.claim import DispatchBatch, claim_available_tasks
+from elastask.documents import new_task
+from elastask.runtime import Runtime
+from tests.unit.stubs import StubEngine, stub_runtime
+
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+
+
+def seeded(engine: StubEngine, count: int) -> None:
+    for i in range(count):
+        doc = new_task(f"t{i}", "sample", now=NOW - timedelta(seconds=10 - i))
+        engine.put(doc.id, doc.to_source())
+
+
+def running_on_node(engine: StubEngine) -> list[str]:
+    return sorted(d for d, doc in engine.docs.items() if doc["_source"]["task"]["status"] == "running")
+
+
+def test_given_a_cycle_that_outlived_its_lock_when_the_next_cycle_runs_then_the_cap_still_holds() -> None:
+    # Given a node with room for one task, and three due. Cycle A reserves a slot, then its process
+    # stalls in its claim write past the lock's TTL (a pause stops the renewal too); cycle B takes the
+    # lock and reconciles while A's write is still in flight.
+    engine = StubEngine()
+    seeded(engine, 3)
+    rt: Runtime = stub_runtime(engine, kibana_capacity=1)
+    sent: list[DispatchBatch] = []
+
+    def cycle_b_runs_while_a_is_stalled() -> None:
+        rt.redis.delete(keys.CLAIM_LOCK)  # A's lock ran out
+        second = claim_available_tasks(rt, NOW + timedelta(seconds=31), sent.append)
+        assert second.ran and second.claimed == 0, second  # A's reservation is not B's to free
+
+    engine.before_bulk = cycle_b_runs_while_a_is_stalled
+    claim_available_tasks(rt, NOW, sent.append)
+    # Then: one task running on the node, never two; and only one dispatch job.
+    assert len(running_on_node(engine)) == 1
+    assert sum(len(batch.jobs) for batch in sent) == 1
+
+
+def test_given_a_cycle_that_lost_its_lock_before_writing_then_it_abandons_its_claims() -> None:
+    engine = StubEngine()
+    seeded(engine, 2)
+    rt = stub_runtime(engine)
+    sent: list[DispatchBatch] = []
+    real_reserve = rt.ledger.reserve
+
+    def reserve_then_lose_the_lock(*args: object, **kwargs: object) -> set[str]:
+        taken = real_reserve(*args, **kwargs)  # type: ignore[arg-type]
+        rt.redis.set(keys.CLAIM_LOCK, "another holder")
+        return taken
+
+    rt.ledger.reserve = reserve_then_lose_the_lock  # type: ignore[method-assign]
+    summary = claim_available_tasks(rt, NOW, sent.append)
+    assert summary.claimed == 0 and sent == [] and running_on_node(engine) == []
+    assert rt.ledger.leases(["kibana:a"]) == []  # the reservations were given back
+
+
+def test_given_due_tasks_then_a_cycle_claims_them_and_its_reservations_are_confirmed() -> None:
+    engine = StubEngine()
+    seeded(engine, 3)
+    rt = stub_runtime(engine)
+    sent: list[DispatchBatch] = []
+    summary = claim_available_tasks(rt, NOW, sent.append)
+    assert summary.claimed == 3 and running_on_node(engine) == ["task:t0", "task:t1", "task:t2"]
+    assert all(lease.pending_since_ms is None for lease in rt.ledger.leases(["kibana:a"]))
+
+
+def test_a_quiet_cycle_rests_and_the_next_beat_tick_costs_no_engine_call() -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    rt = replace(rt, settings=replace(rt.settings, idle_polling_interval_ms=3000))
+    first = claim_available_tasks(rt, NOW, lambda _b: None)
+    assert first.ran and first.found == 0
+    engine.search = None  # type: ignore[assignment,method-assign]  # any engine call now would fail
+    second = claim_available_tasks(rt, NOW + timedelta(milliseconds=500), lambda _b: None)
+    assert not second.ran and second.resting
