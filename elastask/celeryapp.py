@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import ssl
 import sys
 from datetime import timedelta
 from functools import cache
@@ -49,11 +50,22 @@ def create_app(settings: Settings) -> Celery:
         task_routes={"elastask.claim": {"queue": keys.CLAIM_QUEUE}, "elastask.retry": {"queue": keys.RETRY_QUEUE}},
         beat_schedule=beat_schedule(settings),
     )
+    if settings.redis_url.reveal().startswith("rediss://"):
+        # Without broker_use_ssl, kombu connects to rediss:// without checking the certificate.
+        app.conf.broker_use_ssl = broker_ssl(settings)
     app.conf.update(site_overrides())
     app.conf.elastask_settings = settings
     app.conf.elastask_pinned = False
     app.steps["consumer"].add(NodeQueues)
     return app
+
+
+def broker_ssl(settings: Settings) -> dict[str, Any]:
+    """kombu's TLS options for a ``rediss://`` broker: the certificate is verified, against redis.ca_certs."""
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_ca_certs:
+        options["ssl_ca_certs"] = settings.redis_ca_certs
+    return options
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
@@ -135,7 +147,9 @@ def node_queue_names(settings: Settings) -> list[str]:
     from elastask.kibana import KibanaClient
     from elastask.nodes import NodeRegistry
 
-    client = redis.Redis.from_url(settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=5)
+    client = redis.Redis.from_url(
+        settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=5, **settings.redis_tls()
+    )
     kibana = KibanaClient(settings.kibana)
     try:
         return NodeRegistry(settings, client, kibana).queue_names()

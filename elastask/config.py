@@ -104,6 +104,8 @@ class Settings:
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     index: str = ".kibana_task_manager"
     redis_url: Secret = Secret("redis://localhost:6379/0")  # noqa: RUF009 - immutable
+    #: The CA that signed Redis's certificate (rediss://); None: the system's CAs. Always verified.
+    redis_ca_certs: str | None = None
     polling_interval_ms: int = 500
     idle_polling_interval_ms: int = 3000
     retry_interval_ms: int = 5000
@@ -126,6 +128,15 @@ class Settings:
             return found
         return TaskTypeSettings(self.task_timeout_ms, self.max_attempts, COSTS["normal"])
 
+    def redis_tls(self) -> dict[str, Any]:
+        """redis-py's TLS options for ``rediss://``: the certificate is always verified (against ca_certs)."""
+        if not self.redis_url.reveal().startswith("rediss://"):
+            return {}
+        options: dict[str, Any] = {"ssl_cert_reqs": "required"}
+        if self.redis_ca_certs:
+            options["ssl_ca_certs"] = self.redis_ca_certs
+        return options
+
     def capacity_units(self, node: KibanaNode) -> int:
         """A node's capacity in Kibana cost units (a normal task costs 2)."""
         return (node.capacity if node.capacity is not None else self.kibana_capacity) * COSTS["normal"]
@@ -145,6 +156,7 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "elasticsearch.request_timeout_s": ("posfloat", 30.0),
     "index": ("str", ".kibana_task_manager"),
     "redis.url": ("redis_url", "redis://localhost:6379/0"),
+    "redis.ca_certs": ("str?", None),
     "polling_interval": ("posint", 500),
     "idle_polling_interval": ("posint", 3000),
     "retry_interval": ("posint", 5000),
@@ -504,6 +516,7 @@ def _build(values: dict[str, Any], source: str) -> Settings:
         ),
         index=values["index"],
         redis_url=values["redis.url"],
+        redis_ca_certs=values["redis.ca_certs"],
         polling_interval_ms=values["polling_interval"],
         idle_polling_interval_ms=values["idle_polling_interval"],
         retry_interval_ms=values["retry_interval"],

@@ -46,7 +46,9 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     """Clients for one process; call it after a fork, never at import time."""
-    client = redis.Redis.from_url(settings.redis_url.reveal(), socket_timeout=10, socket_connect_timeout=5)
+    client = redis.Redis.from_url(
+        settings.redis_url.reveal(), socket_timeout=10, socket_connect_timeout=5, **settings.redis_tls()
+    )
     kibana = KibanaClient(settings.kibana)
     return Runtime(
         settings=settings,

@@ -218,3 +218,17 @@ def test_credentials_inside_a_url_are_refused_naming_the_keys_to_use_and_never_e
     message = str(raised.value)
     assert key in message and ".username" in message and ".password" in message
     assert "s3cret" not in message and "elastic:" not in message
+
+
+def test_a_rediss_broker_and_ledger_verify_the_certificate_against_the_configured_ca(tmp_path: Path) -> None:
+    import ssl
+
+    from elastask.celeryapp import create_app
+
+    text = "redis:\n  url: rediss://:pw@redis.example.com:6380/0\n  ca_certs: /etc/elastask/redis-ca.pem\n"
+    settings = load_settings(write(tmp_path, text), env={})
+    app = create_app(settings)
+    assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/etc/elastask/redis-ca.pem"}
+    assert settings.redis_tls() == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/etc/elastask/redis-ca.pem"}
+    plain = load_settings(write(tmp_path, "redis:\n  url: redis://localhost:6379/0\n"), env={})
+    assert plain.redis_tls() == {} and not create_app(plain).conf.broker_use_ssl
