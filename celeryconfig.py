@@ -7,7 +7,7 @@ elastask/celery_settings.py. Broker URL, queues and the beat schedule come from 
 Override any other Celery setting below.
 """
 
-from elastask.celery_settings import *  # noqa: F403
+from elastask.entry.celery_defaults import *  # noqa: F403
 
 # Example: a longer visibility timeout for very slow Kibana nodes.
 # broker_transport_options = {"visibility_timeout": 7200}

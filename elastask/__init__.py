@@ -14,7 +14,7 @@ __version__ = "0.2.0"
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from elastask.celeryapp import get_app
+        from elastask.entry.celeryapp import get_app
 
         return get_app()
     raise AttributeError(f"module 'elastask' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m elastask``: the elastask command."""
 
-from elastask.cli import main
+from elastask.entry.cli import main
 
 main()

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from elastask.core.intervals import parse_interval_ms
 from elastask.errors import ConfigError
-from elastask.intervals import parse_interval_ms
 
 DEFAULT_PATH = "elastask.yaml"
 ENV_PREFIX = "ELASTASK_"

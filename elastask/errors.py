@@ -56,9 +56,3 @@ class TaskIndexError(StoreError):
 
 class LedgerError(ElastaskError):
     """Redis, which holds the in-flight ledger, failed or could not be reached: retryable."""
-
-
-class TestbedError(ElastaskError):
-    """A part of the test bed (engine, proxy, Redis, simulator) could not be started."""
-
-    __test__ = False  # not a pytest test class

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import redis
 
 from elastask.config import Settings
-from elastask.kibana import KibanaClient
-from elastask.ledger import Ledger
-from elastask.nodes import NodeRegistry
-from elastask.store import TaskStore, build_client
+from elastask.parts.kibana import KibanaClient
+from elastask.parts.ledger import Ledger
+from elastask.parts.nodes import NodeRegistry
+from elastask.parts.store import TaskStore, build_client
 
 #: Pushes in flight at once per worker process (the HTTP pool to Kibana holds 32 connections).
 PUSH_PARALLELISM = 16

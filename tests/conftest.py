@@ -13,9 +13,9 @@ import redis
 from elasticsearch import Elasticsearch
 
 from elastask.config import ElasticsearchSettings
-from elastask.store import TaskStore, build_client
-from elastask.testbed import Testbed
-from elastask.testbed.bed import INDEX, SimulatorProcess
+from elastask.parts.store import TaskStore, build_client
+from elastask_bed.testbed import Testbed
+from elastask_bed.testbed.bed import INDEX, SimulatorProcess
 from tests.integration.harness import FAST_ENV, Dispatcher
 
 

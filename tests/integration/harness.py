@@ -9,9 +9,9 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from elastask.documents import TaskDocument, new_task
-from elastask.testbed.bed import INDEX
-from elastask.testbed.fleet import CeleryFleet
+from elastask.core.documents import TaskDocument, new_task
+from elastask_bed.testbed.bed import INDEX
+from elastask_bed.testbed.fleet import CeleryFleet
 
 #: The workers and beats of a test are an ordinary fleet...
 Dispatcher = CeleryFleet

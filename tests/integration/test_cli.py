@@ -14,10 +14,10 @@ import pytest
 import redis
 import yaml
 
-from elastask.store import TaskStore
-from elastask.testbed import Testbed
-from elastask.testbed.bed import SimulatorProcess
-from elastask.testbed.process import free_port
+from elastask.parts.store import TaskStore
+from elastask_bed.testbed import Testbed
+from elastask_bed.testbed.bed import SimulatorProcess
+from elastask_bed.testbed.process import free_port
 
 pytestmark = pytest.mark.integration
 

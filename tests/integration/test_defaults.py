@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from elastask.documents import new_task
-from elastask.store import TaskStore
-from elastask.testbed import Testbed
-from elastask.testbed.bed import SimulatorProcess
-from elastask.testbed.fleet import CeleryFleet
+from elastask.core.documents import new_task
+from elastask.parts.store import TaskStore
+from elastask_bed.testbed import Testbed
+from elastask_bed.testbed.bed import SimulatorProcess
+from elastask_bed.testbed.fleet import CeleryFleet
 from tests.integration.harness import assert_no_violations, drifts_ms, now, seed, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -14,9 +14,9 @@ import redis
 from elasticsearch import Elasticsearch
 
 from elastask import keys
-from elastask.documents import new_task
-from elastask.store import TaskStore
-from elastask.testbed.bed import INDEX, SimulatorProcess
+from elastask.core.documents import new_task
+from elastask.parts.store import TaskStore
+from elastask_bed.testbed.bed import INDEX, SimulatorProcess
 from tests.integration.harness import (
     Dispatcher,
     assert_no_violations,

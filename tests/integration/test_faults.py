@@ -20,9 +20,9 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-from elastask.store import TaskStore
-from elastask.testbed import Testbed
-from elastask.testbed.bed import SimulatorProcess
+from elastask.parts.store import TaskStore
+from elastask_bed.testbed import Testbed
+from elastask_bed.testbed.bed import SimulatorProcess
 from tests.integration.harness import (
     Dispatcher,
     assert_no_violations,

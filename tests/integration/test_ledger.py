@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from elastask.ledger import Ledger
+from elastask.parts.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

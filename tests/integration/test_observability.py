@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from elastask.store import TaskStore
-from elastask.testbed.bed import SimulatorProcess
-from elastask.testbed.process import free_port, port_open
+from elastask.parts.store import TaskStore
+from elastask_bed.testbed.bed import SimulatorProcess
+from elastask_bed.testbed.process import free_port, port_open
 from tests.integration.harness import Dispatcher, seed, task_count, wait_for
 from tests.integration.test_dispatcher import one_shots
 

@@ -15,10 +15,10 @@ import redis
 import requests
 from elasticsearch import Elasticsearch
 
-from elastask.documents import new_task, run_now_body
+from elastask.core.documents import new_task, run_now_body
 from elastask.errors import ConflictError, DocumentMissingError
-from elastask.store import TaskStore
-from elastask.testbed.bed import INDEX, SimulatorProcess
+from elastask.parts.store import TaskStore
+from elastask_bed.testbed.bed import INDEX, SimulatorProcess
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ from typing import Any
 import fakeredis
 
 from elastask.config import KibanaNode, KibanaSettings, Settings
-from elastask.kibana import KibanaClient, PushOutcome, PushResult
-from elastask.ledger import Ledger
-from elastask.nodes import NodeRegistry
+from elastask.parts.kibana import KibanaClient, PushOutcome, PushResult
+from elastask.parts.ledger import Ledger
+from elastask.parts.nodes import NodeRegistry
+from elastask.parts.store import TaskStore
 from elastask.runtime import Runtime
-from elastask.store import TaskStore
 
 INDEX = ".kibana_task_manager"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from elastask.advice import interval_advice, settings_advice
 from elastask.config import ElasticsearchSettings, Settings
+from elastask.core.advice import interval_advice, settings_advice
 
 
 def test_the_defaults_draw_no_advice() -> None:

@@ -9,8 +9,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from elastask import keys
-from elastask.dispatcher.claim import DispatchBatch, claim_available_tasks
-from elastask.documents import new_task
+from elastask.core.documents import new_task
+from elastask.core.messages import DispatchJob
+from elastask.loops.claim import claim_available_tasks
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
@@ -34,7 +35,7 @@ def test_given_a_cycle_that_outlived_its_lock_when_the_next_cycle_runs_then_the_
     engine = StubEngine()
     seeded(engine, 3)
     rt: Runtime = stub_runtime(engine, kibana_capacity=1)
-    sent: list[DispatchBatch] = []
+    sent: list[DispatchJob] = []
 
     def cycle_b_runs_while_a_is_stalled() -> None:
         rt.redis.delete(keys.CLAIM_LOCK)  # A's lock ran out
@@ -45,14 +46,14 @@ def test_given_a_cycle_that_outlived_its_lock_when_the_next_cycle_runs_then_the_
     claim_available_tasks(rt, NOW, sent.append)
     # Then: one task running on the node, never two; and only one dispatch job.
     assert len(running_on_node(engine)) == 1
-    assert sum(len(batch.jobs) for batch in sent) == 1
+    assert sum(len(batch.tasks) for batch in sent) == 1
 
 
 def test_given_a_cycle_that_lost_its_lock_before_writing_then_it_abandons_its_claims() -> None:
     engine = StubEngine()
     seeded(engine, 2)
     rt = stub_runtime(engine)
-    sent: list[DispatchBatch] = []
+    sent: list[DispatchJob] = []
     real_reserve = rt.ledger.reserve
 
     def reserve_then_lose_the_lock(*args: object, **kwargs: object) -> set[str]:
@@ -70,7 +71,7 @@ def test_given_due_tasks_then_a_cycle_claims_them_and_its_reservations_are_confi
     engine = StubEngine()
     seeded(engine, 3)
     rt = stub_runtime(engine)
-    sent: list[DispatchBatch] = []
+    sent: list[DispatchJob] = []
     summary = claim_available_tasks(rt, NOW, sent.append)
     assert summary.claimed == 3 and running_on_node(engine) == ["task:t0", "task:t1", "task:t2"]
     assert all(lease.pending_since_ms is None for lease in rt.ledger.leases(["kibana:a"]))

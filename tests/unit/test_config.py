@@ -223,7 +223,7 @@ def test_credentials_inside_a_url_are_refused_naming_the_keys_to_use_and_never_e
 def test_a_rediss_broker_and_ledger_verify_the_certificate_against_the_configured_ca(tmp_path: Path) -> None:
     import ssl
 
-    from elastask.celeryapp import create_app
+    from elastask.entry.celeryapp import create_app
 
     text = "redis:\n  url: rediss://:pw@redis.example.com:6380/0\n  ca_certs: /etc/elastask/redis-ca.pem\n"
     settings = load_settings(write(tmp_path, text), env={})

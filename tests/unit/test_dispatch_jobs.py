@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from elastask import keys, policy
-from elastask.dispatcher.claim import ClaimSummary, DispatchBatch, DispatchJob, _push_step
-from elastask.dispatcher.dispatch import batch_from_dict
-from elastask.documents import new_task
-from elastask.queue_order import LoopsFirst
+from elastask import keys
+from elastask.core import policy
+from elastask.core.documents import new_task
+from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.entry.queue_order import LoopsFirst
+from elastask.loops.claim import ClaimSummary, _push_step
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)
 
 
-def job(doc_id: str, seq_no: int = 7) -> DispatchJob:
-    return DispatchJob(
+def job(doc_id: str, seq_no: int = 7) -> ClaimedTask:
+    return ClaimedTask(
         doc_id=doc_id,
         owner_id="kibana:a",
         node_url="http://kibana-a:5601",
@@ -31,21 +32,21 @@ def job(doc_id: str, seq_no: int = 7) -> DispatchJob:
 
 def test_a_batch_survives_its_json_round_trip_through_the_broker() -> None:
     url = "http://kibana-a:5601"
-    batch = DispatchBatch("kibana:a", url, (job("task:1"), job("task:2", 9)), "2024-05-01T12:00:00.525Z")
-    assert batch_from_dict(batch.as_dict()) == batch
-    assert batch_from_dict(DispatchBatch("kibana:a", url, (job("task:1"),)).as_dict()).not_before is None
+    batch = DispatchJob("kibana:a", url, (job("task:1"), job("task:2", 9)), "2024-05-01T12:00:00.525Z")
+    assert DispatchJob.from_dict(batch.as_dict()) == batch
+    assert DispatchJob.from_dict(DispatchJob("kibana:a", url, (job("task:1"),)).as_dict()).not_before is None
 
 
 def test_a_single_job_message_from_the_previous_release_is_still_dispatched() -> None:
     legacy = job("task:1").as_dict()
     del legacy["claim_seq_no"], legacy["slack_ms"]
-    batch = batch_from_dict(legacy)
-    assert batch.owner_id == "kibana:a" and [j.doc_id for j in batch.jobs] == ["task:1"]
-    assert batch.jobs[0].slack_ms == policy.MIN_SLACK_MS and batch.jobs[0].claim == 7
+    batch = DispatchJob.from_dict(legacy)
+    assert batch.owner_id == "kibana:a" and [j.doc_id for j in batch.tasks] == ["task:1"]
+    assert batch.tasks[0].slack_ms == policy.MIN_SLACK_MS and batch.tasks[0].claim == 7
 
 
 def test_a_renewed_job_keeps_the_version_of_its_claim_for_the_push_marker() -> None:
-    renewed = DispatchJob(**{**job("task:1").as_dict(), "seq_no": 12, "claim_seq_no": 7})
+    renewed = ClaimedTask(**{**job("task:1").as_dict(), "seq_no": 12, "claim_seq_no": 7})
     assert renewed.claim == 7 and keys.pushed("task:1", renewed.claim) == keys.pushed("task:1", 7)
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from elastask import keys
-from elastask.dispatcher.claim import DispatchBatch, DispatchJob
-from elastask.dispatcher.dispatch import push_claimed_tasks
-from elastask.intervals import format_date
-from elastask.kibana import PushResult
+from elastask.core.intervals import format_date
+from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.loops.dispatch import push_claimed_tasks
+from elastask.parts.kibana import PushResult
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
@@ -31,7 +31,7 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield executor
 
 
-def claimed(engine: StubEngine, rt: Runtime, doc_id: str, attempts: int, schedule: Any = None) -> DispatchJob:
+def claimed(engine: StubEngine, rt: Runtime, doc_id: str, attempts: int, schedule: Any = None) -> ClaimedTask:
     """A task as the claim loop leaves it: running on kibana:a, its slot held in the ledger."""
     retry_at = NOW + timedelta(minutes=5)
     task = {
@@ -54,11 +54,11 @@ def claimed(engine: StubEngine, rt: Runtime, doc_id: str, attempts: int, schedul
         "runAt": format_date(NOW),
         **({"schedule": schedule} if schedule else {}),
     }
-    return DispatchJob(doc_id, OWNER, URL, seq_no, 1, format_date(retry_at), attempts, 300_000, body, slack_ms=5000)
+    return ClaimedTask(doc_id, OWNER, URL, seq_no, 1, format_date(retry_at), attempts, 300_000, body, slack_ms=5000)
 
 
 def answering(status: int) -> Any:
-    from elastask.kibana import classify_status
+    from elastask.parts.kibana import classify_status
 
     def answer(_body: Mapping[str, Any]) -> PushResult:
         return PushResult(classify_status(status), f"{URL}/api/task_manager/_run_now: answered {status}", status)
@@ -76,7 +76,7 @@ def test_given_a_push_kibana_rejects_with_413_then_the_attempt_is_burned_and_the
     engine = StubEngine()
     rt = stub_runtime(engine, answering(413))
     job = claimed(engine, rt, "task:big", attempts=1)
-    report = push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (job,)), NOW, pool)
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     assert report.outcomes == {"task:big": "rejected"}
     task = engine.docs["task:big"]["_source"]["task"]
     assert task["status"] == "idle" and task["attempts"] == 1  # not given back: it would be refused again
@@ -92,7 +92,7 @@ def test_given_a_one_shot_task_rejected_at_its_last_attempt_then_it_fails_with_t
     engine = StubEngine()
     rt = stub_runtime(engine, answering(400))
     job = claimed(engine, rt, "task:bad", attempts=3)
-    push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (job,)), NOW, pool)
+    push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     assert engine.docs["task:bad"]["_source"]["task"]["status"] == "failed"
     reason = json.loads(rt.redis.hget(keys.FAILED_REASONS, "task:bad"))
     assert "Kibana rejected the push" in reason["reason"] and "answered 400" in reason["reason"]
@@ -104,7 +104,7 @@ def test_given_a_recurring_task_rejected_at_its_last_attempt_then_it_moves_to_it
     engine = StubEngine()
     rt = stub_runtime(engine, answering(422))
     job = claimed(engine, rt, "task:rec", attempts=3, schedule={"interval": "1m"})
-    push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (job,)), NOW, pool)
+    push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     task = engine.docs["task:rec"]["_source"]["task"]
     assert task["status"] == "idle" and task["attempts"] == 0
     assert task["runAt"] == format_date(NOW + timedelta(minutes=1))
@@ -116,7 +116,7 @@ def test_given_a_push_refused_by_the_node_then_the_attempt_is_returned_and_the_b
     engine = StubEngine()
     rt = stub_runtime(engine, answering(503))
     job = claimed(engine, rt, "task:x", attempts=1)
-    push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (job,)), NOW, pool)
+    push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     task = engine.docs["task:x"]["_source"]["task"]
     assert task["status"] == "idle" and task["attempts"] == 0
     assert held(rt) == set()
@@ -131,7 +131,7 @@ def test_given_a_stale_job_whose_give_back_loses_its_write_then_the_newer_lease_
     stale = claimed(engine, rt, "task:rec", attempts=1, schedule={"interval": "10s"})
     # Kibana finished that run, the task was claimed again for the same node: a newer version, the same id.
     claimed(engine, rt, "task:rec", attempts=1, schedule={"interval": "10s"})
-    push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (stale,)), NOW, pool)
+    push_claimed_tasks(rt, DispatchJob(OWNER, URL, (stale,)), NOW, pool)
     assert engine.docs["task:rec"]["_source"]["task"]["status"] == "running"  # the 409 changed nothing
     assert held(rt) == {"task:rec"}  # and the slot of the newer lease is still held
 
@@ -144,6 +144,6 @@ def test_given_an_expired_job_whose_give_back_loses_its_write_then_the_slot_stay
     stale = claimed(engine, rt, "task:rec", attempts=1)
     claimed(engine, rt, "task:rec", attempts=1)
     late = NOW + timedelta(minutes=6)  # the stale job's lease ran out while it waited
-    report = push_claimed_tasks(rt, DispatchBatch(OWNER, URL, (stale,)), late, pool)
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (stale,)), late, pool)
     assert report.outcomes == {"task:rec": "expired"}
     assert held(rt) == {"task:rec"}

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from elastask.config import KibanaNode, KibanaSettings
-from elastask.kibana import KibanaClient, PushOutcome
+from elastask.parts.kibana import KibanaClient, PushOutcome
 
 
 class Garbage(BaseHTTPRequestHandler):
@@ -151,7 +151,7 @@ def test_a_5mb_state_parses() -> None:
     import json
     from datetime import UTC, datetime
 
-    from elastask.documents import new_task, parse_source
+    from elastask.core.documents import new_task, parse_source
 
     big = {"blob": "x" * (5 * 1024 * 1024)}
     doc = new_task("big", "sample", now=datetime.now(UTC), state=big)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from elastask import policy
-from elastask.documents import TaskDocument, new_task
-from elastask.intervals import parse_date
+from elastask.core import policy
+from elastask.core.documents import TaskDocument, new_task
+from elastask.core.intervals import parse_date
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -112,7 +112,7 @@ def test_retry_delay_follows_kibana() -> None:
 
 
 def test_a_slot_is_free_only_when_kibana_is_done_with_the_task() -> None:
-    from elastask.dispatcher.claim import finished
+    from elastask.loops.claim import finished
 
     hit = {"_id": "task:x"}
     assert finished(None, None, "kibana:a")  # deleted: a one-shot task succeeded
@@ -127,7 +127,7 @@ def test_a_slot_is_free_only_when_kibana_is_done_with_the_task() -> None:
 def test_a_running_task_is_not_requeued_before_its_lease_and_grace_ran_out() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from elastask.documents import new_task
+    from elastask.core.documents import new_task
 
     now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     grace = timedelta(seconds=2)

@@ -13,10 +13,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elastask import policy
-from elastask.documents import STATUSES, TaskDocument, parse_hit
+from elastask.core import policy
+from elastask.core.documents import STATUSES, TaskDocument, parse_hit
+from elastask.core.intervals import format_date
 from elastask.errors import DocumentError
-from elastask.intervals import format_date
 
 BASE = datetime(2024, 5, 1, tzinfo=UTC)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from elastask import mapping, queries
-from elastask.testbed.proxy import plain_media_type, request_kind
+from elastask.core import mapping, queries
+from elastask_bed.testbed.proxy import plain_media_type, request_kind
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

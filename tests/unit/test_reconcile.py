@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from elastask.dispatcher.claim import reconcile_ledger
-from elastask.intervals import format_date
+from elastask.core.intervals import format_date
+from elastask.loops.claim import reconcile_ledger
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 

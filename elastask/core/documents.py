@@ -1,0 +1,355 @@
+"""Task documents of ``.kibana_task_manager``, parsed and serialized exactly as Kibana writes them. Pure.
+
+A document is ``{"type": "task", "task": {...}, "migrationVersion": ..., "references": [],
+"updated_at": ...}``; ``task.params`` and ``task.state`` are JSON *strings*; dates are ISO-8601
+strings; ``retryAt``, ``startedAt``, ``scheduledAt`` and ``ownerId`` may be null or missing.
+Fields elastask does not model are kept untouched, so a round trip changes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from elastask.core.intervals import format_date, parse_date, parse_interval_ms
+from elastask.errors import DocumentError
+
+#: Every status Kibana's TaskStatus enum has.
+STATUSES = frozenset({"idle", "claiming", "running", "failed", "should_delete", "unrecognized", "dead_letter"})
+
+#: Kibana stores attempts in an ``integer`` field.
+MAX_ATTEMPTS_VALUE = 2**31 - 1
+
+DEFAULT_PRIORITY = 50
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring task's schedule: an interval string, or an rrule mapping."""
+
+    interval: str | None = None
+    rrule: Mapping[str, Any] | None = None
+
+    @property
+    def interval_ms(self) -> int | None:
+        """The interval in milliseconds, or None for rrule schedules."""
+        return parse_interval_ms(self.interval) if self.interval else None
+
+
+@dataclass(frozen=True)
+class TaskDocument:
+    """One task document with the version it was read at (``seq_no``/``primary_term``)."""
+
+    id: str  # the document _id, "task:<id>"
+    task_type: str
+    status: str
+    run_at: datetime
+    attempts: int = 0
+    scheduled_at: datetime | None = None
+    retry_at: datetime | None = None
+    started_at: datetime | None = None
+    owner_id: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    state: Mapping[str, Any] = field(default_factory=dict)
+    schedule: Schedule | None = None
+    enabled: bool = True
+    priority: int = DEFAULT_PRIORITY
+    scope: tuple[str, ...] | None = None
+    trace_parent: str | None = None
+    seq_no: int | None = None
+    primary_term: int | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_recurring(self) -> bool:
+        """True when Kibana reschedules the task after a run instead of deleting it."""
+        return self.schedule is not None
+
+    def with_changes(self, **changes: Any) -> TaskDocument:
+        """A copy with some fields changed; ``raw`` keeps the untouched rest."""
+        return replace(self, **changes)
+
+    def to_source(self) -> dict[str, Any]:
+        """The full ``_source`` as Kibana writes it; unmodelled fields are kept as they were read."""
+        source = copy.deepcopy(dict(self.raw)) if self.raw else new_envelope(self.run_at)
+        source["type"] = "task"
+        task = source.setdefault("task", {})
+        for key, value in task_fields(self).items():
+            if key in task and _same(key, task[key], value):
+                continue  # keep the representation Kibana wrote
+            if key not in task and value in _ABSENT_MEANS.get(key, (None,)):
+                continue  # absent already means this
+            task[key] = value
+        return source
+
+
+def task_fields(doc: TaskDocument) -> dict[str, Any]:
+    """The modelled ``task.*`` fields in Kibana's spelling and representation."""
+    fields: dict[str, Any] = {
+        "taskType": doc.task_type,
+        "status": doc.status,
+        "runAt": format_date(doc.run_at),
+        "scheduledAt": _date_or_none(doc.scheduled_at),
+        "retryAt": _date_or_none(doc.retry_at),
+        "startedAt": _date_or_none(doc.started_at),
+        "attempts": doc.attempts,
+        "ownerId": doc.owner_id,
+        "params": json.dumps(doc.params, separators=(",", ":")),
+        "state": json.dumps(doc.state, separators=(",", ":")),
+        "enabled": doc.enabled,
+    }
+    if doc.schedule is not None:
+        fields["schedule"] = (
+            {"interval": doc.schedule.interval} if doc.schedule.interval else {"rrule": dict(doc.schedule.rrule or {})}
+        )
+    if doc.priority != DEFAULT_PRIORITY:
+        fields["priority"] = doc.priority
+    if doc.scope is not None:
+        fields["scope"] = list(doc.scope)
+    if doc.trace_parent is not None:
+        fields["traceparent"] = doc.trace_parent
+    return fields
+
+
+#: What a missing field reads as, so a round trip does not add it.
+_ABSENT_MEANS: dict[str, tuple[Any, ...]] = {"enabled": (True,), "attempts": (0,), "params": ("{}",), "state": ("{}",)}
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    """True when the stored value means the same as the serialized one."""
+    if old == new:
+        return True
+    try:
+        if key in ("params", "state"):
+            return isinstance(old, str) and json.loads(old) == json.loads(new)
+        if key in ("runAt", "scheduledAt", "retryAt", "startedAt") and old is not None and new is not None:
+            return parse_date(old) == parse_date(new)
+    except (ValueError, TypeError):
+        return False
+    return False
+
+
+def _date_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else format_date(moment)
+
+
+def new_envelope(now: datetime) -> dict[str, Any]:
+    """The top-level fields Kibana's saved-objects layer writes around ``task``."""
+    return {
+        "type": "task",
+        "task": {},
+        "migrationVersion": {"task": "8.8.0"},
+        "references": [],
+        "updated_at": format_date(now),
+    }
+
+
+def parse_hit(hit: Mapping[str, Any]) -> TaskDocument:
+    """A search/get hit (``_id``, ``_seq_no``, ``_primary_term``, ``_source``) as a TaskDocument."""
+    doc_id = hit.get("_id")
+    if not isinstance(doc_id, str) or not doc_id:
+        raise DocumentError(str(doc_id), "_id", "missing or not a string", doc_id)
+    source = hit.get("_source")
+    doc = parse_source(doc_id, source if isinstance(source, Mapping) else {})
+    return replace(doc, seq_no=hit.get("_seq_no"), primary_term=hit.get("_primary_term"))
+
+
+def parse_source(doc_id: str, source: Mapping[str, Any]) -> TaskDocument:
+    """Validate and decode one ``_source``; a bad field raises DocumentError naming id and field."""
+    if source.get("type") != "task":
+        raise DocumentError(doc_id, "type", "expected 'task'", source.get("type"))
+    task = source.get("task")
+    if not isinstance(task, Mapping):
+        raise DocumentError(doc_id, "task", "missing or not an object", task)
+    status = task.get("status")
+    if not isinstance(status, str) or status not in STATUSES:
+        raise DocumentError(doc_id, "task.status", f"expected one of {sorted(STATUSES)}", status)
+    return TaskDocument(
+        id=doc_id,
+        task_type=_text(doc_id, task, "taskType"),
+        status=status,
+        run_at=_required_date(doc_id, task, "runAt"),
+        scheduled_at=_optional_date(doc_id, task, "scheduledAt"),
+        retry_at=_optional_date(doc_id, task, "retryAt"),
+        started_at=_optional_date(doc_id, task, "startedAt"),
+        attempts=_attempts(doc_id, task),
+        owner_id=_optional_text(doc_id, task, "ownerId"),
+        params=_json_object(doc_id, task, "params"),
+        state=_json_object(doc_id, task, "state"),
+        schedule=_schedule(doc_id, task),
+        enabled=_enabled(doc_id, task),
+        priority=_priority(doc_id, task),
+        scope=_scope(doc_id, task),
+        trace_parent=_optional_text(doc_id, task, "traceparent"),
+        raw=source,
+    )
+
+
+def _text(doc_id: str, task: Mapping[str, Any], key: str) -> str:
+    value = task.get(key)
+    if not isinstance(value, str) or not value:
+        raise DocumentError(doc_id, f"task.{key}", "missing or not a non-empty string", value)
+    return value
+
+
+def _optional_text(doc_id: str, task: Mapping[str, Any], key: str) -> str | None:
+    value = task.get(key)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise DocumentError(doc_id, f"task.{key}", "expected a string or null", value)
+
+
+def _required_date(doc_id: str, task: Mapping[str, Any], key: str) -> datetime:
+    if task.get(key) is None:
+        raise DocumentError(doc_id, f"task.{key}", "missing; expected an ISO-8601 date", None)
+    date = _optional_date(doc_id, task, key)
+    assert date is not None
+    return date
+
+
+def _optional_date(doc_id: str, task: Mapping[str, Any], key: str) -> datetime | None:
+    value = task.get(key)
+    if value is None:
+        return None
+    try:
+        return parse_date(value)
+    except (ValueError, TypeError) as e:
+        raise DocumentError(doc_id, f"task.{key}", f"not an ISO-8601 date ({e})", value) from e
+
+
+def _attempts(doc_id: str, task: Mapping[str, Any]) -> int:
+    value = task.get("attempts", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ATTEMPTS_VALUE:
+        raise DocumentError(doc_id, "task.attempts", "expected an integer from 0 to 2^31-1", value)
+    return value
+
+
+def _json_object(doc_id: str, task: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = task.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, str):
+        raise DocumentError(doc_id, f"task.{key}", "expected a JSON string, as Kibana writes it", value)
+    try:
+        decoded = json.loads(value) if value else {}
+    except ValueError as e:
+        raise DocumentError(doc_id, f"task.{key}", f"not valid JSON ({e})", value[:200]) from e
+    if not isinstance(decoded, dict):
+        raise DocumentError(doc_id, f"task.{key}", "expected a JSON object", value[:200])
+    return decoded
+
+
+def _schedule(doc_id: str, task: Mapping[str, Any]) -> Schedule | None:
+    value = task.get("schedule")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise DocumentError(doc_id, "task.schedule", "expected an object", value)
+    interval, rrule = value.get("interval"), value.get("rrule")
+    if interval is not None:
+        try:
+            parse_interval_ms(interval)
+        except ValueError as e:
+            raise DocumentError(doc_id, "task.schedule.interval", str(e), interval) from e
+        return Schedule(interval=interval)
+    if isinstance(rrule, Mapping) and rrule.get("freq") is not None:
+        return Schedule(rrule=rrule)
+    raise DocumentError(doc_id, "task.schedule", "expected an interval or an rrule with freq", value)
+
+
+def _enabled(doc_id: str, task: Mapping[str, Any]) -> bool:
+    value = task.get("enabled", True)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise DocumentError(doc_id, "task.enabled", "expected true or false", value)
+    return value
+
+
+def _priority(doc_id: str, task: Mapping[str, Any]) -> int:
+    value = task.get("priority", DEFAULT_PRIORITY)
+    if value is None:
+        return DEFAULT_PRIORITY
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DocumentError(doc_id, "task.priority", "expected an integer", value)
+    return value
+
+
+def _scope(doc_id: str, task: Mapping[str, Any]) -> tuple[str, ...] | None:
+    value = task.get("scope")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise DocumentError(doc_id, "task.scope", "expected a string or a list of strings", value)
+
+
+def new_task(
+    task_id: str,
+    task_type: str,
+    *,
+    now: datetime,
+    run_at: datetime | None = None,
+    params: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+    interval: str | None = None,
+    priority: int = DEFAULT_PRIORITY,
+    scope: tuple[str, ...] | None = None,
+    partition: int | None = None,
+) -> TaskDocument:
+    """A new task as Kibana's ``taskManager.schedule`` writes it: idle, attempts 0, runAt = now.
+
+    ``partition`` (0-255) is what Kibana 8.16+ sets from a hash of the id, so that each node of the
+    ``mget`` claimer only searches the partitions assigned to it.
+    """
+    if interval is not None:
+        parse_interval_ms(interval)
+    doc = TaskDocument(
+        id=task_id if task_id.startswith("task:") else f"task:{task_id}",
+        task_type=task_type,
+        status="idle",
+        run_at=run_at or now,
+        scheduled_at=now,
+        params=dict(params or {}),
+        state=dict(state or {}),
+        schedule=Schedule(interval=interval) if interval else None,
+        priority=priority,
+        scope=scope,
+    )
+    # Kibana writes every field of a new task, nulls included.
+    task = task_fields(doc)
+    if partition is not None:
+        task["partition"] = partition
+    return doc.with_changes(raw={**new_envelope(now), "task": task})
+
+
+def run_now_body(doc: TaskDocument) -> dict[str, Any]:
+    """The JSON body of ``POST /api/task_manager/_run_now``: the fields the reference dispatcher sends.
+
+    ``params`` and ``state`` go as objects: the route hands them to ``ephemeralRunNow``, whose task
+    instance holds decoded objects. ``id`` is the document ``_id`` that Kibana updates or deletes.
+    """
+    fields = task_fields(doc)
+    body: dict[str, Any] = {
+        "id": doc.id,
+        "taskType": doc.task_type,
+        "params": dict(doc.params),
+        "state": dict(doc.state),
+        "scope": list(doc.scope) if doc.scope is not None else None,
+        "schedule": fields.get("schedule"),
+        "runAt": fields["runAt"],
+        "retryAt": fields["retryAt"],
+        "startedAt": fields["startedAt"],
+        "scheduledAt": fields["scheduledAt"],
+        "ownerId": doc.owner_id,
+        "attempts": doc.attempts,
+        "status": doc.status,
+        "traceparent": doc.trace_parent or "",
+    }
+    return {key: value for key, value in body.items() if value is not None}

@@ -1,0 +1,67 @@
+"""The messages the loops exchange through the broker: a dispatch job and the claimed tasks it carries. Pure.
+
+The claim loop sends one ``DispatchJob`` per Kibana node (and per 25 ms step for tasks claimed
+ahead) on the node's queue ``elastask.dispatch.<ownerId>``; the dispatch loop pushes its tasks.
+Their JSON form is the Celery message's argument, so fields are only ever added, with defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from elastask.core import policy
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """One claimed task as its dispatch job carries it: the claim's version and the ``_run_now`` body."""
+
+    doc_id: str
+    owner_id: str
+    node_url: str
+    seq_no: int
+    primary_term: int
+    retry_at: str
+    attempts: int
+    lease_ms: int  # how long the claim leased the task for (retryAt - startedAt)
+    body: dict[str, Any]
+    claim_seq_no: int | None = None  # the claim's version when a renewal changed seq_no
+    slack_ms: int = policy.MIN_SLACK_MS  # the lease's dispatch slack: a job that waited longer renews it
+
+    @property
+    def claim(self) -> int:
+        """The version the claim wrote: a push is attempted at most once per claim."""
+        return self.seq_no if self.claim_seq_no is None else self.claim_seq_no
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DispatchJob:
+    """The Celery job on a node's queue: the tasks one claim cycle claimed for that Kibana node."""
+
+    owner_id: str
+    node_url: str
+    tasks: tuple[ClaimedTask, ...]
+    #: Push no earlier than this (ISO date): the latest runAt of the tasks, when claimed ahead.
+    not_before: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DispatchJob:
+        """From its JSON form in the Celery message (elastask 0.1's one-task form is accepted too)."""
+        if "tasks" in data:
+            tasks = tuple(ClaimedTask(**task) for task in data["tasks"])
+            not_before = data.get("not_before")
+            return cls(str(data["owner_id"]), str(data["node_url"]), tasks, str(not_before) if not_before else None)
+        task = ClaimedTask(**data)  # a message enqueued by elastask 0.1, one task per job
+        return cls(task.owner_id, task.node_url, (task,))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "owner_id": self.owner_id,
+            "node_url": self.node_url,
+            "tasks": [t.as_dict() for t in self.tasks],
+            "not_before": self.not_before,
+        }

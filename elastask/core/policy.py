@@ -1,0 +1,218 @@
+"""Pure decisions: which node gets which task, the fields of a claim, a release and an expiry.
+
+Attempts are counted **at claim**, as Kibana's own claimer does (``attempts: attempts + 1`` in the
+same conditional write that sets ``status: running``). A push that provably never reached Kibana
+gives the attempt back in the write that returns the task to ``idle``; an expired lease keeps it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from elastask.core.documents import TaskDocument
+from elastask.core.intervals import format_date, parse_date
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One claimed-to-be task and the node (ownerId) it goes to, with its cost in capacity units."""
+
+    task: TaskDocument
+    owner_id: str
+    cost: int
+
+
+def assign(
+    tasks: Sequence[TaskDocument], free_units: Mapping[str, int], cost_of: Callable[[str], int]
+) -> list[Assignment]:
+    """Give each task, in order, to the node with the most free units; stop at the first that fits nowhere.
+
+    A task retried after its lease ran out avoids the node it ran out on, if another one has room.
+
+    Stopping (rather than skipping to smaller tasks) keeps priority order: a big task at the head
+    is not starved by small ones behind it, as in Kibana's capacity selection.
+    """
+    free = dict(free_units)
+    order = {owner: index for index, owner in enumerate(free_units)}
+    assignments = []
+    for task in tasks:
+        if not free:
+            break
+        cost = cost_of(task.task_type)
+        fits = [o for o in free if free[o] >= cost]
+        if not fits:
+            break
+        # A retried task (its lease ran out on task.owner_id) goes elsewhere when another node has room.
+        avoid = task.owner_id if task.attempts > 0 else None
+        owner = max(fits, key=lambda o: (o != avoid, free[o], -order[o]))
+        free[owner] -= cost
+        assignments.append(Assignment(task, owner, cost))
+    return assignments
+
+
+#: A claim's lease is Kibana's plus a slack for the time the push takes to reach the node (the
+#: dispatch queue, the HTTP call): Kibana times a run from its start, not from the claim. A tenth of
+#: the lease, at least 1 s and at most 5 s; a dispatch job that waited longer renews the lease.
+MIN_SLACK_MS = 1000
+MAX_SLACK_MS = 5000
+
+
+def kibana_lease_ms(task: TaskDocument, timeout_ms: int) -> int:
+    """The lease Kibana's getRetryAt gives at claim: the timeout, or the interval if longer."""
+    if task.schedule is not None and task.schedule.interval_ms is not None:
+        return max(timeout_ms, task.schedule.interval_ms)
+    return timeout_ms
+
+
+def dispatch_slack_ms(task: TaskDocument, timeout_ms: int) -> int:
+    """How much later than Kibana's a claim's lease ends (see MIN_SLACK_MS)."""
+    return min(MAX_SLACK_MS, max(MIN_SLACK_MS, kibana_lease_ms(task, timeout_ms) // 10))
+
+
+def lease_until(task: TaskDocument, now: datetime, timeout_ms: int) -> datetime:
+    """retryAt for a claim made now: Kibana's lease plus the dispatch slack."""
+    return now + timedelta(milliseconds=kibana_lease_ms(task, timeout_ms) + dispatch_slack_ms(task, timeout_ms))
+
+
+def claim_fields(task: TaskDocument, owner_id: str, now: datetime, timeout_ms: int) -> dict[str, Any]:
+    """The partial update that claims a task, as Kibana's markTaskAsRunning writes it (retryAt: plus the slack)."""
+    return {
+        "status": "running",
+        "ownerId": owner_id,
+        "startedAt": format_date(now),
+        "retryAt": format_date(lease_until(task, now, timeout_ms)),
+        "scheduledAt": format_date(task.run_at),
+        "attempts": task.attempts + 1,
+    }
+
+
+def claimed(task: TaskDocument, fields: Mapping[str, Any], seq_no: int, primary_term: int) -> TaskDocument:
+    """The document as it is after a successful claim write."""
+    return task.with_changes(
+        status=fields["status"],
+        owner_id=fields["ownerId"],
+        started_at=parse_date(fields["startedAt"]),
+        retry_at=parse_date(fields["retryAt"]),
+        scheduled_at=parse_date(fields["scheduledAt"]),
+        attempts=fields["attempts"],
+        seq_no=seq_no,
+        primary_term=primary_term,
+    )
+
+
+def release_fields_for(claimed_attempts: int) -> dict[str, Any]:
+    """Back to idle after a push that never reached Kibana: the attempt counted at claim is returned."""
+    return {
+        "status": "idle",
+        "ownerId": None,
+        "startedAt": None,
+        "retryAt": None,
+        "attempts": max(0, claimed_attempts - 1),
+    }
+
+
+def retry_delay_ms(attempts: int, *, base_ms: int, max_ms: int, rng: random.Random) -> int:
+    """Kibana's one-shot retry delay: ``base`` for the first retry, then random up to min(max, 10 x base x 2^(n-2)).
+
+    With Kibana's base of 30 s that is 30 s, then up to 5 m, 10 m, 20 m ... capped at 1 h.
+    """
+    if attempts <= 1:
+        return base_ms
+    ceiling = min(max_ms, 10 * base_ms * 2 ** min(attempts - 2, 30))
+    return int(rng.uniform(base_ms, max(base_ms, ceiling)))
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """What to write when a lease ran out without an outcome, and why."""
+
+    outcome: str  # "retry" | "failed" | "rescheduled"
+    fields: dict[str, Any]
+    reason: str
+
+
+def on_lease_expired(
+    task: TaskDocument, now: datetime, *, max_attempts: int, base_delay_ms: int, max_delay_ms: int, rng: random.Random
+) -> Expiry:
+    """The next state of a task whose retryAt passed: retry later, fail for good, or move to its next run."""
+    interval_ms = task.schedule.interval_ms if task.schedule else None
+    return after_failed_attempt(
+        task.attempts,
+        task.is_recurring,
+        interval_ms,
+        now,
+        "lease expired without an outcome",
+        max_attempts=max_attempts,
+        base_delay_ms=base_delay_ms,
+        max_delay_ms=max_delay_ms,
+        rng=rng,
+    )
+
+
+def after_failed_attempt(
+    attempts: int,
+    recurring: bool,
+    interval_ms: int | None,
+    now: datetime,
+    why: str,
+    *,
+    max_attempts: int,
+    base_delay_ms: int,
+    max_delay_ms: int,
+    rng: random.Random,
+) -> Expiry:
+    """The next state after an attempt that ended without an outcome (``attempts`` counts it).
+
+    Recurring: retried now, or moved to its next interval with attempts reset after the maximum
+    (Kibana never fails a recurring task). One-shot: retried after Kibana's backoff, failed after
+    the maximum.
+    """
+    # ownerId stays: it tells operators where the attempt failed, and the claim loop sends a retry elsewhere.
+    cleared = {"startedAt": None, "retryAt": None}
+    if recurring:
+        if attempts >= max_attempts:
+            next_run = now + timedelta(milliseconds=interval_ms or base_delay_ms)
+            return Expiry(
+                "rescheduled",
+                {**cleared, "status": "idle", "attempts": 0, "runAt": format_date(next_run)},
+                f"{attempts} runs without an outcome ({why}); recurring, so moved to its next interval",
+            )
+        return Expiry(
+            "retry",
+            {**cleared, "status": "idle", "runAt": format_date(now)},
+            f"{why} (attempt {attempts} of {max_attempts})",
+        )
+    if attempts >= max_attempts:
+        return Expiry(
+            "failed",
+            {**cleared, "status": "failed"},
+            f"{attempts} runs of {max_attempts} ended without an outcome from Kibana ({why})",
+        )
+    delay = retry_delay_ms(attempts, base_ms=base_delay_ms, max_ms=max_delay_ms, rng=rng)
+    return Expiry(
+        "retry",
+        {**cleared, "status": "idle", "runAt": format_date(now + timedelta(milliseconds=delay))},
+        f"{why} (attempt {attempts} of {max_attempts}); retry in {delay} ms",
+    )
+
+
+def requeue_refusal(task: TaskDocument, now: datetime, grace: timedelta) -> str | None:
+    """Why a running or claiming task must not be requeued yet (None: it may be).
+
+    Requeueing writes ``idle`` with ``attempts: 0``, which is also Kibana's outcome of a recurring
+    run: the ledger would free the slot and the claim loop push it again while Kibana may still run it.
+    """
+    if task.status not in ("running", "claiming") or task.retry_at is None:
+        return None
+    until = task.retry_at + grace
+    if now >= until:
+        return None
+    return (
+        f"task {task.id!r} is {task.status} on {task.owner_id or 'a Kibana node'} and its lease lasts until "
+        f"{format_date(until)}: requeueing it now would start a second run while Kibana may still run this one. "
+        "Wait until then (the retry loop takes it back by itself), or pass --force to accept two runs at once"
+    )

@@ -1,0 +1,211 @@
+"""Search request bodies for the claim, retry and audit loops. Pure: ``now`` is passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+from elastask.core.documents import DEFAULT_PRIORITY, STATUSES
+from elastask.core.intervals import format_date
+
+IN_FLIGHT_STATUSES = ("claiming", "running")
+
+
+def _is_task() -> dict[str, Any]:
+    # The index holds other saved-object types too (background-task-node, ...).
+    return {"term": {"type": "task"}}
+
+
+def attempts_below_max(default_max: int, max_by_type: Mapping[str, int]) -> dict[str, Any]:
+    """``attempts < max``, with per-task-type maxima where the config overrides them."""
+    clauses: list[dict[str, Any]] = []
+    by_max: dict[int, list[str]] = {}
+    for task_type, maximum in max_by_type.items():
+        if maximum != default_max:
+            by_max.setdefault(maximum, []).append(task_type)
+    for maximum, types in sorted(by_max.items()):
+        clauses.append(
+            {
+                "bool": {
+                    "filter": [
+                        {"terms": {"task.taskType": sorted(types)}},
+                        {"range": {"task.attempts": {"lt": maximum}}},
+                    ]
+                }
+            }
+        )
+    overridden = sorted(t for types in by_max.values() for t in types)
+    default: dict[str, Any] = {"bool": {"filter": [{"range": {"task.attempts": {"lt": default_max}}}]}}
+    if overridden:
+        default["bool"]["must_not"] = [{"terms": {"task.taskType": overridden}}]
+    # A document without attempts (never run) counts as 0.
+    missing = {"bool": {"must_not": [{"exists": {"field": "task.attempts"}}]}}
+    return {"bool": {"should": [*clauses, default, missing], "minimum_should_match": 1}}
+
+
+def due_tasks(
+    now: datetime,
+    *,
+    size: int,
+    default_max_attempts: int,
+    max_attempts_by_type: Mapping[str, int],
+    exclude_ids: Collection[str] = (),
+    next_run_after: datetime | None = None,
+) -> dict[str, Any]:
+    """Idle tasks whose runAt has come, highest priority first, then oldest runAt (Kibana's order).
+
+    Only ids and versions come back (``_source: false``): the claim loop reads the documents it may
+    claim with a real-time ``mget`` anyway, so the search does not load every hit's source.
+    ``next_run_after``: also return (aggregation ``next_run_at``) the earliest runAt after it of any
+    claimable idle task, in the same request, so a quiet claim loop knows how long it may rest.
+    """
+    must_not: list[dict[str, Any]] = [{"term": {"task.enabled": False}}]
+    if exclude_ids:
+        must_not.append({"ids": {"values": sorted(exclude_ids)}})
+    # Kibana claims a recurring task whatever its attempts; a one-shot one only below its maximum
+    # (one at or over it is failed by the retry loop: see exhausted_one_shots).
+    attempts = {
+        "bool": {
+            "should": [_is_recurring(), attempts_below_max(default_max_attempts, max_attempts_by_type)],
+            "minimum_should_match": 1,
+        }
+    }
+    body = {
+        "query": {
+            "bool": {
+                "filter": [
+                    _is_task(),
+                    {"term": {"task.status": "idle"}},
+                    {"range": {"task.runAt": {"lte": format_date(now)}}},
+                    attempts,
+                ],
+                "must_not": must_not,
+            }
+        },
+        "sort": [
+            {"task.priority": {"order": "desc", "missing": DEFAULT_PRIORITY, "unmapped_type": "integer"}},
+            {"task.runAt": {"order": "asc"}},
+        ],
+        "size": size,
+        "seq_no_primary_term": True,
+        "_source": False,
+    }
+    if next_run_after is not None:
+        later = {
+            "bool": {
+                "filter": [
+                    _is_task(),
+                    {"term": {"task.status": "idle"}},
+                    {"range": {"task.runAt": {"gt": format_date(next_run_after)}}},
+                    attempts,
+                ],
+                "must_not": [{"term": {"task.enabled": False}}],
+            }
+        }
+        # ``global``: the earliest later runAt is outside the query's own runAt range.
+        body["aggs"] = {
+            "later": {
+                "global": {},
+                "aggs": {"idle": {"filter": later, "aggs": {"next_run_at": {"min": {"field": "task.runAt"}}}}},
+            }
+        }
+    return body
+
+
+def next_run_at_ms(answer: Mapping[str, Any]) -> int | None:
+    """The ``next_run_at`` aggregation of a ``due_tasks`` answer, in ms since the epoch (None: no later task)."""
+    value = answer.get("aggregations", {}).get("later", {}).get("idle", {}).get("next_run_at", {}).get("value")
+    return None if value is None else int(value)
+
+
+def _is_recurring() -> dict[str, Any]:
+    return {"exists": {"field": "task.schedule.interval"}}
+
+
+def exhausted_one_shots(
+    *, size: int, default_max_attempts: int, max_attempts_by_type: Mapping[str, int]
+) -> dict[str, Any]:
+    """Idle one-shot tasks at or over their maximum attempts: never claimable, so the retry loop fails them."""
+    return {
+        "query": {
+            "bool": {
+                "filter": [_is_task(), {"term": {"task.status": "idle"}}],
+                "must_not": [
+                    _is_recurring(),
+                    attempts_below_max(default_max_attempts, max_attempts_by_type),
+                    {"term": {"task.enabled": False}},
+                ],
+            }
+        },
+        "size": size,
+        "seq_no_primary_term": True,
+    }
+
+
+def expired_leases(now: datetime, *, size: int) -> dict[str, Any]:
+    """Tasks claimed or running whose lease (retryAt) ran out without an outcome from Kibana."""
+    return {
+        "query": {
+            "bool": {
+                "filter": [
+                    _is_task(),
+                    {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
+                    {"range": {"task.retryAt": {"lte": format_date(now)}}},
+                ]
+            }
+        },
+        "sort": [{"task.retryAt": {"order": "asc"}}],
+        "size": size,
+        "seq_no_primary_term": True,
+    }
+
+
+def in_flight(now: datetime, owner_ids: Collection[str], *, size: int) -> dict[str, Any]:
+    """Tasks still leased to the given Kibana nodes (to rebuild a lost ledger)."""
+    return {
+        "query": {
+            "bool": {
+                "filter": [
+                    _is_task(),
+                    {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
+                    {"terms": {"task.ownerId": sorted(owner_ids)}},
+                    {"range": {"task.retryAt": {"gt": format_date(now)}}},
+                ]
+            }
+        },
+        "size": size,
+        "seq_no_primary_term": True,
+    }
+
+
+def unclaimable(*, size: int) -> dict[str, Any]:
+    """Task documents no loop would ever pick up: unknown status, or idle without a runAt."""
+    return {
+        "query": {
+            "bool": {
+                "filter": [_is_task()],
+                "should": [
+                    {"bool": {"must_not": [{"terms": {"task.status": sorted(STATUSES)}}]}},
+                    {
+                        "bool": {
+                            "filter": [{"term": {"task.status": "idle"}}],
+                            "must_not": [{"exists": {"field": "task.runAt"}}],
+                        }
+                    },
+                ],
+                "minimum_should_match": 1,
+            }
+        },
+        "size": size,
+        "_source": ["task.status", "task.runAt", "task.taskType"],
+    }
+
+
+def counts_by_status() -> dict[str, Any]:
+    """Task counts per status (for status views)."""
+    return {
+        "query": {"bool": {"filter": [_is_task()]}},
+        "size": 0,
+        "aggs": {"status": {"terms": {"field": "task.status", "size": 20}}},
+    }

@@ -1,1 +1,0 @@
-"""The dispatcher's three loops: claim (claim.py), dispatch (dispatch.py), retry (retry.py)."""

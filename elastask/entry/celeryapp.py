@@ -1,0 +1,170 @@
+"""The Celery app ``elastask``: broker, queues and beat schedule from elastask.yaml."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import ssl
+import sys
+from datetime import timedelta
+from functools import cache
+from types import ModuleType
+from typing import Any, ClassVar
+
+from celery import Celery, bootsteps, signals
+from kombu.entity import Queue
+
+from elastask import keys
+from elastask.config import Settings, load_settings
+from elastask.entry import celery_defaults as celery_settings
+from elastask.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _settings_of(module: ModuleType) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in vars(module).items()
+        if not key.startswith("_") and key.islower() and not isinstance(value, ModuleType) and not callable(value)
+    }
+
+
+def site_overrides() -> dict[str, Any]:
+    """Settings from a ``celeryconfig`` module on the path (the project's top-level file), if any."""
+    try:
+        module = importlib.import_module("celeryconfig")
+    except ImportError:
+        return {}
+    return _settings_of(module)
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings`` (plus celeryconfig.py overrides)."""
+    app = Celery("elastask", set_as_current=True, include=["elastask.entry.tasks"])
+    app.conf.update(_settings_of(celery_settings))
+    app.conf.update(
+        broker_url=settings.redis_url.reveal(),
+        # The claim and retry loops have queues of their own so a backlog of dispatch jobs never
+        # delays them; each Kibana node's dispatch jobs get a queue named after its ownerId.
+        task_queues=[Queue(keys.CLAIM_QUEUE), Queue(keys.RETRY_QUEUE), Queue("celery")],
+        task_routes={"elastask.claim": {"queue": keys.CLAIM_QUEUE}, "elastask.retry": {"queue": keys.RETRY_QUEUE}},
+        beat_schedule=beat_schedule(settings),
+    )
+    if settings.redis_url.reveal().startswith("rediss://"):
+        # Without broker_use_ssl, kombu connects to rediss:// without checking the certificate.
+        app.conf.broker_use_ssl = broker_ssl(settings)
+    app.conf.update(site_overrides())
+    app.conf.elastask_settings = settings
+    app.conf.elastask_pinned = False
+    app.steps["consumer"].add(NodeQueues)
+    return app
+
+
+def broker_ssl(settings: Settings) -> dict[str, Any]:
+    """kombu's TLS options for a ``rediss://`` broker: the certificate is verified, against redis.ca_certs."""
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_ca_certs:
+        options["ssl_ca_certs"] = settings.redis_ca_certs
+    return options
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """The claim and retry loops; a job not started within two intervals is dropped (a newer one follows)."""
+    return {
+        "elastask-claim": {
+            "task": "elastask.claim",
+            "schedule": timedelta(milliseconds=settings.polling_interval_ms),
+            "options": {"queue": keys.CLAIM_QUEUE, "expires": max(1.0, 2 * settings.polling_interval_ms / 1000)},
+        },
+        "elastask-retry": {
+            "task": "elastask.retry",
+            "schedule": timedelta(milliseconds=settings.retry_interval_ms),
+            "options": {"queue": keys.RETRY_QUEUE, "expires": max(1.0, 2 * settings.retry_interval_ms / 1000)},
+        },
+    }
+
+
+@signals.after_setup_logger.connect
+def _setup_logging(logger: Any, **_kwargs: Any) -> None:
+    from elastask import logs
+
+    logs.configure(logger, get_app().conf.elastask_settings.log_format)
+
+
+@signals.worker_ready.connect
+@signals.beat_init.connect
+def _log_settings_advice(**_kwargs: Any) -> None:
+    # Once per worker or beat, at start: settings known to fall behind or to run unsafely.
+    from elastask.core.advice import settings_advice
+
+    for advice in settings_advice(get_app().conf.elastask_settings):
+        log.warning("%s", advice)
+
+
+@signals.celeryd_after_setup.connect
+def _note_pinned_queues(sender: Any, instance: Any, **_kwargs: Any) -> None:
+    # After -Q is applied: a worker started with -Q consumes exactly those queues (pinned);
+    # a plain worker also consumes every configured node's dispatch queue (NodeQueues below).
+    # (Celery keeps the -Q selection in Queues._consume_from; None means "no -Q".)
+    instance.app.conf.elastask_pinned = getattr(instance.app.amqp.queues, "_consume_from", None) is not None
+
+
+class NodeQueues(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consume the dispatch queue of every configured Kibana node, and of nodes that appear later."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
+    REFRESH_S = 10.0
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_ref: Any = None
+
+    def start(self, consumer: Any) -> None:
+        if consumer.app.conf.elastask_pinned:
+            return
+        self.refresh(consumer)
+        self.timer_ref = consumer.timer.call_repeatedly(self.REFRESH_S, self.refresh, (consumer,), priority=10)
+
+    def refresh(self, consumer: Any) -> None:
+        try:
+            names = node_queue_names(consumer.app.conf.elastask_settings)
+        except Exception as e:  # never let queue discovery stop the worker
+            log.warning("could not list the Kibana nodes' dispatch queues (will retry): %s", e)
+            return
+        for name in names:
+            if not consumer.task_consumer.consuming_from(name):
+                consumer.add_task_queue(name)
+
+    def stop(self, consumer: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+
+
+def node_queue_names(settings: Settings) -> list[str]:
+    """The dispatch queues of the nodes whose ownerId is known (config, Redis cache or /api/status)."""
+    import redis
+
+    from elastask.parts.kibana import KibanaClient
+    from elastask.parts.nodes import NodeRegistry
+
+    client = redis.Redis.from_url(
+        settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=5, **settings.redis_tls()
+    )
+    kibana = KibanaClient(settings.kibana)
+    try:
+        return NodeRegistry(settings, client, kibana).queue_names()
+    finally:
+        client.close()
+        kibana.session.close()
+
+
+@cache
+def get_app() -> Celery:
+    """The process's app, built on first use; a bad config exits with one line naming file and key."""
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        print(f"elastask: configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return create_app(settings)

@@ -1,0 +1,129 @@
+"""The Celery tasks: thin wrappers that build the process's clients and call the dispatcher.
+
+- ``elastask.claim`` (beat, every ``polling_interval``, queue ``elastask.claim``)
+- ``elastask.retry`` (beat, every ``retry_interval``, queue ``elastask.retry``)
+- ``elastask.dispatch`` (one per node per claim cycle, carrying the tasks claimed for that node, queue
+  ``elastask.dispatch.<ownerId>``)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from elastask import keys
+from elastask.core.intervals import parse_date
+from elastask.core.messages import DispatchJob
+from elastask.entry.celeryapp import get_app
+from elastask.errors import LedgerError, StoreError
+from elastask.logs import bound
+from elastask.loops.claim import claim_available_tasks
+from elastask.loops.dispatch import push_claimed_tasks
+from elastask.loops.retry import retry_expired_leases
+from elastask.ops.metrics import Metrics, summary_counts
+from elastask.runtime import Runtime, build_runtime
+
+log = logging.getLogger(__name__)
+app = get_app()
+
+_runtime: tuple[int, Runtime] | None = None
+#: Task ids a dispatch job shows in Flower and the logs.
+MAX_IDS_SHOWN = 10
+
+
+def runtime() -> Runtime:
+    """This process's clients, built after the fork of a prefork pool child."""
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        _runtime = (os.getpid(), build_runtime(app.conf.elastask_settings))
+        _check_index(_runtime[1])
+    return _runtime[1]
+
+
+def _check_index(rt: Runtime) -> None:
+    """Kibana owns the index: say clearly if it is missing or lacks a field elastask queries."""
+    try:
+        for warning in rt.store.check_index():
+            log.warning("%s", warning)
+    except StoreError as e:
+        log.error("%s", e)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def enqueue_dispatch(batch: DispatchJob, producer: Any = None) -> None:
+    """Send a dispatch job to its node's queue; Flower shows only the task ids, never the bodies."""
+    ids = ", ".join(repr(job.doc_id) for job in batch.tasks[:MAX_IDS_SHOWN])
+    more = f", ... {len(batch.tasks) - MAX_IDS_SHOWN} more" if len(batch.tasks) > MAX_IDS_SHOWN else ""
+    dispatch.apply_async(
+        args=[batch.as_dict()],
+        queue=keys.queue(batch.owner_id),
+        argsrepr=f"([{ids}{more}])",
+        producer=producer,
+        # Tasks claimed ahead of their runAt: the worker holds the job until then.
+        eta=parse_date(batch.not_before) if batch.not_before else None,
+    )
+
+
+@app.task(name="elastask.claim", ignore_result=True)
+def claim() -> dict[str, Any]:
+    """One claim cycle."""
+    now = _now()
+    try:
+        rt = runtime()
+        # One producer (one broker connection) for every job this cycle enqueues.
+        with app.producer_or_acquire() as producer:
+            summary = claim_available_tasks(rt, now, lambda job: enqueue_dispatch(job, producer))
+        if summary.ran:
+            metrics = Metrics(rt.redis)
+            metrics.record(
+                summary_counts(summary), observations=[("claim_duration_seconds", summary.duration_ms / 1000)]
+            )
+            metrics.claim_succeeded(now)
+        elif summary.resting:
+            Metrics(rt.redis).claim_succeeded(now)  # resting after a quiet cycle is a healthy loop
+        return summary.as_dict()
+    except (StoreError, LedgerError) as e:
+        log.error("claim cycle failed, next one in %d ms: %s", app.conf.elastask_settings.polling_interval_ms, e)
+        return {"ran": False, "error": str(e)}
+
+
+@app.task(name="elastask.retry", ignore_result=True)
+def retry() -> dict[str, Any]:
+    """One retry cycle for expired leases."""
+    try:
+        rt = runtime()
+        summary = retry_expired_leases(rt, _now())
+        Metrics(rt.redis).record(
+            {"elastask_malformed_total": summary.skipped},
+            labelled=[("elastask_retried_total", {"outcome": k}, n) for k, n in summary.outcomes.items()],
+        )
+        return summary.as_dict()
+    except (StoreError, LedgerError) as e:
+        log.error("retry cycle failed, next one in %d ms: %s", app.conf.elastask_settings.retry_interval_ms, e)
+        return {"ran": False, "error": str(e)}
+
+
+@app.task(
+    name="elastask.dispatch",
+    ignore_result=True,
+    autoretry_for=(StoreError, LedgerError),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    max_retries=10,
+)
+def dispatch(batch: dict[str, Any]) -> dict[str, int]:
+    """Push the tasks one claim cycle claimed for one Kibana node; returns the count per outcome."""
+    rt, claimed, now = runtime(), DispatchJob.from_dict(batch), _now()
+    with bound(owner_id=claimed.owner_id):
+        report = push_claimed_tasks(rt, claimed, now, rt.pushers)
+    counts = report.counts()
+    Metrics(rt.redis).record(
+        labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
+        observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
+    )
+    return dict(counts)

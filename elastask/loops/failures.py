@@ -1,0 +1,26 @@
+"""Why a task was marked failed, kept in Redis for operators (Kibana's mapping has no field for it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+import redis
+
+from elastask import keys
+from elastask.core.intervals import format_date
+
+log = logging.getLogger(__name__)
+
+
+def record_failure(
+    client: redis.Redis, doc_id: str, now: datetime, reason: str, *, owner_id: str | None, task_type: str
+) -> None:
+    """Keep the reason (``elastask tasks failed`` shows it) and log it once."""
+    entry = {"at": format_date(now), "reason": reason, "owner_id": owner_id, "task_type": task_type}
+    try:
+        client.hset(keys.FAILED_REASONS, doc_id, json.dumps(entry))
+    except redis.RedisError as e:  # the document says failed; only the reason is lost
+        log.error("could not keep the failure reason of %r in Redis: %s", doc_id, e)
+    log.warning("task %r (%s) failed for good: %s", doc_id, task_type, reason)

@@ -1,0 +1,176 @@
+"""The retry loop: tasks whose lease (``retryAt``) ran out without an outcome from Kibana.
+
+Run by beat every ``retry_interval`` under a Redis lock. Each expired task is, with a conditional
+write on the version read: retried (back to ``idle``, one-shot tasks after a backoff), failed for
+good (one-shot tasks that used every attempt; kept with status ``failed``, the reason logged and
+kept in Redis for ``elastask``'s operators), or moved to its next interval (recurring tasks are
+never failed). A 409 means Kibana wrote its outcome in the same instant: Kibana wins.
+
+The loop also reports task documents no loop would ever pick up (unknown status, idle without
+``runAt``), once per quarantine period each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from elastask import keys
+from elastask.core import policy, queries
+from elastask.core.documents import STATUSES, TaskDocument, parse_hit
+from elastask.errors import DocumentError
+from elastask.loops.cadence import Cadence
+from elastask.loops.claim import LEASE_GRACE
+from elastask.loops.failures import record_failure
+from elastask.loops.locks import exclusive
+from elastask.loops.malformed import report_malformed
+from elastask.parts.store import bulk_update_tasks, search_hits
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+AUDIT_SIZE = 100
+AUDIT_EVERY_S = 60
+
+
+@dataclass
+class RetrySummary:
+    """The counts of one retry cycle."""
+
+    ran: bool = True
+    expired: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    conflicts: int = 0
+    skipped: int = 0
+    unclaimable: int = 0
+    duration_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def retry_expired_leases(rt: Runtime, now: datetime) -> RetrySummary:
+    """One retry cycle; a cycle already running elsewhere makes this a no-op."""
+    started = time.monotonic()
+    with exclusive(rt.redis, keys.RETRY_LOCK, max(30_000, 10 * rt.settings.retry_interval_ms)) as lock:
+        if not lock.taken:
+            return RetrySummary(ran=False)
+        summary = _retry_cycle(rt, now)
+        # The audit looks for documents no loop would pick up; once a minute is plenty.
+        if rt.redis.set(keys.AUDIT_DUE, 1, nx=True, ex=AUDIT_EVERY_S):
+            summary.unclaimable = audit_unclaimable(rt, now)
+            summary.outcomes["failed"] = summary.outcomes.get("failed", 0) + fail_exhausted_one_shots(rt, now)
+    summary.duration_ms = (time.monotonic() - started) * 1000
+    if summary.expired or summary.skipped or summary.unclaimable:
+        log.info(
+            "retry cycle: expired=%d retried=%d failed=%d rescheduled=%d conflicts=%d skipped(malformed)=%d "
+            "unclaimable=%d duration=%.0fms",
+            summary.expired,
+            summary.outcomes.get("retry", 0),
+            summary.outcomes.get("failed", 0),
+            summary.outcomes.get("rescheduled", 0),
+            summary.conflicts,
+            summary.skipped,
+            summary.unclaimable,
+            summary.duration_ms,
+        )
+    return summary
+
+
+def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
+    summary = RetrySummary()
+    # A lease is over at retryAt plus a grace: Kibana times a run from its start, a moment after
+    # the claim (a push that waited longer than the grace renewed its lease), so it may still be
+    # running at retryAt itself.
+    body = queries.expired_leases(now - LEASE_GRACE, size=rt.settings.claim_batch_size)
+    hits = search_hits(rt.store, body, "searching expired leases")
+    summary.expired = len(hits)
+    plans: list[tuple[TaskDocument, policy.Expiry]] = []
+    for hit in hits:
+        try:
+            doc = parse_hit(hit)
+        except DocumentError as e:
+            summary.skipped += 1
+            report_malformed(rt.redis, e, now)
+            continue
+        settings = rt.settings.for_type(doc.task_type)
+        plans.append(
+            (
+                doc,
+                policy.on_lease_expired(
+                    doc,
+                    now,
+                    max_attempts=settings.max_attempts,
+                    base_delay_ms=rt.settings.retry_delay_ms,
+                    max_delay_ms=rt.settings.max_retry_delay_ms,
+                    rng=rt.rng,
+                ),
+            )
+        )
+    results = bulk_update_tasks(rt.store, [(doc, expiry.fields) for doc, expiry in plans])
+    outcomes: Counter[str] = Counter()
+    for (doc, expiry), result in zip(plans, results, strict=True):
+        if result.conflict or result.missing:
+            # Kibana's outcome landed first (it wins), or our search was stale. Either way the
+            # slot is not ours to free: the claim loop's real-time reconcile decides.
+            summary.conflicts += 1
+            continue
+        if not result.ok:
+            log.error("retrying %r failed: %s %s", doc.id, result.status, result.error)
+            continue
+        outcomes[expiry.outcome] += 1
+        if expiry.outcome == "failed":
+            record_failure(rt.redis, doc.id, now, expiry.reason, owner_id=doc.owner_id, task_type=doc.task_type)
+        else:
+            log.info("task %r (%s): %s", doc.id, doc.task_type, expiry.reason)
+    summary.outcomes = dict(outcomes)
+    if outcomes["retry"] or outcomes["rescheduled"]:
+        Cadence(rt.redis).wake()  # tasks went back to idle: a resting claim loop looks again now
+    return summary
+
+
+def audit_unclaimable(rt: Runtime, now: datetime) -> int:
+    """Report documents with an unknown status or an idle one without runAt; returns how many exist."""
+    hits = search_hits(rt.store, queries.unclaimable(size=AUDIT_SIZE), "auditing unclaimable tasks")
+    for hit in hits:
+        task = hit.get("_source", {}).get("task", {})
+        doc_id = str(hit.get("_id"))
+        status = task.get("status")
+        if not isinstance(status, str) or status not in STATUSES:
+            report_malformed(rt.redis, DocumentError(doc_id, "task.status", "unknown status", task.get("status")), now)
+        else:
+            report_malformed(rt.redis, DocumentError(doc_id, "task.runAt", "idle task without runAt", None), now)
+    return len(hits)
+
+
+def fail_exhausted_one_shots(rt: Runtime, now: datetime) -> int:
+    """Fail idle one-shot tasks at or over their maximum attempts (no claim would ever take them).
+
+    They appear when ``max_attempts`` was lowered, or Kibana left a task idle after its own last
+    attempt. Conditional writes; returns how many were failed.
+    """
+    settings = rt.settings
+    body = queries.exhausted_one_shots(
+        size=AUDIT_SIZE,
+        default_max_attempts=settings.max_attempts,
+        max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
+    )
+    docs = []
+    for hit in search_hits(rt.store, body, "searching one-shot tasks out of attempts"):
+        try:
+            docs.append(parse_hit(hit))
+        except DocumentError as e:
+            report_malformed(rt.redis, e, now)
+    results = bulk_update_tasks(rt.store, [(doc, {"status": "failed"}) for doc in docs])
+    failed = 0
+    for doc, result in zip(docs, results, strict=True):
+        if result.ok:
+            failed += 1
+            maximum = settings.for_type(doc.task_type).max_attempts
+            reason = f"idle one-shot task with {doc.attempts} attempts, at or over the maximum of {maximum}"
+            record_failure(rt.redis, doc.id, now, reason, owner_id=doc.owner_id, task_type=doc.task_type)
+    return failed

@@ -1,0 +1,227 @@
+"""What operators ask of a running elastask: check the dependencies, status, failed tasks, requeue, schedule."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import redis
+import requests
+
+from elastask import keys
+from elastask.config import Settings
+from elastask.core import policy, queries
+from elastask.core.advice import settings_advice
+from elastask.core.documents import TaskDocument, new_task
+from elastask.core.intervals import format_date
+from elastask.errors import ConflictError, ElastaskError, StoreError
+from elastask.loops.cadence import Cadence
+from elastask.loops.claim import LEASE_GRACE
+from elastask.parts.store import search_hits
+from elastask.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One dependency: ok or not, what was found, and the fix."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    #: Works, but is known to cost drift, throughput or safety (printed, does not fail the check).
+    warning: bool = False
+
+
+def check(settings: Settings, rt: Runtime) -> list[CheckRow]:
+    """Reach every dependency once and say what is wrong with each, with the fix."""
+    rows = [CheckRow("config", True, f"{settings.source}: valid")]
+    rows += [CheckRow("settings", True, advice, warning=True) for advice in settings_advice(settings)]
+    rows.append(_check_engine(settings, rt))
+    if rows[-1].ok:
+        rows.append(_check_index(settings, rt))
+    rows.append(_check_redis(settings, rt))
+    for node in settings.kibana.hosts:
+        rows.append(_check_kibana(rt, node.url, node))
+    return rows
+
+
+def _check_engine(settings: Settings, rt: Runtime) -> CheckRow:
+    name = f"search engine {settings.elasticsearch.host}"
+    try:
+        info = rt.store.client.info()
+    except Exception as e:  # the client raises many shapes; the row names it
+        status = getattr(getattr(e, "meta", None), "status", None)
+        if status in (401, 403):
+            return CheckRow(
+                name,
+                False,
+                f"authentication failed ({status})",
+                "check elasticsearch.username/password or api_key (ELASTASK_ELASTICSEARCH_PASSWORD)",
+            )
+        return CheckRow(
+            name,
+            False,
+            f"unreachable ({type(e).__name__})",
+            "check elasticsearch.host, the network, and TLS settings (ca_certs, verify_certs)",
+        )
+    version = info.get("version", {})
+    return CheckRow(name, True, f"{version.get('distribution', 'elasticsearch')} {version.get('number', '?')}")
+
+
+def _check_index(settings: Settings, rt: Runtime) -> CheckRow:
+    name = f"index {settings.index}"
+    try:
+        warnings = rt.store.check_index()
+    except StoreError as e:
+        return CheckRow(name, False, str(e), "start Kibana once (it creates the index), or fix the index setting")
+    if warnings:
+        return CheckRow(name, False, "; ".join(warnings), "point elastask at Kibana's task index")
+    return CheckRow(name, True, "exists, mapping has every queried field")
+
+
+def _check_redis(settings: Settings, rt: Runtime) -> CheckRow:
+    try:
+        rt.redis.ping()
+    except redis.AuthenticationError:
+        return CheckRow("redis", False, "authentication failed", "check the password in redis.url (ELASTASK_REDIS_URL)")
+    except redis.RedisError as e:
+        return CheckRow("redis", False, f"unreachable ({type(e).__name__})", "check redis.url and that Redis runs")
+    return CheckRow("redis", True, "answers PING")
+
+
+def _check_kibana(rt: Runtime, url: str, node: Any) -> CheckRow:
+    name = f"kibana {url}"
+    try:
+        answer = rt.kibana.session.get(url + "/api/status", **rt.kibana._options(node, 5.0))
+    except requests.exceptions.ConnectionError:
+        return CheckRow(name, False, "connection refused or unreachable", "start the node or fix kibana.hosts")
+    except requests.RequestException as e:
+        return CheckRow(name, False, f"{type(e).__name__}", "check the URL and TLS settings (kibana.ca_certs)")
+    if answer.status_code in (401, 403):
+        return CheckRow(
+            name,
+            False,
+            f"authentication failed ({answer.status_code})",
+            "check kibana.username/password or api_key (ELASTASK_KIBANA_PASSWORD)",
+        )
+    try:
+        body = answer.json()
+    except ValueError:
+        return CheckRow(name, False, f"answered {answer.status_code} without JSON", "is this URL a Kibana node?")
+    level = body.get("status", {}).get("overall", {}).get("level")
+    owner = f"kibana:{body.get('uuid')}"
+    if answer.status_code != 200 or level not in ("available", "degraded"):
+        return CheckRow(name, False, f"status {answer.status_code}, level {level}", "look at the node's own logs")
+    return CheckRow(name, True, f"{level}, ownerId {owner}")
+
+
+def status(rt: Runtime, now: datetime) -> dict[str, Any]:
+    """Per node: in flight / capacity (cost units), health; overall: task counts by status."""
+    nodes, problems = rt.nodes.resolve()
+    used = rt.ledger.used_units([n.owner_id for n in nodes], now)
+    rows = []
+    for node in nodes:
+        health = cast(dict[bytes, bytes], rt.redis.hgetall(keys.health(node.owner_id)))
+        open_until = int(health.get(b"open_until_ms", b"0"))
+        rows.append(
+            {
+                "url": node.url,
+                "owner_id": node.owner_id,
+                "in_flight_units": used.get(node.owner_id, 0),
+                "capacity_units": node.capacity_units,
+                "load_percent": round(100 * used.get(node.owner_id, 0) / node.capacity_units, 1),
+                "in_rotation": open_until == 0,
+                "failures": int(health.get(b"failures", b"0")),
+            }
+        )
+    answer = rt.store.client.search(index=rt.store.index, body=queries.counts_by_status())
+    counts = {b["key"]: b["doc_count"] for b in answer["aggregations"]["status"]["buckets"]}
+    overdue = rt.store.client.count(
+        index=rt.store.index,
+        query=queries.due_tasks(now, size=0, default_max_attempts=rt.settings.max_attempts, max_attempts_by_type={})[
+            "query"
+        ],
+    )["count"]
+    return {"nodes": rows, "unresolved": problems, "tasks_by_status": counts, "due_now": overdue}
+
+
+def failed_tasks(rt: Runtime, size: int = 100) -> list[dict[str, Any]]:
+    """Tasks in ``failed``, with the reason elastask recorded when it failed them."""
+    body = {
+        "query": {"bool": {"filter": [{"term": {"type": "task"}}, {"term": {"task.status": "failed"}}]}},
+        "size": size,
+        "seq_no_primary_term": True,
+    }
+    rows = []
+    for hit in search_hits(rt.store, body, "listing failed tasks"):
+        reason = rt.redis.hget(keys.FAILED_REASONS, hit["_id"])
+        task = hit["_source"]["task"]
+        rows.append(
+            {
+                "id": hit["_id"],
+                "task_type": task.get("taskType"),
+                "attempts": task.get("attempts"),
+                "owner_id": task.get("ownerId"),
+                "reason": json.loads(cast(bytes, reason)).get("reason") if reason else None,
+            }
+        )
+    return rows
+
+
+def show(rt: Runtime, doc_id: str) -> dict[str, Any]:
+    """One task document as stored, with its version and any failure reason."""
+    doc_id = doc_id if doc_id.startswith("task:") else f"task:{doc_id}"
+    hit = rt.store.client.get(index=rt.store.index, id=doc_id)
+    reason = rt.redis.hget(keys.FAILED_REASONS, doc_id)
+    return {
+        "id": doc_id,
+        "seq_no": hit["_seq_no"],
+        "primary_term": hit["_primary_term"],
+        "source": hit["_source"],
+        "failure": json.loads(cast(bytes, reason)) if reason else None,
+    }
+
+
+def requeue(rt: Runtime, doc_id: str, now: datetime, *, force: bool = False) -> TaskDocument:
+    """Send a failed (or stuck) task back to ``idle`` now with its attempts reset, conditionally.
+
+    A running or claiming task is refused until its lease (plus grace) ran out, unless ``force``.
+    """
+    doc_id = doc_id if doc_id.startswith("task:") else f"task:{doc_id}"
+    doc = rt.store.get(doc_id)
+    if doc.status not in ("failed", "running", "claiming", "idle"):
+        raise ElastaskError(f"task {doc_id!r} is {doc.status!r}; only failed, running or claiming tasks are requeued")
+    refusal = policy.requeue_refusal(doc, now, LEASE_GRACE)
+    if refusal is not None and not force:
+        raise ElastaskError(refusal)
+    fields = {"status": "idle", "attempts": 0, "runAt": format_date(now), "retryAt": None, "startedAt": None}
+    try:
+        updated = rt.store.update_task(doc, fields)
+    except ConflictError as e:
+        raise ElastaskError(f"task {doc_id!r} changed while requeueing it; look at it again and retry") from e
+    rt.redis.hdel(keys.FAILED_REASONS, doc_id)
+    Cadence(rt.redis).wake()
+    return updated
+
+
+def schedule(
+    rt: Runtime,
+    task_type: str,
+    now: datetime,
+    *,
+    task_id: str,
+    params: dict[str, Any],
+    interval: str | None,
+    run_at: datetime | None,
+) -> TaskDocument:
+    """Create a task document as Kibana's taskManager.schedule would."""
+    try:
+        doc = new_task(task_id, task_type, now=now, params=params, interval=interval, run_at=run_at)
+    except ValueError as e:
+        raise ElastaskError(f"--interval: {e}") from e
+    created = rt.store.create(doc, refresh=True)
+    Cadence(rt.redis).wake()
+    return created

@@ -1,0 +1,133 @@
+"""``elastask serve``: Prometheus ``/metrics`` and ``/health`` over HTTP, read from Redis and the engine.
+
+One exporter serves the whole dispatcher, however many workers and machines: the loops record in
+Redis (see metrics.py), so the numbers are right under Celery's prefork pool without
+multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from elastask import keys
+from elastask.ops.health import health
+from elastask.ops.metrics import MetricsReader, parse_counter_field
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+HELP = {
+    "elastask_claim_cycles": "Claim cycles that ran to their end.",
+    "elastask_claimed": "Tasks claimed (conditional bulk update succeeded).",
+    "elastask_claim_conflicts": "Claims that lost a race (HTTP 409).",
+    "elastask_claim_stale": "Search hits dropped as stale before claiming.",
+    "elastask_released": "Ledger slots freed because Kibana wrote an outcome.",
+    "elastask_malformed": "Malformed task documents skipped.",
+    "elastask_dispatched": "Pushes to _run_now, by outcome.",
+    "elastask_retried": "Expired leases handled, by outcome (retry, failed, rescheduled).",
+}
+
+
+class ElastaskCollector:
+    """Reads Redis (and the ledger) at scrape time."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[Metric]:
+        reader = MetricsReader(self.rt.redis)
+        families: dict[str, CounterMetricFamily] = {}
+        grouped: dict[str, list[tuple[dict[str, str], int]]] = defaultdict(list)
+        for field, value in reader.counters().items():
+            name, labels = parse_counter_field(field)
+            grouped[name.removesuffix("_total")].append((labels, value))
+        for name, samples in sorted(grouped.items()):
+            label_names = sorted({k for labels, _ in samples for k in labels})
+            family = CounterMetricFamily(name, HELP.get(name, name), labels=label_names)
+            for labels, value in samples:
+                family.add_metric([labels.get(k, "") for k in label_names], value)
+            families[name] = family
+        yield from families.values()
+        for name, help_text in (
+            ("start_drift_seconds", "Push time minus runAt of accepted pushes."),
+            ("claim_duration_seconds", "Duration of claim cycles."),
+        ):
+            buckets, total, _count = reader.histogram(name)
+            yield HistogramMetricFamily(
+                f"elastask_{name}",
+                help_text,
+                buckets=[("+Inf" if b == float("inf") else str(b), c) for b, c in buckets],
+                sum_value=total,
+            )
+        now = datetime.now(UTC)
+        nodes, _ = self.rt.nodes.resolve()
+        used = self.rt.ledger.used_units([n.owner_id for n in nodes], now)
+        in_flight = GaugeMetricFamily(
+            "elastask_node_in_flight_units", "Capacity units leased to a node now.", labels=["owner_id", "url"]
+        )
+        capacity = GaugeMetricFamily(
+            "elastask_node_capacity_units", "A node's capacity in cost units.", labels=["owner_id", "url"]
+        )
+        rotation = GaugeMetricFamily(
+            "elastask_node_in_rotation", "1 while the node gets tasks.", labels=["owner_id", "url"]
+        )
+        for node in nodes:
+            node_labels = [node.owner_id, node.url]
+            in_flight.add_metric(node_labels, used.get(node.owner_id, 0))
+            capacity.add_metric(node_labels, node.capacity_units)
+            is_open = self.rt.redis.hget(keys.health(node.owner_id), "open_until_ms")
+            rotation.add_metric(node_labels, 0 if is_open else 1)
+        yield in_flight
+        yield capacity
+        yield rotation
+        last = reader.last_claim_ms()
+        if last is not None:
+            yield GaugeMetricFamily(
+                "elastask_last_claim_timestamp_seconds", "When a claim cycle last finished.", value=last / 1000
+            )
+
+
+def make_handler(rt: Runtime, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] == "/metrics":
+                self._send(200, generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8")
+            elif self.path.split("?")[0] == "/health":
+                report = health(rt, datetime.now(UTC))
+                status = 503 if report["status"] == "error" else 200
+                self._send(status, json.dumps(report, indent=2).encode(), "application/json")
+            else:
+                self._send(404, b'{"error": "try /metrics or /health"}', "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    return Handler
+
+
+def serve(rt: Runtime, host: str, port: int) -> None:
+    """Serve until interrupted."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ElastaskCollector(rt))
+    server = ThreadingHTTPServer((host, port), make_handler(rt, registry))
+    log.info("serving /metrics and /health on http://%s:%d", host, port)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

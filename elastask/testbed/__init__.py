@@ -1,7 +1,0 @@
-"""The test bed: real search engine, compatibility proxy, Redis and simulated Kibana, on loopback."""
-
-from __future__ import annotations
-
-from elastask.testbed.bed import Testbed
-
-__all__ = ["Testbed"]

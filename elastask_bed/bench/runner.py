@@ -1,0 +1,313 @@
+"""One benchmark run: a scenario in one mode (push, or pull at a poll interval) on the test bed.
+
+Both modes get the same engine, the same documents (due at the same ``runAt``), the same simulated
+nodes and run times. Time and engine counters are measured from the moment the tasks fall due.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from elastask.config import ElasticsearchSettings
+from elastask.core.documents import TaskDocument
+from elastask.core.percentiles import percentile
+from elastask.parts.store import build_client
+from elastask_bed.bench.engine_stats import read_counters
+from elastask_bed.bench.scenarios import Scenario, documents
+from elastask_bed.testbed.bed import INDEX, SimulatorProcess, Testbed
+from elastask_bed.testbed.fleet import CeleryFleet
+
+Progress = Callable[[int, int, str], None]  # (done, total, label)
+
+_CLAIM_DURATION = re.compile(r"claim cycle: .*? duration=(\d+)ms")
+
+
+def pull_interval_ms(mode: str) -> int:
+    """0 for push, the poll interval for ``pull-<ms>``."""
+    return int(mode.split("-", 1)[1]) if mode.startswith("pull-") else 0
+
+
+class BenchRun:
+    """Runs one scenario in one mode and returns its measurements."""
+
+    def __init__(
+        self,
+        bed: Testbed,
+        scenario: Scenario,
+        mode: str,
+        workdir: Path,
+        *,
+        push_interval_ms: int = 200,
+        workers: int = 1,
+        concurrency: int = 4,
+        progress: Progress | None = None,
+    ) -> None:
+        self.bed = bed
+        self.scenario = scenario
+        self.mode = mode
+        self.workdir = workdir
+        self.push_interval_ms = push_interval_ms
+        self.workers = workers
+        self.concurrency = concurrency
+        self.progress = progress or (lambda _d, _t, _l: None)
+        self.es = build_client(ElasticsearchSettings(host=bed.es_url, request_timeout_s=120))
+
+    def reset(self) -> None:
+        """Empty the task index and Redis: every run starts from the same state."""
+        for _ in range(10):  # a write landing during the delete leaves a document behind: go again
+            self.es.delete_by_query(index=INDEX, query={"match_all": {}}, refresh=True, conflicts="proceed")
+            if int(self.es.count(index=INDEX)["count"]) == 0:
+                break
+            time.sleep(1)
+        client = redis.Redis.from_url(self.bed.redis.url)
+        client.flushall()
+        client.close()
+
+    def start(self) -> tuple[SimulatorProcess, CeleryFleet | None]:
+        """The simulated nodes (polling themselves in pull mode) and, in push mode, elastask's processes."""
+        s = self.scenario
+        extra = []
+        if pull_interval_ms(self.mode):
+            extra = ["--pull-interval-ms", str(pull_interval_ms(self.mode))]
+        simulator = self.bed.start_simulator(s.nodes, run_ms=str(s.run_ms), capacity=s.capacity, extra_args=extra)
+        if pull_interval_ms(self.mode):
+            return simulator, None
+        fleet = CeleryFleet(
+            self.workdir / f"{s.name}-{self.mode}-{s.nodes}",
+            self.bed,
+            simulator,
+            env={
+                "ELASTASK_POLLING_INTERVAL": str(self.push_interval_ms),
+                "ELASTASK_RETRY_INTERVAL": "1000",
+                "ELASTASK_KIBANA_CAPACITY": str(s.capacity),
+            },
+        )
+        for n in range(self.workers):
+            fleet.worker(f"bench-worker{n + 1}", concurrency=self.concurrency)
+        fleet.beat("bench-beat")
+        return simulator, fleet
+
+    def seed(self, docs: list[TaskDocument]) -> None:
+        operations: list[dict[str, Any]] = []
+        for doc in docs:
+            operations += [{"create": {"_index": INDEX, "_id": doc.id}}, doc.to_source()]
+        for start in range(0, len(operations), 2000):
+            answer = self.es.bulk(operations=operations[start : start + 2000])
+            if answer["errors"]:
+                failed = [item for item in answer["items"] if "error" in next(iter(item.values()))]
+                raise RuntimeError(f"seeding failed for {len(failed)} document(s), first: {failed[:1]}")
+        self.es.indices.refresh(index=INDEX)
+
+    def run(self) -> dict[str, Any]:
+        """Seed, start, wait until done (or the duration passed), measure, stop."""
+        s = self.scenario
+        self.reset()
+        simulator, fleet = self.start()
+        try:
+            time.sleep(2)  # let the first claim cycles run on an empty index
+            # Everything falls due at one instant after seeding, in both modes.
+            due_count = s.one_shot_tasks + s.recurring_tasks
+            lead = timedelta(seconds=3 + (due_count + s.idle_docs) / 2500)
+            due_at = datetime.now(UTC) + lead
+            self.seed(documents(s, due_at))
+            simulator.reset()
+            wait = (due_at - datetime.now(UTC)).total_seconds()
+            before = read_counters(self.bed.engine.url)
+            if wait > 0:
+                time.sleep(wait)
+            started = time.monotonic()
+            finished = self.wait_until_done(simulator, started)
+            elapsed = (finished or time.monotonic()) - started
+            if not s.duration_s:
+                self.wait_for_outcomes(simulator)
+            after = read_counters(self.bed.engine.url)
+            stats = simulator.stats(drifts=True)
+            remaining = self.remaining()
+            logs = fleet.logs() if fleet else ""
+        finally:
+            if fleet is not None:
+                fleet.stop()
+            simulator.stop()
+        return self.measure(stats, after.minus(before), elapsed, finished is not None, remaining, logs)
+
+    def wait_until_done(self, simulator: SimulatorProcess, started: float) -> float | None:
+        """Poll the simulator; the monotonic time the work was done, or None on timeout."""
+        s = self.scenario
+        total = s.one_shot_tasks
+        limit = s.duration_s or (3 * total / max(1.0, s.ceiling_per_s) + 120)
+        while True:
+            now = time.monotonic()
+            done = int(simulator.stats()["totals"]["runs_finished"])
+            if s.duration_s:
+                self.progress(int(now - started), int(s.duration_s), f"{self.mode}: {done} runs")
+                if now - started >= s.duration_s:
+                    return now
+            else:
+                self.progress(min(done, total), total, f"{self.mode}: {done}/{total} done")
+                if done >= total:
+                    return now
+            if now - started > limit:
+                return None
+            time.sleep(0.25)
+
+    def wait_for_outcomes(self, simulator: SimulatorProcess, timeout_s: float = 30.0) -> None:
+        """Wait until every finished run's outcome write was answered by the engine.
+
+        A node counts a run finished before it writes the outcome (update or delete); the engine's
+        counters read before those writes land would miss them.
+        """
+        deadline = time.monotonic() + timeout_s
+        while int(simulator.stats()["totals"].get("outcomes_pending", 0)) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def remaining(self) -> dict[str, int]:
+        """One-shot documents left, and documents stuck past their lease or failed."""
+        self.es.indices.refresh(index=INDEX)
+        now = datetime.now(UTC).isoformat()
+
+        def count(*filters: dict[str, Any]) -> int:
+            query = {"bool": {"filter": [{"term": {"type": "task"}}, *filters]}}
+            return int(self.es.count(index=INDEX, query=query)["count"])
+
+        return {
+            "one_shot_left": count({"term": {"task.taskType": "bench:one-shot"}}),
+            "failed": count({"term": {"task.status": "failed"}}),
+            "stuck": count(
+                {"terms": {"task.status": ["running", "claiming"]}}, {"range": {"task.retryAt": {"lt": now}}}
+            ),
+        }
+
+    def measure(
+        self,
+        stats: dict[str, Any],
+        engine: Any,
+        elapsed: float,
+        completed_in_time: bool,
+        remaining: dict[str, int],
+        logs: str,
+    ) -> dict[str, Any]:
+        s = self.scenario
+        nodes = stats["nodes"].values()
+        drifts = [d for node in nodes for d in node.get("drifts", [])]
+        if self.mode == "push":
+            cycles = [float(m) for m in _CLAIM_DURATION.findall(logs)]
+        else:
+            cycles = [c for node in nodes for c in node.get("claim_cycles", [])]
+        completed = int(stats["totals"]["runs_finished"])
+        throughput = completed / elapsed if elapsed > 0 else 0.0
+        violations = sum(max(0, int(n["max_concurrency"]) - s.capacity) for n in nodes)
+        violations += int(stats["totals"]["rejected_over_capacity"])
+        lost = remaining["failed"] + remaining["stuck"] + (0 if completed_in_time or s.duration_s else 1)
+        return {
+            "scenario": s.name,
+            "mode": self.mode,
+            "nodes": s.nodes,
+            "capacity": s.capacity,
+            "run_ms": s.run_ms,
+            "one_shot_tasks": s.one_shot_tasks,
+            "recurring_tasks": s.recurring_tasks,
+            "documents": s.one_shot_tasks + s.recurring_tasks + s.idle_docs,
+            "claim_interval_ms": self.push_interval_ms if self.mode == "push" else pull_interval_ms(self.mode),
+            "elapsed_s": round(elapsed, 3),
+            "completed": completed,
+            "completed_in_time": completed_in_time,
+            "throughput_per_s": round(throughput, 2),
+            "ceiling_per_s": round(s.ceiling_per_s, 2),
+            "utilisation": round(throughput / s.ceiling_per_s, 4) if s.one_shot_tasks else None,
+            "drift_ms": _summary(drifts),
+            "claim_cycle_ms": _summary(cycles, (0.5, 0.99)),
+            "engine": {
+                "operations": engine.operations,
+                "requests": engine.requests,
+                "by_kind": {"search": engine.search, "get": engine.get, "index": engine.index, "delete": engine.delete},
+                "operations_per_s": round(engine.operations / elapsed, 2) if elapsed else None,
+                "requests_per_s": round(engine.requests / elapsed, 2) if elapsed else None,
+                "operations_per_task": round(engine.operations / completed, 2) if completed else None,
+                "requests_per_task": round(engine.requests / completed, 2) if completed else None,
+            },
+            "cap_violations": violations,
+            "overlapping_runs": int(stats["totals"]["overlapping_runs"]),
+            "lost": lost,
+            # Runs a node received before the task's runAt (push claims ahead; it must never push early).
+            "early_starts": sum(1 for d in drifts if d < 0),
+            "remaining": remaining,
+            "claim_conflicts": int(stats["totals"].get("claim_conflicts", 0)),
+        }
+
+
+def _summary(values: list[float], points: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, float | None]:
+    result: dict[str, float | None] = {f"p{round(p * 100)}": _round(percentile(values, p)) for p in points}
+    result["min"] = _round(min(values)) if values else None
+    result["max"] = _round(max(values)) if values else None
+    result["count"] = len(values)
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def run_idle(
+    bed: Testbed,
+    fleets: tuple[int, ...],
+    modes: list[str],
+    workdir: Path,
+    duration_s: float,
+    push_interval_ms: int,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Engine requests per second with no due task, per fleet size and mode."""
+    from elastask_bed.bench.scenarios import SCENARIOS
+
+    results = []
+    for nodes in fleets:
+        scenario = SCENARIOS["idle"].sized(nodes=nodes, duration_s=duration_s)
+        for mode in modes:
+            run = BenchRun(bed, scenario, mode, workdir, push_interval_ms=push_interval_ms, progress=progress)
+            run.reset()
+            simulator, fleet = run.start()
+            try:
+                time.sleep(5)  # warm up: first cycles, node discovery
+                before = read_counters(bed.engine.url)
+                started = time.monotonic()
+                while time.monotonic() - started < duration_s:
+                    run.progress(int(time.monotonic() - started), int(duration_s), f"idle {nodes} nodes, {mode}")
+                    time.sleep(0.5)
+                elapsed = time.monotonic() - started
+                engine = read_counters(bed.engine.url).minus(before)
+            finally:
+                if fleet is not None:
+                    fleet.stop()
+                simulator.stop()
+            results.append(
+                {
+                    "scenario": "idle",
+                    "mode": mode,
+                    "nodes": nodes,
+                    "claim_interval_ms": push_interval_ms if mode == "push" else pull_interval_ms(mode),
+                    "elapsed_s": round(elapsed, 2),
+                    "engine": {
+                        "operations": engine.operations,
+                        "requests": engine.requests,
+                        "by_kind": {
+                            "search": engine.search,
+                            "get": engine.get,
+                            "index": engine.index,
+                            "delete": engine.delete,
+                        },
+                        "operations_per_s": round(engine.operations / elapsed, 2),
+                        "requests_per_s": round(engine.requests / elapsed, 2),
+                    },
+                    "cap_violations": 0,
+                    "overlapping_runs": 0,
+                    "lost": 0,
+                }
+            )
+    return results

@@ -1,0 +1,99 @@
+"""The benchmark scenarios and their sizes (each overridable from the command line). Pure."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from elastask.core.documents import TaskDocument, new_task
+from elastask.core.intervals import parse_interval_ms
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One workload, run the same way in every mode."""
+
+    name: str
+    nodes: int
+    capacity: int = 10
+    one_shot_tasks: int = 0
+    recurring_tasks: int = 0
+    interval: str = "10s"
+    run_ms: int = 1000
+    duration_s: float = 0.0  # 0: until every one-shot task is done
+    idle_docs: int = 0  # documents not due (runAt far in the future): index size for the scale run
+    description: str = ""
+
+    @property
+    def ceiling_per_s(self) -> float:
+        """The physical ceiling: nodes x capacity / run time of a task."""
+        return self.nodes * self.capacity / (self.run_ms / 1000)
+
+    def sized(self, **changes: Any) -> Scenario:
+        """A copy with some sizes changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "backlog": Scenario(
+        "backlog",
+        nodes=10,
+        one_shot_tasks=5000,
+        run_ms=1000,
+        description="10 nodes x capacity 10, 5,000 one-shot tasks of 1 s due at once: throughput",
+    ),
+    "steady": Scenario(
+        "steady",
+        nodes=10,
+        recurring_tasks=550,
+        interval="10s",
+        run_ms=1000,
+        duration_s=120,
+        description="recurring tasks filling about 50 % of capacity for 2 minutes: start drift",
+    ),
+    "idle": Scenario(
+        "idle",
+        nodes=1,
+        duration_s=20,
+        description="no due tasks: engine requests per second for 1, 10 and 50 nodes",
+    ),
+    "scale": Scenario(
+        "scale",
+        nodes=100,
+        one_shot_tasks=10_000,
+        idle_docs=90_000,
+        run_ms=1000,
+        description="100 nodes, 100,000 task documents, 10 % due: claim cycle time and drift",
+    ),
+}
+
+#: Kibana's number of task partitions.
+PARTITIONS = 256
+
+#: The idle scenario runs once per fleet size.
+IDLE_FLEETS = (1, 10, 50)
+
+
+def partition_of(task_id: str) -> int:
+    """A task's partition, 0-255, from a hash of its id (Kibana uses murmur3; any uniform hash will do)."""
+    return zlib.crc32(task_id.encode()) % PARTITIONS
+
+
+def task(task_id: str, task_type: str, now: datetime, **options: Any) -> TaskDocument:
+    """A new task with its partition, as Kibana 8.16+ schedules it."""
+    return new_task(task_id, task_type, now=now, partition=partition_of(f"task:{task_id}"), **options)
+
+
+def documents(scenario: Scenario, now: datetime) -> list[TaskDocument]:
+    """The task documents of a scenario: due one-shot and recurring tasks, plus far-future idle ones."""
+    docs = [task(f"bench-once-{i:06d}", "bench:one-shot", now) for i in range(scenario.one_shot_tasks)]
+    # Recurring tasks start spread over one interval, as a steady state would have them.
+    interval_ms = parse_interval_ms(scenario.interval)
+    for i in range(scenario.recurring_tasks):
+        offset = timedelta(milliseconds=interval_ms * i / max(1, scenario.recurring_tasks))
+        docs.append(task(f"bench-rec-{i:06d}", "bench:recurring", now, run_at=now + offset, interval=scenario.interval))
+    later = now + timedelta(days=30)
+    docs += [task(f"bench-later-{i:06d}", "bench:later", now, run_at=later) for i in range(scenario.idle_docs)]
+    return docs

@@ -1,0 +1,215 @@
+"""The test bed's commands, plugged into ``elastask`` (entry points ``elastask.commands``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from elastask.entry.cli import fail
+from elastask.errors import ElastaskError
+
+
+@click.command("demo")
+@click.option("--kibana-nodes", type=int, default=3, show_default=True)
+@click.option("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+@click.option("--json", "as_json", is_flag=True, help="print the live view as one JSON line per second")
+def demo_cmd(kibana_nodes: int, duration: float | None, as_json: bool) -> None:
+    """Run the test bed, a worker, a beat, Flower and the exporter with demo tasks and a live view."""
+    from elastask_bed.demo import run_demo
+
+    try:
+        run_demo(kibana_nodes, duration, as_json, lambda line: click.echo(line))
+    except ElastaskError as e:
+        fail(e)
+
+
+@click.group()
+def testbed() -> None:
+    """The local test bed: OpenSearch, compatibility proxy, Redis and simulated Kibana nodes."""
+
+
+@testbed.command("prepare")
+def testbed_prepare() -> None:
+    """Check Java, Maven and redis-server, and fetch the search engine from Maven Central."""
+    import shutil
+
+    from elastask_bed.testbed.engine import find_java, resolve_classpath
+    from elastask_bed.testbed.redis_server import REDIS_HINT
+
+    try:
+        java = find_java()
+        classpath = resolve_classpath()
+    except ElastaskError as e:
+        fail(e)
+    if shutil.which("redis-server") is None:
+        fail(ElastaskError(f"redis-server not found: {REDIS_HINT}"))
+    click.echo(
+        f"elastask testbed: java {java}, engine classpath of {len(classpath.split(os.pathsep))} jars, "
+        "redis-server found"
+    )
+
+
+@testbed.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--kibana-nodes", type=int, default=3, show_default=True, help="simulated Kibana nodes")
+@click.option("--run-ms", default="200", show_default=True, help="simulated run time: MS or LOW-HIGH")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="keep data and logs here")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tuple[str, ...]) -> None:
+    """Start the test bed, run COMMAND with ELASTASK_* pointing at it, stop everything.
+
+    Exits with COMMAND's status. Example: elastask testbed run -- celery -A elastask worker
+    """
+    from pathlib import Path
+
+    from elastask_bed.testbed import Testbed
+
+    bed = Testbed(Path(workdir) if workdir else None, kibana_nodes=kibana_nodes, run_ms=run_ms)
+    click.echo(
+        f"elastask testbed: starting the search engine, proxy, Redis and {kibana_nodes} simulated Kibana node(s)...",
+        err=True,
+    )
+    try:
+        bed.start()
+    except ElastaskError as e:
+        fail(e)
+    try:
+        env = {**os.environ, **bed.env()}
+        for key, value in bed.env().items():
+            click.echo(f"elastask testbed: {key}={value}", err=True)
+        try:
+            status = subprocess.call(list(command), env=env)
+        except FileNotFoundError:
+            click.echo(f"elastask testbed: command not found: {command[0]}", err=True)
+            status = 127
+        except KeyboardInterrupt:
+            status = 130
+    finally:
+        bed.stop()
+    sys.exit(status)
+
+
+@click.command("bench")
+@click.argument("scenario", type=click.Choice(["backlog", "steady", "idle", "scale", "all"]))
+@click.option("--mode", type=click.Choice(["push", "pull", "both"]), default="both", show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="write every run as JSON here (default bench-results/<scenario>.json)",
+)
+@click.option(
+    "--chart", "chart_path", type=click.Path(dir_okay=False), default=None, help="PNG chart (default next to the JSON)"
+)
+@click.option("--nodes", type=int, default=None, help="simulated Kibana nodes")
+@click.option("--tasks", type=int, default=None, help="one-shot tasks (backlog, scale) or recurring tasks (steady)")
+@click.option("--docs", type=int, default=None, help="scale: task documents in the index in all")
+@click.option("--run-ms", type=int, default=None, help="run time of every task")
+@click.option("--duration", type=float, default=None, help="steady and idle: seconds to measure")
+@click.option("--push-interval", type=int, default=200, show_default=True, help="elastask's claim interval (ms)")
+@click.option("--pull-intervals", default="500,3000", show_default=True, help="Kibana poll intervals to run (ms)")
+@click.option("--workers", type=int, default=1, show_default=True, help="celery workers in push mode")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="processes per worker")
+def bench(
+    scenario: str,
+    mode: str,
+    json_path: str | None,
+    chart_path: str | None,
+    nodes: int | None,
+    tasks: int | None,
+    docs: int | None,
+    run_ms: int | None,
+    duration: float | None,
+    push_interval: int,
+    pull_intervals: str,
+    workers: int,
+    concurrency: int,
+) -> None:
+    """Benchmark push (elastask) against Kibana's pull model, side by side on one test bed."""
+    import shlex
+    import tempfile
+    from pathlib import Path
+
+    from elastask_bed.bench import report
+    from elastask_bed.bench.runner import BenchRun, run_idle
+    from elastask_bed.bench.scenarios import IDLE_FLEETS, SCENARIOS
+    from elastask_bed.testbed import Testbed
+
+    modes = (["push"] if mode in ("push", "both") else []) + (
+        [f"pull-{ms.strip()}" for ms in pull_intervals.split(",") if ms.strip()] if mode in ("pull", "both") else []
+    )
+    names = ["backlog", "steady", "idle", "scale"] if scenario == "all" else [scenario]
+    out = Path(json_path or f"bench-results/{scenario}.json")
+    command = "elastask bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    workdir = Path(tempfile.mkdtemp(prefix="elastask-bench-"))
+    bar_state: dict[str, float] = {}
+
+    interactive = sys.stderr.isatty()
+
+    def progress(done: int, total: int, label: str) -> None:
+        width = 30
+        filled = int(width * done / total) if total else width
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {label:<40}"
+        if interactive:
+            click.echo(f"\r  {bar}", nl=False, err=True)
+        elif time.monotonic() - bar_state.get("last_line", 0.0) >= 10:  # a log file: a line every 10 s
+            click.echo(f"  {bar}", err=True)
+            bar_state["last_line"] = time.monotonic()
+
+    results: list[dict[str, Any]] = []
+    bed = Testbed(workdir / "testbed", kibana_nodes=0, engine_heap_mb=1024)
+    click.echo("elastask bench: starting the test bed...", err=True)
+    try:
+        bed.start()
+        for name in names:
+            base = SCENARIOS[name]
+            if name == "idle":
+                click.echo(f"{name}: {base.description}", err=True)
+                fleets = (nodes,) if nodes else IDLE_FLEETS
+                results += run_idle(bed, fleets, modes, workdir, duration or base.duration_s, push_interval, progress)
+                click.echo("", err=True)
+                continue
+            sized = base.sized(nodes=nodes, run_ms=run_ms, duration_s=duration)
+            if tasks is not None:
+                sized = sized.sized(**({"recurring_tasks": tasks} if name == "steady" else {"one_shot_tasks": tasks}))
+            if docs is not None and name == "scale":
+                sized = sized.sized(idle_docs=max(0, docs - sized.one_shot_tasks))
+            click.echo(f"{name}: {sized.description}", err=True)
+            for run_mode in modes:
+                run = BenchRun(
+                    bed,
+                    sized,
+                    run_mode,
+                    workdir,
+                    push_interval_ms=push_interval,
+                    workers=workers,
+                    concurrency=concurrency,
+                    progress=progress,
+                )
+                results.append(run.run())
+                click.echo("", err=True)
+    except ElastaskError as e:
+        fail(e)
+    finally:
+        bed.stop()
+    report.write_json(out, command, results)
+    drawn = report.chart(Path(chart_path) if chart_path else out.with_suffix(".png"), results)
+    table = report.markdown_table(results)
+    out.with_suffix(".md").write_text(table)
+    click.echo(table)
+    chart_note = f", chart: {chart_path or out.with_suffix('.png')}" if drawn else ""
+    click.echo(f"results: {out}, table: {out.with_suffix('.md')}{chart_note}", err=True)
+
+
+@click.command("sim", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim(args: tuple[str, ...]) -> None:
+    """Serve simulated Kibana nodes (see `elastask sim --help`)."""
+    from elastask_bed.simulator.server import main as sim_main
+
+    sim_main(list(args))

@@ -1,0 +1,5 @@
+"""``python -m elastask.simulator``: serve simulated Kibana nodes."""
+
+from elastask_bed.simulator.server import main
+
+main()

@@ -1,0 +1,280 @@
+"""One simulated Kibana node: ``POST /api/task_manager/_run_now`` and ``GET /api/status``.
+
+The contract (Kibana's external-task-manager branch, routes/run_now.ts): answer 204 at once, run
+the task in the background through the ephemeral queue (beyond ``request_capacity`` runs the run
+is rejected and only logged; the answer is still 204), then
+
+- success, task with ``schedule``: partial update ``task: {state, status: idle, scheduledAt: null,
+  retryAt: null, startedAt: null, runAt: <request arrival> + interval, attempts: 0}``, no version check;
+- success, no ``schedule``: delete the document;
+- failure: only logged; the document stays as the dispatcher left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import ClientSession, web
+
+from elastask.core.intervals import format_date, ms, parse_date, parse_interval_ms
+from elastask_bed.simulator.stats import NodeStats
+
+log = logging.getLogger(__name__)
+
+MODES = ("ok", "error", "hang", "slow", "5xx", "refuse")
+
+
+@dataclass
+class RunTimes:
+    """How long a run takes, per task type: a number of ms or a uniform range ``"lo-hi"``."""
+
+    default: str = "200"
+    by_type: dict[str, str] = field(default_factory=dict)
+
+    def draw_ms(self, task_type: str, rng: random.Random) -> float:
+        """One run time for a task of that type."""
+        spec = str(self.by_type.get(task_type, self.default))
+        if "-" in spec:
+            low, high = (float(part) for part in spec.split("-", 1))
+            return rng.uniform(low, high)
+        return float(spec)
+
+
+@dataclass
+class SharedState:
+    """What all nodes of one simulator share: the engine, run times and who runs what right now."""
+
+    engine_url: str
+    index: str
+    session: ClientSession
+    authorization: str | None  # the Authorization header every /api request must carry, if set
+    run_times: RunTimes
+    rng: random.Random
+    running: Counter[str] = field(default_factory=Counter)  # task id -> runs in progress, all nodes
+
+
+class SimulatedNode:
+    """A Kibana node on its own port with its own uuid."""
+
+    def __init__(
+        self, index: int, port: int, shared: SharedState, *, capacity: int, node_uuid: str, host: str = "127.0.0.1"
+    ) -> None:
+        self.index = index
+        self.host = host
+        self.port = port
+        self.shared = shared
+        self.capacity = capacity
+        self.uuid = node_uuid
+        self.name = f"sim-kibana-{index}"
+        self.mode = "ok"
+        self.delay_s = 300.0  # slow: seconds before the (204) answer; hang: seconds before the run is cancelled
+        self.stats = NodeStats()
+        self.release_hung = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.runner: web.AppRunner | None = None
+        self.site: web.TCPSite | None = None
+
+    @property
+    def url(self) -> str:
+        """The node's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def owner_id(self) -> str:
+        """The ownerId elastask gives this node: ``kibana:<uuid>``."""
+        return f"kibana:{self.uuid}"
+
+    @web.middleware
+    async def require_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Kibana answers 401 to an /api request without valid credentials."""
+        expected = self.shared.authorization
+        if expected and request.path.startswith("/api/") and request.headers.get("Authorization") != expected:
+            return web.json_response({"statusCode": 401, "error": "Unauthorized"}, status=401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self.require_auth])
+        app.router.add_post("/api/task_manager/_run_now", self.run_now)
+        app.router.add_get("/api/status", self.status)
+        app.router.add_get("/_sim/stats", self.node_stats)
+        return app
+
+    async def start(self) -> None:
+        """Listen on the node's port."""
+        self.runner = web.AppRunner(self.build_app(), access_log=None)
+        await self.runner.setup()
+        await self.listen()
+
+    async def listen(self) -> None:
+        assert self.runner is not None
+        self.site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        await self.site.start()
+
+    async def set_mode(self, mode: str, delay_s: float | None = None) -> None:
+        """Change the failure mode; ``refuse`` closes the port, leaving it reopens it."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if delay_s is not None:
+            self.delay_s = delay_s
+        previous, self.mode = self.mode, mode
+        if previous == "hang" and mode != "hang":
+            # Kibana cancels a run at its timeout; here, hung runs end (without outcome) on leaving hang.
+            self.release_hung.set()
+            self.release_hung = asyncio.Event()
+        if mode == "refuse" and self.site is not None:
+            await self.site.stop()
+            self.site = None
+        elif mode != "refuse" and self.site is None:
+            await self.listen()
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    # ---- HTTP handlers -------------------------------------------------------------------------
+
+    async def status(self, _request: web.Request) -> web.Response:
+        level = "unavailable" if self.mode == "5xx" else "available"
+        body = {
+            "name": self.name,
+            "uuid": self.uuid,
+            "version": {"number": "8.18.0"},
+            "status": {"overall": {"level": level}},
+        }
+        return web.json_response(body, status=503 if self.mode == "5xx" else 200)
+
+    async def node_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.snapshot(with_drifts="drifts" in request.query))
+
+    def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
+        """This node's statistics as JSON."""
+        data = self.stats.snapshot(with_drifts=with_drifts)
+        data.update(url=self.url, uuid=self.uuid, owner_id=self.owner_id, mode=self.mode, capacity=self.capacity)
+        return data
+
+    async def run_now(self, request: web.Request) -> web.Response:
+        received = datetime.now(UTC)
+        self.stats.pushes += 1
+        if self.mode == "5xx":
+            self.stats.answered_5xx += 1
+            return web.json_response({"statusCode": 500, "error": "Internal Server Error"}, status=500)
+        try:
+            body = await request.json()
+        except (ValueError, json.JSONDecodeError):
+            return web.json_response({"statusCode": 400, "error": "Bad Request"}, status=400)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            return web.json_response({"statusCode": 400, "error": "Bad Request", "message": "id"}, status=400)
+        if self.stats.current >= self.capacity:
+            # Kibana's ephemeral queue is full: the run is rejected and only logged; still 204.
+            self.stats.rejected_over_capacity += 1
+            log.warning("%s: ephemeral capacity %d reached, rejected %r", self.name, self.capacity, body["id"])
+        else:
+            # Kibana starts the run in the handler, then answers: a slow answer is a late 204.
+            self.start_run(body, received)
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay_s)
+        return web.Response(status=204)
+
+    def start_run(self, body: dict[str, Any], received: datetime) -> None:
+        """Run a task in the background (the ephemeral queue), as _run_now and the pull claimer do."""
+        task = asyncio.get_running_loop().create_task(self.run(body, received))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # ---- the run ---------------------------------------------------------------------------------
+
+    async def run(self, body: dict[str, Any], received: datetime) -> None:
+        task_id: str = body["id"]
+        shared = self.shared
+        overlapping = shared.running[task_id] > 0
+        if overlapping:
+            log.error("%s: task %r started while it was already running (overlapping run)", self.name, task_id)
+        shared.running[task_id] += 1
+        self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping)
+        failed = True
+        try:
+            if self.mode == "hang":
+                # Kibana cancels a run at its timeout: a hung run ends, without an outcome, after
+                # delay_s, or when the node leaves hang mode.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.release_hung.wait(), timeout=self.delay_s)
+                return
+            run_ms = shared.run_times.draw_ms(str(body.get("taskType")), shared.rng)
+            await asyncio.sleep(run_ms / 1000)
+            if self.mode == "error":
+                log.info("%s: task %r failed (error mode); Kibana only logs it", self.name, task_id)
+                return
+            failed = False
+        finally:
+            shared.running[task_id] -= 1
+            if shared.running[task_id] <= 0:
+                del shared.running[task_id]
+            self.stats.run_ended(failed=failed)
+        await self.write_outcome(body, received)
+
+    async def write_outcome(self, body: dict[str, Any], received: datetime) -> None:
+        shared = self.shared
+        doc_url = f"{shared.engine_url}/{quote(shared.index, safe='')}"
+        task_id = quote(body["id"], safe="")
+        schedule = body.get("schedule")
+        try:
+            if isinstance(schedule, dict):
+                interval = schedule.get("interval")
+                interval_ms = parse_interval_ms(interval) if isinstance(interval, str) else 60_000
+                state = body.get("state")
+                if isinstance(state, str):
+                    state = json.loads(state or "{}")
+                new_state = {**(state or {}), "runs": int((state or {}).get("runs", 0)) + 1}
+                update = {
+                    "doc": {
+                        "task": {
+                            "state": json.dumps(new_state),
+                            "status": "idle",
+                            "scheduledAt": None,
+                            "retryAt": None,
+                            "startedAt": None,
+                            "runAt": format_date(received + ms(interval_ms)),
+                            "attempts": 0,
+                        }
+                    }
+                }
+                async with shared.session.post(f"{doc_url}/_update/{task_id}", json=update) as answer:
+                    await answer.read()
+                    ok = answer.status < 300
+            else:
+                async with shared.session.delete(f"{doc_url}/_doc/{task_id}") as answer:
+                    await answer.read()
+                    ok = answer.status < 300
+            if ok:
+                self.stats.outcomes_written += 1
+            else:
+                self.stats.outcome_write_errors += 1
+                log.error("%s: writing the outcome of %r answered %d", self.name, body["id"], answer.status)
+        except Exception:
+            self.stats.outcome_write_errors += 1
+            log.exception("%s: writing the outcome of %r failed", self.name, body["id"])
+
+
+def _drift_ms(run_at: Any, received: datetime) -> float | None:
+    try:
+        return (received - parse_date(run_at)).total_seconds() * 1000
+    except (ValueError, TypeError):
+        return None
+
+
+def node_uuid(seed: str, index: int) -> str:
+    """A stable uuid per node index, so ownerIds survive a simulator restart."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"elastask-simulator/{seed}/{index}"))

@@ -1,0 +1,77 @@
+"""What the simulator measures per node: runs, concurrency, overlapping runs, start drift. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from elastask.core.percentiles import percentile
+
+
+@dataclass
+class NodeStats:
+    """Counters of one simulated node."""
+
+    pushes: int = 0
+    runs_started: int = 0
+    runs_finished: int = 0
+    runs_failed: int = 0
+    rejected_over_capacity: int = 0
+    answered_5xx: int = 0
+    current: int = 0
+    max_concurrency: int = 0
+    overlapping_runs: int = 0
+    outcome_write_errors: int = 0
+    outcomes_written: int = 0  # outcome writes the engine acknowledged (update or delete)
+    claim_conflicts: int = 0  # pull mode: 409s of this node's claims
+    claim_stale: int = 0
+    claim_missing: int = 0
+    drift_ms: list[float] = field(default_factory=list)
+    claim_cycles_ms: list[float] = field(default_factory=list)  # pull mode
+
+    def run_started(self, drift_ms: float | None, overlapping: bool) -> None:
+        """A run began; ``overlapping`` when the same task was already running anywhere."""
+        self.runs_started += 1
+        self.current += 1
+        self.max_concurrency = max(self.max_concurrency, self.current)
+        if overlapping:
+            self.overlapping_runs += 1
+        if drift_ms is not None:
+            self.drift_ms.append(drift_ms)
+
+    def run_ended(self, *, failed: bool) -> None:
+        """A run ended (successfully or not)."""
+        self.current -= 1
+        if failed:
+            self.runs_failed += 1
+        else:
+            self.runs_finished += 1
+
+    @property
+    def outcomes_pending(self) -> int:
+        """Finished runs whose outcome write has not been answered yet."""
+        return max(0, self.runs_finished - self.outcomes_written - self.outcome_write_errors)
+
+    def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
+        """The counters as JSON, with drift percentiles."""
+        skip = ("drift_ms", "claim_cycles_ms")
+        data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key not in skip}
+        data["outcomes_pending"] = self.outcomes_pending
+        cycles = self.claim_cycles_ms
+        data["claim_cycle_ms"] = {
+            "count": len(cycles),
+            "p50": percentile(cycles, 0.50),
+            "p99": percentile(cycles, 0.99),
+        }
+        drifts = self.drift_ms
+        data["drift_ms"] = {
+            "count": len(drifts),
+            "p50": percentile(drifts, 0.50),
+            "p95": percentile(drifts, 0.95),
+            "p99": percentile(drifts, 0.99),
+            "max": max(drifts) if drifts else None,
+        }
+        if with_drifts:
+            data["drifts"] = list(drifts)
+            data["claim_cycles"] = list(cycles)
+        return data
