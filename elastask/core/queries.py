@@ -143,15 +143,19 @@ def exhausted_one_shots(
     }
 
 
-def expired_leases(now: datetime, *, size: int) -> dict[str, Any]:
-    """Tasks claimed or running whose lease (retryAt) ran out without an outcome from Kibana."""
+def expired_leases(*, grace_ms: int, size: int) -> dict[str, Any]:
+    """Tasks claimed or running whose lease (retryAt) ran out, ``grace_ms`` ago, without an outcome.
+
+    "Ran out" is judged on the engine's clock (date math ``now``), the clock Kibana's own claimer
+    uses too: a dispatcher machine whose clock runs ahead never takes back a task Kibana still runs.
+    """
     return {
         "query": {
             "bool": {
                 "filter": [
                     _is_task(),
                     {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
-                    {"range": {"task.retryAt": {"lte": format_date(now)}}},
+                    {"range": {"task.retryAt": {"lte": f"now-{grace_ms}ms"}}},
                 ]
             }
         },

@@ -34,8 +34,8 @@ from elastask.core.intervals import format_date, parse_date, parse_interval_ms
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.logs import bound
 from elastask.loops.cadence import Cadence
-from elastask.loops.claim import LEASE_GRACE
 from elastask.loops.failures import record_failure
+from elastask.loops.ledger_sync import LEASE_GRACE
 from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.nodes import Node
 from elastask.parts.store import VersionedUpdate, WriteResult, bulk_update_versions
@@ -129,7 +129,7 @@ def _renew_waited_leases(
                 task, "task %r changed while its dispatch job waited (%s); not pushing it", task.doc_id, result.status
             )
             report.outcomes[task.doc_id] = "expired"
-    rt.ledger.extend(owner_id, {doc_id: renewed_until[doc_id] + LEASE_GRACE for doc_id in renewed})
+    rt.ledger.extend(owner_id, {doc_id: renewed_until[doc_id] + LEASE_GRACE for doc_id in renewed}, now)
     if renewed:
         log.info(
             "%d task(s) for %s waited %.1fs in their queue; leases renewed",

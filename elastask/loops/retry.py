@@ -24,10 +24,10 @@ from elastask.core import policy, queries
 from elastask.core.documents import STATUSES, TaskDocument, parse_hit
 from elastask.errors import DocumentError
 from elastask.loops.cadence import Cadence
-from elastask.loops.claim import LEASE_GRACE
 from elastask.loops.failures import record_failure
-from elastask.loops.locks import exclusive
+from elastask.loops.ledger_sync import LEASE_GRACE
 from elastask.loops.malformed import report_malformed
+from elastask.parts.locks import exclusive
 from elastask.parts.store import bulk_update_tasks, search_hits
 from elastask.runtime import Runtime
 
@@ -86,7 +86,8 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
     # A lease is over at retryAt plus a grace: Kibana times a run from its start, a moment after
     # the claim (a push that waited longer than the grace renewed its lease), so it may still be
     # running at retryAt itself.
-    body = queries.expired_leases(now - LEASE_GRACE, size=rt.settings.claim_batch_size)
+    grace_ms = int(LEASE_GRACE.total_seconds() * 1000)
+    body = queries.expired_leases(grace_ms=grace_ms, size=rt.settings.claim_batch_size)
     hits = search_hits(rt.store, body, "searching expired leases")
     summary.expired = len(hits)
     plans: list[tuple[TaskDocument, policy.Expiry]] = []

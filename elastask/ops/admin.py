@@ -18,7 +18,7 @@ from elastask.core.documents import TaskDocument, new_task
 from elastask.core.intervals import format_date
 from elastask.errors import ConflictError, ElastaskError, StoreError
 from elastask.loops.cadence import Cadence
-from elastask.loops.claim import LEASE_GRACE
+from elastask.loops.ledger_sync import LEASE_GRACE
 from elastask.parts.store import search_hits
 from elastask.runtime import Runtime
 
@@ -121,7 +121,7 @@ def _check_kibana(rt: Runtime, url: str, node: Any) -> CheckRow:
 def status(rt: Runtime, now: datetime) -> dict[str, Any]:
     """Per node: in flight / capacity (cost units), health; overall: task counts by status."""
     nodes, problems = rt.nodes.resolve()
-    used = rt.ledger.used_units([n.owner_id for n in nodes], now)
+    used = rt.ledger.used_units([n.owner_id for n in nodes])
     rows = []
     for node in nodes:
         health = cast(dict[bytes, bytes], rt.redis.hgetall(keys.health(node.owner_id)))

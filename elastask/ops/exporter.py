@@ -68,9 +68,8 @@ class ElastaskCollector:
                 buckets=[("+Inf" if b == float("inf") else str(b), c) for b, c in buckets],
                 sum_value=total,
             )
-        now = datetime.now(UTC)
         nodes, _ = self.rt.nodes.resolve()
-        used = self.rt.ledger.used_units([n.owner_id for n in nodes], now)
+        used = self.rt.ledger.used_units([n.owner_id for n in nodes])
         in_flight = GaugeMetricFamily(
             "elastask_node_in_flight_units", "Capacity units leased to a node now.", labels=["owner_id", "url"]
         )

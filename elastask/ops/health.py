@@ -40,7 +40,7 @@ def health(rt: Runtime, now: datetime) -> dict[str, Any]:
     try:
         reader = MetricsReader(rt.redis)
         nodes, unresolved = rt.nodes.resolve()
-        used = rt.ledger.used_units([n.owner_id for n in nodes], now)
+        used = rt.ledger.used_units([n.owner_id for n in nodes])
         load, rotation = {}, {}
         for node in nodes:
             load[node.owner_id] = round(100 * used.get(node.owner_id, 0) / node.capacity_units, 1)

@@ -1,10 +1,18 @@
 """The in-flight ledger: per-node slots in Redis, changed only by Lua scripts so each change is atomic.
 
 Each Kibana node has a sorted set of the task ids elastask leased to it, scored by lease expiry,
-and a hash of their capacity costs. A reservation checks the node's used units and adds the task
-in one script, so no interleaving of workers and beats on any machine can exceed the cap. Slots
-are freed when Kibana's outcome is seen in the engine (reconcile), when a push is refused
-(release), or when the lease expires (pruned by every script).
+a hash of their capacity costs, and a hash of the reservations whose claim may not be written yet
+(pending). A reservation checks the node's used units and adds the task in one script, so no
+interleaving of workers and beats on any machine can exceed the cap. Slots are freed when Kibana's
+outcome is seen in the engine (reconcile), when a push is refused (release), or when the lease
+expires (pruned by every script).
+
+One clock: expiries are kept on Redis's own clock (``TIME`` inside the scripts). Callers pass lease
+*durations* (computed from their own ``now``, so a machine's clock offset cancels out), and a
+``/metrics`` scrape from a machine whose clock runs ahead never frees a slot early.
+
+The ledger also owns its lifecycle keys: whether it was built (it is rebuilt from the engine after
+Redis lost it), the settling pause after a rebuild, and how often it is reconciled.
 """
 
 from __future__ import annotations
@@ -12,74 +20,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 import redis
 
 from elastask import keys
-from elastask.errors import LedgerError
+from elastask.parts.redis_errors import redis_errors
+from elastask.parts.scripts import register
 
-# Prune expired leases of one node; KEYS: zset, costs, pending; ARGV: now_ms.
-_PRUNE = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, id in ipairs(expired) do
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('HDEL', KEYS[3], id)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-"""
-
-# Used units of several nodes; KEYS: zset1, costs1, pending1, zset2, costs2, pending2, ...; ARGV: now_ms.
-_USAGE = """
-local result = {}
-for k = 1, #KEYS, 3 do
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', ARGV[1])
-  for _, id in ipairs(expired) do
-    redis.call('HDEL', KEYS[k + 1], id)
-    redis.call('HDEL', KEYS[k + 2], id)
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', ARGV[1])
-  local used = 0
-  for _, c in ipairs(redis.call('HVALS', KEYS[k + 1])) do used = used + tonumber(c) end
-  table.insert(result, used)
-end
-return result
-"""
-
-# Reserve as many of the candidates as fit; KEYS: zset, costs, pending;
-# ARGV: now_ms, capacity, force (1 = rebuild: no capacity check, the claims are already written),
-# then (id, cost, expiry_ms) triples. A reservation is pending (since now_ms) until confirmed.
-_RESERVE = (
-    _PRUNE
-    + """
-local capacity, force = tonumber(ARGV[2]), ARGV[3] == '1'
-local used = 0
-for _, c in ipairs(redis.call('HVALS', KEYS[2])) do used = used + tonumber(c) end
-local reserved = {}
-for i = 4, #ARGV, 3 do
-  local id, cost, expiry = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  -- A task already held is never reserved twice (a stale search hit of a task we just claimed).
-  if not redis.call('ZSCORE', KEYS[1], id) and (force or used + cost <= capacity) then
-    redis.call('ZADD', KEYS[1], expiry, id)
-    redis.call('HSET', KEYS[2], id, cost)
-    if not force then redis.call('HSET', KEYS[3], id, ARGV[1]) end
-    used = used + cost
-    table.insert(reserved, id)
-  end
-end
-return reserved
-"""
-)
-
-# Release ids; KEYS: zset, costs, pending; ARGV: ids.
-_RELEASE = """
-local n = 0
-for _, id in ipairs(ARGV) do
-  n = n + redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('HDEL', KEYS[3], id)
-end
-return n
-"""
+_CLOCKED = ("now", "prune")
 
 
 def _ms(moment: datetime) -> int:
@@ -87,7 +36,7 @@ def _ms(moment: datetime) -> int:
 
 
 def _keys(owner_id: str) -> list[str]:
-    """The keys every script of one node takes: leases, their costs, their pending marks."""
+    """The keys the scripts of one node take: leases, their costs, their pending marks."""
     return [keys.inflight(owner_id), keys.inflight_costs(owner_id), keys.inflight_pending(owner_id)]
 
 
@@ -97,13 +46,21 @@ def _text(value: bytes | str) -> str:
 
 @dataclass(frozen=True)
 class Lease:
-    """A slot held for one task on one node until ``expires_ms``."""
+    """A slot held for one task on one node until ``expires_ms`` (Redis's clock)."""
 
     task_id: str
     owner_id: str
     expires_ms: int
-    #: Set while the claim that reserved the slot may not be written yet (ms since epoch it was reserved).
+    #: Set while the claim that reserved the slot may not be written yet (when it was reserved, ms).
     pending_since_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """Every lease of some nodes, and Redis's clock when they were read (compare ``expires_ms`` with it)."""
+
+    now_ms: int
+    leases: list[Lease]
 
 
 class Ledger:
@@ -111,30 +68,56 @@ class Ledger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._usage = client.register_script(_USAGE)
-        self._reserve = client.register_script(_RESERVE)
-        self._release = client.register_script(_RELEASE)
+        self._usage = register(client, "usage", *_CLOCKED)
+        self._reserve = register(client, "reserve", *_CLOCKED)
+        self._release = register(client, "release")
+        self._extend = register(client, "extend", "now")
+        self._leases = register(client, "leases", "now")
+
+    # ---- lifecycle -------------------------------------------------------------------------------
 
     def is_built(self) -> bool:
         """False after Redis lost its data: the ledger must be rebuilt from the engine first."""
-        try:
+        with redis_errors("reading the ledger's epoch"):
             return bool(self.client.exists(keys.LEDGER_EPOCH))
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
 
     def mark_built(self, now: datetime) -> None:
         """Record that the ledger now mirrors the engine."""
-        self.client.set(keys.LEDGER_EPOCH, _ms(now))
+        with redis_errors("writing the ledger's epoch"):
+            self.client.set(keys.LEDGER_EPOCH, _ms(now))
 
-    def used_units(self, owner_ids: Sequence[str], now: datetime) -> dict[str, int]:
+    def start_settling(self, settle_ms: int) -> None:
+        """After a rebuild: claim nothing for ``settle_ms``, then rebuild once more (see ``settled``)."""
+        with redis_errors("marking the ledger as settling"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(keys.LEDGER_SETTLING, 1, px=settle_ms)
+            pipe.set(keys.LEDGER_RECHECK, 1)
+            pipe.execute()
+
+    def settling(self) -> bool:
+        """True while claims wait after a rebuild (a cycle from before the loss may still be writing)."""
+        with redis_errors("reading the ledger's settling mark"):
+            return bool(self.client.exists(keys.LEDGER_SETTLING))
+
+    def take_recheck(self) -> bool:
+        """True once after the settling pause: the ledger is to be rebuilt a second time."""
+        with redis_errors("reading the ledger's recheck mark"):
+            return bool(self.client.delete(keys.LEDGER_RECHECK))
+
+    def reconcile_due(self, every_ms: int) -> bool:
+        """True at most once per ``every_ms`` across every process: time to reconcile with the engine."""
+        with redis_errors("reading the ledger's reconcile mark"):
+            return bool(self.client.set(keys.RECONCILED, 1, nx=True, px=every_ms))
+
+    # ---- slots -----------------------------------------------------------------------------------
+
+    def used_units(self, owner_ids: Sequence[str]) -> dict[str, int]:
         """Units in use per node, after dropping expired leases."""
         if not owner_ids:
             return {}
         key_list = [k for owner in owner_ids for k in _keys(owner)]
-        try:
-            used = self._usage(keys=key_list, args=[_ms(now)])
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
+        with redis_errors("reading the nodes' used capacity"):
+            used = self._usage(keys=key_list, args=[])
         return {owner: int(units) for owner, units in zip(owner_ids, used, strict=True)}
 
     def reserve(
@@ -146,65 +129,70 @@ class Ledger:
         *,
         force: bool = False,
     ) -> set[str]:
-        """Atomically take slots for the candidates (id, cost, lease expiry) that fit; returns the ids taken."""
-        args: list[str | int] = [_ms(now), capacity_units, 1 if force else 0]
+        """Atomically take slots for the candidates (id, cost, lease expiry) that fit; returns the ids taken.
+
+        The expiry is turned into a duration from ``now`` (the caller's clock) and kept on Redis's.
+        """
+        args: list[str | int] = [capacity_units, 1 if force else 0]
         for task_id, cost, expiry in candidates:
-            args += [task_id, cost, _ms(expiry)]
-        if len(args) == 3:
+            args += [task_id, cost, max(0, _ms(expiry) - _ms(now))]
+        if len(args) == 2:
             return set()
-        try:
+        with redis_errors(f"reserving slots on {owner_id}"):
             taken = self._reserve(keys=_keys(owner_id), args=args)
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
-        return {t.decode() if isinstance(t, bytes) else str(t) for t in taken}
+        return {_text(t) for t in taken}
+
+    def confirm(self, owner_id: str, task_ids: Iterable[str]) -> None:
+        """The claims of these reservations are written: reconcile may now judge them by the engine."""
+        ids = list(task_ids)
+        if ids:
+            with redis_errors(f"confirming reservations on {owner_id}"):
+                self.client.hdel(keys.inflight_pending(owner_id), *ids)
 
     def release(self, owner_id: str, task_ids: Iterable[str]) -> int:
         """Free the slots of these tasks on this node; returns how many were held."""
         ids = list(task_ids)
         if not ids:
             return 0
-        try:
+        with redis_errors(f"releasing slots on {owner_id}"):
             return int(self._release(keys=_keys(owner_id), args=ids))
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
-
-    def leases(self, owner_ids: Sequence[str]) -> list[Lease]:
-        """Every lease held on these nodes."""
-        pipe = self.client.pipeline(transaction=False)
-        for owner in owner_ids:
-            pipe.zrange(keys.inflight(owner), 0, -1, withscores=True)
-            pipe.hgetall(keys.inflight_pending(owner))
-        try:
-            answers = pipe.execute()
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
-        result = []
-        for owner, members, pending in zip(owner_ids, answers[::2], answers[1::2], strict=True):
-            since = {_text(k): int(v) for k, v in pending.items()}
-            for member, score in members:
-                task_id = _text(member)
-                result.append(Lease(task_id, owner, int(score), since.get(task_id)))
-        return result
-
-    def confirm(self, owner_id: str, task_ids: Iterable[str]) -> None:
-        """The claims of these reservations are written: reconcile may now judge them by the engine."""
-        ids = list(task_ids)
-        if not ids:
-            return
-        try:
-            self.client.hdel(keys.inflight_pending(owner_id), *ids)
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
-
-    def extend(self, owner_id: str, expiries: Mapping[str, datetime]) -> None:
-        """Move held leases' expiries (after they were renewed in the engine); ids not held are left out."""
-        if not expiries:
-            return
-        try:
-            self.client.zadd(keys.inflight(owner_id), {task_id: _ms(at) for task_id, at in expiries.items()}, xx=True)
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
 
     def release_many(self, by_owner: Mapping[str, Iterable[str]]) -> int:
         """Release several nodes' tasks."""
         return sum(self.release(owner, ids) for owner, ids in by_owner.items())
+
+    def extend(self, owner_id: str, expiries: Mapping[str, datetime], now: datetime) -> None:
+        """Move held leases' expiries (after they were renewed in the engine); ids not held are left out."""
+        if not expiries:
+            return
+        args: list[Any] = []
+        for task_id, until in expiries.items():
+            args += [task_id, max(0, _ms(until) - _ms(now))]
+        with redis_errors(f"extending leases on {owner_id}"):
+            self._extend(keys=[keys.inflight(owner_id)], args=args)
+
+    def view(self, owner_ids: Sequence[str]) -> LeaseView:
+        """Every lease held on these nodes, with Redis's clock at the moment they were read."""
+        if not owner_ids:
+            return LeaseView(self.now_ms(), [])
+        key_list = [k for owner in owner_ids for k in (keys.inflight(owner), keys.inflight_pending(owner))]
+        with redis_errors("reading the leases"):
+            answer = self._leases(keys=key_list, args=[])
+        now_ms, rest = int(answer[0]), answer[1:]
+        leases = []
+        for owner, members, pending in zip(owner_ids, rest[::2], rest[1::2], strict=True):
+            since = {_text(pending[i]): int(pending[i + 1]) for i in range(0, len(pending), 2)}
+            for i in range(0, len(members), 2):
+                task_id = _text(members[i])
+                leases.append(Lease(task_id, owner, int(float(members[i + 1])), since.get(task_id)))
+        return LeaseView(now_ms, leases)
+
+    def leases(self, owner_ids: Sequence[str]) -> list[Lease]:
+        """Every lease held on these nodes."""
+        return self.view(owner_ids).leases
+
+    def now_ms(self) -> int:
+        """Redis's clock, the one every lease expiry is kept on."""
+        with redis_errors("reading Redis's clock"):
+            seconds, micros = cast(tuple[int, int], self.client.time())
+        return int(seconds) * 1000 + int(micros) // 1000

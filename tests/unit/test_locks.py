@@ -6,7 +6,7 @@ import time
 
 import fakeredis
 
-from elastask.loops.locks import exclusive
+from elastask.parts.locks import exclusive
 
 
 def test_a_lock_held_longer_than_its_ttl_is_renewed_and_released_at_the_end() -> None:

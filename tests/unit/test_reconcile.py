@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from elastask.core.intervals import format_date
-from elastask.loops.claim import reconcile_ledger
+from elastask.loops.ledger_sync import reconcile_ledger
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
@@ -31,7 +32,7 @@ def test_given_an_mget_error_item_for_a_leased_task_then_its_slot_is_kept_not_fr
     running(engine, "task:on-a-relocating-shard")
     engine.mget_errors.add("task:on-a-relocating-shard")  # the shard is unavailable: unknown, not deleted
     # task:done is gone from the engine: Kibana deleted the finished one-shot task.
-    held, released = reconcile_ledger(rt, rt.ledger.leases([OWNER]), NOW)
+    held, released = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000)
     assert held == {"task:on-a-relocating-shard"}
     assert released == 1
     assert {lease.task_id for lease in rt.ledger.leases([OWNER])} == {"task:on-a-relocating-shard"}
@@ -45,7 +46,7 @@ def test_given_a_recurring_task_kibana_rescheduled_then_its_slot_is_freed() -> N
         "task:rec",
         {"type": "task", "task": {"status": "idle", "ownerId": OWNER, "attempts": 0, "runAt": format_date(NOW)}},
     )
-    held, released = reconcile_ledger(rt, rt.ledger.leases([OWNER]), NOW)
+    held, released = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000)
     assert held == set() and released == 1
 
 
@@ -56,8 +57,11 @@ def test_given_a_reservation_whose_claim_is_not_written_yet_then_reconcile_keeps
     rt = stub_runtime(engine)
     rt.ledger.reserve(OWNER, 20, [("task:being-claimed", 2, NOW + timedelta(minutes=5))], NOW)
     engine.put("task:being-claimed", {"type": "task", "task": {"status": "idle", "attempts": 0}})
-    held, released = reconcile_ledger(rt, rt.ledger.leases([OWNER]), NOW + timedelta(seconds=1), 65_000)
+    view = rt.ledger.view([OWNER])
+    held, released = reconcile_ledger(rt, view, 65_000)
     assert held == {"task:being-claimed"} and released == 0
-    # A cycle that died before writing: after the lock's TTL and the engine timeout the engine decides again.
-    held, released = reconcile_ledger(rt, rt.ledger.leases([OWNER]), NOW + timedelta(seconds=66), 65_000)
+    # A cycle that died before writing: after the lock's TTL and the engine timeout (65 s by default;
+    # here a minute has passed on Redis's clock) the engine decides again.
+    later = replace(view, now_ms=view.now_ms + 66_000)
+    held, released = reconcile_ledger(rt, later, 65_000)
     assert held == set() and released == 1

@@ -15,19 +15,10 @@ from contextlib import contextmanager
 
 import redis
 
-log = logging.getLogger(__name__)
+from elastask.parts.redis_errors import redis_errors
+from elastask.parts.scripts import register
 
-# Delete the lock only if we still hold it: a lock that expired and was taken by another
-# process must not be released by us.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-# Extend the lock only if we still hold it; 0 means it was lost.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
+log = logging.getLogger(__name__)
 
 
 class Lock:
@@ -41,10 +32,13 @@ class Lock:
         self.taken = False
         self.lost = threading.Event()
         self._stop = threading.Event()
+        self._release_script = register(client, "lock_release")
+        self._renew_script = register(client, "lock_renew")
         self._renewer: threading.Thread | None = None
 
     def acquire(self) -> bool:
-        self.taken = bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        with redis_errors(f"taking lock {self.key}"):
+            self.taken = bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
         if self.taken:
             self._renewer = threading.Thread(target=self._renew_until_stopped, name=f"renew {self.key}", daemon=True)
             self._renewer.start()
@@ -65,13 +59,14 @@ class Lock:
         if self._renewer is not None:
             self._renewer.join(timeout=5)
         if self.taken:
-            self.client.eval(_RELEASE, 1, self.key, self.token)
+            with redis_errors(f"releasing lock {self.key}"):
+                self._release_script(keys=[self.key], args=[self.token])
 
     def _renew_until_stopped(self) -> None:
         # Renew at a third of the TTL: two renewals may fail (a Redis blip) before the lock runs out.
         while not self._stop.wait(self.ttl_ms / 3000):
             try:
-                renewed = self.client.eval(_RENEW, 1, self.key, self.token, str(self.ttl_ms))
+                renewed = self._renew_script(keys=[self.key], args=[self.token, self.ttl_ms])
             except redis.RedisError as e:
                 log.warning("could not renew lock %s (will retry): %s", self.key, e)
                 continue

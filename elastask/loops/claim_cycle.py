@@ -1,0 +1,332 @@
+"""The steps of one claim cycle (claim.py runs them under the claim lock and logs the summary).
+
+Each step is a function of the cycle's shared state (``_Cycle``) and closes its timing in the
+summary; ``run_claim_cycle`` only says in which order they run and where a cycle ends early.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from elastask.config import Settings
+from elastask.core import policy, queries
+from elastask.core.advice import interval_advice
+from elastask.core.documents import TaskDocument, parse_hit, run_now_body
+from elastask.core.intervals import format_date
+from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.errors import DocumentError
+from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.ledger_sync import LEASE_GRACE, ready_to_claim, reconcile_ledger
+from elastask.loops.malformed import quarantined, report_malformed
+from elastask.parts.ledger import LeaseView
+from elastask.parts.nodes import Node
+from elastask.parts.store import bulk_update_tasks, mget_sources, search
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+RECONCILE_EVERY_MS = 1000
+#: Tasks due within the next polling interval, but at most this far ahead, are claimed now and
+#: pushed at their runAt (a dispatch job with an ETA), not one interval late.
+MAX_LOOKAHEAD_MS = 1000
+#: Claimed-ahead tasks are pushed in steps of this many ms (one dispatch job per node and step).
+ETA_STEP_MS = 25
+
+
+def lookahead_ms(settings: Settings) -> int:
+    """How far ahead of runAt a task is claimed (and pushed at its runAt)."""
+    return min(settings.polling_interval_ms, MAX_LOOKAHEAD_MS)
+
+
+def claim_lock_ttl_ms(settings: Settings) -> int:
+    """How long the claim lock lives without renewal."""
+    return max(30_000, 10 * settings.polling_interval_ms)
+
+
+def pending_max_ms(settings: Settings) -> int:
+    """How long a reservation may stay unwritten before reconcile judges it by the engine.
+
+    A cycle that lost its lock (a pause longer than its TTL) may still have its claim ``_bulk`` in
+    flight for up to the engine request timeout; a few seconds more for clocks and queues.
+    """
+    return claim_lock_ttl_ms(settings) + int(settings.elasticsearch.request_timeout_s * 1000) + 5000
+
+
+@dataclass
+class _Cycle:
+    """What the steps of one claim cycle share."""
+
+    rt: Runtime
+    now: datetime
+    summary: ClaimSummary = field(default_factory=lambda: ClaimSummary())
+    available: list[Node] = field(default_factory=list)
+    view: LeaseView = field(default_factory=lambda: LeaseView(0, []))
+    hits: list[dict[str, Any]] = field(default_factory=list)
+    free: dict[str, int] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
+
+    @property
+    def settings(self) -> Settings:
+        return self.rt.settings
+
+    def cost_of(self, task_type: str) -> int:
+        return self.settings.for_type(task_type).cost
+
+    @property
+    def cheapest(self) -> int:
+        """The smallest cost of any task type: the most tasks a unit of free capacity can take."""
+        costs = [self.settings.for_type("").cost, *(t.cost for t in self.settings.task_types.values())]
+        return max(1, min(costs))
+
+    @property
+    def dearest(self) -> int:
+        return max([self.settings.for_type("").cost, *(t.cost for t in self.settings.task_types.values())])
+
+
+def run_claim_cycle(
+    rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], None], fence: Callable[[], bool] = lambda: True
+) -> ClaimSummary:
+    """The steps of the module docstring, in order; a step with nothing left to do ends the cycle."""
+    cycle = _Cycle(rt, now)
+    if not _learn_nodes_and_ledger(cycle):
+        return cycle.summary
+    _search_due(cycle)
+    if not _make_room(cycle):
+        return cycle.summary
+    candidates = _verify(cycle)
+    assignments = policy.assign(candidates, {o: max(0, f) for o, f in cycle.free.items()}, cycle.cost_of)
+    to_claim = _reserve(cycle, assignments)
+    cycle.summary.step("reserve")
+    if to_claim and not fence():
+        _abandon(cycle, to_claim)
+        return cycle.summary
+    claimed = _write_claims(cycle, to_claim)
+    _enqueue(cycle, claimed, enqueue)
+    return cycle.summary
+
+
+def _learn_nodes_and_ledger(cycle: _Cycle) -> bool:
+    """1. The nodes (ownerIds, rotation) and the ledger (rebuilt first if Redis lost it)."""
+    rt, summary = cycle.rt, cycle.summary
+    nodes, problems = rt.nodes.resolve()
+    for problem in problems:
+        log.warning("%s", problem)
+    may_claim, summary.ledger_rebuilt = ready_to_claim(rt, nodes, cycle.now)
+    if not may_claim:
+        return False
+    cycle.available = rt.nodes.available(nodes, cycle.now)
+    summary.nodes = len(cycle.available)
+    cycle.view = rt.ledger.view([n.owner_id for n in nodes])
+    summary.in_flight = len(cycle.view.leases)
+    summary.step("nodes")
+    return True
+
+
+def _search_due(cycle: _Cycle) -> None:
+    """2. Due tasks (and those due within the claim-ahead window), leaving out what the ledger holds."""
+    rt, settings, now = cycle.rt, cycle.settings, cycle.now
+    lookahead = timedelta(milliseconds=lookahead_ms(settings))
+    leases = cycle.view.leases
+    body = queries.due_tasks(
+        now + lookahead,
+        # Every task the nodes could take if every lease ended now; held tasks are left out of the
+        # search (the near-real-time search can still show a task claimed a moment ago as idle).
+        size=min(settings.claim_batch_size, sum(n.capacity_units for n in cycle.available) // cycle.cheapest),
+        default_max_attempts=settings.max_attempts,
+        max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
+        exclude_ids={*quarantined(rt.redis, now), *(lease.task_id for lease in leases)},
+        # Nothing in flight: this cycle may turn out quiet; learn how long the loop may then rest.
+        next_run_after=None if leases else now + lookahead,
+    )
+    answer = search(rt.store, body, "searching due tasks") if cycle.available else {"hits": {"hits": []}}
+    cycle.hits = [dict(hit) for hit in answer["hits"]["hits"]]
+    cycle.summary.next_run_at_ms = queries.next_run_at_ms(answer)
+    cycle.summary.step("search")
+
+
+def _make_room(cycle: _Cycle) -> bool:
+    """3. Free units per node; reconciled with the engine when the room may be too small, else once a second.
+
+    Returns False when there is nothing to claim or no room to claim it in.
+    """
+    rt, summary = cycle.rt, cycle.summary
+    owners = [n.owner_id for n in cycle.available]
+
+    def free_units() -> dict[str, int]:
+        used = rt.ledger.used_units(owners)
+        return {n.owner_id: n.capacity_units - used[n.owner_id] for n in cycle.available}
+
+    cycle.free = free_units()
+    short_of_room = sum(max(0, units) for units in cycle.free.values()) < len(cycle.hits) * cycle.dearest
+    if short_of_room or rt.ledger.reconcile_due(RECONCILE_EVERY_MS):
+        cycle.held, summary.released = reconcile_ledger(rt, cycle.view, pending_max_ms(cycle.settings))
+        if summary.released:
+            cycle.free = free_units()
+    else:
+        cycle.held = {lease.task_id for lease in cycle.view.leases}
+    summary.capacity_left = dict(cycle.free)
+    summary.step("reconcile")
+    room = sum(max(0, units) for units in cycle.free.values())
+    summary.found = len(cycle.hits) if room > 0 else 0
+    return room > 0 and bool(cycle.hits)
+
+
+def _verify(cycle: _Cycle) -> list[TaskDocument]:
+    """4. The hits this cycle can claim, read in real time; stale ones dropped, malformed ones reported."""
+    room = sum(max(0, units) for units in cycle.free.values())
+    most = room // cycle.cheapest  # plus a margin for stale hits
+    candidates = []
+    for hit in fresh_hits(cycle.rt, cycle.hits, cycle.held, cycle.summary, limit=most + most // 4 + 2):
+        try:
+            candidates.append(parse_hit(hit))
+        except DocumentError as e:
+            cycle.summary.skipped += 1
+            report_malformed(cycle.rt.redis, e, cycle.now)
+    cycle.summary.step("verify")
+    return candidates
+
+
+def _reserve(cycle: _Cycle, assignments: Sequence[policy.Assignment]) -> list[policy.Assignment]:
+    """5a. Reserve the assigned tasks' slots atomically in the ledger; the assignments that got one."""
+    rt, now = cycle.rt, cycle.now
+    capacity = {n.owner_id: n.capacity_units for n in cycle.available}
+    by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
+    for a in assignments:
+        timeout_ms = rt.settings.for_type(a.task.task_type).timeout_ms
+        expiry = policy.lease_until(a.task, now, timeout_ms) + LEASE_GRACE
+        by_owner[a.owner_id].append((a.task.id, a.cost, expiry))
+    reserved = {owner: rt.ledger.reserve(owner, capacity[owner], tasks, now) for owner, tasks in by_owner.items()}
+    return [a for a in assignments if a.task.id in reserved.get(a.owner_id, set())]
+
+
+def _abandon(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> None:
+    """The lock ran out under us (a pause longer than its TTL): write nothing, give the reservations back."""
+    log.warning("claim lock lost during the cycle; abandoning %d claim(s) before writing them", len(to_claim))
+    abandoned: dict[str, list[str]] = defaultdict(list)
+    for a in to_claim:
+        abandoned[a.owner_id].append(a.task.id)
+    cycle.rt.ledger.release_many(abandoned)
+
+
+def _write_claims(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> list[tuple[policy.Assignment, TaskDocument]]:
+    """5b. One conditional ``_bulk``; slots of lost races are given back, the others confirmed."""
+    rt, summary, now = cycle.rt, cycle.summary, cycle.now
+    timeouts = [rt.settings.for_type(a.task.task_type).timeout_ms for a in to_claim]
+    fields = [policy.claim_fields(a.task, a.owner_id, now, t) for a, t in zip(to_claim, timeouts, strict=True)]
+    results = bulk_update_tasks(rt.store, [(a.task, f) for a, f in zip(to_claim, fields, strict=True)])
+    summary.step("claim")
+    claimed: list[tuple[policy.Assignment, TaskDocument]] = []
+    give_back: dict[str, list[str]] = defaultdict(list)
+    written: dict[str, list[str]] = defaultdict(list)
+    for assignment, claim, result in zip(to_claim, fields, results, strict=True):
+        if result.ok and result.seq_no is not None and result.primary_term is not None:
+            summary.claimed += 1
+            summary.capacity_left[assignment.owner_id] -= assignment.cost
+            claimed.append((assignment, policy.claimed(assignment.task, claim, result.seq_no, result.primary_term)))
+            written[assignment.owner_id].append(assignment.task.id)
+            continue
+        give_back[assignment.owner_id].append(assignment.task.id)
+        if result.conflict:
+            summary.conflicts += 1
+        elif result.missing:
+            summary.missing += 1
+        else:
+            log.error("claiming %r failed: %s %s", result.doc_id, result.status, result.error)
+    rt.ledger.release_many(give_back)
+    for owner_id, ids in written.items():
+        rt.ledger.confirm(owner_id, ids)
+    summary.step("bookkeeping")
+    return claimed
+
+
+def _enqueue(
+    cycle: _Cycle, claimed: Sequence[tuple[policy.Assignment, TaskDocument]], enqueue: Callable[[DispatchJob], None]
+) -> None:
+    """6. One dispatch job per node (and per 25 ms step for tasks claimed ahead, pushed at their runAt)."""
+    by_owner = {n.owner_id: n for n in cycle.available}
+    jobs: dict[tuple[str, datetime | None], list[ClaimedTask]] = defaultdict(list)
+    for assignment, doc in claimed:
+        _advise_on_interval(cycle.rt, doc)
+        slack_ms = policy.dispatch_slack_ms(assignment.task, cycle.settings.for_type(doc.task_type).timeout_ms)
+        push_at = _push_step(doc.run_at, cycle.now)
+        jobs[(assignment.owner_id, push_at)].append(_job(doc, by_owner[assignment.owner_id], slack_ms))
+    for (owner_id, push_at), tasks in jobs.items():
+        not_before = format_date(push_at) if push_at is not None else None
+        enqueue(DispatchJob(owner_id, by_owner[owner_id].url, tuple(tasks), not_before))
+    cycle.summary.step("enqueue")
+
+
+def fresh_hits(
+    rt: Runtime, hits: Sequence[dict[str, Any]], held: set[str], summary: ClaimSummary, limit: int
+) -> list[dict[str, Any]]:
+    """The documents of the search hits that are still as the search saw them, read in real time.
+
+    As Kibana's mget claimer does: the search is near-real-time, ``mget`` is not. A hit is stale
+    when this ledger already holds it (we claimed it moments ago), or when its real-time version
+    differs (Kibana wrote an outcome, another claim won) or it is gone. Only the first ``limit``
+    other hits are read: the most this cycle can claim, plus a margin, so the engine does not read
+    documents that would be left unclaimed anyway. Returns the real-time documents, in search order.
+    """
+    candidates: list[dict[str, Any]] = []
+    for hit in hits:
+        if str(hit["_id"]) in held:
+            summary.stale += 1
+        elif len(candidates) < limit:
+            candidates.append(hit)
+    current = mget_sources(rt.store, [str(hit["_id"]) for hit in candidates])
+    fresh = []
+    for hit in candidates:
+        if str(hit["_id"]) not in current:
+            summary.stale += 1  # its real-time read failed: not claimed this cycle
+            continue
+        now_hit = current[str(hit["_id"])]
+        if now_hit is None:
+            summary.missing += 1
+        elif (now_hit.get("_seq_no"), now_hit.get("_primary_term")) != (hit.get("_seq_no"), hit.get("_primary_term")):
+            summary.stale += 1
+        else:
+            fresh.append(now_hit)
+    return fresh
+
+
+def _advise_on_interval(rt: Runtime, doc: TaskDocument) -> None:
+    """Warn once per process about a task type that falls due more often than the claim loop looks."""
+    interval_ms = doc.schedule.interval_ms if doc.schedule is not None else None
+    if interval_ms is None or doc.task_type in rt.warned:
+        return
+    advice = interval_advice(rt.settings, doc.task_type, interval_ms)
+    if advice is not None:
+        rt.warned.add(doc.task_type)
+        log.warning("%s", advice)
+
+
+def _push_step(run_at: datetime, now: datetime) -> datetime | None:
+    """When to push a task claimed ahead: its runAt rounded up to the next ETA step; None if due now."""
+    if run_at <= now:
+        return None
+    step_us = ETA_STEP_MS * 1000
+    ahead_us = (run_at - now) // timedelta(microseconds=1)
+    return now + timedelta(microseconds=-(-ahead_us // step_us) * step_us)
+
+
+def _job(doc: TaskDocument, node: Node, slack_ms: int) -> ClaimedTask:
+    assert doc.seq_no is not None and doc.primary_term is not None and doc.retry_at is not None
+    assert doc.started_at is not None
+    lease_ms = int((doc.retry_at - doc.started_at).total_seconds() * 1000)
+    return ClaimedTask(
+        doc_id=doc.id,
+        owner_id=node.owner_id,
+        node_url=node.url,
+        seq_no=doc.seq_no,
+        primary_term=doc.primary_term,
+        retry_at=format_date(doc.retry_at),
+        attempts=doc.attempts,
+        lease_ms=lease_ms,
+        body=run_now_body(doc),
+        slack_ms=slack_ms,
+    )

@@ -1,0 +1,124 @@
+"""Keeping the ledger true to the engine: rebuild it after Redis lost it, and free what Kibana finished.
+
+The engine is the source of truth for which tasks are still running; the ledger (Redis) is the fast,
+atomic copy the claim loop reserves from. Reads here are real-time (``mget``), never a search: a
+near-real-time search can still show a task claimed a moment ago as idle and free a slot in use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from elastask.core import queries
+from elastask.core.intervals import parse_date
+from elastask.parts.ledger import LeaseView
+from elastask.parts.nodes import Node
+from elastask.parts.store import mget_sources, search_hits
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: A slot is held this long past retryAt: Kibana times a run from when it started, a little after the claim.
+LEASE_GRACE = timedelta(seconds=2)
+#: After a ledger rebuild, no claims for this long (longer than any claim cycle runs).
+LEDGER_SETTLE_MS = 3000
+#: The fields ``finished`` looks at: the ledger's reads fetch only these.
+FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts")
+
+
+def ready_to_claim(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple[bool, int]:
+    """Make sure the ledger mirrors the engine before claiming; (may claim now, leases rebuilt or -1).
+
+    Redis lost the ledger (and with it the claim lock): a cycle that started before the loss may
+    still be writing claims the engine does not show yet. Rebuild now, claim nothing while such a
+    cycle could still finish (``LEDGER_SETTLE_MS``), then rebuild once more before claiming again.
+    """
+    if not rt.ledger.is_built():
+        rebuilt = rebuild_ledger(rt, nodes, now)
+        rt.ledger.start_settling(LEDGER_SETTLE_MS)
+        return False, rebuilt
+    if rt.ledger.settling():
+        return False, -1
+    if rt.ledger.take_recheck():
+        return True, rebuild_ledger(rt, nodes, now)
+    return True, -1
+
+
+def reconcile_ledger(rt: Runtime, view: LeaseView, pending_max_ms: int) -> tuple[set[str], int]:
+    """Free the slots of tasks Kibana finished (deleted, back to idle, or owned by someone else).
+
+    A reservation whose claim may not be written yet (another cycle still running, for up to
+    ``pending_max_ms``) looks idle in the engine and is never judged by it; nor is a lease whose
+    real-time read failed (unknown). Expiry is judged on Redis's clock (``view.now_ms``).
+    Returns the ids still held and how many were freed.
+    """
+    now_ms = view.now_ms
+    held = {
+        lease.task_id
+        for lease in view.leases
+        if lease.pending_since_ms is not None and now_ms - lease.pending_since_ms < pending_max_ms
+    }
+    judged = [lease for lease in view.leases if lease.task_id not in held]
+    if not judged:
+        return held, 0
+    hits = mget_sources(rt.store, sorted({lease.task_id for lease in judged}), fields=FINISHED_FIELDS)
+    done: dict[str, list[str]] = defaultdict(list)
+    for lease in judged:
+        live = lease.expires_ms > now_ms
+        if live and lease.task_id not in hits:
+            held.add(lease.task_id)  # the read failed: unknown, so the lease stands
+            continue
+        hit = hits.get(lease.task_id)
+        task = hit.get("_source", {}).get("task", {}) if hit else {}
+        if live and not finished(hit, task, lease.owner_id):
+            held.add(lease.task_id)
+        else:
+            done[lease.owner_id].append(lease.task_id)
+    return held, rt.ledger.release_many(done)
+
+
+def finished(hit: dict[str, Any] | None, task: Any, owner_id: str) -> bool:
+    """True when the engine shows Kibana is done with the task on this node, so its slot is free.
+
+    Done: the document is gone (a one-shot task succeeded), another node owns it, or it is idle
+    with ``attempts: 0`` (Kibana's outcome of a recurring task). A task the retry loop sent back to
+    idle keeps its attempts: the node may still be running it until its own timeout, so its slot is
+    held until the lease (plus grace) runs out.
+    """
+    if hit is None or not isinstance(task, dict):
+        return True
+    if task.get("ownerId") != owner_id:
+        return True
+    return bool(task.get("status") == "idle" and task.get("attempts") == 0)
+
+
+def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
+    """Redis lost the ledger: take every live lease back from the engine before claiming anything."""
+    rt.store.refresh()  # the search below must see the claims of the last second too
+    owners = [n.owner_id for n in nodes]
+    body = queries.in_flight(now, owners, size=max(1000, sum(n.capacity_units for n in nodes)))
+    hits = search_hits(rt.store, body, "rebuilding the ledger") if owners else []
+    by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
+    for hit in hits:
+        task = hit.get("_source", {}).get("task", {})
+        try:
+            retry_at = parse_date(task["retryAt"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        cost = rt.settings.for_type(str(task.get("taskType"))).cost
+        by_owner[str(task.get("ownerId"))].append((str(hit["_id"]), cost, retry_at + LEASE_GRACE))
+    capacity = {n.owner_id: n.capacity_units for n in nodes}
+    count = 0
+    for owner, leases in by_owner.items():
+        count += len(rt.ledger.reserve(owner, capacity.get(owner, 0), leases, now, force=True))
+    rt.ledger.mark_built(now)
+    log.warning(
+        "in-flight ledger not found in Redis (first start, or Redis flushed or restarted): "
+        "rebuilt %d lease(s) from the engine before claiming",
+        count,
+    )
+    return count

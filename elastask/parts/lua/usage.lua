@@ -1,0 +1,12 @@
+-- Used capacity units of several nodes, after pruning their expired leases.
+-- KEYS: zset1, costs1, pending1, zset2, costs2, pending2, ... (three per node)
+-- ARGV: none
+-- Returns: one number per node, in KEYS order.
+local result = {}
+for k = 1, #KEYS, 3 do
+  prune(KEYS[k], KEYS[k + 1], KEYS[k + 2])
+  local used = 0
+  for _, c in ipairs(redis.call('HVALS', KEYS[k + 1])) do used = used + tonumber(c) end
+  table.insert(result, used)
+end
+return result
