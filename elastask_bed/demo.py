@@ -21,6 +21,7 @@ from elastask.config import parse_settings
 from elastask.core import queries
 from elastask.core.documents import new_task
 from elastask.ops.health import health
+from elastask.parts.store import build_client
 from elastask.runtime import build_runtime
 from elastask_bed.testbed import Testbed
 from elastask_bed.testbed.bed import INDEX
@@ -74,7 +75,8 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
         echo(f"Metrics: http://127.0.0.1:{metrics_port}/metrics   Health: http://127.0.0.1:{metrics_port}/health")
         settings = parse_settings({}, source="<demo>", env=fleet.env)
         rt = build_runtime(settings)
-        seeded = seed_demo_tasks(rt.store.client, datetime.now(UTC), 100, "init")
+        es = build_client(settings.elasticsearch)  # the demo's own client: it writes documents as Kibana would
+        seeded = seed_demo_tasks(es, datetime.now(UTC), 100, "init")
         started = last_seed = time.monotonic()
         previous_claimed, previous_at, batch = 0, started, 0
         while duration_s is None or time.monotonic() - started < duration_s:
@@ -82,7 +84,7 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
             now_mono = time.monotonic()
             if now_mono - last_seed >= 3:  # keep one-shot work coming
                 batch += 1
-                seeded += seed_demo_tasks(rt.store.client, datetime.now(UTC), 15, f"b{batch}")
+                seeded += seed_demo_tasks(es, datetime.now(UTC), 15, f"b{batch}")
                 last_seed = now_mono
             view = live_view(rt, bed, settings)
             rate = (view["claimed_total"] - previous_claimed) / max(1e-6, now_mono - previous_at)
@@ -118,8 +120,8 @@ def live_view(rt: Any, bed: Testbed, settings: Any) -> dict[str, Any]:
             }
         )
     due_body = queries.due_tasks(now, size=0, default_max_attempts=settings.max_attempts, max_attempts_by_type={})
-    due = int(rt.store.client.count(index=rt.store.index, query=due_body["query"])["count"])
-    in_index = int(rt.store.client.count(index=rt.store.index, query={"term": {"type": "task"}})["count"])
+    due = rt.store.count(due_body["query"], "counting due tasks")
+    in_index = rt.store.count({"term": {"type": "task"}}, "counting task documents")
     return {
         "at": now.isoformat(timespec="seconds"),
         "nodes": nodes,

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import redis
 
 from elastask import keys
-from elastask.errors import LedgerError
+from elastask.parts.redis_errors import redis_errors
 
 
 def rest_until(now: datetime, *, next_run_at: datetime | None, idle_ms: int, lookahead_ms: int) -> datetime:
@@ -36,24 +36,18 @@ class Cadence:
 
     def resting(self) -> bool:
         """True while a quiet cycle's rest lasts (beat's claim jobs return at once)."""
-        try:
+        with redis_errors("reading the claim loop's rest"):
             return bool(self.client.exists(keys.CLAIM_RESTING))
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
 
     def rest(self, now: datetime, until: datetime) -> None:
         """Rest until ``until`` (nothing happens if that is now or past)."""
         rest_ms = int((until - now).total_seconds() * 1000)
         if rest_ms <= 0:
             return
-        try:
+        with redis_errors("resting the claim loop"):
             self.client.set(keys.CLAIM_RESTING, 1, px=rest_ms)
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e
 
     def wake(self) -> None:
         """Something became due now: the next claim job runs a full cycle."""
-        try:
+        with redis_errors("waking the claim loop"):
             self.client.delete(keys.CLAIM_RESTING)
-        except redis.RedisError as e:
-            raise LedgerError(f"Redis: {e}") from e

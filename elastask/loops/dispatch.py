@@ -38,6 +38,7 @@ from elastask.loops.failures import record_failure
 from elastask.loops.ledger_sync import LEASE_GRACE
 from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.nodes import Node
+from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate, WriteResult, bulk_update_versions
 from elastask.runtime import Runtime
 
@@ -147,8 +148,10 @@ def _mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, repor
     for task in tasks:
         marker_ttl_ms = max(_remaining_ms(task, now), task.lease_ms) + 60_000
         pipe.set(keys.pushed(task.doc_id, task.claim), 1, nx=True, px=marker_ttl_ms)
+    with redis_errors("setting push markers"):
+        markers = pipe.execute()
     fresh = []
-    for task, was_set in zip(tasks, pipe.execute(), strict=True):
+    for task, was_set in zip(tasks, markers, strict=True):
         if was_set:
             fresh.append(task)
         else:

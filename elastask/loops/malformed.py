@@ -10,6 +10,7 @@ import redis
 
 from elastask import keys
 from elastask.errors import DocumentError
+from elastask.parts.redis_errors import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,9 @@ QUARANTINE = timedelta(minutes=10)
 def report_malformed(client: redis.Redis, error: DocumentError, now: datetime) -> None:
     """Log a malformed document once per quarantine period and leave it out of the next claims."""
     until_ms = int((now + QUARANTINE).timestamp() * 1000)
-    if client.zadd(keys.MALFORMED, {error.doc_id: until_ms}, nx=True):
+    with redis_errors(f"quarantining malformed document {error.doc_id!r}"):
+        first_time = client.zadd(keys.MALFORMED, {error.doc_id: until_ms}, nx=True)
+    if first_time:
         log.warning(
             "skipped malformed task document %r: field %r: %s (value %.120r)",
             error.doc_id,
@@ -33,6 +36,7 @@ def report_malformed(client: redis.Redis, error: DocumentError, now: datetime) -
 def quarantined(client: redis.Redis, now: datetime, limit: int = 5000) -> list[str]:
     """Ids of malformed documents to leave out of claims now."""
     now_ms = int(now.timestamp() * 1000)
-    client.zremrangebyscore(keys.MALFORMED, "-inf", now_ms)
-    members = cast(list[bytes], client.zrange(keys.MALFORMED, 0, limit - 1))
+    with redis_errors("reading quarantined documents"):
+        client.zremrangebyscore(keys.MALFORMED, "-inf", now_ms)
+        members = cast(list[bytes], client.zrange(keys.MALFORMED, 0, limit - 1))
     return [m.decode() if isinstance(m, bytes) else str(m) for m in members]

@@ -19,7 +19,7 @@ from elastask.core.intervals import format_date
 from elastask.errors import ConflictError, ElastaskError, StoreError
 from elastask.loops.cadence import Cadence
 from elastask.loops.ledger_sync import LEASE_GRACE
-from elastask.parts.store import search_hits
+from elastask.parts.store import search, search_hits
 from elastask.runtime import Runtime
 
 
@@ -51,7 +51,7 @@ def check(settings: Settings, rt: Runtime) -> list[CheckRow]:
 def _check_engine(settings: Settings, rt: Runtime) -> CheckRow:
     name = f"search engine {settings.elasticsearch.host}"
     try:
-        info = rt.store.client.info()
+        info = rt.store.info()
     except Exception as e:  # the client raises many shapes; the row names it
         status = getattr(getattr(e, "meta", None), "status", None)
         if status in (401, 403):
@@ -95,7 +95,7 @@ def _check_redis(settings: Settings, rt: Runtime) -> CheckRow:
 def _check_kibana(rt: Runtime, url: str, node: Any) -> CheckRow:
     name = f"kibana {url}"
     try:
-        answer = rt.kibana.session.get(url + "/api/status", **rt.kibana._options(node, 5.0))
+        answer = rt.kibana.status(node, 5.0)
     except requests.exceptions.ConnectionError:
         return CheckRow(name, False, "connection refused or unreachable", "start the node or fix kibana.hosts")
     except requests.RequestException as e:
@@ -124,8 +124,8 @@ def status(rt: Runtime, now: datetime) -> dict[str, Any]:
     used = rt.ledger.used_units([n.owner_id for n in nodes])
     rows = []
     for node in nodes:
-        health = cast(dict[bytes, bytes], rt.redis.hgetall(keys.health(node.owner_id)))
-        open_until = int(health.get(b"open_until_ms", b"0"))
+        breaker = rt.nodes.breaker(node.owner_id)
+        open_until = breaker["open_until_ms"]
         rows.append(
             {
                 "url": node.url,
@@ -134,17 +134,13 @@ def status(rt: Runtime, now: datetime) -> dict[str, Any]:
                 "capacity_units": node.capacity_units,
                 "load_percent": round(100 * used.get(node.owner_id, 0) / node.capacity_units, 1),
                 "in_rotation": open_until == 0,
-                "failures": int(health.get(b"failures", b"0")),
+                "failures": breaker["failures"],
             }
         )
-    answer = rt.store.client.search(index=rt.store.index, body=queries.counts_by_status())
+    answer = search(rt.store, queries.counts_by_status(), "counting tasks by status")
     counts = {b["key"]: b["doc_count"] for b in answer["aggregations"]["status"]["buckets"]}
-    overdue = rt.store.client.count(
-        index=rt.store.index,
-        query=queries.due_tasks(now, size=0, default_max_attempts=rt.settings.max_attempts, max_attempts_by_type={})[
-            "query"
-        ],
-    )["count"]
+    due = queries.due_tasks(now, size=0, default_max_attempts=rt.settings.max_attempts, max_attempts_by_type={})
+    overdue = rt.store.count(due["query"], "counting due tasks")
     return {"nodes": rows, "unresolved": problems, "tasks_by_status": counts, "due_now": overdue}
 
 
@@ -174,7 +170,7 @@ def failed_tasks(rt: Runtime, size: int = 100) -> list[dict[str, Any]]:
 def show(rt: Runtime, doc_id: str) -> dict[str, Any]:
     """One task document as stored, with its version and any failure reason."""
     doc_id = doc_id if doc_id.startswith("task:") else f"task:{doc_id}"
-    hit = rt.store.client.get(index=rt.store.index, id=doc_id)
+    hit = rt.store.raw(doc_id)
     reason = rt.redis.hget(keys.FAILED_REASONS, doc_id)
     return {
         "id": doc_id,

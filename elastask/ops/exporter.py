@@ -18,7 +18,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from elastask import keys
 from elastask.ops.health import health
 from elastask.ops.metrics import MetricsReader, parse_counter_field
 from elastask.runtime import Runtime
@@ -70,6 +69,7 @@ class ElastaskCollector:
             )
         nodes, _ = self.rt.nodes.resolve()
         used = self.rt.ledger.used_units([n.owner_id for n in nodes])
+        in_rotation = self.rt.nodes.in_rotation([n.owner_id for n in nodes])
         in_flight = GaugeMetricFamily(
             "elastask_node_in_flight_units", "Capacity units leased to a node now.", labels=["owner_id", "url"]
         )
@@ -83,8 +83,7 @@ class ElastaskCollector:
             node_labels = [node.owner_id, node.url]
             in_flight.add_metric(node_labels, used.get(node.owner_id, 0))
             capacity.add_metric(node_labels, node.capacity_units)
-            is_open = self.rt.redis.hget(keys.health(node.owner_id), "open_until_ms")
-            rotation.add_metric(node_labels, 0 if is_open else 1)
+            rotation.add_metric(node_labels, 1 if in_rotation[node.owner_id] else 0)
         yield in_flight
         yield capacity
         yield rotation

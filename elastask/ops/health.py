@@ -14,7 +14,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from elastask import keys
 from elastask.core import queries
 from elastask.core.intervals import format_date
 from elastask.core.percentiles import percentile
@@ -41,10 +40,8 @@ def health(rt: Runtime, now: datetime) -> dict[str, Any]:
         reader = MetricsReader(rt.redis)
         nodes, unresolved = rt.nodes.resolve()
         used = rt.ledger.used_units([n.owner_id for n in nodes])
-        load, rotation = {}, {}
-        for node in nodes:
-            load[node.owner_id] = round(100 * used.get(node.owner_id, 0) / node.capacity_units, 1)
-            rotation[node.owner_id] = rt.redis.hget(keys.health(node.owner_id), "open_until_ms") is None
+        load = {n.owner_id: round(100 * used.get(n.owner_id, 0) / n.capacity_units, 1) for n in nodes}
+        rotation = rt.nodes.in_rotation([n.owner_id for n in nodes])
         drift = reader.window("start_drift_seconds")
         cycles = reader.window("claim_duration_seconds")
         counters = reader.counters()
@@ -84,7 +81,7 @@ def health(rt: Runtime, now: datetime) -> dict[str, Any]:
             default_max_attempts=settings.max_attempts,
             max_attempts_by_type={},
         )
-        overdue = int(rt.store.client.count(index=rt.store.index, query=body["query"])["count"])
+        overdue = rt.store.count(body["query"], "counting overdue tasks")
         report["overdue"] = overdue
         if overdue:
             reasons.append(("warn", f"{overdue} task(s) due for more than {overdue_after:.0f}s"))

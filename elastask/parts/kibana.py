@@ -138,6 +138,10 @@ class KibanaClient:
             raise ValueError(f"{node.url}{STATUS_PATH} answered without a uuid")
         return uuid
 
+    def status(self, node: KibanaNode, timeout_s: float = 5.0) -> requests.Response:
+        """``GET /api/status`` as it answered (``elastask check`` reads the answer); raises requests exceptions."""
+        return self.session.get(node.url + STATUS_PATH, **self._options(node, timeout_s))
+
     def is_available(self, node: KibanaNode, timeout_s: float = 2.0) -> bool:
         """True when ``GET /api/status`` answers 200 with overall level available (or degraded)."""
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -13,6 +14,7 @@ import requests
 from elastask import keys
 from elastask.config import KibanaNode, Settings
 from elastask.parts.kibana import KibanaClient
+from elastask.parts.redis_errors import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ class NodeRegistry:
 
     def resolve(self) -> tuple[list[Node], list[str]]:
         """The nodes whose ownerId is known, and a problem line per node that could not be resolved."""
-        raw: dict[Any, Any] = cast(dict[Any, Any], self.redis.hgetall(keys.NODE_IDS))
+        with redis_errors("reading the nodes' ownerIds"):
+            raw: dict[Any, Any] = cast(dict[Any, Any], self.redis.hgetall(keys.NODE_IDS))
         cached = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
@@ -63,7 +66,8 @@ class NodeRegistry:
                         f"it gets no tasks until it answers, or set kibana.hosts[].id"
                     )
                     continue
-                self.redis.hset(keys.NODE_IDS, config.url, owner_id)
+                with redis_errors(f"caching the ownerId of {config.url}"):
+                    self.redis.hset(keys.NODE_IDS, config.url, owner_id)
             nodes.append(Node(config, owner_id, self.settings.capacity_units(config)))
         return nodes, problems
 
@@ -78,12 +82,10 @@ class NodeRegistry:
 
     def available(self, nodes: list[Node], now: datetime) -> list[Node]:
         """Nodes in rotation; a node whose breaker is open is probed once its wait is over."""
-        pipe = self.redis.pipeline(transaction=False)
-        for node in nodes:
-            pipe.hget(keys.health(node.owner_id), "open_until_ms")
-        open_until = pipe.execute()
+        open_until = self._open_until([node.owner_id for node in nodes])
         result = []
-        for node, until in zip(nodes, open_until, strict=True):
+        for node in nodes:
+            until = open_until[node.owner_id]
             if until is None:
                 result.append(node)
             elif int(until) <= _ms(now):
@@ -94,21 +96,43 @@ class NodeRegistry:
                     self.record_failure(node, now, "still not answering GET /api/status", hard=True)
         return result
 
+    def in_rotation(self, owner_ids: Sequence[str]) -> dict[str, bool]:
+        """Per node: True while its circuit breaker is closed (it gets tasks)."""
+        return {owner: until is None for owner, until in self._open_until(owner_ids).items()}
+
+    def breaker(self, owner_id: str) -> dict[str, int]:
+        """A node's circuit breaker as numbers: failures in a row, open_until_ms, backoff_ms (absent: 0)."""
+        with redis_errors(f"reading the breaker of {owner_id}"):
+            raw = cast(dict[bytes, bytes], self.redis.hgetall(keys.health(owner_id)))
+        return {field: int(raw.get(field.encode(), b"0")) for field in ("failures", "open_until_ms", "backoff_ms")}
+
+    def _open_until(self, owner_ids: Sequence[str]) -> dict[str, int | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for owner in owner_ids:
+            pipe.hget(keys.health(owner), "open_until_ms")
+        with redis_errors("reading the nodes' breakers"):
+            answers = pipe.execute()
+        return {owner: None if value is None else int(value) for owner, value in zip(owner_ids, answers, strict=True)}
+
     def record_success(self, node: Node) -> None:
         """A push was accepted (or a probe answered): the node is healthy."""
-        if self.redis.delete(keys.health(node.owner_id)):
+        with redis_errors(f"closing the breaker of {node.owner_id}"):
+            closed = self.redis.delete(keys.health(node.owner_id))
+        if closed:
             log.info("Kibana node %s (%s) is back in rotation", node.url, node.owner_id)
 
     def record_failure(self, node: Node, now: datetime, detail: str, *, hard: bool) -> None:
         """A push failed; ``hard`` (connection refused) opens the breaker at once, else after N in a row."""
         key = keys.health(node.owner_id)
-        failures = int(cast(int, self.redis.hincrby(key, "failures", 1)))
-        if not hard and failures < self.settings.node_failure_threshold:
-            return
-        previous = cast(bytes | None, self.redis.hget(key, "backoff_ms"))
-        backoff = self.settings.node_probe_interval_ms if previous is None else min(MAX_BACKOFF_MS, int(previous) * 2)
-        was_open = self.redis.hget(key, "open_until_ms") is not None
-        self.redis.hset(key, mapping={"open_until_ms": _ms(now) + backoff, "backoff_ms": backoff})
+        with redis_errors(f"counting a failure of {node.owner_id}"):
+            failures = int(cast(int, self.redis.hincrby(key, "failures", 1)))
+            if not hard and failures < self.settings.node_failure_threshold:
+                return
+            previous = cast(bytes | None, self.redis.hget(key, "backoff_ms"))
+            first = self.settings.node_probe_interval_ms
+            backoff = first if previous is None else min(MAX_BACKOFF_MS, int(previous) * 2)
+            was_open = self.redis.hget(key, "open_until_ms") is not None
+            self.redis.hset(key, mapping={"open_until_ms": _ms(now) + backoff, "backoff_ms": backoff})
         if not was_open:
             log.warning(
                 "Kibana node %s (%s) taken out of rotation after %d failure(s): %s; probing again in %.1fs",

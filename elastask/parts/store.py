@@ -123,6 +123,23 @@ class TaskStore:
             raise DocumentMissingError(doc_id) from e
         return int(answer["_seq_no"]), int(answer["_primary_term"])
 
+    def raw(self, doc_id: str) -> dict[str, Any]:
+        """One document as the engine returns it (``_source``, ``_seq_no``...); DocumentMissingError if gone."""
+        try:
+            with engine_errors(f"reading {doc_id!r} from {self.index}"):
+                return dict(self.client.get(index=self.index, id=doc_id))
+        except elasticsearch.NotFoundError as e:
+            raise DocumentMissingError(doc_id) from e
+
+    def count(self, query: Mapping[str, Any], what: str) -> int:
+        """How many documents of the index match ``query``."""
+        with engine_errors(what):
+            return int(self.client.count(index=self.index, query=dict(query))["count"])
+
+    def info(self) -> dict[str, Any]:
+        """The engine's ``GET /`` answer (name, version); raises the client's errors (``elastask check`` names them)."""
+        return dict(self.client.info())
+
     def refresh(self) -> None:
         """Make every write so far visible to search (tests and tools only)."""
         with engine_errors(f"refreshing {self.index}"):

@@ -6,15 +6,17 @@ tests/integration.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
 
 from elastask.config import KibanaNode, KibanaSettings, Settings
+from elastask.core.intervals import parse_date
 from elastask.parts.kibana import KibanaClient, PushOutcome, PushResult
 from elastask.parts.ledger import Ledger
 from elastask.parts.nodes import NodeRegistry
@@ -43,22 +45,18 @@ class StubEngine:
         self.before_bulk: Callable[[], None] | None = None  # runs once, before the next bulk applies
 
     def search(self, *, index: str, body: Mapping[str, Any]) -> Answer:
-        """Only the due-task search: idle documents with runAt, minus excluded ids, oldest runAt first."""
-        excluded: set[str] = set()
-        for clause in body["query"]["bool"].get("must_not", []):
-            excluded |= set(clause.get("ids", {}).get("values", []))
-        idle = [
-            (doc["_source"]["task"].get("runAt", ""), doc_id)
-            for doc_id, doc in self.docs.items()
-            if doc["_source"]["task"].get("status") == "idle" and doc_id not in excluded
-        ]
+        """The query DSL the loops use (bool, term, terms, range, exists, ids), sorted by runAt or retryAt."""
+        matches = [doc_id for doc_id, doc in self.docs.items() if _matches(body["query"], doc_id, doc["_source"])]
+        sort_field = "retryAt" if "retryAt" in json.dumps(body.get("sort", [])) else "runAt"
+        matches.sort(key=lambda d: str(self.docs[d]["_source"].get("task", {}).get(sort_field) or ""))
         hits = [
-            {"_id": doc_id, "_seq_no": self.docs[doc_id]["_seq_no"], "_primary_term": 1}
-            for _run_at, doc_id in sorted(idle)[: body["size"]]
+            {"_id": d, "_seq_no": self.docs[d]["_seq_no"], "_primary_term": 1, "_source": self.docs[d]["_source"]}
+            for d in matches[: body.get("size", 10)]
         ]
         return Answer(hits={"hits": hits})
 
     def put(self, doc_id: str, source: dict[str, Any]) -> int:
+        """Index a document (a new version); returns its seq_no."""
         self.seq_no += 1
         self.docs[doc_id] = {"_source": source, "_seq_no": self.seq_no, "_primary_term": 1}
         return self.seq_no
@@ -109,6 +107,66 @@ class ScriptedKibana(KibanaClient):
     def push(self, node: KibanaNode, body: Mapping[str, Any]) -> PushResult:
         self.pushed.append(body)
         return self.answer(body)
+
+
+def _field(source: Mapping[str, Any], path: str) -> Any:
+    value: Any = source
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _date(text: str) -> datetime:
+    if text.startswith("now"):
+        offset = text[3:]
+        ms = int(offset[1:-2]) if offset.endswith("ms") else 0
+        return datetime.now(UTC) + timedelta(milliseconds=-ms if offset.startswith("-") else ms)
+    return parse_date(text)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
+
+
+def _matches(query: Mapping[str, Any], doc_id: str, source: Mapping[str, Any]) -> bool:
+    (kind, spec), *_ = query.items()
+    if kind == "bool":
+        if not all(_matches(q, doc_id, source) for q in spec.get("filter", []) + spec.get("must", [])):
+            return False
+        if any(_matches(q, doc_id, source) for q in spec.get("must_not", [])):
+            return False
+        should = spec.get("should", [])
+        needed = spec.get("minimum_should_match", 1 if should and not spec.get("filter") else 0)
+        return sum(_matches(q, doc_id, source) for q in should) >= needed
+    if kind == "ids":
+        return doc_id in spec["values"]
+    (path, value), *_ = spec.items()
+    actual = _field(source, path)
+    if kind == "term":
+        return bool(actual == value)
+    if kind == "terms":
+        return actual in value
+    if kind == "exists":
+        return _field(source, spec["field"]) is not None
+    if kind == "range":
+        if actual is None:
+            return False
+        dated = isinstance(actual, str)
+        left = _date(actual) if dated else actual
+        checks = {
+            "gt": lambda a, b: a > b,
+            "gte": lambda a, b: a >= b,
+            "lt": lambda a, b: a < b,
+            "lte": lambda a, b: a <= b,
+        }
+        return all(checks[op](left, _date(bound) if dated else bound) for op, bound in value.items())
+    raise NotImplementedError(f"stub engine: query {kind!r}")
 
 
 def accepted(_body: Mapping[str, Any]) -> PushResult:
