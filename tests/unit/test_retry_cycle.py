@@ -11,18 +11,17 @@ from elastask.loops.cadence import Cadence
 from elastask.loops.retry import retry_expired_leases
 from tests.unit.stubs import StubEngine, stub_runtime
 
-NOW = datetime.now(UTC)
-
 
 def leased(engine: StubEngine, doc_id: str, *, attempts: int, retry_at: datetime, schedule: str | None = None) -> None:
+    now = datetime.now(UTC)
     task = {
         "taskType": "sample",
         "status": "running",
         "ownerId": "kibana:a",
         "attempts": attempts,
-        "runAt": format_date(NOW - timedelta(minutes=10)),
+        "runAt": format_date(now - timedelta(minutes=10)),
         "retryAt": format_date(retry_at),
-        "startedAt": format_date(NOW - timedelta(minutes=6)),
+        "startedAt": format_date(now - timedelta(minutes=6)),
         "params": "{}",
         "state": "{}",
     }
@@ -36,22 +35,23 @@ def status(engine: StubEngine, doc_id: str) -> dict[str, object]:
 
 
 def test_given_expired_leases_then_one_shots_retry_after_kibanas_delay_or_fail_and_recurring_ones_run_again() -> None:
+    now = datetime.now(UTC)  # the stub engine's "now" is the real clock, as the engine's is
     engine = StubEngine()
-    expired = NOW - timedelta(seconds=10)
+    expired = now - timedelta(seconds=10)
     leased(engine, "task:first-try", attempts=1, retry_at=expired)
     leased(engine, "task:last-try", attempts=3, retry_at=expired)
     leased(engine, "task:recurring", attempts=1, retry_at=expired, schedule="1m")
-    leased(engine, "task:still-running", attempts=1, retry_at=NOW + timedelta(minutes=1))
-    leased(engine, "task:within-grace", attempts=1, retry_at=NOW - timedelta(milliseconds=500))
+    leased(engine, "task:still-running", attempts=1, retry_at=now + timedelta(minutes=1))
+    leased(engine, "task:within-grace", attempts=1, retry_at=now - timedelta(milliseconds=500))
     rt = stub_runtime(engine)
-    Cadence(rt.redis).rest(NOW, NOW + timedelta(minutes=1))
+    Cadence(rt.redis).rest(now, now + timedelta(minutes=1))
 
-    summary = retry_expired_leases(rt, NOW)
+    summary = retry_expired_leases(rt, now)
 
     assert summary.expired == 3 and summary.outcomes == {"retry": 2, "failed": 1}
     first = status(engine, "task:first-try")
     assert first["status"] == "idle" and first["attempts"] == 1 and first["retryAt"] is None
-    assert str(first["runAt"]) > format_date(NOW + timedelta(seconds=29))  # Kibana's 30 s before the first retry
+    assert str(first["runAt"]) > format_date(now + timedelta(seconds=29))  # Kibana's 30 s before the first retry
     assert status(engine, "task:last-try")["status"] == "failed"
     assert "without an outcome" in json.loads(rt.redis.hget(keys.FAILED_REASONS, "task:last-try"))["reason"]
     assert status(engine, "task:recurring")["status"] == "idle"
@@ -61,9 +61,10 @@ def test_given_expired_leases_then_one_shots_retry_after_kibanas_delay_or_fail_a
 
 
 def test_given_a_cycle_already_running_elsewhere_then_this_one_does_nothing() -> None:
+    now = datetime.now(UTC)
     engine = StubEngine()
-    leased(engine, "task:x", attempts=1, retry_at=NOW - timedelta(minutes=1))
+    leased(engine, "task:x", attempts=1, retry_at=now - timedelta(minutes=1))
     rt = stub_runtime(engine)
     rt.redis.set(keys.RETRY_LOCK, "another worker")
-    assert not retry_expired_leases(rt, NOW).ran
+    assert not retry_expired_leases(rt, now).ran
     assert status(engine, "task:x")["status"] == "running"
