@@ -4,6 +4,9 @@ The file comes from ``--config`` or ``ELASTASK_CONFIG`` (default ``./elastask.ya
 default file means "all defaults"). Any key can be overridden by one rule: ``ELASTASK_`` + the key
 upper-cased with dots as underscores (``elasticsearch.host`` -> ``ELASTASK_ELASTICSEARCH_HOST``).
 Secrets are held in :class:`Secret`, which never prints its value.
+
+Longer than most modules on purpose: the schema, its coercions and the error messages that name the
+file and key belong together, so a new key is added in one place.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The ``elastask`` command: configuration, checks, status, tasks and the exporter (the test bed plugs in its own)."""
+"""The ``elastask`` command: configuration, checks, status, tasks and the exporter (the test bed plugs in its own).
+
+Longer than most modules: one click command per documented command, each a thin wrapper over ops/.
+"""
 
 from __future__ import annotations
 
