@@ -143,8 +143,8 @@ def exhausted_one_shots(
     }
 
 
-def expired_leases(*, grace_ms: int, size: int) -> dict[str, Any]:
-    """Tasks claimed or running whose lease (retryAt) ran out, ``grace_ms`` ago, without an outcome.
+def expired_leases(*, grace_s: int, size: int) -> dict[str, Any]:
+    """Tasks claimed or running whose lease (retryAt) ran out, ``grace_s`` ago, without an outcome.
 
     "Ran out" is judged on the engine's clock (date math ``now``), the clock Kibana's own claimer
     uses too: a dispatcher machine whose clock runs ahead never takes back a task Kibana still runs.
@@ -155,7 +155,8 @@ def expired_leases(*, grace_ms: int, size: int) -> dict[str, Any]:
                 "filter": [
                     _is_task(),
                     {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
-                    {"range": {"task.retryAt": {"lte": f"now-{grace_ms}ms"}}},
+                    # Date math has no ms unit: whole seconds.
+                    {"range": {"task.retryAt": {"lte": f"now-{grace_s}s"}}},
                 ]
             }
         },

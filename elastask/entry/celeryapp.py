@@ -6,6 +6,7 @@ import importlib
 import logging
 import ssl
 import sys
+import threading
 from datetime import timedelta
 from functools import cache
 from types import ModuleType
@@ -100,6 +101,31 @@ def _log_settings_advice(**_kwargs: Any) -> None:
 
     for advice in settings_advice(get_app().conf.elastask_settings):
         log.warning("%s", advice)
+
+
+@signals.worker_ready.connect
+def _log_kibana_setup(**_kwargs: Any) -> None:
+    # Once per worker, at start, in the background (a node that does not answer must not delay it):
+    # Kibana nodes not set up for push, each with the kibana.yml line that fixes it.
+    threading.Thread(target=log_kibana_setup, args=(get_app().conf.elastask_settings,), daemon=True).start()
+
+
+def log_kibana_setup(settings: Settings) -> None:
+    """Log a warning per finding of every node's setup for push (see ``elastask check``)."""
+    from datetime import UTC, datetime
+
+    from elastask.ops.admin import kibana_setup_problems
+    from elastask.runtime import build_runtime
+
+    rt = build_runtime(settings)
+    try:
+        for node in settings.kibana.hosts:
+            for finding in kibana_setup_problems(settings, rt, node, datetime.now(UTC)):
+                log.warning("Kibana %s: %s; fix: %s", node.url, finding.detail, finding.fix)
+    except Exception as e:  # never let the check stop a worker
+        log.warning("could not check the Kibana nodes' setup for push: %s", e)
+    finally:
+        rt.close()
 
 
 @signals.celeryd_after_setup.connect

@@ -13,6 +13,7 @@ The loop also reports task documents no loop would ever pick up (unknown status,
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -86,8 +87,8 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
     # A lease is over at retryAt plus a grace: Kibana times a run from its start, a moment after
     # the claim (a push that waited longer than the grace renewed its lease), so it may still be
     # running at retryAt itself.
-    grace_ms = int(LEASE_GRACE.total_seconds() * 1000)
-    body = queries.expired_leases(grace_ms=grace_ms, size=rt.settings.claim_batch_size)
+    grace_s = math.ceil(LEASE_GRACE.total_seconds())
+    body = queries.expired_leases(grace_s=grace_s, size=rt.settings.claim_batch_size)
     hits = search_hits(rt.store, body, "searching expired leases")
     summary.expired = len(hits)
     plans: list[tuple[TaskDocument, policy.Expiry]] = []

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 import requests
 
 from elastask import keys
-from elastask.config import Settings
+from elastask.config import COSTS, KibanaNode, Settings
 from elastask.core import policy, queries
 from elastask.core.advice import settings_advice
 from elastask.core.documents import TaskDocument, new_task
 from elastask.core.intervals import format_date
+from elastask.core.kibana_setup import SetupFinding, setup_findings
 from elastask.errors import ConflictError, ElastaskError, StoreError
 from elastask.loops.cadence import Cadence
 from elastask.loops.ledger_sync import LEASE_GRACE
@@ -45,7 +46,43 @@ def check(settings: Settings, rt: Runtime) -> list[CheckRow]:
     rows.append(_check_redis(settings, rt))
     for node in settings.kibana.hosts:
         rows.append(_check_kibana(rt, node.url, node))
+        if rows[-1].ok:
+            rows += _check_kibana_setup(settings, rt, node, datetime.now(UTC))
     return rows
+
+
+def _check_kibana_setup(settings: Settings, rt: Runtime, node: KibanaNode, now: datetime) -> list[CheckRow]:
+    """The node's Kibana settings for push (see core/kibana_setup.py), one row per finding."""
+    name = f"kibana {node.url} setup"
+    problems = kibana_setup_problems(settings, rt, node, now)
+    if not problems:
+        return [CheckRow(name, True, "ephemeral tasks on, claiming off, queue large enough")]
+    return [CheckRow(name, not f.problem, f.detail, f.fix, warning=not f.problem) for f in problems]
+
+
+def kibana_setup_problems(settings: Settings, rt: Runtime, node: KibanaNode, now: datetime) -> list[SetupFinding]:
+    """What is wrong with a node's setup for push; a health API that cannot be read is a finding too."""
+    capacity = settings.capacity_units(node) // COSTS["normal"]
+    try:
+        status = rt.kibana.status(node).json()
+    except (requests.RequestException, ValueError):
+        status = {}
+    try:
+        health: dict[str, Any] | None = rt.kibana.task_manager_health(node)
+        unreadable = None
+    except (requests.RequestException, ValueError) as e:
+        health, unreadable = None, e
+    findings = setup_findings(status if isinstance(status, dict) else {}, health, capacity, now)
+    if unreadable is not None:
+        findings.append(
+            SetupFinding(
+                False,
+                f"{node.url}/api/task_manager/_health could not be read ({type(unreadable).__name__}): "
+                "claiming and the ephemeral queue were not checked",
+                "let the elastask user read the task manager health API",
+            )
+        )
+    return findings
 
 
 def _check_engine(settings: Settings, rt: Runtime) -> CheckRow:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RUN_NOW_PATH = "/api/task_manager/_run_now"
 STATUS_PATH = "/api/status"
+HEALTH_PATH = "/api/task_manager/_health"
 CONNECT_TIMEOUT_S = 3.0
 
 
@@ -141,6 +142,15 @@ class KibanaClient:
     def status(self, node: KibanaNode, timeout_s: float = 5.0) -> requests.Response:
         """``GET /api/status`` as it answered (``elastask check`` reads the answer); raises requests exceptions."""
         return self.session.get(node.url + STATUS_PATH, **self._options(node, timeout_s))
+
+    def task_manager_health(self, node: KibanaNode, timeout_s: float = 5.0) -> dict[str, Any]:
+        """``GET /api/task_manager/_health``; raises requests exceptions, or ValueError when it is not JSON."""
+        answer = self.session.get(node.url + HEALTH_PATH, **self._options(node, timeout_s))
+        answer.raise_for_status()
+        body = answer.json()
+        if not isinstance(body, dict):
+            raise ValueError(f"{node.url}{HEALTH_PATH} answered {type(body).__name__}, not an object")
+        return body
 
     def is_available(self, node: KibanaNode, timeout_s: float = 2.0) -> bool:
         """True when ``GET /api/status`` answers 200 with overall level available (or degraded)."""

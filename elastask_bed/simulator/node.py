@@ -67,9 +67,27 @@ class SimulatedNode:
     """A Kibana node on its own port with its own uuid."""
 
     def __init__(
-        self, index: int, port: int, shared: SharedState, *, capacity: int, node_uuid: str, host: str = "127.0.0.1"
+        self,
+        index: int,
+        port: int,
+        shared: SharedState,
+        *,
+        capacity: int,
+        node_uuid: str,
+        host: str = "127.0.0.1",
+        ephemeral_capacity: int | None = None,
+        claiming: bool = False,
+        poll_interval_ms: int = 0,
     ) -> None:
         self.index = index
+        #: xpack.task_manager.ephemeral_tasks.request_capacity: pushed runs at once; beyond it a push is
+        #: accepted (204) and the run dropped, only logged, as Kibana does.
+        self.ephemeral_capacity = capacity if ephemeral_capacity is None else ephemeral_capacity
+        #: Task claiming left on (xpack.task_manager.unsafe.disable_task_claiming: false): the node also
+        #: pulls on its own, with the mget model, every poll_interval_ms.
+        self.claiming = claiming
+        self.poll_interval_ms = poll_interval_ms
+        self.last_poll: datetime | None = None
         self.host = host
         self.port = port
         self.shared = shared
@@ -107,6 +125,7 @@ class SimulatedNode:
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self.require_auth])
         app.router.add_post("/api/task_manager/_run_now", self.run_now)
         app.router.add_get("/api/status", self.status)
+        app.router.add_get("/api/task_manager/_health", self.task_manager_health)
         app.router.add_get("/_sim/stats", self.node_stats)
         return app
 
@@ -156,13 +175,51 @@ class SimulatedNode:
         }
         return web.json_response(body, status=503 if self.mode == "5xx" else 200)
 
+    async def task_manager_health(self, _request: web.Request) -> web.Response:
+        """``GET /api/task_manager/_health``, shaped like Kibana's (the parts elastask check reads)."""
+        now = format_date(datetime.now(UTC))
+        configuration = {
+            "request_capacity": 1000,
+            "claim_strategy": "mget",
+            "poll_interval": self.poll_interval_ms or 500,
+            "capacity": {"config": self.capacity, "as_workers": self.capacity, "as_cost": 2 * self.capacity},
+            "monitored_aggregated_stats_refresh_rate": 60000,
+            "monitored_stats_running_average_window": 50,
+            "monitored_task_execution_thresholds": {"default": {"error_threshold": 90, "warn_threshold": 80}},
+            "ephemeral_tasks": {"enabled": True, "request_capacity": self.ephemeral_capacity},
+            "unsafe": {"disable_task_claiming": not self.claiming},
+        }
+        polling: dict[str, Any] = {}
+        if self.last_poll is not None:
+            polling["last_successful_poll"] = format_date(self.last_poll)
+        body = {
+            "id": self.uuid,
+            "timestamp": now,
+            "status": "OK",
+            "last_update": now,
+            "stats": {
+                "configuration": {"timestamp": now, "status": "OK", "value": configuration},
+                "runtime": {"timestamp": now, "status": "OK", "value": {"polling": polling}},
+                "ephemeral": {"timestamp": now, "status": "OK", "value": {"queued_tasks": {"p50": 0}}},
+            },
+        }
+        return web.json_response(body)
+
     async def node_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot(with_drifts="drifts" in request.query))
 
     def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
         """This node's statistics as JSON."""
         data = self.stats.snapshot(with_drifts=with_drifts)
-        data.update(url=self.url, uuid=self.uuid, owner_id=self.owner_id, mode=self.mode, capacity=self.capacity)
+        data.update(
+            url=self.url,
+            uuid=self.uuid,
+            owner_id=self.owner_id,
+            mode=self.mode,
+            capacity=self.capacity,
+            ephemeral_capacity=self.ephemeral_capacity,
+            claiming=self.claiming,
+        )
         return data
 
     async def run_now(self, request: web.Request) -> web.Response:
@@ -177,10 +234,12 @@ class SimulatedNode:
             return web.json_response({"statusCode": 400, "error": "Bad Request"}, status=400)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):
             return web.json_response({"statusCode": 400, "error": "Bad Request", "message": "id"}, status=400)
-        if self.stats.current >= self.capacity:
+        if self.stats.current >= min(self.capacity, self.ephemeral_capacity):
             # Kibana's ephemeral queue is full: the run is rejected and only logged; still 204.
             self.stats.rejected_over_capacity += 1
-            log.warning("%s: ephemeral capacity %d reached, rejected %r", self.name, self.capacity, body["id"])
+            log.warning(
+                "%s: ephemeral capacity %d reached, rejected %r", self.name, self.ephemeral_capacity, body["id"]
+            )
         else:
             # Kibana starts the run in the handler, then answers: a slow answer is a late 204.
             self.start_run(body, received)

@@ -76,6 +76,7 @@ class PullClaimer:
 
     async def claim_cycle(self) -> None:
         node, shared = self.node, self.node.shared
+        node.last_poll = datetime.now(UTC)
         available = self.capacity_units - node.stats.current * NORMAL_COST
         if available <= 0 or node.mode in ("refuse", "hang"):
             return
@@ -200,7 +201,7 @@ class PullClaimer:
                 "state": task.get("state"),
                 "runAt": task.get("runAt"),
             }
-            node.stats.pushes += 1
+            node.stats.self_claimed += 1
             node.start_run(body, now)
 
     def claim_fields(self, task: dict[str, Any], now: datetime) -> dict[str, Any]:

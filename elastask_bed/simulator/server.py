@@ -69,6 +69,7 @@ class Simulator:
                 "outcomes_written",
                 "outcomes_pending",
                 "claim_conflicts",
+                "self_claimed",
                 "claim_stale",
                 "claim_missing",
             )
@@ -129,11 +130,21 @@ async def serve(args: argparse.Namespace) -> None:
     if ports and len(ports) != args.nodes:
         raise SystemExit(f"--ports lists {len(ports)} ports for {args.nodes} nodes")
     nodes = []
+    claiming_interval_ms = args.pull_interval_ms or 500  # Kibana's shipped poll interval under load
     for index in range(args.nodes):
         port = ports[index] if ports else 0
+        claiming = args.pull_interval_ms > 0 or index < args.claiming_nodes
         nodes.append(
             SimulatedNode(
-                index, port, shared, capacity=args.capacity, node_uuid=node_uuid(args.seed, index), host=args.host
+                index,
+                port,
+                shared,
+                capacity=args.capacity,
+                node_uuid=node_uuid(args.seed, index),
+                host=args.host,
+                ephemeral_capacity=args.ephemeral_capacity,
+                claiming=claiming,
+                poll_interval_ms=claiming_interval_ms if claiming else 0,
             )
         )
     for node in nodes:
@@ -142,12 +153,14 @@ async def serve(args: argparse.Namespace) -> None:
             assert node.site is not None
             node.port = bound_port(node.site)
     pollers = []
-    if args.pull_interval_ms > 0:
+    if any(node.claiming for node in nodes):
         from elastask_bed.simulator.pull import PullClaimer
 
         for node in nodes:
+            if not node.claiming:
+                continue
             claimer = PullClaimer(
-                node, poll_interval_ms=args.pull_interval_ms, timeout_ms=args.timeout_ms, node_count=len(nodes)
+                node, poll_interval_ms=node.poll_interval_ms, timeout_ms=args.timeout_ms, node_count=len(nodes)
             )
             pollers.append(asyncio.get_running_loop().create_task(claimer.loop()))
     simulator = Simulator(nodes, shared)
@@ -194,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="pull mode: each node claims for itself like Kibana's mget claimer, polling this often",
     )
     parser.add_argument("--timeout-ms", type=int, default=300_000, help="pull mode: task timeout (sets retryAt)")
+    parser.add_argument(
+        "--claiming-nodes",
+        type=int,
+        default=0,
+        help="push mode: the first N nodes leave task claiming on and also pull on their own (every 500 ms)",
+    )
+    parser.add_argument(
+        "--ephemeral-capacity",
+        type=int,
+        default=None,
+        help="runs a push may start at once per node (default --capacity); beyond it pushes are accepted and dropped",
+    )
     parser.add_argument(
         "--basic-auth",
         default="",

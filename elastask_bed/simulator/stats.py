@@ -23,6 +23,7 @@ class NodeStats:
     overlapping_runs: int = 0
     outcome_write_errors: int = 0
     outcomes_written: int = 0  # outcome writes the engine acknowledged (update or delete)
+    self_claimed: int = 0  # runs the node claimed itself (pull mode, or claiming left on in push mode)
     claim_conflicts: int = 0  # pull mode: 409s of this node's claims
     claim_stale: int = 0
     claim_missing: int = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -120,9 +121,15 @@ def _field(source: Mapping[str, Any], path: str) -> Any:
 
 def _date(text: str) -> datetime:
     if text.startswith("now"):
-        offset = text[3:]
-        ms = int(offset[1:-2]) if offset.endswith("ms") else 0
-        return datetime.now(UTC) + timedelta(milliseconds=-ms if offset.startswith("-") else ms)
+        # Date math as the engine parses it: units y M w d h H m s only ("ms" is a 400 there).
+        match = re.fullmatch(r"now(?:([+-])(\d+)([yMwdhHms]))?", text)
+        if match is None or text.endswith("ms"):
+            raise ValueError(f"stub engine: date math {text!r} would be refused by the engine")
+        sign, amount, unit = match.groups()
+        if sign is None:
+            return datetime.now(UTC)
+        seconds = int(amount) * {"s": 1, "m": 60, "h": 3600, "H": 3600, "d": 86400}[unit]
+        return datetime.now(UTC) + timedelta(seconds=-seconds if sign == "-" else seconds)
     return parse_date(text)
 
 

@@ -33,9 +33,9 @@ def test_due_tasks_asks_for_idle_due_enabled_tasks_in_kibanas_order() -> None:
 
 
 def test_expired_leases_and_in_flight() -> None:
-    expired = queries.expired_leases(grace_ms=2000, size=100)["query"]["bool"]["filter"]
+    expired = queries.expired_leases(grace_s=2, size=100)["query"]["bool"]["filter"]
     assert {"terms": {"task.status": ["claiming", "running"]}} in expired
-    assert {"range": {"task.retryAt": {"lte": "now-2000ms"}}} in expired  # the engine's clock decides
+    assert {"range": {"task.retryAt": {"lte": "now-2s"}}} in expired  # the engine's clock decides
     live = queries.in_flight(NOW, ["kibana:b", "kibana:a"], size=10)["query"]["bool"]["filter"]
     assert {"terms": {"task.ownerId": ["kibana:a", "kibana:b"]}} in live
 
