@@ -111,8 +111,16 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tu
 @click.option("--docs", type=int, default=None, help="scale: task documents in the index in all")
 @click.option("--run-ms", type=int, default=None, help="run time of every task")
 @click.option("--duration", type=float, default=None, help="steady and idle: seconds to measure")
-@click.option("--push-interval", type=int, default=200, show_default=True, help="elastask's claim interval (ms)")
-@click.option("--pull-intervals", default="500,3000", show_default=True, help="Kibana poll intervals to run (ms)")
+@click.option(
+    "--push-interval", type=int, default=None, help="elastask's polling_interval (ms; default: the shipped default)"
+)
+@click.option(
+    "--pull-intervals",
+    default="kibana",
+    show_default=True,
+    help="Kibana pull modes to run: 'kibana' (as shipped: 500 ms, 3000 ms while load < 25 %, backpressure) "
+    "and/or fixed poll intervals in ms, comma-separated",
+)
 @click.option("--workers", type=int, default=1, show_default=True, help="celery workers in push mode")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="processes per worker")
 def bench(
@@ -125,7 +133,7 @@ def bench(
     docs: int | None,
     run_ms: int | None,
     duration: float | None,
-    push_interval: int,
+    push_interval: int | None,
     pull_intervals: str,
     workers: int,
     concurrency: int,

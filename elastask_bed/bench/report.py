@@ -39,22 +39,24 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """A table of every run, side by side."""
     head = (
         "| scenario | mode | nodes | claim interval | completed | elapsed | utilisation | drift p50 / p95 / p99 / max "
-        "| claim cycle p50 / p99 | engine ops/s | engine ops/task | cap viol. | overlaps | lost | early |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| claim cycle p50 / p99 | busy cycle p50 / p99 | engine ops/s | engine ops/task | CPU ms/task "
+        "| cap viol. | overlaps | lost | early |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
         drift = r.get("drift_ms") or {}
         cycle = r.get("claim_cycle_ms") or {}
+        busy = r.get("busy_claim_cycle_ms") or {}
         engine = r.get("engine", {})
         util = r.get("utilisation")
         rows.append(
-            "| {scenario} | {mode} | {nodes} | {interval} ms | {completed} | {elapsed} s | {util} | {drift} | {cycle} "
-            "| {ops_s} | {ops_task} | {viol} | {overlaps} | {lost} | {early} |".format(
+            "| {scenario} | {mode} | {nodes} | {interval} | {completed} | {elapsed} s | {util} | {drift} | {cycle} "
+            "| {busy} | {ops_s} | {ops_task} | {cpu} | {viol} | {overlaps} | {lost} | {early} |".format(
                 scenario=r["scenario"],
                 mode=r["mode"],
                 nodes=r["nodes"],
-                interval=r.get("claim_interval_ms", "-"),
+                interval=r.get("claim_interval") or f"{r.get('claim_interval_ms', '-')} ms",
                 completed=_fmt(r.get("completed")),
                 elapsed=_fmt(r.get("elapsed_s")),
                 util="-" if util is None else f"{util * 100:.1f} %",
@@ -62,6 +64,8 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
                 cycle=" / ".join(_fmt(cycle.get(k)) for k in ("p50", "p99")) + " ms" if cycle else "-",
                 ops_s=_fmt(engine.get("operations_per_s")),
                 ops_task=_fmt(engine.get("operations_per_task")),
+                busy=" / ".join(_fmt(busy.get(k)) for k in ("p50", "p99")) + " ms" if busy.get("count") else "-",
+                cpu=_fmt(r.get("dispatcher_cpu_ms_per_task")),
                 viol=r.get("cap_violations", "-"),
                 overlaps=r.get("overlapping_runs", "-"),
                 lost=r.get("lost", "-"),

@@ -19,6 +19,7 @@ from elastask.config import ElasticsearchSettings
 from elastask.core.documents import TaskDocument
 from elastask.core.percentiles import percentile
 from elastask.parts.store import build_client
+from elastask_bed.bench.cpu import cpu_between, tree_cpu_seconds
 from elastask_bed.bench.engine_stats import read_counters
 from elastask_bed.bench.scenarios import Scenario, documents
 from elastask_bed.testbed.bed import INDEX, SimulatorProcess, Testbed
@@ -26,12 +27,29 @@ from elastask_bed.testbed.fleet import CeleryFleet
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
-_CLAIM_DURATION = re.compile(r"claim cycle: .*? duration=(\d+)ms")
+
+_CLAIM_CYCLE = re.compile(r"claim cycle: found=\d+ claimed=(\d+) .*? duration=(\d+)ms")
+BENCH_TASK_TYPES = "bench:one-shot,bench:recurring,bench:later"
+
+
+def pull_mode(mode: str) -> str:
+    """'' for push; for ``pull-kibana`` or ``pull-<ms>`` what the simulator's ``--pull`` takes."""
+    return mode.split("-", 1)[1] if mode.startswith("pull-") else ""
 
 
 def pull_interval_ms(mode: str) -> int:
-    """0 for push, the poll interval for ``pull-<ms>``."""
-    return int(mode.split("-", 1)[1]) if mode.startswith("pull-") else 0
+    """0 for push and pull-kibana (adaptive), the poll interval for ``pull-<ms>``."""
+    value = pull_mode(mode)
+    return int(value) if value.isdigit() else 0
+
+
+def claim_interval(mode: str, push_interval_ms: int | None) -> str:
+    """How often the mode claims, for the report."""
+    if mode == "push":
+        return f"{push_interval_ms} ms" if push_interval_ms else "500 ms (rests 3000 ms)"
+    if mode == "pull-kibana":
+        return "500 / 3000 ms (adaptive)"
+    return f"{pull_interval_ms(mode)} ms"
 
 
 class BenchRun:
@@ -44,7 +62,7 @@ class BenchRun:
         mode: str,
         workdir: Path,
         *,
-        push_interval_ms: int = 200,
+        push_interval_ms: int | None = None,
         workers: int = 1,
         concurrency: int = 4,
         progress: Progress | None = None,
@@ -74,17 +92,18 @@ class BenchRun:
         """The simulated nodes (polling themselves in pull mode) and, in push mode, elastask's processes."""
         s = self.scenario
         extra = []
-        if pull_interval_ms(self.mode):
-            extra = ["--pull-interval-ms", str(pull_interval_ms(self.mode))]
+        if pull_mode(self.mode):
+            extra = ["--pull", pull_mode(self.mode), "--task-types", BENCH_TASK_TYPES]
         simulator = self.bed.start_simulator(s.nodes, run_ms=str(s.run_ms), capacity=s.capacity, extra_args=extra)
-        if pull_interval_ms(self.mode):
+        if pull_mode(self.mode):
             return simulator, None
         fleet = CeleryFleet(
             self.workdir / f"{s.name}-{self.mode}-{s.nodes}",
             self.bed,
             simulator,
             env={
-                "ELASTASK_POLLING_INTERVAL": str(self.push_interval_ms),
+                # No interval given: the shipped defaults, as a new user runs elastask.
+                **({"ELASTASK_POLLING_INTERVAL": str(self.push_interval_ms)} if self.push_interval_ms else {}),
                 "ELASTASK_RETRY_INTERVAL": "1000",
                 "ELASTASK_KIBANA_CAPACITY": str(s.capacity),
             },
@@ -122,9 +141,12 @@ class BenchRun:
             before = read_counters(self.bed.engine.url)
             if wait > 0:
                 time.sleep(wait)
+            roots = fleet.pids() if fleet else []
+            cpu_before = tree_cpu_seconds(roots)
             started = time.monotonic()
             finished = self.wait_until_done(simulator, started)
             elapsed = (finished or time.monotonic()) - started
+            cpu_s = cpu_between(cpu_before, tree_cpu_seconds(roots)) if fleet else None
             if not s.duration_s:
                 self.wait_for_outcomes(simulator)
             after = read_counters(self.bed.engine.url)
@@ -135,7 +157,10 @@ class BenchRun:
             if fleet is not None:
                 fleet.stop()
             simulator.stop()
-        return self.measure(stats, after.minus(before), elapsed, finished is not None, remaining, logs)
+        result = self.measure(stats, after.minus(before), elapsed, finished is not None, remaining, logs)
+        completed = result["completed"]
+        result["dispatcher_cpu_ms_per_task"] = round(1000 * cpu_s / completed, 2) if cpu_s and completed else None
+        return result
 
     def wait_until_done(self, simulator: SimulatorProcess, started: float) -> float | None:
         """Poll the simulator; the monotonic time the work was done, or None on timeout."""
@@ -197,9 +222,12 @@ class BenchRun:
         nodes = stats["nodes"].values()
         drifts = [d for node in nodes for d in node.get("drifts", [])]
         if self.mode == "push":
-            cycles = [float(m) for m in _CLAIM_DURATION.findall(logs)]
+            parsed = [(int(claimed), float(ms)) for claimed, ms in _CLAIM_CYCLE.findall(logs)]
+            cycles = [ms for _, ms in parsed]
+            busy = [ms for claimed, ms in parsed if claimed > 0]
         else:
             cycles = [c for node in nodes for c in node.get("claim_cycles", [])]
+            busy = [c for node in nodes for c in node.get("busy_claim_cycles", [])]
         completed = int(stats["totals"]["runs_finished"])
         throughput = completed / elapsed if elapsed > 0 else 0.0
         violations = sum(max(0, int(n["max_concurrency"]) - s.capacity) for n in nodes)
@@ -214,7 +242,7 @@ class BenchRun:
             "one_shot_tasks": s.one_shot_tasks,
             "recurring_tasks": s.recurring_tasks,
             "documents": s.one_shot_tasks + s.recurring_tasks + s.idle_docs,
-            "claim_interval_ms": self.push_interval_ms if self.mode == "push" else pull_interval_ms(self.mode),
+            "claim_interval": claim_interval(self.mode, self.push_interval_ms),
             "elapsed_s": round(elapsed, 3),
             "completed": completed,
             "completed_in_time": completed_in_time,
@@ -223,6 +251,8 @@ class BenchRun:
             "utilisation": round(throughput / s.ceiling_per_s, 4) if s.one_shot_tasks else None,
             "drift_ms": _summary(drifts),
             "claim_cycle_ms": _summary(cycles, (0.5, 0.99)),
+            # Cycles that claimed at least one task: what a claim costs when there is work.
+            "busy_claim_cycle_ms": _summary(busy, (0.5, 0.99)),
             "engine": {
                 "operations": engine.operations,
                 "requests": engine.requests,
@@ -260,7 +290,7 @@ def run_idle(
     modes: list[str],
     workdir: Path,
     duration_s: float,
-    push_interval_ms: int,
+    push_interval_ms: int | None,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Engine requests per second with no due task, per fleet size and mode."""
@@ -291,7 +321,7 @@ def run_idle(
                     "scenario": "idle",
                     "mode": mode,
                     "nodes": nodes,
-                    "claim_interval_ms": push_interval_ms if mode == "push" else pull_interval_ms(mode),
+                    "claim_interval": claim_interval(mode, push_interval_ms),
                     "elapsed_s": round(elapsed, 2),
                     "engine": {
                         "operations": engine.operations,

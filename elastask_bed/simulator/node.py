@@ -19,6 +19,7 @@ import logging
 import random
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,9 @@ from elastask_bed.simulator.stats import NodeStats
 log = logging.getLogger(__name__)
 
 MODES = ("ok", "error", "hang", "slow", "5xx", "refuse")
+
+#: Writes a finished run's outcome (pull mode: Kibana's task runner), given the run's body.
+Outcome = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -247,15 +251,20 @@ class SimulatedNode:
             await asyncio.sleep(self.delay_s)
         return web.Response(status=204)
 
-    def start_run(self, body: dict[str, Any], received: datetime) -> None:
-        """Run a task in the background (the ephemeral queue), as _run_now and the pull claimer do."""
-        task = asyncio.get_running_loop().create_task(self.run(body, received))
+    def start_run(self, body: dict[str, Any], received: datetime, outcome: Outcome | None = None) -> None:
+        """Run a task in the background (the ephemeral queue), as _run_now and the pull claimer do.
+
+        ``outcome``: how the pull claimer writes the result (Kibana's task runner: buffered,
+        conditional); the slot is released only once that write resolved. Without it, the
+        ``_run_now`` contract: the outcome is written after the slot is released.
+        """
+        task = asyncio.get_running_loop().create_task(self.run(body, received, outcome))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     # ---- the run ---------------------------------------------------------------------------------
 
-    async def run(self, body: dict[str, Any], received: datetime) -> None:
+    async def run(self, body: dict[str, Any], received: datetime, outcome: Outcome | None = None) -> None:
         task_id: str = body["id"]
         shared = self.shared
         overlapping = shared.running[task_id] > 0
@@ -263,26 +272,37 @@ class SimulatedNode:
             log.error("%s: task %r started while it was already running (overlapping run)", self.name, task_id)
         shared.running[task_id] += 1
         self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping)
-        failed = True
         try:
-            if self.mode == "hang":
-                # Kibana cancels a run at its timeout: a hung run ends, without an outcome, after
-                # delay_s, or when the node leaves hang mode.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.release_hung.wait(), timeout=self.delay_s)
-                return
-            run_ms = shared.run_times.draw_ms(str(body.get("taskType")), shared.rng)
-            await asyncio.sleep(run_ms / 1000)
-            if self.mode == "error":
-                log.info("%s: task %r failed (error mode); Kibana only logs it", self.name, task_id)
-                return
-            failed = False
+            failed = not await self._execute(task_id, str(body.get("taskType")))
         finally:
             shared.running[task_id] -= 1
             if shared.running[task_id] <= 0:
                 del shared.running[task_id]
+        if outcome is None:
             self.stats.run_ended(failed=failed)
-        await self.write_outcome(body, received)
+            if not failed:
+                await self.write_outcome(body, received)
+            return
+        try:
+            if not failed:
+                await outcome(body)
+        finally:
+            self.stats.run_ended(failed=failed)
+
+    async def _execute(self, task_id: str, task_type: str) -> bool:
+        """The run itself; False when it ended without an outcome (hung and cancelled, or failed)."""
+        shared = self.shared
+        if self.mode == "hang":
+            # Kibana cancels a run at its timeout: a hung run ends, without an outcome, after
+            # delay_s, or when the node leaves hang mode.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release_hung.wait(), timeout=self.delay_s)
+            return False
+        await asyncio.sleep(shared.run_times.draw_ms(task_type, shared.rng) / 1000)
+        if self.mode == "error":
+            log.info("%s: task %r failed (error mode); Kibana only logs it", self.name, task_id)
+            return False
+        return True
 
     async def write_outcome(self, body: dict[str, Any], received: datetime) -> None:
         shared = self.shared

@@ -1,26 +1,31 @@
 """Kibana's own pull claiming (the ``mget`` strategy), as the baseline the benchmarks compare against.
 
-Each simulated node polls on its own, exactly as Kibana 8.18+ does by default
-(x-pack/platform/plugins/shared/task_manager/server/task_claimers/strategy_mget.ts, summarised in
-shared/reference/kibana-task-manager.md):
+Each simulated node claims for itself as Kibana 8.18+/9.x does by default. Paths below are under
+``x-pack/platform/plugins/shared/task_manager/server/``; the rules themselves are in kibana_rules.py.
 
-1. search the task index (``seq_no_primary_term: true``, no ``_source``) for claimable tasks:
-   ``type: task``, enabled, and (``idle`` and ``runAt <= now``) or (``running``/``claiming`` and
-   ``retryAt <= now``), never ``unrecognized``, in one of the node's partitions (8.16+: 256
-   partitions, each assigned to ``DEFAULT_KIBANAS_PER_PARTITION`` = 2 nodes, so nodes mostly
-   search disjoint tasks; tasks without a partition are searched by all); sorted by priority desc,
-   then runAt asc (Kibana sorts by ``retryAt ?? runAt`` with a script; runAt is the same order for
-   idle tasks); size = available capacity in cost units x 4;
-2. ``mget`` the hits and drop the stale (``_seq_no`` changed since the search) and missing ones;
-3. select by available capacity (task costs summed; stop at the first that does not fit);
-4. one ``_bulk`` of partial updates with ``if_seq_no``/``if_primary_term`` setting
-   ``status: running``, ``startedAt``, ``attempts + 1``, ``retryAt``, ``scheduledAt``, ``ownerId``;
-   a 409 is a lost race with another node;
-5. run what was claimed and write the outcome (same code path as ``_run_now``).
+1. search (``task_claimers/strategy_mget.ts``): full ``_source``, ``seq_no_primary_term``;
+   ``bool.must`` with the claimable task types, ``type: task``, enabled, and (``idle`` and
+   ``runAt <= now``) or (``running``/``claiming`` and ``retryAt <= now``), never ``unrecognized``,
+   in the node's partitions (``lib/assign_pod_partitions.ts``: sorted node ids, two per partition;
+   tasks without a partition are searched by all); two painless ``_script`` sorts, priority by task
+   type (default 50) then ``retryAt`` if set else ``runAt``; size = available cost units x 4;
+2. ``mget`` the hits, drop the stale (``_seq_no`` changed) and missing ones;
+3. select by available capacity (cost 2 per normal task; stop at the first that does not fit);
+4. one ``_bulk`` of partial updates with ``if_seq_no``/``if_primary_term`` (``markTaskAsRunning``
+   fields; ``retryAt`` from ``lib/get_retry_at.ts``); a 409 is a lost race with another node;
+5. ``bulkGet`` (``mget``) of the claimed tasks before any runs;
+6. run them; the outcome goes through a buffered task store (``buffered_task_store.ts``: one
+   ``_bulk`` per 50 ms or 100 operations): a recurring task is updated conditionally on its
+   version with the next ``runAt`` (``lib/get_next_run_at.ts``), ``ownerId`` cleared; a one-shot
+   task is removed (``bulkGet`` then ``_bulk`` delete). The slot is released when that write resolved.
 
-The poll interval is fixed per run (Kibana uses 500 ms under load and 3000 ms when utilisation
-stays under 25 %; the benchmarks run both), and each node starts at a random phase of it, as real
-nodes started at different moments do. Capacity: 10 normal tasks = 20 units per node.
+Poll interval (``lib/create_managed_configuration.ts``): ``pull-kibana`` starts at 500 ms and every
+10 s moves to 3000 ms while the mean utilisation of the last 15 s is under 25 % (back to 500 ms
+when it rises); 429/5xx answers shrink capacity (x 0.8) and stretch the interval (x 1.2, up to
+60 s). ``pull-<ms>`` polls at a fixed interval with none of that, for comparison. Each node also
+runs Kibana's discovery (``kibana_discovery_service.ts``): every 10 s, an upsert of its
+``background-task-node`` document and a search for the active nodes. Nodes start at a random
+phase of their interval, as real nodes started at different moments do.
 """
 
 from __future__ import annotations
@@ -29,126 +34,169 @@ import asyncio
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from elastask.core.intervals import format_date, parse_date, parse_interval_ms
+from elastask_bed.simulator.kibana_rules import (
+    ADJUST_THROUGHPUT_INTERVAL_MS,
+    DISCOVERY_INTERVAL_MS,
+    ManagedConfiguration,
+    assigned_partitions,
+    claim_retry_at,
+    next_run_at,
+)
 from elastask_bed.simulator.node import SimulatedNode
 
 log = logging.getLogger(__name__)
 
 NORMAL_COST = 2
 SEARCH_SIZE_MULTIPLIER = 4  # strategy_mget: search for 4x the available capacity
-PARTITIONS = 256  # task_partitioner: task.partition is 0..255
-KIBANAS_PER_PARTITION = 2  # config: DEFAULT_KIBANAS_PER_PARTITION
+DEFAULT_PRIORITY = 50
+BUFFER_MAX_OPERATIONS = 100
+BUFFER_MAX_DURATION_S = 0.05
+
+_PRIORITY_SCRIPT = (
+    "String taskType = doc['task.taskType'].value; "
+    "if (params.priority_map.containsKey(taskType)) { return params.priority_map[taskType]; } "
+    "else { return params.default_priority; }"
+)
+_RUN_AT = (
+    "if (doc['task.retryAt'].size() != 0) { return doc['task.retryAt'].value.toInstant().toEpochMilli(); } "
+    "if (doc['task.runAt'].size() != 0) { return doc['task.runAt'].value.toInstant().toEpochMilli(); } "
+    "return 0;"
+)
 
 
-def assigned_partitions(node_index: int, node_count: int) -> list[int]:
-    """The partitions a node searches: each partition goes to KIBANAS_PER_PARTITION consecutive nodes."""
-    owners = min(KIBANAS_PER_PARTITION, node_count)
-    return [p for p in range(PARTITIONS) if (p - node_index) % node_count < owners]
+class EngineBusy(Exception):
+    """The engine answered 429 or 5xx: backpressure (counted by the managed configuration)."""
+
+
+class BufferedTaskStore:
+    """Outcome writes of one node, buffered into one ``_bulk`` per 50 ms or 100 operations."""
+
+    def __init__(self, claimer: PullClaimer) -> None:
+        self.claimer = claimer
+        self.pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, operation: dict[str, Any]) -> None:
+        """Queue one operation (``update`` with version and fields, or ``remove``); wait until written."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((operation, future))
+        if len(self.pending) >= BUFFER_MAX_OPERATIONS:
+            await self.flush()
+        elif self.flusher is None:
+            self.flusher = asyncio.get_running_loop().create_task(self._flush_later())
+        await future
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(BUFFER_MAX_DURATION_S)
+        self.flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        try:
+            await self.claimer.write_outcomes([op for op, _ in batch])
+        except Exception as e:  # Kibana logs a failed outcome write; the lease brings the task back
+            log.warning("%s: outcome write failed: %s", self.claimer.node.name, e)
+            self.claimer.node.stats.outcome_write_errors += len(batch)
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
 
 class PullClaimer:
-    """One node's poll loop."""
+    """One node's poll loop, with Kibana's managed configuration when ``adaptive``."""
 
-    def __init__(self, node: SimulatedNode, *, poll_interval_ms: int, timeout_ms: int, node_count: int) -> None:
+    def __init__(
+        self,
+        node: SimulatedNode,
+        *,
+        poll_interval_ms: int,
+        timeout_ms: int,
+        pods: Sequence[str],
+        adaptive: bool = False,
+        task_types: Sequence[str] = (),
+    ) -> None:
         self.node = node
-        self.poll_interval_ms = poll_interval_ms
         self.timeout_ms = timeout_ms
-        self.capacity_units = node.capacity * NORMAL_COST
-        self.partitions = assigned_partitions(node.index, node_count)
+        self.adaptive = adaptive
+        self.config = ManagedConfiguration(starting_capacity=node.capacity, starting_poll_interval_ms=poll_interval_ms)
+        self.partitions = assigned_partitions(node.owner_id, list(pods))
+        self.task_types = sorted(task_types)
+        self.store = BufferedTaskStore(self)
+        self.index_url = f"{node.shared.engine_url}/{quote(node.shared.index, safe='')}"
+
+    @property
+    def poll_interval_ms(self) -> int:
+        return self.config.poll_interval_ms
 
     async def loop(self) -> None:
         """Poll until cancelled; a failed cycle is logged and the next one runs on time."""
         await asyncio.sleep(self.node.shared.rng.uniform(0, self.poll_interval_ms / 1000))
+        next_adjust = time.monotonic() + ADJUST_THROUGHPUT_INTERVAL_MS / 1000
         while True:
             started = time.monotonic()
+            self.node.poll_interval_ms = self.poll_interval_ms
             try:
                 await self.claim_cycle()
             except asyncio.CancelledError:
                 raise
+            except EngineBusy:
+                self.config.record_error()
             except Exception:
                 log.exception("%s: pull claim cycle failed", self.node.name)
+            if self.adaptive and time.monotonic() >= next_adjust:
+                self.config.adjust()
+                next_adjust = time.monotonic() + ADJUST_THROUGHPUT_INTERVAL_MS / 1000
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.poll_interval_ms / 1000 - elapsed))
 
+    async def discovery_loop(self) -> None:
+        """Kibana's discovery service: every 10 s, upsert this node's heartbeat and find the active nodes."""
+        await asyncio.sleep(self.node.shared.rng.uniform(0, DISCOVERY_INTERVAL_MS / 1000))
+        doc_id = quote(f"background-task-node:{self.node.uuid}", safe="")
+        while True:
+            now = format_date(datetime.now(UTC))
+            heartbeat = {"doc": {"type": "background-task-node", "background-task-node": {"id": self.node.uuid,
+                        "last_seen": now}}, "doc_as_upsert": True}  # fmt: skip
+            active = {
+                "size": 10000,
+                "query": {"bool": {"filter": [{"term": {"type": "background-task-node"}}]}},
+            }
+            try:
+                await self._post(f"{self.index_url}/_update/{doc_id}", heartbeat)
+                await self._post(f"{self.index_url}/_search", active)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("%s: discovery failed: %s", self.node.name, e)
+            await asyncio.sleep(DISCOVERY_INTERVAL_MS / 1000)
+
+    # ---- one claim cycle -------------------------------------------------------------------------
+
     async def claim_cycle(self) -> None:
-        node, shared = self.node, self.node.shared
+        node = self.node
         node.last_poll = datetime.now(UTC)
-        available = self.capacity_units - node.stats.current * NORMAL_COST
+        capacity_units = self.config.capacity * NORMAL_COST
+        used_units = node.stats.current * NORMAL_COST
+        self.config.record_utilization(time.monotonic() * 1000, 100.0 * used_units / max(1, capacity_units))
+        available = capacity_units - used_units
         if available <= 0 or node.mode in ("refuse", "hang"):
             return
         started = time.monotonic()
         now = datetime.now(UTC)
-        index = quote(shared.index, safe="")
-        # 1. search
-        search = {
-            "query": {
-                "bool": {
-                    "filter": [
-                        {"term": {"type": "task"}},
-                        {
-                            "bool": {
-                                "should": [
-                                    {
-                                        "bool": {
-                                            "filter": [
-                                                {"term": {"task.status": "idle"}},
-                                                {"range": {"task.runAt": {"lte": format_date(now)}}},
-                                            ]
-                                        }
-                                    },
-                                    {
-                                        "bool": {
-                                            "filter": [
-                                                {"terms": {"task.status": ["running", "claiming"]}},
-                                                {"range": {"task.retryAt": {"lte": format_date(now)}}},
-                                            ]
-                                        }
-                                    },
-                                ],
-                                "minimum_should_match": 1,
-                            }
-                        },
-                    ],
-                    "must_not": [{"term": {"task.enabled": False}}, {"term": {"task.status": "unrecognized"}}],
-                    "should": [
-                        {"terms": {"task.partition": self.partitions}},
-                        {"bool": {"must_not": [{"exists": {"field": "task.partition"}}]}},
-                    ],
-                    "minimum_should_match": 1,
-                }
-            },
-            "sort": [
-                {"task.priority": {"order": "desc", "missing": 50, "unmapped_type": "integer"}},
-                {"task.runAt": {"order": "asc"}},
-            ],
-            "size": available * SEARCH_SIZE_MULTIPLIER,
-            "seq_no_primary_term": True,
-            "_source": False,
-        }
-        async with shared.session.post(f"{shared.engine_url}/{index}/_search", json=search) as answer:
-            hits = (await answer.json())["hits"]["hits"]
+        hits = (await self._post(f"{self.index_url}/_search", self.search_body(now, available)))["hits"]["hits"]
         if not hits:
             node.stats.claim_cycles_ms.append((time.monotonic() - started) * 1000)
             return
-        # 2. mget, drop stale and missing
-        async with shared.session.post(
-            f"{shared.engine_url}/{index}/_mget", json={"ids": [h["_id"] for h in hits]}
-        ) as answer:
-            docs = {d["_id"]: d for d in (await answer.json())["docs"]}
-        fresh = []
-        for hit in hits:
-            doc = docs.get(hit["_id"])
-            if not doc or not doc.get("found"):
-                node.stats.claim_missing += 1
-            elif (doc["_seq_no"], doc["_primary_term"]) != (hit["_seq_no"], hit["_primary_term"]):
-                node.stats.claim_stale += 1
-            else:
-                fresh.append(doc)
-        # 3. select by capacity
+        fresh = await self._fresh(hits)
         selected = []
         for doc in fresh:
             if available < NORMAL_COST:
@@ -158,63 +206,216 @@ class PullClaimer:
         if not selected:
             node.stats.claim_cycles_ms.append((time.monotonic() - started) * 1000)
             return
-        # 4. conditional bulk claim
-        lines = []
-        updates = {}
-        for doc in selected:
-            task = doc["_source"]["task"]
-            fields = self.claim_fields(task, now)
-            updates[doc["_id"]] = fields
-            lines.append(
-                json.dumps(
-                    {
-                        "update": {
-                            "_id": doc["_id"],
-                            "if_seq_no": doc["_seq_no"],
-                            "if_primary_term": doc["_primary_term"],
-                        }
-                    }
-                )
-            )
-            lines.append(json.dumps({"doc": {"task": fields}}))
-        async with shared.session.post(
-            f"{shared.engine_url}/{index}/_bulk",
-            data="\n".join(lines) + "\n",
-            headers={"Content-Type": "application/x-ndjson"},
-        ) as answer:
-            items = (await answer.json())["items"]
+        claimed = await self._claim(selected, now)
         node.stats.claim_cycles_ms.append((time.monotonic() - started) * 1000)
-        by_id = {doc["_id"]: doc for doc in selected}
-        for item in items:
-            result = item["update"]
-            if result.get("status") == 409:
-                node.stats.claim_conflicts += 1
-                continue
-            if not 200 <= result.get("status", 500) < 300:
-                continue
-            # 5. run it (same path as _run_now)
-            task = by_id[result["_id"]]["_source"]["task"]
+        if claimed:
+            node.stats.busy_claim_cycles_ms.append(node.stats.claim_cycles_ms[-1])
+        for doc in claimed:
+            task = doc["_source"]["task"]
             body = {
-                "id": result["_id"],
+                "id": doc["_id"],
                 "taskType": task.get("taskType"),
                 "schedule": task.get("schedule"),
                 "state": task.get("state"),
                 "runAt": task.get("runAt"),
+                "startedAt": task.get("startedAt"),
+                "_seq_no": doc["_seq_no"],
+                "_primary_term": doc["_primary_term"],
             }
             node.stats.self_claimed += 1
-            node.start_run(body, now)
+            node.start_run(body, now, self.write_outcome)
+
+    def search_body(self, now: datetime, available_units: int) -> dict[str, Any]:
+        """strategy_mget.ts: the claim search."""
+        due = {
+            "bool": {
+                "should": [
+                    {
+                        "bool": {
+                            "must": [
+                                {"term": {"task.status": "idle"}},
+                                {"range": {"task.runAt": {"lte": format_date(now)}}},
+                            ]
+                        }
+                    },
+                    {
+                        "bool": {
+                            "must": [
+                                {"terms": {"task.status": ["running", "claiming"]}},
+                                {"range": {"task.retryAt": {"lte": format_date(now)}}},
+                            ]
+                        }
+                    },
+                ],
+                "minimum_should_match": 1,
+            }
+        }
+        must: list[dict[str, Any]] = [{"term": {"type": "task"}}, due]
+        if self.task_types:
+            must.append({"terms": {"task.taskType": self.task_types}})
+        return {
+            "query": {
+                "bool": {
+                    "must": must,
+                    "must_not": [{"term": {"task.enabled": False}}, {"term": {"task.status": "unrecognized"}}],
+                    "should": [
+                        {"terms": {"task.partition": self.partitions}},
+                        {"bool": {"must_not": [{"exists": {"field": "task.partition"}}]}},
+                    ],
+                    "minimum_should_match": 1,
+                }
+            },
+            "sort": [
+                {
+                    "_script": {
+                        "type": "number",
+                        "order": "desc",
+                        "script": {
+                            "lang": "painless",
+                            "source": _PRIORITY_SCRIPT,
+                            "params": {"priority_map": {}, "default_priority": DEFAULT_PRIORITY},
+                        },
+                    }
+                },
+                {
+                    "_script": {
+                        "type": "number",
+                        "order": "asc",
+                        "script": {"lang": "painless", "source": _RUN_AT},
+                    }
+                },
+            ],
+            "size": available_units * SEARCH_SIZE_MULTIPLIER,
+            "seq_no_primary_term": True,
+        }
+
+    async def _fresh(self, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """mget the hits; drop the stale and the missing ones."""
+        stats = self.node.stats
+        docs = {
+            d["_id"]: d
+            for d in (await self._post(f"{self.index_url}/_mget", {"ids": [h["_id"] for h in hits]}))["docs"]
+        }
+        fresh = []
+        for hit in hits:
+            doc = docs.get(hit["_id"])
+            if not doc or not doc.get("found"):
+                stats.claim_missing += 1
+            elif (doc["_seq_no"], doc["_primary_term"]) != (hit["_seq_no"], hit["_primary_term"]):
+                stats.claim_stale += 1
+            else:
+                fresh.append(doc)
+        return fresh
+
+    async def _claim(self, selected: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+        """The conditional ``_bulk`` claim, then ``bulkGet`` of what was won (the documents to run)."""
+        lines = []
+        for doc in selected:
+            meta = {"_id": doc["_id"], "if_seq_no": doc["_seq_no"], "if_primary_term": doc["_primary_term"]}
+            lines.append(json.dumps({"update": meta}))
+            lines.append(json.dumps({"doc": {"task": self.claim_fields(doc["_source"]["task"], now)}}))
+        items = (await self._bulk(lines))["items"]
+        won = []
+        for item in items:
+            result = item["update"]
+            if result.get("status") == 409:
+                self.node.stats.claim_conflicts += 1
+            elif 200 <= result.get("status", 500) < 300:
+                won.append(result["_id"])
+        if not won:
+            return []
+        docs = (await self._post(f"{self.index_url}/_mget", {"ids": won}))["docs"]
+        return [d for d in docs if d.get("found")]
 
     def claim_fields(self, task: dict[str, Any], now: datetime) -> dict[str, Any]:
         """markTaskAsRunning: the fields Kibana's claimer writes."""
-        lease_ms = self.timeout_ms
         interval = (task.get("schedule") or {}).get("interval")
-        if isinstance(interval, str):
-            lease_ms = max(lease_ms, parse_interval_ms(interval))
+        interval_ms = parse_interval_ms(interval) if isinstance(interval, str) else None
+        attempts = int(task.get("attempts", 0)) + 1
         return {
             "status": "running",
             "ownerId": self.node.owner_id,
             "startedAt": format_date(now),
-            "retryAt": format_date(now + timedelta(milliseconds=lease_ms)),
+            "retryAt": format_date(claim_retry_at(now, attempts, self.timeout_ms, interval_ms)),
             "scheduledAt": format_date(parse_date(task.get("retryAt") or task["runAt"])),
-            "attempts": int(task.get("attempts", 0)) + 1,
+            "attempts": attempts,
         }
+
+    # ---- outcomes (task_runner.ts through the buffered task store) --------------------------------
+
+    async def write_outcome(self, body: dict[str, Any]) -> None:
+        """A finished run: reschedule (recurring, conditional) or remove (one-shot)."""
+        schedule = body.get("schedule")
+        if not isinstance(schedule, dict):
+            await self.store.submit({"remove": body["id"]})
+            return
+        interval = schedule.get("interval")
+        interval_ms = parse_interval_ms(interval) if isinstance(interval, str) else 60_000
+        now = datetime.now(UTC)
+        run_at, started_at = parse_date(body["runAt"]), parse_date(body.get("startedAt") or body["runAt"])
+        state = body.get("state")
+        if isinstance(state, str):
+            state = json.loads(state or "{}")
+        fields = {
+            "state": json.dumps({**(state or {}), "runs": int((state or {}).get("runs", 0)) + 1}),
+            "status": "idle",
+            "runAt": format_date(next_run_at(run_at, started_at, interval_ms, now, self.poll_interval_ms)),
+            "attempts": 0,
+            "startedAt": None,
+            "retryAt": None,
+            "ownerId": None,
+        }
+        await self.store.submit(
+            {"update": body["id"], "seq_no": body["_seq_no"], "primary_term": body["_primary_term"], "fields": fields}
+        )
+
+    async def write_outcomes(self, operations: list[dict[str, Any]]) -> None:
+        """One buffered batch: removals (``bulkGet`` then delete) and conditional updates, one ``_bulk``."""
+        removals = [op["remove"] for op in operations if "remove" in op]
+        present = set()
+        if removals:
+            docs = (await self._post(f"{self.index_url}/_mget", {"ids": removals}))["docs"]
+            present = {d["_id"] for d in docs if d.get("found")}
+        lines = []
+        for op in operations:
+            if "remove" in op and op["remove"] in present:
+                lines.append(json.dumps({"delete": {"_id": op["remove"]}}))
+            elif "update" in op:
+                meta = {"_id": op["update"], "if_seq_no": op["seq_no"], "if_primary_term": op["primary_term"]}
+                lines.append(json.dumps({"update": meta}))
+                lines.append(json.dumps({"doc": {"task": op["fields"]}}))
+        if not lines:
+            return
+        answer = await self._bulk(lines)
+        stats = self.node.stats
+        for item in answer["items"]:
+            (_action, result), *_ = item.items()
+            if 200 <= result.get("status", 500) < 300:
+                stats.outcomes_written += 1
+            else:
+                stats.outcome_write_errors += 1
+
+    # ---- engine calls ----------------------------------------------------------------------------
+
+    async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.node.shared.session.post(url, json=body) as answer:
+            if answer.status == 429 or answer.status >= 500:
+                raise EngineBusy(f"{url} answered {answer.status}")
+            data: dict[str, Any] = await answer.json()
+            return data
+
+    async def _bulk(self, lines: list[str]) -> dict[str, Any]:
+        url = f"{self.index_url}/_bulk"
+        headers = {"Content-Type": "application/x-ndjson"}
+        async with self.node.shared.session.post(url, data="\n".join(lines) + "\n", headers=headers) as answer:
+            if answer.status == 429 or answer.status >= 500:
+                raise EngineBusy(f"{url} answered {answer.status}")
+            data: dict[str, Any] = await answer.json()
+            return data
+
+
+def fixed_or_kibana(mode: str) -> tuple[int, bool]:
+    """``kibana`` -> (500 ms, adaptive, as Kibana ships); a number of ms -> (that, fixed)."""
+    if mode == "kibana":
+        return 500, True
+    return int(mode), False

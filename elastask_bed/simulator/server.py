@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
 from elastask_bed.simulator.node import MODES, RunTimes, SharedState, SimulatedNode, node_uuid
+from elastask_bed.simulator.pull import PullClaimer, fixed_or_kibana
 from elastask_bed.simulator.stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,10 @@ async def serve(args: argparse.Namespace) -> None:
     if ports and len(ports) != args.nodes:
         raise SystemExit(f"--ports lists {len(ports)} ports for {args.nodes} nodes")
     nodes = []
-    claiming_interval_ms = args.pull_interval_ms or 500  # Kibana's shipped poll interval under load
+    pull_ms, adaptive = fixed_or_kibana(args.pull) if args.pull else (500, True)
     for index in range(args.nodes):
         port = ports[index] if ports else 0
-        claiming = args.pull_interval_ms > 0 or index < args.claiming_nodes
+        claiming = bool(args.pull) or index < args.claiming_nodes
         nodes.append(
             SimulatedNode(
                 index,
@@ -144,7 +145,7 @@ async def serve(args: argparse.Namespace) -> None:
                 host=args.host,
                 ephemeral_capacity=args.ephemeral_capacity,
                 claiming=claiming,
-                poll_interval_ms=claiming_interval_ms if claiming else 0,
+                poll_interval_ms=pull_ms if claiming else 0,
             )
         )
     for node in nodes:
@@ -153,16 +154,21 @@ async def serve(args: argparse.Namespace) -> None:
             assert node.site is not None
             node.port = bound_port(node.site)
     pollers = []
-    if any(node.claiming for node in nodes):
-        from elastask_bed.simulator.pull import PullClaimer
-
-        for node in nodes:
-            if not node.claiming:
-                continue
-            claimer = PullClaimer(
-                node, poll_interval_ms=node.poll_interval_ms, timeout_ms=args.timeout_ms, node_count=len(nodes)
-            )
-            pollers.append(asyncio.get_running_loop().create_task(claimer.loop()))
+    pods = [node.owner_id for node in nodes]
+    task_types = [t.strip() for t in args.task_types.split(",") if t.strip()]
+    for node in nodes:
+        if not node.claiming:
+            continue
+        claimer = PullClaimer(
+            node,
+            poll_interval_ms=pull_ms,
+            timeout_ms=args.timeout_ms,
+            pods=pods,
+            adaptive=adaptive,
+            task_types=task_types,
+        )
+        loop = asyncio.get_running_loop()
+        pollers += [loop.create_task(claimer.loop()), loop.create_task(claimer.discovery_loop())]
     simulator = Simulator(nodes, shared)
     control = web.AppRunner(simulator.build_control_app(), access_log=None)
     await control.setup()
@@ -201,17 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ports", default="", help="comma-separated node ports (default: free ports)")
     parser.add_argument("--control-port", type=int, default=0)
     parser.add_argument(
-        "--pull-interval-ms",
-        type=int,
-        default=0,
-        help="pull mode: each node claims for itself like Kibana's mget claimer, polling this often",
+        "--pull",
+        default="",
+        metavar="kibana|MS",
+        help="pull mode: each node claims for itself like Kibana's mget claimer: 'kibana' as Kibana ships "
+        "(500 ms, 3000 ms while load < 25 %%, backpressure), or a fixed poll interval in ms",
+    )
+    parser.add_argument(
+        "--pull-interval-ms", type=int, default=0, help="the same as --pull MS (kept for older scripts)"
+    )
+    parser.add_argument(
+        "--task-types", default="", help="pull mode: the task types the nodes claim (Kibana's registered types)"
     )
     parser.add_argument("--timeout-ms", type=int, default=300_000, help="pull mode: task timeout (sets retryAt)")
     parser.add_argument(
         "--claiming-nodes",
         type=int,
         default=0,
-        help="push mode: the first N nodes leave task claiming on and also pull on their own (every 500 ms)",
+        help="push mode: the first N nodes leave task claiming on and also pull on their own, as Kibana ships",
     )
     parser.add_argument(
         "--ephemeral-capacity",
@@ -233,4 +246,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m elastask.simulator`` and ``elastask sim``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.pull_interval_ms and not args.pull:
+        args.pull = str(args.pull_interval_ms)
     asyncio.run(serve(args))

@@ -29,6 +29,7 @@ class NodeStats:
     claim_missing: int = 0
     drift_ms: list[float] = field(default_factory=list)
     claim_cycles_ms: list[float] = field(default_factory=list)  # pull mode
+    busy_claim_cycles_ms: list[float] = field(default_factory=list)  # pull mode: cycles that claimed a task
 
     def run_started(self, drift_ms: float | None, overlapping: bool) -> None:
         """A run began; ``overlapping`` when the same task was already running anywhere."""
@@ -55,7 +56,7 @@ class NodeStats:
 
     def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
         """The counters as JSON, with drift percentiles."""
-        skip = ("drift_ms", "claim_cycles_ms")
+        skip = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms")
         data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key not in skip}
         data["outcomes_pending"] = self.outcomes_pending
         cycles = self.claim_cycles_ms
@@ -75,4 +76,5 @@ class NodeStats:
         if with_drifts:
             data["drifts"] = list(drifts)
             data["claim_cycles"] = list(cycles)
+            data["busy_claim_cycles"] = list(self.busy_claim_cycles_ms)
         return data

@@ -76,6 +76,10 @@ class CeleryFleet:
         process.wait_until(lambda: port_open(port), 30)
         return process
 
+    def pids(self) -> list[int]:
+        """The workers' and beats' process ids (their pool children are found from these)."""
+        return [p.pid for p in self.processes if p.pid is not None]
+
     def logs(self) -> str:
         """Everything the workers and beats logged."""
         return "\n".join(p.log_path.read_text(errors="replace") for p in self.processes if p.log_path.exists())

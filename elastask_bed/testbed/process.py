@@ -69,6 +69,11 @@ class ManagedProcess:
         finally:
             log.close()
 
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self.proc.pid if self.proc is not None else None
+
     def wait_until(self, ready: Callable[[], bool], timeout_s: float) -> None:
         """Poll ``ready`` until it is true; fail with the log's tail if the process dies or times out."""
         deadline = time.monotonic() + timeout_s

@@ -34,7 +34,7 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
             "--run-ms",
             "100",
             "--pull-intervals",
-            "500",
+            "kibana,500",
             "--json",
             str(out),
         ],
@@ -48,7 +48,7 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
     assert report["command"].startswith("elastask bench backlog")
     assert report["machine"]["cpus"]
     modes = [run["mode"] for run in report["runs"]]
-    assert modes == ["push", "pull-500"]
+    assert modes == ["push", "pull-kibana", "pull-500"]
     for run in report["runs"]:
         assert run["completed"] == 40 and run["completed_in_time"]
         assert run["cap_violations"] == 0 and run["overlapping_runs"] == 0 and run["lost"] == 0
@@ -57,6 +57,9 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
         assert run["drift_ms"]["count"] == 40 and run["drift_ms"]["p50"] is not None
         assert run["engine"]["operations"] > 0 and run["engine"]["by_kind"]["delete"] == 40
         assert run["claim_cycle_ms"]["count"] > 0
-    assert "| backlog | push |" in result.stdout and "| backlog | pull-500 |" in result.stdout
+        assert run["busy_claim_cycle_ms"]["count"] > 0  # cycles that claimed something, apart
+    assert report["runs"][0]["dispatcher_cpu_ms_per_task"] > 0  # worker and beat CPU over completed tasks
+    for mode in ("push", "pull-kibana", "pull-500"):
+        assert f"| backlog | {mode} |" in result.stdout
     assert out.with_suffix(".md").read_text() in result.stdout  # the table is kept beside the JSON
     assert (tmp_path / "backlog.png").stat().st_size > 1000
