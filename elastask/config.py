@@ -111,6 +111,7 @@ class Settings:
     redis_ca_certs: str | None = None
     polling_interval_ms: int = 500
     idle_polling_interval_ms: int = 3000
+    busy_polling_interval_ms: int = 100
     retry_interval_ms: int = 5000
     kibana_capacity: int = 10
     kibana: KibanaSettings = KibanaSettings()
@@ -162,6 +163,7 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "redis.ca_certs": ("str?", None),
     "polling_interval": ("posint", 500),
     "idle_polling_interval": ("posint", 3000),
+    "busy_polling_interval": ("posint", 100),
     "retry_interval": ("posint", 5000),
     "kibana_capacity": ("posint", 10),
     "kibana.hosts": ("hosts", ["http://localhost:5601"]),
@@ -522,6 +524,7 @@ def _build(values: dict[str, Any], source: str) -> Settings:
         redis_ca_certs=values["redis.ca_certs"],
         polling_interval_ms=values["polling_interval"],
         idle_polling_interval_ms=values["idle_polling_interval"],
+        busy_polling_interval_ms=values["busy_polling_interval"],
         retry_interval_ms=values["retry_interval"],
         kibana_capacity=values["kibana_capacity"],
         kibana=KibanaSettings(

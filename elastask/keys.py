@@ -14,6 +14,8 @@ CLAIM_LOCK = PREFIX + "lock:claim"
 RETRY_LOCK = PREFIX + "lock:retry"
 #: Present while the claim loop rests after a quiet cycle (expires when the next cycle is due).
 CLAIM_RESTING = PREFIX + "claim:resting"
+#: Present while a follow-up claim cycle is scheduled (tasks waiting for slots: see cadence.py).
+CLAIM_FOLLOW_UP = PREFIX + "claim:follow-up"
 #: Hash: Kibana URL -> ownerId learned from GET /api/status.
 NODE_IDS = PREFIX + "nodes:owner_ids"
 #: Sorted set of malformed documents to leave out of claims for a while (score: until when, ms).

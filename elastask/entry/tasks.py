@@ -19,6 +19,7 @@ from elastask.core.messages import DispatchJob
 from elastask.entry.celeryapp import get_app
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
+from elastask.loops.cadence import Cadence
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.dispatch import push_claimed_tasks
 from elastask.loops.retry import retry_expired_leases
@@ -78,6 +79,8 @@ def claim() -> dict[str, Any]:
         # One producer (one broker connection) for every job this cycle enqueues.
         with app.producer_or_acquire() as producer:
             summary = claim_available_tasks(rt, now, lambda job: enqueue_dispatch(job, producer))
+        if summary.ran and summary.waiting > summary.claimed:
+            follow_up(rt)
         if summary.ran:
             metrics = Metrics(rt.redis)
             metrics.record(
@@ -90,6 +93,17 @@ def claim() -> dict[str, Any]:
     except (StoreError, LedgerError) as e:
         log.error("claim cycle failed, next one in %d ms: %s", app.conf.elastask_settings.polling_interval_ms, e)
         return {"ran": False, "error": str(e)}
+
+
+def follow_up(rt: Runtime) -> None:
+    """Tasks wait for slots: one more claim cycle after busy_polling_interval, not at beat's next tick."""
+    busy_ms = rt.settings.busy_polling_interval_ms
+    if busy_ms < rt.settings.polling_interval_ms and Cadence(rt.redis).follow_up(busy_ms):
+        claim.apply_async(
+            queue=keys.CLAIM_QUEUE,
+            countdown=busy_ms / 1000,
+            expires=max(1.0, 2 * rt.settings.polling_interval_ms / 1000),
+        )
 
 
 @app.task(name="elastask.retry", ignore_result=True)

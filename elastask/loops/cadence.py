@@ -8,6 +8,11 @@ window), so a quiet index costs one search per idle interval whatever the number
 task due soon is still claimed ahead and pushed at its ``runAt``. Beat keeps firing every
 ``polling_interval``; a claim job fired while the loop rests costs one Redis read. Anything that
 makes a task due at once (the retry loop, ``elastask tasks requeue``, ``elastask schedule``) wakes it.
+
+While tasks wait for slots (a cycle found more due than it could claim), slots free as runs end,
+not on beat's schedule: the claim job then sends one more claim job ``busy_polling_interval``
+later (at most one pending across every process), so a freed slot is refilled within about that
+long instead of a whole ``polling_interval``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ class Cadence:
             return
         with redis_errors("resting the claim loop"):
             self.client.set(keys.CLAIM_RESTING, 1, px=rest_ms)
+
+    def follow_up(self, busy_ms: int) -> bool:
+        """True at most once per ``busy_ms`` across every process: schedule one more cycle that soon."""
+        with redis_errors("scheduling a follow-up claim cycle"):
+            return bool(self.client.set(keys.CLAIM_FOLLOW_UP, 1, nx=True, px=busy_ms))
 
     def wake(self) -> None:
         """Something became due now: the next claim job runs a full cycle."""

@@ -146,6 +146,7 @@ def _search_due(cycle: _Cycle) -> None:
     )
     answer = search(rt.store, body, "searching due tasks") if cycle.available else {"hits": {"hits": []}}
     cycle.hits = [dict(hit) for hit in answer["hits"]["hits"]]
+    cycle.summary.waiting = len(cycle.hits)
     cycle.summary.next_run_at_ms = queries.next_run_at_ms(answer)
     cycle.summary.step("search")
 

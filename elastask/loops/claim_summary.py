@@ -21,6 +21,8 @@ class ClaimSummary:
     released: int = 0
     ledger_rebuilt: int = -1
     nodes: int = 0
+    #: Due tasks the search returned (claimed or not: more than ``claimed`` means a backlog).
+    waiting: int = 0
     #: Leases held when the cycle began (tasks Kibana may be finishing: slots about to free).
     in_flight: int = 0
     #: The earliest runAt of a later idle task, when a cycle with nothing in flight asked (ms since epoch).

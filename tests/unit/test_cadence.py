@@ -62,3 +62,11 @@ def test_the_due_search_asks_for_the_next_run_only_when_told_and_reads_it_back()
     assert queries.next_run_at_ms(answer) == 1_700_000_000_123
     assert queries.next_run_at_ms({"aggregations": {"later": {"idle": {"next_run_at": {"value": None}}}}}) is None
     assert queries.next_run_at_ms({}) is None
+
+
+def test_at_most_one_follow_up_cycle_is_scheduled_per_busy_interval() -> None:
+    client = fakeredis.FakeRedis()
+    cadence = Cadence(client)
+    assert cadence.follow_up(100)
+    assert not cadence.follow_up(100)  # another process's busy cycle: one follow-up is enough
+    assert 0 < client.pttl("elastask:claim:follow-up") <= 100
