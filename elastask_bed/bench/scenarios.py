@@ -24,7 +24,22 @@ class Scenario:
     run_ms: int = 1000
     duration_s: float = 0.0  # 0: until every one-shot task is done
     idle_docs: int = 0  # documents not due (runAt far in the future): index size for the scale run
-    description: str = ""
+    #: What the scenario measures (the sizes are described from the fields, as configured).
+    purpose: str = ""
+
+    @property
+    def description(self) -> str:
+        """The run as configured: nodes, capacity, tasks, run time, purpose."""
+        parts = [f"{self.nodes} node{'s' if self.nodes != 1 else ''} x capacity {self.capacity}"]
+        if self.one_shot_tasks:
+            parts.append(f"{self.one_shot_tasks:,} one-shot tasks of {self.run_ms:,} ms due at once")
+        if self.recurring_tasks:
+            parts.append(f"{self.recurring_tasks:,} recurring tasks of {self.run_ms:,} ms every {self.interval}")
+        if self.idle_docs:
+            parts.append(f"{self.one_shot_tasks + self.recurring_tasks + self.idle_docs:,} documents in the index")
+        if self.duration_s:
+            parts.append(f"{self.duration_s:g} s")
+        return ", ".join(parts) + (f": {self.purpose}" if self.purpose else "")
 
     @property
     def ceiling_per_s(self) -> float:
@@ -42,7 +57,7 @@ SCENARIOS: dict[str, Scenario] = {
         nodes=10,
         one_shot_tasks=5000,
         run_ms=1000,
-        description="10 nodes x capacity 10, 5,000 one-shot tasks of 1 s due at once: throughput",
+        purpose="throughput",
     ),
     "steady": Scenario(
         "steady",
@@ -51,13 +66,13 @@ SCENARIOS: dict[str, Scenario] = {
         interval="10s",
         run_ms=1000,
         duration_s=120,
-        description="recurring tasks filling about 50 % of capacity for 2 minutes: start drift",
+        purpose="start drift",
     ),
     "idle": Scenario(
         "idle",
         nodes=1,
         duration_s=20,
-        description="no due tasks: engine requests per second for 1, 10 and 50 nodes",
+        purpose="no due tasks: engine requests per second",
     ),
     "scale": Scenario(
         "scale",
@@ -65,7 +80,7 @@ SCENARIOS: dict[str, Scenario] = {
         one_shot_tasks=10_000,
         idle_docs=90_000,
         run_ms=1000,
-        description="100 nodes, 100,000 task documents, 10 % due: claim cycle time and drift",
+        purpose="claim cycle time and drift",
     ),
 }
 
