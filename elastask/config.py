@@ -109,6 +109,9 @@ class Settings:
     redis_url: Secret = Secret("redis://localhost:6379/0")  # noqa: RUF009 - immutable
     #: The CA that signed Redis's certificate (rediss://); None: the system's CAs. Always verified.
     redis_ca_certs: str | None = None
+    #: Redis Sentinel: the monitored master's name (redis.url lists the sentinels: sentinel://h:26379;...).
+    redis_master_name: str | None = None
+    redis_sentinel_password: Secret | None = None
     polling_interval_ms: int = 500
     idle_polling_interval_ms: int = 3000
     busy_polling_interval_ms: int = 100
@@ -131,6 +134,16 @@ class Settings:
         if found is not None:
             return found
         return TaskTypeSettings(self.task_timeout_ms, self.max_attempts, COSTS["normal"])
+
+    def redis_sentinels(self) -> list[tuple[str, int]]:
+        """The sentinels' (host, port) when ``redis.url`` is ``sentinel://...``, else an empty list."""
+        if not self.redis_url.reveal().startswith("sentinel://"):
+            return []
+        return [_host_port(part) for part in self.redis_url.reveal().split(";") if part.strip()]
+
+    def redis_master_password(self) -> str | None:
+        """The Redis master's password, from the (first) sentinel URL's ``:password@``."""
+        return urlsplit(self.redis_url.reveal().split(";")[0]).password
 
     def redis_tls(self) -> dict[str, Any]:
         """redis-py's TLS options for ``rediss://``: the certificate is always verified (against ca_certs)."""
@@ -161,6 +174,8 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "index": ("str", ".kibana_task_manager"),
     "redis.url": ("redis_url", "redis://localhost:6379/0"),
     "redis.ca_certs": ("str?", None),
+    "redis.master_name": ("str?", None),
+    "redis.sentinel_password": ("secret?", None),
     "polling_interval": ("posint", 500),
     "idle_polling_interval": ("posint", 3000),
     "busy_polling_interval": ("posint", 100),
@@ -394,7 +409,21 @@ def _as_secret(value: Any) -> Secret:
 
 
 def _as_redis_url(value: Any) -> Secret:
-    return Secret(_as_url(value, ("redis", "rediss", "unix")))
+    text = _as_str(value)
+    if text.startswith("sentinel://"):
+        # kombu's form: sentinel://[:password@]host:port;sentinel://host2:port ...
+        for part in text.split(";"):
+            if part.strip():
+                _host_port(_as_url(part.strip(), ("sentinel",)))
+        return Secret(text)
+    return Secret(_as_url(text, ("redis", "rediss", "unix")))
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url.strip())
+    if not parts.hostname:
+        raise _Bad(f"{parts.scheme}:// without a host")
+    return parts.hostname, parts.port or 26379
 
 
 def _as_interval(value: Any) -> int:
@@ -466,7 +495,7 @@ _EXPECTED = {
     "posfloat": "a positive number",
     "url": "an http:// or https:// URL",
     "secret": "a non-empty string",
-    "redis_url": "a redis://, rediss:// or unix:// URL",
+    "redis_url": "a redis://, rediss:// or unix:// URL, or sentinel://host:26379;sentinel://host2:26379",
     "interval": "an interval such as 30s, 5m or 1h",
     "hosts": "a list of Kibana URLs (or mappings with url, username, password, api_key, capacity, id)",
     "task_types": "a mapping of task type to {timeout, max_attempts, cost}",
@@ -487,6 +516,13 @@ def _build(values: dict[str, Any], source: str) -> Settings:
                 capacity=None if capacity is None else _coerce("posint", capacity, source, key + ".capacity"),
                 id=_coerce("str?", entry.get("id"), source, key + ".id"),
             )
+        )
+    if values["redis.url"].reveal().startswith("sentinel://") and not values["redis.master_name"]:
+        raise ConfigError(
+            source,
+            "redis.master_name",
+            "must be set when redis.url lists sentinels: the name of `sentinel monitor <name> ...` "
+            "(ELASTASK_REDIS_MASTER_NAME)",
         )
     urls = [node.url for node in nodes]
     if len(set(urls)) != len(urls):
@@ -522,6 +558,8 @@ def _build(values: dict[str, Any], source: str) -> Settings:
         index=values["index"],
         redis_url=values["redis.url"],
         redis_ca_certs=values["redis.ca_certs"],
+        redis_master_name=values["redis.master_name"],
+        redis_sentinel_password=values["redis.sentinel_password"],
         polling_interval_ms=values["polling_interval"],
         idle_polling_interval_ms=values["idle_polling_interval"],
         busy_polling_interval_ms=values["busy_polling_interval"],

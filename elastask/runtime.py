@@ -12,6 +12,7 @@ from elastask.config import Settings
 from elastask.parts.kibana import KibanaClient
 from elastask.parts.ledger import Ledger
 from elastask.parts.nodes import NodeRegistry
+from elastask.parts.redis_client import build_redis
 from elastask.parts.store import TaskStore, build_client
 
 #: Pushes in flight at once per worker process (the HTTP pool to Kibana holds 32 connections).
@@ -46,9 +47,7 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     """Clients for one process; call it after a fork, never at import time."""
-    client = redis.Redis.from_url(
-        settings.redis_url.reveal(), socket_timeout=10, socket_connect_timeout=5, **settings.redis_tls()
-    )
+    client = build_redis(settings)
     kibana = KibanaClient(settings.kibana)
     return Runtime(
         settings=settings,

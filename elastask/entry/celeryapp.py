@@ -19,6 +19,7 @@ from elastask import keys
 from elastask.config import Settings, load_settings
 from elastask.entry import celery_defaults as celery_settings
 from elastask.errors import ConfigError
+from elastask.parts.redis_client import broker_transport_options, build_redis
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def create_app(settings: Settings) -> Celery:
         # Without broker_use_ssl, kombu connects to rediss:// without checking the certificate.
         app.conf.broker_use_ssl = broker_ssl(settings)
     app.conf.update(site_overrides())
+    # After celeryconfig.py: a deployment's own transport options keep the Sentinel master name.
+    app.conf.broker_transport_options = broker_transport_options(settings, app.conf.broker_transport_options)
     app.conf.elastask_settings = settings
     app.conf.elastask_pinned = False
     app.steps["consumer"].add(NodeQueues)
@@ -169,14 +172,11 @@ class NodeQueues(bootsteps.StartStopStep):  # type: ignore[misc]
 
 def node_queue_names(settings: Settings) -> list[str]:
     """The dispatch queues of the nodes whose ownerId is known (config, Redis cache or /api/status)."""
-    import redis
 
     from elastask.parts.kibana import KibanaClient
     from elastask.parts.nodes import NodeRegistry
 
-    client = redis.Redis.from_url(
-        settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=5, **settings.redis_tls()
-    )
+    client = build_redis(settings, socket_timeout_s=5)
     kibana = KibanaClient(settings.kibana)
     try:
         return NodeRegistry(settings, client, kibana).queue_names()

@@ -77,14 +77,27 @@ class Ledger:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def is_built(self) -> bool:
-        """False after Redis lost its data: the ledger must be rebuilt from the engine first."""
+        """False when the ledger must be rebuilt from the engine before anything is claimed.
+
+        The epoch holds the id of the Redis server the ledger was built on (``run_id``). It is gone
+        after a flush or a restart without data; it names another server after a Sentinel failover,
+        whose promoted replica may lack the last writes (replication is asynchronous).
+        """
         with redis_errors("reading the ledger's epoch"):
-            return bool(self.client.exists(keys.LEDGER_EPOCH))
+            epoch = cast(bytes | None, self.client.get(keys.LEDGER_EPOCH))
+            return epoch is not None and _text(epoch).split("@", 1)[-1] == self._server_id()
 
     def mark_built(self, now: datetime) -> None:
-        """Record that the ledger now mirrors the engine."""
+        """Record that the ledger now mirrors the engine, on this Redis server."""
         with redis_errors("writing the ledger's epoch"):
-            self.client.set(keys.LEDGER_EPOCH, _ms(now))
+            self.client.set(keys.LEDGER_EPOCH, f"{_ms(now)}@{self._server_id()}")
+
+    def _server_id(self) -> str:
+        """The Redis server's ``run_id`` (new after a restart; another one after a failover)."""
+        try:
+            return str(cast(dict[str, Any], self.client.info("server")).get("run_id", "unknown"))
+        except redis.ResponseError:  # a server (or a test double) without INFO: no failover to detect
+            return "unknown"
 
     def start_settling(self, settle_ms: int) -> None:
         """After a rebuild: claim nothing for ``settle_ms``, then rebuild once more (see ``settled``)."""

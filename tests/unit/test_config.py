@@ -232,3 +232,23 @@ def test_a_rediss_broker_and_ledger_verify_the_certificate_against_the_configure
     assert settings.redis_tls() == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/etc/elastask/redis-ca.pem"}
     plain = load_settings(write(tmp_path, "redis:\n  url: redis://localhost:6379/0\n"), env={})
     assert plain.redis_tls() == {} and not create_app(plain).conf.broker_use_ssl
+
+
+def test_a_sentinel_url_lists_the_sentinels_and_needs_the_master_name(tmp_path: Path) -> None:
+    from elastask.entry.celeryapp import create_app
+    from elastask.parts.redis_client import build_redis
+
+    url = "sentinel://:master-pw@10.0.0.1:26379;sentinel://10.0.0.2:26380"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, f"redis:\n  url: '{url}'\n"), env={})
+    assert "redis.master_name" in str(raised.value) and "master-pw" not in str(raised.value)
+    text = f"redis:\n  url: '{url}'\n  master_name: elastask\n"
+    settings = load_settings(write(tmp_path, text), env={"ELASTASK_REDIS_SENTINEL_PASSWORD": "s-pw"})
+    assert settings.redis_sentinels() == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]
+    assert settings.redis_master_password() == "master-pw"
+    options = create_app(settings).conf.broker_transport_options
+    assert options["master_name"] == "elastask" and options["sentinel_kwargs"] == {"password": "s-pw"}
+    assert options["visibility_timeout"] == 3600  # elastask's own options stay
+    client = build_redis(settings)  # no connection yet: a client that asks the sentinels for the master
+    assert type(client.connection_pool).__name__ == "SentinelConnectionPool"
+    client.close()
