@@ -239,14 +239,15 @@ def tasks_failed(obj: Context, as_json: bool) -> None:
 @click.pass_obj
 def tasks_show(obj: Context, task_id: str) -> None:
     """Print one task document (id with or without the task: prefix)."""
-    import elasticsearch
-
+    from elastask.errors import DocumentMissingError
     from elastask.ops import admin
 
     try:
         click.echo(dumps(admin.show(_runtime(obj), task_id)))
-    except elasticsearch.NotFoundError:
+    except DocumentMissingError:
         fail(ElastaskError(f"task {task_id!r} not found in {obj.settings.index}"))
+    except ElastaskError as e:
+        fail(e)
 
 
 @tasks.command("requeue")

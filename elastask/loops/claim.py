@@ -72,8 +72,18 @@ def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[Dispatc
 
 
 def _quiet(summary: ClaimSummary) -> bool:
-    """Nothing was due and nothing is in flight (no slot about to free): the loop may rest."""
-    return summary.ran and summary.found == 0 and summary.in_flight == 0 and summary.ledger_rebuilt == -1
+    """Nothing was due and nothing is in flight (no slot about to free): the loop may rest.
+
+    Not while no Kibana node is in rotation (nodes resolving at start, or all out): the search did
+    not run, so nothing is known about what falls due.
+    """
+    return (
+        summary.ran
+        and summary.nodes > 0
+        and summary.waiting == 0
+        and summary.in_flight == 0
+        and summary.ledger_rebuilt == -1
+    )
 
 
 def _rest_until(settings: Settings, summary: ClaimSummary, now: datetime) -> datetime:

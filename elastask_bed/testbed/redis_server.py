@@ -14,9 +14,11 @@ REDIS_HINT = "install Redis: apt-get install redis-server"
 class RedisServer:
     """redis-server on 127.0.0.1; ``restart`` keeps the port and loses the data, like a crash."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, extra_args: list[str] | None = None, name: str = "Redis") -> None:
         self.workdir = workdir
         self.port = 0
+        self.extra_args = extra_args or []
+        self.name = name
         self.process: ManagedProcess | None = None
 
     @property
@@ -45,8 +47,9 @@ class RedisServer:
             str(self.workdir),
             "--protected-mode",
             "yes",
+            *self.extra_args,
         ]
-        self.process = ManagedProcess("Redis", argv, self.workdir / "redis.log")
+        self.process = ManagedProcess(self.name, argv, self.workdir / "redis.log")
         self.process.start()
         self.process.wait_until(lambda: port_open(self.port), 30)
 

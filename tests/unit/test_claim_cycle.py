@@ -86,3 +86,13 @@ def test_a_quiet_cycle_rests_and_the_next_beat_tick_costs_no_engine_call() -> No
     engine.search = None  # type: ignore[assignment,method-assign]  # any engine call now would fail
     second = claim_available_tasks(rt, NOW + timedelta(milliseconds=500), lambda _b: None)
     assert not second.ran and second.resting
+
+
+def test_a_cycle_with_no_node_in_rotation_does_not_rest_it_could_not_look() -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    [node] = rt.nodes.resolve()[0]
+    rt.nodes.record_failure(node, NOW, "connection refused", hard=True)  # out of rotation
+    first = claim_available_tasks(rt, NOW, lambda _b: None)
+    assert first.ran and first.nodes == 0
+    assert not claim_available_tasks(rt, NOW, lambda _b: None).resting
