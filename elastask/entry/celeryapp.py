@@ -18,6 +18,7 @@ from kombu.entity import Queue
 from elastask import keys
 from elastask.config import Settings, load_settings
 from elastask.entry import celery_defaults as celery_settings
+from elastask.entry.redis_transport import transport_for
 from elastask.errors import ConfigError
 from elastask.parts.redis_client import broker_transport_options, build_redis
 
@@ -47,6 +48,8 @@ def create_app(settings: Settings) -> Celery:
     app.conf.update(_settings_of(celery_settings))
     app.conf.update(
         broker_url=settings.redis_url.reveal(),
+        # kombu's Redis transport with a fix that keeps the worker alive when Redis restarts under it.
+        broker_transport=transport_for(settings.redis_url.reveal()),
         # The claim and retry loops have queues of their own so a backlog of dispatch jobs never
         # delays them; each Kibana node's dispatch jobs get a queue named after its ownerId.
         task_queues=[Queue(keys.CLAIM_QUEUE), Queue(keys.RETRY_QUEUE), Queue("celery")],
