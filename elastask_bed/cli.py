@@ -110,6 +110,7 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tu
 @click.option("--tasks", type=int, default=None, help="one-shot tasks (backlog, scale) or recurring tasks (steady)")
 @click.option("--docs", type=int, default=None, help="scale: task documents in the index in all")
 @click.option("--run-ms", type=int, default=None, help="run time of every task")
+@click.option("--interval", default=None, help="steady: the recurring tasks' interval (e.g. 5s)")
 @click.option("--duration", type=float, default=None, help="steady and idle: seconds to measure")
 @click.option(
     "--push-interval", type=int, default=None, help="elastask's polling_interval (ms; default: the shipped default)"
@@ -132,6 +133,7 @@ def bench(
     tasks: int | None,
     docs: int | None,
     run_ms: int | None,
+    interval: str | None,
     duration: float | None,
     push_interval: int | None,
     pull_intervals: str,
@@ -182,7 +184,7 @@ def bench(
                 results += run_idle(bed, fleets, modes, workdir, duration or base.duration_s, push_interval, progress)
                 click.echo("", err=True)
                 continue
-            sized = base.sized(nodes=nodes, run_ms=run_ms, duration_s=duration)
+            sized = base.sized(nodes=nodes, run_ms=run_ms, duration_s=duration, interval=interval)
             if tasks is not None:
                 sized = sized.sized(**({"recurring_tasks": tasks} if name == "steady" else {"one_shot_tasks": tasks}))
             if docs is not None and name == "scale":

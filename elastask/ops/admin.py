@@ -120,6 +120,8 @@ def _check_index(settings: Settings, rt: Runtime) -> CheckRow:
 
 
 def _check_redis(settings: Settings, rt: Runtime) -> CheckRow:
+    if settings.redis_sentinels():
+        return _check_sentinel(settings, rt)
     try:
         rt.redis.ping()
     except redis.AuthenticationError:
@@ -127,6 +129,63 @@ def _check_redis(settings: Settings, rt: Runtime) -> CheckRow:
     except redis.RedisError as e:
         return CheckRow("redis", False, f"unreachable ({type(e).__name__})", "check redis.url and that Redis runs")
     return CheckRow("redis", True, "answers PING")
+
+
+def _check_sentinel(settings: Settings, rt: Runtime) -> CheckRow:
+    """The Sentinel view: which master, how many replicas, the quorum; then the master answers PING."""
+    name = f"redis sentinel {settings.redis_master_name}"
+    view = sentinel_view(settings)
+    if "error" in view:
+        return CheckRow(
+            name,
+            False,
+            str(view["error"]),
+            "check redis.url (the sentinels), redis.master_name and redis.sentinel_password",
+        )
+    detail = (
+        f"master {view['master']} ({view['flags']}), {view['replicas']} replica(s), quorum {view['quorum']}, "
+        f"{view['sentinels']} sentinel(s) answering"
+    )
+    try:
+        rt.redis.ping()
+    except redis.RedisError as e:
+        return CheckRow(
+            name, False, f"{detail}; the master does not answer ({type(e).__name__})", "look at the master's logs"
+        )
+    if int(view["replicas"]) == 0:
+        return CheckRow(name, True, detail + "; no replica: a failover has nowhere to go", warning=True)
+    return CheckRow(name, True, detail)
+
+
+def sentinel_view(settings: Settings) -> dict[str, Any]:
+    """What the first answering sentinel says about the master (``SENTINEL MASTER``), or an error."""
+
+    password = settings.redis_sentinel_password.reveal() if settings.redis_sentinel_password else None
+    errors = []
+    answering = 0
+    found: dict[str, Any] | None = None
+    for host, port in settings.redis_sentinels():
+        client = redis.Redis(host=host, port=port, password=password, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            # The raw reply (redis-py 6.4's parser for SENTINEL MASTER fails): a flat list of names and values.
+            raw = client.execute_command("SENTINEL", "MASTER", settings.redis_master_name)  # type: ignore[no-untyped-call]
+            pairs = [v.decode() if isinstance(v, bytes) else v for v in raw]
+            state = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            answering += 1
+            found = found or state
+        except redis.RedisError as e:
+            errors.append(f"{host}:{port}: {type(e).__name__}: {e}")
+        finally:
+            client.close()
+    if found is None:
+        return {"error": "no sentinel answered for the master: " + "; ".join(errors)}
+    return {
+        "master": f"{found.get('ip')}:{found.get('port')}",
+        "flags": found.get("flags"),
+        "replicas": found.get("num-slaves", 0),
+        "quorum": found.get("quorum"),
+        "sentinels": answering,
+    }
 
 
 def _check_kibana(rt: Runtime, url: str, node: Any) -> CheckRow:

@@ -6,6 +6,9 @@ follow the failover on their own. The invariants come from the simulator's own s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from elastask.parts.store import TaskStore
+from elastask_bed.testbed import Testbed
 from elastask_bed.testbed.bed import SimulatorProcess
 from elastask_bed.testbed.redis_ha import RedisSentinelGroup
 from tests.integration.harness import Dispatcher, assert_no_violations, seed, task_count, wait_for
@@ -35,13 +39,24 @@ def sentinel_group(tmp_path: Path) -> Iterator[RedisSentinelGroup]:
     group.stop()
 
 
+def check_with(testbed: Testbed, sim: SimulatorProcess, group: RedisSentinelGroup) -> str:
+    """``elastask check``'s Redis row with Redis given as the sentinel group."""
+    env = {**os.environ, **testbed.env(), **group.env(), "ELASTASK_KIBANA_HOSTS": ",".join(sim.urls)}
+    env["ELASTASK_CONFIG"] = ""
+    result = subprocess.run([sys.executable, "-m", "elastask", "check"], capture_output=True, text=True, env=env)
+    return next((line for line in result.stdout.splitlines() if "redis sentinel" in line), result.stdout)
+
+
 def test_given_sentinel_when_the_master_is_killed_mid_run_then_worker_and_beat_follow_the_promoted_replica(
+    testbed: Testbed,
     store: TaskStore,
     simulator: SimulatorFactory,
     dispatcher_factory: DispatcherFactory,
     sentinel_group: RedisSentinelGroup,
 ) -> None:
     sim = simulator(nodes=3, run_ms="500")
+    view = check_with(testbed, sim, sentinel_group)
+    assert f"master 127.0.0.1:{sentinel_group.master_port()}" in view and "1 replica(s), quorum 2" in view, view
     seed(store.client, one_shots(150, "faulty"))
     dispatcher = dispatcher_factory(sim, config=CONFIG, env=sentinel_group.env())
     worker = dispatcher.worker(concurrency=4)

@@ -60,3 +60,17 @@ def test_ports_are_bound_to_loopback_and_flower_needs_a_password() -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
     flower = " ".join(services()["flower"]["command"])
     assert "--basic-auth=" in flower and "FLOWER_PASSWORD" in flower
+
+
+def test_the_sentinel_option_points_every_elastask_service_at_the_sentinels() -> None:
+    override = yaml.safe_load((REPO / "docker-compose.sentinel.yml").read_text())["services"]
+    assert {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(override)
+    known = known_env_names()
+    for name in ("worker", "beat", "flower", "index-init"):
+        env = {**services()[name]["environment"], **override[name]["environment"]}  # compose merges maps
+        assert all(key in known for key in env if key.startswith("ELASTASK_")), name
+        settings = load_settings(REPO / "elastask.yaml", env={k: str(v) for k, v in env.items()})
+        assert settings.redis_sentinels() == [(f"sentinel-{i}", 26379) for i in (1, 2, 3)]
+        assert settings.redis_master_name == "elastask"
+    for service in override.values():
+        assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", []))
