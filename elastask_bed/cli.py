@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,8 +59,11 @@ def testbed_prepare() -> None:
 @click.option("--kibana-nodes", type=int, default=3, show_default=True, help="simulated Kibana nodes")
 @click.option("--run-ms", default="200", show_default=True, help="simulated run time: MS or LOW-HIGH")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="keep data and logs here")
+@click.option(
+    "--tls", is_flag=True, help="TLS and authentication everywhere: a throwaway CA, HTTPS proxy and nodes, Redis on TLS"
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tuple[str, ...]) -> None:
+def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, command: tuple[str, ...]) -> None:
     """Start the test bed, run COMMAND with ELASTASK_* pointing at it, stop everything.
 
     Exits with COMMAND's status. Example: elastask testbed run -- celery -A elastask worker
@@ -68,7 +72,7 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tu
 
     from elastask_bed.testbed import Testbed
 
-    bed = Testbed(Path(workdir) if workdir else None, kibana_nodes=kibana_nodes, run_ms=run_ms)
+    bed = Testbed(Path(workdir) if workdir else None, kibana_nodes=kibana_nodes, run_ms=run_ms, tls=tls)
     click.echo(
         f"elastask testbed: starting the search engine, proxy, Redis and {kibana_nodes} simulated Kibana node(s)...",
         err=True,
@@ -80,7 +84,8 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, command: tu
     try:
         env = {**os.environ, **bed.env()}
         for key, value in bed.env().items():
-            click.echo(f"elastask testbed: {key}={value}", err=True)
+            shown = "********" if "PASSWORD" in key or "API_KEY" in key else re.sub(r"//:[^@]*@", "//:********@", value)
+            click.echo(f"elastask testbed: {key}={shown}", err=True)
         try:
             status = subprocess.call(list(command), env=env)
         except FileNotFoundError:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis
 import requests
@@ -20,6 +21,7 @@ from elastask.core.kibana_setup import SetupFinding, setup_findings
 from elastask.errors import ConflictError, ElastaskError, StoreError
 from elastask.loops.cadence import Cadence
 from elastask.loops.ledger_sync import LEASE_GRACE
+from elastask.parts.connection_errors import explain
 from elastask.parts.store import search, search_hits
 from elastask.runtime import Runtime
 
@@ -98,6 +100,9 @@ def _check_engine(settings: Settings, rt: Runtime) -> CheckRow:
                 f"authentication failed ({status})",
                 "check elasticsearch.username/password or api_key (ELASTASK_ELASTICSEARCH_PASSWORD)",
             )
+        why = explain(e, settings.elasticsearch.host, "elasticsearch")
+        if why is not None:
+            return CheckRow(name, False, why.detail, why.fix)
         return CheckRow(
             name,
             False,
@@ -124,11 +129,24 @@ def _check_redis(settings: Settings, rt: Runtime) -> CheckRow:
         return _check_sentinel(settings, rt)
     try:
         rt.redis.ping()
-    except redis.AuthenticationError:
+    except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError):
         return CheckRow("redis", False, "authentication failed", "check the password in redis.url (ELASTASK_REDIS_URL)")
+    except redis.ResponseError as e:
+        if "NOAUTH" in str(e):  # the server wants a password and none was given
+            return CheckRow("redis", False, "it requires a password", "give it in redis.url: redis://:PASSWORD@host")
+        return CheckRow("redis", False, f"answered {e}", "check redis.url")
     except redis.RedisError as e:
+        why = explain(e, _redis_display(settings), "redis")
+        if why is not None:
+            return CheckRow("redis", False, why.detail, why.fix)
         return CheckRow("redis", False, f"unreachable ({type(e).__name__})", "check redis.url and that Redis runs")
     return CheckRow("redis", True, "answers PING")
+
+
+def _redis_display(settings: Settings) -> str:
+    """redis.url without its password, to name it in a row."""
+    parts = urlsplit(settings.redis_url.reveal())
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}"
 
 
 def _check_sentinel(settings: Settings, rt: Runtime) -> CheckRow:
@@ -192,7 +210,10 @@ def _check_kibana(rt: Runtime, url: str, node: Any) -> CheckRow:
     name = f"kibana {url}"
     try:
         answer = rt.kibana.status(node, 5.0)
-    except requests.exceptions.ConnectionError:
+    except requests.exceptions.ConnectionError as e:
+        why = explain(e, url, "kibana")
+        if why is not None:
+            return CheckRow(name, False, why.detail, why.fix)
         return CheckRow(name, False, "connection refused or unreachable", "start the node or fix kibana.hosts")
     except requests.RequestException as e:
         return CheckRow(name, False, f"{type(e).__name__}", "check the URL and TLS settings (kibana.ca_certs)")

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,8 @@ class SharedState:
     authorization: str | None  # the Authorization header every /api request must carry, if set
     run_times: RunTimes
     rng: random.Random
+    #: Serve HTTPS with this context (None: plain HTTP).
+    ssl_context: ssl.SSLContext | None = None
     running: Counter[str] = field(default_factory=Counter)  # task id -> runs in progress, all nodes
 
 
@@ -109,7 +112,8 @@ class SimulatedNode:
     @property
     def url(self) -> str:
         """The node's base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.shared.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def owner_id(self) -> str:
@@ -141,7 +145,9 @@ class SimulatedNode:
 
     async def listen(self) -> None:
         assert self.runner is not None
-        self.site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        self.site = web.TCPSite(
+            self.runner, self.host, self.port, reuse_address=True, ssl_context=self.shared.ssl_context
+        )
         await self.site.start()
 
     async def set_mode(self, mode: str, delay_s: float | None = None) -> None:

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import signal
+import ssl
 import sys
 from typing import Any
 
@@ -106,6 +107,14 @@ def _authorization(basic_auth: str) -> str | None:
     return "Basic " + base64.b64encode(basic_auth.encode()).decode()
 
 
+def _server_context(cert: str, key: str) -> ssl.SSLContext | None:
+    if not cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 def _parse_by_type(items: list[str]) -> dict[str, str]:
     result = {}
     for item in items:
@@ -126,6 +135,7 @@ async def serve(args: argparse.Namespace) -> None:
         run_times=RunTimes(default=args.run_ms, by_type=_parse_by_type(args.run_ms_by_type)),
         rng=random.Random(args.seed),
         authorization=_authorization(args.basic_auth),
+        ssl_context=_server_context(args.tls_cert, args.tls_key),
     )
     ports = [int(p) for p in args.ports.split(",")] if args.ports else []
     if ports and len(ports) != args.nodes:
@@ -239,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="require these credentials on /api requests (401 otherwise)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    parser.add_argument("--tls-cert", default="", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", default="", help="... and this key")
     return parser
 
 

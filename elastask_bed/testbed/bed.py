@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import sys
 import tempfile
 import urllib.request
@@ -16,6 +17,7 @@ from elastask_bed.errors import TestbedError
 from elastask_bed.testbed.engine import Engine
 from elastask_bed.testbed.process import ManagedProcess, free_port, port_open
 from elastask_bed.testbed.redis_server import RedisServer
+from elastask_bed.testbed.tls import CertPair, Pki, make_pki
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +40,43 @@ def first_json_line(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def http_json(method: str, url: str, body: Any = None, timeout_s: float = 10) -> Any:
-    """A small JSON HTTP call for the control APIs of the proxy and the simulator."""
+def http_json(method: str, url: str, body: Any = None, timeout_s: float = 10, ca: Path | None = None) -> Any:
+    """A small JSON HTTP call for the control APIs of the proxy and the simulator (``ca``: for https)."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as answer:
         return json.load(answer)
 
 
 class ProxyProcess:
     """The compatibility proxy as a child process."""
 
-    def __init__(self, workdir: Path, upstream: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        upstream: str,
+        *,
+        tls: CertPair | None = None,
+        ca: Path | None = None,
+        basic_auth: str = "",
+        api_key: str = "",
+    ) -> None:
         self.port = free_port()
-        self.process = ManagedProcess(
-            "compatibility proxy",
-            [sys.executable, "-m", "elastask_bed.testbed.proxy", "--port", str(self.port), "--upstream", upstream],
-            workdir / "proxy.log",
-        )
+        self.tls = tls
+        self.ca = ca
+        argv = [sys.executable, "-m", "elastask_bed.testbed.proxy", "--port", str(self.port), "--upstream", upstream]
+        if tls is not None:
+            argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+        if basic_auth:
+            argv += ["--basic-auth", basic_auth]
+        if api_key:
+            argv += ["--api-key", api_key]
+        self.process = ManagedProcess("compatibility proxy", argv, workdir / f"proxy-{self.port}.log")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.process.start()
@@ -67,10 +84,10 @@ class ProxyProcess:
 
     def set_faults(self, **faults: Any) -> None:
         """Inject faults (down, latency_ms, status); no arguments clears them."""
-        http_json("POST", f"{self.url}/_proxy/faults", faults)
+        http_json("POST", f"{self.url}/_proxy/faults", faults, ca=self.ca)
 
     def stats(self) -> dict[str, Any]:
-        return dict(http_json("GET", f"{self.url}/_proxy/stats"))
+        return dict(http_json("GET", f"{self.url}/_proxy/stats", ca=self.ca))
 
     def stop(self) -> None:
         self.process.stop()
@@ -145,20 +162,49 @@ class SimulatorProcess:
         self.process.stop()
 
 
+#: The throwaway credentials of a TLS test bed (made for it, loopback only).
+TLS_CREDENTIALS = {
+    "es_user": "elastic",
+    "es_password": "testbed-es-password",
+    "es_api_key": "elastask-key-id:testbed-api-key",
+    "kibana_user": "elastic",
+    "kibana_password": "testbed-kibana-password",
+    "redis_password": "testbed-redis-password",
+}
+
+
 class Testbed:
     """Starts the real parts on loopback; ``env()`` is what elastask needs to use them."""
 
     __test__ = False  # not a pytest test class, despite its name
 
     def __init__(
-        self, workdir: Path | None = None, *, kibana_nodes: int = 3, run_ms: str = "200", engine_heap_mb: int = 512
+        self,
+        workdir: Path | None = None,
+        *,
+        kibana_nodes: int = 3,
+        run_ms: str = "200",
+        engine_heap_mb: int = 512,
+        tls: bool = False,
+        engine: Engine | None = None,
     ) -> None:
         self.own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="elastask-testbed-")) if workdir is None else workdir
         self.kibana_nodes = kibana_nodes
         self.run_ms = run_ms
-        self.engine = Engine(self.workdir, heap_mb=engine_heap_mb)
-        self.redis = RedisServer(self.workdir / "redis")
+        #: Another test bed's engine to share (it is not stopped with this one).
+        self.shared_engine = engine is not None
+        self.engine = engine or Engine(self.workdir, heap_mb=engine_heap_mb)
+        #: TLS and authentication everywhere: a CA made for this bed, HTTPS proxy and Kibana nodes,
+        #: Redis on a TLS port with a password, basic auth (or an API key) on the proxy and the nodes.
+        self.pki: Pki | None = make_pki(self.workdir / "tls") if tls else None
+        self.credentials = TLS_CREDENTIALS if tls else None
+        self.redis = RedisServer(
+            self.workdir / "redis",
+            tls=self.pki.server if self.pki else None,
+            ca=self.pki.ca if self.pki else None,
+            password=TLS_CREDENTIALS["redis_password"] if tls else None,
+        )
         self.proxy: ProxyProcess | None = None
         self.simulator: SimulatorProcess | None = None
 
@@ -172,8 +218,9 @@ class Testbed:
         """Start every part, bootstrap the task index; stop what started if any part fails."""
         try:
             self.redis.start()
-            self.engine.start()
-            self.proxy = ProxyProcess(self.workdir, self.engine.url)
+            if not self.shared_engine:
+                self.engine.start()
+            self.proxy = self.start_proxy()
             self.proxy.start()
             self.bootstrap_index()
             if self.kibana_nodes > 0:
@@ -183,12 +230,35 @@ class Testbed:
             raise
         return self
 
+    def start_proxy(self, tls: CertPair | None = None) -> ProxyProcess:
+        """A compatibility proxy in front of the engine (with this bed's TLS and credentials, if any)."""
+        if self.pki is None:
+            return ProxyProcess(self.workdir, self.engine.url)
+        creds = TLS_CREDENTIALS
+        return ProxyProcess(
+            self.workdir,
+            self.engine.url,
+            tls=tls or self.pki.server,
+            ca=self.pki.ca,
+            basic_auth=f"{creds['es_user']}:{creds['es_password']}",
+            api_key=creds["es_api_key"],
+        )
+
     def bootstrap_index(self) -> None:
         """Create ``.kibana_task_manager`` with Kibana's mapping (through the real client and proxy)."""
-        from elastask.config import ElasticsearchSettings
+        from elastask.config import ElasticsearchSettings, Secret
         from elastask.parts.store import TaskStore, build_client
 
-        client = build_client(ElasticsearchSettings(host=self.es_url))
+        if self.pki is None:
+            settings = ElasticsearchSettings(host=self.es_url)
+        else:
+            settings = ElasticsearchSettings(
+                host=self.es_url,
+                ca_certs=str(self.pki.ca),
+                username=TLS_CREDENTIALS["es_user"],
+                password=Secret(TLS_CREDENTIALS["es_password"]),
+            )
+        client = build_client(settings)
         try:
             TaskStore(client, INDEX).bootstrap()
         finally:
@@ -197,7 +267,13 @@ class Testbed:
     def start_simulator(self, nodes: int, *, direct: bool = False, **options: Any) -> SimulatorProcess:
         """Start (another) simulator writing outcomes through the proxy (``direct``: to the engine itself,
         so faults injected in the proxy hit elastask only)."""
-        engine = self.engine.url if direct else self.es_url
+        # With TLS, nodes write outcomes to the engine itself (only elastask's way in is secured here).
+        engine = self.engine.url if direct or self.pki is not None else self.es_url
+        if self.pki is not None:
+            creds = TLS_CREDENTIALS
+            tls_args = ["--tls-cert", str(self.pki.server.cert), "--tls-key", str(self.pki.server.key)]
+            tls_args += ["--basic-auth", f"{creds['kibana_user']}:{creds['kibana_password']}"]
+            options["extra_args"] = [*tls_args, *(options.get("extra_args") or [])]
         simulator = SimulatorProcess(self.workdir, engine, nodes=nodes, **options)
         simulator.start()
         return simulator
@@ -214,6 +290,17 @@ class Testbed:
             env["ELASTASK_TESTBED_SIMULATOR"] = self.simulator.control_url
         env["ELASTASK_TESTBED_PROXY"] = self.es_url
         env["ELASTASK_TESTBED_ENGINE"] = self.engine.url
+        if self.pki is not None:
+            creds, ca = TLS_CREDENTIALS, str(self.pki.ca)
+            env.update(
+                ELASTASK_ELASTICSEARCH_CA_CERTS=ca,
+                ELASTASK_ELASTICSEARCH_USERNAME=creds["es_user"],
+                ELASTASK_ELASTICSEARCH_PASSWORD=creds["es_password"],
+                ELASTASK_REDIS_CA_CERTS=ca,
+                ELASTASK_KIBANA_CA_CERTS=ca,
+                ELASTASK_KIBANA_USERNAME=creds["kibana_user"],
+                ELASTASK_KIBANA_PASSWORD=creds["kibana_password"],
+            )
         return env
 
     def stop(self) -> None:
@@ -224,7 +311,8 @@ class Testbed:
                     part.stop()
                 except Exception:  # keep stopping the rest
                     log.exception("stopping %s failed", part)
-        self.engine.stop()
+        if not self.shared_engine:
+            self.engine.stop()
         self.redis.stop()
         if self.own_workdir and not os.environ.get("ELASTASK_KEEP_TESTBED"):
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import re
+import ssl
 import sys
 from collections import Counter
 from typing import Any
@@ -106,10 +108,42 @@ class CompatibilityProxy:
             return web.Response(status=answer.status, body=payload, headers=out_headers)
 
 
-def build_app(upstream: str) -> web.Application:
+def require_credentials(accepted: set[str]) -> Any:
+    """Elasticsearch's security: every request but the proxy's own control API needs accepted credentials."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        guarded = accepted and not request.path.startswith("/_proxy/")
+        if guarded and request.headers.get("Authorization", "") not in accepted:
+            body = {
+                "error": {
+                    "type": "security_exception",
+                    "reason": "unable to authenticate user for REST request [" + request.path + "]",
+                },
+                "status": 401,
+            }
+            headers = {"WWW-Authenticate": 'Basic realm="security", ApiKey', "X-Elastic-Product": "Elasticsearch"}
+            return web.json_response(body, status=401, headers=headers)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return check
+
+
+def accepted_credentials(basic_auth: str, api_key: str) -> set[str]:
+    """The Authorization headers the proxy accepts: ``Basic`` for user:password, ``ApiKey`` for id:key."""
+    accepted = set()
+    if basic_auth:
+        accepted.add("Basic " + base64.b64encode(basic_auth.encode()).decode())
+    if api_key:
+        accepted.add("ApiKey " + base64.b64encode(api_key.encode()).decode())
+    return accepted
+
+
+def build_app(upstream: str, accepted: set[str] | None = None) -> web.Application:
     """The proxy as an aiohttp application."""
     proxy = CompatibilityProxy(upstream)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[require_credentials(accepted or set())])
     app.on_startup.append(proxy.startup)
     app.on_cleanup.append(proxy.cleanup)
     app.router.add_post("/_proxy/faults", proxy.set_faults)
@@ -123,9 +157,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--tls-cert", default="", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", default="", help="... and this key")
+    parser.add_argument("--basic-auth", default="", metavar="USER:PASSWORD", help="require these credentials")
+    parser.add_argument("--api-key", default="", metavar="ID:KEY", help="or this API key (Authorization: ApiKey)")
     args = parser.parse_args(argv)
-    print(json.dumps({"proxy": f"http://127.0.0.1:{args.port}", "upstream": args.upstream}), flush=True)
-    web.run_app(build_app(args.upstream), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    scheme = "https" if context else "http"
+    print(json.dumps({"proxy": f"{scheme}://127.0.0.1:{args.port}", "upstream": args.upstream}), flush=True)
+    app = build_app(args.upstream, accepted_credentials(args.basic_auth, args.api_key))
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None, ssl_context=context)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from elastask_bed.errors import TestbedError
 from elastask_bed.testbed.process import ManagedProcess, free_port, port_open
+from elastask_bed.testbed.tls import CertPair
 
 REDIS_HINT = "install Redis: apt-get install redis-server"
 
@@ -14,8 +15,20 @@ REDIS_HINT = "install Redis: apt-get install redis-server"
 class RedisServer:
     """redis-server on 127.0.0.1; ``restart`` keeps the port and loses the data, like a crash."""
 
-    def __init__(self, workdir: Path, *, extra_args: list[str] | None = None, name: str = "Redis") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        extra_args: list[str] | None = None,
+        name: str = "Redis",
+        tls: CertPair | None = None,
+        ca: Path | None = None,
+        password: str | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.tls = tls
+        self.ca = ca
+        self.password = password
         self.port = 0
         self.extra_args = extra_args or []
         self.name = name
@@ -23,8 +36,9 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """The redis:// URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL of database 0: ``rediss://`` with TLS, with the password when one is required."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start on a free port (or the same one on restart) and wait until it accepts connections."""
@@ -48,10 +62,32 @@ class RedisServer:
             "--protected-mode",
             "yes",
             *self.extra_args,
+            *self._tls_args(),
         ]
         self.process = ManagedProcess(self.name, argv, self.workdir / "redis.log")
         self.process.start()
         self.process.wait_until(lambda: port_open(self.port), 30)
+
+    def _tls_args(self) -> list[str]:
+        args = ["--requirepass", self.password] if self.password else []
+        if self.tls is None:
+            return args
+        # TLS only: the plain port is closed, clients are not asked for certificates.
+        return [
+            *args,
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls.cert),
+            "--tls-key-file",
+            str(self.tls.key),
+            "--tls-ca-cert-file",
+            str(self.ca),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def restart(self) -> None:
         """Kill and start again on the same port with an empty dataset."""
