@@ -185,16 +185,17 @@ class PullClaimer:
         node = self.node
         node.last_poll = datetime.now(UTC)
         capacity_units = self.config.capacity * NORMAL_COST
-        used_units = node.stats.current * NORMAL_COST
-        self.config.record_utilization(time.monotonic() * 1000, 100.0 * used_units / max(1, capacity_units))
-        available = capacity_units - used_units
+        available = capacity_units - node.stats.current * NORMAL_COST
         if available <= 0 or node.mode in ("refuse", "hang"):
+            # polling_lifecycle.ts getCapacity: no capacity, no claim; the load is reported as it is.
+            self._record_utilization(left_unclaimed=False)
             return
         started = time.monotonic()
         now = datetime.now(UTC)
         hits = (await self._post(f"{self.index_url}/_search", self.search_body(now, available)))["hits"]["hits"]
         if not hits:
             node.stats.claim_cycles_ms.append((time.monotonic() - started) * 1000)
+            self._record_utilization(left_unclaimed=False)
             return
         fresh = await self._fresh(hits)
         selected = []
@@ -205,6 +206,7 @@ class PullClaimer:
             selected.append(doc)
         if not selected:
             node.stats.claim_cycles_ms.append((time.monotonic() - started) * 1000)
+            self._record_utilization(left_unclaimed=len(fresh) > 0)
             return
         claimed = await self._claim(selected, now)
         node.stats.claim_cycles_ms.append((time.monotonic() - started) * 1000)
@@ -224,6 +226,13 @@ class PullClaimer:
             }
             node.stats.self_claimed += 1
             node.start_run(body, now, self.write_outcome)
+        self._record_utilization(left_unclaimed=len(fresh) > len(selected))
+
+    def _record_utilization(self, *, left_unclaimed: bool) -> None:
+        """polling_lifecycle.ts: the pool's used capacity at the end of a polling cycle, 100 % when due
+        tasks were left unclaimed (the load the interval rule reads)."""
+        used = 100.0 * self.node.stats.current / max(1, self.config.capacity)
+        self.config.record_utilization(time.monotonic() * 1000, 100.0 if left_unclaimed else min(100.0, used))
 
     def search_body(self, now: datetime, available_units: int) -> dict[str, Any]:
         """strategy_mget.ts: the claim search."""
