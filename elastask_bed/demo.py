@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -91,7 +92,7 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
             previous_claimed, previous_at = view["claimed_total"], now_mono
             view["claimed_per_s"] = round(rate, 1)
             view["seeded"] = seeded
-            echo(json.dumps(view) if as_json else render(view))
+            echo(json.dumps(view) if as_json else render(view, redraw=sys.stdout.isatty()))
     except KeyboardInterrupt:
         echo("elastask demo: stopping")
     finally:
@@ -134,9 +135,9 @@ def live_view(rt: Any, bed: Testbed, settings: Any) -> dict[str, Any]:
     }
 
 
-def render(view: dict[str, Any]) -> str:
-    """The live view as a small table."""
-    lines = [f"\x1b[2J\x1b[H{view['at']}  status {view['status']}"]
+def render(view: dict[str, Any], *, redraw: bool = True) -> str:
+    """The live view as a small table; ``redraw``: clear the terminal first (off when not on a terminal)."""
+    lines = [f"{CLEAR if redraw else ''}{view['at']}  status {view['status']}"]
     lines.append(f"{'Kibana node':<48} {'in flight':>10} {'pushed':>8} {'failures':>9}")
     for node in view["nodes"]:
         lines.append(
@@ -146,6 +147,15 @@ def render(view: dict[str, Any]) -> str:
     drift = view.get("drift_ms") or {}
     lines.append(
         f"due {view['due']}  overdue {view['overdue']}  claimed/s {view['claimed_per_s']}  "
-        f"drift p50 {drift.get('p50')} ms  p99 {drift.get('p99')} ms   (Ctrl-C stops everything)"
+        f"drift p50 {_ms(drift.get('p50'))}  p99 {_ms(drift.get('p99'))}   (Ctrl-C stops everything)"
     )
     return "\n".join(lines)
+
+
+#: Clear the terminal and go home: the live view redraws in place.
+CLEAR = "\x1b[2J\x1b[H"
+
+
+def _ms(value: Any) -> str:
+    """A duration for a person: '-' before the first run, never 'None'."""
+    return "-" if value is None else f"{float(value):,.0f} ms"
