@@ -114,7 +114,7 @@ class Settings:
     redis_sentinel_password: Secret | None = None
     polling_interval_ms: int = 500
     idle_polling_interval_ms: int = 3000
-    busy_polling_interval_ms: int = 100
+    busy_polling_interval_ms: int = 250
     retry_interval_ms: int = 5000
     kibana_capacity: int = 10
     kibana: KibanaSettings = KibanaSettings()
@@ -178,7 +178,7 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
     "redis.sentinel_password": ("secret?", None),
     "polling_interval": ("posint", 500),
     "idle_polling_interval": ("posint", 3000),
-    "busy_polling_interval": ("posint", 100),
+    "busy_polling_interval": ("posint", 250),
     "retry_interval": ("posint", 5000),
     "kibana_capacity": ("posint", 10),
     "kibana.hosts": ("hosts", ["http://localhost:5601"]),

@@ -79,7 +79,7 @@ def claim() -> dict[str, Any]:
         # One producer (one broker connection) for every job this cycle enqueues.
         with app.producer_or_acquire() as producer:
             summary = claim_available_tasks(rt, now, lambda job: enqueue_dispatch(job, producer))
-        if summary.ran and summary.waiting > summary.claimed:
+        if summary.ran and summary.backlog:
             follow_up(rt)
         if summary.ran:
             metrics = Metrics(rt.redis)

@@ -9,7 +9,8 @@ task due soon is still claimed ahead and pushed at its ``runAt``. Beat keeps fir
 ``polling_interval``; a claim job fired while the loop rests costs one Redis read. Anything that
 makes a task due at once (the retry loop, ``elastask tasks requeue``, ``elastask schedule``) wakes it.
 
-While tasks wait for slots (a cycle found more due than it could claim), slots free as runs end,
+While tasks wait for slots (a cycle found more due than it could claim, or its search came back
+full), slots free as runs end,
 not on beat's schedule: the claim job then sends one more claim job ``busy_polling_interval``
 later (at most one pending across every process), so a freed slot is refilled within about that
 long instead of a whole ``polling_interval``.

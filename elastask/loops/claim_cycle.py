@@ -147,6 +147,7 @@ def _search_due(cycle: _Cycle) -> None:
     answer = search(rt.store, body, "searching due tasks") if cycle.available else {"hits": {"hits": []}}
     cycle.hits = [dict(hit) for hit in answer["hits"]["hits"]]
     cycle.summary.waiting = len(cycle.hits)
+    cycle.summary.search_full = bool(cycle.hits) and len(cycle.hits) >= body["size"]
     cycle.summary.next_run_at_ms = queries.next_run_at_ms(answer)
     cycle.summary.step("search")
 

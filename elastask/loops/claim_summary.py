@@ -23,6 +23,8 @@ class ClaimSummary:
     nodes: int = 0
     #: Due tasks the search returned (claimed or not: more than ``claimed`` means a backlog).
     waiting: int = 0
+    #: More may be due than this cycle saw: the search came back full (its size is the room).
+    search_full: bool = False
     #: Leases held when the cycle began (tasks Kibana may be finishing: slots about to free).
     in_flight: int = 0
     #: The earliest runAt of a later idle task, when a cycle with nothing in flight asked (ms since epoch).
@@ -34,6 +36,11 @@ class ClaimSummary:
     #: Milliseconds spent in each step (search, reconcile, verify, reserve, claim, enqueue).
     steps_ms: dict[str, float] = field(default_factory=dict)
     _mark: float = field(default_factory=time.monotonic, repr=False)
+
+    @property
+    def backlog(self) -> bool:
+        """Due tasks wait for slots: some were left unclaimed, or the search could not show them all."""
+        return self.waiting > self.claimed or self.search_full
 
     def step(self, name: str) -> None:
         """Close the step that just ended: its time goes under ``name``."""

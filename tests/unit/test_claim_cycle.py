@@ -96,3 +96,11 @@ def test_a_cycle_with_no_node_in_rotation_does_not_rest_it_could_not_look() -> N
     first = claim_available_tasks(rt, NOW, lambda _b: None)
     assert first.ran and first.nodes == 0
     assert not claim_available_tasks(rt, NOW, lambda _b: None).resting
+
+
+def test_a_cycle_whose_search_came_back_full_reports_a_backlog_even_when_it_claimed_every_hit() -> None:
+    engine = StubEngine()
+    seeded(engine, 5)
+    rt = stub_runtime(engine, kibana_capacity=1)  # room for one: the search asks for one
+    summary = claim_available_tasks(rt, NOW, lambda _b: None)
+    assert summary.claimed == 1 and summary.waiting == 1 and summary.backlog  # 4 more are due
