@@ -15,10 +15,12 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from elastask.ops.health import health
+from elastask.errors import StoreError
+from elastask.ops.health import count_overdue, health
 from elastask.ops.metrics import MetricsReader, parse_counter_field
 from elastask.runtime import Runtime
 
@@ -92,6 +94,25 @@ class ElastaskCollector:
             yield GaugeMetricFamily(
                 "elastask_last_claim_timestamp_seconds", "When a claim cycle last finished.", value=last / 1000
             )
+        yield from self.dependencies()
+
+    def dependencies(self) -> Iterator[Metric]:
+        """Whether Redis and the engine answer, and the tasks overdue (what the alert rules read)."""
+        up = GaugeMetricFamily("elastask_dependency_up", "1 while the dependency answers.", labels=["dependency"])
+        try:
+            self.rt.redis.ping()
+            up.add_metric(["redis"], 1)
+        except redis.RedisError:
+            up.add_metric(["redis"], 0)
+        try:
+            overdue = count_overdue(self.rt, datetime.now(UTC))
+            up.add_metric(["elasticsearch"], 1)
+            yield GaugeMetricFamily(
+                "elastask_tasks_overdue", "Tasks due for longer than max(60 s, 10 x polling_interval).", value=overdue
+            )
+        except StoreError:
+            up.add_metric(["elasticsearch"], 0)
+        yield up
 
 
 def make_handler(rt: Runtime, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:

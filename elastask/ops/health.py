@@ -31,6 +31,23 @@ def _ms_percentiles(samples_s: list[float], points: tuple[float, ...]) -> dict[s
     return result
 
 
+def overdue_after_s(polling_interval_ms: int) -> float:
+    """A due task is overdue after this long without a start."""
+    return max(60.0, 10 * polling_interval_ms / 1000)
+
+
+def count_overdue(rt: Runtime, now: datetime) -> int:
+    """Tasks due for longer than ``overdue_after_s`` (raises StoreError when the engine cannot be read)."""
+    settings = rt.settings
+    body = queries.due_tasks(
+        now - timedelta(seconds=overdue_after_s(settings.polling_interval_ms)),
+        size=0,
+        default_max_attempts=settings.max_attempts,
+        max_attempts_by_type={},
+    )
+    return rt.store.count(body["query"], "counting overdue tasks")
+
+
 def health(rt: Runtime, now: datetime) -> dict[str, Any]:
     """The report; never raises for a dependency that is down (it says so, with status error)."""
     settings = rt.settings
@@ -73,15 +90,9 @@ def health(rt: Runtime, now: datetime) -> dict[str, Any]:
     p99 = percentile(drift, 0.99)
     if p99 is not None and p99 > DRIFT_WARN_S:
         reasons.append(("warn", f"start drift p99 is {p99:.0f}s (over {DRIFT_WARN_S:.0f}s)"))
-    overdue_after = max(60.0, 10 * settings.polling_interval_ms / 1000)
+    overdue_after = overdue_after_s(settings.polling_interval_ms)
     try:
-        body = queries.due_tasks(
-            now - timedelta(seconds=overdue_after),
-            size=0,
-            default_max_attempts=settings.max_attempts,
-            max_attempts_by_type={},
-        )
-        overdue = rt.store.count(body["query"], "counting overdue tasks")
+        overdue = count_overdue(rt, now)
         report["overdue"] = overdue
         if overdue:
             reasons.append(("warn", f"{overdue} task(s) due for more than {overdue_after:.0f}s"))
