@@ -125,8 +125,9 @@ def test_given_prometheus_scraping_a_running_elastask_then_every_expression_eval
 
         try:
             wait_for(node_alert_pending, 60, "ElastaskNodeOutOfRotation pending")
-        except AssertionError:
+        except AssertionError as e:
             rotation = api(base, "/api/v1/query", query="elastask_node_in_rotation")["data"]["result"]
-            raise AssertionError(f"rotation {rotation}; alerts {api(base, '/api/v1/alerts')}; {sim.stats()['totals']}")
+            alerts = api(base, "/api/v1/alerts")
+            raise AssertionError(f"rotation {rotation}; alerts {alerts}; {sim.stats()['totals']}") from e
     finally:
         prometheus.stop()
