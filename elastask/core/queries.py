@@ -72,17 +72,7 @@ def due_tasks(
         }
     }
     body = {
-        "query": {
-            "bool": {
-                "filter": [
-                    _is_task(),
-                    {"term": {"task.status": "idle"}},
-                    {"range": {"task.runAt": {"lte": format_date(now)}}},
-                    attempts,
-                ],
-                "must_not": must_not,
-            }
-        },
+        "query": _claimable_idle({"lte": format_date(now)}, attempts, must_not),
         "sort": [
             {"task.priority": {"order": "desc", "missing": DEFAULT_PRIORITY, "unmapped_type": "integer"}},
             {"task.runAt": {"order": "asc"}},
@@ -92,17 +82,7 @@ def due_tasks(
         "_source": False,
     }
     if next_run_after is not None:
-        later = {
-            "bool": {
-                "filter": [
-                    _is_task(),
-                    {"term": {"task.status": "idle"}},
-                    {"range": {"task.runAt": {"gt": format_date(next_run_after)}}},
-                    attempts,
-                ],
-                "must_not": [{"term": {"task.enabled": False}}],
-            }
-        }
+        later = _claimable_idle({"gt": format_date(next_run_after)}, attempts, [{"term": {"task.enabled": False}}])
         # ``global``: the earliest later runAt is outside the query's own runAt range.
         body["aggs"] = {
             "later": {
@@ -117,6 +97,12 @@ def next_run_at_ms(answer: Mapping[str, Any]) -> int | None:
     """The ``next_run_at`` aggregation of a ``due_tasks`` answer, in ms since the epoch (None: no later task)."""
     value = answer.get("aggregations", {}).get("later", {}).get("idle", {}).get("next_run_at", {}).get("value")
     return None if value is None else int(value)
+
+
+def _claimable_idle(run_at: dict[str, str], attempts: dict[str, Any], must_not: list[dict[str, Any]]) -> dict[str, Any]:
+    """Idle tasks within a ``runAt`` range that a claim may take (attempts rule, exclusions)."""
+    filters = [_is_task(), {"term": {"task.status": "idle"}}, {"range": {"task.runAt": run_at}}, attempts]
+    return {"bool": {"filter": filters, "must_not": must_not}}
 
 
 def _is_recurring() -> dict[str, Any]:
