@@ -20,7 +20,7 @@ from elastask.parts.store import TaskStore
 from elastask_bed.testbed import Testbed
 from elastask_bed.testbed.bed import TLS_CREDENTIALS, ProxyProcess
 from elastask_bed.testbed.fleet import CeleryFleet
-from tests.integration.harness import now, seed, task_count, wait_for
+from tests.integration.harness import assert_no_violations, now, seed, task_count, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -51,6 +51,8 @@ def check(env: dict[str, str]) -> dict[str, str]:
         elif current:
             rows[current] += "\n" + line
     rows["exit"] = str(result.returncode)
+    secrets = [v for k, v in TLS_CREDENTIALS.items() if "password" in k or "key" in k]
+    assert not any(secret in result.stdout + result.stderr for secret in secrets), "a secret was printed"
     return rows
 
 
@@ -78,7 +80,9 @@ def test_a_program_that_knows_only_the_exported_variables_reaches_every_part(
         wait_for(lambda: task_count(store.client) == 0, 90, "20 tasks run over TLS")
     finally:
         fleet.stop()
-    assert tls_bed.simulator.stats()["totals"]["runs_finished"] == 20
+    stats = tls_bed.simulator.stats()
+    assert stats["totals"]["runs_finished"] == 20 and stats["totals"]["runs_started"] == 20  # each once
+    assert_no_violations(stats)  # cap held, no overlapping run
 
 
 def test_an_api_key_works_as_elasticsearch_takes_it(tls_bed: Testbed) -> None:
