@@ -25,6 +25,7 @@ from typing import Any, cast
 import redis
 
 from elastask import keys
+from elastask.errors import LedgerError
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.scripts import register
 
@@ -38,6 +39,11 @@ def _ms(moment: datetime) -> int:
 def _keys(owner_id: str) -> list[str]:
     """The keys the scripts of one node take: leases, their costs, their pending marks."""
     return [keys.inflight(owner_id), keys.inflight_costs(owner_id), keys.inflight_pending(owner_id)]
+
+
+def _run_id(info: Any) -> str:
+    """``run_id`` from an ``INFO server`` answer; "unknown" from a server (or test double) without INFO."""
+    return str(info.get("run_id", "unknown")) if isinstance(info, dict) else "unknown"
 
 
 def _text(value: bytes | str) -> str:
@@ -83,9 +89,15 @@ class Ledger:
         after a flush or a restart without data; it names another server after a Sentinel failover,
         whose promoted replica may lack the last writes (replication is asynchronous).
         """
+        # One round trip: every claim cycle asks.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.LEDGER_EPOCH)
+        pipe.info("server")
         with redis_errors("reading the ledger's epoch"):
-            epoch = cast(bytes | None, self.client.get(keys.LEDGER_EPOCH))
-            return epoch is not None and _text(epoch).split("@", 1)[-1] == self._server_id()
+            epoch, info = pipe.execute(raise_on_error=False)
+        if isinstance(epoch, Exception):
+            raise LedgerError(f"Redis, reading the ledger's epoch: {epoch}")
+        return epoch is not None and _text(epoch).split("@", 1)[-1] == _run_id(info)
 
     def mark_built(self, now: datetime) -> None:
         """Record that the ledger now mirrors the engine, on this Redis server."""
@@ -95,9 +107,9 @@ class Ledger:
     def _server_id(self) -> str:
         """The Redis server's ``run_id`` (new after a restart; another one after a failover)."""
         try:
-            return str(cast(dict[str, Any], self.client.info("server")).get("run_id", "unknown"))
-        except redis.ResponseError:  # a server (or a test double) without INFO: no failover to detect
-            return "unknown"
+            return _run_id(self.client.info("server"))
+        except redis.ResponseError as e:  # a server (or a test double) without INFO
+            return _run_id(e)
 
     def start_settling(self, settle_ms: int) -> None:
         """After a rebuild: claim nothing for ``settle_ms``, then rebuild once more (see ``settled``)."""
