@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from elastask.core.documents import DEFAULT_PRIORITY, STATUSES
-from elastask.core.intervals import format_date
+from elastask.core.intervals import format_date, parse_interval_ms
 
 IN_FLIGHT_STATUSES = ("claiming", "running")
 
@@ -200,3 +200,32 @@ def counts_by_status() -> dict[str, Any]:
         "size": 0,
         "aggs": {"status": {"terms": {"field": "task.status", "size": 20}}},
     }
+
+
+#: Distinct schedule intervals the capacity estimation reads (Kibana's task types use a few dozen).
+SCHEDULE_BUCKETS = 500
+
+
+def recurring_schedules() -> dict[str, Any]:
+    """Enabled recurring tasks counted per schedule interval (for the capacity estimation's demand)."""
+    return {
+        "query": {
+            "bool": {
+                "filter": [_is_task(), _is_recurring()],
+                "must_not": [{"term": {"task.enabled": False}}, {"terms": {"task.status": ["failed", "unrecognized"]}}],
+            }
+        },
+        "size": 0,
+        "aggs": {"interval": {"terms": {"field": "task.schedule.interval", "size": SCHEDULE_BUCKETS}}},
+    }
+
+
+def recurring_per_minute(answer: Mapping[str, Any]) -> float:
+    """Runs per minute the schedules of a ``recurring_schedules`` answer ask for (unreadable intervals skipped)."""
+    total = 0.0
+    for bucket in answer.get("aggregations", {}).get("interval", {}).get("buckets", []):
+        try:
+            total += bucket["doc_count"] * 60_000 / parse_interval_ms(str(bucket["key"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return total

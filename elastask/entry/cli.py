@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from elastask.config import Settings, load_settings
+from elastask.core.capacity import describe
 from elastask.errors import ElastaskError
 
 
@@ -199,15 +200,25 @@ def status_cmd(obj: Context, as_json: bool, as_health: bool) -> None:
     if as_json:
         click.echo(dumps(data))
         return
-    click.echo(f"{'node':<40} {'ownerId':<46} {'in flight':>10} {'load':>7}  rotation")
+    window = data["capacity_estimation"].get("window_seconds", 0)
+    click.echo(
+        f"{'node':<40} {'ownerId':<46} {'in flight':>10} {'load':>7} {f'runs/min ({window}s)':>16} "
+        f"{'avg load':>9}  rotation"
+    )
     for row in data["nodes"]:
         flight = f"{row['in_flight_units']}/{row['capacity_units']}"
         rotation = "in" if row["in_rotation"] else f"out ({row['failures']} failures)"
-        click.echo(f"{row['url']:<40} {row['owner_id']:<46} {flight:>10} {row['load_percent']:>6}%  {rotation}")
+        average = "-" if row.get("average_load_percent") is None else f"{row['average_load_percent']}%"
+        click.echo(
+            f"{row['url']:<40} {row['owner_id']:<46} {flight:>10} {row['load_percent']:>6}% "
+            f"{row.get('throughput_per_minute', 0):>16} {average:>9}  {rotation}"
+        )
     for problem in data["unresolved"]:
         click.echo(f"unresolved: {problem}")
     counts = ", ".join(f"{k}={v}" for k, v in sorted(data["tasks_by_status"].items())) or "none"
     click.echo(f"tasks by status: {counts}; due now: {data['due_now']}  (in flight counted in cost units)")
+    for line in describe(data["capacity_estimation"]):
+        click.echo(line)
 
 
 @cli.group()

@@ -24,6 +24,7 @@ from elastask.loops.claim import claim_available_tasks
 from elastask.loops.dispatch import push_claimed_tasks
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
+from elastask.ops.usage import UsageRecorder
 from elastask.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ def _check_index(rt: Runtime) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 def enqueue_dispatch(batch: DispatchJob, producer: Any = None) -> None:
@@ -87,7 +92,10 @@ def claim() -> dict[str, Any]:
                 summary_counts(summary), observations=[("claim_duration_seconds", summary.duration_ms / 1000)]
             )
             metrics.claim_succeeded(now)
-        elif summary.resting:
+        if summary.ran or summary.resting:
+            # A resting loop has nothing in flight: its sample (no units) counts the quiet time too.
+            UsageRecorder(rt.redis).sample_in_flight(summary.in_flight_units, _ms(now))
+        if summary.resting:
             Metrics(rt.redis).claim_succeeded(now)  # resting after a quiet cycle is a healthy loop
         return summary.as_dict()
     except (StoreError, LedgerError) as e:
@@ -136,6 +144,9 @@ def dispatch(batch: dict[str, Any]) -> dict[str, int]:
     with bound(owner_id=claimed.owner_id):
         report = push_claimed_tasks(rt, claimed, now, rt.pushers)
     counts = report.counts()
+    accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == "accepted"]
+    units = sum(rt.settings.for_type(str(task.body.get("taskType", ""))).cost for task in accepted)
+    UsageRecorder(rt.redis).runs_started(claimed.owner_id, len(accepted), units, _ms(now))
     Metrics(rt.redis).record(
         labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
         observations=[("start_drift_seconds", drift) for drift in report.drifts_s],

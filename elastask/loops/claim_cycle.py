@@ -124,6 +124,7 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> bool:
     summary.nodes = len(cycle.available)
     cycle.view = rt.ledger.view([n.owner_id for n in nodes])
     summary.in_flight = len(cycle.view.leases)
+    summary.in_flight_units = dict(cycle.view.used_units)
     summary.step("nodes")
     return True
 

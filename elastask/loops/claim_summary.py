@@ -27,6 +27,8 @@ class ClaimSummary:
     search_full: bool = False
     #: Leases held when the cycle began (tasks Kibana may be finishing: slots about to free).
     in_flight: int = 0
+    #: Units each node held when the cycle began (the capacity estimation samples them).
+    in_flight_units: dict[str, int] = field(default_factory=dict)
     #: The earliest runAt of a later idle task, when a cycle with nothing in flight asked (ms since epoch).
     next_run_at_ms: int | None = None
     #: The cycle was skipped because the loop rests after a quiet cycle (see cadence.py).

@@ -21,6 +21,7 @@ from elastask.core.kibana_setup import SetupFinding, setup_findings
 from elastask.errors import ConflictError, ElastaskError, StoreError
 from elastask.loops.cadence import Cadence
 from elastask.loops.ledger_sync import LEASE_GRACE
+from elastask.ops.health import capacity_estimation, count_overdue
 from elastask.parts.connection_errors import explain
 from elastask.parts.store import search, search_hits
 from elastask.runtime import Runtime
@@ -257,8 +258,17 @@ def status(rt: Runtime, now: datetime) -> dict[str, Any]:
     answer = search(rt.store, queries.counts_by_status(), "counting tasks by status")
     counts = {b["key"]: b["doc_count"] for b in answer["aggregations"]["status"]["buckets"]}
     due = queries.due_tasks(now, size=0, default_max_attempts=rt.settings.max_attempts, max_attempts_by_type={})
-    overdue = rt.store.count(due["query"], "counting due tasks")
-    return {"nodes": rows, "unresolved": problems, "tasks_by_status": counts, "due_now": overdue}
+    due_now = rt.store.count(due["query"], "counting due tasks")
+    estimation = capacity_estimation(rt, now, count_overdue(rt, now))
+    for row in rows:
+        row.update(estimation["observed"]["by_node"].get(row["owner_id"], {}))
+    return {
+        "nodes": rows,
+        "unresolved": problems,
+        "tasks_by_status": counts,
+        "due_now": due_now,
+        "capacity_estimation": estimation,
+    }
 
 
 def failed_tasks(rt: Runtime, size: int = 100) -> list[dict[str, Any]]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from elastask.core import queries
+from elastask.core import capacity, queries
 from elastask.core.intervals import format_date
 from elastask.core.percentiles import percentile
 from elastask.ops.metrics import MetricsReader
+from elastask.ops.usage import UsageReader
+from elastask.parts.store import search
 from elastask.runtime import Runtime
 
 DRIFT_WARN_S = 60.0
@@ -46,6 +48,23 @@ def count_overdue(rt: Runtime, now: datetime) -> int:
         max_attempts_by_type={},
     )
     return rt.store.count(body["query"], "counting overdue tasks")
+
+
+def capacity_estimation(rt: Runtime, now: datetime, overdue: int | None) -> dict[str, Any]:
+    """Throughput, nodes needed and minutes to drain, estimated from the last minutes (see core/capacity.py).
+
+    Raises StoreError or RedisError when a dependency cannot be read.
+    """
+    nodes, _ = rt.nodes.resolve()
+    window = UsageReader(rt.redis).window(int(now.timestamp() * 1000))
+    answer = search(rt.store, queries.recurring_schedules(), "counting recurring tasks by schedule")
+    observed = capacity.Observed(
+        window_s=window.sampled_ms / 1000,
+        nodes=capacity.node_usages({n.owner_id: n.capacity_units for n in nodes}, window.by_owner),
+        overdue=overdue,
+        recurring_per_minute=queries.recurring_per_minute(answer),
+    )
+    return capacity.estimate(observed, rt.settings.polling_interval_ms / 1000)
 
 
 def health(rt: Runtime, now: datetime) -> dict[str, Any]:
@@ -99,6 +118,10 @@ def health(rt: Runtime, now: datetime) -> dict[str, Any]:
     except Exception as e:  # the engine is down or refuses
         report["overdue"] = None
         reasons.append(("error", f"the search engine cannot be read: {type(e).__name__}"))
+    try:
+        report["capacity_estimation"] = capacity_estimation(rt, now, report["overdue"])
+    except Exception as e:  # an estimate is never worth failing the report for
+        report["capacity_estimation"] = {"estimate": True, "error": f"{type(e).__name__}: {e}"}
     levels = {level for level, _ in reasons}
     report["status"] = "error" if "error" in levels else "warn" if "warn" in levels else "OK"
     report["reasons"] = [text for _, text in reasons]

@@ -18,7 +18,7 @@ Redis lost it), the settling pause after a rebuild, and how often it is reconcil
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -67,6 +67,8 @@ class LeaseView:
 
     now_ms: int
     leases: list[Lease]
+    #: Units each node holds (expired leases not yet pruned included): for usage metrics.
+    used_units: dict[str, int] = field(default_factory=dict)
 
 
 class Ledger:
@@ -200,17 +202,18 @@ class Ledger:
         """Every lease held on these nodes, with Redis's clock at the moment they were read."""
         if not owner_ids:
             return LeaseView(self.now_ms(), [])
-        key_list = [k for owner in owner_ids for k in (keys.inflight(owner), keys.inflight_pending(owner))]
+        key_list = [k for owner in owner_ids for k in _keys(owner)]
         with redis_errors("reading the leases"):
             answer = self._leases(keys=key_list, args=[])
         now_ms, rest = int(answer[0]), answer[1:]
-        leases = []
-        for owner, members, pending in zip(owner_ids, rest[::2], rest[1::2], strict=True):
+        leases, used = [], {}
+        for owner, members, pending, units in zip(owner_ids, rest[::3], rest[1::3], rest[2::3], strict=True):
             since = {_text(pending[i]): int(pending[i + 1]) for i in range(0, len(pending), 2)}
             for i in range(0, len(members), 2):
                 task_id = _text(members[i])
                 leases.append(Lease(task_id, owner, int(float(members[i + 1])), since.get(task_id)))
-        return LeaseView(now_ms, leases)
+            used[owner] = int(units)
+        return LeaseView(now_ms, leases, used)
 
     def leases(self, owner_ids: Sequence[str]) -> list[Lease]:
         """Every lease held on these nodes."""

@@ -95,6 +95,21 @@ def test_metrics_and_health_agree_with_the_simulator_while_tasks_run(
     )
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["claimed_total"] == 150
+    # The capacity estimation read the window the loops recorded: every node ran, slots held for about
+    # a run (300 ms) plus the time until the outcome is seen, one node of 20 units would have done.
+    estimate = report["capacity_estimation"]
+    assert estimate["estimate"] is True and estimate["window_seconds"] > 0, estimate
+    assert all(row["throughput_per_minute"] > 0 for row in estimate["observed"]["by_node"].values()), estimate
+    assert 0.25 < estimate["observed"]["mean_hold_seconds"] < 5, estimate
+    runs_seen = estimate["observed"]["throughput_per_minute"] * estimate["window_seconds"] / 60
+    assert 120 <= runs_seen <= 180, estimate  # the 150 runs (the window is rounded to the second)
+    assert estimate["proposed"]["nodes_needed"] >= 1 and estimate["proposed"]["minutes_to_drain_overdue"] == 0
+    text = subprocess.run(
+        [sys.executable, "-m", "elastask", "status"], capture_output=True, text=True, env=dispatcher.env, timeout=60
+    )
+    assert text.returncode == 0, text.stderr
+    assert "capacity estimation (last" in text.stdout and "nodes needed:" in text.stdout, text.stdout
+    assert "None" not in text.stdout, text.stdout
 
 
 def test_secrets_never_appear_in_logs_metrics_or_job_arguments(

@@ -54,7 +54,12 @@ class StubEngine:
             {"_id": d, "_seq_no": self.docs[d]["_seq_no"], "_primary_term": 1, "_source": self.docs[d]["_source"]}
             for d in matches[: body.get("size", 10)]
         ]
-        return Answer(hits={"hits": hits})
+        aggregations = {
+            name: {"buckets": _terms_buckets([self.docs[d]["_source"] for d in matches], agg["terms"]["field"])}
+            for name, agg in body.get("aggs", {}).items()
+            if "terms" in agg
+        }
+        return Answer(hits={"hits": hits}, aggregations=aggregations)
 
     def put(self, doc_id: str, source: dict[str, Any]) -> int:
         """Index a document (a new version); returns its seq_no."""
@@ -108,6 +113,16 @@ class ScriptedKibana(KibanaClient):
     def push(self, node: KibanaNode, body: Mapping[str, Any]) -> PushResult:
         self.pushed.append(body)
         return self.answer(body)
+
+
+def _terms_buckets(sources: Sequence[Mapping[str, Any]], path: str) -> list[dict[str, Any]]:
+    """A ``terms`` aggregation's buckets over the matching documents, most frequent first."""
+    counts: dict[Any, int] = {}
+    for source in sources:
+        value = _field(source, path)
+        if value is not None:
+            counts[value] = counts.get(value, 0) + 1
+    return [{"key": k, "doc_count": n} for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
 def _field(source: Mapping[str, Any], path: str) -> Any:
