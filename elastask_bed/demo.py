@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -80,6 +81,7 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
         seeded = seed_demo_tasks(es, datetime.now(UTC), 100, "init")
         started = last_seed = time.monotonic()
         previous_claimed, previous_at, batch = 0, started, 0
+        screen = LiveScreen(redraw=sys.stdout.isatty() and not as_json)
         while duration_s is None or time.monotonic() - started < duration_s:
             time.sleep(1)
             now_mono = time.monotonic()
@@ -92,7 +94,7 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
             previous_claimed, previous_at = view["claimed_total"], now_mono
             view["claimed_per_s"] = round(rate, 1)
             view["seeded"] = seeded
-            echo(json.dumps(view) if as_json else render(view, redraw=sys.stdout.isatty()))
+            echo(json.dumps(view) if as_json else screen.frame(render(view)))
     except KeyboardInterrupt:
         echo("elastask demo: stopping")
     finally:
@@ -135,9 +137,9 @@ def live_view(rt: Any, bed: Testbed, settings: Any) -> dict[str, Any]:
     }
 
 
-def render(view: dict[str, Any], *, redraw: bool = True) -> str:
-    """The live view as a small table; ``redraw``: clear the terminal first (off when not on a terminal)."""
-    lines = [f"{CLEAR if redraw else ''}{view['at']}  status {view['status']}"]
+def render(view: dict[str, Any]) -> list[str]:
+    """The live view as the lines of a small table."""
+    lines = [f"{view['at']}  status {view['status']}"]
     lines.append(f"{'Kibana node':<48} {'in flight':>10} {'pushed':>8} {'failures':>9}")
     for node in view["nodes"]:
         lines.append(
@@ -146,16 +148,39 @@ def render(view: dict[str, Any], *, redraw: bool = True) -> str:
         )
     drift = view.get("drift_ms") or {}
     lines.append(
-        f"due {view['due']}  overdue {view['overdue']}  claimed/s {view['claimed_per_s']}  "
-        f"drift p50 {_ms(drift.get('p50'))}  p99 {_ms(drift.get('p99'))}   (Ctrl-C stops everything)"
+        f"due {view['due']}  overdue {_count(view['overdue'])}  claimed/s {view['claimed_per_s']}  "
+        f"drift p50 {_ms(drift.get('p50'))}  p99 {_ms(drift.get('p99'))}"
     )
-    return "\n".join(lines)
+    lines.append("(Ctrl-C stops everything)")
+    return lines
 
 
-#: Clear the terminal and go home: the live view redraws in place.
-CLEAR = "\x1b[2J\x1b[H"
+class LiveScreen:
+    """Draws each frame over the previous one on a terminal (the lines above it stay); plain lines otherwise.
+
+    Lines are cut to the terminal's width: a wrapped line would throw off the count of lines to go back.
+    """
+
+    def __init__(self, *, redraw: bool) -> None:
+        self.redraw = redraw
+        self.height = 0
+
+    def frame(self, lines: list[str]) -> str:
+        """The text to print (with its trailing newline added by the caller) for this frame."""
+        if not self.redraw:
+            return "\n".join(lines)
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        up = f"\r\x1b[{self.height}A" if self.height else ""  # back to the first line of the last frame
+        self.height = len(lines)
+        # Each line erases what is left of the old one; the last code erases old lines below.
+        return up + "\n".join(f"{line[:width]}\x1b[K" for line in lines) + "\x1b[J"
 
 
 def _ms(value: Any) -> str:
     """A duration for a person: '-' before the first run, never 'None'."""
     return "-" if value is None else f"{float(value):,.0f} ms"
+
+
+def _count(value: Any) -> str:
+    """A count for a person: '-' when it could not be read, never 'None'."""
+    return "-" if value is None else str(value)

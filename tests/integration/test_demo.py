@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+#: The live view's table header.
+HEADER = re.compile(r"^Kibana node +in flight +pushed +failures", re.MULTILINE)
 
 
 def test_the_demo_runs_and_its_live_view_adds_up() -> None:
@@ -36,3 +42,32 @@ def test_the_demo_runs_and_its_live_view_adds_up() -> None:
     assert all(node["in_flight_runs"] <= node["capacity"] for view in views for node in view["nodes"])
     assert last["status"] in ("OK", "warn") and last["drift_ms"]["p50"] is not None
     assert [v["claimed_total"] for v in views] == sorted(v["claimed_total"] for v in views)
+
+
+def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
+    # Given the demo on a real terminal (a tmux pane 160 x 40, its own tmux server and environment).
+    socket = f"elastask-test-{os.getpid()}"
+    tmux = ["tmux", "-L", socket]
+    command = f"{shlex.quote(sys.executable)} -m elastask demo --kibana-nodes 2 --duration 40; sleep 120"
+    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color"}
+    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "40", command], env=env, check=True)
+    try:
+        screens: dict[str, str] = {}  # the view's timestamp -> the pane as shown then
+        deadline = time.monotonic() + 200
+        while len(screens) < 3 and time.monotonic() < deadline:
+            pane = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
+            stamp = re.search(r"^(\S+)  status ", pane, re.MULTILINE)
+            if stamp and "Ctrl-C stops everything" in pane:  # a whole frame
+                screens[stamp.group(1)] = pane
+            time.sleep(0.3)
+        # Then: frame after frame, the pane shows one view, with the lines printed before it kept above it.
+        assert len(screens) >= 3, f"fewer than 3 frames seen: {list(screens)}"
+        for pane in screens.values():
+            assert len(HEADER.findall(pane)) == 1, pane
+            assert pane.index("Flower:  http://127.0.0.1:") < pane.index("in flight   pushed"), pane
+            assert "None" not in pane, pane
+        # And the view was redrawn over itself, never scrolled: the pane's whole history holds one.
+        history = subprocess.run([*tmux, "capture-pane", "-p", "-S", "-"], capture_output=True, text=True).stdout
+        assert len(HEADER.findall(history)) == 1, history[-3000:]
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
