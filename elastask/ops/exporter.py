@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from elastask.errors import StoreError
-from elastask.ops.health import count_overdue, health
+from elastask.ops.health import capacity_estimation, count_overdue, health
 from elastask.ops.metrics import MetricsReader, parse_counter_field
 from elastask.runtime import Runtime
 
@@ -105,14 +105,36 @@ class ElastaskCollector:
         except redis.RedisError:
             up.add_metric(["redis"], 0)
         try:
-            overdue = count_overdue(self.rt, datetime.now(UTC))
+            now = datetime.now(UTC)
+            overdue = count_overdue(self.rt, now)
             up.add_metric(["elasticsearch"], 1)
             yield GaugeMetricFamily(
                 "elastask_tasks_overdue", "Tasks due for longer than max(60 s, 10 x polling_interval).", value=overdue
             )
+            yield from self.capacity(now, overdue)
         except StoreError:
             up.add_metric(["elasticsearch"], 0)
         yield up
+
+    def capacity(self, now: datetime, overdue: int) -> Iterator[Metric]:
+        """The capacity estimation's figures, when the window had runs to estimate from (see core/capacity.py)."""
+        try:
+            section = capacity_estimation(self.rt, now, overdue)
+        except (StoreError, redis.RedisError):
+            return
+        proposed, observed = section["proposed"], section["observed"]
+        if proposed.get("nodes_needed") is not None:
+            yield GaugeMetricFamily(
+                "elastask_capacity_nodes_needed",
+                "Estimate: Kibana nodes that keep the wait for a slot under polling_interval (last 5 minutes).",
+                value=proposed["nodes_needed"],
+            )
+        if observed.get("mean_hold_seconds") is not None:
+            yield GaugeMetricFamily(
+                "elastask_capacity_mean_hold_seconds",
+                "Estimate: how long a run holds its slot, push to outcome seen (last 5 minutes).",
+                value=observed["mean_hold_seconds"],
+            )
 
 
 def make_handler(rt: Runtime, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:

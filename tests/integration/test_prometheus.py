@@ -112,6 +112,8 @@ def test_given_prometheus_scraping_a_running_elastask_then_every_expression_eval
             "elastask_tasks_overdue",
             "elastask_claimed_total",
             "elastask_start_drift_seconds_bucket",
+            "elastask_capacity_nodes_needed",
+            "elastask_capacity_mean_hold_seconds",
         ):
             assert api(base, "/api/v1/query", query=key)["data"]["result"], f"{key}: no data"
 
