@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -55,6 +56,10 @@ def seed_demo_tasks(es: Any, now: datetime, one_shot: int, prefix: str) -> int:
 
 def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: Callable[[str], None]) -> None:
     """Run until Ctrl-C (or ``duration_s``), printing the live view every second."""
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) stops everything too, as Ctrl-C does: the demo's
+    # servers and Celery processes must not outlive it.
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="elastask-demo-"))
     bed = Testbed(workdir / "testbed", kibana_nodes=kibana_nodes, run_ms="200-1500")
     echo(f"elastask demo: starting the test bed and {kibana_nodes} simulated Kibana nodes (logs in {workdir})")
@@ -101,6 +106,10 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
         if fleet is not None:
             fleet.stop()
         bed.stop()
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def live_view(rt: Any, bed: Testbed, settings: Any) -> dict[str, Any]:

@@ -221,6 +221,7 @@ class BenchRun:
         s = self.scenario
         nodes = stats["nodes"].values()
         drifts = [d for node in nodes for d in node.get("drifts", [])]
+        refills = [r for node in nodes for r in node.get("refills", [])]
         if self.mode == "push":
             parsed = [(int(claimed), float(ms)) for claimed, ms in _CLAIM_CYCLE.findall(logs)]
             cycles = [ms for _, ms in parsed]
@@ -253,6 +254,8 @@ class BenchRun:
             "claim_cycle_ms": _summary(cycles, (0.5, 0.99)),
             # Cycles that claimed at least one task: what a claim costs when there is work.
             "busy_claim_cycle_ms": _summary(busy, (0.5, 0.99)),
+            # A slot freed on a node (outcome written) -> the next run started there: the cost of a refill.
+            "refill_ms": _summary(refills, (0.5, 0.99)),
             "engine": {
                 "operations": engine.operations,
                 "requests": engine.requests,

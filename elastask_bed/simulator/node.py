@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import ssl
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -278,6 +279,7 @@ class SimulatedNode:
             log.error("%s: task %r started while it was already running (overlapping run)", self.name, task_id)
         shared.running[task_id] += 1
         self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping)
+        self.stats.slot_filled(time.monotonic())
         try:
             failed = not await self._execute(task_id, str(body.get("taskType")))
         finally:
@@ -288,12 +290,14 @@ class SimulatedNode:
             self.stats.run_ended(failed=failed)
             if not failed:
                 await self.write_outcome(body, received)
+            self.stats.slot_freed(time.monotonic())  # a dispatcher can see the slot free from now on
             return
         try:
             if not failed:
                 await outcome(body)
         finally:
             self.stats.run_ended(failed=failed)
+            self.stats.slot_freed(time.monotonic())
 
     async def _execute(self, task_id: str, task_type: str) -> bool:
         """The run itself; False when it ended without an outcome (hung and cancelled, or failed)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,18 @@ class NodeStats:
     drift_ms: list[float] = field(default_factory=list)
     claim_cycles_ms: list[float] = field(default_factory=list)  # pull mode
     busy_claim_cycles_ms: list[float] = field(default_factory=list)  # pull mode: cycles that claimed a task
+    #: Refill latency: a slot freed (the run's outcome written, or the run failed) -> the next run started.
+    refill_ms: list[float] = field(default_factory=list)
+    _freed_at: deque[float] = field(default_factory=deque)
+
+    def slot_freed(self, now_s: float) -> None:
+        """A run's slot came free (monotonic seconds): the next run to start on this node refills it."""
+        self._freed_at.append(now_s)
+
+    def slot_filled(self, now_s: float) -> None:
+        """A run started (monotonic seconds): it refills the oldest freed slot, if any."""
+        if self._freed_at:
+            self.refill_ms.append((now_s - self._freed_at.popleft()) * 1000)
 
     def run_started(self, drift_ms: float | None, overlapping: bool) -> None:
         """A run began; ``overlapping`` when the same task was already running anywhere."""
@@ -56,7 +69,7 @@ class NodeStats:
 
     def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
         """The counters as JSON, with drift percentiles."""
-        skip = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms")
+        skip = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms", "refill_ms", "_freed_at")
         data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key not in skip}
         data["outcomes_pending"] = self.outcomes_pending
         cycles = self.claim_cycles_ms
@@ -73,7 +86,10 @@ class NodeStats:
             "p99": percentile(drifts, 0.99),
             "max": max(drifts) if drifts else None,
         }
+        refills = self.refill_ms
+        data["refill_ms"] = {"count": len(refills), "p50": percentile(refills, 0.50), "p99": percentile(refills, 0.99)}
         if with_drifts:
+            data["refills"] = list(refills)
             data["drifts"] = list(drifts)
             data["claim_cycles"] = list(cycles)
             data["busy_claim_cycles"] = list(self.busy_claim_cycles_ms)

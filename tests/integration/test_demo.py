@@ -69,5 +69,45 @@ def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
         # And the view was redrawn over itself, never scrolled: the pane's whole history holds one.
         history = subprocess.run([*tmux, "capture-pane", "-p", "-S", "-"], capture_output=True, text=True).stdout
         assert len(HEADER.findall(history)) == 1, history[-3000:]
+        # And Ctrl-C stops the demo and everything it started (servers, worker, beat, Flower, exporter).
+        workdir = re.search(r"logs in (\S+?)\)", history)
+        assert workdir, history[:500]
+        subprocess.run([*tmux, "send-keys", "C-c"], check=True)
+        wait_until_gone(workdir.group(1), 90)
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def wait_until_gone(marker: str, timeout_s: float) -> None:
+    """Wait until no process has ``marker`` in its command line (the demo's work directory)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = subprocess.run(["pgrep", "-f", "-a", marker], capture_output=True, text=True).stdout.strip()
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"still running after the demo stopped:\n{left}"
+        time.sleep(1)
+
+
+def test_a_closed_terminal_stops_the_demo_and_everything_it_started() -> None:
+    # Given the demo in a tmux pane; when the terminal goes away (tmux kills the pane: SIGHUP).
+    socket = f"elastask-test-hup-{os.getpid()}"
+    tmux = ["tmux", "-L", socket]
+    command = f"{shlex.quote(sys.executable)} -m elastask demo --kibana-nodes 1 --duration 120"
+    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color"}
+    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "40", command], env=env, check=True)
+    try:
+        deadline = time.monotonic() + 200
+        workdir = None
+        while time.monotonic() < deadline:
+            pane = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
+            found = re.search(r"logs in (\S+?)\)", pane)
+            if found and HEADER.search(pane):
+                workdir = found.group(1)
+                break
+            time.sleep(0.5)
+        assert workdir, "the demo never showed its live view"
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    # Then nothing it started is left running.
+    wait_until_gone(workdir, 90)
