@@ -9,6 +9,8 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +51,8 @@ def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
     socket = f"elastask-test-{os.getpid()}"
     tmux = ["tmux", "-L", socket]
     command = f"{shlex.quote(sys.executable)} -m elastask demo --kibana-nodes 2 --duration 40; sleep 120"
-    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color"}
+    marker = f"ELASTASK_DEMO_TEST={uuid.uuid4()}"
+    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color", **dict([marker.split("=", 1)])}
     subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "40", command], env=env, check=True)
     try:
         screens: dict[str, str] = {}  # the view's timestamp -> the pane as shown then
@@ -70,22 +73,38 @@ def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
         history = subprocess.run([*tmux, "capture-pane", "-p", "-S", "-"], capture_output=True, text=True).stdout
         assert len(HEADER.findall(history)) == 1, history[-3000:]
         # And Ctrl-C stops the demo and everything it started (servers, worker, beat, Flower, exporter).
-        workdir = re.search(r"logs in (\S+?)\)", history)
-        assert workdir, history[:500]
+        assert demo_processes(marker), "the marker does not reach the demo's processes"
         subprocess.run([*tmux, "send-keys", "C-c"], check=True)
-        wait_until_gone(workdir.group(1), 90)
+        wait_until_gone(marker, 90)
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
 
 
+def demo_processes(marker: str) -> list[str]:
+    """Processes (not the terminal's tmux, shell or sleep) whose environment holds ``marker``.
+
+    Everything the demo starts inherits its environment, so this finds orphans too, whatever
+    their command line.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if marker.encode() in environ.split(b"\0") and not comm.startswith(("tmux", "sleep", "sh", "bash")):
+            found.append(f"{entry.name} {comm}")
+    return found
+
+
 def wait_until_gone(marker: str, timeout_s: float) -> None:
-    """Wait until no process has ``marker`` in its command line (the demo's work directory)."""
+    """Wait until no process started by the demo is left."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        left = subprocess.run(["pgrep", "-f", "-a", marker], capture_output=True, text=True).stdout.strip()
-        if not left:
-            return
-        assert time.monotonic() < deadline, f"still running after the demo stopped:\n{left}"
+    while left := demo_processes(marker):
+        assert time.monotonic() < deadline, f"still running after the demo stopped: {left}"
         time.sleep(1)
 
 
@@ -94,7 +113,8 @@ def test_a_closed_terminal_stops_the_demo_and_everything_it_started() -> None:
     socket = f"elastask-test-hup-{os.getpid()}"
     tmux = ["tmux", "-L", socket]
     command = f"{shlex.quote(sys.executable)} -m elastask demo --kibana-nodes 1 --duration 120"
-    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color"}
+    marker = f"ELASTASK_DEMO_TEST={uuid.uuid4()}"
+    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color", **dict([marker.split("=", 1)])}
     subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "40", command], env=env, check=True)
     try:
         deadline = time.monotonic() + 200
@@ -107,7 +127,8 @@ def test_a_closed_terminal_stops_the_demo_and_everything_it_started() -> None:
                 break
             time.sleep(0.5)
         assert workdir, "the demo never showed its live view"
+        assert demo_processes(marker), "the marker does not reach the demo's processes"
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
     # Then nothing it started is left running.
-    wait_until_gone(workdir, 90)
+    wait_until_gone(marker, 90)
