@@ -20,6 +20,9 @@ CLAIM_FOLLOW_UP = PREFIX + "claim:follow-up"
 NODE_IDS = PREFIX + "nodes:owner_ids"
 #: Sorted set of malformed documents to leave out of claims for a while (score: until when, ms).
 MALFORMED = PREFIX + "malformed"
+#: Sorted set of tasks whose slot reconcile freed because Kibana finished them (score: when, ms on
+#: Redis's clock): the near-real-time search still shows them as due until the index refreshes.
+LEDGER_FINISHED = PREFIX + "ledger:finished"
 #: Present for a second after the claim loop reconciled the ledger with the engine.
 RECONCILED = PREFIX + "ledger:reconciled"
 #: Present while the last audit of unclaimable documents is recent (expires when the next one is due).

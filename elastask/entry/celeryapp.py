@@ -92,6 +92,22 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     }
 
 
+_worker_processes: int | None = None
+
+
+@signals.worker_init.connect
+def _remember_pool_size(sender: Any = None, **_kwargs: Any) -> None:
+    # In the worker's main process, before the pool forks: its children inherit the number.
+    global _worker_processes
+    concurrency = getattr(sender, "concurrency", None)
+    _worker_processes = concurrency if isinstance(concurrency, int) else None
+
+
+def worker_processes() -> int | None:
+    """The pool size of the worker this process belongs to (None outside a worker, or unknown)."""
+    return _worker_processes
+
+
 @signals.after_setup_logger.connect
 def _setup_logging(logger: Any, **_kwargs: Any) -> None:
     from elastask import logs

@@ -16,11 +16,12 @@ from typing import Any
 from elastask import keys
 from elastask.core.intervals import parse_date
 from elastask.core.messages import DispatchJob
-from elastask.entry.celeryapp import get_app
+from elastask.entry.celeryapp import get_app, worker_processes
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.claim import claim_available_tasks
+from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.dispatch import push_claimed_tasks
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
@@ -77,30 +78,46 @@ def enqueue_dispatch(batch: DispatchJob, producer: Any = None) -> None:
 
 @app.task(name="elastask.claim", ignore_result=True)
 def claim() -> dict[str, Any]:
-    """One claim cycle."""
+    """One claim cycle, and a refill session while a backlog waits (see loops/claim.py)."""
     now = _now()
     try:
         rt = runtime()
         # One producer (one broker connection) for every job this cycle enqueues.
         with app.producer_or_acquire() as producer:
-            summary = claim_available_tasks(rt, now, lambda job: enqueue_dispatch(job, producer))
+            summary = claim_available_tasks(
+                rt,
+                now,
+                lambda job: enqueue_dispatch(job, producer),
+                lambda cycle: record_cycle(rt, cycle),
+                sessions=sessions_allowed(),
+            )
         if summary.ran and summary.backlog:
             follow_up(rt)
-        if summary.ran:
-            metrics = Metrics(rt.redis)
-            metrics.record(
-                summary_counts(summary), observations=[("claim_duration_seconds", summary.duration_ms / 1000)]
-            )
-            metrics.claim_succeeded(now)
-        if summary.ran or summary.resting:
-            # A resting loop has nothing in flight: its sample (no units) counts the quiet time too.
-            UsageRecorder(rt.redis).sample_in_flight(summary.in_flight_units, _ms(now))
         if summary.resting:
             Metrics(rt.redis).claim_succeeded(now)  # resting after a quiet cycle is a healthy loop
+            UsageRecorder(rt.redis).sample_in_flight({}, _ms(now))  # quiet time counts in the usage window
         return summary.as_dict()
     except (StoreError, LedgerError) as e:
         log.error("claim cycle failed, next one in %d ms: %s", app.conf.elastask_settings.polling_interval_ms, e)
         return {"ran": False, "error": str(e)}
+
+
+def record_cycle(rt: Runtime, summary: ClaimSummary) -> None:
+    """Metrics of one cycle (one that searched; a session's look only marks the loop alive)."""
+    now = _now()
+    metrics = Metrics(rt.redis)
+    if summary.searched:
+        metrics.record(summary_counts(summary), observations=[("claim_duration_seconds", summary.duration_ms / 1000)])
+    if summary.ran:
+        metrics.claim_succeeded(now)
+        # A resting loop has nothing in flight: its sample (no units) counts the quiet time too.
+        UsageRecorder(rt.redis).sample_in_flight(summary.in_flight_units, _ms(now))
+
+
+def sessions_allowed() -> bool:
+    """Refill sessions hold a worker process for seconds: only where the dispatch jobs have another one."""
+    processes = worker_processes()
+    return processes is None or processes >= 2
 
 
 def follow_up(rt: Runtime) -> None:
@@ -143,6 +160,16 @@ def dispatch(batch: dict[str, Any]) -> dict[str, int]:
     rt, claimed, now = runtime(), DispatchJob.from_dict(batch), _now()
     with bound(owner_id=claimed.owner_id):
         report = push_claimed_tasks(rt, claimed, now, rt.pushers)
+    if claimed.tasks and log.isEnabledFor(logging.DEBUG):
+        started_at = claimed.tasks[0].body.get("startedAt")
+        waited_ms = (now - parse_date(started_at)).total_seconds() * 1000 if started_at else -1
+        log.debug(
+            "dispatch job for %s: %d task(s), started %.0f ms after the claim, pushed in %.0f ms",
+            claimed.owner_id,
+            len(claimed.tasks),
+            waited_ms,
+            (_now() - now).total_seconds() * 1000,
+        )
     counts = report.counts()
     accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == "accepted"]
     units = sum(rt.settings.for_type(str(task.body.get("taskType", ""))).cost for task in accepted)

@@ -32,28 +32,91 @@ from elastask.core.messages import DispatchJob
 from elastask.loops.cadence import Cadence, rest_until
 from elastask.loops.claim_cycle import claim_lock_ttl_ms, lookahead_ms, run_claim_cycle
 from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.refill import RefillSession
 from elastask.parts.locks import exclusive
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], None]) -> ClaimSummary:
-    """One claim cycle (see the module docstring); a cycle already running elsewhere makes this a no-op."""
-    started = time.monotonic()
+#: A refill session ends after this long (beat's next tick starts another: the lock changes hands
+#: and a worker process is not held for ever).
+SESSION_MAX_MS = 10_000
+#: In a session, record "a claim cycle finished" (health's freshness) at most this often.
+SESSION_MARK_MS = 1_000
+
+
+def claim_available_tasks(
+    rt: Runtime,
+    now: datetime,
+    enqueue: Callable[[DispatchJob], None],
+    on_cycle: Callable[[ClaimSummary], None] = lambda _s: None,
+    *,
+    sessions: bool = True,
+) -> ClaimSummary:
+    """One claim cycle (see the module docstring), and a refill session while a backlog waits.
+
+    A cycle already running elsewhere makes this a no-op. ``on_cycle`` is called with every cycle
+    that searched (and with the session's looks at most once a second, for health). ``sessions``:
+    False where the session would hold the only worker process the dispatch jobs have.
+    Returns the last cycle's summary.
+    """
     cadence = Cadence(rt.redis)
     if cadence.resting():
         return ClaimSummary(ran=False, resting=True)
     with exclusive(rt.redis, keys.CLAIM_LOCK, claim_lock_ttl_ms(rt.settings)) as lock:
         if not lock.taken:
             return ClaimSummary(ran=False)
-        summary = run_claim_cycle(rt, now, enqueue, lock.held)
+        session = RefillSession(_monotonic_ms(), max_wait_ms=rt.settings.busy_polling_interval_ms)
+        summary = _timed(lambda: run_claim_cycle(rt, now, enqueue, lock.held, session))
+        on_cycle(summary)
         if _quiet(summary):
             cadence.rest(now, _rest_until(rt.settings, summary, now))
+        elif summary.backlog and sessions and _sessions_on(rt.settings):
+            summary = _refill(rt, enqueue, lock.held, session, summary, on_cycle)
+    return summary
+
+
+def _sessions_on(settings: Settings) -> bool:
+    """A busy_polling_interval at or above polling_interval turns busy refills (and sessions) off."""
+    return settings.busy_polling_interval_ms < settings.polling_interval_ms
+
+
+def _refill(
+    rt: Runtime,
+    enqueue: Callable[[DispatchJob], None],
+    held: Callable[[], bool],
+    session: RefillSession,
+    last: ClaimSummary,
+    on_cycle: Callable[[ClaimSummary], None],
+) -> ClaimSummary:
+    """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
+    session.refilling = True
+    marked = _monotonic_ms()
+    while held() and _monotonic_ms() - session.started_ms < SESSION_MAX_MS:
+        time.sleep(session.wait_ms(_monotonic_ms()) / 1000)
+        summary = _timed(lambda: run_claim_cycle(rt, datetime.now(UTC), enqueue, held, session))
+        if not summary.ran:
+            break
+        if summary.searched or _monotonic_ms() - marked >= SESSION_MARK_MS:
+            on_cycle(summary)
+            marked = _monotonic_ms()
+        if summary.searched:
+            last = summary
+            if not summary.backlog:
+                break  # every due task found a slot: back to the beat's cadence
+    return last
+
+
+def _timed(cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
+    """Run one cycle, time it, and log its line (a session's look that did not search logs at debug)."""
+    started = time.monotonic()
+    summary = cycle()
     summary.duration_ms = (time.monotonic() - started) * 1000
     per_node = " ".join(f"{owner}={left}" for owner, left in summary.capacity_left.items())
     steps = ",".join(f"{name}:{ms:.0f}" for name, ms in summary.steps_ms.items() if ms >= 1)
-    log.info(
+    log.log(
+        logging.INFO if summary.searched or not summary.ran or summary.ledger_rebuilt >= 0 else logging.DEBUG,
         "claim cycle: found=%d claimed=%d conflicts=%d stale=%d missing=%d skipped(malformed)=%d released=%d "
         "nodes=%d duration=%.0fms (%s) capacity_left(units) %s",
         summary.found,
@@ -69,6 +132,10 @@ def claim_available_tasks(rt: Runtime, now: datetime, enqueue: Callable[[Dispatc
         per_node or "-",
     )
     return summary
+
+
+def _monotonic_ms() -> float:
+    return time.monotonic() * 1000
 
 
 def _quiet(summary: ClaimSummary) -> bool:

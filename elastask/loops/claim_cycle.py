@@ -8,6 +8,7 @@ Slightly longer than most modules: the steps read best in the order they run, in
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from elastask.errors import DocumentError
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.ledger_sync import LEASE_GRACE, ready_to_claim, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
+from elastask.loops.refill import RefillSession
 from elastask.parts.ledger import LeaseView
 from elastask.parts.nodes import Node
 from elastask.parts.store import bulk_update_tasks, mget_sources, search
@@ -90,15 +92,31 @@ class _Cycle:
 
 
 def run_claim_cycle(
-    rt: Runtime, now: datetime, enqueue: Callable[[DispatchJob], None], fence: Callable[[], bool] = lambda: True
+    rt: Runtime,
+    now: datetime,
+    enqueue: Callable[[DispatchJob], None],
+    fence: Callable[[], bool] = lambda: True,
+    refill: RefillSession | None = None,
 ) -> ClaimSummary:
-    """The steps of the module docstring, in order; a step with nothing left to do ends the cycle."""
+    """The steps of the module docstring, in order; a step with nothing left to do ends the cycle.
+
+    ``refill``: a refill session (refill.py) learns what this cycle claimed; once it is refilling,
+    the cycle first reads only the leases likely finished and searches only when a slot is free.
+    """
     cycle = _Cycle(rt, now)
     if not _learn_nodes_and_ledger(cycle):
         return cycle.summary
-    _search_due(cycle)
-    if not _make_room(cycle):
-        return cycle.summary
+    if refill is not None and refill.refilling:
+        if not _refill_room(cycle, refill):
+            return cycle.summary
+        _search_due(cycle)
+        cycle.summary.found = len(cycle.hits)
+        if not cycle.hits:
+            return cycle.summary
+    else:
+        _search_due(cycle)
+        if not _make_room(cycle):
+            return cycle.summary
     candidates = _verify(cycle)
     assignments = policy.assign(candidates, {o: max(0, f) for o, f in cycle.free.items()}, cycle.cost_of)
     to_claim = _reserve(cycle, assignments)
@@ -107,6 +125,8 @@ def run_claim_cycle(
         _abandon(cycle, to_claim)
         return cycle.summary
     claimed = _write_claims(cycle, to_claim)
+    if refill is not None:
+        refill.claimed(((a.task.id, a.task.task_type) for a, _ in claimed), _monotonic_ms())
     _enqueue(cycle, claimed, enqueue)
     return cycle.summary
 
@@ -141,7 +161,12 @@ def _search_due(cycle: _Cycle) -> None:
         size=min(settings.claim_batch_size, sum(n.capacity_units for n in cycle.available) // cycle.cheapest),
         default_max_attempts=settings.max_attempts,
         max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
-        exclude_ids={*quarantined(rt.redis, now), *(lease.task_id for lease in leases)},
+        # ... and so can a task Kibana finished a moment ago (deleted, or rescheduled): left out too.
+        exclude_ids={
+            *quarantined(rt.redis, now),
+            *(lease.task_id for lease in leases),
+            *cycle.view.recently_finished,
+        },
         # Nothing in flight: this cycle may turn out quiet; learn how long the loop may then rest.
         next_run_after=None if leases else now + lookahead,
     )
@@ -150,6 +175,7 @@ def _search_due(cycle: _Cycle) -> None:
     cycle.summary.waiting = len(cycle.hits)
     cycle.summary.search_full = bool(cycle.hits) and len(cycle.hits) >= body["size"]
     cycle.summary.next_run_at_ms = queries.next_run_at_ms(answer)
+    cycle.summary.searched = True
     cycle.summary.step("search")
 
 
@@ -178,6 +204,33 @@ def _make_room(cycle: _Cycle) -> bool:
     room = sum(max(0, units) for units in cycle.free.values())
     summary.found = len(cycle.hits) if room > 0 else 0
     return room > 0 and bool(cycle.hits)
+
+
+def _refill_room(cycle: _Cycle, refill: RefillSession) -> bool:
+    """3'. In a refill session: read only the leases likely finished; True when a slot is free.
+
+    No slot free: the cycle ends before its search (the common case between two completions).
+    """
+    rt, summary = cycle.rt, cycle.summary
+    lease_ids = {lease.task_id for lease in cycle.view.leases}
+    refill.forget(lease_ids)
+    due = refill.due_for_check(lease_ids, _monotonic_ms())
+    used = dict(cycle.view.used_units)
+    if due:
+        cycle.held, summary.released = reconcile_ledger(rt, cycle.view, pending_max_ms(cycle.settings), only=due)
+        refill.checked(due, cycle.held, _monotonic_ms())
+        if summary.released:
+            used = rt.ledger.used_units([n.owner_id for n in cycle.available])
+    else:
+        cycle.held = lease_ids
+    cycle.free = {n.owner_id: n.capacity_units - used.get(n.owner_id, 0) for n in cycle.available}
+    summary.capacity_left = dict(cycle.free)
+    summary.step("reconcile")
+    return any(free >= cycle.cheapest for free in cycle.free.values())
+
+
+def _monotonic_ms() -> float:
+    return time.monotonic() * 1000
 
 
 def _verify(cycle: _Cycle) -> list[TaskDocument]:

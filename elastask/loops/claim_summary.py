@@ -33,6 +33,8 @@ class ClaimSummary:
     next_run_at_ms: int | None = None
     #: The cycle was skipped because the loop rests after a quiet cycle (see cadence.py).
     resting: bool = False
+    #: The cycle searched for due tasks (a refill session's look that found no free slot does not).
+    searched: bool = False
     capacity_left: dict[str, int] = field(default_factory=dict)
     duration_ms: float = 0.0
     #: Milliseconds spent in each step (search, reconcile, verify, reserve, claim, enqueue).

@@ -48,19 +48,23 @@ def ready_to_claim(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple[b
     return True, -1
 
 
-def reconcile_ledger(rt: Runtime, view: LeaseView, pending_max_ms: int) -> tuple[set[str], int]:
+def reconcile_ledger(
+    rt: Runtime, view: LeaseView, pending_max_ms: int, only: set[str] | None = None
+) -> tuple[set[str], int]:
     """Free the slots of tasks Kibana finished (deleted, back to idle, or owned by someone else).
 
     A reservation whose claim may not be written yet (another cycle still running, for up to
     ``pending_max_ms``) looks idle in the engine and is never judged by it; nor is a lease whose
     real-time read failed (unknown). Expiry is judged on Redis's clock (``view.now_ms``).
-    Returns the ids still held and how many were freed.
+    ``only``: read just these leases (a refill session's likely-finished ones); the others, unless
+    expired, stay held. Returns the ids still held and how many were freed.
     """
     now_ms = view.now_ms
     held = {
         lease.task_id
         for lease in view.leases
-        if lease.pending_since_ms is not None and now_ms - lease.pending_since_ms < pending_max_ms
+        if (lease.pending_since_ms is not None and now_ms - lease.pending_since_ms < pending_max_ms)
+        or (only is not None and lease.task_id not in only and lease.expires_ms > now_ms)
     }
     judged = [lease for lease in view.leases if lease.task_id not in held]
     if not judged:
@@ -78,7 +82,9 @@ def reconcile_ledger(rt: Runtime, view: LeaseView, pending_max_ms: int) -> tuple
             held.add(lease.task_id)
         else:
             done[lease.owner_id].append(lease.task_id)
-    return held, rt.ledger.release_many(done)
+    released = rt.ledger.release_many(done)
+    rt.ledger.mark_finished((task_id for ids in done.values() for task_id in ids), now_ms)
+    return held, released
 
 
 def finished(hit: dict[str, Any] | None, task: Any, owner_id: str) -> bool:

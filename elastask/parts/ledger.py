@@ -30,6 +30,9 @@ from elastask.parts.redis_errors import redis_errors
 from elastask.parts.scripts import register
 
 _CLOCKED = ("now", "prune")
+#: How long a finished task is left out of the due search: the engine's refresh interval (1 s, as
+#: Kibana's index has it) and a margin; until then the near-real-time search shows its old version.
+FINISHED_MEMORY_MS = 2000
 
 
 def _ms(moment: datetime) -> int:
@@ -69,6 +72,8 @@ class LeaseView:
     leases: list[Lease]
     #: Units each node holds (expired leases not yet pruned included): for usage metrics.
     used_units: dict[str, int] = field(default_factory=dict)
+    #: Tasks reconcile saw finished in the last FINISHED_MEMORY_MS (the search may still show them due).
+    recently_finished: frozenset[str] = frozenset()
 
 
 class Ledger:
@@ -202,10 +207,10 @@ class Ledger:
         """Every lease held on these nodes, with Redis's clock at the moment they were read."""
         if not owner_ids:
             return LeaseView(self.now_ms(), [])
-        key_list = [k for owner in owner_ids for k in _keys(owner)]
+        key_list = [k for owner in owner_ids for k in _keys(owner)] + [keys.LEDGER_FINISHED]
         with redis_errors("reading the leases"):
-            answer = self._leases(keys=key_list, args=[])
-        now_ms, rest = int(answer[0]), answer[1:]
+            answer = self._leases(keys=key_list, args=[FINISHED_MEMORY_MS])
+        now_ms, rest, finished = int(answer[0]), answer[1:-1], answer[-1]
         leases, used = [], {}
         for owner, members, pending, units in zip(owner_ids, rest[::3], rest[1::3], rest[2::3], strict=True):
             since = {_text(pending[i]): int(pending[i + 1]) for i in range(0, len(pending), 2)}
@@ -213,7 +218,14 @@ class Ledger:
                 task_id = _text(members[i])
                 leases.append(Lease(task_id, owner, int(float(members[i + 1])), since.get(task_id)))
             used[owner] = int(units)
-        return LeaseView(now_ms, leases, used)
+        return LeaseView(now_ms, leases, used, frozenset(_text(t) for t in finished))
+
+    def mark_finished(self, task_ids: Iterable[str], now_ms: int) -> None:
+        """Remember tasks Kibana finished (their slots were just freed) for FINISHED_MEMORY_MS."""
+        members = {task_id: now_ms for task_id in task_ids}
+        if members:
+            with redis_errors("remembering finished tasks"):
+                self.client.zadd(keys.LEDGER_FINISHED, members)
 
     def leases(self, owner_ids: Sequence[str]) -> list[Lease]:
         """Every lease held on these nodes."""

@@ -54,7 +54,8 @@ class CeleryFleet:
         self, name: str = "worker1", *, concurrency: int | None = None, queues: str | None = None
     ) -> ManagedProcess:
         """Start a worker (default pool and concurrency from celery_settings) and wait until it consumes."""
-        args = ["worker", "-l", "info", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
+        level = os.environ.get("ELASTASK_BED_LOG_LEVEL", "info")  # debug: every dispatch job's timing
+        args = ["worker", "-l", level, "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
         if concurrency is not None:
             args += ["-c", str(concurrency)]
         if queues:

@@ -39,11 +39,11 @@ def test_given_a_cycle_that_outlived_its_lock_when_the_next_cycle_runs_then_the_
 
     def cycle_b_runs_while_a_is_stalled() -> None:
         rt.redis.delete(keys.CLAIM_LOCK)  # A's lock ran out
-        second = claim_available_tasks(rt, NOW + timedelta(seconds=31), sent.append)
+        second = claim_available_tasks(rt, NOW + timedelta(seconds=31), sent.append, sessions=False)
         assert second.ran and second.claimed == 0, second  # A's reservation is not B's to free
 
     engine.before_bulk = cycle_b_runs_while_a_is_stalled
-    claim_available_tasks(rt, NOW, sent.append)
+    claim_available_tasks(rt, NOW, sent.append, sessions=False)
     # Then: one task running on the node, never two; and only one dispatch job.
     assert len(running_on_node(engine)) == 1
     assert sum(len(batch.tasks) for batch in sent) == 1
@@ -102,5 +102,5 @@ def test_a_cycle_whose_search_came_back_full_reports_a_backlog_even_when_it_clai
     engine = StubEngine()
     seeded(engine, 5)
     rt = stub_runtime(engine, kibana_capacity=1)  # room for one: the search asks for one
-    summary = claim_available_tasks(rt, NOW, lambda _b: None)
+    summary = claim_available_tasks(rt, NOW, lambda _b: None, sessions=False)
     assert summary.claimed == 1 and summary.waiting == 1 and summary.backlog  # 4 more are due

@@ -1,14 +1,17 @@
--- Every lease of several nodes, with Redis's clock, in one round trip.
--- KEYS: zset1, costs1, pending1, zset2, costs2, pending2, ... (three per node)
--- ARGV: none
+-- Every lease of several nodes, with Redis's clock, in one round trip; and the tasks finished lately.
+-- KEYS: zset1, costs1, pending1, zset2, costs2, pending2, ... (three per node), then the finished zset
+-- ARGV: how long (ms) a finished task is remembered
 -- Returns: {now_ms, {ids and expiries of node 1, flat}, {pending ids and times of node 1, flat},
---           units held by node 1 (expired leases not yet pruned included), ...}
+--           units held by node 1 (expired leases not yet pruned included), ..., {finished ids}}
 local result = {now_ms}
-for k = 1, #KEYS, 3 do
+local finished = KEYS[#KEYS]
+for k = 1, #KEYS - 1, 3 do
   table.insert(result, redis.call('ZRANGE', KEYS[k], 0, -1, 'WITHSCORES'))
   table.insert(result, redis.call('HGETALL', KEYS[k + 2]))
   local used = 0
   for _, c in ipairs(redis.call('HVALS', KEYS[k + 1])) do used = used + tonumber(c) end
   table.insert(result, used)
 end
+redis.call('ZREMRANGEBYSCORE', finished, '-inf', now_ms - tonumber(ARGV[1]))
+table.insert(result, redis.call('ZRANGE', finished, 0, -1))
 return result

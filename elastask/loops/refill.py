@@ -1,0 +1,86 @@
+"""A refill session: while a backlog waits for slots, the claim loop keeps its lock and refills freed slots.
+
+Kibana answers ``_run_now`` at once and writes the outcome when the run ends; the only way to
+learn that a slot came free is to read the task in the engine. Without a session, a freed slot
+waits for the next claim cycle (``busy_polling_interval``, then the beat's tick): with short
+tasks the nodes spend more time waiting for work than running it.
+
+In a session the loop instead checks, in real time (``mget``), only the leases likely to have
+ended — those older than the shortest hold seen for their task type, then again at growing
+intervals — and runs a claim cycle as soon as a slot is free, skipping the search while no slot
+is. Every invariant is the claim cycle's own: the session only chooses *when* cycles run and
+*which* leases reconcile reads.
+
+Pure: times are passed in (milliseconds of a monotonic clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+#: Never wait less than this between two checks (a session must not spin).
+MIN_WAIT_MS = 5
+#: A lease still running when checked is checked again after this share of its age (at least MIN_RECHECK_MS):
+#: a 200 ms task is re-read every ~20 ms, a 5 s task every ~500 ms (few reads for long tasks).
+RECHECK_SHARE = 0.1
+MIN_RECHECK_MS = 10
+#: The first read of a lease comes at this share of the shortest hold seen for its type: a read
+#: only ever finds a hold at least as long as the wait before it, so waiting the whole shortest
+#: hold would never learn a shorter one (a slow first batch would slow every later one).
+FIRST_READ_SHARE = 0.75
+#: Hold times learned per task type: only the shortest matters (when to look first).
+DEFAULT_TYPE = ""
+
+
+@dataclass
+class RefillSession:
+    """When to read which leases, learned from the holds seen in this session."""
+
+    started_ms: float
+    max_wait_ms: float
+    #: False while the session only records claims (the cycle that found the backlog); then True.
+    refilling: bool = False
+    #: task id -> (task type, when its claim was written)
+    claimed_at: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: task id -> when to read it next
+    next_check: dict[str, float] = field(default_factory=dict)
+    #: task type -> the shortest hold seen (claim written -> found finished)
+    shortest_hold_ms: dict[str, float] = field(default_factory=dict)
+
+    def claimed(self, tasks: Iterable[tuple[str, str]], now_ms: float) -> None:
+        """Tasks (id, task type) this session claimed: read them first after the shortest hold of their type."""
+        for task_id, task_type in tasks:
+            self.claimed_at[task_id] = (task_type, now_ms)
+            self.next_check[task_id] = now_ms + FIRST_READ_SHARE * self.shortest_hold_ms.get(task_type, 0.0)
+
+    def due_for_check(self, lease_ids: Iterable[str], now_ms: float) -> set[str]:
+        """The leases worth a real-time read now (a lease this session did not claim: read it now)."""
+        return {task_id for task_id in lease_ids if self.next_check.get(task_id, now_ms) <= now_ms}
+
+    def checked(self, read: Iterable[str], still_held: set[str], now_ms: float) -> None:
+        """Learn from a read: finished leases teach the shortest hold; held ones are read again later."""
+        for task_id in read:
+            task_type, since = self.claimed_at.get(task_id, (DEFAULT_TYPE, now_ms))
+            if task_id in still_held:
+                self.claimed_at.setdefault(task_id, (task_type, since))  # not ours: its age counts from now
+                self.next_check[task_id] = now_ms + max(MIN_RECHECK_MS, RECHECK_SHARE * (now_ms - since))
+                continue
+            if task_id in self.claimed_at:
+                hold = now_ms - since
+                self.shortest_hold_ms[task_type] = min(hold, self.shortest_hold_ms.get(task_type, hold))
+            self.claimed_at.pop(task_id, None)
+            self.next_check.pop(task_id, None)
+
+    def forget(self, lease_ids: set[str]) -> None:
+        """Drop what is known of leases no longer in the ledger (freed by another path)."""
+        for task_id in [t for t in self.next_check if t not in lease_ids]:
+            self.next_check.pop(task_id, None)
+            self.claimed_at.pop(task_id, None)
+
+    def wait_ms(self, now_ms: float) -> float:
+        """How long to sleep before the next look: until the earliest lease is worth reading."""
+        if not self.next_check:
+            return self.max_wait_ms
+        earliest = min(self.next_check.values())
+        return min(self.max_wait_ms, max(MIN_WAIT_MS, earliest - now_ms))

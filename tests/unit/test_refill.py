@@ -1,0 +1,89 @@
+"""Refill sessions: when to read which leases (pure), and a session on the stub engine and fakeredis."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from elastask.core.documents import new_task
+from elastask.core.messages import DispatchJob
+from elastask.loops.claim import claim_available_tasks
+from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.refill import MIN_RECHECK_MS, MIN_WAIT_MS, RefillSession
+from tests.unit.stubs import StubEngine, stub_runtime
+
+OWNER = "kibana:a"
+
+
+def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> None:
+    session = RefillSession(0.0, max_wait_ms=250)
+    session.claimed([("t1", "report")], now_ms=0)
+    assert session.due_for_check({"t1"}, now_ms=0) == {"t1"}  # nothing learned yet: read at once
+    session.checked({"t1"}, still_held=set(), now_ms=210)  # found finished 210 ms after its claim
+    assert session.shortest_hold_ms == {"report": 210}
+    session.claimed([("t2", "report"), ("t3", "other")], now_ms=1000)
+    assert session.due_for_check({"t2", "t3"}, now_ms=1100) == {"t3"}
+    # A little before the shortest hold: a faster run can still teach a shorter one.
+    assert session.due_for_check({"t2", "t3"}, now_ms=1000 + 0.75 * 210) == {"t2", "t3"}
+    session.checked({"t2"}, still_held=set(), now_ms=1000 + 0.75 * 210)
+    assert session.shortest_hold_ms["report"] < 210
+    assert session.wait_ms(1100) == MIN_WAIT_MS  # t3 is already worth reading
+
+
+def test_a_lease_still_running_is_read_again_after_a_share_of_its_age() -> None:
+    session = RefillSession(0.0, max_wait_ms=250)
+    session.claimed([("long", "export")], now_ms=0)
+    session.checked({"long"}, still_held={"long"}, now_ms=5)
+    assert session.next_check["long"] == 5 + MIN_RECHECK_MS
+    session.checked({"long"}, still_held={"long"}, now_ms=4000)
+    assert session.next_check["long"] == 4400  # 10 % of 4 s: few reads for long tasks
+    assert session.wait_ms(4000) == 250  # never sleeps past max_wait_ms
+
+
+def test_a_lease_another_cycle_claimed_counts_its_age_from_when_the_session_first_read_it() -> None:
+    session = RefillSession(0.0, max_wait_ms=250)
+    assert session.due_for_check({"theirs"}, now_ms=100) == {"theirs"}
+    session.checked({"theirs"}, still_held={"theirs"}, now_ms=100)
+    assert session.next_check["theirs"] == 100 + MIN_RECHECK_MS
+    session.forget(set())  # freed elsewhere (a refused push): nothing kept
+    assert session.next_check == {} and session.claimed_at == {}
+
+
+def test_given_a_backlog_a_session_refills_each_freed_slot_within_one_call_and_never_exceeds_the_cap() -> None:
+    # Given one slot (capacity 1 = 2 units) and four due tasks; Kibana finishes each run at once.
+    engine = StubEngine()
+    now = datetime.now(UTC)
+    for i in range(4):
+        doc = new_task(f"t{i}", "sample", now=now - timedelta(seconds=10 - i))
+        engine.put(doc.id, doc.to_source())
+    rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
+    pushed: list[str] = []
+    in_flight_at_push: list[int] = []
+
+    def kibana_runs(job: DispatchJob) -> None:
+        for task in job.tasks:
+            in_flight_at_push.append(rt.ledger.used_units([OWNER])[OWNER])
+            pushed.append(task.doc_id)
+            del engine.docs[task.doc_id]  # a one-shot task's outcome: the document is deleted
+
+    cycles: list[ClaimSummary] = []
+    started = time.monotonic()
+    # When one claim job runs.
+    last = claim_available_tasks(rt, datetime.now(UTC), kibana_runs, cycles.append)
+    # Then every task was pushed, one at a time, by the one job, and the session ended with the backlog.
+    assert pushed == ["task:t0", "task:t1", "task:t2", "task:t3"]
+    assert max(in_flight_at_push) <= 2  # cost units: one normal task
+    assert not last.backlog and time.monotonic() - started < 5
+    assert sum(c.claimed for c in cycles) == 4 and all(c.searched for c in cycles if c.claimed)
+
+
+def test_with_sessions_off_a_backlog_waits_for_the_next_job() -> None:
+    engine = StubEngine()
+    now = datetime.now(UTC)
+    for i in range(3):
+        doc = new_task(f"t{i}", "sample", now=now - timedelta(seconds=10 - i))
+        engine.put(doc.id, doc.to_source())
+    rt = stub_runtime(engine, kibana_capacity=1)
+    pushed: list[str] = []
+    summary = claim_available_tasks(rt, now, lambda job: pushed.extend(t.doc_id for t in job.tasks), sessions=False)
+    assert pushed == ["task:t0"] and summary.backlog
