@@ -72,6 +72,8 @@ class _Cycle:
     hits: list[dict[str, Any]] = field(default_factory=list)
     free: dict[str, int] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
+    #: Hits read in real time this cycle (the others are a refill session's leftovers).
+    examined: set[str] = field(default_factory=set)
 
     @property
     def settings(self) -> Settings:
@@ -104,12 +106,22 @@ def run_claim_cycle(
     the cycle first reads only the leases likely finished and searches only when a slot is free.
     """
     cycle = _Cycle(rt, now)
+    searched_ms = 0.0
     if not _learn_nodes_and_ledger(cycle):
         return cycle.summary
     if refill is not None and refill.refilling:
         if not _refill_room(cycle, refill):
             return cycle.summary
-        _search_due(cycle)
+        room = sum(max(0, f) for f in cycle.free.values()) // cycle.cheapest
+        leftovers = refill.take_leftovers(room, _monotonic_ms(), cycle.held | cycle.view.recently_finished)
+        searched_ms = refill.leftovers_ms
+        if leftovers:
+            # The last search's unread hits suffice: read in real time below, like any hit.
+            cycle.hits = leftovers
+            cycle.summary.waiting, cycle.summary.search_full, cycle.summary.searched = len(leftovers), True, True
+        else:
+            searched_ms = _monotonic_ms()
+            _search_due(cycle)
         cycle.summary.found = len(cycle.hits)
         if not cycle.hits:
             return cycle.summary
@@ -127,6 +139,8 @@ def run_claim_cycle(
     claimed = _write_claims(cycle, to_claim)
     if refill is not None:
         refill.claimed(((a.task.id, a.task.task_type) for a, _ in claimed), _monotonic_ms())
+        if refill.refilling:
+            refill.keep_leftovers([h for h in cycle.hits if str(h["_id"]) not in cycle.examined], searched_ms)
     _enqueue(cycle, claimed, enqueue)
     return cycle.summary
 
@@ -238,7 +252,9 @@ def _verify(cycle: _Cycle) -> list[TaskDocument]:
     room = sum(max(0, units) for units in cycle.free.values())
     most = room // cycle.cheapest  # plus a margin for stale hits
     candidates = []
-    for hit in fresh_hits(cycle.rt, cycle.hits, cycle.held, cycle.summary, limit=most + most // 4 + 2):
+    for hit in fresh_hits(
+        cycle.rt, cycle.hits, cycle.held, cycle.summary, limit=most + most // 4 + 2, seen=cycle.examined
+    ):
         try:
             candidates.append(parse_hit(hit))
         except DocumentError as e:
@@ -319,7 +335,12 @@ def _enqueue(
 
 
 def fresh_hits(
-    rt: Runtime, hits: Sequence[dict[str, Any]], held: set[str], summary: ClaimSummary, limit: int
+    rt: Runtime,
+    hits: Sequence[dict[str, Any]],
+    held: set[str],
+    summary: ClaimSummary,
+    limit: int,
+    seen: set[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The documents of the search hits that are still as the search saw them, read in real time.
 
@@ -335,6 +356,10 @@ def fresh_hits(
             summary.stale += 1
         elif len(candidates) < limit:
             candidates.append(hit)
+        else:
+            continue
+        if seen is not None:
+            seen.add(str(hit["_id"]))
     current = mget_sources(rt.store, [str(hit["_id"]) for hit in candidates])
     fresh = []
     for hit in candidates:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Never wait less than this between two checks (a session must not spin).
 MIN_WAIT_MS = 5
@@ -29,6 +30,9 @@ MIN_RECHECK_MS = 10
 #: only ever finds a hold at least as long as the wait before it, so waiting the whole shortest
 #: hold would never learn a shorter one (a slow first batch would slow every later one).
 FIRST_READ_SHARE = 0.75
+#: The last search's unread hits stand in for a new search for this long (a task due later, or of a
+#: higher priority, waits at most this much longer than with a search every cycle).
+LEFTOVER_MAX_AGE_MS = 500
 #: Hold times learned per task type: only the shortest matters (when to look first).
 DEFAULT_TYPE = ""
 
@@ -47,6 +51,20 @@ class RefillSession:
     next_check: dict[str, float] = field(default_factory=dict)
     #: task type -> the shortest hold seen (claim written -> found finished)
     shortest_hold_ms: dict[str, float] = field(default_factory=dict)
+    #: The last search's hits no cycle read yet, and when that search ran.
+    leftovers: list[dict[str, Any]] = field(default_factory=list)
+    leftovers_ms: float = 0.0
+
+    def keep_leftovers(self, hits: list[dict[str, Any]], searched_ms: float) -> None:
+        """Hits no cycle read yet, from the search that ran at ``searched_ms``: the next cycle may use them."""
+        self.leftovers, self.leftovers_ms = hits, searched_ms
+
+    def take_leftovers(self, room: int, now_ms: float, exclude: set[str] | frozenset[str]) -> list[dict[str, Any]]:
+        """The leftovers, when they are recent and more than the free room (so a search adds nothing); else []."""
+        if now_ms - self.leftovers_ms > LEFTOVER_MAX_AGE_MS:
+            return []
+        usable = [h for h in self.leftovers if str(h["_id"]) not in exclude]
+        return usable if len(usable) > room else []
 
     def claimed(self, tasks: Iterable[tuple[str, str]], now_ms: float) -> None:
         """Tasks (id, task type) this session claimed: read them first after the shortest hold of their type."""

@@ -87,3 +87,18 @@ def test_with_sessions_off_a_backlog_waits_for_the_next_job() -> None:
     pushed: list[str] = []
     summary = claim_available_tasks(rt, now, lambda job: pushed.extend(t.doc_id for t in job.tasks), sessions=False)
     assert pushed == ["task:t0"] and summary.backlog
+
+
+def test_leftover_hits_stand_in_for_a_search_only_while_recent_and_more_than_the_room() -> None:
+    session = RefillSession(0.0, max_wait_ms=250)
+    hits = [{"_id": f"task:{i}", "_seq_no": i, "_primary_term": 1} for i in range(5)]
+    session.keep_leftovers(hits, searched_ms=1000)
+    assert session.take_leftovers(3, now_ms=1100, exclude=set()) == hits
+    assert [h["_id"] for h in session.take_leftovers(3, now_ms=1100, exclude={"task:0"})] == [
+        "task:1",
+        "task:2",
+        "task:3",
+        "task:4",
+    ]
+    assert session.take_leftovers(5, now_ms=1100, exclude=set()) == []  # no more than the room: search
+    assert session.take_leftovers(1, now_ms=1000 + 501, exclude=set()) == []  # too old: search
