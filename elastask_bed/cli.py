@@ -99,7 +99,7 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, 
 
 
 @click.command("bench")
-@click.argument("scenario", type=click.Choice(["backlog", "steady", "idle", "scale", "all"]))
+@click.argument("scenario", type=click.Choice(["backlog", "steady", "idle", "scale", "mix", "all"]))
 @click.option("--mode", type=click.Choice(["push", "pull", "both"]), default="both", show_default=True)
 @click.option(
     "--json",
@@ -158,7 +158,7 @@ def bench(
     modes = (["push"] if mode in ("push", "both") else []) + (
         [f"pull-{ms.strip()}" for ms in pull_intervals.split(",") if ms.strip()] if mode in ("pull", "both") else []
     )
-    names = ["backlog", "steady", "idle", "scale"] if scenario == "all" else [scenario]
+    names = ["backlog", "steady", "idle", "scale", "mix"] if scenario == "all" else [scenario]
     out = Path(json_path or f"bench-results/{scenario}.json")
     command = "elastask bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     workdir = Path(tempfile.mkdtemp(prefix="elastask-bench-"))

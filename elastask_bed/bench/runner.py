@@ -21,7 +21,7 @@ from elastask.core.percentiles import percentile
 from elastask.parts.store import build_client
 from elastask_bed.bench.cpu import cpu_between, tree_cpu_seconds
 from elastask_bed.bench.engine_stats import read_counters
-from elastask_bed.bench.scenarios import Scenario, documents
+from elastask_bed.bench.scenarios import MIX, Scenario, documents, priorities, run_times
 from elastask_bed.testbed.bed import INDEX, SimulatorProcess, Testbed
 from elastask_bed.testbed.fleet import CeleryFleet
 
@@ -29,7 +29,7 @@ Progress = Callable[[int, int, str], None]  # (done, total, label)
 
 
 _CLAIM_CYCLE = re.compile(r"claim cycle: found=\d+ claimed=(\d+) .*? duration=(\d+)ms")
-BENCH_TASK_TYPES = "bench:one-shot,bench:recurring,bench:later"
+BENCH_TASK_TYPES = "bench:one-shot,bench:recurring,bench:later," + ",".join(MIX)
 
 
 def pull_mode(mode: str) -> str:
@@ -91,10 +91,12 @@ class BenchRun:
     def start(self) -> tuple[SimulatorProcess, CeleryFleet | None]:
         """The simulated nodes (polling themselves in pull mode) and, in push mode, elastask's processes."""
         s = self.scenario
-        extra = []
+        default_ms, by_type = run_times(s)
+        extra = [arg for item in by_type for arg in ("--run-ms-by-type", item)]
         if pull_mode(self.mode):
-            extra = ["--pull", pull_mode(self.mode), "--task-types", BENCH_TASK_TYPES]
-        simulator = self.bed.start_simulator(s.nodes, run_ms=str(s.run_ms), capacity=s.capacity, extra_args=extra)
+            extra += ["--pull", pull_mode(self.mode), "--task-types", BENCH_TASK_TYPES]
+            extra += [arg for item in priorities(s) for arg in ("--type-priority", item)]
+        simulator = self.bed.start_simulator(s.nodes, run_ms=default_ms, capacity=s.capacity, extra_args=extra)
         if pull_mode(self.mode):
             return simulator, None
         fleet = CeleryFleet(
@@ -132,7 +134,7 @@ class BenchRun:
         try:
             time.sleep(2)  # let the first claim cycles run on an empty index
             # Everything falls due at one instant after seeding, in both modes.
-            due_count = s.one_shot_tasks + s.recurring_tasks
+            due_count = len(documents(s, datetime.now(UTC))) if s.mix else s.one_shot_tasks + s.recurring_tasks
             lead = timedelta(seconds=3 + (due_count + s.idle_docs) / 2500)
             due_at = datetime.now(UTC) + lead
             self.seed(documents(s, due_at))
@@ -249,7 +251,7 @@ class BenchRun:
             "completed_in_time": completed_in_time,
             "throughput_per_s": round(throughput, 2),
             "ceiling_per_s": round(s.ceiling_per_s, 2),
-            "utilisation": round(throughput / s.ceiling_per_s, 4) if s.one_shot_tasks else None,
+            "utilisation": round(throughput / s.ceiling_per_s, 4) if s.one_shot_tasks and not s.mix else None,
             "drift_ms": _summary(drifts),
             "claim_cycle_ms": _summary(cycles, (0.5, 0.99)),
             # Cycles that claimed at least one task: what a claim costs when there is work.

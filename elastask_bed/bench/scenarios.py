@@ -26,11 +26,15 @@ class Scenario:
     idle_docs: int = 0  # documents not due (runAt far in the future): index size for the scale run
     #: What the scenario measures (the sizes are described from the fields, as configured).
     purpose: str = ""
+    #: The realistic mix (see MIX): its own documents, run times per task type and priorities.
+    mix: bool = False
 
     @property
     def description(self) -> str:
         """The run as configured: nodes, capacity, tasks, run time, purpose."""
         parts = [f"{self.nodes} node{'s' if self.nodes != 1 else ''} x capacity {self.capacity}"]
+        if self.mix:
+            return ", ".join([*parts, MIX_DESCRIPTION, f"{self.duration_s:g} s"]) + f": {self.purpose}"
         if self.one_shot_tasks:
             parts.append(f"{self.one_shot_tasks:,} one-shot tasks of {self.run_ms:,} ms due at once")
         if self.recurring_tasks:
@@ -74,6 +78,13 @@ SCENARIOS: dict[str, Scenario] = {
         duration_s=20,
         purpose="no due tasks: engine requests per second",
     ),
+    "mix": Scenario(
+        "mix",
+        nodes=10,
+        duration_s=60,
+        mix=True,
+        purpose="start drift of a realistic workload",
+    ),
     "scale": Scenario(
         "scale",
         nodes=100,
@@ -101,8 +112,65 @@ def task(task_id: str, task_type: str, now: datetime, **options: Any) -> TaskDoc
     return new_task(task_id, task_type, now=now, partition=partition_of(f"task:{task_id}"), **options)
 
 
+#: The realistic mix, per task type: (recurring tasks by interval, one-shot tasks per burst, run time,
+#: priority). Run times as Kibana's own workloads have them: most alerting rules and actions run well
+#: under a second with a long tail (p50 150 ms, p99 5 s); a few tiny and a few extra-large types.
+MIX: dict[str, tuple[dict[str, int], int, str, int]] = {
+    "mix:rule": ({"10s": 300, "30s": 600, "1m": 900, "5m": 1200}, 0, "logn:150:5000", 50),
+    "mix:action": ({}, 60, "logn:150:5000", 80),  # one-shot bursts, higher priority
+    "mix:tiny": ({"10s": 150}, 0, "10-30", 50),
+    "mix:report": ({"1m": 20}, 0, "4000-9000", 20),  # extra-large, low priority
+}
+#: A burst of one-shot actions falls due every this many seconds.
+MIX_BURST_EVERY_S = 10
+MIX_DESCRIPTION = (
+    "3,170 recurring tasks every 10 s to 5 m and a burst of 60 one-shot actions every 10 s; run times "
+    "p50 150 ms / p99 5 s, plus tiny (10-30 ms) and extra-large (4-9 s) types; three priorities"
+)
+
+
+def run_times(scenario: Scenario) -> tuple[str, list[str]]:
+    """The simulator's default run time and its ``--run-ms-by-type`` items."""
+    if not scenario.mix:
+        return str(scenario.run_ms), []
+    return "200", [f"{name}={spec}" for name, (_r, _b, spec, _p) in MIX.items()]
+
+
+def priorities(scenario: Scenario) -> list[str]:
+    """The pull model's ``--type-priority`` items (elastask reads each document's ``task.priority``)."""
+    return [f"{name}={priority}" for name, (_r, _b, _s, priority) in MIX.items()] if scenario.mix else []
+
+
+def mix_documents(scenario: Scenario, now: datetime) -> list[TaskDocument]:
+    """Recurring tasks spread over their interval, and bursts of one-shot tasks over the run."""
+    docs = []
+    for name, (recurring, burst, _spec, priority) in MIX.items():
+        short = name.split(":", 1)[1]
+        for interval, count in recurring.items():
+            interval_ms = parse_interval_ms(interval)
+            for i in range(count):
+                offset = timedelta(milliseconds=interval_ms * i / count)
+                docs.append(
+                    task(
+                        f"mix-{short}-{interval}-{i:05d}",
+                        name,
+                        now,
+                        run_at=now + offset,
+                        interval=interval,
+                        priority=priority,
+                    )
+                )
+        bursts = int(scenario.duration_s // MIX_BURST_EVERY_S) + 1 if burst else 0
+        for b in range(bursts):
+            at = now + timedelta(seconds=b * MIX_BURST_EVERY_S)
+            docs += [task(f"mix-{short}-b{b}-{i:04d}", name, now, run_at=at, priority=priority) for i in range(burst)]
+    return docs
+
+
 def documents(scenario: Scenario, now: datetime) -> list[TaskDocument]:
     """The task documents of a scenario: due one-shot and recurring tasks, plus far-future idle ones."""
+    if scenario.mix:
+        return mix_documents(scenario, now)
     docs = [task(f"bench-once-{i:06d}", "bench:one-shot", now) for i in range(scenario.one_shot_tasks)]
     # Recurring tasks start spread over one interval, as a steady state would have them.
     interval_ms = parse_interval_ms(scenario.interval)

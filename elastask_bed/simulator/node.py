@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import ssl
 import time
@@ -40,9 +41,17 @@ MODES = ("ok", "error", "hang", "slow", "5xx", "refuse")
 Outcome = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+#: The standard normal's 99th percentile.
+Z_99 = 2.3263
+
+
 @dataclass
 class RunTimes:
-    """How long a run takes, per task type: a number of ms or a uniform range ``"lo-hi"``."""
+    """How long a run takes, per task type: ``MS``, a uniform range ``LO-HI``, or a long tail ``logn:P50:P99``.
+
+    ``logn:150:5000``: lognormal with a median of 150 ms and a 99th percentile of 5 s (most runs are
+    short, a few are very long, as Kibana's alerting rules and actions are); capped at 100 x P99.
+    """
 
     default: str = "200"
     by_type: dict[str, str] = field(default_factory=dict)
@@ -50,6 +59,10 @@ class RunTimes:
     def draw_ms(self, task_type: str, rng: random.Random) -> float:
         """One run time for a task of that type."""
         spec = str(self.by_type.get(task_type, self.default))
+        if spec.startswith("logn:"):
+            median, p99 = (float(part) for part in spec.split(":")[1:3])
+            sigma = math.log(p99 / median) / Z_99
+            return min(100 * p99, rng.lognormvariate(math.log(median), sigma))
         if "-" in spec:
             low, high = (float(part) for part in spec.split("-", 1))
             return rng.uniform(low, high)

@@ -34,7 +34,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -123,6 +123,7 @@ class PullClaimer:
         pods: Sequence[str],
         adaptive: bool = False,
         task_types: Sequence[str] = (),
+        priorities: Mapping[str, int] | None = None,
     ) -> None:
         self.node = node
         self.timeout_ms = timeout_ms
@@ -130,6 +131,8 @@ class PullClaimer:
         self.config = ManagedConfiguration(starting_capacity=node.capacity, starting_poll_interval_ms=poll_interval_ms)
         self.partitions = assigned_partitions(node.owner_id, list(pods))
         self.task_types = sorted(task_types)
+        #: Task type -> priority (Kibana's task definitions; the claim search sorts by it).
+        self.priorities = dict(priorities or {})
         self.store = BufferedTaskStore(self)
         self.index_url = f"{node.shared.engine_url}/{quote(node.shared.index, safe='')}"
 
@@ -282,7 +285,7 @@ class PullClaimer:
                         "script": {
                             "lang": "painless",
                             "source": _PRIORITY_SCRIPT,
-                            "params": {"priority_map": {}, "default_priority": DEFAULT_PRIORITY},
+                            "params": {"priority_map": self.priorities, "default_priority": DEFAULT_PRIORITY},
                         },
                     }
                 },

@@ -120,7 +120,7 @@ def _parse_by_type(items: list[str]) -> dict[str, str]:
     for item in items:
         name, _, spec = item.rpartition("=")
         if not name or not spec:
-            raise SystemExit(f"--run-ms-by-type expects TYPE=MS or TYPE=LOW-HIGH, got {item!r}")
+            raise SystemExit(f"--run-ms-by-type expects TYPE=MS, TYPE=LOW-HIGH or TYPE=logn:P50:P99, got {item!r}")
         result[name] = spec
     return result
 
@@ -176,6 +176,7 @@ async def serve(args: argparse.Namespace) -> None:
             pods=pods,
             adaptive=adaptive,
             task_types=task_types,
+            priorities={name: int(n) for name, n in (item.rsplit("=", 1) for item in args.type_priority)},
         )
         loop = asyncio.get_running_loop()
         pollers += [loop.create_task(claimer.loop()), loop.create_task(claimer.discovery_loop())]
@@ -205,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", required=True, help="search engine URL the nodes write outcomes to")
     parser.add_argument("--index", default=".kibana_task_manager")
     parser.add_argument("--capacity", type=int, default=10, help="ephemeral request capacity per node")
-    parser.add_argument("--run-ms", default="200", help="run time: MS or LOW-HIGH (uniform)")
+    parser.add_argument(
+        "--run-ms", default="200", help="run time: MS, LOW-HIGH (uniform) or logn:P50:P99 (long-tailed)"
+    )
     parser.add_argument(
         "--run-ms-by-type",
         action="append",
@@ -230,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-types", default="", help="pull mode: the task types the nodes claim (Kibana's registered types)"
     )
     parser.add_argument("--timeout-ms", type=int, default=300_000, help="pull mode: task timeout (sets retryAt)")
+    parser.add_argument(
+        "--type-priority",
+        action="append",
+        default=[],
+        metavar="TYPE=N",
+        help="pull mode: a task type's priority, as Kibana's task definitions give it (repeatable)",
+    )
     parser.add_argument(
         "--claiming-nodes",
         type=int,

@@ -1,0 +1,52 @@
+"""The benchmark's workloads: the realistic mix's documents and run times, the refill metric. Pure."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import UTC, datetime
+
+from elastask.core.intervals import parse_date
+from elastask.core.percentiles import percentile
+from elastask_bed.bench.scenarios import MIX, SCENARIOS, documents, priorities, run_times
+from elastask_bed.simulator.node import RunTimes
+from elastask_bed.simulator.stats import NodeStats
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def test_long_tailed_run_times_have_the_median_and_99th_percentile_asked_for() -> None:
+    times = RunTimes(default="logn:150:5000")
+    rng = random.Random(1)
+    draws = [times.draw_ms("any", rng) for _ in range(20_000)]
+    assert 135 < (percentile(draws, 0.5) or 0) < 165
+    assert 4000 < (percentile(draws, 0.99) or 0) < 6200
+
+
+def test_the_mix_has_every_type_recurring_tasks_spread_bursts_and_priorities() -> None:
+    scenario = SCENARIOS["mix"]
+    docs = documents(scenario, NOW)
+    by_type = Counter(doc.task_type for doc in docs)
+    assert set(by_type) == set(MIX)
+    recurring = [doc for doc in docs if doc.schedule is not None]
+    assert {doc.schedule.interval for doc in recurring if doc.schedule} == {"10s", "30s", "1m", "5m"}
+    # Recurring tasks start spread over their interval; actions come in bursts due at once.
+    starts = {parse_date(doc.to_source()["task"]["runAt"]) for doc in recurring}
+    assert len(starts) > 1000
+    bursts = Counter(doc.run_at for doc in docs if doc.task_type == "mix:action")
+    assert len(bursts) == scenario.duration_s // 10 + 1 and set(bursts.values()) == {60}
+    assert {doc.priority for doc in docs} == {20, 50, 80}
+    _default, by_type_args = run_times(scenario)
+    assert "mix:rule=logn:150:5000" in by_type_args and "mix:report=4000-9000" in by_type_args
+    assert "mix:action=80" in priorities(scenario) and priorities(SCENARIOS["backlog"]) == []
+
+
+def test_refill_latency_pairs_each_freed_slot_with_the_next_run_started() -> None:
+    stats = NodeStats()
+    stats.slot_filled(0.0)  # the first runs fill empty slots: no refill
+    stats.slot_freed(1.0)
+    stats.slot_freed(1.5)
+    stats.slot_filled(1.1)
+    stats.slot_filled(2.0)
+    assert [round(ms) for ms in stats.refill_ms] == [100, 500]
+    assert stats.snapshot()["refill_ms"]["count"] == 2
