@@ -47,8 +47,14 @@ def lookahead_ms(settings: Settings) -> int:
 
 
 def claim_lock_ttl_ms(settings: Settings) -> int:
-    """How long the claim lock lives without renewal."""
-    return max(30_000, 10 * settings.polling_interval_ms)
+    """How long the claim lock lives without renewal.
+
+    Its holder renews it (a thread, every third of the TTL) however long an engine call takes, so
+    the TTL only bounds how long a holder that died (a worker SIGKILLed in a refill session) or
+    froze keeps every other claim job out; a frozen holder that wakes finds the lock lost before
+    its claim write (the fence) and writes nothing.
+    """
+    return max(10_000, 10 * settings.polling_interval_ms)
 
 
 def pending_max_ms(settings: Settings) -> int:

@@ -84,6 +84,7 @@ class Ledger:
         self._usage = register(client, "usage", *_CLOCKED)
         self._reserve = register(client, "reserve", *_CLOCKED)
         self._release = register(client, "release")
+        self._release_many = register(client, "release_many")
         self._extend = register(client, "extend", "now")
         self._leases = register(client, "leases", "now")
 
@@ -190,8 +191,15 @@ class Ledger:
             return int(self._release(keys=_keys(owner_id), args=ids))
 
     def release_many(self, by_owner: Mapping[str, Iterable[str]]) -> int:
-        """Release several nodes' tasks."""
-        return sum(self.release(owner, ids) for owner, ids in by_owner.items())
+        """Release several nodes' tasks in one round trip; returns how many were held."""
+        groups = [(owner, list(ids)) for owner, ids in by_owner.items()]
+        groups = [(owner, ids) for owner, ids in groups if ids]
+        if not groups:
+            return 0
+        key_list = [k for owner, _ in groups for k in _keys(owner)]
+        args: list[Any] = [len(ids) for _, ids in groups] + [i for _, ids in groups for i in ids]
+        with redis_errors(f"releasing slots on {len(groups)} node(s)"):
+            return int(self._release_many(keys=key_list, args=args))
 
     def extend(self, owner_id: str, expiries: Mapping[str, datetime], now: datetime) -> None:
         """Move held leases' expiries (after they were renewed in the engine); ids not held are left out."""
