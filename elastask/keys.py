@@ -56,11 +56,6 @@ def pushed(doc_id: str, seq_no: int) -> str:
     return f"{PREFIX}pushed:{doc_id}:{seq_no}"
 
 
-def ready(owner_id: str) -> str:
-    """List of tasks claimed for one node ahead of a free slot (a refill session's ready tasks), as JSON."""
-    return f"{PREFIX}ready:{owner_id}"
-
-
 def queue(owner_id: str) -> str:
     """The Celery queue of dispatch jobs for one Kibana node."""
     return f"elastask.dispatch.{owner_id}"

@@ -118,7 +118,7 @@ def _timed(cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
     log.log(
         logging.INFO if summary.searched or not summary.ran or summary.ledger_rebuilt >= 0 else logging.DEBUG,
         "claim cycle: found=%d claimed=%d conflicts=%d stale=%d missing=%d skipped(malformed)=%d released=%d "
-        "nodes=%d refilled=%d readied=%d duration=%.0fms (%s) capacity_left(units) %s",
+        "nodes=%d duration=%.0fms (%s) capacity_left(units) %s",
         summary.found,
         summary.claimed,
         summary.conflicts,
@@ -127,8 +127,6 @@ def _timed(cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
         summary.skipped,
         summary.released,
         summary.nodes,
-        summary.refilled,
-        summary.readied,
         summary.duration_ms,
         steps or "-",
         per_node or "-",
@@ -151,7 +149,6 @@ def _quiet(summary: ClaimSummary) -> bool:
         and summary.nodes > 0
         and summary.waiting == 0
         and summary.in_flight == 0
-        and summary.ready_waiting == 0
         and summary.ledger_rebuilt == -1
     )
 

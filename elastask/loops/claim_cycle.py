@@ -22,14 +22,12 @@ from elastask.core.documents import TaskDocument, parse_hit, run_now_body
 from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import DocumentError
-from elastask.loops.claim_ready import dispatch_ready, ready_room, ready_units
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.ledger_sync import LEASE_GRACE, ready_to_claim, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.refill import RefillSession
 from elastask.parts.ledger import LeaseView
 from elastask.parts.nodes import Node
-from elastask.parts.ready import ReadyTasks
 from elastask.parts.store import bulk_update_tasks, mget_sources, search
 from elastask.runtime import Runtime
 
@@ -82,15 +80,6 @@ class _Cycle:
     held: set[str] = field(default_factory=set)
     #: Hits read in real time this cycle (the others are a refill session's leftovers).
     examined: set[str] = field(default_factory=set)
-    #: Each node's ready tasks (claimed ahead of a free slot, parts/ready.py).
-    ready: dict[str, list[ClaimedTask]] = field(default_factory=dict)
-    enqueue: Callable[[DispatchJob], None] = lambda _job: None
-    #: In a refill session: tasks are also claimed as ready tasks.
-    refilling: bool = False
-
-    @property
-    def ready_ids(self) -> set[str]:
-        return {task.doc_id for tasks in self.ready.values() for task in tasks}
 
     @property
     def settings(self) -> Settings:
@@ -122,7 +111,7 @@ def run_claim_cycle(
     ``refill``: a refill session (refill.py) learns what this cycle claimed; once it is refilling,
     the cycle first reads only the leases likely finished and searches only when a slot is free.
     """
-    cycle = _Cycle(rt, now, enqueue=enqueue, refilling=refill is not None and refill.refilling)
+    cycle = _Cycle(rt, now)
     searched_ms = 0.0
     if not _learn_nodes_and_ledger(cycle):
         return cycle.summary
@@ -148,18 +137,12 @@ def run_claim_cycle(
             return cycle.summary
     candidates = _verify(cycle)
     assignments = policy.assign(candidates, {o: max(0, f) for o, f in cycle.free.items()}, cycle.cost_of)
-    extra: list[policy.Assignment] = []
-    if refill is not None and refill.refilling:
-        # Beyond the free room, a few tasks per node claimed ahead of a free slot (parts/ready.py).
-        assigned = {a.task.id for a in assignments}
-        rest = [c for c in candidates if c.id not in assigned]
-        extra = policy.assign(rest, ready_room(cycle.available, cycle.ready, cycle.cost_of), cycle.cost_of)
     to_claim = _reserve(cycle, assignments)
     cycle.summary.step("reserve")
-    if (to_claim or extra) and not fence():
+    if to_claim and not fence():
         _abandon(cycle, to_claim)
         return cycle.summary
-    claimed = _write_claims(cycle, to_claim, extra)
+    claimed = _write_claims(cycle, to_claim)
     if refill is not None:
         refill.claimed(((a.task.id, a.task.task_type) for a, _ in claimed), _monotonic_ms())
         if refill.refilling:
@@ -180,8 +163,6 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> bool:
     cycle.available = rt.nodes.available(nodes, cycle.now)
     summary.nodes = len(cycle.available)
     cycle.view = rt.ledger.view([n.owner_id for n in nodes])
-    cycle.ready = ReadyTasks(rt.redis).view([n.owner_id for n in nodes])
-    summary.ready_waiting = len(cycle.ready_ids)
     summary.in_flight = len(cycle.view.leases)
     summary.in_flight_units = dict(cycle.view.used_units)
     summary.step("nodes")
@@ -197,14 +178,13 @@ def _search_due(cycle: _Cycle) -> None:
         now + lookahead,
         # Every task the nodes could take if every lease ended now; held tasks are left out of the
         # search (the near-real-time search can still show a task claimed a moment ago as idle).
-        size=min(settings.claim_batch_size, _searchable_units(cycle) // cycle.cheapest),
+        size=min(settings.claim_batch_size, sum(n.capacity_units for n in cycle.available) // cycle.cheapest),
         default_max_attempts=settings.max_attempts,
         max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
         # ... and so can a task Kibana finished a moment ago (deleted, or rescheduled): left out too.
         exclude_ids={
             *quarantined(rt.redis, now),
             *(lease.task_id for lease in leases),
-            *cycle.ready_ids,
             *cycle.view.recently_finished,
         },
         # Nothing in flight: this cycle may turn out quiet; learn how long the loop may then rest.
@@ -217,14 +197,6 @@ def _search_due(cycle: _Cycle) -> None:
     cycle.summary.next_run_at_ms = queries.next_run_at_ms(answer)
     cycle.summary.searched = True
     cycle.summary.step("search")
-
-
-def _searchable_units(cycle: _Cycle) -> int:
-    """Every unit the nodes could take if every lease ended now (and, in a refill session, their ready room)."""
-    units = sum(n.capacity_units for n in cycle.available)
-    if cycle.refilling:
-        units += sum(max(0, u) for u in ready_room(cycle.available, cycle.ready, cycle.cost_of).values())
-    return units
 
 
 def _make_room(cycle: _Cycle) -> bool:
@@ -247,7 +219,6 @@ def _make_room(cycle: _Cycle) -> bool:
             cycle.free = free_units()
     else:
         cycle.held = {lease.task_id for lease in cycle.view.leases}
-    _dispatch_ready(cycle)
     summary.capacity_left = dict(cycle.free)
     summary.step("reconcile")
     room = sum(max(0, units) for units in cycle.free.values())
@@ -273,26 +244,9 @@ def _refill_room(cycle: _Cycle, refill: RefillSession) -> bool:
     else:
         cycle.held = lease_ids
     cycle.free = {n.owner_id: n.capacity_units - used.get(n.owner_id, 0) for n in cycle.available}
-    refill.claimed(((t.doc_id, str(t.body.get("taskType", ""))) for t in _dispatch_ready(cycle)), _monotonic_ms())
     summary.capacity_left = dict(cycle.free)
-    summary.ready_waiting = len(cycle.ready_ids)
     summary.step("reconcile")
-    # Search when a slot is free, or when the ready tasks ran below half of what the nodes may keep.
-    keep = sum(ready_room(cycle.available, {}, cycle.cost_of).values())
-    return any(free >= cycle.cheapest for free in cycle.free.values()) or (
-        ready_units(cycle.ready, cycle.cost_of) * 2 < keep
-    )
-
-
-def _dispatch_ready(cycle: _Cycle) -> list[ClaimedTask]:
-    """3b. Ready tasks into the free slots first: a push each, no search, no claim write."""
-    if not any(cycle.ready.values()):
-        return []
-    dispatched = dispatch_ready(
-        cycle.rt, cycle.available, cycle.ready, cycle.free, cycle.now, cycle.enqueue, cycle.cost_of
-    )
-    cycle.summary.refilled += len(dispatched)
-    return dispatched
+    return any(free >= cycle.cheapest for free in cycle.free.values())
 
 
 def _monotonic_ms() -> float:
@@ -302,12 +256,11 @@ def _monotonic_ms() -> float:
 def _verify(cycle: _Cycle) -> list[TaskDocument]:
     """4. The hits this cycle can claim, read in real time; stale ones dropped, malformed ones reported."""
     room = sum(max(0, units) for units in cycle.free.values())
-    if cycle.refilling:  # and the room for ready tasks
-        room += sum(max(0, u) for u in ready_room(cycle.available, cycle.ready, cycle.cost_of).values())
     most = room // cycle.cheapest  # plus a margin for stale hits
     candidates = []
-    held = cycle.held | cycle.ready_ids
-    for hit in fresh_hits(cycle.rt, cycle.hits, held, cycle.summary, limit=most + most // 4 + 2, seen=cycle.examined):
+    for hit in fresh_hits(
+        cycle.rt, cycle.hits, cycle.held, cycle.summary, limit=most + most // 4 + 2, seen=cycle.examined
+    ):
         try:
             candidates.append(parse_hit(hit))
         except DocumentError as e:
@@ -339,40 +292,24 @@ def _abandon(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> None:
     cycle.rt.ledger.release_many(abandoned)
 
 
-def _write_claims(
-    cycle: _Cycle, to_claim: Sequence[policy.Assignment], ready: Sequence[policy.Assignment] = ()
-) -> list[tuple[policy.Assignment, TaskDocument]]:
-    """5b. One conditional ``_bulk``; slots of lost races are given back, the others confirmed.
-
-    ``ready``: claimed too, without a slot: those written go to their node's ready tasks.
-    """
+def _write_claims(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> list[tuple[policy.Assignment, TaskDocument]]:
+    """5b. One conditional ``_bulk``; slots of lost races are given back, the others confirmed."""
     rt, summary, now = cycle.rt, cycle.summary, cycle.now
-    everything = [*to_claim, *ready]
-    timeouts = [rt.settings.for_type(a.task.task_type).timeout_ms for a in everything]
-    fields = [policy.claim_fields(a.task, a.owner_id, now, t) for a, t in zip(everything, timeouts, strict=True)]
-    results = bulk_update_tasks(rt.store, [(a.task, f) for a, f in zip(everything, fields, strict=True)])
+    timeouts = [rt.settings.for_type(a.task.task_type).timeout_ms for a in to_claim]
+    fields = [policy.claim_fields(a.task, a.owner_id, now, t) for a, t in zip(to_claim, timeouts, strict=True)]
+    results = bulk_update_tasks(rt.store, [(a.task, f) for a, f in zip(to_claim, fields, strict=True)])
     summary.step("claim")
     claimed: list[tuple[policy.Assignment, TaskDocument]] = []
     give_back: dict[str, list[str]] = defaultdict(list)
     written: dict[str, list[str]] = defaultdict(list)
-    kept: dict[str, list[ClaimedTask]] = defaultdict(list)
-    by_owner = {n.owner_id: n for n in cycle.available}
-    for index, (assignment, claim, result) in enumerate(zip(everything, fields, results, strict=True)):
-        with_slot = index < len(to_claim)
+    for assignment, claim, result in zip(to_claim, fields, results, strict=True):
         if result.ok and result.seq_no is not None and result.primary_term is not None:
-            doc = policy.claimed(assignment.task, claim, result.seq_no, result.primary_term)
             summary.claimed += 1
-            if not with_slot:
-                timeout_ms = rt.settings.for_type(doc.task_type).timeout_ms
-                slack_ms = policy.dispatch_slack_ms(assignment.task, timeout_ms)
-                kept[assignment.owner_id].append(_job(doc, by_owner[assignment.owner_id], slack_ms))
-                continue
             summary.capacity_left[assignment.owner_id] -= assignment.cost
-            claimed.append((assignment, doc))
+            claimed.append((assignment, policy.claimed(assignment.task, claim, result.seq_no, result.primary_term)))
             written[assignment.owner_id].append(assignment.task.id)
             continue
-        if with_slot:
-            give_back[assignment.owner_id].append(assignment.task.id)
+        give_back[assignment.owner_id].append(assignment.task.id)
         if result.conflict:
             summary.conflicts += 1
         elif result.missing:
@@ -382,10 +319,6 @@ def _write_claims(
     rt.ledger.release_many(give_back)
     for owner_id, ids in written.items():
         rt.ledger.confirm(owner_id, ids)
-    ready_tasks = ReadyTasks(rt.redis)
-    for owner_id, tasks in kept.items():
-        ready_tasks.append(owner_id, tasks)
-        summary.readied += len(tasks)
     summary.step("bookkeeping")
     return claimed
 

@@ -19,11 +19,6 @@ class ClaimSummary:
     missing: int = 0
     skipped: int = 0
     released: int = 0
-    #: Ready tasks (claimed ahead of a free slot) dispatched into freed slots, and newly claimed as ready.
-    refilled: int = 0
-    readied: int = 0
-    #: Ready tasks still waiting for a slot after this cycle.
-    ready_waiting: int = 0
     ledger_rebuilt: int = -1
     nodes: int = 0
     #: Due tasks the search returned (claimed or not: more than ``claimed`` means a backlog).
@@ -48,8 +43,8 @@ class ClaimSummary:
 
     @property
     def backlog(self) -> bool:
-        """Due tasks wait for slots: left unclaimed, beyond what the search showed, or ready tasks not pushed yet."""
-        return self.waiting > self.claimed or self.search_full or self.ready_waiting > 0
+        """Due tasks wait for slots: some were left unclaimed, or the search could not show them all."""
+        return self.waiting > self.claimed or self.search_full
 
     def step(self, name: str) -> None:
         """Close the step that just ended: its time goes under ``name``."""

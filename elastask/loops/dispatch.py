@@ -74,7 +74,7 @@ def push_claimed_tasks(rt: Runtime, job: DispatchJob, now: datetime, pool: Execu
     node = _node(rt, job)
     if node is None:
         log.error("Kibana node %s is no longer configured; giving its %d task(s) back", job.node_url, len(job.tasks))
-        give_back(rt, job.owner_id, job.tasks)
+        _give_back(rt, job.owner_id, job.tasks)
         report.outcomes.update(dict.fromkeys((j.doc_id for j in job.tasks), "unknown-node"))
         return report
     live: list[ClaimedTask] = []
@@ -88,7 +88,7 @@ def push_claimed_tasks(rt: Runtime, job: DispatchJob, now: datetime, pool: Execu
             job.owner_id,
             ", ".join(repr(t.doc_id) for t in expired),
         )
-        give_back(rt, job.owner_id, expired)
+        _give_back(rt, job.owner_id, expired)
         report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
     live = _renew_waited_leases(rt, job.owner_id, live, now, report)
     to_push = _mark_pushed(rt, live, now, report)
@@ -184,7 +184,7 @@ def _settle(
             rejected.append((task, result))
         else:
             _warn(task, "task %r: push ambiguous, lease kept until %s: %s", task.doc_id, task.retry_at, result.detail)
-    give_back(rt, node.owner_id, refused)
+    _give_back(rt, node.owner_id, refused)
     _burn_attempts(rt, node.owner_id, rejected, now)
     # The breaker counts failures in a row: a node that accepted any push this time is answering, and
     # one that rejected a task (a 4xx about the task itself) answered too.
@@ -254,7 +254,7 @@ def _node(rt: Runtime, job: DispatchJob) -> Node | None:
     return None
 
 
-def give_back(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) -> None:
+def _give_back(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) -> None:
     """Return never-pushed tasks to idle (attempt returned) where still our claim; free their slots.
 
     A conflict or 404 means the task moved on (the retry loop or Kibana got there first): nothing

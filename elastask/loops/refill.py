@@ -20,9 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: At most this many leases are read per look (the earliest due first): a look's real-time read stays
-#: short with a thousand leases in flight, so the loop keeps refilling while it reads.
-MAX_READS_PER_LOOK = 200
 #: Never wait less than this between two checks (a session must not spin).
 MIN_WAIT_MS = 5
 #: A lease still running when checked is checked again after this share of its age (at least MIN_RECHECK_MS):
@@ -76,12 +73,8 @@ class RefillSession:
             self.next_check[task_id] = now_ms + FIRST_READ_SHARE * self.shortest_hold_ms.get(task_type, 0.0)
 
     def due_for_check(self, lease_ids: Iterable[str], now_ms: float) -> set[str]:
-        """The leases worth a real-time read now, at most MAX_READS_PER_LOOK, the longest due first.
-
-        A lease this session did not claim is read now (it may have been running for a while).
-        """
-        due = [(self.next_check.get(t, now_ms), t) for t in lease_ids if self.next_check.get(t, now_ms) <= now_ms]
-        return {task_id for _, task_id in sorted(due)[:MAX_READS_PER_LOOK]}
+        """The leases worth a real-time read now (a lease this session did not claim: read it now)."""
+        return {task_id for task_id in lease_ids if self.next_check.get(task_id, now_ms) <= now_ms}
 
     def checked(self, read: Iterable[str], still_held: set[str], now_ms: float) -> None:
         """Learn from a read: finished leases teach the shortest hold; held ones are read again later."""

@@ -8,10 +8,8 @@ from datetime import UTC, datetime, timedelta
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim import claim_available_tasks
-from elastask.loops.claim_cycle import run_claim_cycle
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.refill import MAX_READS_PER_LOOK, MIN_RECHECK_MS, MIN_WAIT_MS, RefillSession
-from elastask.parts.ready import ReadyTasks
+from elastask.loops.refill import MIN_RECHECK_MS, MIN_WAIT_MS, RefillSession
 from tests.unit.stubs import StubEngine, stub_runtime
 
 OWNER = "kibana:a"
@@ -104,61 +102,3 @@ def test_leftover_hits_stand_in_for_a_search_only_while_recent_and_more_than_the
     ]
     assert session.take_leftovers(5, now_ms=1100, exclude=set()) == []  # no more than the room: search
     assert session.take_leftovers(1, now_ms=1000 + 501, exclude=set()) == []  # too old: search
-
-
-def test_a_session_claims_ready_tasks_beyond_the_free_room_and_pushes_each_into_a_freed_slot() -> None:
-    # Given two slots (capacity 2 = 4 units) and ten due tasks; Kibana finishes each run at once.
-    engine = StubEngine()
-    now = datetime.now(UTC)
-    for i in range(10):
-        doc = new_task(f"t{i}", "sample", now=now - timedelta(seconds=20 - i))
-        engine.put(doc.id, doc.to_source())
-    rt = stub_runtime(engine, kibana_capacity=2, busy_polling_interval_ms=50)
-    pushed: list[str] = []
-    in_flight_at_push: list[int] = []
-
-    def kibana_runs(job: DispatchJob) -> None:
-        for task in job.tasks:
-            in_flight_at_push.append(rt.ledger.used_units([OWNER])[OWNER])
-            pushed.append(task.doc_id)
-            del engine.docs[task.doc_id]
-
-    cycles: list[ClaimSummary] = []
-    last = claim_available_tasks(rt, datetime.now(UTC), kibana_runs, cycles.append)
-    # Then each task was pushed once, never more than two at a time, some of them from the ready tasks.
-    assert sorted(pushed) == sorted(f"task:t{i}" for i in range(10)) and len(pushed) == 10
-    assert max(in_flight_at_push) <= 4
-    assert sum(c.readied for c in cycles) > 0
-    assert not last.backlog and ReadyTasks(rt.redis).view([OWNER]) == {OWNER: []}
-
-
-def test_ready_tasks_of_a_node_out_of_rotation_go_back_to_idle_with_their_attempt_returned() -> None:
-    engine = StubEngine()
-    now = datetime.now(UTC)
-    for i in range(6):
-        doc = new_task(f"t{i}", "sample", now=now - timedelta(seconds=20 - i))
-        engine.put(doc.id, doc.to_source())
-    rt = stub_runtime(engine, kibana_capacity=2, busy_polling_interval_ms=50)
-    session = RefillSession(0.0, max_wait_ms=50, refilling=True)
-    run_claim_cycle(rt, datetime.now(UTC), lambda _job: None, refill=session)
-    run_claim_cycle(rt, datetime.now(UTC), lambda _job: None, refill=session)
-    ready = ReadyTasks(rt.redis).view([OWNER])[OWNER]
-    assert ready, "the node's slots were full: the session claimed ready tasks"
-    assert all(engine.docs[t.doc_id]["_source"]["task"]["status"] == "running" for t in ready)
-    # When the node leaves rotation, the next cycle gives its ready tasks back.
-    [node] = rt.nodes.resolve()[0]
-    rt.nodes.record_failure(node, datetime.now(UTC), "connection refused", hard=True)
-    run_claim_cycle(rt, datetime.now(UTC), lambda _job: None, refill=session)
-    for task in ready:
-        source = engine.docs[task.doc_id]["_source"]["task"]
-        assert source["status"] == "idle" and source["attempts"] == 0, source
-    assert ReadyTasks(rt.redis).view([OWNER]) == {OWNER: []}
-
-
-def test_a_look_reads_at_most_a_bounded_number_of_leases_the_longest_due_first() -> None:
-    session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([(f"t{i}", "x") for i in range(500)], now_ms=0)
-    for i in range(500):
-        session.next_check[f"t{i}"] = float(i)
-    due = session.due_for_check({f"t{i}" for i in range(500)}, now_ms=1000)
-    assert due == {f"t{i}" for i in range(MAX_READS_PER_LOOK)}
