@@ -25,11 +25,14 @@ MIN_WAIT_MS = 5
 #: A lease still running when checked is checked again after this share of its age (at least MIN_RECHECK_MS):
 #: a 200 ms task is re-read every ~20 ms, a 5 s task every ~500 ms (few reads for long tasks).
 RECHECK_SHARE = 0.1
-MIN_RECHECK_MS = 10
+MIN_RECHECK_MS = 20
 #: The first read of a lease comes at this share of the shortest hold seen for its type: a read
 #: only ever finds a hold at least as long as the wait before it, so waiting the whole shortest
 #: hold would never learn a shorter one (a slow first batch would slow every later one).
 FIRST_READ_SHARE = 0.75
+#: Before any hold of a task type was seen, its leases are first read after max_wait_ms (what a
+#: session would wait anyway): reading a thousand fresh leases every few ms would cost more than
+#: the first batch gains.
 #: The last search's unread hits stand in for a new search for this long (a task due later, or of a
 #: higher priority, waits at most this much longer than with a search every cycle).
 LEFTOVER_MAX_AGE_MS = 500
@@ -70,7 +73,9 @@ class RefillSession:
         """Tasks (id, task type) this session claimed: read them first after the shortest hold of their type."""
         for task_id, task_type in tasks:
             self.claimed_at[task_id] = (task_type, now_ms)
-            self.next_check[task_id] = now_ms + FIRST_READ_SHARE * self.shortest_hold_ms.get(task_type, 0.0)
+            shortest = self.shortest_hold_ms.get(task_type)
+            first = self.max_wait_ms if shortest is None else FIRST_READ_SHARE * shortest
+            self.next_check[task_id] = now_ms + first
 
     def due_for_check(self, lease_ids: Iterable[str], now_ms: float) -> set[str]:
         """The leases worth a real-time read now (a lease this session did not claim: read it now)."""

@@ -32,7 +32,7 @@ from elastask.parts.scripts import register
 _CLOCKED = ("now", "prune")
 #: How long a finished task is left out of the due search: the engine's refresh interval (1 s, as
 #: Kibana's index has it) and a margin; until then the near-real-time search shows its old version.
-FINISHED_MEMORY_MS = 2000
+FINISHED_MEMORY_MS = 1500
 
 
 def _ms(moment: datetime) -> int:

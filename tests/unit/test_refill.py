@@ -18,16 +18,19 @@ OWNER = "kibana:a"
 def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
     session.claimed([("t1", "report")], now_ms=0)
-    assert session.due_for_check({"t1"}, now_ms=0) == {"t1"}  # nothing learned yet: read at once
+    assert session.due_for_check({"t1"}, now_ms=0) == set()  # nothing learned yet: first read after max_wait
+    assert session.due_for_check({"t1"}, now_ms=250) == {"t1"}
     session.checked({"t1"}, still_held=set(), now_ms=210)  # found finished 210 ms after its claim
     assert session.shortest_hold_ms == {"report": 210}
     session.claimed([("t2", "report"), ("t3", "other")], now_ms=1000)
-    assert session.due_for_check({"t2", "t3"}, now_ms=1100) == {"t3"}
+    assert session.due_for_check({"t2", "t3"}, now_ms=1100) == set()
     # A little before the shortest hold: a faster run can still teach a shorter one.
-    assert session.due_for_check({"t2", "t3"}, now_ms=1000 + 0.75 * 210) == {"t2", "t3"}
+    assert session.due_for_check({"t2", "t3"}, now_ms=1000 + 0.75 * 210) == {"t2"}
     session.checked({"t2"}, still_held=set(), now_ms=1000 + 0.75 * 210)
     assert session.shortest_hold_ms["report"] < 210
-    assert session.wait_ms(1100) == MIN_WAIT_MS  # t3 is already worth reading
+    # A type never seen finishing ("other") is first read after max_wait_ms.
+    assert session.due_for_check({"t3"}, now_ms=1250) == {"t3"}
+    assert session.wait_ms(1300) == MIN_WAIT_MS  # t3 is already worth reading
 
 
 def test_a_lease_still_running_is_read_again_after_a_share_of_its_age() -> None:
