@@ -22,8 +22,8 @@ from typing import Any
 
 #: Never wait less than this between two checks (a session must not spin).
 MIN_WAIT_MS = 5
-#: A lease still running past the shortest hold of its type is read again after MIN_RECHECK_MS plus
-#: this share of the time past it: every ~20 ms just after it, every ~500 ms for a run 5 s longer.
+#: A lease still running when checked is checked again after this share of its age (at least MIN_RECHECK_MS):
+#: a 200 ms task is re-read every ~20 ms, a 5 s task every ~500 ms (few reads for long tasks).
 RECHECK_SHARE = 0.1
 MIN_RECHECK_MS = 20
 #: The first read of a lease comes at this share of the shortest hold seen for its type: a read
@@ -87,24 +87,13 @@ class RefillSession:
             task_type, since = self.claimed_at.get(task_id, (DEFAULT_TYPE, now_ms))
             if task_id in still_held:
                 self.claimed_at.setdefault(task_id, (task_type, since))  # not ours: its age counts from now
-                self.next_check[task_id] = self._recheck_at(task_type, since, now_ms)
+                self.next_check[task_id] = now_ms + max(MIN_RECHECK_MS, RECHECK_SHARE * (now_ms - since))
                 continue
             if task_id in self.claimed_at:
                 hold = now_ms - since
                 self.shortest_hold_ms[task_type] = min(hold, self.shortest_hold_ms.get(task_type, hold))
             self.claimed_at.pop(task_id, None)
             self.next_check.pop(task_id, None)
-
-    def _recheck_at(self, task_type: str, since: float, now_ms: float) -> float:
-        """When to read a lease again that was still held: at the shortest hold of its type (if not
-        reached yet), then MIN_RECHECK_MS plus a tenth of the time past it (often just after the
-        shortest hold, where most runs of a type end; rarely for a long run).
-        """
-        shortest = self.shortest_hold_ms.get(task_type)
-        if shortest is not None and now_ms < since + shortest:
-            return since + shortest
-        past = now_ms - since - (shortest or 0.0)
-        return now_ms + MIN_RECHECK_MS + RECHECK_SHARE * max(0.0, past)
 
     def forget(self, lease_ids: set[str]) -> None:
         """Drop what is known of leases no longer in the ledger (freed by another path)."""

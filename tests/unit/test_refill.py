@@ -33,21 +33,14 @@ def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> No
     assert session.wait_ms(1300) == MIN_WAIT_MS  # t3 is already worth reading
 
 
-def test_a_lease_still_running_is_read_at_the_shortest_hold_then_more_rarely_the_longer_it_runs() -> None:
+def test_a_lease_still_running_is_read_again_after_a_share_of_its_age() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
     session.claimed([("long", "export")], now_ms=0)
-    session.checked({"long"}, still_held={"long"}, now_ms=5)  # no hold known: 20 ms + a tenth of its age
-    assert session.next_check["long"] == 5 + MIN_RECHECK_MS + 0.5
+    session.checked({"long"}, still_held={"long"}, now_ms=5)
+    assert session.next_check["long"] == 5 + MIN_RECHECK_MS
     session.checked({"long"}, still_held={"long"}, now_ms=4000)
-    assert session.next_check["long"] == 4000 + MIN_RECHECK_MS + 400  # few reads for long tasks
+    assert session.next_check["long"] == 4400  # 10 % of 4 s: few reads for long tasks
     assert session.wait_ms(4000) == 250  # never sleeps past max_wait_ms
-    # With a shortest hold of 1 s known: read at 1 s, then every ~20 ms just past it.
-    session.shortest_hold_ms["export"] = 1000.0
-    session.claimed([("next", "export")], now_ms=10_000)
-    session.checked({"next"}, still_held={"next"}, now_ms=10_750)
-    assert session.next_check["next"] == 11_000
-    session.checked({"next"}, still_held={"next"}, now_ms=11_000)
-    assert session.next_check["next"] == 11_000 + MIN_RECHECK_MS
 
 
 def test_a_lease_another_cycle_claimed_counts_its_age_from_when_the_session_first_read_it() -> None:
