@@ -48,12 +48,7 @@ def test_the_demo_runs_and_its_live_view_adds_up() -> None:
 
 def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
     # Given the demo on a real terminal (a tmux pane 160 x 40, its own tmux server and environment).
-    socket = f"elastask-test-{os.getpid()}"
-    tmux = ["tmux", "-L", socket]
-    command = f"{shlex.quote(sys.executable)} -m elastask demo --kibana-nodes 2 --duration 40; sleep 120"
-    marker = f"ELASTASK_DEMO_TEST={uuid.uuid4()}"
-    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color", **dict([marker.split("=", 1)])}
-    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "40", command], env=env, check=True)
+    tmux, marker = demo_in_tmux("live", "--kibana-nodes 2 --duration 40; sleep 120")
     try:
         screens: dict[str, str] = {}  # the view's timestamp -> the pane as shown then
         deadline = time.monotonic() + 200
@@ -78,6 +73,19 @@ def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
         wait_until_gone(marker, 90)
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def demo_in_tmux(name: str, demo_args: str) -> tuple[list[str], str]:
+    """Start ``elastask demo DEMO_ARGS`` in a 160 x 40 pane of a tmux server of its own.
+
+    Returns the tmux command prefix and the environment marker every process the demo starts inherits.
+    """
+    tmux = ["tmux", "-L", f"elastask-test-{name}-{os.getpid()}"]
+    marker = f"ELASTASK_DEMO_TEST={uuid.uuid4()}"
+    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color", **dict([marker.split("=", 1)])}
+    command = f"{shlex.quote(sys.executable)} -m elastask demo {demo_args}"
+    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "40", command], env=env, check=True)
+    return tmux, marker
 
 
 def demo_processes(marker: str) -> list[str]:
@@ -110,12 +118,7 @@ def wait_until_gone(marker: str, timeout_s: float) -> None:
 
 def test_a_closed_terminal_stops_the_demo_and_everything_it_started() -> None:
     # Given the demo in a tmux pane; when the terminal goes away (tmux kills the pane: SIGHUP).
-    socket = f"elastask-test-hup-{os.getpid()}"
-    tmux = ["tmux", "-L", socket]
-    command = f"{shlex.quote(sys.executable)} -m elastask demo --kibana-nodes 1 --duration 120"
-    marker = f"ELASTASK_DEMO_TEST={uuid.uuid4()}"
-    env = {**os.environ, "ELASTASK_CONFIG": "", "TERM": "xterm-256color", **dict([marker.split("=", 1)])}
-    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "40", command], env=env, check=True)
+    tmux, marker = demo_in_tmux("hup", "--kibana-nodes 1 --duration 120")
     try:
         deadline = time.monotonic() + 200
         workdir = None

@@ -15,6 +15,14 @@ from tests.unit.stubs import StubEngine, stub_runtime
 OWNER = "kibana:a"
 
 
+def due_tasks(engine: StubEngine, count: int) -> None:
+    """``count`` one-shot tasks due now, oldest first."""
+    now = datetime.now(UTC)
+    for i in range(count):
+        doc = new_task(f"t{i}", "sample", now=now - timedelta(seconds=20 - i))
+        engine.put(doc.id, doc.to_source())
+
+
 def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
     session.claimed([("t1", "report")], now_ms=0)
@@ -55,10 +63,7 @@ def test_a_lease_another_cycle_claimed_counts_its_age_from_when_the_session_firs
 def test_given_a_backlog_a_session_refills_each_freed_slot_within_one_call_and_never_exceeds_the_cap() -> None:
     # Given one slot (capacity 1 = 2 units) and four due tasks; Kibana finishes each run at once.
     engine = StubEngine()
-    now = datetime.now(UTC)
-    for i in range(4):
-        doc = new_task(f"t{i}", "sample", now=now - timedelta(seconds=10 - i))
-        engine.put(doc.id, doc.to_source())
+    due_tasks(engine, 4)
     rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
     pushed: list[str] = []
     in_flight_at_push: list[int] = []
@@ -82,13 +87,12 @@ def test_given_a_backlog_a_session_refills_each_freed_slot_within_one_call_and_n
 
 def test_with_sessions_off_a_backlog_waits_for_the_next_job() -> None:
     engine = StubEngine()
-    now = datetime.now(UTC)
-    for i in range(3):
-        doc = new_task(f"t{i}", "sample", now=now - timedelta(seconds=10 - i))
-        engine.put(doc.id, doc.to_source())
+    due_tasks(engine, 3)
     rt = stub_runtime(engine, kibana_capacity=1)
     pushed: list[str] = []
-    summary = claim_available_tasks(rt, now, lambda job: pushed.extend(t.doc_id for t in job.tasks), sessions=False)
+    summary = claim_available_tasks(
+        rt, datetime.now(UTC), lambda job: pushed.extend(t.doc_id for t in job.tasks), sessions=False
+    )
     assert pushed == ["task:t0"] and summary.backlog
 
 
