@@ -27,7 +27,10 @@ LEASE_GRACE = timedelta(seconds=2)
 #: After a ledger rebuild, no claims for this long (longer than any claim cycle runs).
 LEDGER_SETTLE_MS = 3000
 #: The fields ``finished`` looks at: the ledger's reads fetch only these.
-FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts")
+FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts", "task.runAt")
+#: How long a finished task is left out of the due search: the engine's refresh interval (1 s, as
+#: Kibana's index has it) and a margin; until then the near-real-time search shows its old version.
+FINISHED_MEMORY_MS = 1500
 
 
 def ready_to_claim(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple[bool, int]:
@@ -71,6 +74,7 @@ def reconcile_ledger(
         return held, 0
     hits = mget_sources(rt.store, sorted({lease.task_id for lease in judged}), fields=FINISHED_FIELDS)
     done: dict[str, list[str]] = defaultdict(list)
+    forget_at: dict[str, int] = {}
     for lease in judged:
         live = lease.expires_ms > now_ms
         if live and lease.task_id not in hits:
@@ -82,9 +86,20 @@ def reconcile_ledger(
             held.add(lease.task_id)
         else:
             done[lease.owner_id].append(lease.task_id)
+            forget_at[lease.task_id] = _search_again_at(task, now_ms)
     released = rt.ledger.release_many(done)
-    rt.ledger.mark_finished((task_id for ids in done.values() for task_id in ids), now_ms)
+    rt.ledger.mark_finished(forget_at)
     return held, released
+
+
+def _search_again_at(task: Any, now_ms: int) -> int:
+    """Until when (ms) a finished task stays out of the due search: FINISHED_MEMORY_MS, or less for a
+    recurring task rescheduled sooner (its next run must not wait for the index to refresh)."""
+    until = now_ms + FINISHED_MEMORY_MS
+    try:
+        return min(until, int(parse_date(task["runAt"]).timestamp() * 1000))
+    except (KeyError, TypeError, ValueError):
+        return until
 
 
 def finished(hit: dict[str, Any] | None, task: Any, owner_id: str) -> bool:

@@ -30,9 +30,6 @@ from elastask.parts.redis_errors import redis_errors
 from elastask.parts.scripts import register
 
 _CLOCKED = ("now", "prune")
-#: How long a finished task is left out of the due search: the engine's refresh interval (1 s, as
-#: Kibana's index has it) and a margin; until then the near-real-time search shows its old version.
-FINISHED_MEMORY_MS = 1500
 
 
 def _ms(moment: datetime) -> int:
@@ -72,7 +69,7 @@ class LeaseView:
     leases: list[Lease]
     #: Units each node holds (expired leases not yet pruned included): for usage metrics.
     used_units: dict[str, int] = field(default_factory=dict)
-    #: Tasks reconcile saw finished in the last FINISHED_MEMORY_MS (the search may still show them due).
+    #: Tasks reconcile saw finished a moment ago (the near-real-time search may still show them due).
     recently_finished: frozenset[str] = frozenset()
 
 
@@ -217,7 +214,7 @@ class Ledger:
             return LeaseView(self.now_ms(), [])
         key_list = [k for owner in owner_ids for k in _keys(owner)] + [keys.LEDGER_FINISHED]
         with redis_errors("reading the leases"):
-            answer = self._leases(keys=key_list, args=[FINISHED_MEMORY_MS])
+            answer = self._leases(keys=key_list, args=[])
         now_ms, rest, finished = int(answer[0]), answer[1:-1], answer[-1]
         leases, used = [], {}
         for owner, members, pending, units in zip(owner_ids, rest[::3], rest[1::3], rest[2::3], strict=True):
@@ -228,9 +225,9 @@ class Ledger:
             used[owner] = int(units)
         return LeaseView(now_ms, leases, used, frozenset(_text(t) for t in finished))
 
-    def mark_finished(self, task_ids: Iterable[str], now_ms: int) -> None:
-        """Remember tasks Kibana finished (their slots were just freed) for FINISHED_MEMORY_MS."""
-        members = {task_id: now_ms for task_id in task_ids}
+    def mark_finished(self, until_ms: Mapping[str, int]) -> None:
+        """Remember tasks Kibana finished (their slots were just freed) until a time each (ms, Redis's clock)."""
+        members = dict(until_ms)
         if members:
             with redis_errors("remembering finished tasks"):
                 self.client.zadd(keys.LEDGER_FINISHED, members)

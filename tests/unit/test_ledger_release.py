@@ -26,6 +26,5 @@ def test_release_many_frees_held_slots_on_every_node_in_one_call_and_counts_only
 def test_finished_tasks_are_remembered_for_a_while_in_the_lease_view() -> None:
     ledger = Ledger(fakeredis.FakeRedis())
     now_ms = ledger.now_ms()
-    ledger.mark_finished(["t1"], now_ms)
-    ledger.mark_finished(["old"], now_ms - 60_000)
+    ledger.mark_finished({"t1": now_ms + 1500, "old": now_ms - 1})
     assert ledger.view(["kibana:a"]).recently_finished == frozenset({"t1"})

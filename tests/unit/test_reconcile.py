@@ -65,3 +65,23 @@ def test_given_a_reservation_whose_claim_is_not_written_yet_then_reconcile_keeps
     later = replace(view, now_ms=view.now_ms + 66_000)
     held, released = reconcile_ledger(rt, later, 65_000)
     assert held == set() and released == 1
+
+
+def test_finished_tasks_stay_out_of_the_search_a_moment_and_a_rescheduled_one_no_later_than_its_next_run() -> None:
+    # Given a deleted one-shot task and a recurring one Kibana rescheduled 300 ms ahead.
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    for doc_id in ("task:once", "task:every-second"):
+        claimed(rt, doc_id)
+    now_ms = rt.ledger.now_ms()
+    next_run = datetime.fromtimestamp((now_ms + 300) / 1000, UTC)
+    engine.put(
+        "task:every-second",
+        {"type": "task", "task": {"status": "idle", "attempts": 0, "ownerId": None, "runAt": format_date(next_run)}},
+    )
+    # When reconcile frees both slots.
+    reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000)
+    # Then both are left out of the due search now; the recurring one only until its next runAt.
+    assert rt.ledger.view([OWNER]).recently_finished == frozenset({"task:once", "task:every-second"})
+    scores = dict(rt.redis.zrange("elastask:ledger:finished", 0, -1, withscores=True))
+    assert scores[b"task:every-second"] <= now_ms + 300 < scores[b"task:once"]

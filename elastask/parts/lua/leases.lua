@@ -1,6 +1,6 @@
 -- Every lease of several nodes, with Redis's clock, in one round trip; and the tasks finished lately.
 -- KEYS: zset1, costs1, pending1, zset2, costs2, pending2, ... (three per node), then the finished zset
--- ARGV: how long (ms) a finished task is remembered
+-- ARGV: none (the finished zset's scores are until when each task is remembered, ms)
 -- Returns: {now_ms, {ids and expiries of node 1, flat}, {pending ids and times of node 1, flat},
 --           units held by node 1 (expired leases not yet pruned included), ..., {finished ids}}
 local result = {now_ms}
@@ -12,6 +12,6 @@ for k = 1, #KEYS - 1, 3 do
   for _, c in ipairs(redis.call('HVALS', KEYS[k + 1])) do used = used + tonumber(c) end
   table.insert(result, used)
 end
-redis.call('ZREMRANGEBYSCORE', finished, '-inf', now_ms - tonumber(ARGV[1]))
+redis.call('ZREMRANGEBYSCORE', finished, '-inf', now_ms)
 table.insert(result, redis.call('ZRANGE', finished, 0, -1))
 return result
