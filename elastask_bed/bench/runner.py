@@ -272,6 +272,12 @@ class BenchRun:
             "lost": lost,
             # Runs a node received before the task's runAt (push claims ahead; it must never push early).
             "early_starts": sum(1 for d in drifts if d < 0),
+            # The run that started latest after its runAt, to explain a max drift.
+            "latest_start": max(
+                ({"drift_ms": n.get("latest_start_ms"), "task": n.get("latest_start_task")} for n in nodes),
+                key=lambda x: x["drift_ms"] or 0.0,
+                default=None,
+            ),
             "remaining": remaining,
             "claim_conflicts": int(stats["totals"].get("claim_conflicts", 0)),
         }

@@ -291,7 +291,8 @@ class SimulatedNode:
         if overlapping:
             log.error("%s: task %r started while it was already running (overlapping run)", self.name, task_id)
         shared.running[task_id] += 1
-        self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping)
+        label = f"{task_id} ({body.get('taskType')}, attempts {body.get('attempts')}, runAt {body.get('runAt')})"
+        self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping, label)
         self.stats.slot_filled(time.monotonic())
         try:
             failed = not await self._execute(task_id, str(body.get("taskType")))

@@ -33,6 +33,9 @@ class NodeStats:
     busy_claim_cycles_ms: list[float] = field(default_factory=list)  # pull mode: cycles that claimed a task
     #: Refill latency: a slot freed (the run's outcome written, or the run failed) -> the next run started.
     refill_ms: list[float] = field(default_factory=list)
+    #: The run that started latest after its runAt: how late (ms) and which task.
+    latest_start_ms: float = 0.0
+    latest_start_task: str = ""
     _freed_at: deque[float] = field(default_factory=deque)
 
     def slot_freed(self, now_s: float) -> None:
@@ -44,8 +47,11 @@ class NodeStats:
         if self._freed_at:
             self.refill_ms.append((now_s - self._freed_at.popleft()) * 1000)
 
-    def run_started(self, drift_ms: float | None, overlapping: bool) -> None:
-        """A run began; ``overlapping`` when the same task was already running anywhere."""
+    def run_started(self, drift_ms: float | None, overlapping: bool, task: str = "") -> None:
+        """A run began; ``overlapping`` when the same task was already running anywhere.
+
+        ``task``: "id (type, attempt N)", kept for the run that started latest after its runAt.
+        """
         self.runs_started += 1
         self.current += 1
         self.max_concurrency = max(self.max_concurrency, self.current)
@@ -53,6 +59,8 @@ class NodeStats:
             self.overlapping_runs += 1
         if drift_ms is not None:
             self.drift_ms.append(drift_ms)
+            if drift_ms >= self.latest_start_ms:
+                self.latest_start_ms, self.latest_start_task = drift_ms, task
 
     def run_ended(self, *, failed: bool) -> None:
         """A run ended (successfully or not)."""

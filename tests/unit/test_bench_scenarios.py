@@ -50,3 +50,12 @@ def test_refill_latency_pairs_each_freed_slot_with_the_next_run_started() -> Non
     stats.slot_filled(2.0)
     assert [round(ms) for ms in stats.refill_ms] == [100, 500]
     assert stats.snapshot()["refill_ms"]["count"] == 2
+
+
+def test_the_latest_start_names_the_task_that_explains_the_max_drift() -> None:
+    stats = NodeStats()
+    stats.run_started(12.0, False, "task:a (x, attempts 1, runAt t)")
+    stats.run_started(900.0, False, "task:b (y, attempts 1, runAt t)")
+    stats.run_started(40.0, False, "task:c (x, attempts 1, runAt t)")
+    snapshot = stats.snapshot()
+    assert snapshot["latest_start_ms"] == 900.0 and snapshot["latest_start_task"].startswith("task:b")
