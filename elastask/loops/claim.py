@@ -21,10 +21,14 @@ A quiet cycle (nothing due, nothing in flight) lets the loop rest (cadence.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import cast
+
+import redis
 
 from elastask import keys
 from elastask.config import Settings
@@ -90,8 +94,27 @@ def _refill(
     last: ClaimSummary,
     on_cycle: Callable[[ClaimSummary], None],
 ) -> ClaimSummary:
-    """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
+    """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed).
+
+    The shortest holds seen per task type carry over from one session to the next (in Redis, for
+    an hour): each backlog would otherwise start with a blind first read.
+    """
     session.refilling = True
+    session.learn(_remembered_holds(rt))
+    try:
+        return _refill_until_done(rt, enqueue, held, session, last, on_cycle)
+    finally:
+        _remember_holds(rt, session.shortest_hold_ms)
+
+
+def _refill_until_done(
+    rt: Runtime,
+    enqueue: Callable[[DispatchJob], None],
+    held: Callable[[], bool],
+    session: RefillSession,
+    last: ClaimSummary,
+    on_cycle: Callable[[ClaimSummary], None],
+) -> ClaimSummary:
     marked = _monotonic_ms()
     while held() and _monotonic_ms() - session.started_ms < SESSION_MAX_MS:
         time.sleep(session.wait_ms(_monotonic_ms()) / 1000)
@@ -106,6 +129,28 @@ def _refill(
             if not summary.backlog:
                 break  # every due task found a slot: back to the beat's cadence
     return last
+
+
+#: How long the shortest holds are remembered between sessions (a task type's runs may change).
+HOLDS_TTL_S = 3600
+
+
+def _remembered_holds(rt: Runtime) -> dict[str, float]:
+    try:
+        raw = cast(dict[bytes, bytes], rt.redis.hgetall(keys.REFILL_HOLDS))
+    except redis.RedisError:
+        return {}  # a hint only: a session without it reads sooner, nothing else changes
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
+def _remember_holds(rt: Runtime, holds: dict[str, float]) -> None:
+    if not holds:
+        return
+    with contextlib.suppress(redis.RedisError):
+        pipe = rt.redis.pipeline(transaction=False)
+        pipe.hset(keys.REFILL_HOLDS, mapping={k: round(v, 1) for k, v in holds.items()})
+        pipe.expire(keys.REFILL_HOLDS, HOLDS_TTL_S)
+        pipe.execute()
 
 
 def _timed(cycle: Callable[[], ClaimSummary]) -> ClaimSummary:

@@ -16,7 +16,7 @@ Pure: times are passed in (milliseconds of a monotonic clock).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,15 @@ class RefillSession:
             shortest = self.shortest_hold_ms.get(task_type)
             first = self.max_wait_ms if shortest is None else FIRST_READ_SHARE * shortest
             self.next_check[task_id] = now_ms + first
+
+    def learn(self, shortest_hold_ms: Mapping[str, float]) -> None:
+        """Start from holds earlier sessions saw; leases not read yet get their first read re-timed."""
+        for task_type, hold in shortest_hold_ms.items():
+            self.shortest_hold_ms[task_type] = min(hold, self.shortest_hold_ms.get(task_type, hold))
+        for task_id, (task_type, since) in self.claimed_at.items():
+            if task_type in self.shortest_hold_ms and task_id in self.next_check:
+                first = since + FIRST_READ_SHARE * self.shortest_hold_ms[task_type]
+                self.next_check[task_id] = min(self.next_check[task_id], first)
 
     def due_for_check(self, lease_ids: Iterable[str], now_ms: float) -> set[str]:
         """The leases worth a real-time read now (a lease this session did not claim: read it now)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim import claim_available_tasks
@@ -109,3 +110,25 @@ def test_leftover_hits_stand_in_for_a_search_only_while_recent_and_more_than_the
     ]
     assert session.take_leftovers(5, now_ms=1100, exclude=set()) == []  # no more than the room: search
     assert session.take_leftovers(1, now_ms=1000 + 501, exclude=set()) == []  # too old: search
+
+
+def test_learned_holds_re_time_the_first_read_of_leases_not_read_yet() -> None:
+    session = RefillSession(0.0, max_wait_ms=250)
+    session.claimed([("t1", "report")], now_ms=1000)
+    assert session.next_check["t1"] == 1250  # blind: after max_wait_ms
+    session.learn({"report": 200.0})
+    assert session.next_check["t1"] == 1000 + 0.75 * 200
+
+
+def test_a_session_remembers_the_shortest_hold_for_the_next_one_in_redis() -> None:
+    engine = StubEngine()
+    due_tasks(engine, 4)
+    rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
+
+    def kibana_runs(job: DispatchJob) -> None:
+        for task in job.tasks:
+            del engine.docs[task.doc_id]
+
+    claim_available_tasks(rt, datetime.now(UTC), kibana_runs)
+    remembered = rt.redis.hgetall(keys.REFILL_HOLDS)
+    assert b"sample" in remembered and float(remembered[b"sample"]) >= 0
