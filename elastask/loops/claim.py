@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import cast
 
@@ -94,41 +94,34 @@ def _refill(
     last: ClaimSummary,
     on_cycle: Callable[[ClaimSummary], None],
 ) -> ClaimSummary:
-    """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed).
-
-    The shortest holds seen per task type carry over from one session to the next (in Redis, for
-    an hour): each backlog would otherwise start with a blind first read.
-    """
+    """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
     session.refilling = True
+    marked = _monotonic_ms()
+    with _holds_carried_over(rt, session):
+        while held() and _monotonic_ms() - session.started_ms < SESSION_MAX_MS:
+            time.sleep(session.wait_ms(_monotonic_ms()) / 1000)
+            summary = _timed(lambda: run_claim_cycle(rt, datetime.now(UTC), enqueue, held, session))
+            if not summary.ran:
+                break
+            if summary.searched or _monotonic_ms() - marked >= SESSION_MARK_MS:
+                on_cycle(summary)
+                marked = _monotonic_ms()
+            if summary.searched:
+                last = summary
+                if not summary.backlog:
+                    break  # every due task found a slot: back to the beat's cadence
+    return last
+
+
+@contextlib.contextmanager
+def _holds_carried_over(rt: Runtime, session: RefillSession) -> Iterator[None]:
+    """The shortest holds seen per task type carry over from one session to the next (in Redis, for
+    an hour): each backlog would otherwise start with a blind first read."""
     session.learn(_remembered_holds(rt))
     try:
-        return _refill_until_done(rt, enqueue, held, session, last, on_cycle)
+        yield
     finally:
         _remember_holds(rt, session.shortest_hold_ms)
-
-
-def _refill_until_done(
-    rt: Runtime,
-    enqueue: Callable[[DispatchJob], None],
-    held: Callable[[], bool],
-    session: RefillSession,
-    last: ClaimSummary,
-    on_cycle: Callable[[ClaimSummary], None],
-) -> ClaimSummary:
-    marked = _monotonic_ms()
-    while held() and _monotonic_ms() - session.started_ms < SESSION_MAX_MS:
-        time.sleep(session.wait_ms(_monotonic_ms()) / 1000)
-        summary = _timed(lambda: run_claim_cycle(rt, datetime.now(UTC), enqueue, held, session))
-        if not summary.ran:
-            break
-        if summary.searched or _monotonic_ms() - marked >= SESSION_MARK_MS:
-            on_cycle(summary)
-            marked = _monotonic_ms()
-        if summary.searched:
-            last = summary
-            if not summary.backlog:
-                break  # every due task found a slot: back to the beat's cadence
-    return last
 
 
 #: How long the shortest holds are remembered between sessions (a task type's runs may change).
