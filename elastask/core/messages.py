@@ -7,7 +7,7 @@ Their JSON form is the Celery message's argument, so fields are only ever added,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from elastask.core import policy
@@ -35,7 +35,9 @@ class ClaimedTask:
         return self.seq_no if self.claim_seq_no is None else self.claim_seq_no
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies the body, about a tenth of the claim loop's enqueue time
+        # (py-spy). The message is serialised at once and the body is never changed after the claim.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from elastask import keys
 from elastask.core.intervals import parse_date
 from elastask.core.messages import DispatchJob
 from elastask.entry.celeryapp import get_app, worker_processes
+from elastask.entry.publisher import background_publisher
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
 from elastask.loops.cadence import Cadence
@@ -82,14 +83,10 @@ def claim() -> dict[str, Any]:
     now = _now()
     try:
         rt = runtime()
-        # One producer (one broker connection) for every job this cycle enqueues.
-        with app.producer_or_acquire() as producer:
+        # The jobs go out from a thread with one producer of its own: the loop does not wait on the broker.
+        with background_publisher(enqueue_dispatch, app.producer_or_acquire) as publish:
             summary = claim_available_tasks(
-                rt,
-                now,
-                lambda job: enqueue_dispatch(job, producer),
-                lambda cycle: record_cycle(rt, cycle),
-                sessions=sessions_allowed(),
+                rt, now, publish, lambda cycle: record_cycle(rt, cycle), sessions=sessions_allowed()
             )
         if summary.ran and summary.backlog:
             follow_up(rt)
