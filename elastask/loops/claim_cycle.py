@@ -144,7 +144,7 @@ def run_claim_cycle(
         return cycle.summary
     claimed = _write_claims(cycle, to_claim)
     if refill is not None:
-        refill.claimed(((a.task.id, a.task.task_type) for a, _ in claimed), _monotonic_ms())
+        refill.claimed(((a.task.id, a.task.task_type, _version_of(doc)) for a, doc in claimed), _monotonic_ms())
         if refill.refilling:
             refill.keep_leftovers([h for h in cycle.hits if str(h["_id"]) not in cycle.examined], searched_ms)
     _enqueue(cycle, claimed, enqueue)
@@ -237,7 +237,9 @@ def _refill_room(cycle: _Cycle, refill: RefillSession) -> bool:
     due = refill.due_for_check(lease_ids, _monotonic_ms())
     used = dict(cycle.view.used_units)
     if due:
-        cycle.held, summary.released = reconcile_ledger(rt, cycle.view, pending_max_ms(cycle.settings), only=due)
+        cycle.held, summary.released = reconcile_ledger(
+            rt, cycle.view, pending_max_ms(cycle.settings), only=due, versions=refill.versions
+        )
         refill.checked(due, cycle.held, _monotonic_ms())
         if summary.released:
             used = rt.ledger.used_units([n.owner_id for n in cycle.available])
@@ -247,6 +249,11 @@ def _refill_room(cycle: _Cycle, refill: RefillSession) -> bool:
     summary.capacity_left = dict(cycle.free)
     summary.step("reconcile")
     return any(free >= cycle.cheapest for free in cycle.free.values())
+
+
+def _version_of(doc: TaskDocument) -> tuple[int, int]:
+    assert doc.seq_no is not None and doc.primary_term is not None  # a claimed document has both
+    return doc.seq_no, doc.primary_term
 
 
 def _monotonic_ms() -> float:

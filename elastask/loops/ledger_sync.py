@@ -52,7 +52,11 @@ def ready_to_claim(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple[b
 
 
 def reconcile_ledger(
-    rt: Runtime, view: LeaseView, pending_max_ms: int, only: set[str] | None = None
+    rt: Runtime,
+    view: LeaseView,
+    pending_max_ms: int,
+    only: set[str] | None = None,
+    versions: dict[str, Version] | None = None,
 ) -> tuple[set[str], int]:
     """Free the slots of tasks Kibana finished (deleted, back to idle, or owned by someone else).
 
@@ -60,7 +64,10 @@ def reconcile_ledger(
     ``pending_max_ms``) looks idle in the engine and is never judged by it; nor is a lease whose
     real-time read failed (unknown). Expiry is judged on Redis's clock (``view.now_ms``).
     ``only``: read just these leases (a refill session's likely-finished ones); the others, unless
-    expired, stay held. Returns the ids still held and how many were freed.
+    expired, stay held. ``versions``: the version (``_seq_no``, ``_primary_term``) at which each
+    lease was last seen held, kept by the caller across calls and updated here: those leases are
+    read without their source first (see ``read_leases``). Returns the ids still held and how many
+    were freed.
     """
     now_ms = view.now_ms
     held = {
@@ -72,7 +79,7 @@ def reconcile_ledger(
     judged = [lease for lease in view.leases if lease.task_id not in held]
     if not judged:
         return held, 0
-    hits = mget_sources(rt.store, sorted({lease.task_id for lease in judged}), fields=FINISHED_FIELDS)
+    hits = read_leases(rt, sorted({lease.task_id for lease in judged}), versions or {})
     done: dict[str, list[str]] = defaultdict(list)
     forget_at: dict[str, int] = {}
     for lease in judged:
@@ -81,15 +88,57 @@ def reconcile_ledger(
             held.add(lease.task_id)  # the read failed: unknown, so the lease stands
             continue
         hit = hits.get(lease.task_id)
+        if hit is UNCHANGED and live:
+            held.add(lease.task_id)  # the very document last judged held
+            continue
         task = hit.get("_source", {}).get("task", {}) if hit else {}
         if live and not finished(hit, task, lease.owner_id):
             held.add(lease.task_id)
+            if versions is not None and hit is not None:
+                versions[lease.task_id] = _version(hit)
         else:
             done[lease.owner_id].append(lease.task_id)
             forget_at[lease.task_id] = _search_again_at(task, now_ms)
+            if versions is not None:
+                versions.pop(lease.task_id, None)
     released = rt.ledger.release_many(done)
     rt.ledger.mark_finished(forget_at)
     return held, released
+
+
+#: A document's version: (``_seq_no``, ``_primary_term``).
+Version = tuple[int, int]
+#: ``read_leases``'s answer for a document still at the version it was last judged held at.
+UNCHANGED: dict[str, Any] = {"found": True, "unchanged": True}
+
+
+def read_leases(rt: Runtime, ids: Sequence[str], versions: dict[str, Version]) -> dict[str, dict[str, Any] | None]:
+    """Real-time reads of leased tasks: id -> hit (``FINISHED_FIELDS``), None if gone, UNCHANGED, or left
+    out when the read failed.
+
+    A lease whose version is known is read first without its source: gone, or still that version
+    (the document ``finished`` judged held then, so held now), needs nothing more; only a changed one
+    is read again with its fields. Most reads in a refill session find a task still running, and the
+    engine serves a version-only read for a fraction of a filtered one (``_source_includes`` costs the
+    engine about 0.16 ms a document, eight times a version-only read: tests/bench micro-benchmark in
+    BENCHMARKS.md).
+    """
+    known = [i for i in ids if i in versions]
+    hits: dict[str, dict[str, Any] | None] = {}
+    changed: list[str] = []
+    for task_id, hit in mget_sources(rt.store, known, fields=()).items():
+        if hit is not None and _version(hit) == versions[task_id]:
+            hits[task_id] = UNCHANGED
+        elif hit is None:
+            hits[task_id] = None
+        else:
+            changed.append(task_id)
+    hits.update(mget_sources(rt.store, [*[i for i in ids if i not in versions], *changed], fields=FINISHED_FIELDS))
+    return hits
+
+
+def _version(hit: dict[str, Any]) -> Version:
+    return int(hit.get("_seq_no", -1)), int(hit.get("_primary_term", -1))
 
 
 def _search_again_at(task: Any, now_ms: int) -> int:

@@ -54,6 +54,8 @@ class RefillSession:
     next_check: dict[str, float] = field(default_factory=dict)
     #: task type -> the shortest hold seen (claim written -> found finished)
     shortest_hold_ms: dict[str, float] = field(default_factory=dict)
+    #: task id -> the version (_seq_no, _primary_term) it was last seen held at (its claim, or a read)
+    versions: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: The last search's hits no cycle read yet, and when that search ran.
     leftovers: list[dict[str, Any]] = field(default_factory=list)
     leftovers_ms: float = 0.0
@@ -69,10 +71,12 @@ class RefillSession:
         usable = [h for h in self.leftovers if str(h["_id"]) not in exclude]
         return usable if len(usable) > room else []
 
-    def claimed(self, tasks: Iterable[tuple[str, str]], now_ms: float) -> None:
-        """Tasks (id, task type) this session claimed: read them first after the shortest hold of their type."""
-        for task_id, task_type in tasks:
+    def claimed(self, tasks: Iterable[tuple[str, str, tuple[int, int]]], now_ms: float) -> None:
+        """Tasks (id, task type, version the claim wrote) this session claimed: read them first after
+        the shortest hold of their type, without their source while they are still at that version."""
+        for task_id, task_type, version in tasks:
             self.claimed_at[task_id] = (task_type, now_ms)
+            self.versions[task_id] = version
             shortest = self.shortest_hold_ms.get(task_type)
             first = self.max_wait_ms if shortest is None else FIRST_READ_SHARE * shortest
             self.next_check[task_id] = now_ms + first
@@ -109,6 +113,8 @@ class RefillSession:
         for task_id in [t for t in self.next_check if t not in lease_ids]:
             self.next_check.pop(task_id, None)
             self.claimed_at.pop(task_id, None)
+        for task_id in [t for t in self.versions if t not in lease_ids]:
+            del self.versions[task_id]
 
     def wait_ms(self, now_ms: float) -> float:
         """How long to sleep before the next look: until the earliest lease is worth reading."""

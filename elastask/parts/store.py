@@ -287,11 +287,17 @@ def mget_sources(
 
     An id whose read failed (an error item: shard unavailable) is left out: unknown, never "gone".
 
-    ``fields``: only these source fields (e.g. ``task.status``), for reads that need a few.
+    ``fields``: only these source fields (e.g. ``task.status``), for reads that need a few; ``()``:
+    no source at all, only whether each document exists and its version (``_seq_no``,
+    ``_primary_term``) -- the cheapest read the engine serves.
     """
     if not ids:
         return {}
-    options: dict[str, Any] = {"source_includes": list(fields)} if fields is not None else {}
+    options: dict[str, Any] = {}
+    if fields == ():
+        options["source"] = False
+    elif fields is not None:
+        options["source_includes"] = list(fields)
     with engine_errors(f"reading {len(ids)} task(s) from {store.index}"):
         answer = store.client.mget(index=store.index, ids=list(ids), **options)
     result: dict[str, dict[str, Any] | None] = {}

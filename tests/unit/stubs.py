@@ -42,6 +42,7 @@ class StubEngine:
         self.docs: dict[str, dict[str, Any]] = {}
         self.seq_no = 0
         self.mget_errors: set[str] = set()  # ids whose mget item is an error (shard unavailable)
+        self.mget_calls: list[tuple[list[str], bool]] = []  # (ids, versions only) per mget
         self.writes: list[dict[str, Any]] = []
         self.before_bulk: Callable[[], None] | None = None  # runs once, before the next bulk applies
 
@@ -87,13 +88,15 @@ class StubEngine:
                 items.append({"update": {"_id": doc_id, "status": 200, "_seq_no": seq_no, "_primary_term": 1}})
         return Answer(items=items, errors=any(i["update"]["status"] >= 300 for i in items))
 
-    def mget(self, *, index: str, ids: Sequence[str], source_includes: Any = None) -> Answer:
+    def mget(self, *, index: str, ids: Sequence[str], source_includes: Any = None, source: Any = None) -> Answer:
+        self.mget_calls.append((list(ids), source is False))
         docs = []
         for doc_id in ids:
             if doc_id in self.mget_errors:
                 docs.append({"_id": doc_id, "error": {"type": "no_shard_available_action_exception"}})
             elif doc_id in self.docs:
-                docs.append({"_id": doc_id, "found": True, **self.docs[doc_id]})
+                doc = {k: v for k, v in self.docs[doc_id].items() if not (source is False and k == "_source")}
+                docs.append({"_id": doc_id, "found": True, **doc})
             else:
                 docs.append({"_id": doc_id, "found": False})
         return Answer(docs=docs)

@@ -85,3 +85,46 @@ def test_finished_tasks_stay_out_of_the_search_a_moment_and_a_rescheduled_one_no
     assert rt.ledger.view([OWNER]).recently_finished == frozenset({"task:once", "task:every-second"})
     scores = dict(rt.redis.zrange("elastask:ledger:finished", 0, -1, withscores=True))
     assert scores[b"task:every-second"] <= now_ms + 300 < scores[b"task:once"]
+
+
+def test_a_lease_still_at_the_version_it_was_judged_held_at_is_read_without_its_source() -> None:
+    # Given three leases last seen held at their claim's version: one still running, one Kibana
+    # deleted (a finished one-shot task), one Kibana rescheduled (a finished recurring task).
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    versions = {}
+    for doc_id in ("task:running", "task:deleted", "task:rescheduled"):
+        claimed(rt, doc_id)
+        running(engine, doc_id)
+        versions[doc_id] = (engine.docs[doc_id]["_seq_no"], 1)
+    del engine.docs["task:deleted"]
+    engine.put(
+        "task:rescheduled",
+        {"type": "task", "task": {"status": "idle", "ownerId": OWNER, "attempts": 0, "runAt": format_date(NOW)}},
+    )
+    # When reconcile reads them.
+    held, released = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000, versions=versions)
+    # Then the running one stays held, the two finished ones are freed...
+    assert held == {"task:running"} and released == 2
+    # ... all three were read by version first, and only the changed one with its fields.
+    assert engine.mget_calls == [
+        (["task:deleted", "task:rescheduled", "task:running"], True),
+        (["task:rescheduled"], False),
+    ]
+    assert versions == {"task:running": (engine.docs["task:running"]["_seq_no"], 1)}
+
+
+def test_a_lease_whose_version_changed_but_is_still_held_is_judged_by_its_fields_and_remembered() -> None:
+    # Given a lease the dispatcher renewed after its claim (a new version, still running on the node).
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    claimed(rt, "task:renewed")
+    running(engine, "task:renewed")
+    versions = {"task:renewed": (engine.docs["task:renewed"]["_seq_no"], 1)}
+    running(engine, "task:renewed")
+    # When reconcile reads it twice.
+    held, _ = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000, versions=versions)
+    held_again, _ = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000, versions=versions)
+    # Then it stays held; the second read needs no source (the new version was remembered).
+    assert held == held_again == {"task:renewed"}
+    assert [source_less for _, source_less in engine.mget_calls] == [True, False, True]

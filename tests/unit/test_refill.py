@@ -26,12 +26,12 @@ def due_tasks(engine: StubEngine, count: int) -> None:
 
 def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([("t1", "report")], now_ms=0)
+    session.claimed([("t1", "report", (1, 1))], now_ms=0)
     assert session.due_for_check({"t1"}, now_ms=0) == set()  # nothing learned yet: first read after max_wait
     assert session.due_for_check({"t1"}, now_ms=250) == {"t1"}
     session.checked({"t1"}, still_held=set(), now_ms=210)  # found finished 210 ms after its claim
     assert session.shortest_hold_ms == {"report": 210}
-    session.claimed([("t2", "report"), ("t3", "other")], now_ms=1000)
+    session.claimed([("t2", "report", (2, 1)), ("t3", "other", (3, 1))], now_ms=1000)
     assert session.due_for_check({"t2", "t3"}, now_ms=1100) == set()
     # A little before the shortest hold: a faster run can still teach a shorter one.
     assert session.due_for_check({"t2", "t3"}, now_ms=1000 + 0.75 * 210) == {"t2"}
@@ -44,7 +44,7 @@ def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> No
 
 def test_a_lease_still_running_is_read_again_after_a_share_of_its_age() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([("long", "export")], now_ms=0)
+    session.claimed([("long", "export", (1, 1))], now_ms=0)
     session.checked({"long"}, still_held={"long"}, now_ms=5)
     assert session.next_check["long"] == 5 + MIN_RECHECK_MS
     session.checked({"long"}, still_held={"long"}, now_ms=4000)
@@ -114,7 +114,7 @@ def test_leftover_hits_stand_in_for_a_search_only_while_recent_and_more_than_the
 
 def test_learned_holds_re_time_the_first_read_of_leases_not_read_yet() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([("t1", "report")], now_ms=1000)
+    session.claimed([("t1", "report", (1, 1))], now_ms=1000)
     assert session.next_check["t1"] == 1250  # blind: after max_wait_ms
     session.learn({"report": 200.0})
     assert session.next_check["t1"] == 1000 + 0.75 * 200
