@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Never wait less than this between two checks (a session must not spin).
-MIN_WAIT_MS = 5
+MIN_WAIT_MS = 10
 #: A lease still running when checked is checked again after this share of its age (at least MIN_RECHECK_MS):
 #: a 200 ms task is re-read every ~20 ms, a 5 s task every ~500 ms (few reads for long tasks).
-RECHECK_SHARE = 0.1
+RECHECK_SHARE = 0.03
 MIN_RECHECK_MS = 20
 #: The first read of a lease comes at this share of the shortest hold seen for its type: a read
 #: only ever finds a hold at least as long as the wait before it, so waiting the whole shortest
