@@ -23,13 +23,13 @@ from typing import Any
 #: Never wait less than this between two checks (a session must not spin).
 MIN_WAIT_MS = 10
 #: A lease still running when checked is checked again after this share of its age (at least MIN_RECHECK_MS):
-#: a 200 ms task is re-read every ~20 ms, a 5 s task every ~500 ms (few reads for long tasks).
+#: a 200 ms or 1 s task is re-read every 20-30 ms, a 5 s task every ~150 ms (fewer reads for long tasks).
 RECHECK_SHARE = 0.03
 MIN_RECHECK_MS = 20
 #: The first read of a lease comes at this share of the shortest hold seen for its type: a read
 #: only ever finds a hold at least as long as the wait before it, so waiting the whole shortest
 #: hold would never learn a shorter one (a slow first batch would slow every later one).
-FIRST_READ_SHARE = 0.75
+FIRST_READ_SHARE = 0.9
 #: Before any hold of a task type was seen, its leases are first read after max_wait_ms (what a
 #: session would wait anyway): reading a thousand fresh leases every few ms would cost more than
 #: the first batch gains.

@@ -10,7 +10,7 @@ from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.refill import MIN_RECHECK_MS, MIN_WAIT_MS, RefillSession
+from elastask.loops.refill import FIRST_READ_SHARE, MIN_RECHECK_MS, MIN_WAIT_MS, RECHECK_SHARE, RefillSession
 from tests.unit.stubs import StubEngine, stub_runtime
 
 OWNER = "kibana:a"
@@ -34,8 +34,8 @@ def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> No
     session.claimed([("t2", "report", (2, 1)), ("t3", "other", (3, 1))], now_ms=1000)
     assert session.due_for_check({"t2", "t3"}, now_ms=1100) == set()
     # A little before the shortest hold: a faster run can still teach a shorter one.
-    assert session.due_for_check({"t2", "t3"}, now_ms=1000 + 0.75 * 210) == {"t2"}
-    session.checked({"t2"}, still_held=set(), now_ms=1000 + 0.75 * 210)
+    assert session.due_for_check({"t2", "t3"}, now_ms=1000 + FIRST_READ_SHARE * 210) == {"t2"}
+    session.checked({"t2"}, still_held=set(), now_ms=1000 + FIRST_READ_SHARE * 210)
     assert session.shortest_hold_ms["report"] < 210
     # A type never seen finishing ("other") is first read after max_wait_ms.
     assert session.due_for_check({"t3"}, now_ms=1250) == {"t3"}
@@ -47,9 +47,10 @@ def test_a_lease_still_running_is_read_again_after_a_share_of_its_age() -> None:
     session.claimed([("long", "export", (1, 1))], now_ms=0)
     session.checked({"long"}, still_held={"long"}, now_ms=5)
     assert session.next_check["long"] == 5 + MIN_RECHECK_MS
-    session.checked({"long"}, still_held={"long"}, now_ms=4000)
-    assert session.next_check["long"] == 4400  # 10 % of 4 s: few reads for long tasks
-    assert session.wait_ms(4000) == 250  # never sleeps past max_wait_ms
+    session.checked({"long"}, still_held={"long"}, now_ms=10_000)
+    assert session.next_check["long"] == 10_000 + RECHECK_SHARE * 10_000  # a share of its age: fewer reads
+    assert RECHECK_SHARE * 10_000 > 250
+    assert session.wait_ms(10_000) == 250  # never sleeps past max_wait_ms
 
 
 def test_a_lease_another_cycle_claimed_counts_its_age_from_when_the_session_first_read_it() -> None:
@@ -117,7 +118,7 @@ def test_learned_holds_re_time_the_first_read_of_leases_not_read_yet() -> None:
     session.claimed([("t1", "report", (1, 1))], now_ms=1000)
     assert session.next_check["t1"] == 1250  # blind: after max_wait_ms
     session.learn({"report": 200.0})
-    assert session.next_check["t1"] == 1000 + 0.75 * 200
+    assert session.next_check["t1"] == 1000 + FIRST_READ_SHARE * 200
 
 
 def test_a_session_remembers_the_shortest_hold_for_the_next_one_in_redis() -> None:
