@@ -8,6 +8,9 @@ is rejected and only logged; the answer is still 204), then
   retryAt: null, startedAt: null, runAt: <request arrival> + interval, attempts: 0}``, no version check;
 - success, no ``schedule``: delete the document;
 - failure: only logged; the document stays as the dispatcher left it.
+
+Outcomes are written as Kibana's task runner writes them, pushed or claimed alike: through the
+node's buffered task store (outcomes.py), one ``_bulk`` per 50 ms or 100 operations.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from urllib.parse import quote
 from aiohttp import ClientSession, web
 
 from elastask.core.intervals import format_date, ms, parse_date, parse_interval_ms
+from elastask_bed.simulator.outcomes import BufferedTaskStore, Operation, write_outcomes
 from elastask_bed.simulator.stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -118,6 +122,8 @@ class SimulatedNode:
         self.mode = "ok"
         self.delay_s = 300.0  # slow: seconds before the (204) answer; hang: seconds before the run is cancelled
         self.stats = NodeStats()
+        #: Every run's outcome goes through it, pushed or claimed (outcomes.py).
+        self.outcomes = BufferedTaskStore(self._write_outcomes, self._outcome_write_failed)
         self.release_hung = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.runner: web.AppRunner | None = None
@@ -329,46 +335,39 @@ class SimulatedNode:
         return True
 
     async def write_outcome(self, body: dict[str, Any], received: datetime) -> None:
-        shared = self.shared
-        doc_url = f"{shared.engine_url}/{quote(shared.index, safe='')}"
-        task_id = quote(body["id"], safe="")
+        """The contract's outcome, written as Kibana's task runner does: through the node's buffered store."""
         schedule = body.get("schedule")
-        try:
-            if isinstance(schedule, dict):
-                interval = schedule.get("interval")
-                interval_ms = parse_interval_ms(interval) if isinstance(interval, str) else 60_000
-                state = body.get("state")
-                if isinstance(state, str):
-                    state = json.loads(state or "{}")
-                new_state = {**(state or {}), "runs": int((state or {}).get("runs", 0)) + 1}
-                update = {
-                    "doc": {
-                        "task": {
-                            "state": json.dumps(new_state),
-                            "status": "idle",
-                            "scheduledAt": None,
-                            "retryAt": None,
-                            "startedAt": None,
-                            "runAt": format_date(received + ms(interval_ms)),
-                            "attempts": 0,
-                        }
-                    }
-                }
-                async with shared.session.post(f"{doc_url}/_update/{task_id}", json=update) as answer:
-                    await answer.read()
-                    ok = answer.status < 300
-            else:
-                async with shared.session.delete(f"{doc_url}/_doc/{task_id}") as answer:
-                    await answer.read()
-                    ok = answer.status < 300
+        if not isinstance(schedule, dict):
+            await self.outcomes.submit({"remove": body["id"]})
+            return
+        interval = schedule.get("interval")
+        interval_ms = parse_interval_ms(interval) if isinstance(interval, str) else 60_000
+        state = body.get("state")
+        if isinstance(state, str):
+            state = json.loads(state or "{}")
+        fields = {
+            "state": json.dumps({**(state or {}), "runs": int((state or {}).get("runs", 0)) + 1}),
+            "status": "idle",
+            "scheduledAt": None,
+            "retryAt": None,
+            "startedAt": None,
+            "runAt": format_date(received + ms(interval_ms)),
+            "attempts": 0,
+        }
+        await self.outcomes.submit({"update": body["id"], "fields": fields})  # no version check
+
+    async def _write_outcomes(self, operations: list[Operation]) -> None:
+        index_url = f"{self.shared.engine_url}/{quote(self.shared.index, safe='')}"
+        for ok in await write_outcomes(self.shared.session, index_url, operations):
             if ok:
                 self.stats.outcomes_written += 1
             else:
                 self.stats.outcome_write_errors += 1
-                log.error("%s: writing the outcome of %r answered %d", self.name, body["id"], answer.status)
-        except Exception:
-            self.stats.outcome_write_errors += 1
-            log.exception("%s: writing the outcome of %r failed", self.name, body["id"])
+                log.error("%s: an outcome write was refused by the engine", self.name)
+
+    def _outcome_write_failed(self, count: int, error: Exception) -> None:
+        self.stats.outcome_write_errors += count
+        log.error("%s: writing %d outcome(s) failed: %s", self.name, count, error)
 
 
 def _drift_ms(run_at: Any, received: datetime) -> float | None:

@@ -49,14 +49,13 @@ from elastask_bed.simulator.kibana_rules import (
     next_run_at,
 )
 from elastask_bed.simulator.node import SimulatedNode
+from elastask_bed.simulator.outcomes import EngineBusy, post_bulk, post_json
 
 log = logging.getLogger(__name__)
 
 NORMAL_COST = 2
 SEARCH_SIZE_MULTIPLIER = 4  # strategy_mget: search for 4x the available capacity
 DEFAULT_PRIORITY = 50
-BUFFER_MAX_OPERATIONS = 100
-BUFFER_MAX_DURATION_S = 0.05
 
 _PRIORITY_SCRIPT = (
     "String taskType = doc['task.taskType'].value; "
@@ -68,47 +67,6 @@ _RUN_AT = (
     "if (doc['task.runAt'].size() != 0) { return doc['task.runAt'].value.toInstant().toEpochMilli(); } "
     "return 0;"
 )
-
-
-class EngineBusy(Exception):
-    """The engine answered 429 or 5xx: backpressure (counted by the managed configuration)."""
-
-
-class BufferedTaskStore:
-    """Outcome writes of one node, buffered into one ``_bulk`` per 50 ms or 100 operations."""
-
-    def __init__(self, claimer: PullClaimer) -> None:
-        self.claimer = claimer
-        self.pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self.flusher: asyncio.Task[None] | None = None
-
-    async def submit(self, operation: dict[str, Any]) -> None:
-        """Queue one operation (``update`` with version and fields, or ``remove``); wait until written."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((operation, future))
-        if len(self.pending) >= BUFFER_MAX_OPERATIONS:
-            await self.flush()
-        elif self.flusher is None:
-            self.flusher = asyncio.get_running_loop().create_task(self._flush_later())
-        await future
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(BUFFER_MAX_DURATION_S)
-        self.flusher = None
-        await self.flush()
-
-    async def flush(self) -> None:
-        batch, self.pending = self.pending, []
-        if not batch:
-            return
-        try:
-            await self.claimer.write_outcomes([op for op, _ in batch])
-        except Exception as e:  # Kibana logs a failed outcome write; the lease brings the task back
-            log.warning("%s: outcome write failed: %s", self.claimer.node.name, e)
-            self.claimer.node.stats.outcome_write_errors += len(batch)
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
 
 
 class PullClaimer:
@@ -133,7 +91,7 @@ class PullClaimer:
         self.task_types = sorted(task_types)
         #: Task type -> priority (Kibana's task definitions; the claim search sorts by it).
         self.priorities = dict(priorities or {})
-        self.store = BufferedTaskStore(self)
+        self.store = node.outcomes  # the node's one buffered task store (outcomes.py)
         self.index_url = f"{node.shared.engine_url}/{quote(node.shared.index, safe='')}"
 
     @property
@@ -326,7 +284,7 @@ class PullClaimer:
             meta = {"_id": doc["_id"], "if_seq_no": doc["_seq_no"], "if_primary_term": doc["_primary_term"]}
             lines.append(json.dumps({"update": meta}))
             lines.append(json.dumps({"doc": {"task": self.claim_fields(doc["_source"]["task"], now)}}))
-        items = (await self._bulk(lines))["items"]
+        items = (await post_bulk(self.node.shared.session, f"{self.index_url}/_bulk", lines))["items"]
         won = []
         for item in items:
             result = item["update"]
@@ -381,49 +339,10 @@ class PullClaimer:
             {"update": body["id"], "seq_no": body["_seq_no"], "primary_term": body["_primary_term"], "fields": fields}
         )
 
-    async def write_outcomes(self, operations: list[dict[str, Any]]) -> None:
-        """One buffered batch: removals (``bulkGet`` then delete) and conditional updates, one ``_bulk``."""
-        removals = [op["remove"] for op in operations if "remove" in op]
-        present = set()
-        if removals:
-            docs = (await self._post(f"{self.index_url}/_mget", {"ids": removals}))["docs"]
-            present = {d["_id"] for d in docs if d.get("found")}
-        lines = []
-        for op in operations:
-            if "remove" in op and op["remove"] in present:
-                lines.append(json.dumps({"delete": {"_id": op["remove"]}}))
-            elif "update" in op:
-                meta = {"_id": op["update"], "if_seq_no": op["seq_no"], "if_primary_term": op["primary_term"]}
-                lines.append(json.dumps({"update": meta}))
-                lines.append(json.dumps({"doc": {"task": op["fields"]}}))
-        if not lines:
-            return
-        answer = await self._bulk(lines)
-        stats = self.node.stats
-        for item in answer["items"]:
-            (_action, result), *_ = item.items()
-            if 200 <= result.get("status", 500) < 300:
-                stats.outcomes_written += 1
-            else:
-                stats.outcome_write_errors += 1
-
     # ---- engine calls ----------------------------------------------------------------------------
 
     async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.node.shared.session.post(url, json=body) as answer:
-            if answer.status == 429 or answer.status >= 500:
-                raise EngineBusy(f"{url} answered {answer.status}")
-            data: dict[str, Any] = await answer.json()
-            return data
-
-    async def _bulk(self, lines: list[str]) -> dict[str, Any]:
-        url = f"{self.index_url}/_bulk"
-        headers = {"Content-Type": "application/x-ndjson"}
-        async with self.node.shared.session.post(url, data="\n".join(lines) + "\n", headers=headers) as answer:
-            if answer.status == 429 or answer.status >= 500:
-                raise EngineBusy(f"{url} answered {answer.status}")
-            data: dict[str, Any] = await answer.json()
-            return data
+        return await post_json(self.node.shared.session, url, body)
 
 
 def fixed_or_kibana(mode: str) -> tuple[int, bool]:
