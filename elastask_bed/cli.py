@@ -7,12 +7,16 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from elastask.entry.cli import fail
 from elastask.errors import ElastaskError
+
+if TYPE_CHECKING:
+    from elastask_bed.testbed import Testbed
 
 
 @click.command("demo")
@@ -129,6 +133,12 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, 
 )
 @click.option("--workers", type=int, default=1, show_default=True, help="celery workers in push mode")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="processes per worker")
+@click.option(
+    "--warm-up/--no-warm-up",
+    default=True,
+    show_default=True,
+    help="first run a small backlog in each mode, unmeasured, until the engine's JIT compiler is quiet",
+)
 def bench(
     scenario: str,
     mode: str,
@@ -144,11 +154,11 @@ def bench(
     pull_intervals: str,
     workers: int,
     concurrency: int,
+    warm_up: bool,
 ) -> None:
     """Benchmark push (elastask) against Kibana's pull model, side by side on one test bed."""
     import shlex
     import tempfile
-    from pathlib import Path
 
     from elastask_bed.bench import report
     from elastask_bed.bench.runner import BenchRun, run_idle
@@ -181,6 +191,8 @@ def bench(
     click.echo("elastask bench: starting the test bed...", err=True)
     try:
         bed.start()
+        if warm_up and names != ["idle"]:
+            _warm_up(bed, modes, workdir, workers, concurrency)
         for name in names:
             base = SCENARIOS[name]
             if name == "idle":
@@ -219,6 +231,22 @@ def bench(
     click.echo(table)
     chart_note = f", chart: {chart_path or out.with_suffix('.png')}" if drawn else ""
     click.echo(f"results: {out}, table: {out.with_suffix('.md')}{chart_note}", err=True)
+
+
+def _warm_up(bed: Testbed, modes: list[str], workdir: Path, workers: int, concurrency: int) -> None:
+    """A small backlog in each mode, unmeasured, then the engine's JIT compiler quiet (bench/warmup.py)."""
+    from elastask_bed.bench.runner import BenchRun
+    from elastask_bed.bench.scenarios import SCENARIOS
+    from elastask_bed.bench.warmup import wait_for_quiet_compiler
+
+    click.echo("elastask bench: warming the engine up (a small backlog in each mode, not measured)...", err=True)
+    warm = SCENARIOS["backlog"].sized(nodes=10, one_shot_tasks=1000, run_ms=100)
+    for mode in modes:
+        BenchRun(bed, warm, mode, workdir / "warm-up", workers=workers, concurrency=concurrency).run()
+    pid = bed.engine.process.pid if bed.engine.process is not None else None
+    if pid is not None:
+        waited, share = wait_for_quiet_compiler(pid)
+        click.echo(f"elastask bench: engine JIT compiler at {share:.0%} of a core after {waited:.0f} s more", err=True)
 
 
 @click.command("sim", context_settings={"ignore_unknown_options": True, "help_option_names": []})
