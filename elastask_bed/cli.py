@@ -234,19 +234,25 @@ def bench(
 
 
 def _warm_up(bed: Testbed, modes: list[str], workdir: Path, workers: int, concurrency: int) -> None:
-    """A small backlog in each mode, unmeasured, then the engine's JIT compiler quiet (bench/warmup.py)."""
+    """Rounds of a backlog in each mode, unmeasured, until the engine's JIT compiler is quiet (bench/warmup.py)."""
     from elastask_bed.bench.runner import BenchRun
     from elastask_bed.bench.scenarios import SCENARIOS
-    from elastask_bed.bench.warmup import wait_for_quiet_compiler
+    from elastask_bed.bench.warmup import wait_for_quiet_compiler, warm_until_quiet
 
-    click.echo("elastask bench: warming the engine up (a small backlog in each mode, not measured)...", err=True)
-    warm = SCENARIOS["backlog"].sized(nodes=10, one_shot_tasks=1000, run_ms=100)
-    for mode in modes:
-        BenchRun(bed, warm, mode, workdir / "warm-up", workers=workers, concurrency=concurrency).run()
     pid = bed.engine.process.pid if bed.engine.process is not None else None
-    if pid is not None:
-        waited, share = wait_for_quiet_compiler(pid)
-        click.echo(f"elastask bench: engine JIT compiler at {share:.0%} of a core after {waited:.0f} s more", err=True)
+    if pid is None:
+        return
+    click.echo("elastask bench: warming the engine up (backlogs in each mode, not measured)...", err=True)
+    warm = SCENARIOS["backlog"].sized(nodes=10, one_shot_tasks=3000, run_ms=100)
+
+    def one_round() -> None:
+        for mode in modes:
+            BenchRun(bed, warm, mode, workdir / "warm-up", workers=workers, concurrency=concurrency).run()
+
+    shares = warm_until_quiet(one_round, pid)
+    _waited, share = wait_for_quiet_compiler(pid)
+    rounds = ", ".join(f"{s:.0%}" for s in shares)
+    click.echo(f"elastask bench: engine JIT compiler per warm-up round {rounds} of a core; then {share:.0%}", err=True)
 
 
 @click.command("sim", context_settings={"ignore_unknown_options": True, "help_option_names": []})

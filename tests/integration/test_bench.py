@@ -35,6 +35,7 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
             "100",
             "--pull-intervals",
             "kibana,500",
+            "--no-warm-up",  # the warm-up's rounds are unit-tested (test_warmup.py); this test checks the harness
             "--json",
             str(out),
         ],
