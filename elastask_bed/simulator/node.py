@@ -363,7 +363,7 @@ class SimulatedNode:
                 self.stats.outcomes_written += 1
             else:
                 self.stats.outcome_write_errors += 1
-                log.error("%s: an outcome write was refused by the engine", self.name)
+                log.error("%s: an outcome write was not acknowledged (document gone, or refused)", self.name)
 
     def _outcome_write_failed(self, count: int, error: Exception) -> None:
         self.stats.outcome_write_errors += count

@@ -79,26 +79,35 @@ class BufferedTaskStore:
 
 
 async def write_outcomes(session: aiohttp.ClientSession, index_url: str, operations: list[Operation]) -> list[bool]:
-    """One buffered batch: removals (``bulkGet`` then delete) and updates in one ``_bulk``; ok per written item."""
+    """One buffered batch: removals (``bulkGet`` then delete) and updates in one ``_bulk``.
+
+    Returns, for every operation in order, whether the engine acknowledged it (a removal of a
+    document already gone is not acknowledged, as saved objects' ``bulkDelete`` reports it not found).
+    """
     removals = [op["remove"] for op in operations if "remove" in op]
     present = set()
     if removals:
         docs = (await post_json(session, f"{index_url}/_mget", {"ids": removals}))["docs"]
         present = {d["_id"] for d in docs if d.get("found")}
-    lines = []
-    for op in operations:
+    lines: list[str] = []
+    written: list[int] = []  # positions of the operations sent in the _bulk
+    for position, op in enumerate(operations):
         if "remove" in op and op["remove"] in present:
             lines.append(json.dumps({"delete": {"_id": op["remove"]}}))
+            written.append(position)
         elif "update" in op:
             meta: dict[str, Any] = {"_id": op["update"]}
             if "seq_no" in op:
                 meta.update(if_seq_no=op["seq_no"], if_primary_term=op["primary_term"])
             lines.append(json.dumps({"update": meta}))
             lines.append(json.dumps({"doc": {"task": op["fields"]}}))
-    if not lines:
-        return []
-    answer = await post_bulk(session, f"{index_url}/_bulk", lines)
-    return [200 <= result.get("status", 500) < 300 for item in answer["items"] for result in item.values()]
+            written.append(position)
+    ok = [False] * len(operations)
+    if lines:
+        answer = await post_bulk(session, f"{index_url}/_bulk", lines)
+        for position, item in zip(written, answer["items"], strict=True):
+            ok[position] = all(200 <= result.get("status", 500) < 300 for result in item.values())
+    return ok
 
 
 async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
