@@ -39,9 +39,9 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """A table of every run, side by side."""
     head = (
         "| scenario | mode | nodes | claim interval | completed | elapsed | utilisation | drift p50 / p95 / p99 / max "
-        "| claim cycle p50 / p99 | busy cycle p50 / p99 | refill p50 / p99 | engine ops/s | engine ops/task "
-        "| CPU ms/task | cap viol. | overlaps | lost | early |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| claim cycle p50 / p99 | busy cycle p50 / p99 | outcome write p50 / p99 | refill p50 / p99 | engine ops/s "
+        "| engine ops/task | CPU ms/task | cap viol. | overlaps | lost | early |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
@@ -49,11 +49,13 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         cycle = r.get("claim_cycle_ms") or {}
         busy = r.get("busy_claim_cycle_ms") or {}
         refill = r.get("refill_ms") or {}
+        writes = r.get("outcome_write_ms") or {}
         engine = r.get("engine", {})
         util = r.get("utilisation")
         rows.append(
             "| {scenario} | {mode} | {nodes} | {interval} | {completed} | {elapsed} s | {util} | {drift} | {cycle} "
-            "| {busy} | {refill} | {ops_s} | {ops_task} | {cpu} | {viol} | {overlaps} | {lost} | {early} |".format(
+            "| {busy} | {writes} | {refill} | {ops_s} | {ops_task} | {cpu} "
+            "| {viol} | {overlaps} | {lost} | {early} |".format(
                 scenario=r["scenario"],
                 mode=r["mode"],
                 nodes=r["nodes"],
@@ -67,6 +69,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
                 ops_task=_fmt(engine.get("operations_per_task")),
                 busy=" / ".join(_fmt(busy.get(k)) for k in ("p50", "p99")) + " ms" if busy.get("count") else "-",
                 refill=" / ".join(_fmt(refill.get(k)) for k in ("p50", "p99")) + " ms" if refill.get("count") else "-",
+                writes=" / ".join(_fmt(writes.get(k)) for k in ("p50", "p99")) + " ms" if writes.get("count") else "-",
                 cpu=_fmt(r.get("dispatcher_cpu_ms_per_task")),
                 viol=r.get("cap_violations", "-"),
                 overlaps=r.get("overlapping_runs", "-"),

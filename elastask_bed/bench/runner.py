@@ -224,6 +224,7 @@ class BenchRun:
         nodes = stats["nodes"].values()
         drifts = [d for node in nodes for d in node.get("drifts", [])]
         refills = [r for node in nodes for r in node.get("refills", [])]
+        writes = [w for node in nodes for w in node.get("outcome_writes", [])]
         if self.mode == "push":
             parsed = [(int(claimed), float(ms)) for claimed, ms in _CLAIM_CYCLE.findall(logs)]
             cycles = [ms for _, ms in parsed]
@@ -258,6 +259,8 @@ class BenchRun:
             "busy_claim_cycle_ms": _summary(busy, (0.5, 0.99)),
             # A slot freed on a node (outcome written) -> the next run started there: the cost of a refill.
             "refill_ms": _summary(refills, (0.5, 0.99)),
+            # A run ended -> its outcome acknowledged (Kibana's buffered store, the same in every mode).
+            "outcome_write_ms": _summary(writes, (0.5, 0.99)),
             "engine": {
                 "operations": engine.operations,
                 "requests": engine.requests,

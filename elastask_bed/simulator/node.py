@@ -309,12 +309,16 @@ class SimulatedNode:
         if outcome is None:
             self.stats.run_ended(failed=failed)
             if not failed:
+                ended = time.monotonic()
                 await self.write_outcome(body, received)
+                self.stats.outcome_ms.append((time.monotonic() - ended) * 1000)
             self.stats.slot_freed(time.monotonic())  # a dispatcher can see the slot free from now on
             return
         try:
             if not failed:
+                ended = time.monotonic()
                 await outcome(body)
+                self.stats.outcome_ms.append((time.monotonic() - ended) * 1000)
         finally:
             self.stats.run_ended(failed=failed)
             self.stats.slot_freed(time.monotonic())

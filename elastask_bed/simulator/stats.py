@@ -33,6 +33,9 @@ class NodeStats:
     busy_claim_cycles_ms: list[float] = field(default_factory=list)  # pull mode: cycles that claimed a task
     #: Refill latency: a slot freed (the run's outcome written, or the run failed) -> the next run started.
     refill_ms: list[float] = field(default_factory=list)
+    #: A run ended -> its outcome write acknowledged (Kibana's buffered task store): part of every
+    #: slot's turnover that no dispatcher can shorten.
+    outcome_ms: list[float] = field(default_factory=list)
     #: The run that started latest after its runAt: how late (ms) and which task.
     latest_start_ms: float = 0.0
     latest_start_task: str = ""
@@ -77,7 +80,7 @@ class NodeStats:
 
     def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
         """The counters as JSON, with drift percentiles."""
-        skip = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms", "refill_ms", "_freed_at")
+        skip = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms", "refill_ms", "outcome_ms", "_freed_at")
         data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key not in skip}
         data["outcomes_pending"] = self.outcomes_pending
         cycles = self.claim_cycles_ms
@@ -96,8 +99,11 @@ class NodeStats:
         }
         refills = self.refill_ms
         data["refill_ms"] = {"count": len(refills), "p50": percentile(refills, 0.50), "p99": percentile(refills, 0.99)}
+        writes = self.outcome_ms
+        data["outcome_ms"] = {"count": len(writes), "p50": percentile(writes, 0.50), "p99": percentile(writes, 0.99)}
         if with_drifts:
             data["refills"] = list(refills)
+            data["outcome_writes"] = list(writes)
             data["drifts"] = list(drifts)
             data["claim_cycles"] = list(cycles)
             data["busy_claim_cycles"] = list(self.busy_claim_cycles_ms)
