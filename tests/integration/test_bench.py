@@ -57,6 +57,7 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
         assert 0 < run["utilisation"] <= 1.5
         assert run["drift_ms"]["count"] == 40 and run["drift_ms"]["p50"] is not None
         assert run["engine"]["operations"] > 0 and run["engine"]["by_kind"]["delete"] == 40
+        assert run["outcome_write_ms"]["count"] == 40  # every run's outcome, through Kibana's buffered store
         assert run["claim_cycle_ms"]["count"] > 0
         assert run["busy_claim_cycle_ms"]["count"] > 0  # cycles that claimed something, apart
     assert report["runs"][0]["dispatcher_cpu_ms_per_task"] > 0  # worker and beat CPU over completed tasks
