@@ -243,7 +243,7 @@ def _warm_up(bed: Testbed, modes: list[str], workdir: Path, workers: int, concur
     if pid is None:
         return
     click.echo("elastask bench: warming the engine up (backlogs in each mode, not measured)...", err=True)
-    warm = SCENARIOS["backlog"].sized(nodes=10, one_shot_tasks=3000, run_ms=100)
+    warm = SCENARIOS["backlog"].sized(nodes=10, one_shot_tasks=6000, run_ms=100)
 
     def one_round() -> None:
         for mode in modes:

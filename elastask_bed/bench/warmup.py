@@ -20,7 +20,7 @@ QUIET_SHARE = 0.05
 QUIET_WINDOW_S = 2.0
 #: A warm-up round under load is quiet enough below this share of one core; at most MAX_ROUNDS.
 ROUND_QUIET_SHARE = 0.15
-MAX_ROUNDS = 6
+MAX_ROUNDS = 4
 
 
 def compiler_cpu_s(pid: int) -> float:
