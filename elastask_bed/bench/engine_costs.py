@@ -63,6 +63,9 @@ def main() -> None:
 
     next_id = iter(range(2000, DOCS))
 
+    def delete_one(_i: int) -> object:
+        return http.delete(f"{engine}/{INDEX}/_doc/t{next(next_id)}")
+
     def bulk_delete(_i: int) -> object:
         lines = [json.dumps({"delete": {"_index": INDEX, "_id": f"t{next(next_id)}"}}) for _ in range(20)]
         return http.post(f"{engine}/_bulk", data="\n".join(lines) + "\n", headers=ndjson)
@@ -71,7 +74,7 @@ def main() -> None:
         ("mget of 20, _source_includes of 4 fields", 20, mget({"_source_includes": FOUR_FIELDS})),
         ("mget of 20, whole _source", 20, mget({})),
         ("mget of 20, no _source (versions only)", 20, mget({"_source": "false"})),
-        ("DELETE of one document, its own request", 1, lambda _i: http.delete(f"{engine}/{INDEX}/_doc/t{next(next_id)}")),
+        ("DELETE of one document, its own request", 1, delete_one),
         ("DELETE of 20 documents in one _bulk", 20, bulk_delete),
     ]
     print("| request | documents | engine CPU per request | per document |")
