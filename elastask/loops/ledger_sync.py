@@ -119,9 +119,8 @@ def read_leases(rt: Runtime, ids: Sequence[str], versions: dict[str, Version]) -
     A lease whose version is known is read first without its source: gone, or still that version
     (the document ``finished`` judged held then, so held now), needs nothing more; only a changed one
     is read again with its fields. Most reads in a refill session find a task still running, and the
-    engine serves a version-only read for a fraction of a filtered one (``_source_includes`` costs the
-    engine about 0.16 ms a document, eight times a version-only read: tests/bench micro-benchmark in
-    BENCHMARKS.md).
+    engine serves a version-only read for a fraction of a filtered one (a ``_source_includes`` filter
+    costs the engine about 0.16 ms a document: ``elastask_bed/bench/engine_costs.py``, BENCHMARKS.md).
     """
     known = [i for i in ids if i in versions]
     hits: dict[str, dict[str, Any] | None] = {}
