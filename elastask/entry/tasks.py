@@ -89,7 +89,7 @@ def claim() -> dict[str, Any]:
                 rt, now, publish, lambda cycle: record_cycle(rt, cycle), sessions=sessions_allowed()
             )
         if summary.ran and summary.backlog:
-            follow_up(rt)
+            follow_up(rt, at_once=summary.session_expired)
         if summary.resting:
             Metrics(rt.redis).claim_succeeded(now)  # resting after a quiet cycle is a healthy loop
             UsageRecorder(rt.redis).sample_in_flight({}, _ms(now))  # quiet time counts in the usage window
@@ -117,13 +117,14 @@ def sessions_allowed() -> bool:
     return processes is None or processes >= 2
 
 
-def follow_up(rt: Runtime) -> None:
-    """Tasks wait for slots: one more claim cycle after busy_polling_interval, not at beat's next tick."""
+def follow_up(rt: Runtime, *, at_once: bool = False) -> None:
+    """Tasks wait for slots: one more claim cycle after busy_polling_interval (``at_once``: a refill
+    session that ran out of time hands over now), not at beat's next tick."""
     busy_ms = rt.settings.busy_polling_interval_ms
     if busy_ms < rt.settings.polling_interval_ms and Cadence(rt.redis).follow_up(busy_ms):
         claim.apply_async(
             queue=keys.CLAIM_QUEUE,
-            countdown=busy_ms / 1000,
+            countdown=0 if at_once else busy_ms / 1000,
             expires=max(1.0, 2 * rt.settings.polling_interval_ms / 1000),
         )
 

@@ -43,8 +43,8 @@ from elastask.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-#: A refill session ends after this long (beat's next tick starts another: the lock changes hands
-#: and a worker process is not held for ever).
+#: A refill session ends after this long (with tasks still waiting, the claim job sends the next
+#: one at once: the lock changes hands and a worker process is not held for ever).
 SESSION_MAX_MS = 10_000
 #: In a session, record "a claim cycle finished" (health's freshness) at most this often.
 SESSION_MARK_MS = 1_000
@@ -110,6 +110,10 @@ def _refill(
                 last = summary
                 if not summary.backlog:
                     break  # every due task found a slot: back to the beat's cadence
+        else:
+            # Out of time with tasks still waiting: hand over at once (claim task's follow-up) -- a
+            # busy interval without any session would leave every slot that frees meanwhile empty.
+            last.session_expired = held() and last.backlog
     return last
 
 

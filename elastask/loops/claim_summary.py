@@ -35,6 +35,9 @@ class ClaimSummary:
     resting: bool = False
     #: The cycle searched for due tasks (a refill session's look that found no free slot does not).
     searched: bool = False
+    #: A refill session ran its full length (SESSION_MAX_MS) and tasks still wait: the next claim
+    #: job should start at once, not a busy interval later.
+    session_expired: bool = False
     capacity_left: dict[str, int] = field(default_factory=dict)
     duration_ms: float = 0.0
     #: Milliseconds spent in each step (search, reconcile, verify, reserve, claim, enqueue).

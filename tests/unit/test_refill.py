@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
+from elastask.loops import claim as claim_module
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.refill import FIRST_READ_SHARE, MIN_RECHECK_MS, MIN_WAIT_MS, RECHECK_SHARE, RefillSession
@@ -133,3 +134,26 @@ def test_a_session_remembers_the_shortest_hold_for_the_next_one_in_redis() -> No
     claim_available_tasks(rt, datetime.now(UTC), kibana_runs)
     remembered = rt.redis.hgetall(keys.REFILL_HOLDS)
     assert b"sample" in remembered and float(remembered[b"sample"]) >= 0
+
+
+def test_a_session_out_of_time_with_tasks_still_waiting_says_so_and_one_that_drained_does_not(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Given sessions of 300 ms and one slot that never frees (Kibana keeps running the task).
+    monkeypatch.setattr(claim_module, "SESSION_MAX_MS", 300)
+    engine = StubEngine()
+    due_tasks(engine, 3)
+    rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
+    # When one claim job runs its session to the end.
+    summary = claim_available_tasks(rt, datetime.now(UTC), lambda _job: None)
+    # Then it says its time ran out with tasks waiting: the claim task hands over at once.
+    assert summary.backlog and summary.session_expired
+    # A session that drained the backlog ends early and asks for nothing.
+    engine2 = StubEngine()
+    due_tasks(engine2, 2)
+    rt2 = stub_runtime(engine2, kibana_capacity=1, busy_polling_interval_ms=50)
+
+    def kibana_runs(job: DispatchJob) -> None:
+        for task in job.tasks:
+            del engine2.docs[task.doc_id]
+
+    drained = claim_available_tasks(rt2, datetime.now(UTC), kibana_runs)
+    assert not drained.backlog and not drained.session_expired
