@@ -120,7 +120,8 @@ def read_leases(rt: Runtime, ids: Sequence[str], versions: dict[str, Version]) -
     (the document ``finished`` judged held then, so held now), needs nothing more; only a changed one
     is read again with its fields. Most reads in a refill session find a task still running, and the
     engine serves a version-only read for a fraction of a filtered one (a ``_source_includes`` filter
-    costs the engine about 0.16 ms a document: ``elastask_bed/bench/engine_costs.py``, BENCHMARKS.md).
+    cost the engine 0.16-0.36 ms a document in two runs, about seven times a version-only read:
+    ``elastask_bed/bench/engine_costs.py``, BENCHMARKS.md).
     """
     known = [i for i in ids if i in versions]
     hits: dict[str, dict[str, Any] | None] = {}

@@ -8,8 +8,8 @@ first (``bulkGet``). The run's caller waits until its own operation was written.
 
 So both benchmark modes share one outcome path and differ only in how runs are claimed. (Until
 0.4 the push path wrote each outcome with a request of its own: a ``DELETE`` per task, which cost
-the engine about 2 ms of CPU each -- ten times a document in a ``_bulk`` -- and with it a third
-of the machine at 300 tasks/s.)
+the engine 2-5 ms of CPU each in two runs of ``bench/engine_costs.py`` -- 10-20 times a document
+in a ``_bulk`` -- a third of this 2-core machine at 300 tasks/s.)
 """
 
 from __future__ import annotations
