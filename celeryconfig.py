@@ -2,7 +2,7 @@
 
 elastask's defaults for a reliable Redis broker (late acks, reject on worker loss, prefetch 1,
 visibility timeout, connection retry, no results) are imported below with the reason for each in
-elastask/celery_settings.py. Broker URL, queues and the beat schedule come from elastask.yaml
+elastask/entry/celery_defaults.py. Broker URL, queues and the beat schedule come from elastask.yaml
 (``redis.url``, ``kibana.hosts``, ``polling_interval``, ``retry_interval``); set them there, not here.
 Override any other Celery setting below.
 """
@@ -11,3 +11,8 @@ from elastask.entry.celery_defaults import *  # noqa: F403
 
 # Example: a longer visibility timeout for very slow Kibana nodes.
 # broker_transport_options = {"visibility_timeout": 7200}
+
+# Example: no task events, if nobody watches Flower's task view (the broker view stays): in the
+# 200 ms backlog benchmark the worker's main process spent about a quarter of its busy time
+# publishing them (BENCHMARKS.md).
+# worker_send_task_events = False
