@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from elastask.config import Settings
@@ -25,7 +25,7 @@ from elastask.errors import DocumentError
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.ledger_sync import LEASE_GRACE, ready_to_claim, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
-from elastask.loops.refill import RefillSession
+from elastask.loops.refill import ClaimedLease, RefillSession
 from elastask.parts.ledger import LeaseView
 from elastask.parts.nodes import Node
 from elastask.parts.store import bulk_update_tasks, mget_sources, search
@@ -144,7 +144,7 @@ def run_claim_cycle(
         return cycle.summary
     claimed = _write_claims(cycle, to_claim)
     if refill is not None:
-        refill.claimed(((a.task.id, a.task.task_type, _version_of(doc)) for a, doc in claimed), _monotonic_ms())
+        refill.claimed((_lease(cycle, a, doc) for a, doc in claimed), _monotonic_ms())
         if refill.refilling:
             refill.keep_leftovers([h for h in cycle.hits if str(h["_id"]) not in cycle.examined], searched_ms)
     _enqueue(cycle, claimed, enqueue)
@@ -251,9 +251,11 @@ def _refill_room(cycle: _Cycle, refill: RefillSession) -> bool:
     return any(free >= cycle.cheapest for free in cycle.free.values())
 
 
-def _version_of(doc: TaskDocument) -> tuple[int, int]:
+def _lease(cycle: _Cycle, a: policy.Assignment, doc: TaskDocument) -> ClaimedLease:
+    """What a refill session learns of a claim: the version written, and how far ahead of its runAt."""
     assert doc.seq_no is not None and doc.primary_term is not None  # a claimed document has both
-    return doc.seq_no, doc.primary_term
+    ahead_ms = (doc.run_at - datetime.now(UTC)).total_seconds() * 1000
+    return ClaimedLease(a.task.id, a.task.task_type, (doc.seq_no, doc.primary_term), max(0.0, ahead_ms))
 
 
 def _monotonic_ms() -> float:

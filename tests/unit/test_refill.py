@@ -11,7 +11,14 @@ from elastask.core.messages import DispatchJob
 from elastask.loops import claim as claim_module
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.refill import FIRST_READ_SHARE, MIN_RECHECK_MS, MIN_WAIT_MS, RECHECK_SHARE, RefillSession
+from elastask.loops.refill import (
+    FIRST_READ_SHARE,
+    MIN_RECHECK_MS,
+    MIN_WAIT_MS,
+    RECHECK_SHARE,
+    ClaimedLease,
+    RefillSession,
+)
 from tests.unit.stubs import StubEngine, stub_runtime
 
 OWNER = "kibana:a"
@@ -27,12 +34,12 @@ def due_tasks(engine: StubEngine, count: int) -> None:
 
 def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([("t1", "report", (1, 1))], now_ms=0)
+    session.claimed([ClaimedLease("t1", "report", (1, 1))], now_ms=0)
     assert session.due_for_check({"t1"}, now_ms=0) == set()  # nothing learned yet: first read after max_wait
     assert session.due_for_check({"t1"}, now_ms=250) == {"t1"}
     session.checked({"t1"}, still_held=set(), now_ms=210)  # found finished 210 ms after its claim
     assert session.shortest_hold_ms == {"report": 210}
-    session.claimed([("t2", "report", (2, 1)), ("t3", "other", (3, 1))], now_ms=1000)
+    session.claimed([ClaimedLease("t2", "report", (2, 1)), ClaimedLease("t3", "other", (3, 1))], now_ms=1000)
     assert session.due_for_check({"t2", "t3"}, now_ms=1100) == set()
     # A little before the shortest hold: a faster run can still teach a shorter one.
     assert session.due_for_check({"t2", "t3"}, now_ms=1000 + FIRST_READ_SHARE * 210) == {"t2"}
@@ -45,7 +52,7 @@ def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> No
 
 def test_a_lease_still_running_is_read_again_after_a_share_of_its_age() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([("long", "export", (1, 1))], now_ms=0)
+    session.claimed([ClaimedLease("long", "export", (1, 1))], now_ms=0)
     session.checked({"long"}, still_held={"long"}, now_ms=5)
     assert session.next_check["long"] == 5 + MIN_RECHECK_MS
     session.checked({"long"}, still_held={"long"}, now_ms=10_000)
@@ -116,7 +123,7 @@ def test_leftover_hits_stand_in_for_a_search_only_while_recent_and_more_than_the
 
 def test_learned_holds_re_time_the_first_read_of_leases_not_read_yet() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([("t1", "report", (1, 1))], now_ms=1000)
+    session.claimed([ClaimedLease("t1", "report", (1, 1))], now_ms=1000)
     assert session.next_check["t1"] == 1250  # blind: after max_wait_ms
     session.learn({"report": 200.0})
     assert session.next_check["t1"] == 1000 + FIRST_READ_SHARE * 200
@@ -157,3 +164,13 @@ def test_a_session_out_of_time_with_tasks_still_waiting_says_so_and_one_that_dra
 
     drained = claim_available_tasks(rt2, datetime.now(UTC), kibana_runs)
     assert not drained.backlog and not drained.session_expired
+
+
+def test_a_task_claimed_ahead_counts_its_hold_from_its_run_at_not_from_its_claim() -> None:
+    # Given the first task of a backlog, claimed 700 ms ahead of its runAt and finished 260 ms after it.
+    session = RefillSession(0.0, max_wait_ms=250)
+    session.claimed([ClaimedLease("t1", "report", (1, 1), ahead_ms=700)], now_ms=1000)
+    assert session.due_for_check({"t1"}, now_ms=1900) == set()  # not before runAt + max_wait_ms
+    session.checked({"t1"}, still_held=set(), now_ms=1700 + 260)
+    # Then the hold learned is the run's, not the run's plus the time claimed ahead.
+    assert session.shortest_hold_ms == {"report": 260}
