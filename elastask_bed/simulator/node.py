@@ -33,8 +33,14 @@ from urllib.parse import quote
 
 from aiohttp import ClientSession, web
 
-from elastask.core.intervals import format_date, ms, parse_date, parse_interval_ms
-from elastask_bed.simulator.outcomes import BufferedTaskStore, Operation, write_outcomes
+from elastask.core.intervals import format_date, ms, parse_date
+from elastask_bed.simulator.outcomes import (
+    BufferedTaskStore,
+    Operation,
+    recurring_interval_ms,
+    rescheduled_fields,
+    write_outcomes,
+)
 from elastask_bed.simulator.stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -340,24 +346,11 @@ class SimulatedNode:
 
     async def write_outcome(self, body: dict[str, Any], received: datetime) -> None:
         """The contract's outcome, written as Kibana's task runner does: through the node's buffered store."""
-        schedule = body.get("schedule")
-        if not isinstance(schedule, dict):
+        interval_ms = recurring_interval_ms(body)
+        if interval_ms is None:
             await self.outcomes.submit({"remove": body["id"]})
             return
-        interval = schedule.get("interval")
-        interval_ms = parse_interval_ms(interval) if isinstance(interval, str) else 60_000
-        state = body.get("state")
-        if isinstance(state, str):
-            state = json.loads(state or "{}")
-        fields = {
-            "state": json.dumps({**(state or {}), "runs": int((state or {}).get("runs", 0)) + 1}),
-            "status": "idle",
-            "scheduledAt": None,
-            "retryAt": None,
-            "startedAt": None,
-            "runAt": format_date(received + ms(interval_ms)),
-            "attempts": 0,
-        }
+        fields = {**rescheduled_fields(body, received + ms(interval_ms)), "scheduledAt": None}
         await self.outcomes.submit({"update": body["id"], "fields": fields})  # no version check
 
     async def _write_outcomes(self, operations: list[Operation]) -> None:

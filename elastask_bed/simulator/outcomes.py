@@ -18,9 +18,12 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import aiohttp
+
+from elastask.core.intervals import format_date, parse_interval_ms
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,34 @@ class EngineBusy(Exception):
 #: ``primary_term`` when the write is conditional on the version (Kibana's poller) or without them
 #: (the ``_run_now`` contract: no version check).
 Operation = dict[str, Any]
+
+#: A recurring task without a usable ``schedule.interval`` runs again after this long.
+DEFAULT_INTERVAL_MS = 60_000
+
+
+def recurring_interval_ms(task: dict[str, Any]) -> int | None:
+    """A finished run's interval: None for a one-shot task (removed), else its schedule's interval."""
+    schedule = task.get("schedule")
+    if not isinstance(schedule, dict):
+        return None
+    interval = schedule.get("interval")
+    return parse_interval_ms(interval) if isinstance(interval, str) else DEFAULT_INTERVAL_MS
+
+
+def rescheduled_fields(task: dict[str, Any], run_at: datetime) -> dict[str, Any]:
+    """A recurring task's fields after a run, as Kibana's task runner writes them: idle, next
+    ``runAt``, attempts reset, lease cleared; the simulated task's state counts its runs."""
+    state = task.get("state")
+    if isinstance(state, str):
+        state = json.loads(state or "{}")
+    return {
+        "state": json.dumps({**(state or {}), "runs": int((state or {}).get("runs", 0)) + 1}),
+        "status": "idle",
+        "runAt": format_date(run_at),
+        "attempts": 0,
+        "startedAt": None,
+        "retryAt": None,
+    }
 
 
 class BufferedTaskStore:

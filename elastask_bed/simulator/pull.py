@@ -49,7 +49,7 @@ from elastask_bed.simulator.kibana_rules import (
     next_run_at,
 )
 from elastask_bed.simulator.node import SimulatedNode
-from elastask_bed.simulator.outcomes import EngineBusy, post_bulk, post_json
+from elastask_bed.simulator.outcomes import EngineBusy, post_bulk, post_json, recurring_interval_ms, rescheduled_fields
 
 log = logging.getLogger(__name__)
 
@@ -315,26 +315,13 @@ class PullClaimer:
 
     async def write_outcome(self, body: dict[str, Any]) -> None:
         """A finished run: reschedule (recurring, conditional) or remove (one-shot)."""
-        schedule = body.get("schedule")
-        if not isinstance(schedule, dict):
+        interval_ms = recurring_interval_ms(body)
+        if interval_ms is None:
             await self.store.submit({"remove": body["id"]})
             return
-        interval = schedule.get("interval")
-        interval_ms = parse_interval_ms(interval) if isinstance(interval, str) else 60_000
-        now = datetime.now(UTC)
         run_at, started_at = parse_date(body["runAt"]), parse_date(body.get("startedAt") or body["runAt"])
-        state = body.get("state")
-        if isinstance(state, str):
-            state = json.loads(state or "{}")
-        fields = {
-            "state": json.dumps({**(state or {}), "runs": int((state or {}).get("runs", 0)) + 1}),
-            "status": "idle",
-            "runAt": format_date(next_run_at(run_at, started_at, interval_ms, now, self.poll_interval_ms)),
-            "attempts": 0,
-            "startedAt": None,
-            "retryAt": None,
-            "ownerId": None,
-        }
+        next_at = next_run_at(run_at, started_at, interval_ms, datetime.now(UTC), self.poll_interval_ms)
+        fields = {**rescheduled_fields(body, next_at), "ownerId": None}
         await self.store.submit(
             {"update": body["id"], "seq_no": body["_seq_no"], "primary_term": body["_primary_term"], "fields": fields}
         )

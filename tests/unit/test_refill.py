@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from elastask import keys
@@ -30,6 +31,16 @@ def due_tasks(engine: StubEngine, count: int) -> None:
     for i in range(count):
         doc = new_task(f"t{i}", "sample", now=now - timedelta(seconds=20 - i))
         engine.put(doc.id, doc.to_source())
+
+
+def kibana_deletes(engine: StubEngine) -> Callable[[DispatchJob], None]:
+    """A Kibana node that finishes each pushed one-shot run at once: its document is deleted."""
+
+    def runs(job: DispatchJob) -> None:
+        for task in job.tasks:
+            del engine.docs[task.doc_id]
+
+    return runs
 
 
 def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> None:
@@ -133,12 +144,7 @@ def test_a_session_remembers_the_shortest_hold_for_the_next_one_in_redis() -> No
     engine = StubEngine()
     due_tasks(engine, 4)
     rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
-
-    def kibana_runs(job: DispatchJob) -> None:
-        for task in job.tasks:
-            del engine.docs[task.doc_id]
-
-    claim_available_tasks(rt, datetime.now(UTC), kibana_runs)
+    claim_available_tasks(rt, datetime.now(UTC), kibana_deletes(engine))
     remembered = rt.redis.hgetall(keys.REFILL_HOLDS)
     assert b"sample" in remembered and float(remembered[b"sample"]) >= 0
 
@@ -157,12 +163,7 @@ def test_a_session_out_of_time_with_tasks_still_waiting_says_so_and_one_that_dra
     engine2 = StubEngine()
     due_tasks(engine2, 2)
     rt2 = stub_runtime(engine2, kibana_capacity=1, busy_polling_interval_ms=50)
-
-    def kibana_runs(job: DispatchJob) -> None:
-        for task in job.tasks:
-            del engine2.docs[task.doc_id]
-
-    drained = claim_available_tasks(rt2, datetime.now(UTC), kibana_runs)
+    drained = claim_available_tasks(rt2, datetime.now(UTC), kibana_deletes(engine2))
     assert not drained.backlog and not drained.session_expired
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
 
 from elastask_bed.simulator import outcomes
 from elastask_bed.simulator.outcomes import BufferedTaskStore, Operation
@@ -38,3 +40,15 @@ def test_a_full_buffer_is_written_at_once_and_a_failed_batch_is_reported_not_rai
     elapsed = asyncio.run(scenario())
     assert failures == [outcomes.BUFFER_MAX_OPERATIONS]
     assert elapsed < outcomes.BUFFER_MAX_DURATION_S  # did not wait for the timer: the buffer was full
+
+
+def test_a_one_shot_is_removed_and_a_recurring_task_rescheduled_with_its_runs_counted() -> None:
+    assert outcomes.recurring_interval_ms({"id": "once"}) is None
+    assert outcomes.recurring_interval_ms({"schedule": {"interval": "5s"}}) == 5000
+    assert outcomes.recurring_interval_ms({"schedule": {}}) == outcomes.DEFAULT_INTERVAL_MS
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    fields = outcomes.rescheduled_fields({"state": '{"runs": 2, "kept": true}'}, at)
+    assert json.loads(fields["state"]) == {"runs": 3, "kept": True}
+    assert fields["runAt"] == "2026-01-01T00:00:00.000Z"
+    assert (fields["status"], fields["attempts"], fields["retryAt"], fields["startedAt"]) == ("idle", 0, None, None)
+    assert json.loads(outcomes.rescheduled_fields({"state": ""}, at)["state"]) == {"runs": 1}
