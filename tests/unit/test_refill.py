@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -96,13 +95,12 @@ def test_given_a_backlog_a_session_refills_each_freed_slot_within_one_call_and_n
             del engine.docs[task.doc_id]  # a one-shot task's outcome: the document is deleted
 
     cycles: list[ClaimSummary] = []
-    started = time.monotonic()
     # When one claim job runs.
     last = claim_available_tasks(rt, datetime.now(UTC), kibana_runs, cycles.append)
     # Then every task was pushed, one at a time, by the one job, and the session ended with the backlog.
     assert pushed == ["task:t0", "task:t1", "task:t2", "task:t3"]
     assert max(in_flight_at_push) <= 2  # cost units: one normal task
-    assert not last.backlog and time.monotonic() - started < 5
+    assert not last.backlog
     assert sum(c.claimed for c in cycles) == 4 and all(c.searched for c in cycles if c.claimed)
 
 
