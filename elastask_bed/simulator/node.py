@@ -303,7 +303,11 @@ class SimulatedNode:
         if overlapping:
             log.error("%s: task %r started while it was already running (overlapping run)", self.name, task_id)
         shared.running[task_id] += 1
-        label = f"{task_id} ({body.get('taskType')}, attempts {body.get('attempts')}, runAt {body.get('runAt')})"
+        # The claim's time (startedAt, when pushed) tells a late claim from a job late in its queue.
+        label = (
+            f"{task_id} ({body.get('taskType')}, attempts {body.get('attempts')}, runAt {body.get('runAt')}, "
+            f"claimed {body.get('startedAt')})"
+        )
         self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping, label)
         self.stats.slot_filled(time.monotonic())
         try:
