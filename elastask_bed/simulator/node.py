@@ -92,6 +92,8 @@ class SharedState:
     #: Serve HTTPS with this context (None: plain HTTP).
     ssl_context: ssl.SSLContext | None = None
     running: Counter[str] = field(default_factory=Counter)  # task id -> runs in progress, all nodes
+    #: Recurring task id -> when its last run ended: a run that overran its interval delays the next.
+    last_ended: dict[str, datetime] = field(default_factory=dict)
 
 
 class SimulatedNode:
@@ -303,10 +305,12 @@ class SimulatedNode:
         if overlapping:
             log.error("%s: task %r started while it was already running (overlapping run)", self.name, task_id)
         shared.running[task_id] += 1
-        # The claim's time (startedAt, when pushed) tells a late claim from a job late in its queue.
+        # The claim's time (startedAt, when pushed) tells a late claim from a job late in its queue,
+        # and the previous run's end a recurring task that could not start before it (no overlap).
+        previous = shared.last_ended.get(task_id)
         label = (
             f"{task_id} ({body.get('taskType')}, attempts {body.get('attempts')}, runAt {body.get('runAt')}, "
-            f"claimed {body.get('startedAt')})"
+            f"claimed {body.get('startedAt')}, previous run ended {format_date(previous) if previous else '-'})"
         )
         self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping, label)
         self.stats.slot_filled(time.monotonic())
@@ -316,6 +320,8 @@ class SimulatedNode:
             shared.running[task_id] -= 1
             if shared.running[task_id] <= 0:
                 del shared.running[task_id]
+            if isinstance(body.get("schedule"), dict):
+                shared.last_ended[task_id] = datetime.now(UTC)
         if outcome is None:
             self.stats.run_ended(failed=failed)
             if not failed:
