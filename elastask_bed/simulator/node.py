@@ -41,7 +41,7 @@ from elastask_bed.simulator.outcomes import (
     rescheduled_fields,
     write_outcomes,
 )
-from elastask_bed.simulator.stats import NodeStats
+from elastask_bed.simulator.stats import NodeStats, run_label
 
 log = logging.getLogger(__name__)
 
@@ -305,13 +305,7 @@ class SimulatedNode:
         if overlapping:
             log.error("%s: task %r started while it was already running (overlapping run)", self.name, task_id)
         shared.running[task_id] += 1
-        # The claim's time (startedAt, when pushed) tells a late claim from a job late in its queue,
-        # and the previous run's end a recurring task that could not start before it (no overlap).
-        previous = shared.last_ended.get(task_id)
-        label = (
-            f"{task_id} ({body.get('taskType')}, attempts {body.get('attempts')}, runAt {body.get('runAt')}, "
-            f"claimed {body.get('startedAt')}, previous run ended {format_date(previous) if previous else '-'})"
-        )
+        label = run_label(body, shared.last_ended.get(task_id))
         self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping, label)
         self.stats.slot_filled(time.monotonic())
         try:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from elastask.core.intervals import format_date
 from elastask.core.percentiles import percentile
 
 
@@ -108,3 +111,15 @@ class NodeStats:
             data["claim_cycles"] = list(cycles)
             data["busy_claim_cycles"] = list(self.busy_claim_cycles_ms)
         return data
+
+
+def run_label(body: Mapping[str, Any], previous_end: datetime | None) -> str:
+    """How a run names itself in ``latest_start`` (the run that explains the max drift).
+
+    The claim's time (``startedAt``) tells a late claim from a job late in its queue, and the end of
+    the task's previous run tells a recurring task that could not start before it (no overlap).
+    """
+    return (
+        f"{body.get('id')} ({body.get('taskType')}, attempts {body.get('attempts')}, runAt {body.get('runAt')}, "
+        f"claimed {body.get('startedAt')}, previous run ended {format_date(previous_end) if previous_end else '-'})"
+    )

@@ -10,7 +10,7 @@ from elastask.core.intervals import parse_date
 from elastask.core.percentiles import percentile
 from elastask_bed.bench.scenarios import MIX, SCENARIOS, documents, priorities, run_times
 from elastask_bed.simulator.node import RunTimes
-from elastask_bed.simulator.stats import NodeStats
+from elastask_bed.simulator.stats import NodeStats, run_label
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -59,3 +59,12 @@ def test_the_latest_start_names_the_task_that_explains_the_max_drift() -> None:
     stats.run_started(40.0, False, "task:c (x, attempts 1, runAt t)")
     snapshot = stats.snapshot()
     assert snapshot["latest_start_ms"] == 900.0 and snapshot["latest_start_task"].startswith("task:b")
+
+
+def test_a_run_label_names_its_claim_and_the_end_of_the_task_s_previous_run() -> None:
+    body = {"id": "task:r", "taskType": "rule", "attempts": 1, "runAt": "T0", "startedAt": "T2"}
+    ended = datetime(2026, 1, 1, 0, 0, 21, tzinfo=UTC)
+    assert run_label(body, ended) == (
+        "task:r (rule, attempts 1, runAt T0, claimed T2, previous run ended 2026-01-01T00:00:21.000Z)"
+    )
+    assert run_label(body, None).endswith("previous run ended -)")
