@@ -20,6 +20,12 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds one process used so far (0.0 when it is gone)."""
+    stat = _stat(pid)
+    return stat[1] if stat is not None else 0.0
+
+
 def tree_cpu_seconds(roots: Iterable[int]) -> dict[int, float]:
     """CPU seconds used so far by every live process under ``roots`` (the roots included), by pid."""
     parents: dict[int, int] = {}

@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import requests
 
+from elastask_bed.bench.cpu import process_cpu_seconds
+
 INDEX = "elastask-engine-costs"
 DOCS = 30_000
 ROUNDS = 4
@@ -34,12 +36,6 @@ def engine_pid() -> int:
     """The OpenSearch process the test bed started."""
     out = subprocess.run(["pgrep", "-f", "EngineLauncher"], capture_output=True, text=True, check=True).stdout
     return int(out.split()[0])
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -82,10 +78,10 @@ def main() -> None:
     for name, docs, call in kinds:
         per_request = 0.0
         for _ in range(ROUNDS):  # the engine's JIT compiles the new code path in the first rounds
-            before = cpu_s(pid)
+            before = process_cpu_seconds(pid)
             for i in range(REQUESTS):
                 call(i)
-            per_request = (cpu_s(pid) - before) / REQUESTS * 1000
+            per_request = (process_cpu_seconds(pid) - before) / REQUESTS * 1000
             time.sleep(0.5)
         print(f"| {name} | {docs} | {per_request:.2f} ms | {per_request / docs:.3f} ms |")
     http.delete(f"{engine}/{INDEX}")

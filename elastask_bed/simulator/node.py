@@ -319,19 +319,21 @@ class SimulatedNode:
         if outcome is None:
             self.stats.run_ended(failed=failed)
             if not failed:
-                ended = time.monotonic()
-                await self.write_outcome(body, received)
-                self.stats.outcome_ms.append((time.monotonic() - ended) * 1000)
+                await self._timed_outcome(self.write_outcome(body, received))
             self.stats.slot_freed(time.monotonic())  # a dispatcher can see the slot free from now on
             return
         try:
             if not failed:
-                ended = time.monotonic()
-                await outcome(body)
-                self.stats.outcome_ms.append((time.monotonic() - ended) * 1000)
+                await self._timed_outcome(outcome(body))
         finally:
             self.stats.run_ended(failed=failed)
             self.stats.slot_freed(time.monotonic())
+
+    async def _timed_outcome(self, write: Awaitable[None]) -> None:
+        """Write a run's outcome; the time from the run's end to the write's answer goes in the stats."""
+        ended = time.monotonic()
+        await write
+        self.stats.outcome_ms.append((time.monotonic() - ended) * 1000)
 
     async def _execute(self, task_id: str, task_type: str) -> bool:
         """The run itself; False when it ended without an outcome (hung and cancelled, or failed)."""
