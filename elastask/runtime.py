@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from elastask.parts.nodes import NodeRegistry
 from elastask.parts.redis_client import build_redis
 from elastask.parts.store import TaskStore, build_client
 
-#: Pushes in flight at once per worker process (the HTTP pool to Kibana holds 32 connections).
+#: Pushes in flight at once per worker process and Kibana node.
 PUSH_PARALLELISM = 16
 
 
@@ -32,14 +33,25 @@ class Runtime:
     rng: random.Random
     #: What this process already warned about once (e.g. task types that run more often than the claim loop).
     warned: set[str] = field(default_factory=set)
-    #: Pushes one dispatch job's tasks in parallel (a job carries at most a node's free capacity).
-    pushers: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=PUSH_PARALLELISM, thread_name_prefix="elastask-push")
-    )
+    #: Per Kibana node, the threads that push its tasks: a node that does not answer holds only its own.
+    _pushers: dict[str, ThreadPoolExecutor] = field(default_factory=dict)
+    _pushers_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pushers(self, owner_id: str) -> ThreadPoolExecutor:
+        """The push threads of one node (made on first use)."""
+        with self._pushers_lock:
+            pool = self._pushers.get(owner_id)
+            if pool is None:
+                pool = self._pushers[owner_id] = ThreadPoolExecutor(
+                    max_workers=PUSH_PARALLELISM, thread_name_prefix=f"elastask-push-{len(self._pushers)}"
+                )
+            return pool
 
     def close(self) -> None:
         """Close the network clients."""
-        self.pushers.shutdown(wait=False, cancel_futures=True)
+        for pool in list(self._pushers.values()):
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.nodes.close()
         self.store.client.close()
         self.redis.close()
         self.kibana.session.close()

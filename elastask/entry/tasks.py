@@ -23,7 +23,7 @@ from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.dispatch import push_claimed_tasks
+from elastask.loops.dispatch import DispatchReport, push_claimed_tasks
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.usage import UsageRecorder
@@ -65,12 +65,10 @@ def _ms(moment: datetime) -> int:
 
 def enqueue_dispatch(batch: DispatchJob, producer: Any = None) -> None:
     """Send a dispatch job to its node's queue; Flower shows only the task ids, never the bodies."""
-    ids = ", ".join(repr(job.doc_id) for job in batch.tasks[:MAX_IDS_SHOWN])
-    more = f", ... {len(batch.tasks) - MAX_IDS_SHOWN} more" if len(batch.tasks) > MAX_IDS_SHOWN else ""
     dispatch.apply_async(
         args=[batch.as_dict()],
         queue=keys.queue(batch.owner_id),
-        argsrepr=f"([{ids}{more}])",
+        argsrepr=_dispatch_argsrepr(batch),
         producer=producer,
         # Tasks claimed ahead of their runAt: the worker holds the job until then.
         eta=parse_date(batch.not_before) if batch.not_before else None,
@@ -145,19 +143,39 @@ def retry() -> dict[str, Any]:
         return {"ran": False, "error": str(e)}
 
 
-@app.task(
-    name="elastask.dispatch",
-    ignore_result=True,
-    autoretry_for=(StoreError, LedgerError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    max_retries=10,
-)
-def dispatch(batch: dict[str, Any]) -> dict[str, int]:
-    """Push the tasks one claim cycle claimed for one Kibana node; returns the count per outcome."""
+#: A dispatch job that failed before its pushes left (engine or Redis down) is retried this often, this far apart.
+DISPATCH_RETRIES = 10
+DISPATCH_RETRY_MAX_S = 30
+
+
+def _dispatch_argsrepr(batch: DispatchJob) -> str:
+    """What Flower and task events show of a dispatch job: task ids only, never params or state."""
+    ids = ", ".join(repr(job.doc_id) for job in batch.tasks[:MAX_IDS_SHOWN])
+    more = f", ... {len(batch.tasks) - MAX_IDS_SHOWN} more" if len(batch.tasks) > MAX_IDS_SHOWN else ""
+    return f"([{ids}{more}])"
+
+
+@app.task(name="elastask.dispatch", bind=True, ignore_result=True, max_retries=DISPATCH_RETRIES)
+def dispatch(self: Any, batch: dict[str, Any]) -> dict[str, int]:
+    """Push the tasks one claim cycle claimed for one Kibana node; returns the count per outcome.
+
+    An engine or Redis failure before any push left retries the job (with backoff, its task ids only
+    shown); once pushes left, their outcomes are recorded or left to the leases, never pushed again.
+    """
     rt, claimed, now = runtime(), DispatchJob.from_dict(batch), _now()
-    with bound(owner_id=claimed.owner_id):
-        report = push_claimed_tasks(rt, claimed, now, rt.pushers)
+    try:
+        with bound(owner_id=claimed.owner_id):
+            report = push_claimed_tasks(
+                rt,
+                claimed,
+                now,
+                rt.pushers(claimed.owner_id),
+                on_late=lambda late: record_dispatch(rt, claimed, late, _now()),
+            )
+    except (StoreError, LedgerError) as e:
+        countdown = min(DISPATCH_RETRY_MAX_S, 2**self.request.retries)
+        log.warning("dispatch job for %s failed before pushing, retrying in %ds: %s", claimed.owner_id, countdown, e)
+        raise self.retry(exc=e, countdown=countdown, argsrepr=_dispatch_argsrepr(claimed)) from e
     if claimed.tasks and log.isEnabledFor(logging.DEBUG):
         started_at = claimed.tasks[0].body.get("startedAt")
         waited_ms = (now - parse_date(started_at)).total_seconds() * 1000 if started_at else -1
@@ -168,12 +186,21 @@ def dispatch(batch: dict[str, Any]) -> dict[str, int]:
             waited_ms,
             (_now() - now).total_seconds() * 1000,
         )
+    return record_dispatch(rt, claimed, report, now)
+
+
+def record_dispatch(rt: Runtime, claimed: DispatchJob, report: DispatchReport, now: datetime) -> dict[str, int]:
+    """Usage and metrics of what a dispatch job's pushes did (called again for pushes answered late)."""
     counts = report.counts()
+    counts.pop("late", None)  # counted when they answer
     accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == "accepted"]
     units = sum(rt.settings.for_type(str(task.body.get("taskType", ""))).cost for task in accepted)
-    UsageRecorder(rt.redis).runs_started(claimed.owner_id, len(accepted), units, _ms(now))
-    Metrics(rt.redis).record(
-        labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
-        observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
-    )
-    return dict(counts)
+    try:
+        UsageRecorder(rt.redis).runs_started(claimed.owner_id, len(accepted), units, _ms(now))
+        Metrics(rt.redis).record(
+            labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
+            observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
+        )
+    except LedgerError as e:  # metrics only: the pushes are settled
+        log.warning("recording dispatch metrics for %s failed: %s", claimed.owner_id, e)
+    return dict(report.counts())

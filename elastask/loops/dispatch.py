@@ -21,10 +21,11 @@ ETA); the job pushes them in parallel. Per task:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import Executor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -32,6 +33,7 @@ from elastask import keys
 from elastask.core import policy
 from elastask.core.intervals import format_date, parse_date, parse_interval_ms
 from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: The longest a job that started before its ETA waits for it (a claim looks at most 1 s ahead).
 MAX_EARLY_WAIT_S = 1.0
+#: How long a job waits for its pushes' answers (Kibana answers 204 before it runs anything); later
+#: answers are settled on the push threads, so a hung node never holds a worker process longer.
+PUSH_WAIT_S = 0.25
 
 
 @dataclass
@@ -59,11 +64,25 @@ class DispatchReport:
         return Counter(self.outcomes.values())
 
 
-def push_claimed_tasks(rt: Runtime, job: DispatchJob, now: datetime, pool: Executor) -> DispatchReport:
-    """Push a node's claimed tasks; each ends accepted, refused, ambiguous, expired, duplicate or unknown-node.
+def push_claimed_tasks(
+    rt: Runtime,
+    job: DispatchJob,
+    now: datetime,
+    pool: Executor,
+    *,
+    wait_s: float = PUSH_WAIT_S,
+    on_late: Callable[[DispatchReport], object] = lambda _report: None,
+) -> DispatchReport:
+    """Push a node's claimed tasks; each ends accepted, refused, rejected, ambiguous, expired, duplicate,
+    unknown-node, or ``late`` (not answered within ``wait_s``).
 
     Tasks claimed ahead are never pushed before their runAt: the job carries an ETA, and if it still
     starts early (clocks of the claiming and the pushing machine differ), it waits the rest here.
+
+    Kibana answers a push at once (204, before it runs anything), so the job waits for its answers
+    only ``wait_s``: a node that does not answer holds its own push threads, never the worker process
+    other nodes' jobs need. Late answers are settled (and passed to ``on_late``) when they arrive, on
+    the push thread; until then their leases stand, as for an ambiguous push.
     """
     if job.not_before is not None:
         early_s = (parse_date(job.not_before) - now).total_seconds()
@@ -92,9 +111,117 @@ def push_claimed_tasks(rt: Runtime, job: DispatchJob, now: datetime, pool: Execu
         report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
     live = _renew_waited_leases(rt, job.owner_id, live, now, report)
     to_push = _mark_pushed(rt, live, now, report)
-    results = list(pool.map(lambda task: rt.kibana.push(node.config, task.body), to_push))
-    _settle(rt, node, to_push, results, now, report)
+    clock = _JobClock(now, time.monotonic())
+    futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in to_push}
+    answered, late = wait(futures, timeout=wait_s)
+    on_time = [task for future, task in futures.items() if future in answered]
+    _settle_safely(rt, node, on_time, _results(futures, on_time), clock.read(), report)
+    if late:
+        log.warning(
+            "%d push(es) to %s not answered within %.1fs (Kibana answers at once: is the node overloaded or hung?); "
+            "their leases stand, settled when they answer",
+            len(late),
+            node.url,
+            wait_s,
+        )
+        report.outcomes.update(dict.fromkeys((futures[f].doc_id for f in late), "late"))
+        _settle_when_answered(
+            rt, node, {f: futures[f] for f in late}, clock, on_time_ok=_answered(report), on_late=on_late
+        )
+    elif not _answered(report):
+        _count_failure(rt, node, [r for r in _results(futures, on_time) if r is not None])
     return report
+
+
+def _results(
+    futures: dict[Future[PushResult | None], ClaimedTask], tasks: Sequence[ClaimedTask]
+) -> list[PushResult | None]:
+    by_task = {task.doc_id: future for future, task in futures.items()}
+    return [by_task[task.doc_id].result() for task in tasks]
+
+
+def _answered(report: DispatchReport) -> bool:
+    """True when the node answered any push of this job (accepted it, or rejected the task itself)."""
+    return any(outcome in ("accepted", "rejected") for outcome in report.outcomes.values())
+
+
+@dataclass(frozen=True)
+class _JobClock:
+    """The job's ``now``, moved on by the time elapsed since (one clock for every decision of a job)."""
+
+    now: datetime
+    started_monotonic: float
+
+    def read(self) -> datetime:
+        return self.now + timedelta(seconds=time.monotonic() - self.started_monotonic)
+
+
+def _push_within_lease(rt: Runtime, node: Node, task: ClaimedTask, clock: _JobClock) -> PushResult | None:
+    """Push one task if its lease still covers the whole run Kibana would start now; None: not sent.
+
+    Checked right before the request leaves: a push that waited for a free push thread (more tasks
+    than threads, a slow node) must not start a run its lease no longer covers.
+    """
+    if _remaining_ms(task, clock.read()) < task.lease_ms - task.slack_ms:
+        return None
+    return rt.kibana.push(node.config, task.body)
+
+
+def _settle_when_answered(
+    rt: Runtime,
+    node: Node,
+    late: dict[Future[PushResult | None], ClaimedTask],
+    clock: _JobClock,
+    *,
+    on_time_ok: bool,
+    on_late: Callable[[DispatchReport], object],
+) -> None:
+    """Settle the late pushes of one job together once the last one answers (on its push thread)."""
+    remaining = [len(late)]
+    lock = threading.Lock()
+
+    def one_answered(_future: Future[PushResult | None]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        report = DispatchReport()
+        tasks = list(late.values())
+        results = [future.result() if not future.cancelled() else None for future in late]
+        try:
+            _settle_safely(rt, node, tasks, results, clock.read(), report)
+            if not on_time_ok and not _answered(report):
+                _count_failure(rt, node, [r for r in results if r is not None])
+            on_late(report)
+        except Exception:  # a push thread: log it, the leases decide
+            log.exception("settling late pushes to %s failed; their leases decide", node.url)
+
+    for future in late:
+        future.add_done_callback(one_answered)
+
+
+def _settle_safely(
+    rt: Runtime,
+    node: Node,
+    tasks: Sequence[ClaimedTask],
+    results: Sequence[PushResult | None],
+    now: datetime,
+    report: DispatchReport,
+) -> None:
+    """``_settle``, where a failing engine or Redis leaves the leases to decide.
+
+    The pushes have left: retrying the job could push them again where Redis lost their markers
+    meanwhile, so an error here is logged, never raised (each lease runs out; the retry loop takes
+    the task back, ambiguous at worst, never a second run at once).
+    """
+    try:
+        _settle(rt, node, tasks, results, now, report)
+    except (StoreError, LedgerError) as e:
+        log.error(
+            "recording the push outcomes of %d task(s) for %s failed; their leases decide: %s", len(tasks), node.url, e
+        )
+        for task in tasks:
+            report.outcomes.setdefault(task.doc_id, "unsettled")
 
 
 def _renew_waited_leases(
@@ -164,13 +291,21 @@ def _settle(
     rt: Runtime,
     node: Node,
     tasks: Sequence[ClaimedTask],
-    results: Sequence[PushResult],
+    results: Sequence[PushResult | None],
     now: datetime,
     report: DispatchReport,
 ) -> None:
-    """Record each push's outcome: keep accepted leases, give refused tasks back, keep ambiguous leases."""
-    refused, rejected = [], []
+    """Record each push's outcome: keep accepted leases, give refused and unsent tasks back, keep ambiguous leases.
+
+    A node that accepted a push (or rejected a task itself: it answered) is healthy; counting failures
+    is the job's, once for all its pushes (``_count_failure``).
+    """
+    refused, rejected, unsent = [], [], []
     for task, result in zip(tasks, results, strict=True):
+        if result is None:
+            report.outcomes[task.doc_id] = "expired"
+            unsent.append(task)
+            continue
         report.outcomes[task.doc_id] = result.outcome.value
         if result.outcome is PushOutcome.ACCEPTED:
             # Start drift as Kibana's health API defines it: when the run started (at once) - runAt.
@@ -184,15 +319,27 @@ def _settle(
             rejected.append((task, result))
         else:
             _warn(task, "task %r: push ambiguous, lease kept until %s: %s", task.doc_id, task.retry_at, result.detail)
-    _give_back(rt, node.owner_id, refused)
+    if unsent:
+        log.warning(
+            "%d task(s) for %s waited for a push thread until their lease no longer covered a run; "
+            "giving them back: %s",
+            len(unsent),
+            node.owner_id,
+            ", ".join(repr(t.doc_id) for t in unsent),
+        )
+    _give_back(rt, node.owner_id, [*refused, *unsent])
     _burn_attempts(rt, node.owner_id, rejected, now)
-    # The breaker counts failures in a row: a node that accepted any push this time is answering, and
-    # one that rejected a task (a 4xx about the task itself) answered too.
-    if any(r.outcome in (PushOutcome.ACCEPTED, PushOutcome.REJECTED) for r in results):
+    if any(r is not None and r.outcome in (PushOutcome.ACCEPTED, PushOutcome.REJECTED) for r in results):
         rt.nodes.record_success(node)
+
+
+def _count_failure(rt: Runtime, node: Node, results: Sequence[PushResult]) -> None:
+    """Every push of one job failed: one failure for the node's breaker (per job, not per task)."""
+    if not results:
         return
-    for result in results:
-        rt.nodes.record_failure(node, now, result.detail, hard=result.connection_refused)
+    refused = [r for r in results if r.connection_refused]
+    worst = refused[0] if refused else results[0]
+    rt.nodes.record_failure(node, worst.detail, hard=bool(refused))
 
 
 def _burn_attempts(

@@ -26,6 +26,9 @@ from elastask.parts.connection_errors import explain
 from elastask.parts.store import search, search_hits
 from elastask.runtime import Runtime
 
+#: ``elastask status`` waits this long for nodes whose ownerId it must first ask.
+STATUS_RESOLVE_WAIT_S = 4.0
+
 
 @dataclass(frozen=True)
 class CheckRow:
@@ -238,7 +241,7 @@ def _check_kibana(rt: Runtime, url: str, node: Any) -> CheckRow:
 
 def status(rt: Runtime, now: datetime) -> dict[str, Any]:
     """Per node: in flight / capacity (cost units), health; overall: task counts by status."""
-    nodes, problems = rt.nodes.resolve()
+    nodes, problems = rt.nodes.resolve(wait_s=STATUS_RESOLVE_WAIT_S)
     used = rt.ledger.used_units([n.owner_id for n in nodes])
     rows = []
     for node in nodes:

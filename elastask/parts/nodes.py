@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 import redis
-import requests
 
 from elastask import keys
 from elastask.config import KibanaNode, Settings
 from elastask.parts.kibana import KibanaClient
 from elastask.parts.redis_errors import redis_errors
+from elastask.parts.scripts import register
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_MS = 60_000
+#: How long a claim cycle waits for nodes whose ownerId it must first ask (they answer at once when up).
+RESOLVE_WAIT_S = 0.5
+#: How long an ownerId lookup (``GET /api/status``) may take before the node counts as not answering.
+RESOLVE_TIMEOUT_S = 3.0
+#: How long a probe of a node out of rotation may take (it runs on a background thread).
+PROBE_TIMEOUT_S = 2.0
+#: Threads per process for lookups and probes (each waits on one node at most its timeout).
+BACKGROUND_THREADS = 8
+BREAKER_FIELDS = ("failures", "open_until_ms", "outage_since_ms", "probes")
 
 
 @dataclass(frozen=True)
@@ -34,77 +43,152 @@ class Node:
         return self.config.url
 
 
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
 class NodeRegistry:
-    """Resolves ownerIds (``id`` from config, else ``kibana:<uuid>`` from /api/status, cached in Redis)."""
+    """Resolves ownerIds (``id`` from config, else ``kibana:<uuid>`` from /api/status, cached in Redis)
+    and keeps each node's health: a circuit breaker in Redis, changed by Lua scripts on Redis's clock.
+
+    Nothing here waits on a node longer than it must: ownerIds are learned and nodes out of rotation
+    are probed on background threads, so one node that does not answer never holds up a claim cycle.
+    """
 
     def __init__(self, settings: Settings, client: redis.Redis, kibana: KibanaClient) -> None:
         self.settings = settings
         self.redis = client
         self.kibana = kibana
+        self._failure = register(client, "breaker_failure", "now")
+        self._probe_turn = register(client, "breaker_probe", "now")
+        self._background: ThreadPoolExecutor | None = None
+        self._resolving: dict[str, Future[str]] = {}
+        self._probing: dict[str, Future[bool]] = {}
 
-    def resolve(self) -> tuple[list[Node], list[str]]:
-        """The nodes whose ownerId is known, and a problem line per node that could not be resolved."""
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=BACKGROUND_THREADS, thread_name_prefix="elastask-node")
+        return self._background
+
+    def close(self) -> None:
+        """Stop the background threads (a probe or lookup in flight finishes on its own)."""
+        if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)
+
+    def cached_owner_ids(self) -> dict[str, str]:
+        """url -> ownerId of the nodes known without asking them (configured ``id`` or the Redis cache)."""
         with redis_errors("reading the nodes' ownerIds"):
             raw: dict[Any, Any] = cast(dict[Any, Any], self.redis.hgetall(keys.NODE_IDS))
-        cached = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
-        nodes, problems = [], []
+        cached = {_text(k): _text(v) for k, v in raw.items()}
+        known = {}
         for config in self.settings.kibana.hosts:
             owner_id = config.id or cached.get(config.url)
-            if owner_id is None:
-                try:
-                    owner_id = "kibana:" + self.kibana.status_uuid(config)
-                except (requests.RequestException, ValueError) as e:
-                    problems.append(
-                        f"Kibana {config.url}: cannot learn its ownerId from /api/status ({type(e).__name__}); "
-                        f"it gets no tasks until it answers, or set kibana.hosts[].id"
-                    )
-                    continue
-                with redis_errors(f"caching the ownerId of {config.url}"):
-                    self.redis.hset(keys.NODE_IDS, config.url, owner_id)
-            nodes.append(Node(config, owner_id, self.settings.capacity_units(config)))
+            if owner_id is not None:
+                known[config.url] = owner_id
+        return known
+
+    def resolve(self, wait_s: float = RESOLVE_WAIT_S) -> tuple[list[Node], list[str]]:
+        """The nodes whose ownerId is known, and a problem line per node that could not be resolved.
+
+        Unknown ownerIds are asked of every such node at once, in the background; this waits for the
+        answers at most ``wait_s``: a node that does not answer stays out until it does, the others go on.
+        """
+        known = self.cached_owner_ids()
+        asking = {
+            config.url: self._ask_owner_id(config) for config in self.settings.kibana.hosts if config.url not in known
+        }
+        if asking and wait_s > 0:
+            wait(asking.values(), timeout=wait_s)
+        nodes, problems = [], []
+        for config in self.settings.kibana.hosts:
+            owner_id = known.get(config.url)
+            future = asking.get(config.url)
+            if owner_id is None and future is not None:
+                owner_id, problem = self._answer(config, future)
+                if problem is not None:
+                    problems.append(problem)
+            if owner_id is not None:
+                nodes.append(Node(config, owner_id, self.settings.capacity_units(config)))
         return nodes, problems
 
+    def _ask_owner_id(self, config: KibanaNode) -> Future[str]:
+        future = self._resolving.get(config.url)
+        if future is None:
+            future = self._resolving[config.url] = self._pool().submit(self._learn_owner_id, config)
+        return future
+
+    def _learn_owner_id(self, config: KibanaNode) -> str:
+        owner_id = "kibana:" + self.kibana.status_uuid(config, timeout_s=RESOLVE_TIMEOUT_S)
+        with redis_errors(f"caching the ownerId of {config.url}"):
+            self.redis.hset(keys.NODE_IDS, config.url, owner_id)
+        return owner_id
+
+    def _answer(self, config: KibanaNode, future: Future[str]) -> tuple[str | None, str | None]:
+        """(ownerId, None) once the node answered; (None, the problem) otherwise."""
+        if not future.done():
+            return None, f"Kibana {config.url}: no answer yet from /api/status for its ownerId; no tasks until then"
+        self._resolving.pop(config.url, None)  # answered or failed: the next call asks again if need be
+        error = future.exception()
+        if error is None:
+            return future.result(), None
+        return None, (
+            f"Kibana {config.url}: cannot learn its ownerId from /api/status ({type(error).__name__}); "
+            f"it gets no tasks until it answers, or set kibana.hosts[].id"
+        )
+
     def queue_names(self) -> list[str]:
-        """The dispatch queues of every node whose ownerId can be learned now."""
-        nodes, problems = self.resolve()
-        for problem in problems:
-            log.warning("%s", problem)
-        return [keys.queue(node.owner_id) for node in nodes]
+        """The dispatch queues of every node whose ownerId is known now (never waits on a node)."""
+        return [keys.queue(owner_id) for owner_id in self.cached_owner_ids().values()]
 
     # ---- health ----------------------------------------------------------------------------------
 
     def available(self, nodes: list[Node], now: datetime) -> list[Node]:
-        """Nodes in rotation; a node whose breaker is open is probed once its wait is over."""
+        """Nodes in rotation now; a node out of rotation whose probe is due is probed in the background.
+
+        A probe that answers puts the node back in rotation for the next cycle; one that does not
+        leaves it out until the next probe, ``node_probe_interval`` later.
+        A probe never waits for a node longer than ``PROBE_TIMEOUT_S``.
+        """
+        del now  # the breaker runs on Redis's clock
         open_until = self._open_until([node.owner_id for node in nodes])
         result = []
         for node in nodes:
-            until = open_until[node.owner_id]
-            if until is None:
+            if open_until[node.owner_id] is None:
                 result.append(node)
-            elif int(until) <= _ms(now):
-                if self.kibana.is_available(node.config):
-                    self.record_success(node)
-                    result.append(node)
-                else:
-                    self.record_failure(node, now, "still not answering GET /api/status", hard=True)
+            elif node.owner_id not in self._probing and self._take_probe_turn(node):
+                self._probing[node.owner_id] = self._pool().submit(self._probe, node)
         return result
+
+    def _take_probe_turn(self, node: Node) -> bool:
+        with redis_errors(f"taking the probe turn of {node.owner_id}"):
+            return bool(
+                self._probe_turn(keys=[keys.health(node.owner_id)], args=[self.settings.node_probe_interval_ms])
+            )
+
+    def _probe(self, node: Node) -> bool:
+        try:
+            healthy = self.kibana.is_available(node.config, timeout_s=PROBE_TIMEOUT_S)
+            if healthy:
+                self.record_success(node)
+            else:
+                log.debug("Kibana node %s (%s) still not answering GET /api/status", node.url, node.owner_id)
+            return healthy
+        except Exception as e:  # a background thread: say it, never raise into the pool
+            log.warning("probing Kibana node %s (%s) failed: %s", node.url, node.owner_id, e)
+            return False
+        finally:
+            self._probing.pop(node.owner_id, None)
+
+    def wait_for_probes(self, timeout_s: float = 10.0) -> None:
+        """Wait until the probes in flight have answered (tests and tools)."""
+        wait(list(self._probing.values()), timeout=timeout_s)
 
     def in_rotation(self, owner_ids: Sequence[str]) -> dict[str, bool]:
         """Per node: True while its circuit breaker is closed (it gets tasks)."""
         return {owner: until is None for owner, until in self._open_until(owner_ids).items()}
 
     def breaker(self, owner_id: str) -> dict[str, int]:
-        """A node's circuit breaker as numbers: failures in a row, open_until_ms, backoff_ms (absent: 0)."""
+        """A node's circuit breaker as numbers (Redis's clock): failures in a row, open_until_ms,
+        outage_since_ms, probes (failed probes this outage); absent: 0."""
         with redis_errors(f"reading the breaker of {owner_id}"):
             raw = cast(dict[bytes, bytes], self.redis.hgetall(keys.health(owner_id)))
-        return {field: int(raw.get(field.encode(), b"0")) for field in ("failures", "open_until_ms", "backoff_ms")}
+        return {field: int(raw.get(field.encode(), b"0")) for field in BREAKER_FIELDS}
 
     def _open_until(self, owner_ids: Sequence[str]) -> dict[str, int | None]:
         pipe = self.redis.pipeline(transaction=False)
@@ -121,24 +205,24 @@ class NodeRegistry:
         if closed:
             log.info("Kibana node %s (%s) is back in rotation", node.url, node.owner_id)
 
-    def record_failure(self, node: Node, now: datetime, detail: str, *, hard: bool) -> None:
-        """A push failed; ``hard`` (connection refused) opens the breaker at once, else after N in a row."""
-        key = keys.health(node.owner_id)
+    def record_failure(self, node: Node, detail: str, *, hard: bool) -> None:
+        """One dispatch job's pushes all failed; ``hard`` (connection refused) opens the breaker at once,
+        else ``node_failure_threshold`` jobs in a row do. Counted once per outage: while the breaker is
+        open, failures of pushes sent before it opened change nothing."""
+        args = [1 if hard else 0, self.settings.node_failure_threshold, self.settings.node_probe_interval_ms]
         with redis_errors(f"counting a failure of {node.owner_id}"):
-            failures = int(cast(int, self.redis.hincrby(key, "failures", 1)))
-            if not hard and failures < self.settings.node_failure_threshold:
-                return
-            previous = cast(bytes | None, self.redis.hget(key, "backoff_ms"))
-            first = self.settings.node_probe_interval_ms
-            backoff = first if previous is None else min(MAX_BACKOFF_MS, int(previous) * 2)
-            was_open = self.redis.hget(key, "open_until_ms") is not None
-            self.redis.hset(key, mapping={"open_until_ms": _ms(now) + backoff, "backoff_ms": backoff})
-        if not was_open:
+            opened, failures = cast(list[int], self._failure(keys=[keys.health(node.owner_id)], args=args))
+        if opened:
             log.warning(
-                "Kibana node %s (%s) taken out of rotation after %d failure(s): %s; probing again in %.1fs",
+                "Kibana node %s (%s) taken out of rotation after %d failure(s) in a row: %s; "
+                "probing it every %.1fs until it answers",
                 node.url,
                 node.owner_id,
-                failures,
+                int(failures),
                 detail,
-                backoff / 1000,
+                self.settings.node_probe_interval_ms / 1000,
             )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -92,7 +92,7 @@ def test_a_cycle_with_no_node_in_rotation_does_not_rest_it_could_not_look() -> N
     engine = StubEngine()
     rt = stub_runtime(engine)
     [node] = rt.nodes.resolve()[0]
-    rt.nodes.record_failure(node, NOW, "connection refused", hard=True)  # out of rotation
+    rt.nodes.record_failure(node, "connection refused", hard=True)  # out of rotation
     first = claim_available_tasks(rt, NOW, lambda _b: None)
     assert first.ran and first.nodes == 0
     assert not claim_available_tasks(rt, NOW, lambda _b: None).resting

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from elastask import keys
+from elastask.config import KibanaNode
 
 from elastask.parts.nodes import Node
 from tests.unit.stubs import StubEngine, stub_runtime
@@ -20,25 +26,83 @@ def test_failures_in_a_row_open_the_breaker_and_a_success_closes_it() -> None:
     rt = stub_runtime(StubEngine(), node_failure_threshold=3, node_probe_interval_ms=5000)
     [node] = rt.nodes.resolve()[0]
     for _ in range(2):
-        rt.nodes.record_failure(node, NOW, "answered 503", hard=False)
+        rt.nodes.record_failure(node, "answered 503", hard=False)
     assert rt.nodes.in_rotation(["kibana:a"]) == {"kibana:a": True}
-    rt.nodes.record_failure(node, NOW, "answered 503", hard=False)
+    rt.nodes.record_failure(node, "answered 503", hard=False)
     assert rt.nodes.in_rotation(["kibana:a"]) == {"kibana:a": False}
-    assert rt.nodes.breaker("kibana:a") == {"failures": 3, "open_until_ms": _ms(NOW) + 5000, "backoff_ms": 5000}
+    breaker = rt.nodes.breaker("kibana:a")
+    assert breaker["failures"] == 3
+    assert breaker["open_until_ms"] - breaker["outage_since_ms"] == 5000  # first probe one interval later
     assert rt.nodes.available([node], NOW) == []  # out of rotation until its probe is due
     rt.nodes.record_success(node)
     assert rt.nodes.in_rotation(["kibana:a"]) == {"kibana:a": True}
-    assert rt.nodes.breaker("kibana:a") == {"failures": 0, "open_until_ms": 0, "backoff_ms": 0}
+    assert rt.nodes.breaker("kibana:a") == {"failures": 0, "open_until_ms": 0, "outage_since_ms": 0, "probes": 0}
 
 
-def test_a_refused_connection_opens_the_breaker_at_once_and_the_backoff_doubles() -> None:
+def test_given_an_open_breaker_when_more_pushes_of_the_same_outage_fail_then_its_next_probe_does_not_move() -> None:
+    # Pushes sent before the breaker opened answer after it did: the outage is counted once, so a
+    # short outage never benches the node for longer than one probe interval.
     rt = stub_runtime(StubEngine(), node_probe_interval_ms=1000)
     node: Node = rt.nodes.resolve()[0][0]
-    rt.nodes.record_failure(node, NOW, "connection refused", hard=True)
-    assert rt.nodes.breaker("kibana:a")["backoff_ms"] == 1000
-    rt.nodes.record_failure(node, NOW + timedelta(seconds=1), "still refused", hard=True)
-    assert rt.nodes.breaker("kibana:a")["backoff_ms"] == 2000
+    rt.nodes.record_failure(node, "connection refused", hard=True)
+    opened = rt.nodes.breaker("kibana:a")
+    for _ in range(20):
+        rt.nodes.record_failure(node, "still refused", hard=True)
+    assert rt.nodes.breaker("kibana:a") == opened
 
 
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+def test_given_a_node_out_of_rotation_when_its_probe_is_due_then_it_is_probed_once_in_the_background_and_back() -> None:
+    rt = stub_runtime(StubEngine(), node_probe_interval_ms=1)
+    node: Node = rt.nodes.resolve()[0][0]
+    probes: list[float] = []
+
+    def answering(_node: object, timeout_s: float = 2.0) -> bool:
+        probes.append(timeout_s)
+        return True
+
+    rt.kibana.is_available = answering  # type: ignore[method-assign]
+    rt.nodes.record_failure(node, "connection refused", hard=True)
+    time.sleep(0.01)  # the probe falls due (1 ms, on Redis's clock)
+    assert rt.nodes.available([node], NOW) == []  # this cycle goes on without it: the probe runs apart
+    rt.nodes.wait_for_probes()
+    assert len(probes) == 1 and probes[0] <= 2.0
+    assert rt.nodes.available([node], NOW) == [node]  # the next cycle has it back
+
+
+def test_given_a_node_that_does_not_answer_its_probe_then_it_is_probed_again_each_interval_not_later() -> None:
+    rt = stub_runtime(StubEngine(), node_probe_interval_ms=5000)
+    node: Node = rt.nodes.resolve()[0][0]
+    rt.kibana.is_available = lambda _node, timeout_s=2.0: False  # type: ignore[method-assign]
+    rt.nodes.record_failure(node, "connection refused", hard=True)
+    rt.redis.hset(keys.health("kibana:a"), "open_until_ms", 0)  # its probe is due now
+    assert rt.nodes.available([node], NOW) == []
+    rt.nodes.wait_for_probes()
+    assert rt.nodes.available([node], NOW) == []  # the turn is taken until the next interval
+    breaker = rt.nodes.breaker("kibana:a")
+    assert breaker["probes"] == 1
+    redis_now_ms = rt.ledger.now_ms()
+    assert redis_now_ms < breaker["open_until_ms"] <= redis_now_ms + 5000  # fixed interval, no growing backoff
+
+
+def test_given_a_node_whose_owner_id_is_not_known_when_it_does_not_answer_then_resolving_waits_a_bounded_time() -> None:
+    rt = stub_runtime(StubEngine())
+    config = KibanaNode(url="http://kibana-b:5601")
+    rt.settings = replace(rt.settings, kibana=replace(rt.settings.kibana, hosts=(*rt.settings.kibana.hosts, config)))
+    rt.nodes.settings = rt.settings
+    release = threading.Event()
+
+    def hanging(_node: object, timeout_s: float = 5.0) -> str:
+        release.wait(5)
+        return "b-uuid"
+
+    rt.kibana.status_uuid = hanging  # type: ignore[method-assign]
+    started = time.monotonic()
+    nodes, problems = rt.nodes.resolve(wait_s=0.05)
+    assert time.monotonic() - started < 2  # bounded by wait_s, not by the node
+    assert [n.owner_id for n in nodes] == ["kibana:a"] and "kibana-b" in problems[0]
+    release.set()
+    for _ in range(100):
+        nodes, problems = rt.nodes.resolve(wait_s=0.05)
+        if len(nodes) == 2:
+            break
+    assert [n.owner_id for n in nodes] == ["kibana:a", "kibana:b-uuid"] and problems == []

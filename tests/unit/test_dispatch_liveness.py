@@ -1,0 +1,114 @@
+"""A dispatch job never holds its worker process for a node that does not answer, never pushes past its
+lease, and counts a node's failures once per job (fakeredis, stub engine, a scripted Kibana).
+
+Given/When/Then in each name.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from elastask import keys
+from elastask.core.intervals import format_date
+from elastask.core.messages import DispatchJob
+from elastask.errors import LedgerError
+from elastask.loops.dispatch import DispatchReport, push_claimed_tasks
+from elastask.parts.kibana import PushOutcome, PushResult
+from tests.unit.stubs import StubEngine, stub_runtime
+from tests.unit.test_dispatch_outcomes import NOW, OWNER, URL, answering, claimed, held
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def test_given_a_hung_node_when_its_job_runs_then_the_job_returns_at_once_and_settles_when_the_node_answers(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    release = threading.Event()
+
+    def hung_then_refused(_body: Mapping[str, Any]) -> PushResult:
+        release.wait(10)
+        return PushResult(PushOutcome.REFUSED, f"{URL}: answered 503", 503)
+
+    rt = stub_runtime(engine, hung_then_refused)
+    task = claimed(engine, rt, "task:hung", attempts=1)
+    late: list[DispatchReport] = []
+    started = time.monotonic()
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW, pool, wait_s=0.05, on_late=late.append)
+    assert time.monotonic() - started < 5  # not the node's 10 s: the worker process is free again
+    assert report.outcomes == {"task:hung": "late"}
+    assert held(rt) == {"task:hung"}  # its lease stands while the push may still arrive
+    release.set()
+    for _ in range(200):
+        if late:
+            break
+        time.sleep(0.01)
+    assert [r.outcomes for r in late] == [{"task:hung": "refused"}]
+    doc = engine.docs["task:hung"]["_source"]["task"]
+    assert doc["status"] == "idle" and doc["attempts"] == 0  # given back when it answered, attempt returned
+    assert held(rt) == set()
+    assert int(rt.redis.hget(keys.health(OWNER), "failures") or 0) == 1
+
+
+def test_given_more_tasks_than_push_threads_and_a_slow_node_then_no_push_leaves_after_its_lease_ran_short() -> None:
+    engine = StubEngine()
+
+    def slow(_body: Mapping[str, Any]) -> PushResult:
+        time.sleep(0.3)
+        return PushResult(PushOutcome.ACCEPTED, f"{URL}: 204", 204)
+
+    rt = stub_runtime(engine, slow)
+    tasks = []
+    for i in range(2):
+        task = claimed(engine, rt, f"task:{i}", attempts=1)
+        # A lease with 0.2 s left beyond what Kibana's run needs: the second push, queued behind the
+        # first on the one push thread, would leave after that.
+        tasks.append(
+            replace(task, retry_at=format_date(NOW + timedelta(milliseconds=1200)), lease_ms=2000, slack_ms=1000)
+        )
+    with ThreadPoolExecutor(max_workers=1) as one_thread:
+        report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, tuple(tasks)), NOW, one_thread, wait_s=5)
+    assert report.outcomes == {"task:0": "accepted", "task:1": "expired"}
+    assert [body["id"] for body in rt.kibana.pushed] == ["task:0"]  # type: ignore[attr-defined]
+    doc = engine.docs["task:1"]["_source"]["task"]
+    assert doc["status"] == "idle" and doc["attempts"] == 0  # never reached Kibana: attempt returned
+    assert held(rt) == {"task:0"}
+
+
+def test_given_a_job_whose_every_push_is_refused_then_the_node_counts_one_failure_not_one_per_task(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine, answering(503), node_failure_threshold=3)
+    tasks = tuple(claimed(engine, rt, f"task:{i}", attempts=1) for i in range(8))
+    push_claimed_tasks(rt, DispatchJob(OWNER, URL, tasks), NOW, pool)
+    assert int(rt.redis.hget(keys.health(OWNER), "failures") or 0) == 1
+    assert rt.nodes.in_rotation([OWNER]) == {OWNER: True}  # one outage-free job short of the threshold
+
+
+def test_given_redis_fails_after_the_pushes_left_then_the_job_does_not_raise_so_it_is_never_pushed_again(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine, answering(503))
+    task = claimed(engine, rt, "task:x", attempts=1)
+
+    def failing_release(_owner: str, _ids: object) -> int:
+        raise LedgerError("Redis, releasing slots: connection refused")
+
+    rt.ledger.release = failing_release  # type: ignore[method-assign]
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW, pool)
+    assert report.outcomes == {"task:x": "refused"}  # its give-back failed: the lease decides
+    assert len(rt.kibana.pushed) == 1  # type: ignore[attr-defined]
