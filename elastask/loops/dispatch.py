@@ -115,7 +115,7 @@ def push_claimed_tasks(
     futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in to_push}
     answered, late = wait(futures, timeout=wait_s)
     on_time = [task for future, task in futures.items() if future in answered]
-    _settle_safely(rt, node, on_time, _results(futures, on_time), clock.read(), report)
+    _settle_safely(rt, node, on_time, _results(futures, on_time), now, report)
     if late:
         log.warning(
             "%d push(es) to %s not answered within %.1fs (Kibana answers at once: is the node overloaded or hung?); "
