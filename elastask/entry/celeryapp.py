@@ -159,24 +159,35 @@ def _note_pinned_queues(sender: Any, instance: Any, **_kwargs: Any) -> None:
 
 
 class NodeQueues(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Consume the dispatch queue of every configured Kibana node, and of nodes that appear later."""
+    """Consume the dispatch queue of every configured Kibana node, and of nodes that appear later.
+
+    Refreshed every second from the ownerIds known without asking the nodes (configured ``id``, or
+    cached in Redis by whoever learned them): the consumer's timer never waits on a Kibana node. At
+    start, nodes not yet known are asked in the background, all at once.
+    """
 
     requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
-    REFRESH_S = 10.0
+    REFRESH_S = 1.0
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.timer_ref: Any = None
+        self.registry: Any = None
 
     def start(self, consumer: Any) -> None:
         if consumer.app.conf.elastask_pinned:
             return
+        self.registry = node_registry(consumer.app.conf.elastask_settings)
+        try:
+            self.registry.resolve(wait_s=0)  # starts the lookups; the refreshes below pick up the answers
+        except Exception as e:  # never let queue discovery stop the worker
+            log.warning("could not look up the Kibana nodes' ownerIds (will retry): %s", e)
         self.refresh(consumer)
         self.timer_ref = consumer.timer.call_repeatedly(self.REFRESH_S, self.refresh, (consumer,), priority=10)
 
     def refresh(self, consumer: Any) -> None:
         try:
-            names = node_queue_names(consumer.app.conf.elastask_settings)
+            names = self.registry.queue_names()
         except Exception as e:  # never let queue discovery stop the worker
             log.warning("could not list the Kibana nodes' dispatch queues (will retry): %s", e)
             return
@@ -187,21 +198,18 @@ class NodeQueues(bootsteps.StartStopStep):  # type: ignore[misc]
     def stop(self, consumer: Any) -> None:
         if self.timer_ref is not None:
             self.timer_ref.cancel()
+        if self.registry is not None:
+            self.registry.close()
+            self.registry.redis.close()
+            self.registry.kibana.session.close()
 
 
-def node_queue_names(settings: Settings) -> list[str]:
-    """The dispatch queues of the nodes whose ownerId is known (config, Redis cache or /api/status)."""
-
+def node_registry(settings: Settings) -> Any:
+    """A node registry of its own for the consumer (its Redis client never waits more than 5 s)."""
     from elastask.parts.kibana import KibanaClient
     from elastask.parts.nodes import NodeRegistry
 
-    client = build_redis(settings, socket_timeout_s=5)
-    kibana = KibanaClient(settings.kibana)
-    try:
-        return NodeRegistry(settings, client, kibana).queue_names()
-    finally:
-        client.close()
-        kibana.session.close()
+    return NodeRegistry(settings, build_redis(settings, socket_timeout_s=5), KibanaClient(settings.kibana))
 
 
 @cache
