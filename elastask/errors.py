@@ -31,7 +31,15 @@ class DocumentError(ElastaskError):
 
 
 class StoreError(ElastaskError):
-    """The search engine failed or could not be reached: retryable on the next cycle."""
+    """The search engine failed or could not be reached: retryable on the next cycle.
+
+    ``status``: the HTTP status the engine answered the whole request with, or None when no answer
+    came (unreachable, timed out, connection lost): then a write may or may not have applied.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class ConflictError(StoreError):
@@ -39,7 +47,7 @@ class ConflictError(StoreError):
 
     def __init__(self, doc_id: str) -> None:
         self.doc_id = doc_id
-        super().__init__(f"task document {doc_id!r} changed since it was read (version conflict)")
+        super().__init__(f"task document {doc_id!r} changed since it was read (version conflict)", 409)
 
 
 class DocumentMissingError(StoreError):
@@ -47,7 +55,7 @@ class DocumentMissingError(StoreError):
 
     def __init__(self, doc_id: str) -> None:
         self.doc_id = doc_id
-        super().__init__(f"task document {doc_id!r} not found")
+        super().__init__(f"task document {doc_id!r} not found", 404)
 
 
 class TaskIndexError(StoreError):

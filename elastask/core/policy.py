@@ -104,6 +104,17 @@ def claimed(task: TaskDocument, fields: Mapping[str, Any], seq_no: int, primary_
     )
 
 
+#: Answers after which a write may have applied all the same: a gateway in front of the engine failed.
+GATEWAY_STATUSES = frozenset({502, 504})
+
+
+def write_may_have_applied(status: int | None) -> bool:
+    """Whether a write the engine did not confirm may still have applied (``status``: the whole request's
+    answer, None when none came: a timeout or a lost connection). The engine's own error answers (429,
+    503, 4xx) reject the whole request."""
+    return status is None or status in GATEWAY_STATUSES
+
+
 def release_fields_for(claimed_attempts: int) -> dict[str, Any]:
     """Back to idle after a push that never reached Kibana: the attempt counted at claim is returned."""
     return {

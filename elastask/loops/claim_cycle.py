@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +24,13 @@ from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import DocumentError
 from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.claim_write import write_claims
 from elastask.loops.ledger_sync import LEASE_GRACE, ready_to_claim, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.refill import ClaimedLease, RefillSession
 from elastask.parts.ledger import LeaseView
 from elastask.parts.nodes import Node
-from elastask.parts.store import bulk_update_tasks, mget_sources, search
+from elastask.parts.store import mget_sources, search
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class _Cycle:
     held: set[str] = field(default_factory=set)
     #: Hits read in real time this cycle (the others are a refill session's leftovers).
     examined: set[str] = field(default_factory=set)
+    #: Names this cycle's reservations in the ledger: its releases and confirms touch only its own.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     @property
     def settings(self) -> Settings:
@@ -288,7 +292,10 @@ def _reserve(cycle: _Cycle, assignments: Sequence[policy.Assignment]) -> list[po
         timeout_ms = rt.settings.for_type(a.task.task_type).timeout_ms
         expiry = policy.lease_until(a.task, now, timeout_ms) + LEASE_GRACE
         by_owner[a.owner_id].append((a.task.id, a.cost, expiry))
-    reserved = {owner: rt.ledger.reserve(owner, capacity[owner], tasks, now) for owner, tasks in by_owner.items()}
+    reserved = {
+        owner: rt.ledger.reserve(owner, capacity[owner], tasks, now, token=cycle.token)
+        for owner, tasks in by_owner.items()
+    }
     return [a for a in assignments if a.task.id in reserved.get(a.owner_id, set())]
 
 
@@ -298,38 +305,13 @@ def _abandon(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> None:
     abandoned: dict[str, list[str]] = defaultdict(list)
     for a in to_claim:
         abandoned[a.owner_id].append(a.task.id)
-    cycle.rt.ledger.release_many(abandoned)
+    cycle.rt.ledger.release_many(abandoned, token=cycle.token)
 
 
 def _write_claims(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> list[tuple[policy.Assignment, TaskDocument]]:
-    """5b. One conditional ``_bulk``; slots of lost races are given back, the others confirmed."""
-    rt, summary, now = cycle.rt, cycle.summary, cycle.now
-    timeouts = [rt.settings.for_type(a.task.task_type).timeout_ms for a in to_claim]
-    fields = [policy.claim_fields(a.task, a.owner_id, now, t) for a, t in zip(to_claim, timeouts, strict=True)]
-    results = bulk_update_tasks(rt.store, [(a.task, f) for a, f in zip(to_claim, fields, strict=True)])
-    summary.step("claim")
-    claimed: list[tuple[policy.Assignment, TaskDocument]] = []
-    give_back: dict[str, list[str]] = defaultdict(list)
-    written: dict[str, list[str]] = defaultdict(list)
-    for assignment, claim, result in zip(to_claim, fields, results, strict=True):
-        if result.ok and result.seq_no is not None and result.primary_term is not None:
-            summary.claimed += 1
-            summary.capacity_left[assignment.owner_id] -= assignment.cost
-            claimed.append((assignment, policy.claimed(assignment.task, claim, result.seq_no, result.primary_term)))
-            written[assignment.owner_id].append(assignment.task.id)
-            continue
-        give_back[assignment.owner_id].append(assignment.task.id)
-        if result.conflict:
-            summary.conflicts += 1
-        elif result.missing:
-            summary.missing += 1
-        else:
-            log.error("claiming %r failed: %s %s", result.doc_id, result.status, result.error)
-    rt.ledger.release_many(give_back)
-    for owner_id, ids in written.items():
-        rt.ledger.confirm(owner_id, ids)
-    summary.step("bookkeeping")
-    return claimed
+    """5b. One conditional ``_bulk`` (claim_write.py); the claims written, their slots confirmed."""
+    capacity = {n.owner_id: n.capacity_units for n in cycle.available}
+    return write_claims(cycle.rt, cycle.now, capacity, to_claim, cycle.summary, cycle.token)
 
 
 def _enqueue(

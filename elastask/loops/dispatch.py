@@ -257,7 +257,26 @@ def _renew_waited_leases(
                 task, "task %r changed while its dispatch job waited (%s); not pushing it", task.doc_id, result.status
             )
             report.outcomes[task.doc_id] = "expired"
-    rt.ledger.extend(owner_id, {doc_id: renewed_until[doc_id] + LEASE_GRACE for doc_id in renewed}, now)
+    slotted = rt.ledger.extend(owner_id, {doc_id: renewed_until[doc_id] + LEASE_GRACE for doc_id in renewed}, now)
+    unslotted = [task for doc_id, task in renewed.items() if doc_id not in slotted]
+    if unslotted:
+        # Their slot ran out while the job waited and may be another task's now: pushing would break the cap.
+        log.warning(
+            "%d task(s) for %s lost their slot while their job waited; giving them back: %s",
+            len(unslotted),
+            owner_id,
+            ", ".join(repr(t.doc_id) for t in unslotted),
+        )
+        bulk_update_versions(
+            rt.store,
+            [
+                VersionedUpdate(t.doc_id, t.seq_no, t.primary_term, policy.release_fields_for(t.attempts))
+                for t in unslotted
+            ],
+        )
+        for task in unslotted:
+            report.outcomes[task.doc_id] = "expired"
+            del renewed[task.doc_id]
     if renewed:
         log.info(
             "%d task(s) for %s waited %.1fs in their queue; leases renewed",

@@ -82,7 +82,8 @@ class Ledger:
         self._reserve = register(client, "reserve", *_CLOCKED)
         self._release = register(client, "release")
         self._release_many = register(client, "release_many")
-        self._extend = register(client, "extend", "now")
+        self._confirm = register(client, "confirm", *_CLOCKED)
+        self._extend = register(client, "extend", *_CLOCKED)
         self._leases = register(client, "leases", "now")
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -158,26 +159,43 @@ class Ledger:
         now: datetime,
         *,
         force: bool = False,
+        token: str = "",
     ) -> set[str]:
         """Atomically take slots for the candidates (id, cost, lease expiry) that fit; returns the ids taken.
 
         The expiry is turned into a duration from ``now`` (the caller's clock) and kept on Redis's.
+        ``token`` names the reserving claim cycle: its release and confirm touch only its own slots.
         """
-        args: list[str | int] = [capacity_units, 1 if force else 0]
+        args: list[str | int] = [capacity_units, 1 if force else 0, token]
         for task_id, cost, expiry in candidates:
             args += [task_id, cost, max(0, _ms(expiry) - _ms(now))]
-        if len(args) == 2:
+        if len(args) == 3:
             return set()
         with redis_errors(f"reserving slots on {owner_id}"):
             taken = self._reserve(keys=_keys(owner_id), args=args)
         return {_text(t) for t in taken}
 
-    def confirm(self, owner_id: str, task_ids: Iterable[str]) -> None:
-        """The claims of these reservations are written: reconcile may now judge them by the engine."""
-        ids = list(task_ids)
-        if ids:
-            with redis_errors(f"confirming reservations on {owner_id}"):
-                self.client.hdel(keys.inflight_pending(owner_id), *ids)
+    def confirm(
+        self,
+        owner_id: str,
+        capacity_units: int,
+        claims: Iterable[tuple[str, int, datetime]],
+        now: datetime,
+        token: str = "",
+    ) -> set[str]:
+        """The claims (id, cost, lease expiry) are written: reconcile may now judge them by the engine.
+
+        Returns the ids whose slot is held; a slot the ledger lost meanwhile (Redis lost it during the
+        write) is taken again if it fits, else the id is left out and the claim must be given back.
+        """
+        args: list[str | int] = [capacity_units, token]
+        for task_id, cost, expiry in claims:
+            args += [task_id, cost, max(0, _ms(expiry) - _ms(now))]
+        if len(args) == 2:
+            return set()
+        with redis_errors(f"confirming reservations on {owner_id}"):
+            held = self._confirm(keys=_keys(owner_id), args=args)
+        return {_text(t) for t in held}
 
     def release(self, owner_id: str, task_ids: Iterable[str]) -> int:
         """Free the slots of these tasks on this node; returns how many were held."""
@@ -187,26 +205,33 @@ class Ledger:
         with redis_errors(f"releasing slots on {owner_id}"):
             return int(self._release(keys=_keys(owner_id), args=ids))
 
-    def release_many(self, by_owner: Mapping[str, Iterable[str]]) -> int:
-        """Release several nodes' tasks in one round trip; returns how many were held."""
+    def release_many(self, by_owner: Mapping[str, Iterable[str]], *, token: str = "") -> int:
+        """Release several nodes' tasks in one round trip; returns how many were held.
+
+        ``token``: only the slots that claim cycle reserved and has not confirmed (its give-backs).
+        """
         groups = [(owner, list(ids)) for owner, ids in by_owner.items()]
         groups = [(owner, ids) for owner, ids in groups if ids]
         if not groups:
             return 0
         key_list = [k for owner, _ in groups for k in _keys(owner)]
-        args: list[Any] = [len(ids) for _, ids in groups] + [i for _, ids in groups for i in ids]
+        args: list[Any] = [token, *(len(ids) for _, ids in groups), *(i for _, ids in groups for i in ids)]
         with redis_errors(f"releasing slots on {len(groups)} node(s)"):
             return int(self._release_many(keys=key_list, args=args))
 
-    def extend(self, owner_id: str, expiries: Mapping[str, datetime], now: datetime) -> None:
-        """Move held leases' expiries (after they were renewed in the engine); ids not held are left out."""
+    def extend(self, owner_id: str, expiries: Mapping[str, datetime], now: datetime) -> set[str]:
+        """Move held leases' expiries (after they were renewed in the engine); returns the ids moved.
+
+        An id not held (its lease ran out, or it was freed) is left out: it has no slot to push into.
+        """
         if not expiries:
-            return
+            return set()
         args: list[Any] = []
         for task_id, until in expiries.items():
             args += [task_id, max(0, _ms(until) - _ms(now))]
         with redis_errors(f"extending leases on {owner_id}"):
-            self._extend(keys=[keys.inflight(owner_id)], args=args)
+            moved = self._extend(keys=_keys(owner_id), args=args)
+        return {_text(t) for t in moved}
 
     def view(self, owner_ids: Sequence[str]) -> LeaseView:
         """Every lease held on these nodes, with Redis's clock at the moment they were read."""
@@ -218,7 +243,7 @@ class Ledger:
         now_ms, rest, finished = int(answer[0]), answer[1:-1], answer[-1]
         leases, used = [], {}
         for owner, members, pending, units in zip(owner_ids, rest[::3], rest[1::3], rest[2::3], strict=True):
-            since = {_text(pending[i]): int(pending[i + 1]) for i in range(0, len(pending), 2)}
+            since = {_text(pending[i]): int(_text(pending[i + 1]).split(":", 1)[0]) for i in range(0, len(pending), 2)}
             for i in range(0, len(members), 2):
                 task_id = _text(members[i])
                 leases.append(Lease(task_id, owner, int(float(members[i + 1])), since.get(task_id)))

@@ -49,7 +49,7 @@ def engine_errors(what: str) -> Iterator[None]:
     except elasticsearch.ApiError as e:
         if e.meta.status in (404, 409):
             raise  # callers map these to DocumentMissingError / ConflictError
-        raise StoreError(f"{what}: the search engine answered {e.meta.status} ({_reason(e)})") from e
+        raise StoreError(f"{what}: the search engine answered {e.meta.status} ({_reason(e)})", e.meta.status) from e
     except elasticsearch.TransportError as e:
         raise StoreError(f"{what}: the search engine could not be reached ({type(e).__name__}: {e})") from e
 

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 from elastask import keys
 from elastask.config import KibanaNode
-
 from elastask.parts.nodes import Node
 from tests.unit.stubs import StubEngine, stub_runtime
 

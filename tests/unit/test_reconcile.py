@@ -16,8 +16,9 @@ OWNER = "kibana:a"
 
 def claimed(rt: Runtime, doc_id: str) -> None:
     """A slot reserved and its claim written (confirmed), as a finished claim cycle leaves it."""
-    rt.ledger.reserve(OWNER, 20, [(doc_id, 2, NOW + timedelta(minutes=5))], NOW)
-    rt.ledger.confirm(OWNER, [doc_id])
+    lease = [(doc_id, 2, NOW + timedelta(minutes=5))]
+    rt.ledger.reserve(OWNER, 20, lease, NOW, token="cycle-1")
+    assert rt.ledger.confirm(OWNER, 20, lease, NOW, token="cycle-1") == {doc_id}
 
 
 def running(engine: StubEngine, doc_id: str) -> None:

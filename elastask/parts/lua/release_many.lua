@@ -1,16 +1,24 @@
 -- Free the slots of some tasks on several nodes, in one round trip.
 -- KEYS: zset1, costs1, pending1, zset2, costs2, pending2, ... (three per node)
--- ARGV: the number of ids of each node (one count per node, in KEYS order), then every id in that order
+-- ARGV: a claim cycle's token ('' = free whatever holds the slot), the number of ids of each node (one
+--       count per node, in KEYS order), then every id in that order
 -- Returns: how many were held.
+-- With a token, only that cycle's own unwritten reservations are freed: a slot another cycle reserved
+-- since for the same task (the first one paused past the pending window) is not this cycle's to free.
+local token = ARGV[1]
+local suffix = ':' .. token
 local nodes = #KEYS / 3
-local n, at = 0, nodes + 1
+local n, at = 0, nodes + 2
 for k = 1, nodes do
   local zset, costs, pending = KEYS[3 * k - 2], KEYS[3 * k - 1], KEYS[3 * k]
-  for _ = 1, tonumber(ARGV[k]) do
+  for _ = 1, tonumber(ARGV[k + 1]) do
     local id = ARGV[at]
-    n = n + redis.call('ZREM', zset, id)
-    redis.call('HDEL', costs, id)
-    redis.call('HDEL', pending, id)
+    local mark = redis.call('HGET', pending, id)
+    if token == '' or (mark and string.sub(mark, -#suffix) == suffix) then
+      n = n + redis.call('ZREM', zset, id)
+      redis.call('HDEL', costs, id)
+      redis.call('HDEL', pending, id)
+    end
     at = at + 1
   end
 end
