@@ -7,6 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 _INTERVAL = re.compile(r"^(\d+)([smhd])$")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+#: The longest interval accepted (100 years): anything longer cannot be added to a date.
+MAX_INTERVAL_MS = 100 * 365 * 86_400_000
+#: The latest year a task date may have: a lease or an interval added to it must still be a date.
+MAX_YEAR = 9000
 
 
 def parse_interval_ms(text: str) -> int:
@@ -17,6 +21,8 @@ def parse_interval_ms(text: str) -> int:
     value = int(match.group(1)) * _UNIT_MS[match.group(2)]
     if value <= 0:
         raise ValueError(f"expected a positive interval, got {text!r}")
+    if value > MAX_INTERVAL_MS:
+        raise ValueError(f"expected an interval of at most 100 years, got {text!r}")
     return value
 
 
@@ -28,6 +34,8 @@ def parse_date(text: str) -> datetime:
     if parsed.tzinfo is None:
         # Elasticsearch reads a date without an offset as UTC; so do we.
         parsed = parsed.replace(tzinfo=UTC)
+    if parsed.year > MAX_YEAR:
+        raise ValueError(f"expected a date before the year {MAX_YEAR}, got {text!r}")
     return parsed.astimezone(UTC)
 
 

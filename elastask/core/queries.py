@@ -129,12 +129,14 @@ def exhausted_one_shots(
     }
 
 
-def expired_leases(*, grace_s: int, size: int) -> dict[str, Any]:
+def expired_leases(*, grace_s: int, size: int, exclude_ids: Collection[str] = ()) -> dict[str, Any]:
     """Tasks claimed or running whose lease (retryAt) ran out, ``grace_s`` ago, without an outcome.
 
     "Ran out" is judged on the engine's clock (date math ``now``), the clock Kibana's own claimer
     uses too: a dispatcher machine whose clock runs ahead never takes back a task Kibana still runs.
+    ``exclude_ids``: malformed documents already reported, so they never fill every batch.
     """
+    must_not = [{"ids": {"values": sorted(exclude_ids)}}] if exclude_ids else []
     return {
         "query": {
             "bool": {
@@ -143,7 +145,8 @@ def expired_leases(*, grace_s: int, size: int) -> dict[str, Any]:
                     {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
                     # Date math has no ms unit: whole seconds.
                     {"range": {"task.retryAt": {"lte": f"now-{grace_s}s"}}},
-                ]
+                ],
+                "must_not": must_not,
             }
         },
         "sort": [{"task.retryAt": {"order": "asc"}}],
@@ -152,15 +155,16 @@ def expired_leases(*, grace_s: int, size: int) -> dict[str, Any]:
     }
 
 
-def in_flight(now: datetime, owner_ids: Collection[str], *, size: int) -> dict[str, Any]:
-    """Tasks still leased to the given Kibana nodes (to rebuild a lost ledger)."""
+def in_flight(now: datetime, owner_ids: Collection[str] | None, *, size: int) -> dict[str, Any]:
+    """Tasks still leased to the given Kibana nodes, or to any node (``None``), to rebuild a lost ledger."""
+    owners = [] if owner_ids is None else [{"terms": {"task.ownerId": sorted(owner_ids)}}]
     return {
         "query": {
             "bool": {
                 "filter": [
                     _is_task(),
                     {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
-                    {"terms": {"task.ownerId": sorted(owner_ids)}},
+                    *owners,
                     {"range": {"task.retryAt": {"gt": format_date(now)}}},
                 ]
             }

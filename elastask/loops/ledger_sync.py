@@ -167,11 +167,14 @@ def finished(hit: dict[str, Any] | None, task: Any, owner_id: str) -> bool:
 
 
 def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
-    """Redis lost the ledger: take every live lease back from the engine before claiming anything."""
+    """Redis lost the ledger: take every live lease back from the engine before claiming anything.
+
+    Every ownerId's leases, not only those of the nodes resolved now: a node whose ownerId is learned
+    later must find the runs it already has in the ledger, not its whole capacity free.
+    """
     rt.store.refresh()  # the search below must see the claims of the last second too
-    owners = [n.owner_id for n in nodes]
-    body = queries.in_flight(now, owners, size=max(1000, sum(n.capacity_units for n in nodes)))
-    hits = search_hits(rt.store, body, "rebuilding the ledger") if owners else []
+    body = queries.in_flight(now, None, size=max(1000, sum(n.capacity_units for n in nodes)))
+    hits = search_hits(rt.store, body, "rebuilding the ledger")
     by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
     for hit in hits:
         task = hit.get("_source", {}).get("task", {})

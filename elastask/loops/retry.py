@@ -27,7 +27,7 @@ from elastask.errors import DocumentError
 from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
 from elastask.loops.ledger_sync import LEASE_GRACE
-from elastask.loops.malformed import report_malformed
+from elastask.loops.malformed import quarantined, report_malformed
 from elastask.parts.locks import exclusive
 from elastask.parts.store import bulk_update_tasks, search_hits
 from elastask.runtime import Runtime
@@ -88,7 +88,9 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
     # the claim (a push that waited longer than the grace renewed its lease), so it may still be
     # running at retryAt itself.
     grace_s = math.ceil(LEASE_GRACE.total_seconds())
-    body = queries.expired_leases(grace_s=grace_s, size=rt.settings.claim_batch_size)
+    body = queries.expired_leases(
+        grace_s=grace_s, size=rt.settings.claim_batch_size, exclude_ids=quarantined(rt.redis, now)
+    )
     hits = search_hits(rt.store, body, "searching expired leases")
     summary.expired = len(hits)
     plans: list[tuple[TaskDocument, policy.Expiry]] = []
@@ -154,6 +156,10 @@ def fail_exhausted_one_shots(rt: Runtime, now: datetime) -> int:
 
     They appear when ``max_attempts`` was lowered, or Kibana left a task idle after its own last
     attempt. Conditional writes; returns how many were failed.
+
+    An rrule task is recurring and never failed, but the engine cannot tell it from a one-shot task
+    (``schedule.rrule`` is not indexed): one found here gets its attempts reset instead, so the claim
+    search, which leaves out tasks at their maximum unless they have an interval, takes it again.
     """
     settings = rt.settings
     body = queries.exhausted_one_shots(
@@ -167,12 +173,17 @@ def fail_exhausted_one_shots(rt: Runtime, now: datetime) -> int:
             docs.append(parse_hit(hit))
         except DocumentError as e:
             report_malformed(rt.redis, e, now)
-    results = bulk_update_tasks(rt.store, [(doc, {"status": "failed"}) for doc in docs])
+    plans = [(doc, {"attempts": 0} if doc.is_recurring else {"status": "failed"}) for doc in docs]
+    results = bulk_update_tasks(rt.store, plans)
     failed = 0
-    for doc, result in zip(docs, results, strict=True):
-        if result.ok:
-            failed += 1
-            maximum = settings.for_type(doc.task_type).max_attempts
-            reason = f"idle one-shot task with {doc.attempts} attempts, at or over the maximum of {maximum}"
-            record_failure(rt.redis, doc.id, now, reason, owner_id=doc.owner_id, task_type=doc.task_type)
+    for (doc, fields), result in zip(plans, results, strict=True):
+        if not result.ok:
+            continue
+        if "attempts" in fields:
+            log.info("rrule task %r was idle at %d attempts; attempts reset so it runs again", doc.id, doc.attempts)
+            continue
+        failed += 1
+        maximum = settings.for_type(doc.task_type).max_attempts
+        reason = f"idle one-shot task with {doc.attempts} attempts, at or over the maximum of {maximum}"
+        record_failure(rt.redis, doc.id, now, reason, owner_id=doc.owner_id, task_type=doc.task_type)
     return failed

@@ -17,7 +17,6 @@ from typing import Any
 import fakeredis
 
 from elastask.config import KibanaNode, KibanaSettings, Settings
-from elastask.core.intervals import parse_date
 from elastask.parts.kibana import KibanaClient, PushOutcome, PushResult
 from elastask.parts.ledger import Ledger
 from elastask.parts.nodes import NodeRegistry
@@ -35,10 +34,18 @@ class Answer(dict[str, Any]):
         return dict(self)
 
 
+class _StubIndices:
+    """``client.indices``: a refresh changes nothing (every write is visible at once here)."""
+
+    def refresh(self, *, index: str) -> Answer:
+        return Answer()
+
+
 class StubEngine:
     """Documents with versions; ``bulk`` updates honour ``if_seq_no``; ``mget`` may answer error items."""
 
     def __init__(self) -> None:
+        self.indices = _StubIndices()
         self.docs: dict[str, dict[str, Any]] = {}
         self.seq_no = 0
         self.mget_errors: set[str] = set()  # ids whose mget item is an error (shard unavailable)
@@ -148,7 +155,8 @@ def _date(text: str) -> datetime:
             return datetime.now(UTC)
         seconds = int(amount) * {"s": 1, "m": 60, "h": 3600, "H": 3600, "d": 86400}[unit]
         return datetime.now(UTC) + timedelta(seconds=-seconds if sign == "-" else seconds)
-    return parse_date(text)
+    # The engine's own date parsing: any year (elastask's parse_date refuses dates it cannot add to).
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {

@@ -129,3 +129,27 @@ def test_a_lease_whose_version_changed_but_is_still_held_is_judged_by_its_fields
     # Then it stays held; the second read needs no source (the new version was remembered).
     assert held == held_again == {"task:renewed"}
     assert [source_less for _, source_less in engine.mget_calls] == [True, False, True]
+
+
+def test_given_redis_lost_the_ledger_then_the_rebuild_takes_back_the_leases_of_nodes_not_resolved_now() -> None:
+    # A node whose ownerId is learned later must find its runs in the ledger, not its whole capacity free.
+    from elastask.core.intervals import format_date
+    from elastask.loops.ledger_sync import rebuild_ledger
+
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    now = datetime.now(UTC)
+    for owner in ("kibana:a", "kibana:not-resolved-yet"):
+        task = {
+            "taskType": "sample",
+            "status": "running",
+            "ownerId": owner,
+            "attempts": 1,
+            "runAt": format_date(now),
+            "retryAt": format_date(now + timedelta(minutes=5)),
+        }
+        engine.put(f"task:{owner}", {"type": "task", "task": task})
+    assert rebuild_ledger(rt, rt.nodes.resolve()[0], now) == 2
+    assert [lease.task_id for lease in rt.ledger.leases(["kibana:not-resolved-yet"])] == [
+        "task:kibana:not-resolved-yet"
+    ]

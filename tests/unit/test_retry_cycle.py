@@ -68,3 +68,72 @@ def test_given_a_cycle_already_running_elsewhere_then_this_one_does_nothing() ->
     rt.redis.set(keys.RETRY_LOCK, "another worker")
     assert not retry_expired_leases(rt, now).ran
     assert status(engine, "task:x")["status"] == "running"
+
+
+def test_given_an_rrule_task_idle_at_its_maximum_attempts_then_it_is_made_claimable_again_never_failed() -> None:
+    # The engine cannot tell an rrule task from a one-shot one (schedule.rrule is not indexed).
+    from elastask.loops.retry import fail_exhausted_one_shots
+
+    now = datetime.now(UTC)
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    base = {"taskType": "sample", "status": "idle", "attempts": 3, "runAt": format_date(now), "params": "{}"}
+    engine.put("task:rrule", {"type": "task", "task": {**base, "schedule": {"rrule": {"freq": 3, "interval": 1}}}})
+    engine.put("task:once", {"type": "task", "task": dict(base)})
+    assert fail_exhausted_one_shots(rt, now) == 1
+    assert status(engine, "task:rrule")["status"] == "idle" and status(engine, "task:rrule")["attempts"] == 0
+    assert status(engine, "task:once")["status"] == "failed"
+    assert not rt.redis.hexists(keys.FAILED_REASONS, "task:rrule")
+
+
+def test_given_an_interval_of_millions_of_days_or_a_date_near_9999_then_the_cycles_skip_it_and_go_on() -> None:
+    from elastask.loops.claim import claim_available_tasks
+
+    now = datetime.now(UTC)
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    expired = now - timedelta(seconds=10)
+    leased(engine, "task:huge", attempts=3, retry_at=expired, schedule="2900000d")
+    leased(engine, "task:ok", attempts=1, retry_at=expired)
+    engine.put(
+        "task:far",
+        {
+            "type": "task",
+            "task": {
+                "taskType": "sample",
+                "status": "running",
+                "attempts": 1,
+                "ownerId": "kibana:a",
+                "runAt": format_date(now),
+                "retryAt": "9999-12-31T23:59:59.000Z",
+                "params": "{}",
+            },
+        },
+    )
+    summary = retry_expired_leases(rt, now)  # raised OverflowError on every cycle in 0.5.1
+    assert summary.skipped == 1 and status(engine, "task:ok")["status"] == "idle"
+    from elastask.core.documents import new_task
+    from elastask.loops.ledger_sync import rebuild_ledger
+
+    rebuild_ledger(rt, rt.nodes.resolve()[0], now)  # the retryAt near 9999 is skipped, not an OverflowError
+    huge = new_task("huge-due", "sample", now=now - timedelta(seconds=2)).to_source()
+    huge["task"]["schedule"] = {"interval": "2900000d"}
+    engine.put("task:huge-due", huge)
+    fresh = new_task("fresh", "sample", now=now - timedelta(seconds=1))
+    engine.put(fresh.id, fresh.to_source())
+    claimed = claim_available_tasks(rt, now, lambda _job: None, sessions=False)
+    assert claimed.skipped == 1 and status(engine, "task:fresh")["status"] == "running"
+
+
+def test_given_more_malformed_expired_leases_than_a_batch_then_the_good_ones_are_still_taken_back() -> None:
+    now = datetime.now(UTC)
+    engine = StubEngine()
+    rt = stub_runtime(engine, claim_batch_size=2)
+    for i in range(3):
+        leased(engine, f"task:bad{i}", attempts=1, retry_at=now - timedelta(minutes=5 - i))
+        engine.docs[f"task:bad{i}"]["_source"]["task"]["params"] = "{not json"
+    leased(engine, "task:good", attempts=1, retry_at=now - timedelta(seconds=10))
+    for _ in range(3):
+        retry_expired_leases(rt, now)
+        rt.redis.delete(keys.RETRY_LOCK) if hasattr(keys, "RETRY_LOCK") else None
+    assert status(engine, "task:good")["status"] == "idle"
