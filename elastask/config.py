@@ -27,7 +27,7 @@ DEFAULT_PATH = "elastask.yaml"
 ENV_PREFIX = "ELASTASK_"
 
 #: Kibana's capacity cost units (x-pack task_manager TaskCost): a node of capacity 10 has 20 units.
-COSTS = {"tiny": 1, "normal": 2, "extra-large": 10}
+COSTS = {"tiny": 1, "normal": 2, "large": 4, "extra-large": 10}
 
 
 class Secret:
@@ -544,6 +544,7 @@ def _build(values: dict[str, Any], source: str) -> Settings:
             else _coerce("posint", max_attempts, source, key + ".max_attempts"),
             cost=COSTS[cost],
         )
+    _check_costs_fit(task_types, nodes, values["kibana_capacity"], source)
     return Settings(
         source=source,
         elasticsearch=ElasticsearchSettings(
@@ -581,6 +582,22 @@ def _build(values: dict[str, Any], source: str) -> Settings:
         log_format=values["log_format"],
         task_types=task_types,
     )
+
+
+def _check_costs_fit(
+    task_types: dict[str, TaskTypeSettings], nodes: list[KibanaNode], kibana_capacity: int, source: str
+) -> None:
+    """A task type that costs more than the biggest node holds could never run: say so at load."""
+    biggest = max([kibana_capacity, *(n.capacity for n in nodes if n.capacity is not None)]) * COSTS["normal"]
+    for name, rule in task_types.items():
+        if rule.cost > biggest:
+            raise ConfigError(
+                source,
+                f"task_types.{name}.cost",
+                f"{rule.cost} units, more than any Kibana node holds ({biggest} units: a capacity of "
+                f"{biggest // COSTS['normal']} normal tasks); its tasks could never run. Raise kibana_capacity "
+                "(or one node's capacity) or choose a smaller cost",
+            )
 
 
 def _with_shared_auth(node: KibanaNode, values: dict[str, Any]) -> KibanaNode:

@@ -27,22 +27,29 @@ class Assignment:
 
 
 def assign(
-    tasks: Sequence[TaskDocument], free_units: Mapping[str, int], cost_of: Callable[[str], int]
+    tasks: Sequence[TaskDocument],
+    free_units: Mapping[str, int],
+    cost_of: Callable[[str], int],
+    capacity_units: Mapping[str, int] | None = None,
 ) -> list[Assignment]:
     """Give each task, in order, to the node with the most free units; stop at the first that fits nowhere.
 
     A task retried after its lease ran out avoids the node it ran out on, if another one has room.
 
     Stopping (rather than skipping to smaller tasks) keeps priority order: a big task at the head
-    is not starved by small ones behind it, as in Kibana's capacity selection.
+    is not starved by small ones behind it, as in Kibana's capacity selection. A task bigger than
+    every node's whole capacity (``capacity_units``) would never fit: it is passed over, not waited for.
     """
     free = dict(free_units)
     order = {owner: index for index, owner in enumerate(free_units)}
+    biggest = max(capacity_units.values(), default=0) if capacity_units is not None else None
     assignments = []
     for task in tasks:
         if not free:
             break
         cost = cost_of(task.task_type)
+        if biggest is not None and cost > biggest:
+            continue
         fits = [o for o in free if free[o] >= cost]
         if not fits:
             break

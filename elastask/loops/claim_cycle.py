@@ -140,7 +140,8 @@ def run_claim_cycle(
         if not _make_room(cycle):
             return cycle.summary
     candidates = _verify(cycle)
-    assignments = policy.assign(candidates, {o: max(0, f) for o, f in cycle.free.items()}, cycle.cost_of)
+    capacity = {n.owner_id: n.capacity_units for n in cycle.available}
+    assignments = policy.assign(candidates, {o: max(0, f) for o, f in cycle.free.items()}, cycle.cost_of, capacity)
     to_claim = _reserve(cycle, assignments)
     cycle.summary.step("reserve")
     if to_claim and not fence():

@@ -126,7 +126,7 @@ task_types:
         ("kibana:\n  hosts: [ftp://k]\n", "kibana.hosts", "url must be an http(s) URL"),
         ("kibana:\n  hosts: [{url: 'http://k', capacty: 3}]\n", "kibana.hosts", "unknown keys"),
         ("task_timeout: soon\n", "task_timeout", "interval"),
-        ("task_types:\n  x: {cost: huge}\n", "task_types.x.cost", "tiny, normal, extra-large"),
+        ("task_types:\n  x: {cost: huge}\n", "task_types.x.cost", "tiny, normal, large, extra-large"),
         ("elasticsearch: [1, 2]\n", "elasticsearch", "mapping"),
         ("elasticsearch:\n  verify_certs: maybe\n", "elasticsearch.verify_certs", "true or false"),
     ],
@@ -252,3 +252,15 @@ def test_a_sentinel_url_lists_the_sentinels_and_needs_the_master_name(tmp_path: 
     client = build_redis(settings)  # no connection yet: a client that asks the sentinels for the master
     assert type(client.connection_pool).__name__ == "SentinelConnectionPool"
     client.close()
+
+
+def test_a_task_type_costlier_than_every_node_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "elastask.yaml"
+    path.write_text(
+        "kibana_capacity: 4\ntask_types:\n  ml:job:\n    cost: extra-large\n  report:execute:\n    cost: large\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert "task_types.ml:job.cost" in str(caught.value) and "could never run" in str(caught.value)
+    path.write_text("kibana_capacity: 4\ntask_types:\n  report:execute:\n    cost: large\n")
+    assert load_settings(path, env={}).for_type("report:execute").cost == 4

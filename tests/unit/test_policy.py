@@ -138,3 +138,11 @@ def test_a_running_task_is_not_requeued_before_its_lease_and_grace_ran_out() -> 
     assert refusal is not None and "kibana:a" in refusal and "--force" in refusal
     assert policy.requeue_refusal(running, now + timedelta(minutes=5, seconds=2), grace) is None
     assert policy.requeue_refusal(running.with_changes(status="failed"), now, grace) is None
+
+
+def test_a_task_bigger_than_every_node_is_passed_over_and_the_tasks_behind_it_still_run() -> None:
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    big, small = new_task("big", "huge", now=now), new_task("small", "sample", now=now)
+    costs = {"huge": 10, "sample": 2}
+    assignments = policy.assign([big, small], {"kibana:a": 8}, costs.__getitem__, {"kibana:a": 8})
+    assert [a.task.id for a in assignments] == ["task:small"]
