@@ -31,6 +31,8 @@ RECONCILED = PREFIX + "ledger:reconciled"
 AUDIT_DUE = PREFIX + "audit:due"
 #: Hash: document id -> why it was marked failed (for operators; Kibana's mapping has no field for it).
 FAILED_REASONS = PREFIX + "failed:reasons"
+#: Sorted set of the ids in FAILED_REASONS by when they failed (ms): the reasons kept are bounded by it.
+FAILED_REASONS_BY_TIME = PREFIX + "failed:reasons-by-time"
 
 
 def inflight(owner_id: str) -> str:

@@ -356,3 +356,18 @@ def run_now_body(doc: TaskDocument) -> dict[str, Any]:
         "traceparent": doc.trace_parent or "",
     }
     return {key: value for key, value in body.items() if value is not None}
+
+
+#: Fields of a task that hold credentials (Kibana encrypts them; elastask never shows them).
+SECRET_FIELDS = ("apiKey", "uiamApiKey")
+#: Fields whose values are the user's data: never logged.
+PRIVATE_FIELDS = ("task.params", "task.state", "task.apiKey", "task.uiamApiKey", "task.user")
+
+
+def masked_source(source: Mapping[str, Any]) -> dict[str, Any]:
+    """A task document's ``_source`` with its credentials replaced by ``"***"`` (for ``elastask tasks show``)."""
+    masked = dict(source)
+    task = masked.get("task")
+    if isinstance(task, Mapping):
+        masked["task"] = {k: ("***" if k in SECRET_FIELDS and v is not None else v) for k, v in task.items()}
+    return masked

@@ -10,8 +10,13 @@ import redis
 
 from elastask import keys
 from elastask.core.intervals import format_date
+from elastask.parts.scripts import register
 
 log = logging.getLogger(__name__)
+
+#: The most failure reasons kept, and for how long: the oldest go first (the documents stay ``failed``).
+MAX_REASONS = 10_000
+REASON_TTL_MS = 30 * 86_400_000
 
 
 def record_failure(
@@ -20,7 +25,11 @@ def record_failure(
     """Keep the reason (``elastask tasks failed`` shows it) and log it once."""
     entry = {"at": format_date(now), "reason": reason, "owner_id": owner_id, "task_type": task_type}
     try:
-        client.hset(keys.FAILED_REASONS, doc_id, json.dumps(entry))
+        script = register(client, "failure_record")
+        script(
+            keys=[keys.FAILED_REASONS, keys.FAILED_REASONS_BY_TIME],
+            args=[doc_id, json.dumps(entry), int(now.timestamp() * 1000), MAX_REASONS, REASON_TTL_MS],
+        )
     except redis.RedisError as e:  # the document says failed; only the reason is lost
         log.error("could not keep the failure reason of %r in Redis: %s", doc_id, e)
     log.warning("task %r (%s) failed for good: %s", doc_id, task_type, reason)

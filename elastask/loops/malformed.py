@@ -9,6 +9,7 @@ from typing import cast
 import redis
 
 from elastask import keys
+from elastask.core.documents import PRIVATE_FIELDS
 from elastask.errors import DocumentError
 from elastask.parts.redis_errors import redis_errors
 
@@ -24,12 +25,14 @@ def report_malformed(client: redis.Redis, error: DocumentError, now: datetime) -
     with redis_errors(f"quarantining malformed document {error.doc_id!r}"):
         first_time = client.zadd(keys.MALFORMED, {error.doc_id: until_ms}, nx=True)
     if first_time:
+        # The user's params and state, and credentials, are never logged: the field and problem say enough.
+        shown = "not shown" if error.field in PRIVATE_FIELDS else f"{error.raw!r:.120}"
         log.warning(
-            "skipped malformed task document %r: field %r: %s (value %.120r)",
+            "skipped malformed task document %r: field %r: %s (value %s)",
             error.doc_id,
             error.field,
             error.problem,
-            error.raw,
+            shown,
         )
 
 

@@ -15,7 +15,7 @@ from elastask import keys
 from elastask.config import COSTS, KibanaNode, Settings
 from elastask.core import policy, queries
 from elastask.core.advice import settings_advice
-from elastask.core.documents import TaskDocument, new_task
+from elastask.core.documents import TaskDocument, masked_source, new_task
 from elastask.core.intervals import format_date
 from elastask.core.kibana_setup import SetupFinding, setup_findings
 from elastask.errors import ConflictError, ElastaskError, StoreError
@@ -306,7 +306,7 @@ def show(rt: Runtime, doc_id: str) -> dict[str, Any]:
         "id": doc_id,
         "seq_no": hit["_seq_no"],
         "primary_term": hit["_primary_term"],
-        "source": hit["_source"],
+        "source": masked_source(hit["_source"]),
         "failure": json.loads(cast(bytes, reason)) if reason else None,
     }
 
@@ -329,6 +329,7 @@ def requeue(rt: Runtime, doc_id: str, now: datetime, *, force: bool = False) -> 
     except ConflictError as e:
         raise ElastaskError(f"task {doc_id!r} changed while requeueing it; look at it again and retry") from e
     rt.redis.hdel(keys.FAILED_REASONS, doc_id)
+    rt.redis.zrem(keys.FAILED_REASONS_BY_TIME, doc_id)
     Cadence(rt.redis).wake()
     return updated
 

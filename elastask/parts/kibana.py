@@ -128,7 +128,7 @@ class KibanaClient:
         hint = {401: " (check kibana credentials)", 403: " (check kibana credentials)"}.get(code, "")
         if code in (404, 405):
             hint = " (no _run_now route: is this node on the external-task-manager branch?)"
-        return PushResult(outcome, f"{url}: answered {code} {answer.reason}{hint}: {answer.text[:200]!r}", code)
+        return PushResult(outcome, f"{url}: answered {code} {answer.reason}{hint}{_kibana_message(answer)}", code)
 
     def status_uuid(self, node: KibanaNode, timeout_s: float = 5.0) -> str:
         """The node's instance uuid from ``GET /api/status``; raises requests exceptions or ValueError."""
@@ -160,6 +160,22 @@ class KibanaClient:
         except (requests.RequestException, ValueError, AttributeError):
             return False
         return answer.status_code == 200 and level in ("available", "degraded")
+
+
+def _kibana_message(answer: requests.Response) -> str:
+    """Kibana's own error message, short: never the body as a whole, which may echo the task's params."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, str) or not message:
+        return ""
+    return f": {message[:MESSAGE_CHARS]}{'...' if len(message) > MESSAGE_CHARS else ''}"
+
+
+#: How much of Kibana's error message a push result keeps (logs, failure reasons).
+MESSAGE_CHARS = 120
 
 
 def _root(error: BaseException) -> str:

@@ -69,6 +69,10 @@ class StubEngine:
         }
         return Answer(hits={"hits": hits}, aggregations=aggregations)
 
+    def get(self, *, index: str, id: str) -> Answer:
+        doc = self.docs[id]
+        return Answer(_id=id, found=True, **doc)
+
     def put(self, doc_id: str, source: dict[str, Any]) -> int:
         """Index a document (a new version); returns its seq_no."""
         self.seq_no += 1

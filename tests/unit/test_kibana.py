@@ -41,6 +41,13 @@ class Garbage(BaseHTTPRequestHandler):
             self.send_header("Location", "/login?mode=html")
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif mode == "echo":
+            body = b'{"statusCode":400,"message":"[request body.params]: bad","params":"secret-token"}'
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif mode.isdigit():
             self.send_response(int(mode))
             self.send_header("Content-Length", "0")
@@ -157,3 +164,13 @@ def test_a_5mb_state_parses() -> None:
     doc = new_task("big", "sample", now=datetime.now(UTC), state=big)
     parsed = parse_source(doc.id, json.loads(json.dumps(doc.to_source())))
     assert len(parsed.state["blob"]) == 5 * 1024 * 1024
+
+
+def test_a_rejection_keeps_kibanas_message_but_never_the_body_that_may_echo_the_task(
+    server: ThreadingHTTPServer,
+) -> None:
+    server.mode = "echo"  # type: ignore[attr-defined]
+    client, node = client_for(server)
+    result = client.push(node, {"id": "task:x", "params": "secret-token"})
+    assert result.outcome is PushOutcome.REJECTED
+    assert "[request body.params]: bad" in result.detail and "secret-token" not in result.detail

@@ -8,6 +8,7 @@
 local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
 if redis.call('HEXISTS', KEYS[1], 'open_until_ms') == 1 then return {0, failures} end
 failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+redis.call('PEXPIRE', KEYS[1], 86400000)  -- a node removed from the config leaves nothing for ever
 if ARGV[1] == '1' or failures >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'open_until_ms', now_ms + tonumber(ARGV[3]), 'outage_since_ms', now_ms, 'probes', 0)
   return {1, failures}

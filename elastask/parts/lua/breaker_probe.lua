@@ -6,4 +6,5 @@ local open_until = redis.call('HGET', KEYS[1], 'open_until_ms')
 if not open_until or tonumber(open_until) > now_ms then return 0 end
 redis.call('HSET', KEYS[1], 'open_until_ms', now_ms + tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[1], 'probes', 1)
+redis.call('PEXPIRE', KEYS[1], 86400000)
 return 1
