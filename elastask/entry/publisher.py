@@ -6,10 +6,11 @@ benchmark: ~20 of ~100 ms). The claim loop only hands each job over and goes on 
 this thread sends them in order on a producer of its own (kombu connections are not shared between
 threads).
 
-Nothing changes for a failure: a job that could not be sent is a claimed task no node received, as
-when the claim job itself fails after its claim write, and its lease expiry brings it back (retry).
-The first error is raised again to the claim loop at its next hand-over, and by ``close``, so a lost
-broker still ends the cycle as it did.
+A job that could not be sent is handed to ``on_unsent`` (the claim task gives its tasks back to idle,
+attempt returned, slots freed: they never reached a node). ``sending()`` turns False at the first
+failure, and the claim loop checks it before its next claim write, so no more claims are written
+for a broker that is gone; the first error is also raised again at the next hand-over and by
+``close``, so a lost broker still ends the claim job.
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ log = logging.getLogger(__name__)
 Send = Callable[[DispatchJob, Any], None]
 #: A producer for the thread's own use (app.producer_or_acquire).
 ProducerFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+#: What to do with a job that could not be sent.
+Unsent = Callable[[DispatchJob], None]
 
 
 class BackgroundPublisher:
     """Hand dispatch jobs over with ``publisher(job)``; ``close()`` waits until every one was sent."""
 
-    def __init__(self, send: Send, producer: ProducerFactory) -> None:
+    def __init__(self, send: Send, producer: ProducerFactory, on_unsent: Unsent = lambda _job: None) -> None:
         self._send = send
         self._producer = producer
+        self._on_unsent = on_unsent
         self._jobs: queue.SimpleQueue[DispatchJob | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="elastask-publisher", daemon=True)
@@ -45,6 +49,10 @@ class BackgroundPublisher:
     def __call__(self, job: DispatchJob) -> None:
         self._raise_if_failed()
         self._jobs.put(job)
+
+    def sending(self) -> bool:
+        """False once a send failed: write no more claims whose jobs could not go out."""
+        return self._error is None
 
     def close(self) -> None:
         """Send what is queued, stop the thread, and raise the first error it met."""
@@ -57,21 +65,30 @@ class BackgroundPublisher:
             raise self._error
 
     def _run(self) -> None:
+        job: DispatchJob | None = None
         try:
             with self._producer() as producer:
                 while (job := self._jobs.get()) is not None:
                     self._send(job, producer)
         except BaseException as e:  # handed to the claim loop's thread, raised there
             self._error = e
-            log.error("sending dispatch jobs failed (their tasks come back when their leases expire): %s", e)
-            while self._jobs.get() is not None:  # drain: close() must not wait on a dead thread
-                pass
+            log.error("sending dispatch jobs failed; their tasks are given back: %s", e)
+            unsent = [job] if job is not None else []
+            while (job := self._jobs.get()) is not None:  # drain: close() must not wait on a dead thread
+                unsent.append(job)
+            for lost in unsent:
+                try:
+                    self._on_unsent(lost)
+                except Exception as give_back_error:  # their leases decide
+                    log.error("giving back the tasks of an unsent dispatch job failed: %s", give_back_error)
 
 
 @contextlib.contextmanager
-def background_publisher(send: Send, producer: ProducerFactory) -> Iterator[BackgroundPublisher]:
+def background_publisher(
+    send: Send, producer: ProducerFactory, on_unsent: Unsent = lambda _job: None
+) -> Iterator[BackgroundPublisher]:
     """A publisher for one claim job; every job handed over is sent (or its error raised) on exit."""
-    publisher = BackgroundPublisher(send, producer)
+    publisher = BackgroundPublisher(send, producer, on_unsent)
     try:
         yield publisher
     finally:

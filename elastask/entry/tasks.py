@@ -23,7 +23,7 @@ from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.dispatch import DispatchReport, push_claimed_tasks
+from elastask.loops.dispatch import DispatchReport, give_back_tasks, push_claimed_tasks
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.usage import UsageRecorder
@@ -82,9 +82,15 @@ def claim() -> dict[str, Any]:
     try:
         rt = runtime()
         # The jobs go out from a thread with one producer of its own: the loop does not wait on the broker.
-        with background_publisher(enqueue_dispatch, app.producer_or_acquire) as publish:
+        unsent = lambda job: give_back_tasks(rt, job.owner_id, job.tasks)  # noqa: E731
+        with background_publisher(enqueue_dispatch, app.producer_or_acquire, unsent) as publish:
             summary = claim_available_tasks(
-                rt, now, publish, lambda cycle: record_cycle(rt, cycle), sessions=sessions_allowed()
+                rt,
+                now,
+                publish,
+                lambda cycle: record_cycle(rt, cycle),
+                sessions=sessions_allowed(),
+                sending=publish.sending,
             )
         if summary.ran and summary.backlog:
             follow_up(rt, at_once=summary.session_expired)

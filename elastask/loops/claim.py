@@ -57,12 +57,14 @@ def claim_available_tasks(
     on_cycle: Callable[[ClaimSummary], None] = lambda _s: None,
     *,
     sessions: bool = True,
+    sending: Callable[[], bool] = lambda: True,
 ) -> ClaimSummary:
     """One claim cycle (see the module docstring), and a refill session while a backlog waits.
 
     A cycle already running elsewhere makes this a no-op. ``on_cycle`` is called with every cycle
     that searched (and with the session's looks at most once a second, for health). ``sessions``:
-    False where the session would hold the only worker process the dispatch jobs have.
+    False where the session would hold the only worker process the dispatch jobs have. ``sending``:
+    False once dispatch jobs can no longer be sent; checked with the lock before every claim write.
     Returns the last cycle's summary.
     """
     cadence = Cadence(rt.redis)
@@ -72,12 +74,13 @@ def claim_available_tasks(
         if not lock.taken:
             return ClaimSummary(ran=False)
         session = RefillSession(_monotonic_ms(), max_wait_ms=rt.settings.busy_polling_interval_ms)
-        summary = _timed(lambda: run_claim_cycle(rt, now, enqueue, lock.held, session))
+        fence = lambda: lock.held() and sending()  # noqa: E731
+        summary = _timed(lambda: run_claim_cycle(rt, now, enqueue, fence, session))
         on_cycle(summary)
         if _quiet(summary):
             cadence.rest(now, _rest_until(rt.settings, summary, now))
         elif summary.backlog and sessions and _sessions_on(rt.settings):
-            summary = _refill(rt, enqueue, lock.held, session, summary, on_cycle)
+            summary = _refill(rt, enqueue, fence, session, summary, on_cycle)
     return summary
 
 

@@ -93,7 +93,7 @@ def push_claimed_tasks(
     node = _node(rt, job)
     if node is None:
         log.error("Kibana node %s is no longer configured; giving its %d task(s) back", job.node_url, len(job.tasks))
-        _give_back(rt, job.owner_id, job.tasks)
+        give_back_tasks(rt, job.owner_id, job.tasks)
         report.outcomes.update(dict.fromkeys((j.doc_id for j in job.tasks), "unknown-node"))
         return report
     live: list[ClaimedTask] = []
@@ -107,7 +107,7 @@ def push_claimed_tasks(
             job.owner_id,
             ", ".join(repr(t.doc_id) for t in expired),
         )
-        _give_back(rt, job.owner_id, expired)
+        give_back_tasks(rt, job.owner_id, expired)
         report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
     live = _renew_waited_leases(rt, job.owner_id, live, now, report)
     to_push = _mark_pushed(rt, live, now, report)
@@ -346,7 +346,7 @@ def _settle(
             node.owner_id,
             ", ".join(repr(t.doc_id) for t in unsent),
         )
-    _give_back(rt, node.owner_id, [*refused, *unsent])
+    give_back_tasks(rt, node.owner_id, [*refused, *unsent])
     _burn_attempts(rt, node.owner_id, rejected, now)
     if any(r is not None and r.outcome in (PushOutcome.ACCEPTED, PushOutcome.REJECTED) for r in results):
         rt.nodes.record_success(node)
@@ -420,7 +420,7 @@ def _node(rt: Runtime, job: DispatchJob) -> Node | None:
     return None
 
 
-def _give_back(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) -> None:
+def give_back_tasks(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) -> None:
     """Return never-pushed tasks to idle (attempt returned) where still our claim; free their slots.
 
     A conflict or 404 means the task moved on (the retry loop or Kibana got there first): nothing

@@ -104,3 +104,12 @@ def test_a_cycle_whose_search_came_back_full_reports_a_backlog_even_when_it_clai
     rt = stub_runtime(engine, kibana_capacity=1)  # room for one: the search asks for one
     summary = claim_available_tasks(rt, NOW, lambda _b: None, sessions=False)
     assert summary.claimed == 1 and summary.waiting == 1 and summary.backlog  # 4 more are due
+
+
+def test_given_dispatch_jobs_can_no_longer_be_sent_then_the_cycle_writes_no_claim() -> None:
+    engine = StubEngine()
+    seeded(engine, 2)
+    rt = stub_runtime(engine)
+    summary = claim_available_tasks(rt, NOW, lambda _b: None, sending=lambda: False)
+    assert summary.claimed == 0 and running_on_node(engine) == []
+    assert rt.ledger.leases(["kibana:a"]) == []  # the reservations were given back

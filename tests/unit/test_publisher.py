@@ -60,3 +60,22 @@ def test_a_failed_send_is_raised_at_the_next_hand_over_and_at_close() -> None:
         pytest.fail("the broker failure was never raised to the claim loop")
     with pytest.raises(ConnectionError):
         publisher.close()
+
+
+def test_given_a_failed_send_then_sending_turns_false_and_every_unsent_job_is_handed_back() -> None:
+    gate = threading.Event()
+
+    def send(j: DispatchJob, _p: Any) -> None:
+        gate.wait(5)
+        raise ConnectionError("broker gone")
+
+    unsent: list[str] = []
+    publisher = BackgroundPublisher(send, producer, lambda j: unsent.append(j.owner_id))
+    for owner in ("a", "b"):
+        publisher(job(owner))
+    assert publisher.sending()
+    gate.set()
+    with pytest.raises(ConnectionError):
+        publisher.close()
+    assert not publisher.sending()  # the claim loop's fence: no claim is written for jobs that cannot go out
+    assert unsent == ["a", "b"]  # their tasks are given back, never left to burn an attempt
