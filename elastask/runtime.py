@@ -6,6 +6,7 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import redis
 
@@ -46,6 +47,11 @@ class Runtime:
                     max_workers=PUSH_PARALLELISM, thread_name_prefix=f"elastask-push-{len(self._pushers)}"
                 )
             return pool
+
+    def now(self) -> datetime:
+        """The time every lease decision is made on: Redis's clock, the ledger's own, the same on every
+        machine (a worker whose clock is off neither gives back live leases nor pushes before runAt)."""
+        return datetime.fromtimestamp(self.ledger.now_ms() / 1000, UTC)
 
     def close(self) -> None:
         """Close the network clients."""

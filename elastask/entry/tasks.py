@@ -78,9 +78,9 @@ def enqueue_dispatch(batch: DispatchJob, producer: Any = None) -> None:
 @app.task(name="elastask.claim", ignore_result=True)
 def claim() -> dict[str, Any]:
     """One claim cycle, and a refill session while a backlog waits (see loops/claim.py)."""
-    now = _now()
     try:
         rt = runtime()
+        now = rt.now()
         # The jobs go out from a thread with one producer of its own: the loop does not wait on the broker.
         unsent = lambda job: give_back_tasks(rt, job.owner_id, job.tasks)  # noqa: E731
         with background_publisher(enqueue_dispatch, app.producer_or_acquire, unsent) as publish:
@@ -138,7 +138,7 @@ def retry() -> dict[str, Any]:
     """One retry cycle for expired leases."""
     try:
         rt = runtime()
-        summary = retry_expired_leases(rt, _now())
+        summary = retry_expired_leases(rt, rt.now())
         Metrics(rt.redis).record(
             {"elastask_malformed_total": summary.skipped},
             labelled=[("elastask_retried_total", {"outcome": k}, n) for k, n in summary.outcomes.items()],
@@ -168,15 +168,16 @@ def dispatch(self: Any, batch: dict[str, Any]) -> dict[str, int]:
     An engine or Redis failure before any push left retries the job (with backoff, its task ids only
     shown); once pushes left, their outcomes are recorded or left to the leases, never pushed again.
     """
-    rt, claimed, now = runtime(), DispatchJob.from_dict(batch), _now()
+    rt, claimed = runtime(), DispatchJob.from_dict(batch)
     try:
+        now = rt.now()
         with bound(owner_id=claimed.owner_id):
             report = push_claimed_tasks(
                 rt,
                 claimed,
                 now,
                 rt.pushers(claimed.owner_id),
-                on_late=lambda late: record_dispatch(rt, claimed, late, _now()),
+                on_late=lambda late: record_dispatch(rt, claimed, late, now),
             )
     except (StoreError, LedgerError) as e:
         countdown = min(DISPATCH_RETRY_MAX_S, 2**self.request.retries)
@@ -190,7 +191,7 @@ def dispatch(self: Any, batch: dict[str, Any]) -> dict[str, int]:
             claimed.owner_id,
             len(claimed.tasks),
             waited_ms,
-            (_now() - now).total_seconds() * 1000,
+            (rt.now() - now).total_seconds() * 1000,
         )
     return record_dispatch(rt, claimed, report, now)
 

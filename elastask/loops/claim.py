@@ -103,7 +103,7 @@ def _refill(
     with _holds_carried_over(rt, session):
         while held() and _monotonic_ms() - session.started_ms < SESSION_MAX_MS:
             time.sleep(session.wait_ms(_monotonic_ms()) / 1000)
-            summary = _timed(lambda: run_claim_cycle(rt, datetime.now(UTC), enqueue, held, session))
+            summary = _timed(lambda: run_claim_cycle(rt, rt.now(), enqueue, held, session))
             if not summary.ran:
                 break
             if summary.searched or _monotonic_ms() - marked >= SESSION_MARK_MS:

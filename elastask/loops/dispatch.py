@@ -241,7 +241,12 @@ def _renew_waited_leases(
     results = bulk_update_versions(
         rt.store,
         [
-            VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, {"retryAt": format_date(renewed_until[j.doc_id])})
+            VersionedUpdate(
+                j.doc_id,
+                j.seq_no,
+                j.primary_term,
+                {"retryAt": format_date(renewed_until[j.doc_id]), "startedAt": format_date(now)},
+            )
             for j in waited
         ],
     )
@@ -249,8 +254,15 @@ def _renew_waited_leases(
     for task, result in zip(waited, results, strict=True):
         if result.ok and result.seq_no is not None and result.primary_term is not None:
             retry_at = format_date(renewed_until[task.doc_id])
+            # The body Kibana gets says what the document says: the renewed lease, started now.
+            body = {**task.body, "retryAt": retry_at, "startedAt": format_date(now)}
             renewed[task.doc_id] = replace(
-                task, seq_no=result.seq_no, primary_term=result.primary_term, retry_at=retry_at, claim_seq_no=task.claim
+                task,
+                seq_no=result.seq_no,
+                primary_term=result.primary_term,
+                retry_at=retry_at,
+                claim_seq_no=task.claim,
+                body=body,
             )
         else:
             _warn(

@@ -112,3 +112,18 @@ def test_given_redis_fails_after_the_pushes_left_then_the_job_does_not_raise_so_
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW, pool)
     assert report.outcomes == {"task:x": "refused"}  # its give-back failed: the lease decides
     assert len(rt.kibana.pushed) == 1  # type: ignore[attr-defined]
+
+
+def test_given_a_job_that_waited_past_its_slack_then_kibana_gets_the_renewed_lease_in_the_body(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    task = claimed(engine, rt, "task:waited", attempts=1)
+    later = NOW + timedelta(seconds=10)  # more than the 5 s slack after the claim
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), later, pool)
+    assert report.outcomes == {"task:waited": "accepted"}
+    [body] = rt.kibana.pushed  # type: ignore[attr-defined]
+    doc = engine.docs["task:waited"]["_source"]["task"]
+    assert body["retryAt"] == doc["retryAt"] == format_date(later + timedelta(milliseconds=300_000))
+    assert body["startedAt"] == doc["startedAt"] == format_date(later)

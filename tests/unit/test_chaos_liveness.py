@@ -1,0 +1,147 @@
+"""The chaos run's liveness figures and report over hand-made runs and fault windows. Pure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from elastask_bed.chaos.liveness import (
+    Thresholds,
+    all_nodes_out,
+    check_drift,
+    check_early_starts,
+    check_heal,
+    check_stall,
+    drifts_outside,
+    heal_to_push,
+    longest_stall,
+    merge,
+    stall_exclusions,
+    subtract,
+)
+from elastask_bed.chaos.model import Check, Run, Window
+from elastask_bed.chaos.report import LIVENESS_VIOLATION, SAFETY_VIOLATION, ChaosResult
+
+T0 = 1_000_000.0
+
+
+def run(task: str, node: int, start: float, *, run_at: float | None = None, **fields: Any) -> Run:
+    values: dict[str, Any] = {
+        "task": task,
+        "node": node,
+        "started": T0 + start,
+        "received": T0 + start,
+        "end": T0 + start + 0.1,
+        "run_at": T0 + (start if run_at is None else run_at),
+        "ok": True,
+        "outcome_ok": True,
+        "recurring": True,
+    }
+    values.update(fields)
+    return Run(**values)
+
+
+def window(kind: str, target: str, start: float, end: float | None, detail: str = "") -> Window:
+    return Window(kind, target, detail, T0 + start, None if end is None else T0 + end)
+
+
+def test_intervals_merge_and_subtract() -> None:
+    assert merge([(5, 6), (0, 2), (1, 3)]) == [(0, 3), (5, 6)]
+    assert subtract(0, 10, [(2, 3), (5, 12)]) == [(0, 2), (3, 5)]
+    assert subtract(0, 10, []) == [(0, 10)]
+
+
+def test_a_stall_is_time_with_a_task_due_and_no_run_starting() -> None:
+    # Runs every second, then a task due at 10 s that starts only at 18 s: an 8 s stall.
+    runs = [run(f"t{n}", 0, n) for n in range(11)] + [run("late", 1, 18, run_at=10)]
+    stall = longest_stall(runs, [], T0, T0 + 20, [])
+    assert round(stall.seconds, 6) == 8 and stall.start == T0 + 10 and stall.end == T0 + 18
+
+
+def test_an_idle_gap_with_nothing_due_is_no_stall_and_engine_faults_are_excluded() -> None:
+    runs = [run("a", 0, 0), run("b", 0, 30, run_at=29.5)]
+    assert round(longest_stall(runs, [], T0, T0 + 31, []).seconds, 6) == 0.5
+    late = [run("a", 0, 0), run("b", 0, 30, run_at=10)]
+    assert round(longest_stall(late, [], T0, T0 + 31, [(T0 + 12, T0 + 28)]).seconds, 6) == 2
+
+
+def test_a_task_that_never_started_is_due_until_the_end() -> None:
+    stall = longest_stall([run("a", 0, 0)], [T0 + 5], T0, T0 + 20, [])
+    assert round(stall.seconds, 6) == 15
+
+
+def test_stalls_are_not_blamed_while_every_node_is_out_or_the_engine_or_redis_is() -> None:
+    windows = [
+        window("node", "node0", 0, 10),
+        window("node", "node1", 5, 15),
+        window("engine", "engine", 20, 25, "down"),
+        window("redis", "redis", 40, None),
+    ]
+    assert all_nodes_out(windows, 2, T0 + 60) == [(T0 + 5, T0 + 10)]
+    assert stall_exclusions(windows, 2, T0 + 60) == [(T0 + 5, T0 + 10), (T0 + 20, T0 + 25), (T0 + 40, T0 + 60)]
+
+
+def test_heal_to_push_is_the_time_to_the_nodes_next_run() -> None:
+    windows = [
+        window("node", "node0", 0, 10, "refuse"),
+        window("node", "node1", 0, 10, "5xx"),
+        window("node", "node1", 11, 20, "hang"),
+        window("node", "node2", 0, 10, "crash"),
+    ]
+    runs = [run("a", 0, 13), run("b", 1, 25), run("c", 3, 12)]
+    heals = {(h.node, h.detail): h for h in heal_to_push(windows, runs)}
+    assert heals[(0, "refuse")].seconds == 3
+    assert heals[(1, "5xx")].seconds is None and heals[(1, "5xx")].refaulted
+    assert heals[(1, "hang")].seconds == 5
+    assert heals[(2, "crash")].seconds is None and not heals[(2, "crash")].refaulted
+    limits = Thresholds(max_heal_s=6)
+    check = check_heal(list(heals.values()), limits, True, T0)
+    assert check.ok is False  # node2 never got a run after its crash
+    assert check_heal([heals[(0, "refuse")]], limits, True, T0).ok is True
+    assert check_heal([heals[(0, "refuse")]], Thresholds(max_heal_s=2), True, T0).ok is False
+    assert check_heal(list(heals.values()), limits, False, T0).ok is None
+
+
+def test_drift_counts_recurring_runs_away_from_fault_windows_only() -> None:
+    runs = [
+        run("r1", 0, 5.2, run_at=5),
+        run("r2", 0, 30.0, run_at=22),  # late because of the fault at 20-25 s: left out
+        run("r3", 0, 40.5, run_at=40),
+        run("o1", 0, 50, run_at=45, recurring=False),
+    ]
+    drifts = drifts_outside(runs, [window("kill", "worker1", 20, 25)], T0 + 60)
+    assert [round(d, 3) for d in drifts] == [0.2, 0.5]
+    check = check_drift(drifts, Thresholds(max_drift_p99_s=0.4), True)
+    assert check.ok is False and check.data["p99_s"] == 0.5
+    assert check_drift(drifts, Thresholds(), False).ok is None
+
+
+def test_stall_check_and_early_starts() -> None:
+    stall = longest_stall([run("a", 0, 0), run("b", 0, 9, run_at=1)], [], T0, T0 + 10, [])
+    assert check_stall(stall, Thresholds(max_stall_s=5), True, T0).ok is False
+    assert check_stall(stall, Thresholds(max_stall_s=9), True, T0).ok is True
+    early = [run("e1", 0, 10, run_at=12), run("e2", 0, 31, run_at=32)]
+    check = check_early_starts(early, [window("skew", "skew", 30, 40, "+3s")], T0 + 50, T0)
+    assert check.data["early"] == 2 and check.data["outside_skew"] == ["e1 on node0 at +10.0s"]
+
+
+def test_the_result_fails_on_a_safety_violation_and_on_liveness_only_when_checked() -> None:
+    def result(*checks: Check) -> ChaosResult:
+        return ChaosResult(7, 150, 60, {}, T0, [window("node", "node0", 1, 2, "hang")], list(checks))
+
+    ok = Check("cap", True, "fine")
+    assert result(ok, Check("stall", None, "reported", safety=False)).exit_status == 0
+    assert result(ok, Check("stall", False, "long", safety=False)).exit_status == LIVENESS_VIOLATION
+    broken = result(Check("no-overlap", False, "2 overlapping"), Check("stall", False, "long", safety=False))
+    assert broken.exit_status == SAFETY_VIOLATION
+    lines = broken.lines()
+    assert lines[0].startswith("chaos: seed 7") and "invariant no-overlap: VIOLATED: 2 overlapping" in lines
+    assert lines[-1].startswith("result: FAIL: no-overlap (exit 1)")
+    data = json.loads(broken.to_json())
+    assert data["violations"] == ["no-overlap"] and data["faults"][0] == {
+        "kind": "node",
+        "target": "node0",
+        "detail": "hang",
+        "from_s": 1.0,
+        "to_s": 2.0,
+    }
