@@ -14,6 +14,7 @@ import click
 
 from elastask.entry.cli import fail
 from elastask.errors import ElastaskError
+from elastask_bed.chaos.command import with_chaos
 
 if TYPE_CHECKING:
     from elastask_bed.testbed import Testbed
@@ -231,6 +232,10 @@ def bench(
     click.echo(table)
     chart_note = f", chart: {chart_path or out.with_suffix('.png')}" if drawn else ""
     click.echo(f"results: {out}, table: {out.with_suffix('.md')}{chart_note}", err=True)
+
+
+#: ``elastask bench chaos``: the randomized fault run (elastask_bed/chaos/), beside the scenarios.
+bench = with_chaos(bench)
 
 
 def _warm_up(bed: Testbed, modes: list[str], workdir: Path, workers: int, concurrency: int) -> None:

@@ -23,7 +23,7 @@ from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.dispatch import DispatchReport, give_back_tasks, push_claimed_tasks
+from elastask.loops.dispatch import MAX_EARLY_WAIT_S, DispatchReport, give_back_tasks, push_claimed_tasks
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.usage import UsageRecorder
@@ -63,7 +63,7 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def enqueue_dispatch(batch: DispatchJob, producer: Any = None) -> None:
+def enqueue_dispatch(batch: DispatchJob, producer: Any = None, *, countdown_s: float | None = None) -> None:
     """Send a dispatch job to its node's queue; Flower shows only the task ids, never the bodies."""
     dispatch.apply_async(
         args=[batch.as_dict()],
@@ -71,7 +71,8 @@ def enqueue_dispatch(batch: DispatchJob, producer: Any = None) -> None:
         argsrepr=_dispatch_argsrepr(batch),
         producer=producer,
         # Tasks claimed ahead of their runAt: the worker holds the job until then.
-        eta=parse_date(batch.not_before) if batch.not_before else None,
+        eta=parse_date(batch.not_before) if batch.not_before and countdown_s is None else None,
+        countdown=countdown_s,
     )
 
 
@@ -171,6 +172,12 @@ def dispatch(self: Any, batch: dict[str, Any]) -> dict[str, int]:
     rt, claimed = runtime(), DispatchJob.from_dict(batch)
     try:
         now = rt.now()
+        early_s = (parse_date(claimed.not_before) - now).total_seconds() if claimed.not_before else 0.0
+        if early_s > MAX_EARLY_WAIT_S:
+            # This worker's clock runs ahead of Redis's: Celery released the job early. Never push
+            # before runAt, and never hold the process for it: the job waits its remaining time again.
+            enqueue_dispatch(claimed, countdown_s=early_s)
+            return {"early": len(claimed.tasks)}
         with bound(owner_id=claimed.owner_id):
             report = push_claimed_tasks(
                 rt,
