@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,12 +22,21 @@ import yaml
 
 from elastask.core.intervals import parse_interval_ms
 from elastask.errors import ConfigError
+from elastask.task_types import (
+    COSTS,
+    RULE_KEYS,
+    Catalogue,
+    TaskTypeRule,
+    TaskTypeSettings,
+    effective_rule,
+    load_catalogue,
+    parse_rule,
+)
 
 DEFAULT_PATH = "elastask.yaml"
 ENV_PREFIX = "ELASTASK_"
 
-#: Kibana's capacity cost units (x-pack task_manager TaskCost): a node of capacity 10 has 20 units.
-COSTS = {"tiny": 1, "normal": 2, "large": 4, "extra-large": 10}
+__all__ = ["COSTS", "TaskTypeSettings"]  # re-exported: the rules live in task_types.py
 
 
 class Secret:
@@ -91,15 +100,6 @@ class KibanaSettings:
 
 
 @dataclass(frozen=True)
-class TaskTypeSettings:
-    """Per-task-type overrides, as Kibana's task definitions have them."""
-
-    timeout_ms: int
-    max_attempts: int
-    cost: int
-
-
-@dataclass(frozen=True)
 class Settings:
     """Everything elastask reads from elastask.yaml and the environment."""
 
@@ -126,14 +126,49 @@ class Settings:
     node_failure_threshold: int = 3
     node_probe_interval_ms: int = 5000
     log_format: str = "text"
-    task_types: Mapping[str, TaskTypeSettings] = field(default_factory=dict)
+    #: ``task_types.<type>`` of elastask.yaml, as written there (task_types.py merges them).
+    task_types: Mapping[str, TaskTypeRule] = field(default_factory=dict)
+    #: Kibana's own task types (the shipped catalogue; empty in bare Settings(), as in unit tests).
+    catalogue: Catalogue = field(default_factory=Catalogue)
+    _rules: dict[str, TaskTypeSettings] = field(default_factory=dict, compare=False, repr=False)
 
     def for_type(self, task_type: str) -> TaskTypeSettings:
-        """The timeout, max attempts and cost of one task type, with the global defaults filled in."""
-        found = self.task_types.get(task_type)
-        if found is not None:
-            return found
-        return TaskTypeSettings(self.task_timeout_ms, self.max_attempts, COSTS["normal"])
+        """The effective rule of one task type: elastask.yaml over the catalogue over the defaults."""
+        rule = self._rules.get(task_type)
+        if rule is None:
+            rule = self._rules[task_type] = effective_rule(
+                task_type,
+                self.task_types,
+                self.catalogue,
+                timeout_ms=self.task_timeout_ms,
+                max_attempts=self.max_attempts,
+            )
+        return rule
+
+    def known_types(self) -> list[str]:
+        """Every task type (or ``prefix*`` pattern) elastask.yaml or the catalogue sets a rule for."""
+        return sorted({*self.task_types, *self.catalogue.rules})
+
+    def priority_by_type(self) -> dict[str, int]:
+        """Per known type (or pattern) with a priority of its own: it (for the claim search's order)."""
+        rules = {name: self.for_type(name).priority for name in self.known_types()}
+        return {name: priority for name, priority in rules.items() if priority is not None}
+
+    def concurrency_groups(self) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """Per concurrency group (types with a maxConcurrency, or sharing one): its limit per Kibana node
+        (the smallest of its types') and its types."""
+        groups: dict[str, tuple[int, tuple[str, ...]]] = {}
+        for name in self.known_types():
+            rule = self.for_type(name)
+            if rule.max_concurrency is None or rule.concurrency_group is None:
+                continue
+            limit, types = groups.get(rule.concurrency_group, (rule.max_concurrency, ()))
+            groups[rule.concurrency_group] = (min(limit, rule.max_concurrency), (*types, name))
+        return groups
+
+    def max_attempts_by_type(self) -> dict[str, int]:
+        """Per known type (or pattern), its effective maximum attempts (for the claim search)."""
+        return {name: self.for_type(name).max_attempts for name in self.known_types()}
 
     def redis_sentinels(self) -> list[tuple[str, int]]:
         """The sentinels' (host, port) when ``redis.url`` is ``sentinel://...``, else an empty list."""
@@ -202,7 +237,7 @@ _SCHEMA: dict[str, tuple[str, Any]] = {
 }
 
 _HOST_KEYS = {"url", "username", "password", "api_key", "capacity", "id"}
-_TASK_TYPE_KEYS = {"timeout", "max_attempts", "cost"}
+_TASK_TYPE_KEYS = RULE_KEYS
 
 
 def env_name(key: str) -> str:
@@ -237,7 +272,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
         source = "<defaults>"
     if not isinstance(raw, dict):
         raise ConfigError(source, "(top level)", "expected a mapping of keys to values")
-    return parse_settings(raw, source=source, env=env)
+    return replace(parse_settings(raw, source=source, env=env), catalogue=load_catalogue())
 
 
 def parse_settings(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str]) -> Settings:
@@ -498,7 +533,8 @@ _EXPECTED = {
     "redis_url": "a redis://, rediss:// or unix:// URL, or sentinel://host:26379;sentinel://host2:26379",
     "interval": "an interval such as 30s, 5m or 1h",
     "hosts": "a list of Kibana URLs (or mappings with url, username, password, api_key, capacity, id)",
-    "task_types": "a mapping of task type to {timeout, max_attempts, cost}",
+    "task_types": "a mapping of task type to its rule: "
+    "{timeout, max_attempts, cost, priority, max_concurrency, concurrency_group}",
 }
 
 
@@ -527,23 +563,7 @@ def _build(values: dict[str, Any], source: str) -> Settings:
     urls = [node.url for node in nodes]
     if len(set(urls)) != len(urls):
         raise ConfigError(source, "kibana.hosts", "lists the same URL twice")
-    task_types = {}
-    for name, entry in values["task_types"].items():
-        key = f"task_types.{name}"
-        cost = entry.get("cost", "normal")
-        if cost not in COSTS:
-            raise ConfigError(source, key + ".cost", f"expected one of {', '.join(COSTS)}, got {cost!r}")
-        timeout = entry.get("timeout")
-        max_attempts = entry.get("max_attempts")
-        task_types[name] = TaskTypeSettings(
-            timeout_ms=values["task_timeout"]
-            if timeout is None
-            else _coerce("interval", timeout, source, key + ".timeout"),
-            max_attempts=values["max_attempts"]
-            if max_attempts is None
-            else _coerce("posint", max_attempts, source, key + ".max_attempts"),
-            cost=COSTS[cost],
-        )
+    task_types = {name: parse_rule(entry, f"task_types.{name}", source) for name, entry in values["task_types"].items()}
     _check_costs_fit(task_types, nodes, values["kibana_capacity"], source)
     return Settings(
         source=source,
@@ -585,12 +605,12 @@ def _build(values: dict[str, Any], source: str) -> Settings:
 
 
 def _check_costs_fit(
-    task_types: dict[str, TaskTypeSettings], nodes: list[KibanaNode], kibana_capacity: int, source: str
+    task_types: dict[str, TaskTypeRule], nodes: list[KibanaNode], kibana_capacity: int, source: str
 ) -> None:
     """A task type that costs more than the biggest node holds could never run: say so at load."""
     biggest = max([kibana_capacity, *(n.capacity for n in nodes if n.capacity is not None)]) * COSTS["normal"]
     for name, rule in task_types.items():
-        if rule.cost > biggest:
+        if rule.cost is not None and rule.cost > biggest:
             raise ConfigError(
                 source,
                 f"task_types.{name}.cost",

@@ -63,6 +63,8 @@ class TaskDocument:
     priority: int = DEFAULT_PRIORITY
     scope: tuple[str, ...] | None = None
     trace_parent: str | None = None
+    #: ``timeoutOverride`` (one-shot tasks): Kibana times this run by it instead of the type's timeout.
+    timeout_override_ms: int | None = None
     seq_no: int | None = None
     primary_term: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -188,8 +190,19 @@ def parse_source(doc_id: str, source: Mapping[str, Any]) -> TaskDocument:
         priority=_priority(doc_id, task),
         scope=_scope(doc_id, task),
         trace_parent=_optional_text(doc_id, task, "traceparent"),
+        timeout_override_ms=_timeout_override(doc_id, task),
         raw=source,
     )
+
+
+def _timeout_override(doc_id: str, task: Mapping[str, Any]) -> int | None:
+    value = task.get("timeoutOverride")
+    if value is None or value == "":
+        return None
+    try:
+        return parse_interval_ms(value)
+    except ValueError as e:
+        raise DocumentError(doc_id, "task.timeoutOverride", str(e), value) from e
 
 
 def _text(doc_id: str, task: Mapping[str, Any], key: str) -> str:

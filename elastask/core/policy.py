@@ -31,6 +31,9 @@ def assign(
     free_units: Mapping[str, int],
     cost_of: Callable[[str], int],
     capacity_units: Mapping[str, int] | None = None,
+    *,
+    group_of: Callable[[str], str | None] = lambda _type: None,
+    group_free: Mapping[str, Mapping[str, int]] | None = None,
 ) -> list[Assignment]:
     """Give each task, in order, to the node with the most free units; stop at the first that fits nowhere.
 
@@ -39,8 +42,13 @@ def assign(
     Stopping (rather than skipping to smaller tasks) keeps priority order: a big task at the head
     is not starved by small ones behind it, as in Kibana's capacity selection. A task bigger than
     every node's whole capacity (``capacity_units``) would never fit: it is passed over, not waited for.
+
+    A type with a concurrency limit (``group_of`` its group, ``group_free`` per node how many more of
+    the group it may run) goes only where its group has room; where it has none, it is passed over
+    and the others go on (Kibana searches limited types apart so they never hold back the rest).
     """
     free = dict(free_units)
+    group_room = {owner: dict(rooms) for owner, rooms in (group_free or {}).items()}
     order = {owner: index for index, owner in enumerate(free_units)}
     biggest = max(capacity_units.values(), default=0) if capacity_units is not None else None
     assignments = []
@@ -50,13 +58,18 @@ def assign(
         cost = cost_of(task.task_type)
         if biggest is not None and cost > biggest:
             continue
-        fits = [o for o in free if free[o] >= cost]
+        group = group_of(task.task_type)
+        fits = [o for o in free if free[o] >= cost and (group is None or group_room.get(o, {}).get(group, 0) > 0)]
         if not fits:
+            if group is not None:
+                continue
             break
         # A retried task (its lease ran out on task.owner_id) goes elsewhere when another node has room.
         avoid = task.owner_id if task.attempts > 0 else None
         owner = max(fits, key=lambda o: (o != avoid, free[o], -order[o]))
         free[owner] -= cost
+        if group is not None:
+            group_room[owner][group] -= 1
         assignments.append(Assignment(task, owner, cost))
     return assignments
 
@@ -69,10 +82,12 @@ MAX_SLACK_MS = 5000
 
 
 def kibana_lease_ms(task: TaskDocument, timeout_ms: int) -> int:
-    """The lease Kibana's getRetryAt gives at claim: the timeout, or the interval if longer."""
-    if task.schedule is not None and task.schedule.interval_ms is not None:
-        return max(timeout_ms, task.schedule.interval_ms)
-    return timeout_ms
+    """The lease Kibana's getRetryAt gives at claim (lib/get_retry_at.ts): a recurring task's timeout, or
+    its interval if longer; a one-shot task's ``timeoutOverride`` if it has one, else the type's timeout."""
+    if task.schedule is not None:
+        interval_ms = task.schedule.interval_ms
+        return max(timeout_ms, interval_ms) if interval_ms is not None else timeout_ms
+    return task.timeout_override_ms if task.timeout_override_ms is not None else timeout_ms
 
 
 def dispatch_slack_ms(task: TaskDocument, timeout_ms: int) -> int:

@@ -17,28 +17,45 @@ def _is_task() -> dict[str, Any]:
     return {"term": {"type": "task"}}
 
 
+def _types(names: Collection[str]) -> list[dict[str, Any]]:
+    """Clauses matching these task types; a name ending in ``*`` matches every type it prefixes."""
+    exact = sorted(n for n in names if not n.endswith("*"))
+    clauses: list[dict[str, Any]] = [{"terms": {"task.taskType": exact}}] if exact else []
+    clauses += [{"prefix": {"task.taskType": n[:-1]}} for n in sorted(names) if n.endswith("*")]
+    return clauses
+
+
 def attempts_below_max(default_max: int, max_by_type: Mapping[str, int]) -> dict[str, Any]:
-    """``attempts < max``, with per-task-type maxima where the config overrides them."""
+    """``attempts < max``, with per-task-type maxima (``prefix*`` patterns too) where they differ.
+
+    An exact type wins over a pattern that covers it, a longer pattern over a shorter one (as the
+    rules themselves do): each clause leaves out the more specific names that set their own maximum.
+    """
     clauses: list[dict[str, Any]] = []
-    by_max: dict[int, list[str]] = {}
-    for task_type, maximum in max_by_type.items():
-        if maximum != default_max:
-            by_max.setdefault(maximum, []).append(task_type)
-    for maximum, types in sorted(by_max.items()):
+    for task_type, maximum in sorted(max_by_type.items()):
+        if maximum == default_max and not task_type.endswith("*"):
+            continue
+        more_specific = [
+            other
+            for other in max_by_type
+            if other != task_type
+            and task_type.endswith("*")
+            and other.startswith(task_type[:-1])
+            and (not other.endswith("*") or len(other) > len(task_type))
+        ]
+        match = _types([task_type])
         clauses.append(
             {
                 "bool": {
-                    "filter": [
-                        {"terms": {"task.taskType": sorted(types)}},
-                        {"range": {"task.attempts": {"lt": maximum}}},
-                    ]
+                    "filter": [*match, {"range": {"task.attempts": {"lt": maximum}}}],
+                    **({"must_not": _types(more_specific)} if more_specific else {}),
                 }
             }
         )
-    overridden = sorted(t for types in by_max.values() for t in types)
+    overridden = [t for t, m in max_by_type.items() if m != default_max or t.endswith("*")]
     default: dict[str, Any] = {"bool": {"filter": [{"range": {"task.attempts": {"lt": default_max}}}]}}
     if overridden:
-        default["bool"]["must_not"] = [{"terms": {"task.taskType": overridden}}]
+        default["bool"]["must_not"] = _types(overridden)
     # A document without attempts (never run) counts as 0.
     missing = {"bool": {"must_not": [{"exists": {"field": "task.attempts"}}]}}
     return {"bool": {"should": [*clauses, default, missing], "minimum_should_match": 1}}
@@ -52,15 +69,22 @@ def due_tasks(
     max_attempts_by_type: Mapping[str, int],
     exclude_ids: Collection[str] = (),
     next_run_after: datetime | None = None,
+    priority_by_type: Mapping[str, int] | None = None,
+    exclude_types: Collection[str] = (),
+    only_types: Collection[str] = (),
 ) -> dict[str, Any]:
     """Idle tasks whose runAt has come, highest priority first, then oldest runAt (Kibana's order).
+
+    Priority: the document's ``task.priority``, else its type's (``priority_by_type``, ``prefix*``
+    patterns too), else Kibana's Normal (50). ``exclude_types`` (types Kibana removed, types searched
+    apart) and ``only_types`` (a limited-concurrency group's own search) narrow it by ``taskType``.
 
     Only ids and versions come back (``_source: false``): the claim loop reads the documents it may
     claim with a real-time ``mget`` anyway, so the search does not load every hit's source.
     ``next_run_after``: also return (aggregation ``next_run_at``) the earliest runAt after it of any
     claimable idle task, in the same request, so a quiet claim loop knows how long it may rest.
     """
-    must_not: list[dict[str, Any]] = [{"term": {"task.enabled": False}}]
+    must_not: list[dict[str, Any]] = [{"term": {"task.enabled": False}}, *_types(exclude_types)]
     if exclude_ids:
         must_not.append({"ids": {"values": sorted(exclude_ids)}})
     # Kibana claims a recurring task whatever its attempts; a one-shot one only below its maximum
@@ -71,12 +95,12 @@ def due_tasks(
             "minimum_should_match": 1,
         }
     }
+    query = _claimable_idle({"lte": format_date(now)}, attempts, must_not)
+    if only_types:
+        query["bool"]["filter"].append({"bool": {"should": _types(only_types), "minimum_should_match": 1}})
     body = {
-        "query": _claimable_idle({"lte": format_date(now)}, attempts, must_not),
-        "sort": [
-            {"task.priority": {"order": "desc", "missing": DEFAULT_PRIORITY, "unmapped_type": "integer"}},
-            {"task.runAt": {"order": "asc"}},
-        ],
+        "query": query,
+        "sort": [priority_sort(priority_by_type or {}), {"task.runAt": {"order": "asc"}}],
         "size": size,
         "seq_no_primary_term": True,
         "_source": False,
@@ -97,6 +121,36 @@ def next_run_at_ms(answer: Mapping[str, Any]) -> int | None:
     """The ``next_run_at`` aggregation of a ``due_tasks`` answer, in ms since the epoch (None: no later task)."""
     value = answer.get("aggregations", {}).get("later", {}).get("idle", {}).get("next_run_at", {}).get("value")
     return None if value is None else int(value)
+
+
+#: The claim order's priority when types have their own (Kibana's getSortByPriority, plus the document's own).
+PRIORITY_SCRIPT = (
+    "if (doc['task.priority'].size() != 0) { return doc['task.priority'].value; } "
+    "String t = doc['task.taskType'].size() != 0 ? doc['task.taskType'].value : ''; "
+    "if (params.exact.containsKey(t)) { return params.exact[t]; } "
+    "for (def p : params.prefixes) { if (t.startsWith(p[0])) { return p[1]; } } "
+    "return params.fallback;"
+)
+
+
+def priority_sort(priority_by_type: Mapping[str, int]) -> dict[str, Any]:
+    """Highest priority first: the document's own, else its type's, else 50 (a plain field sort when no
+    type has one of its own: the engine's cheapest)."""
+    if not priority_by_type:
+        return {"task.priority": {"order": "desc", "missing": DEFAULT_PRIORITY, "unmapped_type": "integer"}}
+    exact = {t: p for t, p in sorted(priority_by_type.items()) if not t.endswith("*")}
+    patterns = sorted(((t[:-1], p) for t, p in priority_by_type.items() if t.endswith("*")), key=lambda tp: -len(tp[0]))
+    return {
+        "_script": {
+            "type": "number",
+            "order": "desc",
+            "script": {
+                "lang": "painless",
+                "source": PRIORITY_SCRIPT,
+                "params": {"exact": exact, "prefixes": [list(tp) for tp in patterns], "fallback": DEFAULT_PRIORITY},
+            },
+        }
+    }
 
 
 def _claimable_idle(run_at: dict[str, str], attempts: dict[str, Any], must_not: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,14 +23,15 @@ from elastask.core.documents import TaskDocument, parse_hit, run_now_body
 from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import DocumentError
+from elastask.loops import limited
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.claim_write import write_claims
 from elastask.loops.ledger_sync import LEASE_GRACE, ready_to_claim, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.refill import ClaimedLease, RefillSession
-from elastask.parts.ledger import LeaseView
+from elastask.parts.ledger import LeaseView, SlotRequest
 from elastask.parts.nodes import Node
-from elastask.parts.store import mget_sources, search
+from elastask.parts.store import mget_sources, search, search_hits
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,12 @@ class _Cycle:
     @property
     def cheapest(self) -> int:
         """The smallest cost of any task type: the most tasks a unit of free capacity can take."""
-        costs = [self.settings.for_type("").cost, *(t.cost for t in self.settings.task_types.values())]
+        costs = [self.settings.for_type(name).cost for name in ("", *self.settings.known_types())]
         return max(1, min(costs))
 
     @property
     def dearest(self) -> int:
-        return max([self.settings.for_type("").cost, *(t.cost for t in self.settings.task_types.values())])
+        return max(self.settings.for_type(name).cost for name in ("", *self.settings.known_types()))
 
 
 def run_claim_cycle(
@@ -141,7 +142,14 @@ def run_claim_cycle(
             return cycle.summary
     candidates = _verify(cycle)
     capacity = {n.owner_id: n.capacity_units for n in cycle.available}
-    assignments = policy.assign(candidates, {o: max(0, f) for o, f in cycle.free.items()}, cycle.cost_of, capacity)
+    assignments = policy.assign(
+        candidates,
+        {o: max(0, f) for o, f in cycle.free.items()},
+        cycle.cost_of,
+        capacity,
+        group_of=limited.group_of(cycle.settings),
+        group_free=limited.group_room(cycle.settings, cycle.available, cycle.view.group_counts),
+    )
     to_claim = _reserve(cycle, assignments)
     cycle.summary.step("reserve")
     if to_claim and not fence():
@@ -175,30 +183,51 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> bool:
 
 
 def _search_due(cycle: _Cycle) -> None:
-    """2. Due tasks (and those due within the claim-ahead window), leaving out what the ledger holds."""
+    """2. Due tasks (and those due within the claim-ahead window), leaving out what the ledger holds.
+
+    Types with a concurrency limit are searched apart, one search per group with room (limited.py).
+    """
     rt, settings, now = cycle.rt, cycle.settings, cycle.now
     lookahead = timedelta(milliseconds=lookahead_ms(settings))
     leases = cycle.view.leases
+    common: dict[str, Any] = {
+        "default_max_attempts": settings.max_attempts,
+        "max_attempts_by_type": settings.max_attempts_by_type(),
+        "priority_by_type": settings.priority_by_type(),
+        # ... and so can a task Kibana finished a moment ago (deleted, or rescheduled): left out too.
+        "exclude_ids": {
+            *quarantined(rt.redis, now),
+            *(lease.task_id for lease in leases),
+            *cycle.view.recently_finished,
+        },
+    }
     body = queries.due_tasks(
         now + lookahead,
         # Every task the nodes could take if every lease ended now; held tasks are left out of the
         # search (the near-real-time search can still show a task claimed a moment ago as idle).
         size=min(settings.claim_batch_size, sum(n.capacity_units for n in cycle.available) // cycle.cheapest),
-        default_max_attempts=settings.max_attempts,
-        max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
-        # ... and so can a task Kibana finished a moment ago (deleted, or rescheduled): left out too.
-        exclude_ids={
-            *quarantined(rt.redis, now),
-            *(lease.task_id for lease in leases),
-            *cycle.view.recently_finished,
-        },
+        exclude_types={*settings.catalogue.removed, *limited.limited_types(settings)},
         # Nothing in flight: this cycle may turn out quiet; learn how long the loop may then rest.
         next_run_after=None if leases else now + lookahead,
+        **common,
     )
-    answer = search(rt.store, body, "searching due tasks") if cycle.available else {"hits": {"hits": []}}
-    cycle.hits = [dict(hit) for hit in answer["hits"]["hits"]]
+    if not cycle.available:
+        cycle.hits = []
+        answer: dict[str, Any] = {"hits": {"hits": []}}
+    else:
+        answer = search(rt.store, body, "searching due tasks")
+        batches = [[dict(hit) for hit in answer["hits"]["hits"]]]
+        full = len(batches[0]) >= body["size"]
+        room = limited.group_room(settings, cycle.available, cycle.view.group_counts)
+        for group, size, types in limited.group_searches(settings, room):
+            group_body = queries.due_tasks(
+                now + lookahead, size=size, only_types=types, exclude_types=settings.catalogue.removed, **common
+            )
+            batches.append([dict(hit) for hit in search_hits(rt.store, group_body, f"searching due {group} tasks")])
+            full = full or len(batches[-1]) >= size
+        cycle.hits = limited.merge_hits(batches)
+        cycle.summary.search_full = bool(cycle.hits) and full
     cycle.summary.waiting = len(cycle.hits)
-    cycle.summary.search_full = bool(cycle.hits) and len(cycle.hits) >= body["size"]
     cycle.summary.next_run_at_ms = queries.next_run_at_ms(answer)
     cycle.summary.searched = True
     cycle.summary.step("search")
@@ -288,11 +317,12 @@ def _reserve(cycle: _Cycle, assignments: Sequence[policy.Assignment]) -> list[po
     """5a. Reserve the assigned tasks' slots atomically in the ledger; the assignments that got one."""
     rt, now = cycle.rt, cycle.now
     capacity = {n.owner_id: n.capacity_units for n in cycle.available}
-    by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
+    by_owner: dict[str, list[SlotRequest]] = defaultdict(list)
     for a in assignments:
-        timeout_ms = rt.settings.for_type(a.task.task_type).timeout_ms
-        expiry = policy.lease_until(a.task, now, timeout_ms) + LEASE_GRACE
-        by_owner[a.owner_id].append((a.task.id, a.cost, expiry))
+        rule = rt.settings.for_type(a.task.task_type)
+        expiry = policy.lease_until(a.task, now, rule.timeout_ms) + LEASE_GRACE
+        limit = rt.settings.concurrency_groups()[rule.concurrency_group][0] if rule.concurrency_group else None
+        by_owner[a.owner_id].append((a.task.id, a.cost, expiry, rule.concurrency_group, limit))
     reserved = {
         owner: rt.ledger.reserve(owner, capacity[owner], tasks, now, token=cycle.token)
         for owner, tasks in by_owner.items()

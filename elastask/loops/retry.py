@@ -165,7 +165,7 @@ def fail_exhausted_one_shots(rt: Runtime, now: datetime) -> int:
     body = queries.exhausted_one_shots(
         size=AUDIT_SIZE,
         default_max_attempts=settings.max_attempts,
-        max_attempts_by_type={name: t.max_attempts for name, t in settings.task_types.items()},
+        max_attempts_by_type=settings.max_attempts_by_type(),
     )
     docs = []
     for hit in search_hits(rt.store, body, "searching one-shot tasks out of attempts"):

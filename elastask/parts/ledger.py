@@ -41,6 +41,20 @@ def _keys(owner_id: str) -> list[str]:
     return [keys.inflight(owner_id), keys.inflight_costs(owner_id), keys.inflight_pending(owner_id)]
 
 
+#: A slot asked for: (task id, cost units, lease expiry), or with (concurrency group, its limit per node).
+SlotRequest = tuple[str, int, datetime] | tuple[str, int, datetime, str | None, int | None]
+
+
+def _slots(requests: Iterable[SlotRequest], now: datetime) -> list[str | int]:
+    """The scripts' quintuples: id, cost, lease duration (ms from ``now``), group ('' = none), limit."""
+    args: list[str | int] = []
+    for request in requests:
+        task_id, cost, expiry = request[0], request[1], request[2]
+        group, limit = (request[3], request[4]) if len(request) == 5 else (None, None)
+        args += [task_id, cost, max(0, _ms(expiry) - _ms(now)), group or "", limit or 0]
+    return args
+
+
 def _run_id(info: Any) -> str:
     """``run_id`` from an ``INFO server`` answer; "unknown" from a server (or test double) without INFO."""
     return str(info.get("run_id", "unknown")) if isinstance(info, dict) else "unknown"
@@ -71,6 +85,8 @@ class LeaseView:
     used_units: dict[str, int] = field(default_factory=dict)
     #: Tasks reconcile saw finished a moment ago (the near-real-time search may still show them due).
     recently_finished: frozenset[str] = frozenset()
+    #: Per node, per concurrency group (types with a maxConcurrency): how many of its tasks hold a slot.
+    group_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Ledger:
@@ -84,7 +100,7 @@ class Ledger:
         self._release_many = register(client, "release_many")
         self._confirm = register(client, "confirm", *_CLOCKED)
         self._extend = register(client, "extend", *_CLOCKED)
-        self._leases = register(client, "leases", "now")
+        self._leases = register(client, "leases", *_CLOCKED)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -155,20 +171,21 @@ class Ledger:
         self,
         owner_id: str,
         capacity_units: int,
-        candidates: Iterable[tuple[str, int, datetime]],
+        candidates: Iterable[SlotRequest],
         now: datetime,
         *,
         force: bool = False,
         token: str = "",
     ) -> set[str]:
-        """Atomically take slots for the candidates (id, cost, lease expiry) that fit; returns the ids taken.
+        """Atomically take slots for the candidates that fit; returns the ids taken.
+
+        A candidate is (id, cost, lease expiry) or (id, cost, lease expiry, concurrency group, its limit
+        per node): a group at its limit on the node takes no more, whatever room the node has.
 
         The expiry is turned into a duration from ``now`` (the caller's clock) and kept on Redis's.
         ``token`` names the reserving claim cycle: its release and confirm touch only its own slots.
         """
-        args: list[str | int] = [capacity_units, 1 if force else 0, token]
-        for task_id, cost, expiry in candidates:
-            args += [task_id, cost, max(0, _ms(expiry) - _ms(now))]
+        args: list[str | int] = [capacity_units, 1 if force else 0, token, *_slots(candidates, now)]
         if len(args) == 3:
             return set()
         with redis_errors(f"reserving slots on {owner_id}"):
@@ -179,7 +196,7 @@ class Ledger:
         self,
         owner_id: str,
         capacity_units: int,
-        claims: Iterable[tuple[str, int, datetime]],
+        claims: Iterable[SlotRequest],
         now: datetime,
         token: str = "",
     ) -> set[str]:
@@ -188,9 +205,7 @@ class Ledger:
         Returns the ids whose slot is held; a slot the ledger lost meanwhile (Redis lost it during the
         write) is taken again if it fits, else the id is left out and the claim must be given back.
         """
-        args: list[str | int] = [capacity_units, token]
-        for task_id, cost, expiry in claims:
-            args += [task_id, cost, max(0, _ms(expiry) - _ms(now))]
+        args: list[str | int] = [capacity_units, token, *_slots(claims, now)]
         if len(args) == 2:
             return set()
         with redis_errors(f"confirming reservations on {owner_id}"):
@@ -241,14 +256,17 @@ class Ledger:
         with redis_errors("reading the leases"):
             answer = self._leases(keys=key_list, args=[])
         now_ms, rest, finished = int(answer[0]), answer[1:-1], answer[-1]
-        leases, used = [], {}
-        for owner, members, pending, units in zip(owner_ids, rest[::3], rest[1::3], rest[2::3], strict=True):
+        leases, used, groups = [], {}, {}
+        for owner, members, pending, units, counts in zip(
+            owner_ids, rest[::4], rest[1::4], rest[2::4], rest[3::4], strict=True
+        ):
+            groups[owner] = {_text(counts[i]): int(counts[i + 1]) for i in range(0, len(counts), 2)}
             since = {_text(pending[i]): int(_text(pending[i + 1]).split(":", 1)[0]) for i in range(0, len(pending), 2)}
             for i in range(0, len(members), 2):
                 task_id = _text(members[i])
                 leases.append(Lease(task_id, owner, int(float(members[i + 1])), since.get(task_id)))
             used[owner] = int(units)
-        return LeaseView(now_ms, leases, used, frozenset(_text(t) for t in finished))
+        return LeaseView(now_ms, leases, used, frozenset(_text(t) for t in finished), groups)
 
     def mark_finished(self, until_ms: Mapping[str, int]) -> None:
         """Remember tasks Kibana finished (their slots were just freed) until a time each (ms, Redis's clock)."""

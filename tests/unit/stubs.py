@@ -58,6 +58,9 @@ class StubEngine:
         matches = [doc_id for doc_id, doc in self.docs.items() if _matches(body["query"], doc_id, doc["_source"])]
         sort_field = "retryAt" if "retryAt" in json.dumps(body.get("sort", [])) else "runAt"
         matches.sort(key=lambda d: str(self.docs[d]["_source"].get("task", {}).get(sort_field) or ""))
+        first = (body.get("sort") or [{}])[0]
+        if "_script" in first or "task.priority" in first:
+            matches.sort(key=lambda d: -_priority_of(self.docs[d]["_source"].get("task", {}), first))
         hits = [
             {"_id": d, "_seq_no": self.docs[d]["_seq_no"], "_primary_term": 1, "_source": self.docs[d]["_source"]}
             for d in matches[: body.get("size", 10)]
@@ -171,6 +174,22 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+def _priority_of(task: Mapping[str, Any], sort: Mapping[str, Any]) -> int:
+    """The claim sort's priority of one task: queries.PRIORITY_SCRIPT's rule, or the plain field sort's."""
+    if task.get("priority") is not None:
+        return int(task["priority"])
+    if "_script" not in sort:
+        return int(sort["task.priority"]["missing"])
+    params = sort["_script"]["script"]["params"]
+    task_type = str(task.get("taskType") or "")
+    if task_type in params["exact"]:
+        return int(params["exact"][task_type])
+    for prefix, priority in params["prefixes"]:
+        if task_type.startswith(prefix):
+            return int(priority)
+    return int(params["fallback"])
+
+
 def _matches(query: Mapping[str, Any], doc_id: str, source: Mapping[str, Any]) -> bool:
     (kind, spec), *_ = query.items()
     if kind == "bool":
@@ -189,6 +208,8 @@ def _matches(query: Mapping[str, Any], doc_id: str, source: Mapping[str, Any]) -
         return bool(actual == value)
     if kind == "terms":
         return actual in value
+    if kind == "prefix":
+        return isinstance(actual, str) and actual.startswith(value)
     if kind == "exists":
         return _field(source, spec["field"]) is not None
     if kind == "range":

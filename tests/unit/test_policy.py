@@ -146,3 +146,13 @@ def test_a_task_bigger_than_every_node_is_passed_over_and_the_tasks_behind_it_st
     costs = {"huge": 10, "sample": 2}
     assignments = policy.assign([big, small], {"kibana:a": 8}, costs.__getitem__, {"kibana:a": 8})
     assert [a.task.id for a in assignments] == ["task:small"]
+
+
+def test_a_one_shot_tasks_timeout_override_sets_its_lease_as_kibanas_get_retry_at_does() -> None:
+    from dataclasses import replace
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    once = replace(new_task("report", "report:execute", now=now), timeout_override_ms=3_600_000)
+    assert policy.kibana_lease_ms(once, 120_000) == 3_600_000
+    recurring = replace(new_task("tick", "sample", now=now, interval="10s"), timeout_override_ms=3_600_000)
+    assert policy.kibana_lease_ms(recurring, 120_000) == 120_000  # Kibana ignores it for recurring tasks

@@ -2,15 +2,21 @@
 -- KEYS: zset1, costs1, pending1, zset2, costs2, pending2, ... (three per node), then the finished zset
 -- ARGV: none (the finished zset's scores are until when each task is remembered, ms)
 -- Returns: {now_ms, {ids and expiries of node 1, flat}, {pending ids and times of node 1, flat},
---           units held by node 1 (expired leases not yet pruned included), ..., {finished ids}}
+--           units held by node 1 (expired leases not yet pruned included), {group, count, ... of node 1},
+--           ..., {finished ids}}
 local result = {now_ms}
 local finished = KEYS[#KEYS]
 for k = 1, #KEYS - 1, 3 do
   table.insert(result, redis.call('ZRANGE', KEYS[k], 0, -1, 'WITHSCORES'))
   table.insert(result, redis.call('HGETALL', KEYS[k + 2]))
-  local used = 0
-  for _, c in ipairs(redis.call('HVALS', KEYS[k + 1])) do used = used + tonumber(c) end
+  local used, groups = usage(KEYS[k + 1])
   table.insert(result, used)
+  local flat = {}
+  for group, count in pairs(groups) do
+    table.insert(flat, group)
+    table.insert(flat, count)
+  end
+  table.insert(result, flat)
 end
 redis.call('ZREMRANGEBYSCORE', finished, '-inf', now_ms)
 table.insert(result, redis.call('ZRANGE', finished, 0, -1))

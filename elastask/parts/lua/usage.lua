@@ -5,8 +5,7 @@
 local result = {}
 for k = 1, #KEYS, 3 do
   prune(KEYS[k], KEYS[k + 1], KEYS[k + 2])
-  local used = 0
-  for _, c in ipairs(redis.call('HVALS', KEYS[k + 1])) do used = used + tonumber(c) end
+  local used = usage(KEYS[k + 1])
   table.insert(result, used)
 end
 return result
