@@ -71,6 +71,35 @@ def config_show(obj: Context) -> None:
     except ElastaskError as e:
         fail(e)
     click.echo(_describe(settings))
+    click.echo(_describe_task_types(settings))
+
+
+def _describe_task_types(settings: Settings) -> str:
+    """Every task type elastask.yaml or the catalogue has a rule for: the effective rule, field by field,
+    with where each value came from (elastask.yaml, the catalogue's Kibana file, or the defaults)."""
+    catalogue = settings.catalogue
+    lines = [
+        f"task types (elastask.yaml over Kibana's catalogue, {len(catalogue.rules)} entries read from Kibana "
+        f"{catalogue.kibana_version or '(version unknown)'}, over the defaults):"
+    ]
+    for name in settings.known_types():
+        rule = settings.for_type(name)
+        parts = [
+            f"timeout {rule.timeout_ms // 1000}s [{rule.sources['timeout_ms']}]",
+            f"max_attempts {rule.max_attempts} [{rule.sources['max_attempts']}]",
+            f"cost {rule.cost} [{rule.sources['cost']}]",
+        ]
+        if rule.priority is not None:
+            parts.append(f"priority {rule.priority} [{rule.sources['priority']}]")
+        if rule.max_concurrency is not None:
+            parts.append(
+                f"max_concurrency {rule.max_concurrency} per node, group {rule.concurrency_group} "
+                f"[{rule.sources['max_concurrency']}]"
+            )
+        lines.append(f"  {name}: " + "; ".join(parts))
+    if catalogue.removed:
+        lines.append(f"  removed by Kibana, never claimed: {', '.join(sorted(catalogue.removed))}")
+    return "\n".join(lines)
 
 
 def _describe(value: Any, indent: int = 0) -> str:
@@ -80,6 +109,8 @@ def _describe(value: Any, indent: int = 0) -> str:
     if is_dataclass(value) and not isinstance(value, type):
         lines = []
         for f in fields(value):
+            if f.name.startswith("_") or f.name in ("catalogue", "task_types"):
+                continue  # the task types are shown apart, with where each rule came from
             item = getattr(value, f.name)
             if is_dataclass(item) or (isinstance(item, tuple) and item and is_dataclass(item[0])):
                 lines.append(f"{pad}{f.name}:")

@@ -49,6 +49,8 @@ def check(settings: Settings, rt: Runtime) -> list[CheckRow]:
     rows.append(_check_engine(settings, rt))
     if rows[-1].ok:
         rows.append(_check_index(settings, rt))
+        if rows[-1].ok:
+            rows.append(_check_task_types(settings, rt))
     rows.append(_check_redis(settings, rt))
     for node in settings.kibana.hosts:
         rows.append(_check_kibana(rt, node.url, node))
@@ -115,6 +117,34 @@ def _check_engine(settings: Settings, rt: Runtime) -> CheckRow:
         )
     version = info.get("version", {})
     return CheckRow(name, True, f"{version.get('distribution', 'elasticsearch')} {version.get('number', '?')}")
+
+
+def _check_task_types(settings: Settings, rt: Runtime) -> CheckRow:
+    """The task types in the index that neither elastask.yaml nor the catalogue knows: they run with the defaults."""
+    name = "task types"
+    body = {
+        "size": 0,
+        "query": {"term": {"type": "task"}},
+        "aggs": {"types": {"terms": {"field": "task.taskType", "size": 1000}}},
+    }
+    try:
+        answer = search(rt.store, body, "listing the task types in the index")
+    except StoreError as e:
+        return CheckRow(name, False, str(e), "check the engine")
+    present = [str(b["key"]) for b in answer.get("aggregations", {}).get("types", {}).get("buckets", [])]
+    unknown = [t for t in present if settings.for_type(t).sources["timeout_ms"] == "default"]
+    known = len(present) - len(unknown)
+    if unknown:
+        return CheckRow(
+            name,
+            True,
+            f"{known} of {len(present)} type(s) in the index have Kibana's rules; with the defaults (timeout "
+            f"{settings.task_timeout_ms // 1000}s, max_attempts {settings.max_attempts}, cost normal): "
+            + ", ".join(sorted(unknown)),
+            "if one of them needs another timeout, cost or limit, set it under task_types in elastask.yaml",
+            warning=True,
+        )
+    return CheckRow(name, True, f"every one of the {len(present)} type(s) in the index has Kibana's rules")
 
 
 def _check_index(settings: Settings, rt: Runtime) -> CheckRow:

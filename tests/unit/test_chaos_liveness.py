@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from elastask_bed.chaos.evaluate import Collected, evaluate
 from elastask_bed.chaos.liveness import (
     Thresholds,
     all_nodes_out,
@@ -89,7 +90,7 @@ def test_heal_to_push_is_the_time_to_the_nodes_next_run() -> None:
         window("node", "node2", 0, 10, "crash"),
     ]
     runs = [run("a", 0, 13), run("b", 1, 25), run("c", 3, 12)]
-    heals = {(h.node, h.detail): h for h in heal_to_push(windows, runs)}
+    heals = {(h.node, h.detail): h for h in heal_to_push(windows, runs, T0 + 30)}
     assert heals[(0, "refuse")].seconds == 3
     assert heals[(1, "5xx")].seconds is None and heals[(1, "5xx")].refaulted
     assert heals[(1, "hang")].seconds == 5
@@ -100,6 +101,14 @@ def test_heal_to_push_is_the_time_to_the_nodes_next_run() -> None:
     assert check_heal([heals[(0, "refuse")]], limits, True, T0).ok is True
     assert check_heal([heals[(0, "refuse")]], Thresholds(max_heal_s=2), True, T0).ok is False
     assert check_heal(list(heals.values()), limits, False, T0).ok is None
+
+
+def test_a_heal_followed_by_an_engine_or_redis_fault_is_listed_but_not_checked() -> None:
+    windows = [window("node", "node0", 0, 10, "refuse"), window("redis", "redis", 11, 14)]
+    (heal,) = heal_to_push(windows, [run("a", 0, 20)], T0 + 30)
+    assert heal.seconds == 10 and heal.blocked
+    check = check_heal([heal], Thresholds(max_heal_s=6), True, T0)
+    assert check.ok is True and "node0 refuse 10.0s*" in check.summary
 
 
 def test_drift_counts_recurring_runs_away_from_fault_windows_only() -> None:
@@ -145,3 +154,41 @@ def test_the_result_fails_on_a_safety_violation_and_on_liveness_only_when_checke
         "from_s": 1.0,
         "to_s": 2.0,
     }
+
+
+def test_every_check_comes_in_report_order_and_the_warm_up_is_not_measured() -> None:
+    runs = [run("task:r", 0, 5, run_at=1), run("task:r", 1, 20.1, run_at=20), run("task:r", 2, 40, run_at=40)]
+    collected = Collected(
+        t0=T0,
+        quiet_start=T0 + 30,
+        collected_at=T0 + 50,
+        nodes=4,
+        capacity=10,
+        runs=runs,
+        windows=[],
+        one_shots=[],
+        recurring_ids=["task:r"],
+        states={},
+        stuck=[],
+        exits=[],
+        processes_started=4,
+        warm_up_s=10,
+    )
+    checks = evaluate(collected, Thresholds(), True)
+    assert [c.name for c in checks] == [
+        "cap",
+        "no-overlap",
+        "one-shots-accounted",
+        "no-double-completion",
+        "recurring-ran-after-quiet",
+        "no-stuck-lease",
+        "no-unexpected-exit",
+        "stall",
+        "heal-to-push",
+        "drift",
+        "early-starts",
+    ]
+    by_name = {c.name: c for c in checks}
+    assert all(c.ok for c in checks if c.safety)
+    assert by_name["drift"].data["count"] == 2  # the run due in the warm-up (4 s late) is left out
+    assert by_name["stall"].ok is True
