@@ -132,7 +132,7 @@ def _check_task_types(settings: Settings, rt: Runtime) -> CheckRow:
     except StoreError as e:
         return CheckRow(name, False, str(e), "check the engine")
     present = [str(b["key"]) for b in answer.get("aggregations", {}).get("types", {}).get("buckets", [])]
-    unknown = [t for t in present if settings.for_type(t).sources["timeout_ms"] == "default"]
+    unknown = [t for t in present if t not in settings.task_types and settings.catalogue.rule_for(t) is None]
     known = len(present) - len(unknown)
     if unknown:
         return CheckRow(
