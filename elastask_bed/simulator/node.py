@@ -94,6 +94,18 @@ class SharedState:
     running: Counter[str] = field(default_factory=Counter)  # task id -> runs in progress, all nodes
     #: Recurring task id -> when its last run ended: a run that overran its interval delays the next.
     last_ended: dict[str, datetime] = field(default_factory=dict)
+    #: Task type -> capacity cost units (Kibana's TaskCost; normal: 2), as the task definitions give them.
+    costs: dict[str, int] = field(default_factory=dict)
+    #: Task type -> (concurrency group, maxConcurrency per node), for types with a limit.
+    limits: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def cost_of(self, task_type: str) -> int:
+        return self.costs.get(task_type, 2)
+
+    def group_of(self, task_type: str) -> str:
+        """The name a run counts under per node: its concurrency group, else its type."""
+        limit = self.limits.get(task_type)
+        return limit[0] if limit is not None else task_type
 
 
 class SimulatedNode:
@@ -306,7 +318,9 @@ class SimulatedNode:
             log.error("%s: task %r started while it was already running (overlapping run)", self.name, task_id)
         shared.running[task_id] += 1
         label = run_label(body, shared.last_ended.get(task_id))
-        self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping, label)
+        task_type = str(body.get("taskType"))
+        kind = (shared.group_of(task_type), shared.cost_of(task_type))
+        self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping, label, kind)
         self.stats.slot_filled(time.monotonic())
         try:
             failed = not await self._execute(task_id, str(body.get("taskType")))
@@ -317,7 +331,7 @@ class SimulatedNode:
             if isinstance(body.get("schedule"), dict):
                 shared.last_ended[task_id] = datetime.now(UTC)
         if outcome is None:
-            self.stats.run_ended(failed=failed)
+            self.stats.run_ended(failed=failed, kind=kind)
             if not failed:
                 await self._timed_outcome(self.write_outcome(body, received))
             self.stats.slot_freed(time.monotonic())  # a dispatcher can see the slot free from now on
@@ -326,7 +340,7 @@ class SimulatedNode:
             if not failed:
                 await self._timed_outcome(outcome(body))
         finally:
-            self.stats.run_ended(failed=failed)
+            self.stats.run_ended(failed=failed, kind=kind)
             self.stats.slot_freed(time.monotonic())
 
     async def _timed_outcome(self, write: Awaitable[None]) -> None:

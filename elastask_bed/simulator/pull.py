@@ -146,14 +146,23 @@ class PullClaimer:
         node = self.node
         node.last_poll = datetime.now(UTC)
         capacity_units = self.config.capacity * NORMAL_COST
-        available = capacity_units - node.stats.current * NORMAL_COST
+        available = capacity_units - node.stats.current_units
         if available <= 0 or node.mode in ("refuse", "hang"):
             # polling_lifecycle.ts getCapacity: no capacity, no claim; the load is reported as it is.
             self._record_utilization(left_unclaimed=False)
             return
         started = time.monotonic()
         now = datetime.now(UTC)
-        hits = (await self._post(f"{self.index_url}/_search", self.search_body(now, available)))["hits"]["hits"]
+        shared = node.shared
+        limited = sorted(shared.limits)
+        body = self.search_body(now, available, exclude=limited)
+        hits = (await self._post(f"{self.index_url}/_search", body))["hits"]["hits"]
+        # strategy_mget.ts: each limited type (or shared group) is searched apart, sized to its room.
+        room = self._group_room()
+        for group, types in self._groups().items():
+            if room.get(group, 0) > 0:
+                group_body = self.search_body(now, available, only=types, size=room[group])
+                hits += (await self._post(f"{self.index_url}/_search", group_body))["hits"]["hits"]
         if not hits:
             node.stats.claim_cycles_ms.append((time.monotonic() - started) * 1000)
             self._record_utilization(left_unclaimed=False)
@@ -161,9 +170,16 @@ class PullClaimer:
         fresh = await self._fresh(hits)
         selected = []
         for doc in fresh:
-            if available < NORMAL_COST:
-                break
-            available -= NORMAL_COST
+            task_type = str(doc["_source"]["task"].get("taskType"))
+            cost = shared.cost_of(task_type)
+            limited_group = shared.limits[task_type][0] if task_type in shared.limits else None
+            if limited_group is not None:
+                if room.get(limited_group, 0) <= 0 or cost > available:
+                    continue  # its own limit, apart from the others (task_selector_by_capacity.ts)
+                room[limited_group] -= 1
+            elif cost > available:
+                break  # Kibana stops at the first task that does not fit
+            available -= cost
             selected.append(doc)
         if not selected:
             node.stats.claim_cycles_ms.append((time.monotonic() - started) * 1000)
@@ -195,8 +211,29 @@ class PullClaimer:
         used = 100.0 * self.node.stats.current / max(1, self.config.capacity)
         self.config.record_utilization(time.monotonic() * 1000, 100.0 if left_unclaimed else min(100.0, used))
 
-    def search_body(self, now: datetime, available_units: int) -> dict[str, Any]:
-        """strategy_mget.ts: the claim search."""
+    def _groups(self) -> dict[str, list[str]]:
+        """Concurrency group -> its task types (a limited type alone is its own group)."""
+        groups: dict[str, list[str]] = {}
+        for task_type, (group, _limit) in sorted(self.node.shared.limits.items()):
+            groups.setdefault(group, []).append(task_type)
+        return groups
+
+    def _group_room(self) -> dict[str, int]:
+        """Per group: how many more of its tasks this node may run now."""
+        limits = {group: limit for group, limit in self.node.shared.limits.values()}
+        current = self.node.stats.current_by_type
+        return {group: max(0, limit - current.get(group, 0)) for group, limit in limits.items()}
+
+    def search_body(
+        self,
+        now: datetime,
+        available_units: int,
+        *,
+        exclude: Sequence[str] = (),
+        only: Sequence[str] = (),
+        size: int | None = None,
+    ) -> dict[str, Any]:
+        """strategy_mget.ts: the claim search (``exclude``: limited types, searched apart with ``only``)."""
         due = {
             "bool": {
                 "should": [
@@ -223,11 +260,16 @@ class PullClaimer:
         must: list[dict[str, Any]] = [{"term": {"type": "task"}}, due]
         if self.task_types:
             must.append({"terms": {"task.taskType": self.task_types}})
+        if only:
+            must.append({"terms": {"task.taskType": sorted(only)}})
+        must_not: list[dict[str, Any]] = [{"term": {"task.enabled": False}}, {"term": {"task.status": "unrecognized"}}]
+        if exclude:
+            must_not.append({"terms": {"task.taskType": sorted(exclude)}})
         return {
             "query": {
                 "bool": {
                     "must": must,
-                    "must_not": [{"term": {"task.enabled": False}}, {"term": {"task.status": "unrecognized"}}],
+                    "must_not": must_not,
                     "should": [
                         {"terms": {"task.partition": self.partitions}},
                         {"bool": {"must_not": [{"exists": {"field": "task.partition"}}]}},
@@ -255,7 +297,7 @@ class PullClaimer:
                     }
                 },
             ],
-            "size": available_units * SEARCH_SIZE_MULTIPLIER,
+            "size": size if size is not None else available_units * SEARCH_SIZE_MULTIPLIER,
             "seq_no_primary_term": True,
         }
 

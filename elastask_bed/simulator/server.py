@@ -115,6 +115,13 @@ def _server_context(cert: str, key: str) -> ssl.SSLContext | None:
     return context
 
 
+def _limit(item: str) -> tuple[str, tuple[str, int]]:
+    """``TYPE=N`` or ``TYPE=N:GROUP`` -> (type, (group, N)); a type without a group is its own."""
+    name, value = item.rsplit("=", 1)
+    limit, _, group = value.partition(":")
+    return name, (group or name, int(limit))
+
+
 def _parse_by_type(items: list[str]) -> dict[str, str]:
     result = {}
     for item in items:
@@ -136,6 +143,8 @@ async def serve(args: argparse.Namespace) -> None:
         rng=random.Random(args.seed),
         authorization=_authorization(args.basic_auth),
         ssl_context=_server_context(args.tls_cert, args.tls_key),
+        costs={name: int(n) for name, n in (item.rsplit("=", 1) for item in args.type_cost)},
+        limits=dict(_limit(item) for item in args.type_concurrency),
     )
     ports = [int(p) for p in args.ports.split(",")] if args.ports else []
     if ports and len(ports) != args.nodes:
@@ -233,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-types", default="", help="pull mode: the task types the nodes claim (Kibana's registered types)"
     )
     parser.add_argument("--timeout-ms", type=int, default=300_000, help="pull mode: task timeout (sets retryAt)")
+    parser.add_argument(
+        "--type-cost",
+        action="append",
+        default=[],
+        metavar="TYPE=UNITS",
+        help="a task type's cost in capacity units (Kibana's TaskCost: tiny 1, normal 2, large 4, "
+        "extra-large 10); counted per node in the stats (max_units), and by the pull model (repeatable)",
+    )
+    parser.add_argument(
+        "--type-concurrency",
+        action="append",
+        default=[],
+        metavar="TYPE=N[:GROUP]",
+        help="a task type's maxConcurrency per node, types naming one GROUP share it; runs at once per "
+        "type or group are counted in the stats (max_by_type), and the pull model holds the limit (repeatable)",
+    )
     parser.add_argument(
         "--type-priority",
         action="append",

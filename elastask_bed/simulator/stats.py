@@ -39,6 +39,11 @@ class NodeStats:
     #: A run ended -> its outcome write acknowledged (Kibana's buffered task store): part of every
     #: slot's turnover that no dispatcher can shorten.
     outcome_ms: list[float] = field(default_factory=list)
+    #: Runs at once per task type (or concurrency group), now and at most; cost units at once, now and at most.
+    current_by_type: dict[str, int] = field(default_factory=dict)
+    max_by_type: dict[str, int] = field(default_factory=dict)
+    current_units: int = 0
+    max_units: int = 0
     #: The run that started latest after its runAt: how late (ms) and which task.
     latest_start_ms: float = 0.0
     latest_start_task: str = ""
@@ -53,14 +58,22 @@ class NodeStats:
         if self._freed_at:
             self.refill_ms.append((now_s - self._freed_at.popleft()) * 1000)
 
-    def run_started(self, drift_ms: float | None, overlapping: bool, task: str = "") -> None:
+    def run_started(
+        self, drift_ms: float | None, overlapping: bool, task: str = "", kind: tuple[str, int] = ("", 2)
+    ) -> None:
         """A run began; ``overlapping`` when the same task was already running anywhere.
 
         ``task``: "id (type, attempt N)", kept for the run that started latest after its runAt.
+        ``kind``: (its type or concurrency group, its cost units), counted at once per node.
         """
         self.runs_started += 1
         self.current += 1
         self.max_concurrency = max(self.max_concurrency, self.current)
+        group, units = kind
+        self.current_by_type[group] = self.current_by_type.get(group, 0) + 1
+        self.max_by_type[group] = max(self.max_by_type.get(group, 0), self.current_by_type[group])
+        self.current_units += units
+        self.max_units = max(self.max_units, self.current_units)
         if overlapping:
             self.overlapping_runs += 1
         if drift_ms is not None:
@@ -68,9 +81,12 @@ class NodeStats:
             if drift_ms >= self.latest_start_ms:
                 self.latest_start_ms, self.latest_start_task = drift_ms, task
 
-    def run_ended(self, *, failed: bool) -> None:
+    def run_ended(self, *, failed: bool, kind: tuple[str, int] = ("", 2)) -> None:
         """A run ended (successfully or not)."""
         self.current -= 1
+        group, units = kind
+        self.current_by_type[group] = self.current_by_type.get(group, 1) - 1
+        self.current_units -= units
         if failed:
             self.runs_failed += 1
         else:
