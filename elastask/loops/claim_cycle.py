@@ -18,14 +18,13 @@ from typing import Any
 
 from elastask.config import Settings
 from elastask.core import policy, queries
-from elastask.core.advice import interval_advice
-from elastask.core.documents import TaskDocument, parse_hit, run_now_body
-from elastask.core.intervals import format_date
-from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.core.documents import TaskDocument, parse_hit
+from elastask.core.messages import DispatchJob
 from elastask.errors import DocumentError
 from elastask.loops import limited
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.claim_write import write_claims
+from elastask.loops.dispatch_jobs import enqueue_jobs
 from elastask.loops.ledger_sync import LEASE_GRACE, ready_to_claim, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.refill import ClaimedLease, RefillSession
@@ -40,8 +39,6 @@ RECONCILE_EVERY_MS = 1000
 #: Tasks due within the next polling interval, but at most this far ahead, are claimed now and
 #: pushed at their runAt (a dispatch job with an ETA), not one interval late.
 MAX_LOOKAHEAD_MS = 1000
-#: Claimed-ahead tasks are pushed in steps of this many ms (one dispatch job per node and step).
-ETA_STEP_MS = 25
 
 
 def lookahead_ms(settings: Settings) -> int:
@@ -160,7 +157,8 @@ def run_claim_cycle(
         refill.claimed((_lease(cycle, a, doc) for a, doc in claimed), _monotonic_ms())
         if refill.refilling:
             refill.keep_leftovers([h for h in cycle.hits if str(h["_id"]) not in cycle.examined], searched_ms)
-    _enqueue(cycle, claimed, enqueue)
+    enqueue_jobs(cycle.rt, cycle.now, cycle.available, claimed, enqueue)
+    cycle.summary.step("enqueue")
     return cycle.summary
 
 
@@ -345,23 +343,6 @@ def _write_claims(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> list[
     return write_claims(cycle.rt, cycle.now, capacity, to_claim, cycle.summary, cycle.token)
 
 
-def _enqueue(
-    cycle: _Cycle, claimed: Sequence[tuple[policy.Assignment, TaskDocument]], enqueue: Callable[[DispatchJob], None]
-) -> None:
-    """6. One dispatch job per node (and per 25 ms step for tasks claimed ahead, pushed at their runAt)."""
-    by_owner = {n.owner_id: n for n in cycle.available}
-    jobs: dict[tuple[str, datetime | None], list[ClaimedTask]] = defaultdict(list)
-    for assignment, doc in claimed:
-        _advise_on_interval(cycle.rt, doc)
-        slack_ms = policy.dispatch_slack_ms(assignment.task, cycle.settings.for_type(doc.task_type).timeout_ms)
-        push_at = _push_step(doc.run_at, cycle.now)
-        jobs[(assignment.owner_id, push_at)].append(_job(doc, by_owner[assignment.owner_id], slack_ms))
-    for (owner_id, push_at), tasks in jobs.items():
-        not_before = format_date(push_at) if push_at is not None else None
-        enqueue(DispatchJob(owner_id, by_owner[owner_id].url, tuple(tasks), not_before))
-    cycle.summary.step("enqueue")
-
-
 def fresh_hits(
     rt: Runtime,
     hits: Sequence[dict[str, Any]],
@@ -402,41 +383,3 @@ def fresh_hits(
         else:
             fresh.append(now_hit)
     return fresh
-
-
-def _advise_on_interval(rt: Runtime, doc: TaskDocument) -> None:
-    """Warn once per process about a task type that falls due more often than the claim loop looks."""
-    interval_ms = doc.schedule.interval_ms if doc.schedule is not None else None
-    if interval_ms is None or doc.task_type in rt.warned:
-        return
-    advice = interval_advice(rt.settings, doc.task_type, interval_ms)
-    if advice is not None:
-        rt.warned.add(doc.task_type)
-        log.warning("%s", advice)
-
-
-def _push_step(run_at: datetime, now: datetime) -> datetime | None:
-    """When to push a task claimed ahead: its runAt rounded up to the next ETA step; None if due now."""
-    if run_at <= now:
-        return None
-    step_us = ETA_STEP_MS * 1000
-    ahead_us = (run_at - now) // timedelta(microseconds=1)
-    return now + timedelta(microseconds=-(-ahead_us // step_us) * step_us)
-
-
-def _job(doc: TaskDocument, node: Node, slack_ms: int) -> ClaimedTask:
-    assert doc.seq_no is not None and doc.primary_term is not None and doc.retry_at is not None
-    assert doc.started_at is not None
-    lease_ms = int((doc.retry_at - doc.started_at).total_seconds() * 1000)
-    return ClaimedTask(
-        doc_id=doc.id,
-        owner_id=node.owner_id,
-        node_url=node.url,
-        seq_no=doc.seq_no,
-        primary_term=doc.primary_term,
-        retry_at=format_date(doc.retry_at),
-        attempts=doc.attempts,
-        lease_ms=lease_ms,
-        body=run_now_body(doc),
-        slack_ms=slack_ms,
-    )

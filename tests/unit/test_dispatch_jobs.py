@@ -10,8 +10,8 @@ from elastask.core import policy
 from elastask.core.documents import new_task
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.entry.queue_order import LoopsFirst
-from elastask.loops.claim_cycle import _push_step
 from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.dispatch_jobs import push_step as _push_step
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)
 

@@ -1,0 +1,83 @@
+"""Step 6 of a claim cycle: the dispatch jobs it sends, one per node (and per ETA step).
+
+Tasks due now go in one job per node; tasks claimed ahead of their runAt go in one job per node and
+25 ms step, with a Celery ETA (their runAt rounded up to the step), so each is pushed at its runAt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from elastask.core import policy
+from elastask.core.advice import interval_advice
+from elastask.core.documents import TaskDocument, run_now_body
+from elastask.core.intervals import format_date
+from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.parts.nodes import Node
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: Claimed-ahead tasks are pushed in steps of this many ms (one dispatch job per node and step).
+ETA_STEP_MS = 25
+
+
+def enqueue_jobs(
+    rt: Runtime,
+    now: datetime,
+    nodes: Sequence[Node],
+    claimed: Sequence[tuple[policy.Assignment, TaskDocument]],
+    enqueue: Callable[[DispatchJob], None],
+) -> None:
+    """6. One dispatch job per node (and per 25 ms step for tasks claimed ahead, pushed at their runAt)."""
+    by_owner = {n.owner_id: n for n in nodes}
+    jobs: dict[tuple[str, datetime | None], list[ClaimedTask]] = defaultdict(list)
+    for assignment, doc in claimed:
+        _advise_on_interval(rt, doc)
+        slack_ms = policy.dispatch_slack_ms(assignment.task, rt.settings.for_type(doc.task_type).timeout_ms)
+        push_at = push_step(doc.run_at, now)
+        jobs[(assignment.owner_id, push_at)].append(_job(doc, by_owner[assignment.owner_id], slack_ms))
+    for (owner_id, push_at), tasks in jobs.items():
+        not_before = format_date(push_at) if push_at is not None else None
+        enqueue(DispatchJob(owner_id, by_owner[owner_id].url, tuple(tasks), not_before))
+
+
+def _advise_on_interval(rt: Runtime, doc: TaskDocument) -> None:
+    """Warn once per process about a task type that falls due more often than the claim loop looks."""
+    interval_ms = doc.schedule.interval_ms if doc.schedule is not None else None
+    if interval_ms is None or doc.task_type in rt.warned:
+        return
+    advice = interval_advice(rt.settings, doc.task_type, interval_ms)
+    if advice is not None:
+        rt.warned.add(doc.task_type)
+        log.warning("%s", advice)
+
+
+def push_step(run_at: datetime, now: datetime) -> datetime | None:
+    """When to push a task claimed ahead: its runAt rounded up to the next ETA step; None if due now."""
+    if run_at <= now:
+        return None
+    step_us = ETA_STEP_MS * 1000
+    ahead_us = (run_at - now) // timedelta(microseconds=1)
+    return now + timedelta(microseconds=-(-ahead_us // step_us) * step_us)
+
+
+def _job(doc: TaskDocument, node: Node, slack_ms: int) -> ClaimedTask:
+    assert doc.seq_no is not None and doc.primary_term is not None and doc.retry_at is not None
+    assert doc.started_at is not None
+    lease_ms = int((doc.retry_at - doc.started_at).total_seconds() * 1000)
+    return ClaimedTask(
+        doc_id=doc.id,
+        owner_id=node.owner_id,
+        node_url=node.url,
+        seq_no=doc.seq_no,
+        primary_term=doc.primary_term,
+        retry_at=format_date(doc.retry_at),
+        attempts=doc.attempts,
+        lease_ms=lease_ms,
+        body=run_now_body(doc),
+        slack_ms=slack_ms,
+    )
