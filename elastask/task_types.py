@@ -35,6 +35,8 @@ PRIORITIES = {
 #: The keys a rule may set (elastask.yaml ``task_types.<type>`` and the catalogue alike).
 RULE_KEYS = frozenset({"timeout", "max_attempts", "cost", "priority", "max_concurrency", "concurrency_group"})
 CATALOGUE_FILE = "kibana_task_types.yaml"
+#: What the catalogue says of where an entry was read (never a rule): the file, its commit, how names form.
+CITATION_KEYS = frozenset({"source", "source_commit", "note", "names"})
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class Catalogue:
 
 def parse_rule(entry: Any, where: str, source: str) -> TaskTypeRule:
     """One rule from a mapping with RULE_KEYS; raises ConfigError naming ``source`` and the key."""
-    if not isinstance(entry, Mapping) or set(entry) - RULE_KEYS - {"source", "note"}:
+    if not isinstance(entry, Mapping) or set(entry) - RULE_KEYS - CITATION_KEYS:
         raise ConfigError(source, where, f"expected a mapping with keys {sorted(RULE_KEYS)}")
     cost = entry.get("cost")
     if cost is not None and cost not in COSTS:

@@ -65,6 +65,8 @@ class TaskDocument:
     trace_parent: str | None = None
     #: ``timeoutOverride`` (one-shot tasks): Kibana times this run by it instead of the type's timeout.
     timeout_override_ms: int | None = None
+    #: ``cost`` of this instance in capacity units (Kibana's InstanceTaskCost), over its type's.
+    cost: int | None = None
     seq_no: int | None = None
     primary_term: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -191,8 +193,22 @@ def parse_source(doc_id: str, source: Mapping[str, Any]) -> TaskDocument:
         scope=_scope(doc_id, task),
         trace_parent=_optional_text(doc_id, task, "traceparent"),
         timeout_override_ms=_timeout_override(doc_id, task),
+        cost=_instance_cost(doc_id, task),
         raw=source,
     )
+
+
+#: Kibana's InstanceTaskCost names (task.ts) and their capacity units.
+INSTANCE_COSTS = {"tiny": 1, "normal": 2, "large": 4, "extralarge": 10}
+
+
+def _instance_cost(doc_id: str, task: Mapping[str, Any]) -> int | None:
+    value = task.get("cost")
+    if value is None:
+        return None
+    if value not in INSTANCE_COSTS:
+        raise DocumentError(doc_id, "task.cost", f"expected one of {', '.join(INSTANCE_COSTS)}", value)
+    return INSTANCE_COSTS[value]
 
 
 def _timeout_override(doc_id: str, task: Mapping[str, Any]) -> int | None:

@@ -55,7 +55,8 @@ def assign(
     for task in tasks:
         if not free:
             break
-        cost = cost_of(task.task_type)
+        # An instance's own cost wins over its type's (Kibana's get_task_cost.ts).
+        cost = task.cost if task.cost is not None else cost_of(task.task_type)
         if biggest is not None and cost > biggest:
             continue
         group = group_of(task.task_type)

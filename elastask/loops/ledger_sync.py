@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from elastask.core import queries
+from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
 from elastask.parts.ledger import LeaseView
 from elastask.parts.nodes import Node
@@ -182,7 +183,8 @@ def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
             retry_at = parse_date(task["retryAt"])
         except (KeyError, TypeError, ValueError):
             continue
-        cost = rt.settings.for_type(str(task.get("taskType"))).cost
+        own = INSTANCE_COSTS.get(str(task.get("cost")))
+        cost = own if own is not None else rt.settings.for_type(str(task.get("taskType"))).cost
         by_owner[str(task.get("ownerId"))].append((str(hit["_id"]), cost, retry_at + LEASE_GRACE))
     capacity = {n.owner_id: n.capacity_units for n in nodes}
     count = 0

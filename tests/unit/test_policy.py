@@ -156,3 +156,13 @@ def test_a_one_shot_tasks_timeout_override_sets_its_lease_as_kibanas_get_retry_a
     assert policy.kibana_lease_ms(once, 120_000) == 3_600_000
     recurring = replace(new_task("tick", "sample", now=now, interval="10s"), timeout_override_ms=3_600_000)
     assert policy.kibana_lease_ms(recurring, 120_000) == 120_000  # Kibana ignores it for recurring tasks
+
+
+def test_an_instances_own_cost_wins_over_its_types_as_kibanas_get_task_cost_does() -> None:
+    from dataclasses import replace
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    heavy = replace(new_task("heavy", "sample", now=now), cost=10)
+    light = new_task("light", "sample", now=now)
+    assignments = policy.assign([heavy, light], {"kibana:a": 12}, lambda _t: 2)
+    assert [(a.task.id, a.cost) for a in assignments] == [("task:heavy", 10), ("task:light", 2)]
