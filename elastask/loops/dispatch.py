@@ -251,6 +251,7 @@ def _renew_waited_leases(
         ],
     )
     renewed: dict[str, ClaimedTask] = {}
+    unrenewed: list[ClaimedTask] = []
     for task, result in zip(waited, results, strict=True):
         if result.ok and result.seq_no is not None and result.primary_term is not None:
             retry_at = format_date(renewed_until[task.doc_id])
@@ -264,11 +265,25 @@ def _renew_waited_leases(
                 claim_seq_no=task.claim,
                 body=body,
             )
-        else:
+        elif result.conflict or result.missing:
             _warn(
                 task, "task %r changed while its dispatch job waited (%s); not pushing it", task.doc_id, result.status
             )
             report.outcomes[task.doc_id] = "expired"
+        else:
+            # The renewal itself failed (429, 5xx): the task never reached Kibana, so it goes back now
+            # with its attempt, rather than waiting out its lease with its slot held.
+            _warn(
+                task,
+                "renewing the lease of %r failed (%s %s); giving it back",
+                task.doc_id,
+                result.status,
+                result.error,
+            )
+            report.outcomes[task.doc_id] = "expired"
+            unrenewed.append(task)
+    if unrenewed:
+        give_back_tasks(rt, owner_id, unrenewed)
     slotted = rt.ledger.extend(owner_id, {doc_id: renewed_until[doc_id] + LEASE_GRACE for doc_id in renewed}, now)
     unslotted = [task for doc_id, task in renewed.items() if doc_id not in slotted]
     if unslotted:

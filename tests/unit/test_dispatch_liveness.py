@@ -127,3 +127,29 @@ def test_given_a_job_that_waited_past_its_slack_then_kibana_gets_the_renewed_lea
     doc = engine.docs["task:waited"]["_source"]["task"]
     assert body["retryAt"] == doc["retryAt"] == format_date(later + timedelta(milliseconds=300_000))
     assert body["startedAt"] == doc["startedAt"] == format_date(later)
+
+
+def test_given_a_renewal_the_engine_answers_429_then_the_task_goes_back_at_once_not_after_its_lease(
+    pool: ThreadPoolExecutor,
+) -> None:
+    from tests.unit.stubs import Answer
+
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    task = claimed(engine, rt, "task:busy", attempts=1)
+    real_bulk = engine.bulk
+    calls = [0]
+
+    def busy_once(**kwargs: Any) -> Answer:
+        calls[0] += 1
+        if calls[0] == 1:  # the renewal: every item rejected by a busy engine
+            ids = [op["update"]["_id"] for op in kwargs["operations"][::2]]
+            return Answer(items=[{"update": {"_id": i, "status": 429, "error": {"reason": "busy"}}} for i in ids])
+        return real_bulk(**kwargs)
+
+    engine.bulk = busy_once  # type: ignore[assignment,method-assign]
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=10), pool)
+    assert report.outcomes == {"task:busy": "expired"} and rt.kibana.pushed == []  # type: ignore[attr-defined]
+    doc = engine.docs["task:busy"]["_source"]["task"]
+    assert doc["status"] == "idle" and doc["attempts"] == 0  # given back, attempt returned
+    assert held(rt) == set()  # its slot freed now, not at the end of its lease
