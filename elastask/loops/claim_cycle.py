@@ -54,7 +54,7 @@ def claim_lock_ttl_ms(settings: Settings) -> int:
     froze keeps every other claim job out; a frozen holder that wakes finds the lock lost before
     its claim write (the fence) and writes nothing.
     """
-    return max(10_000, 10 * settings.polling_interval_ms)
+    return max(5_000, 10 * settings.polling_interval_ms)
 
 
 def pending_max_ms(settings: Settings) -> int:
