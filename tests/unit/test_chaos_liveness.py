@@ -111,6 +111,13 @@ def test_a_heal_followed_by_an_engine_or_redis_fault_is_listed_but_not_checked()
     assert check.ok is True and "node0 refuse 10.0s*" in check.summary
 
 
+def test_a_node_that_stayed_in_rotation_hung_or_failing_runs_is_listed_but_not_checked() -> None:
+    windows = [window("node", "node0", 0, 10, "error"), window("node", "node1", 0, 10, "hang")]
+    heals = heal_to_push(windows, [run("a", 0, 22), run("b", 1, 23)], T0 + 30)
+    assert [h.seconds for h in heals] == [12, 13]
+    assert check_heal(heals, Thresholds(max_heal_s=6), True, T0).ok is True
+
+
 def test_drift_counts_recurring_runs_away_from_fault_windows_only() -> None:
     runs = [
         run("r1", 0, 5.2, run_at=5),

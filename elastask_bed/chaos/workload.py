@@ -1,0 +1,82 @@
+"""The chaos run's tasks: recurring tasks at several intervals and a stream of one-shot tasks. Pure.
+
+Three task types with run times from tens of ms to a few seconds (the simulator's ``--run-ms-by-type``),
+each with a short timeout so a lease cut short by a fault runs out within the run.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from elastask.core.documents import TaskDocument, new_task
+
+#: Task type -> simulated run time (ms, uniform range) and share of the tasks.
+TYPES: dict[str, tuple[str, float]] = {
+    "chaos:fast": ("20-100", 0.5),
+    "chaos:medium": ("200-800", 0.35),
+    "chaos:slow": ("1000-3000", 0.15),
+}
+
+#: Recurring intervals and the share of the recurring tasks at each.
+INTERVALS: tuple[tuple[str, int, float], ...] = (("5s", 5, 0.35), ("10s", 10, 0.4), ("30s", 30, 0.25))
+
+#: Every type's timeout (Kibana cancels a run at its timeout; a lost run's lease runs out after it).
+TASK_TIMEOUT_S = 10
+
+
+def run_time_args() -> list[str]:
+    """The simulator's ``--run-ms-by-type`` arguments."""
+    return [arg for name, (spec, _share) in TYPES.items() for arg in ("--run-ms-by-type", f"{name}={spec}")]
+
+
+def dispatcher_config() -> dict[str, Any]:
+    """The elastask.yaml of the run: shipped defaults but short task timeouts and retry delays, so a
+    lost run comes back within the quiet phase (Kibana's 5m timeout and 30 s delay would take longer)."""
+    return {
+        "task_types": {name: {"timeout": f"{TASK_TIMEOUT_S}s"} for name in TYPES},
+        "retry_delay": "1s",
+        "max_retry_delay": "10s",
+    }
+
+
+def draw_type(rng: random.Random) -> str:
+    names = list(TYPES)
+    return rng.choices(names, [TYPES[n][1] for n in names])[0]
+
+
+def interval_of(n: int, count: int) -> tuple[str, int]:
+    """The interval of the ``n``-th of ``count`` recurring tasks (the shares of INTERVALS, in order)."""
+    total = 0.0
+    for interval, seconds, share in INTERVALS:
+        total += share
+        if n < round(total * count):
+            return interval, seconds
+    return INTERVALS[-1][0], INTERVALS[-1][1]
+
+
+def recurring_tasks(rng: random.Random, now: datetime, count: int) -> list[TaskDocument]:
+    """``count`` recurring tasks, their first runAt spread over their interval (from 2 s after ``now``)."""
+    docs = []
+    for n in range(count):
+        interval, seconds = interval_of(n, count)
+        run_at = now + timedelta(seconds=2 + rng.uniform(0, seconds))
+        docs.append(
+            new_task(f"chaos-recurring-{n}", draw_type(rng), now=now, run_at=run_at, interval=interval, params={"n": n})
+        )
+    return docs
+
+
+def one_shot_tasks(rng: random.Random, now: datetime, first: int, count: int) -> list[TaskDocument]:
+    """``count`` one-shot tasks numbered from ``first``, due from now to 3 s ahead."""
+    return [
+        new_task(
+            f"chaos-once-{first + n}",
+            draw_type(rng),
+            now=now,
+            run_at=now + timedelta(seconds=rng.uniform(0, 3)),
+            params={"n": first + n},
+        )
+        for n in range(count)
+    ]
