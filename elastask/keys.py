@@ -6,9 +6,6 @@ PREFIX = "elastask:"
 
 #: Set when the ledger was built; its absence means Redis lost the ledger (flush, restart).
 LEDGER_EPOCH = PREFIX + "ledger:epoch"
-#: Present while claims wait after a rebuild; the recheck key asks for a second rebuild after it.
-LEDGER_SETTLING = PREFIX + "ledger:settling"
-LEDGER_RECHECK = PREFIX + "ledger:recheck"
 #: The claim and retry loops each run one at a time across every beat and worker.
 CLAIM_LOCK = PREFIX + "lock:claim"
 RETRY_LOCK = PREFIX + "lock:retry"

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 #: A slot is held this long past retryAt: Kibana times a run from when it started, a little after the claim.
 LEASE_GRACE = timedelta(seconds=2)
-#: After a ledger rebuild, no claims for this long (longer than any claim cycle runs).
-LEDGER_SETTLE_MS = 3000
 #: The fields ``finished`` looks at: the ledger's reads fetch only these.
 FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts", "task.runAt")
 #: How long a finished task is left out of the due search: the engine's refresh interval (1 s, as
@@ -37,17 +35,12 @@ FINISHED_MEMORY_MS = 1500
 def ready_to_claim(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple[bool, int]:
     """Make sure the ledger mirrors the engine before claiming; (may claim now, leases rebuilt or -1).
 
-    Redis lost the ledger (and with it the claim lock): a cycle that started before the loss may
-    still be writing claims the engine does not show yet. Rebuild now, claim nothing while such a
-    cycle could still finish (``LEDGER_SETTLE_MS``), then rebuild once more before claiming again.
+    Redis lost the ledger (and with it the claim lock): rebuild it from the engine, then claim at once.
+    A cycle that started before the loss may still be writing claims the rebuild did not see: its
+    confirm step (claim_write.py) takes their slots again only where they fit, and gives back the
+    others unpushed, so no pause is needed to keep the cap.
     """
     if not rt.ledger.is_built():
-        rebuilt = rebuild_ledger(rt, nodes, now)
-        rt.ledger.start_settling(LEDGER_SETTLE_MS)
-        return False, rebuilt
-    if rt.ledger.settling():
-        return False, -1
-    if rt.ledger.take_recheck():
         return True, rebuild_ledger(rt, nodes, now)
     return True, -1
 

@@ -12,7 +12,7 @@ One clock: expiries are kept on Redis's own clock (``TIME`` inside the scripts).
 ``/metrics`` scrape from a machine whose clock runs ahead never frees a slot early.
 
 The ledger also owns its lifecycle keys: whether it was built (it is rebuilt from the engine after
-Redis lost it), the settling pause after a rebuild, and how often it is reconciled.
+Redis lost it) and how often it is reconciled.
 """
 
 from __future__ import annotations
@@ -132,24 +132,6 @@ class Ledger:
             return _run_id(self.client.info("server"))
         except redis.ResponseError as e:  # a server (or a test double) without INFO
             return _run_id(e)
-
-    def start_settling(self, settle_ms: int) -> None:
-        """After a rebuild: claim nothing for ``settle_ms``, then rebuild once more (see ``settled``)."""
-        with redis_errors("marking the ledger as settling"):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(keys.LEDGER_SETTLING, 1, px=settle_ms)
-            pipe.set(keys.LEDGER_RECHECK, 1)
-            pipe.execute()
-
-    def settling(self) -> bool:
-        """True while claims wait after a rebuild (a cycle from before the loss may still be writing)."""
-        with redis_errors("reading the ledger's settling mark"):
-            return bool(self.client.exists(keys.LEDGER_SETTLING))
-
-    def take_recheck(self) -> bool:
-        """True once after the settling pause: the ledger is to be rebuilt a second time."""
-        with redis_errors("reading the ledger's recheck mark"):
-            return bool(self.client.delete(keys.LEDGER_RECHECK))
 
     def reconcile_due(self, every_ms: int) -> bool:
         """True at most once per ``every_ms`` across every process: time to reconcile with the engine."""
