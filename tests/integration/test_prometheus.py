@@ -115,7 +115,10 @@ def test_given_prometheus_scraping_a_running_elastask_then_every_expression_eval
             "elastask_capacity_nodes_needed",
             "elastask_capacity_mean_hold_seconds",
         ):
-            assert api(base, "/api/v1/query", query=key)["data"]["result"], f"{key}: no data"
+            # Prometheus's first scrapes may come seconds after it opens its port on a loaded machine.
+            wait_for(
+                lambda key=key: bool(api(base, "/api/v1/query", query=key)["data"]["result"]), 60, f"{key} scraped"
+            )
 
         # When a node stops answering, its alert goes pending.
         sim.set_mode(0, "5xx")  # it answers 500 to every push
