@@ -104,3 +104,29 @@ def test_an_rrule_task_at_its_maximum_attempts_keeps_running_and_an_unrecognized
     assert es.get(index=".kibana_task_manager", id="task:daily")["_source"]["task"]["status"] != "failed"
     assert es.get(index=".kibana_task_manager", id="task:gone")["_source"]["task"]["status"] == "unrecognized"
     assert sim.stats()["totals"]["runs_started"] >= 1 and "task:gone" not in dispatcher.logs()
+
+
+def test_on_the_real_engine_the_claim_order_is_the_documents_priority_else_its_types_else_runat(
+    store: TaskStore,
+) -> None:
+    from elastask.core import queries
+    from elastask.parts.store import search_hits
+
+    es = store.client
+    at = now() - timedelta(seconds=30)
+    urgent = new_task("urgent", "cleanup", now=at + timedelta(seconds=5), priority=90)
+    seed(es, [
+        new_task("low-old", "cleanup", now=at),
+        new_task("normal-new", "sample", now=at + timedelta(seconds=10)),
+        new_task("by-prefix", "alerting:.es-query", now=at + timedelta(seconds=1)),
+        urgent,
+    ])  # fmt: skip
+    body = queries.due_tasks(
+        now(),
+        size=10,
+        default_max_attempts=3,
+        max_attempts_by_type={},
+        priority_by_type={"cleanup": 1, "alerting:*": 60},
+    )
+    order = [hit["_id"] for hit in search_hits(store, body, "the claim order")]
+    assert order == ["task:urgent", "task:by-prefix", "task:normal-new", "task:low-old"]

@@ -131,3 +131,17 @@ def test_rules_come_from_elastask_yaml_over_the_catalogue_over_the_defaults_fiel
     other = effective_rule("sample", {}, catalogue, timeout_ms=300_000, max_attempts=3)
     assert (other.timeout_ms, other.cost, other.priority, other.sources["cost"]) == (300_000, 2, None, "default")
     assert catalogue.removed == frozenset({"old-type"})
+
+
+def test_the_shipped_catalogue_holds_kibanas_reporting_limit_and_removed_types() -> None:
+    from elastask.task_types import load_catalogue
+
+    catalogue = load_catalogue()
+    for report in ("report:execute", "report:execute-scheduled"):
+        rule = effective_rule(report, {}, catalogue, timeout_ms=300_000, max_attempts=3)
+        assert (rule.max_concurrency, rule.concurrency_group) == (1, "reporting"), report
+        assert rule.sources["max_concurrency"].startswith("catalogue: x-pack/platform/plugins/private/reporting")
+    connector = effective_rule("actions:.email", {}, catalogue, timeout_ms=300_000, max_attempts=3)
+    assert connector.cost == 1  # actions:* are tiny
+    assert "alerting:siem.signals" in catalogue.removed and "search_sessions_monitor" in catalogue.removed
+    assert all(rule.source for rule in catalogue.rules.values())  # every entry cites its Kibana file
