@@ -145,3 +145,20 @@ def test_the_shipped_catalogue_holds_kibanas_reporting_limit_and_removed_types()
     assert connector.cost == 1  # actions:* are tiny
     assert "alerting:siem.signals" in catalogue.removed and "search_sessions_monitor" in catalogue.removed
     assert all(rule.source for rule in catalogue.rules.values())  # every entry cites its Kibana file
+
+
+def test_config_show_prints_each_task_types_effective_rule_and_where_it_came_from(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from elastask.entry.cli import cli
+
+    config = Path(str(tmp_path)) / "elastask.yaml"
+    config.write_text('task_types:\n  "report:execute":\n    timeout: 30m\n')
+    result = CliRunner().invoke(cli, ["--config", str(config), "config", "show"], env={"ELASTASK_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.strip().startswith("report:execute:"))
+    assert "timeout 1800s [elastask.yaml]" in line
+    assert "max_concurrency 1 per node, group reporting [catalogue: x-pack/platform/plugins/private/reporting" in line
+    assert "removed by Kibana, never claimed:" in result.output
