@@ -36,6 +36,25 @@ def test_the_shipped_elastask_yaml_states_exactly_the_code_defaults() -> None:
     assert len(shipped.catalogue.rules) > 50  # Kibana's own task types come with every load
 
 
+def test_the_shipped_elastask_yaml_is_the_listing_rendered_from_the_declarations() -> None:
+    from elastask.config.listing import render
+
+    assert (REPO / "elastask.yaml").read_text() == render(), (
+        "elastask.yaml differs from the declarations in elastask/config/settings.py: "
+        "run `.venv/bin/python -m elastask.config.listing > elastask.yaml`"
+    )
+
+
+def test_every_declared_key_is_listed_documented_or_grouped_and_has_one_environment_variable() -> None:
+    from elastask.config import SCHEMA, known_env_names
+
+    listing = (REPO / "elastask.yaml").read_text()
+    for name in SCHEMA:
+        assert f"{name.rpartition('.')[2]}:" in listing, name
+    assert len(known_env_names()) == len(SCHEMA)  # ELASTASK_CONFIG plus one per key but task_types
+    assert "ELASTASK_REDIS_MASTER_NAME" in known_env_names()
+
+
 def test_no_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     settings = load_settings(env={})
