@@ -30,6 +30,12 @@ AUDIT_DUE = PREFIX + "audit:due"
 FAILED_REASONS = PREFIX + "failed:reasons"
 #: Sorted set of the ids in FAILED_REASONS by when they failed (ms): the reasons kept are bounded by it.
 FAILED_REASONS_BY_TIME = PREFIX + "failed:reasons-by-time"
+#: Hash of the dispatcher's counters (ops/metrics.py): field ``name`` or ``name|k=v,...``.
+METRIC_COUNTERS = PREFIX + "metrics:counters"
+#: When the last claim cycle ended (ms): /health's "claim loop alive".
+METRIC_LAST_CLAIM = PREFIX + "metrics:last_claim_ms"
+#: When the in-flight usage was last sampled (ms, ops/usage.py).
+USAGE_LAST_SAMPLE = PREFIX + "usage:last_sample_ms"
 
 
 def inflight(owner_id: str) -> str:
@@ -55,6 +61,21 @@ def health(owner_id: str) -> str:
 def pushed(doc_id: str, seq_no: int) -> str:
     """Marks that the push of one claim (document version) was attempted: never push it twice."""
     return f"{PREFIX}pushed:{doc_id}:{seq_no}"
+
+
+def metric_histogram(name: str) -> str:
+    """Hash of one histogram's bucket counts, sum and count."""
+    return f"{PREFIX}metrics:hist:{name}"
+
+
+def metric_window(name: str) -> str:
+    """List of one histogram's latest samples (for /health's percentiles)."""
+    return f"{PREFIX}metrics:window:{name}"
+
+
+def usage_minute(minute: int) -> str:
+    """Hash of the usage of one minute (minutes since the epoch): runs and unit-ms per node."""
+    return f"{PREFIX}usage:{minute}"
 
 
 def queue(owner_id: str) -> str:

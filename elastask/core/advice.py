@@ -8,19 +8,17 @@ claim loop looks).
 from __future__ import annotations
 
 from elastask.config import Settings
-
-#: A claim looks at most this far ahead (claim.MAX_LOOKAHEAD_MS); a longer interval starts tasks late.
-LOOKAHEAD_MS = 1000
+from elastask.core.policy import MAX_LOOKAHEAD_MS
 
 
 def settings_advice(settings: Settings) -> list[str]:
     """What in these settings is known to cost drift, throughput or safety, and what to set instead."""
     advice = []
     polling = settings.polling_interval_ms
-    if polling > LOOKAHEAD_MS:
+    if polling > MAX_LOOKAHEAD_MS:
         advice.append(
-            f"{settings.source}: polling_interval: {polling} ms: tasks claimed up to {LOOKAHEAD_MS} ms ahead still "
-            f"start up to {polling - LOOKAHEAD_MS} ms late, and a node's freed slots are refilled only every "
+            f"{settings.source}: polling_interval: {polling} ms: tasks claimed up to {MAX_LOOKAHEAD_MS} ms ahead still "
+            f"start up to {polling - MAX_LOOKAHEAD_MS} ms late, and a node's freed slots are refilled only every "
             f"{polling} ms (measured at 3000 ms: 150 recurring 200 ms tasks every 5 s on 3 nodes fell behind, "
             "drift p50 10 s and growing); the default 500 keeps drift p99 under 0.5 s"
         )

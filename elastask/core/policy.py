@@ -16,6 +16,12 @@ from typing import Any
 from elastask.core.documents import TaskDocument
 from elastask.core.intervals import format_date, parse_date
 
+#: A slot is held this long past retryAt: Kibana times a run from when it started, a little after the claim.
+LEASE_GRACE = timedelta(seconds=2)
+#: A claim looks at most this far ahead of runAt; tasks due within it are claimed early and pushed at
+#: their runAt (a dispatch job with an ETA), not one polling interval late.
+MAX_LOOKAHEAD_MS = 1000
+
 
 @dataclass(frozen=True)
 class Assignment:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from elastask import keys
+from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date
 from elastask.core.messages import DispatchJob
 from elastask.entry.celeryapp import get_app, worker_processes
@@ -59,10 +60,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
 def enqueue_dispatch(batch: DispatchJob, producer: Any = None, *, countdown_s: float | None = None) -> None:
     """Send a dispatch job to its node's queue; Flower shows only the task ids, never the bodies."""
     dispatch.apply_async(
@@ -97,7 +94,7 @@ def claim() -> dict[str, Any]:
             follow_up(rt, at_once=summary.session_expired)
         if summary.resting:
             Metrics(rt.redis).claim_succeeded(now)  # resting after a quiet cycle is a healthy loop
-            UsageRecorder(rt.redis).sample_in_flight({}, _ms(now))  # quiet time counts in the usage window
+            UsageRecorder(rt.redis).sample_in_flight({}, epoch_ms(now))  # quiet time counts in the usage window
         return summary.as_dict()
     except (StoreError, LedgerError) as e:
         log.error("claim cycle failed, next one in %d ms: %s", app.conf.elastask_settings.polling_interval_ms, e)
@@ -113,7 +110,7 @@ def record_cycle(rt: Runtime, summary: ClaimSummary) -> None:
     if summary.ran:
         metrics.claim_succeeded(now)
         # A resting loop has nothing in flight: its sample (no units) counts the quiet time too.
-        UsageRecorder(rt.redis).sample_in_flight(summary.in_flight_units, _ms(now))
+        UsageRecorder(rt.redis).sample_in_flight(summary.in_flight_units, epoch_ms(now))
 
 
 def sessions_allowed() -> bool:
@@ -210,7 +207,7 @@ def record_dispatch(rt: Runtime, claimed: DispatchJob, report: DispatchReport, n
     accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == "accepted"]
     units = sum(rt.settings.for_type(str(task.body.get("taskType", ""))).cost for task in accepted)
     try:
-        UsageRecorder(rt.redis).runs_started(claimed.owner_id, len(accepted), units, _ms(now))
+        UsageRecorder(rt.redis).runs_started(claimed.owner_id, len(accepted), units, epoch_ms(now))
         Metrics(rt.redis).record(
             labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
             observations=[("start_drift_seconds", drift) for drift in report.drifts_s],

@@ -32,6 +32,7 @@ import redis
 
 from elastask import keys
 from elastask.config import Settings
+from elastask.core.clock import monotonic_ms
 from elastask.core.messages import DispatchJob
 from elastask.loops.cadence import Cadence, rest_until
 from elastask.loops.claim_cycle import claim_lock_ttl_ms, lookahead_ms, run_claim_cycle
@@ -73,7 +74,7 @@ def claim_available_tasks(
     with exclusive(rt.redis, keys.CLAIM_LOCK, claim_lock_ttl_ms(rt.settings)) as lock:
         if not lock.taken:
             return ClaimSummary(ran=False)
-        session = RefillSession(_monotonic_ms(), max_wait_ms=rt.settings.busy_polling_interval_ms)
+        session = RefillSession(monotonic_ms(), max_wait_ms=rt.settings.busy_polling_interval_ms)
         fence = lambda: lock.held() and sending()  # noqa: E731
         summary = _timed(lambda: run_claim_cycle(rt, now, enqueue, fence, session))
         on_cycle(summary)
@@ -99,16 +100,16 @@ def _refill(
 ) -> ClaimSummary:
     """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
     session.refilling = True
-    marked = _monotonic_ms()
+    marked = monotonic_ms()
     with _holds_carried_over(rt, session):
-        while held() and _monotonic_ms() - session.started_ms < SESSION_MAX_MS:
-            time.sleep(session.wait_ms(_monotonic_ms()) / 1000)
+        while held() and monotonic_ms() - session.started_ms < SESSION_MAX_MS:
+            time.sleep(session.wait_ms(monotonic_ms()) / 1000)
             summary = _timed(lambda: run_claim_cycle(rt, rt.now(), enqueue, held, session))
             if not summary.ran:
                 break
-            if summary.searched or _monotonic_ms() - marked >= SESSION_MARK_MS:
+            if summary.searched or monotonic_ms() - marked >= SESSION_MARK_MS:
                 on_cycle(summary)
-                marked = _monotonic_ms()
+                marked = monotonic_ms()
             if summary.searched:
                 last = summary
                 if not summary.backlog:
@@ -177,10 +178,6 @@ def _timed(cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
         per_node or "-",
     )
     return summary
-
-
-def _monotonic_ms() -> float:
-    return time.monotonic() * 1000
 
 
 def _quiet(summary: ClaimSummary) -> bool:

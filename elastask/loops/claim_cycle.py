@@ -8,7 +8,6 @@ Slightly longer than most modules: the steps read best in the order they run, in
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 from elastask.config import Settings
 from elastask.core import policy, queries
+from elastask.core.clock import monotonic_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.core.messages import DispatchJob
 from elastask.errors import DocumentError
@@ -25,7 +25,7 @@ from elastask.loops import limited
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.claim_write import write_claims
 from elastask.loops.dispatch_jobs import enqueue_jobs
-from elastask.loops.ledger_sync import LEASE_GRACE, ready_to_claim, reconcile_ledger
+from elastask.loops.ledger_sync import ready_to_claim, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.refill import ClaimedLease, RefillSession
 from elastask.parts.ledger import LeaseView, SlotRequest
@@ -36,14 +36,11 @@ from elastask.runtime import Runtime
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_MS = 1000
-#: Tasks due within the next polling interval, but at most this far ahead, are claimed now and
-#: pushed at their runAt (a dispatch job with an ETA), not one interval late.
-MAX_LOOKAHEAD_MS = 1000
 
 
 def lookahead_ms(settings: Settings) -> int:
     """How far ahead of runAt a task is claimed (and pushed at its runAt)."""
-    return min(settings.polling_interval_ms, MAX_LOOKAHEAD_MS)
+    return min(settings.polling_interval_ms, policy.MAX_LOOKAHEAD_MS)
 
 
 def claim_lock_ttl_ms(settings: Settings) -> int:
@@ -121,14 +118,14 @@ def run_claim_cycle(
         if not _refill_room(cycle, refill):
             return cycle.summary
         room = sum(max(0, f) for f in cycle.free.values()) // cycle.cheapest
-        leftovers = refill.take_leftovers(room, _monotonic_ms(), cycle.held | cycle.view.recently_finished)
+        leftovers = refill.take_leftovers(room, monotonic_ms(), cycle.held | cycle.view.recently_finished)
         searched_ms = refill.leftovers_ms
         if leftovers:
             # The last search's unread hits suffice: read in real time below, like any hit.
             cycle.hits = leftovers
             cycle.summary.waiting, cycle.summary.search_full, cycle.summary.searched = len(leftovers), True, True
         else:
-            searched_ms = _monotonic_ms()
+            searched_ms = monotonic_ms()
             _search_due(cycle)
         cycle.summary.found = len(cycle.hits)
         if not cycle.hits:
@@ -154,7 +151,7 @@ def run_claim_cycle(
         return cycle.summary
     claimed = _write_claims(cycle, to_claim)
     if refill is not None:
-        refill.claimed((_lease(cycle, a, doc) for a, doc in claimed), _monotonic_ms())
+        refill.claimed((_lease(cycle, a, doc) for a, doc in claimed), monotonic_ms())
         if refill.refilling:
             refill.keep_leftovers([h for h in cycle.hits if str(h["_id"]) not in cycle.examined], searched_ms)
     enqueue_jobs(cycle.rt, cycle.now, cycle.available, claimed, enqueue)
@@ -266,13 +263,13 @@ def _refill_room(cycle: _Cycle, refill: RefillSession) -> bool:
     rt, summary = cycle.rt, cycle.summary
     lease_ids = {lease.task_id for lease in cycle.view.leases}
     refill.forget(lease_ids)
-    due = refill.due_for_check(lease_ids, _monotonic_ms())
+    due = refill.due_for_check(lease_ids, monotonic_ms())
     used = dict(cycle.view.used_units)
     if due:
         cycle.held, summary.released = reconcile_ledger(
             rt, cycle.view, pending_max_ms(cycle.settings), only=due, versions=refill.versions
         )
-        refill.checked(due, cycle.held, _monotonic_ms())
+        refill.checked(due, cycle.held, monotonic_ms())
         if summary.released:
             used = rt.ledger.used_units([n.owner_id for n in cycle.available])
     else:
@@ -288,10 +285,6 @@ def _lease(cycle: _Cycle, a: policy.Assignment, doc: TaskDocument) -> ClaimedLea
     assert doc.seq_no is not None and doc.primary_term is not None  # a claimed document has both
     ahead_ms = (doc.run_at - datetime.now(UTC)).total_seconds() * 1000
     return ClaimedLease(a.task.id, a.task.task_type, (doc.seq_no, doc.primary_term), max(0.0, ahead_ms))
-
-
-def _monotonic_ms() -> float:
-    return time.monotonic() * 1000
 
 
 def _verify(cycle: _Cycle) -> list[TaskDocument]:
@@ -318,7 +311,7 @@ def _reserve(cycle: _Cycle, assignments: Sequence[policy.Assignment]) -> list[po
     by_owner: dict[str, list[SlotRequest]] = defaultdict(list)
     for a in assignments:
         rule = rt.settings.for_type(a.task.task_type)
-        expiry = policy.lease_until(a.task, now, rule.timeout_ms) + LEASE_GRACE
+        expiry = policy.lease_until(a.task, now, rule.timeout_ms) + policy.LEASE_GRACE
         limit = rt.settings.concurrency_groups()[rule.concurrency_group][0] if rule.concurrency_group else None
         by_owner[a.owner_id].append((a.task.id, a.cost, expiry, rule.concurrency_group, limit))
     reserved = {

@@ -19,7 +19,6 @@ from elastask.core import policy
 from elastask.core.documents import TaskDocument
 from elastask.errors import StoreError
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.ledger_sync import LEASE_GRACE
 from elastask.parts.store import VersionedUpdate, WriteResult, bulk_update_tasks, bulk_update_versions, mget_sources
 from elastask.runtime import Runtime
 
@@ -130,7 +129,7 @@ def _confirm(
     by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
     for a, doc in claimed:
         assert doc.retry_at is not None  # a claimed document has its lease
-        by_owner[a.owner_id].append((a.task.id, a.cost, doc.retry_at + LEASE_GRACE))
+        by_owner[a.owner_id].append((a.task.id, a.cost, doc.retry_at + policy.LEASE_GRACE))
     held = {
         owner: rt.ledger.confirm(owner, capacity[owner], items, now, token=token) for owner, items in by_owner.items()
     }

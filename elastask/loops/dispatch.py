@@ -37,7 +37,6 @@ from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
-from elastask.loops.ledger_sync import LEASE_GRACE
 from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors
@@ -233,7 +232,7 @@ def _renew_waited_leases(
     Kibana still runs it. A task that changed while its job waited is not pushed.
     """
     # Kibana's run, started now, ends by now + its lease (lease_ms - slack_ms); the retry loop waits
-    # until retryAt + LEASE_GRACE. Renewing once the wait passes the slack keeps LEASE_GRACE in hand.
+    # until retryAt + policy.LEASE_GRACE. Renewing once the wait passes the slack keeps policy.LEASE_GRACE in hand.
     waited = [j for j in tasks if _remaining_ms(j, now) < j.lease_ms - j.slack_ms]
     if not waited:
         return list(tasks)
@@ -284,7 +283,8 @@ def _renew_waited_leases(
             unrenewed.append(task)
     if unrenewed:
         give_back_tasks(rt, owner_id, unrenewed)
-    slotted = rt.ledger.extend(owner_id, {doc_id: renewed_until[doc_id] + LEASE_GRACE for doc_id in renewed}, now)
+    until = {doc_id: renewed_until[doc_id] + policy.LEASE_GRACE for doc_id in renewed}
+    slotted = rt.ledger.extend(owner_id, until, now)
     unslotted = [task for doc_id, task in renewed.items() if doc_id not in slotted]
     if unslotted:
         # Their slot ran out while the job waited and may be another task's now: pushing would break the cap.

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from elastask.core import queries
+from elastask.core import policy, queries
 from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
 from elastask.parts.ledger import LeaseView
@@ -23,8 +23,6 @@ from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-#: A slot is held this long past retryAt: Kibana times a run from when it started, a little after the claim.
-LEASE_GRACE = timedelta(seconds=2)
 #: The fields ``finished`` looks at: the ledger's reads fetch only these.
 FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts", "task.runAt")
 #: How long a finished task is left out of the due search: the engine's refresh interval (1 s, as
@@ -178,7 +176,7 @@ def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
             continue
         own = INSTANCE_COSTS.get(str(task.get("cost")))
         cost = own if own is not None else rt.settings.for_type(str(task.get("taskType"))).cost
-        by_owner[str(task.get("ownerId"))].append((str(hit["_id"]), cost, retry_at + LEASE_GRACE))
+        by_owner[str(task.get("ownerId"))].append((str(hit["_id"]), cost, retry_at + policy.LEASE_GRACE))
     capacity = {n.owner_id: n.capacity_units for n in nodes}
     count = 0
     for owner, leases in by_owner.items():

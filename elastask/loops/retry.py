@@ -26,7 +26,6 @@ from elastask.core.documents import STATUSES, TaskDocument, parse_hit
 from elastask.errors import DocumentError
 from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
-from elastask.loops.ledger_sync import LEASE_GRACE
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.parts.locks import exclusive
 from elastask.parts.store import bulk_update_tasks, search_hits
@@ -87,7 +86,7 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
     # A lease is over at retryAt plus a grace: Kibana times a run from its start, a moment after
     # the claim (a push that waited longer than the grace renewed its lease), so it may still be
     # running at retryAt itself.
-    grace_s = math.ceil(LEASE_GRACE.total_seconds())
+    grace_s = math.ceil(policy.LEASE_GRACE.total_seconds())
     body = queries.expired_leases(
         grace_s=grace_s, size=rt.settings.claim_batch_size, exclude_ids=quarantined(rt.redis, now)
     )

@@ -20,7 +20,6 @@ from elastask.core.intervals import format_date
 from elastask.core.kibana_setup import SetupFinding, setup_findings
 from elastask.errors import ConflictError, ElastaskError, StoreError
 from elastask.loops.cadence import Cadence
-from elastask.loops.ledger_sync import LEASE_GRACE
 from elastask.ops.health import capacity_estimation, count_overdue
 from elastask.parts.connection_errors import explain
 from elastask.parts.store import search, search_hits
@@ -350,7 +349,7 @@ def requeue(rt: Runtime, doc_id: str, now: datetime, *, force: bool = False) -> 
     doc = rt.store.get(doc_id)
     if doc.status not in ("failed", "running", "claiming", "idle"):
         raise ElastaskError(f"task {doc_id!r} is {doc.status!r}; only failed, running or claiming tasks are requeued")
-    refusal = policy.requeue_refusal(doc, now, LEASE_GRACE)
+    refusal = policy.requeue_refusal(doc, now, policy.LEASE_GRACE)
     if refusal is not None and not force:
         raise ElastaskError(refusal)
     fields = {"status": "idle", "attempts": 0, "runAt": format_date(now), "retryAt": None, "startedAt": None}

@@ -22,16 +22,8 @@ BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, math.
 #: Recent samples kept for health percentiles.
 WINDOW = 1000
 
-COUNTERS = keys.PREFIX + "metrics:counters"
-LAST_CLAIM = keys.PREFIX + "metrics:last_claim_ms"
-
-
-def _hist_key(name: str) -> str:
-    return f"{keys.PREFIX}metrics:hist:{name}"
-
-
-def _window_key(name: str) -> str:
-    return f"{keys.PREFIX}metrics:window:{name}"
+COUNTERS = keys.METRIC_COUNTERS
+LAST_CLAIM = keys.METRIC_LAST_CLAIM
 
 
 def counter_field(name: str, labels: Mapping[str, str] | None = None) -> str:
@@ -70,11 +62,11 @@ class Metrics:
                 pipe.hincrby(COUNTERS, counter_field(name, labels), n)
         for name, value in observations:
             bucket = next(b for b in BUCKETS_S if value <= b)
-            pipe.hincrby(_hist_key(name), str(bucket), 1)
-            pipe.hincrbyfloat(_hist_key(name), "sum", value)
-            pipe.hincrby(_hist_key(name), "count", 1)
-            pipe.lpush(_window_key(name), value)
-            pipe.ltrim(_window_key(name), 0, WINDOW - 1)
+            pipe.hincrby(keys.metric_histogram(name), str(bucket), 1)
+            pipe.hincrbyfloat(keys.metric_histogram(name), "sum", value)
+            pipe.hincrby(keys.metric_histogram(name), "count", 1)
+            pipe.lpush(keys.metric_window(name), value)
+            pipe.ltrim(keys.metric_window(name), 0, WINDOW - 1)
         # Losing a sample must never fail a claim or a push.
         with contextlib.suppress(redis.RedisError):
             pipe.execute()
@@ -97,9 +89,8 @@ class MetricsReader:
 
     def histogram(self, name: str) -> tuple[list[tuple[float, int]], float, int]:
         """Cumulative (bound, count) pairs, the sum and the count."""
-        raw = {
-            k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], self.client.hgetall(_hist_key(name))).items()
-        }
+        stored = cast(dict[bytes, bytes], self.client.hgetall(keys.metric_histogram(name)))
+        raw = {k.decode(): v.decode() for k, v in stored.items()}
         cumulative, running = [], 0
         for bound in BUCKETS_S:
             running += int(raw.get(str(bound), 0))
@@ -108,7 +99,7 @@ class MetricsReader:
 
     def window(self, name: str) -> list[float]:
         """The most recent samples (seconds)."""
-        return [float(v) for v in cast(list[bytes], self.client.lrange(_window_key(name), 0, WINDOW - 1))]
+        return [float(v) for v in cast(list[bytes], self.client.lrange(keys.metric_window(name), 0, WINDOW - 1))]
 
     def last_claim_ms(self) -> int | None:
         value = self.client.get(LAST_CLAIM)

@@ -30,12 +30,7 @@ WINDOW_MINUTES = 5
 #: A gap between claim cycles longer than this (the dispatcher was stopped) is not counted.
 MAX_SAMPLE_GAP_MS = 10_000
 
-LAST_SAMPLE = keys.PREFIX + "usage:last_sample_ms"
-
-
-def bucket_key(minute: int) -> str:
-    """The hash of one minute (minutes since the epoch)."""
-    return f"{keys.PREFIX}usage:{minute}"
+LAST_SAMPLE = keys.USAGE_LAST_SAMPLE
 
 
 @dataclass(frozen=True)
@@ -59,13 +54,13 @@ class UsageRecorder:
         for owner, units in sorted(used_units.items()):
             args += [owner, int(units)]
         with contextlib.suppress(redis.RedisError):
-            self._sample(keys=[bucket_key(now_ms // 60_000), LAST_SAMPLE], args=args)
+            self._sample(keys=[keys.usage_minute(now_ms // 60_000), LAST_SAMPLE], args=args)
 
     def runs_started(self, owner_id: str, runs: int, units: int, now_ms: int) -> None:
         """Kibana accepted ``runs`` pushes of ``units`` cost units in total on this node."""
         if runs <= 0:
             return
-        key = bucket_key(now_ms // 60_000)
+        key = keys.usage_minute(now_ms // 60_000)
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(key, f"runs|{owner_id}", runs)
         pipe.hincrby(key, f"run_units|{owner_id}", units)
@@ -85,7 +80,7 @@ class UsageReader:
         current = now_ms // 60_000
         pipe = self.client.pipeline(transaction=False)
         for minute in range(current - minutes + 1, current + 1):
-            pipe.hgetall(bucket_key(minute))
+            pipe.hgetall(keys.usage_minute(minute))
         sampled = 0
         by_owner: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for raw in cast(list[dict[bytes, bytes]], pipe.execute()):

@@ -25,15 +25,12 @@ from typing import Any, cast
 import redis
 
 from elastask import keys
+from elastask.core.clock import epoch_ms
 from elastask.errors import LedgerError
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.scripts import register
 
 _CLOCKED = ("now", "prune")
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 def _keys(owner_id: str) -> list[str]:
@@ -51,7 +48,7 @@ def _slots(requests: Iterable[SlotRequest], now: datetime) -> list[str | int]:
     for request in requests:
         task_id, cost, expiry = request[0], request[1], request[2]
         group, limit = (request[3], request[4]) if len(request) == 5 else (None, None)
-        args += [task_id, cost, max(0, _ms(expiry) - _ms(now)), group or "", limit or 0]
+        args += [task_id, cost, max(0, epoch_ms(expiry) - epoch_ms(now)), group or "", limit or 0]
     return args
 
 
@@ -124,7 +121,7 @@ class Ledger:
     def mark_built(self, now: datetime) -> None:
         """Record that the ledger now mirrors the engine, on this Redis server."""
         with redis_errors("writing the ledger's epoch"):
-            self.client.set(keys.LEDGER_EPOCH, f"{_ms(now)}@{self._server_id()}")
+            self.client.set(keys.LEDGER_EPOCH, f"{epoch_ms(now)}@{self._server_id()}")
 
     def _server_id(self) -> str:
         """The Redis server's ``run_id`` (new after a restart; another one after a failover)."""
@@ -225,7 +222,7 @@ class Ledger:
             return set()
         args: list[Any] = []
         for task_id, until in expiries.items():
-            args += [task_id, max(0, _ms(until) - _ms(now))]
+            args += [task_id, max(0, epoch_ms(until) - epoch_ms(now))]
         with redis_errors(f"extending leases on {owner_id}"):
             moved = self._extend(keys=_keys(owner_id), args=args)
         return {_text(t) for t in moved}

@@ -1,22 +1,22 @@
 """A Redis lock so a loop runs once at a time across every beat and worker on any machine.
 
-The lock is renewed while its holder runs (a cycle slowed by the engine must not lose it half way)
-and can be asked whether it is still held just before a write that only its holder may make
-(fencing): a holder that lost it (a pause longer than the TTL) abandons its writes.
+redis-py's :class:`redis.lock.Lock` (SET NX PX with a token; release and extend by token, in Lua),
+plus what a loop needs around it: a thread renewing it while its holder runs (a cycle slowed by the
+engine must not lose it half way), and ``held()`` to ask just before a write that only its holder
+may make (fencing): a holder that lost it (a pause longer than the TTL) abandons its writes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import redis
+from redis.exceptions import LockNotOwnedError
 
 from elastask.parts.redis_errors import redis_errors
-from elastask.parts.scripts import register
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +25,18 @@ class Lock:
     """One holding of the lock: ``taken`` if it was acquired, ``held()`` while it still is."""
 
     def __init__(self, client: redis.Redis, key: str, ttl_ms: int) -> None:
-        self.client = client
         self.key = key
         self.ttl_ms = ttl_ms
-        self.token = uuid.uuid4().hex
         self.taken = False
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._release_script = register(client, "lock_release")
-        self._renew_script = register(client, "lock_renew")
+        # thread_local=False: the renewal thread uses the token the holder's thread took.
+        self._lock = client.lock(key, timeout=ttl_ms / 1000, blocking=False, thread_local=False)
         self._renewer: threading.Thread | None = None
 
     def acquire(self) -> bool:
         with redis_errors(f"taking lock {self.key}"):
-            self.taken = bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+            self.taken = bool(self._lock.acquire(blocking=False))
         if self.taken:
             self._renewer = threading.Thread(target=self._renew_until_stopped, name=f"renew {self.key}", daemon=True)
             self._renewer.start()
@@ -49,31 +47,30 @@ class Lock:
         if not self.taken or self.lost.is_set():
             return False
         try:
-            current = self.client.get(self.key)
+            return bool(self._lock.owned())
         except redis.RedisError:
             return False
-        return current is not None and (current.decode() if isinstance(current, bytes) else str(current)) == self.token
 
     def release(self) -> None:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=5)
         if self.taken:
-            with redis_errors(f"releasing lock {self.key}"):
-                self._release_script(keys=[self.key], args=[self.token])
+            # Lost while held (another holder has it now): nothing of ours to release.
+            with redis_errors(f"releasing lock {self.key}"), suppress(LockNotOwnedError):
+                self._lock.release()
 
     def _renew_until_stopped(self) -> None:
         # Renew at a third of the TTL: two renewals may fail (a Redis blip) before the lock runs out.
         while not self._stop.wait(self.ttl_ms / 3000):
             try:
-                renewed = self._renew_script(keys=[self.key], args=[self.token, self.ttl_ms])
-            except redis.RedisError as e:
-                log.warning("could not renew lock %s (will retry): %s", self.key, e)
-                continue
-            if not renewed:
+                self._lock.reacquire()
+            except LockNotOwnedError:
                 log.warning("lock %s was lost while held (a pause longer than %d ms?)", self.key, self.ttl_ms)
                 self.lost.set()
                 return
+            except redis.RedisError as e:
+                log.warning("could not renew lock %s (will retry): %s", self.key, e)
 
 
 @contextmanager

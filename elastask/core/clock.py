@@ -1,0 +1,19 @@
+"""Time as the dispatcher counts it: epoch milliseconds of a moment, and a monotonic clock in ms.
+
+Lease decisions use one clock, Redis's ``TIME`` (``Runtime.now()``); these helpers only convert.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime (the ledger's and the usage buckets' unit)."""
+    return int(moment.timestamp() * 1000)
+
+
+def monotonic_ms() -> float:
+    """A monotonic clock in ms: for how long this process waited or worked, never for leases."""
+    return time.monotonic() * 1000
