@@ -24,7 +24,8 @@ from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.dispatch import MAX_EARLY_WAIT_S, DispatchReport, give_back_tasks, push_claimed_tasks
+from elastask.loops.dispatch import MAX_EARLY_WAIT_S, push_claimed_tasks
+from elastask.loops.push_outcomes import DispatchReport, give_back_tasks
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.usage import UsageRecorder

@@ -1,0 +1,122 @@
+"""Lease renewal: a dispatch job that waited in its queue renews its leases before it pushes.
+
+A claim's lease is Kibana's plus a slack (``policy.dispatch_slack_ms``, 1-5 s) for the way to the
+node; a job that waited longer than the slack renews its leases first (one conditional ``_bulk``),
+so each lease covers the whole run Kibana starts now; a task that changed meanwhile is not pushed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from elastask.core import policy
+from elastask.core.intervals import format_date, parse_date
+from elastask.core.messages import ClaimedTask
+from elastask.loops.push_outcomes import DispatchReport, give_back_tasks, warn
+from elastask.parts.store import VersionedUpdate, bulk_update_versions
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def renew_waited_leases(
+    rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask], now: datetime, report: DispatchReport
+) -> list[ClaimedTask]:
+    """Renew the leases of jobs that waited (one conditional ``_bulk``) so they cover the run Kibana starts now.
+
+    Kibana times a run from its start; without this, the retry loop could take a task back while
+    Kibana still runs it. A task that changed while its job waited is not pushed.
+    """
+    # Kibana's run, started now, ends by now + its lease (lease_ms - slack_ms); the retry loop waits
+    # until retryAt + policy.LEASE_GRACE. Renewing once the wait passes the slack keeps policy.LEASE_GRACE in hand.
+    waited = [j for j in tasks if remaining_ms(j, now) < j.lease_ms - j.slack_ms]
+    if not waited:
+        return list(tasks)
+    renewed_until = {j.doc_id: now + timedelta(milliseconds=j.lease_ms) for j in waited}
+    results = bulk_update_versions(
+        rt.store,
+        [
+            VersionedUpdate(
+                j.doc_id,
+                j.seq_no,
+                j.primary_term,
+                {"retryAt": format_date(renewed_until[j.doc_id]), "startedAt": format_date(now)},
+            )
+            for j in waited
+        ],
+    )
+    renewed: dict[str, ClaimedTask] = {}
+    unrenewed: list[ClaimedTask] = []
+    for task, result in zip(waited, results, strict=True):
+        if result.ok and result.seq_no is not None and result.primary_term is not None:
+            retry_at = format_date(renewed_until[task.doc_id])
+            # The body Kibana gets says what the document says: the renewed lease, started now.
+            body = {**task.body, "retryAt": retry_at, "startedAt": format_date(now)}
+            renewed[task.doc_id] = replace(
+                task,
+                seq_no=result.seq_no,
+                primary_term=result.primary_term,
+                retry_at=retry_at,
+                claim_seq_no=task.claim,
+                body=body,
+            )
+        elif result.conflict or result.missing:
+            warn(
+                task, "task %r changed while its dispatch job waited (%s); not pushing it", task.doc_id, result.status
+            )
+            report.outcomes[task.doc_id] = "expired"
+        else:
+            # The renewal itself failed (429, 5xx): the task never reached Kibana, so it goes back now
+            # with its attempt, rather than waiting out its lease with its slot held.
+            warn(
+                task,
+                "renewing the lease of %r failed (%s %s); giving it back",
+                task.doc_id,
+                result.status,
+                result.error,
+            )
+            report.outcomes[task.doc_id] = "expired"
+            unrenewed.append(task)
+    if unrenewed:
+        give_back_tasks(rt, owner_id, unrenewed)
+    until = {doc_id: renewed_until[doc_id] + policy.LEASE_GRACE for doc_id in renewed}
+    slotted = rt.ledger.extend(owner_id, until, now)
+    unslotted = [task for doc_id, task in renewed.items() if doc_id not in slotted]
+    if unslotted:
+        # Their slot ran out while the job waited and may be another task's now: pushing would break the cap.
+        log.warning(
+            "%d task(s) for %s lost their slot while their job waited; giving them back: %s",
+            len(unslotted),
+            owner_id,
+            ", ".join(repr(t.doc_id) for t in unslotted),
+        )
+        bulk_update_versions(
+            rt.store,
+            [
+                VersionedUpdate(t.doc_id, t.seq_no, t.primary_term, policy.release_fields_for(t.attempts))
+                for t in unslotted
+            ],
+        )
+        for task in unslotted:
+            report.outcomes[task.doc_id] = "expired"
+            del renewed[task.doc_id]
+    if renewed:
+        log.info(
+            "%d task(s) for %s waited %.1fs in their queue; leases renewed",
+            len(renewed),
+            owner_id,
+            max(waited_s(j, now) for j in waited),
+        )
+    waited_ids = {j.doc_id for j in waited}
+    return [renewed.get(j.doc_id, j) for j in tasks if j.doc_id in renewed or j.doc_id not in waited_ids]
+
+
+def remaining_ms(task: ClaimedTask, now: datetime) -> int:
+    return int((parse_date(task.retry_at) - now).total_seconds() * 1000)
+
+
+def waited_s(task: ClaimedTask, now: datetime) -> float:
+    return (now - parse_date(task.body.get("startedAt") or task.retry_at)).total_seconds()

@@ -1,0 +1,197 @@
+"""What becomes of a push: each task's outcome recorded, slots freed where the write applied.
+
+accepted: keep the lease. refused: back to ``idle`` with the attempt returned, slot freed, node
+health updated. rejected (a 4xx about the task itself): the attempt is burned, the task is retried
+after Kibana's delay or fails at its maximum, the node stays in rotation. ambiguous: keep the lease
+until ``retryAt``. A slot is freed only where the write applied (or the document is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from elastask.core import policy
+from elastask.core.intervals import parse_date, parse_interval_ms
+from elastask.core.messages import ClaimedTask
+from elastask.errors import LedgerError, StoreError
+from elastask.logs import bound
+from elastask.loops.cadence import Cadence
+from elastask.loops.failures import record_failure
+from elastask.parts.kibana import PushOutcome, PushResult
+from elastask.parts.nodes import Node
+from elastask.parts.store import VersionedUpdate, WriteResult, bulk_update_versions
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatchReport:
+    """What one dispatch job did: an outcome per task, and the start drift of the accepted ones."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)  # task id -> outcome
+    drifts_s: list[float] = field(default_factory=list)
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.outcomes.values())
+
+
+def answered(report: DispatchReport) -> bool:
+    """True when the node answered any push of this job (accepted it, or rejected the task itself)."""
+    return any(outcome in ("accepted", "rejected") for outcome in report.outcomes.values())
+
+
+def settle_safely(
+    rt: Runtime,
+    node: Node,
+    tasks: Sequence[ClaimedTask],
+    results: Sequence[PushResult | None],
+    now: datetime,
+    report: DispatchReport,
+) -> None:
+    """``settle``, where a failing engine or Redis leaves the leases to decide.
+
+    The pushes have left: retrying the job could push them again where Redis lost their markers
+    meanwhile, so an error here is logged, never raised (each lease runs out; the retry loop takes
+    the task back, ambiguous at worst, never a second run at once).
+    """
+    try:
+        settle(rt, node, tasks, results, now, report)
+    except (StoreError, LedgerError) as e:
+        log.error(
+            "recording the push outcomes of %d task(s) for %s failed; their leases decide: %s", len(tasks), node.url, e
+        )
+        for task in tasks:
+            report.outcomes.setdefault(task.doc_id, "unsettled")
+
+
+def settle(
+    rt: Runtime,
+    node: Node,
+    tasks: Sequence[ClaimedTask],
+    results: Sequence[PushResult | None],
+    now: datetime,
+    report: DispatchReport,
+) -> None:
+    """Record each push's outcome: keep accepted leases, give refused and unsent tasks back, keep ambiguous leases.
+
+    A node that accepted a push (or rejected a task itself: it answered) is healthy; counting failures
+    is the job's, once for all its pushes (``count_failure``).
+    """
+    refused, rejected, unsent = [], [], []
+    for task, result in zip(tasks, results, strict=True):
+        if result is None:
+            report.outcomes[task.doc_id] = "expired"
+            unsent.append(task)
+            continue
+        report.outcomes[task.doc_id] = result.outcome.value
+        if result.outcome is PushOutcome.ACCEPTED:
+            # Start drift as Kibana's health API defines it: when the run started (at once) - runAt.
+            report.drifts_s.append(max(0.0, (now - parse_date(task.body["runAt"])).total_seconds()))
+        elif result.outcome is PushOutcome.REFUSED:
+            warn(
+                task, "task %r: push refused, back to idle without burning an attempt: %s", task.doc_id, result.detail
+            )
+            refused.append(task)
+        elif result.outcome is PushOutcome.REJECTED:
+            rejected.append((task, result))
+        else:
+            warn(task, "task %r: push ambiguous, lease kept until %s: %s", task.doc_id, task.retry_at, result.detail)
+    if unsent:
+        log.warning(
+            "%d task(s) for %s waited for a push thread until their lease no longer covered a run; "
+            "giving them back: %s",
+            len(unsent),
+            node.owner_id,
+            ", ".join(repr(t.doc_id) for t in unsent),
+        )
+    give_back_tasks(rt, node.owner_id, [*refused, *unsent])
+    _burn_attempts(rt, node.owner_id, rejected, now)
+    if any(r is not None and r.outcome in (PushOutcome.ACCEPTED, PushOutcome.REJECTED) for r in results):
+        rt.nodes.record_success(node)
+
+
+def count_failure(rt: Runtime, node: Node, results: Sequence[PushResult]) -> None:
+    """Every push of one job failed: one failure for the node's breaker (per job, not per task)."""
+    if not results:
+        return
+    refused = [r for r in results if r.connection_refused]
+    worst = refused[0] if refused else results[0]
+    rt.nodes.record_failure(node, worst.detail, hard=bool(refused))
+
+
+def _burn_attempts(
+    rt: Runtime, owner_id: str, rejected: Sequence[tuple[ClaimedTask, PushResult]], now: datetime
+) -> None:
+    """Kibana rejected these tasks themselves: the attempt counted at claim stays, so they end after the maximum.
+
+    Back to idle after Kibana's retry delay (a recurring one: now, or its next interval after the
+    maximum), or ``failed`` (one-shot, at the maximum), in one conditional ``_bulk``.
+    """
+    if not rejected:
+        return
+    plans = []
+    for task, result in rejected:
+        task_type = str(task.body.get("taskType"))
+        schedule = task.body.get("schedule")
+        interval = schedule.get("interval") if isinstance(schedule, dict) else None
+        plan = policy.after_failed_attempt(
+            task.attempts,
+            isinstance(schedule, dict),
+            parse_interval_ms(interval) if isinstance(interval, str) else None,
+            now,
+            f"Kibana rejected the push: {result.detail}",
+            max_attempts=rt.settings.for_type(task_type).max_attempts,
+            base_delay_ms=rt.settings.retry_delay_ms,
+            max_delay_ms=rt.settings.max_retry_delay_ms,
+            rng=rt.rng,
+        )
+        warn(task, "task %r: %s", task.doc_id, plan.reason)
+        plans.append((task, plan))
+    writes = bulk_update_versions(
+        rt.store, [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, plan.fields) for j, plan in plans]
+    )
+    for (task, plan), write in zip(plans, writes, strict=True):
+        if write.ok and plan.outcome == "failed":
+            task_type = str(task.body.get("taskType"))
+            record_failure(rt.redis, task.doc_id, now, plan.reason, owner_id=owner_id, task_type=task_type)
+    _release_where_ours(rt, owner_id, [task for task, _ in plans], writes)
+
+
+def give_back_tasks(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) -> None:
+    """Return never-pushed tasks to idle (attempt returned) where still our claim; free their slots.
+
+    A conflict or 404 means the task moved on (the retry loop or Kibana got there first): nothing
+    to give back for it.
+    """
+    if not tasks:
+        return
+    results = bulk_update_versions(
+        rt.store,
+        [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, policy.release_fields_for(j.attempts)) for j in tasks],
+    )
+    _release_where_ours(rt, owner_id, tasks, results)
+    Cadence(rt.redis).wake()  # due again now: a resting claim loop must not wait its idle interval
+
+
+def _release_where_ours(
+    rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask], results: Sequence[WriteResult]
+) -> None:
+    """Free the slots of the tasks whose write applied (or whose document is gone).
+
+    A 409 means the document moved on since this job's claim: a job redelivered after the visibility
+    timeout, or one that waited past its lease, while the same task was claimed again, possibly for
+    this very node. The slot then belongs to that newer lease and is not ours to free.
+    """
+    mine = [j.doc_id for j, r in zip(tasks, results, strict=True) if r.ok or r.missing]
+    rt.ledger.release(owner_id, mine)
+
+
+def warn(task: ClaimedTask, message: str, *args: object) -> None:
+    """A warning about one task, with its id bound (JSON logs carry ``task_id``)."""
+    with bound(task_id=task.doc_id):
+        log.warning(message, *args)
