@@ -361,32 +361,6 @@ def new_task(
     return doc.with_changes(raw={**new_envelope(now), "task": task})
 
 
-def run_now_body(doc: TaskDocument) -> dict[str, Any]:
-    """The JSON body of ``POST /api/task_manager/_run_now``: the fields the reference dispatcher sends.
-
-    ``params`` and ``state`` go as objects: the route hands them to ``ephemeralRunNow``, whose task
-    instance holds decoded objects. ``id`` is the document ``_id`` that Kibana updates or deletes.
-    """
-    fields = task_fields(doc)
-    body: dict[str, Any] = {
-        "id": doc.id,
-        "taskType": doc.task_type,
-        "params": dict(doc.params),
-        "state": dict(doc.state),
-        "scope": list(doc.scope) if doc.scope is not None else None,
-        "schedule": fields.get("schedule"),
-        "runAt": fields["runAt"],
-        "retryAt": fields["retryAt"],
-        "startedAt": fields["startedAt"],
-        "scheduledAt": fields["scheduledAt"],
-        "ownerId": doc.owner_id,
-        "attempts": doc.attempts,
-        "status": doc.status,
-        "traceparent": doc.trace_parent or "",
-    }
-    return {key: value for key, value in body.items() if value is not None}
-
-
 #: Fields of a task that hold credentials (Kibana encrypts them; elastask never shows them).
 SECRET_FIELDS = ("apiKey", "uiamApiKey")
 #: Fields whose values are the user's data: never logged.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from elastask.core import policy
+from elastask.core.documents import TaskDocument, task_fields
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,29 @@ class DispatchJob:
             "tasks": [t.as_dict() for t in self.tasks],
             "not_before": self.not_before,
         }
+
+
+def run_now_body(doc: TaskDocument) -> dict[str, Any]:
+    """The JSON body of ``POST /api/task_manager/_run_now``: the fields the reference dispatcher sends.
+
+    ``params`` and ``state`` go as objects: the route hands them to ``ephemeralRunNow``, whose task
+    instance holds decoded objects. ``id`` is the document ``_id`` that Kibana updates or deletes.
+    """
+    fields = task_fields(doc)
+    body: dict[str, Any] = {
+        "id": doc.id,
+        "taskType": doc.task_type,
+        "params": dict(doc.params),
+        "state": dict(doc.state),
+        "scope": list(doc.scope) if doc.scope is not None else None,
+        "schedule": fields.get("schedule"),
+        "runAt": fields["runAt"],
+        "retryAt": fields["retryAt"],
+        "startedAt": fields["startedAt"],
+        "scheduledAt": fields["scheduledAt"],
+        "ownerId": doc.owner_id,
+        "attempts": doc.attempts,
+        "status": doc.status,
+        "traceparent": doc.trace_parent or "",
+    }
+    return {key: value for key, value in body.items() if value is not None}

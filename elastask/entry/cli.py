@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from elastask.config import Settings, load_settings
-from elastask.core.capacity import describe
+from elastask.core.capacity_estimate import describe
 from elastask.errors import ElastaskError
 
 

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 
 from elastask.core import policy
 from elastask.core.advice import interval_advice
-from elastask.core.documents import TaskDocument, run_now_body
+from elastask.core.documents import TaskDocument
 from elastask.core.intervals import format_date
-from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.core.messages import ClaimedTask, DispatchJob, run_now_body
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
 

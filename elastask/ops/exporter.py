@@ -117,7 +117,7 @@ class ElastaskCollector:
         yield up
 
     def capacity(self, now: datetime, overdue: int) -> Iterator[Metric]:
-        """The capacity estimation's figures, when the window had runs to estimate from (see core/capacity.py)."""
+        """The capacity estimation's figures, when the window had runs to estimate from (core/capacity_estimate.py)."""
         try:
             section = capacity_estimation(self.rt, now, overdue)
         except (StoreError, redis.RedisError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from elastask.core import capacity, queries
+from elastask.core import capacity_estimate, queries
 from elastask.core.intervals import format_date
 from elastask.core.percentiles import percentile
 from elastask.ops.metrics import MetricsReader
@@ -51,20 +51,20 @@ def count_overdue(rt: Runtime, now: datetime) -> int:
 
 
 def capacity_estimation(rt: Runtime, now: datetime, overdue: int | None) -> dict[str, Any]:
-    """Throughput, nodes needed and minutes to drain, estimated from the last minutes (see core/capacity.py).
+    """Throughput, nodes needed and minutes to drain, estimated from the last minutes (see core/capacity_estimate.py).
 
     Raises StoreError or RedisError when a dependency cannot be read.
     """
     nodes, _ = rt.nodes.resolve()
     window = UsageReader(rt.redis).window(int(now.timestamp() * 1000))
     answer = search(rt.store, queries.recurring_schedules(), "counting recurring tasks by schedule")
-    observed = capacity.Observed(
+    observed = capacity_estimate.Observed(
         window_s=window.sampled_ms / 1000,
-        nodes=capacity.node_usages({n.owner_id: n.capacity_units for n in nodes}, window.by_owner),
+        nodes=capacity_estimate.node_usages({n.owner_id: n.capacity_units for n in nodes}, window.by_owner),
         overdue=overdue,
         recurring_per_minute=queries.recurring_per_minute(answer),
     )
-    return capacity.estimate(observed, rt.settings.polling_interval_ms / 1000)
+    return capacity_estimate.estimate(observed, rt.settings.polling_interval_ms / 1000)
 
 
 def health(rt: Runtime, now: datetime) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Per-minute usage buckets in Redis, the inputs of the capacity estimation (see core/capacity.py).
+"""Per-minute usage buckets in Redis, the inputs of the capacity estimation (see core/capacity_estimate.py).
 
 Each minute has one hash, kept for ``KEEP_MINUTES``:
 

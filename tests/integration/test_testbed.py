@@ -15,7 +15,8 @@ import redis
 import requests
 from elasticsearch import Elasticsearch
 
-from elastask.core.documents import new_task, run_now_body
+from elastask.core.documents import new_task
+from elastask.core.messages import run_now_body
 from elastask.errors import ConflictError, DocumentMissingError
 from elastask.parts.store import TaskStore
 from elastask_bed.testbed.bed import INDEX, SimulatorProcess

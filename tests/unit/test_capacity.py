@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from elastask.core import capacity, queries
-from elastask.core.capacity import NodeUsage, Observed
+from elastask.core import capacity_estimate, queries
+from elastask.core.capacity_estimate import NodeUsage, Observed
 from elastask.core.documents import new_task
 from elastask.ops.health import capacity_estimation, health
 from elastask.ops.usage import LAST_SAMPLE, MAX_SAMPLE_GAP_MS, UsageReader, UsageRecorder
@@ -19,29 +19,29 @@ NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
 def test_erlang_c_matches_the_textbook_values() -> None:
     # Two servers at one Erlang: P(wait) = 1/3; one server: P(wait) = utilisation.
-    assert capacity.erlang_c(2, 1.0) == pytest.approx(1 / 3)
-    assert capacity.erlang_c(1, 0.6) == pytest.approx(0.6)
-    assert capacity.erlang_c(10, 10.0) == 1.0  # saturated: everyone waits
-    assert capacity.erlang_c(10, 0.0) == 0.0
+    assert capacity_estimate.erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert capacity_estimate.erlang_c(1, 0.6) == pytest.approx(0.6)
+    assert capacity_estimate.erlang_c(10, 10.0) == 1.0  # saturated: everyone waits
+    assert capacity_estimate.erlang_c(10, 0.0) == 0.0
 
 
 def test_the_chance_of_a_long_wait_falls_with_the_wait_and_with_more_slots() -> None:
-    short = capacity.wait_exceeds(20, 15.0, 1.0, 0.1)
-    long = capacity.wait_exceeds(20, 15.0, 1.0, 1.0)
-    more_slots = capacity.wait_exceeds(30, 15.0, 1.0, 0.1)
+    short = capacity_estimate.wait_exceeds(20, 15.0, 1.0, 0.1)
+    long = capacity_estimate.wait_exceeds(20, 15.0, 1.0, 1.0)
+    more_slots = capacity_estimate.wait_exceeds(30, 15.0, 1.0, 0.1)
     assert 0 < long < short < 1 and more_slots < short
 
 
 def test_nodes_needed_covers_the_load_with_headroom_and_grows_with_it() -> None:
     # 100 runs/s of 200 ms is 20 slots busy on average; 10 slots a node.
-    needed = capacity.nodes_needed(100, 0.2, 10, 0.5)
+    needed = capacity_estimate.nodes_needed(100, 0.2, 10, 0.5)
     assert needed is not None and needed >= 3  # 2 nodes would be 100 % busy
-    assert capacity.wait_exceeds(needed * 10, 20.0, 0.2, 0.5) <= capacity.WAIT_TOLERANCE
-    assert capacity.wait_exceeds((needed - 1) * 10, 20.0, 0.2, 0.5) > capacity.WAIT_TOLERANCE
-    bigger = capacity.nodes_needed(400, 0.2, 10, 0.5)
+    assert capacity_estimate.wait_exceeds(needed * 10, 20.0, 0.2, 0.5) <= capacity_estimate.WAIT_TOLERANCE
+    assert capacity_estimate.wait_exceeds((needed - 1) * 10, 20.0, 0.2, 0.5) > capacity_estimate.WAIT_TOLERANCE
+    bigger = capacity_estimate.nodes_needed(400, 0.2, 10, 0.5)
     assert bigger is not None and bigger > needed
-    assert capacity.nodes_needed(0, 0.2, 10, 0.5) == 1
-    assert capacity.nodes_needed(1e9, 1.0, 10, 0.5) is None  # beyond MAX_NODES
+    assert capacity_estimate.nodes_needed(0, 0.2, 10, 0.5) == 1
+    assert capacity_estimate.nodes_needed(1e9, 1.0, 10, 0.5) is None  # beyond MAX_NODES
 
 
 def _observed(runs_per_node: int, busy_units: float, overdue: int = 0, recurring: float | None = None) -> Observed:
@@ -52,7 +52,7 @@ def _observed(runs_per_node: int, busy_units: float, overdue: int = 0, recurring
 
 def test_given_a_lightly_loaded_fleet_the_estimate_reads_little_law_and_says_how_many_nodes_suffice() -> None:
     # 300 runs/min per node, 4 units (2 runs) in flight on average: mean run = 2 runs / 5 runs/s = 0.4 s.
-    section = capacity.estimate(_observed(300, 4.0), 0.5)
+    section = capacity_estimate.estimate(_observed(300, 4.0), 0.5)
     observed, proposed = section["observed"], section["proposed"]
     assert section["estimate"] is True and section["window_seconds"] == 60
     assert observed["throughput_per_minute"] == 900
@@ -65,10 +65,10 @@ def test_given_a_lightly_loaded_fleet_the_estimate_reads_little_law_and_says_how
 
 
 def test_given_a_saturated_fleet_with_a_backlog_the_estimate_warns_and_drains_only_with_spare_room() -> None:
-    nearly = capacity.estimate(_observed(300, 19.5, overdue=1200), 0.5)
+    nearly = capacity_estimate.estimate(_observed(300, 19.5, overdue=1200), 0.5)
     assert any("lower bound" in note for note in nearly["notes"])
     assert nearly["proposed"]["minutes_to_drain_overdue"] == pytest.approx(1200 / (3 * 10 * 60 / 1.95 - 900), abs=0.1)
-    section = capacity.estimate(_observed(300, 20.0, overdue=1200), 0.5)
+    section = capacity_estimate.estimate(_observed(300, 20.0, overdue=1200), 0.5)
     # Running flat out, what ran is all it can run: the backlog never drains.
     assert section["proposed"]["minutes_to_drain_overdue"] is None
     assert section["proposed"]["nodes_needed"] > 3
@@ -76,25 +76,25 @@ def test_given_a_saturated_fleet_with_a_backlog_the_estimate_warns_and_drains_on
 
 
 def test_given_schedules_asking_more_than_ran_the_demand_comes_from_the_schedules() -> None:
-    quiet = capacity.estimate(_observed(60, 1.0), 0.5)
-    asked = capacity.estimate(_observed(60, 1.0, recurring=6000.0), 0.5)
+    quiet = capacity_estimate.estimate(_observed(60, 1.0), 0.5)
+    asked = capacity_estimate.estimate(_observed(60, 1.0, recurring=6000.0), 0.5)
     assert asked["proposed"]["demand_per_minute"] == 6000
     assert asked["proposed"]["nodes_needed"] > quiet["proposed"]["nodes_needed"]
 
 
 def test_given_spare_room_the_backlog_drains_at_the_spare_rate() -> None:
-    section = capacity.estimate(_observed(300, 4.0, overdue=900), 0.5)
+    section = capacity_estimate.estimate(_observed(300, 4.0, overdue=900), 0.5)
     spare = section["observed"]["max_throughput_per_minute"] - section["proposed"]["demand_per_minute"]
     assert section["proposed"]["minutes_to_drain_overdue"] == pytest.approx(900 / spare, abs=0.01)
 
 
 def test_given_no_runs_the_estimate_says_so_and_describe_shows_no_none() -> None:
-    section = capacity.estimate(Observed(120.0, (NodeUsage("kibana:a", 20),), overdue=0), 0.5)
+    section = capacity_estimate.estimate(Observed(120.0, (NodeUsage("kibana:a", 20),), overdue=0), 0.5)
     assert section["proposed"]["nodes_needed"] is None
     assert "nothing to estimate from" in section["notes"][0]
-    lines = capacity.describe(section)
+    lines = capacity_estimate.describe(section)
     assert lines and not any("None" in line for line in lines)
-    busy = capacity.describe(capacity.estimate(_observed(300, 20.0, overdue=1200), 0.5))
+    busy = capacity_estimate.describe(capacity_estimate.estimate(_observed(300, 20.0, overdue=1200), 0.5))
     assert "never at this load" in busy[1] and not any("None" in line for line in busy)
 
 

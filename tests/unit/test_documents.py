@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from elastask.core.documents import TaskDocument, new_task, parse_hit, parse_source, run_now_body
+from elastask.core.documents import TaskDocument, new_task, parse_hit, parse_source
+from elastask.core.messages import run_now_body
 from elastask.errors import DocumentError
 
 FIXTURES = json.loads((Path(__file__).parent.parent / "fixtures" / "kibana_documents.json").read_text())
