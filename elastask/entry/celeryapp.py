@@ -136,7 +136,7 @@ def log_kibana_setup(settings: Settings) -> None:
     """Log a warning per finding of every node's setup for push (see ``elastask check``)."""
     from datetime import UTC, datetime
 
-    from elastask.ops.admin import kibana_setup_problems
+    from elastask.ops.checks import kibana_setup_problems
     from elastask.runtime import build_runtime
 
     rt = build_runtime(settings)

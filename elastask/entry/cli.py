@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -31,13 +31,23 @@ class Context:
         return self._settings
 
 
-def fail(error: Exception) -> None:
+def fail(error: Exception) -> NoReturn:
     """Print one line naming what is wrong and exit non-zero."""
     click.echo(f"elastask: {error}", err=True)
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The elastask command: any command's ElastaskError ends it with one line naming what is wrong (exit 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ElastaskError as e:
+            fail(e)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -66,10 +76,7 @@ def config() -> None:
 @click.pass_obj
 def config_show(obj: Context) -> None:
     """Print the effective settings (file + ELASTASK_* overrides), secrets masked."""
-    try:
-        settings = obj.settings
-    except ElastaskError as e:
-        fail(e)
+    settings = obj.settings
     click.echo(_describe(settings))
     click.echo(_describe_task_types(settings))
 
@@ -137,12 +144,9 @@ def index_create(obj: Context) -> None:
     """
     from elastask.parts.store import TaskStore, build_client
 
-    try:
-        settings = obj.settings
-        client = build_client(settings.elasticsearch)
-        created = TaskStore(client, settings.index).bootstrap()
-    except ElastaskError as e:
-        fail(e)
+    settings = obj.settings
+    client = build_client(settings.elasticsearch)
+    created = TaskStore(client, settings.index).bootstrap()
     click.echo(f"{'created' if created else 'already exists:'} {settings.index}")
 
 
@@ -152,11 +156,8 @@ def index_check(obj: Context) -> None:
     """Check that the index exists and indexes every field elastask queries."""
     from elastask.parts.store import TaskStore, build_client
 
-    try:
-        settings = obj.settings
-        warnings = TaskStore(build_client(settings.elasticsearch), settings.index).check_index()
-    except ElastaskError as e:
-        fail(e)
+    settings = obj.settings
+    warnings = TaskStore(build_client(settings.elasticsearch), settings.index).check_index()
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{settings.index}: ok" if not warnings else f"{settings.index}: {len(warnings)} problem(s)")
@@ -166,10 +167,7 @@ def index_check(obj: Context) -> None:
 def _runtime(obj: Context) -> Any:
     from elastask.runtime import build_runtime
 
-    try:
-        return build_runtime(obj.settings)
-    except ElastaskError as e:
-        fail(e)
+    return build_runtime(obj.settings)
 
 
 def _now() -> Any:
@@ -182,10 +180,10 @@ def _now() -> Any:
 @click.pass_obj
 def check_cmd(obj: Context) -> None:
     """Validate the config and reach the engine, the index, Redis and every Kibana node."""
-    from elastask.ops import admin
+    from elastask.ops import checks
 
     rt = _runtime(obj)
-    rows = admin.check(obj.settings, rt)
+    rows = checks.check(obj.settings, rt)
     width = max(len(r.name) for r in rows)
     for row in rows:
         mark = ("WARNING" if row.warning else "ok     ") if row.ok else "PROBLEM"
@@ -224,10 +222,7 @@ def status_cmd(obj: Context, as_json: bool, as_health: bool) -> None:
         report = health(rt, _now())
         click.echo(dumps(report))
         sys.exit({"OK": 0, "warn": 0}.get(report["status"], 1))
-    try:
-        data = admin.status(rt, _now())
-    except ElastaskError as e:
-        fail(e)
+    data = admin.status(rt, _now())
     if as_json:
         click.echo(dumps(data))
         return
@@ -264,10 +259,7 @@ def tasks_failed(obj: Context, as_json: bool) -> None:
     """List failed tasks with the reason elastask failed them."""
     from elastask.ops import admin
 
-    try:
-        rows = admin.failed_tasks(_runtime(obj))
-    except ElastaskError as e:
-        fail(e)
+    rows = admin.failed_tasks(_runtime(obj))
     if as_json:
         click.echo(dumps(rows))
         return
@@ -288,8 +280,6 @@ def tasks_show(obj: Context, task_id: str) -> None:
         click.echo(dumps(admin.show(_runtime(obj), task_id)))
     except DocumentMissingError:
         fail(ElastaskError(f"task {task_id!r} not found in {obj.settings.index}"))
-    except ElastaskError as e:
-        fail(e)
 
 
 @tasks.command("requeue")
@@ -300,10 +290,7 @@ def tasks_requeue(obj: Context, task_id: str, force: bool) -> None:
     """Send a failed or stuck task back to idle now, attempts reset (a conditional write)."""
     from elastask.ops import admin
 
-    try:
-        doc = admin.requeue(_runtime(obj), task_id, _now(), force=force)
-    except ElastaskError as e:
-        fail(e)
+    doc = admin.requeue(_runtime(obj), task_id, _now(), force=force)
     click.echo(f"requeued {doc.id}: idle, attempts 0, due now")
 
 
@@ -335,18 +322,15 @@ def schedule_cmd(
         run_at = now + timedelta(milliseconds=parse_interval_ms(delay)) if delay else None
     except ValueError as e:
         fail(ElastaskError(f"--in: {e}"))
-    try:
-        doc = admin.schedule(
-            _runtime(obj),
-            task_type,
-            now,
-            task_id=task_id or str(uuid.uuid4()),
-            params=decoded,
-            interval=interval,
-            run_at=run_at,
-        )
-    except ElastaskError as e:
-        fail(e)
+    doc = admin.schedule(
+        _runtime(obj),
+        task_type,
+        now,
+        task_id=task_id or str(uuid.uuid4()),
+        params=decoded,
+        interval=interval,
+        run_at=run_at,
+    )
     click.echo(doc.id)
 
 
