@@ -191,41 +191,32 @@ def expired_leases(*, grace_s: int, size: int, exclude_ids: Collection[str] = ()
     ``exclude_ids``: malformed documents already reported, so they never fill every batch.
     """
     must_not = [{"ids": {"values": sorted(exclude_ids)}}] if exclude_ids else []
-    return {
-        "query": {
-            "bool": {
-                "filter": [
-                    _is_task(),
-                    {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
-                    # Date math has no ms unit: whole seconds.
-                    {"range": {"task.retryAt": {"lte": f"now-{grace_s}s"}}},
-                ],
-                "must_not": must_not,
-            }
-        },
-        "sort": [{"task.retryAt": {"order": "asc"}}],
-        "size": size,
-        "seq_no_primary_term": True,
-    }
+    # Date math has no ms unit: whole seconds.
+    query = _leased({"lte": f"now-{grace_s}s"}, size=size, must_not=must_not)
+    return {**query, "sort": [{"task.retryAt": {"order": "asc"}}]}
 
 
 def in_flight(now: datetime, owner_ids: Collection[str] | None, *, size: int) -> dict[str, Any]:
     """Tasks still leased to the given Kibana nodes, or to any node (``None``), to rebuild a lost ledger."""
     owners = [] if owner_ids is None else [{"terms": {"task.ownerId": sorted(owner_ids)}}]
-    return {
-        "query": {
-            "bool": {
-                "filter": [
-                    _is_task(),
-                    {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
-                    *owners,
-                    {"range": {"task.retryAt": {"gt": format_date(now)}}},
-                ]
-            }
-        },
-        "size": size,
-        "seq_no_primary_term": True,
+    return _leased({"gt": format_date(now)}, size=size, also=owners)
+
+
+def _leased(
+    retry_at: dict[str, str], *, size: int, also: list[dict[str, Any]] | None = None, must_not: list[Any] | None = None
+) -> dict[str, Any]:
+    """Tasks claimed or running (with their versions) whose ``retryAt`` is in the given range."""
+    condition: dict[str, Any] = {
+        "filter": [
+            _is_task(),
+            {"terms": {"task.status": list(IN_FLIGHT_STATUSES)}},
+            *(also or []),
+            {"range": {"task.retryAt": retry_at}},
+        ]
     }
+    if must_not is not None:
+        condition["must_not"] = must_not
+    return {"query": {"bool": condition}, "size": size, "seq_no_primary_term": True}
 
 
 def unclaimable(*, size: int) -> dict[str, Any]:

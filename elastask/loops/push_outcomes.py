@@ -53,14 +53,14 @@ def settle_safely(
     now: datetime,
     report: DispatchReport,
 ) -> None:
-    """``settle``, where a failing engine or Redis leaves the leases to decide.
+    """Record each push's outcome (``_record``), where a failing engine or Redis leaves the leases to decide.
 
     The pushes have left: retrying the job could push them again where Redis lost their markers
     meanwhile, so an error here is logged, never raised (each lease runs out; the retry loop takes
     the task back, ambiguous at worst, never a second run at once).
     """
     try:
-        settle(rt, node, tasks, results, now, report)
+        _record(rt, node, list(zip(tasks, results, strict=True)), now, report)
     except (StoreError, LedgerError) as e:
         log.error(
             "recording the push outcomes of %d task(s) for %s failed; their leases decide: %s", len(tasks), node.url, e
@@ -69,11 +69,10 @@ def settle_safely(
             report.outcomes.setdefault(task.doc_id, "unsettled")
 
 
-def settle(
+def _record(
     rt: Runtime,
     node: Node,
-    tasks: Sequence[ClaimedTask],
-    results: Sequence[PushResult | None],
+    pushes: Sequence[tuple[ClaimedTask, PushResult | None]],
     now: datetime,
     report: DispatchReport,
 ) -> None:
@@ -83,7 +82,7 @@ def settle(
     is the job's, once for all its pushes (``count_failure``).
     """
     refused, rejected, unsent = [], [], []
-    for task, result in zip(tasks, results, strict=True):
+    for task, result in pushes:
         if result is None:
             report.outcomes[task.doc_id] = "expired"
             unsent.append(task)
@@ -93,9 +92,7 @@ def settle(
             # Start drift as Kibana's health API defines it: when the run started (at once) - runAt.
             report.drifts_s.append(max(0.0, (now - parse_date(task.body["runAt"])).total_seconds()))
         elif result.outcome is PushOutcome.REFUSED:
-            warn(
-                task, "task %r: push refused, back to idle without burning an attempt: %s", task.doc_id, result.detail
-            )
+            warn(task, "task %r: push refused, back to idle without burning an attempt: %s", task.doc_id, result.detail)
             refused.append(task)
         elif result.outcome is PushOutcome.REJECTED:
             rejected.append((task, result))
@@ -111,7 +108,7 @@ def settle(
         )
     give_back_tasks(rt, node.owner_id, [*refused, *unsent])
     _burn_attempts(rt, node.owner_id, rejected, now)
-    if any(r is not None and r.outcome in (PushOutcome.ACCEPTED, PushOutcome.REJECTED) for r in results):
+    if any(r is not None and r.outcome in (PushOutcome.ACCEPTED, PushOutcome.REJECTED) for _, r in pushes):
         rt.nodes.record_success(node)
 
 
