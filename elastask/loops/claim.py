@@ -162,7 +162,7 @@ def _timed(cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
     per_node = " ".join(f"{owner}={left}" for owner, left in summary.capacity_left.items())
     steps = ",".join(f"{name}:{ms:.0f}" for name, ms in summary.steps_ms.items() if ms >= 1)
     log.log(
-        logging.INFO if summary.searched or not summary.ran or summary.ledger_rebuilt >= 0 else logging.DEBUG,
+        logging.INFO if summary.searched or not summary.ran or summary.ledger_rebuilt is not None else logging.DEBUG,
         "claim cycle: found=%d claimed=%d conflicts=%d stale=%d missing=%d skipped(malformed)=%d released=%d "
         "nodes=%d duration=%.0fms (%s) capacity_left(units) %s",
         summary.found,
@@ -191,7 +191,7 @@ def _quiet(summary: ClaimSummary) -> bool:
         and summary.nodes > 0
         and summary.waiting == 0
         and summary.in_flight == 0
-        and summary.ledger_rebuilt == -1
+        and summary.ledger_rebuilt is None
     )
 
 

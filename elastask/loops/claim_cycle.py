@@ -25,7 +25,7 @@ from elastask.loops import limited
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.claim_write import write_claims
 from elastask.loops.dispatch_jobs import enqueue_jobs
-from elastask.loops.ledger_sync import ready_to_claim, reconcile_ledger
+from elastask.loops.ledger_sync import ensure_ledger, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.refill import ClaimedLease, RefillSession
 from elastask.parts.ledger import LeaseView, SlotRequest
@@ -112,8 +112,7 @@ def run_claim_cycle(
     """
     cycle = _Cycle(rt, now)
     searched_ms = 0.0
-    if not _learn_nodes_and_ledger(cycle):
-        return cycle.summary
+    _learn_nodes_and_ledger(cycle)
     if refill is not None and refill.refilling:
         if not _refill_room(cycle, refill):
             return cycle.summary
@@ -159,22 +158,19 @@ def run_claim_cycle(
     return cycle.summary
 
 
-def _learn_nodes_and_ledger(cycle: _Cycle) -> bool:
+def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
     """1. The nodes (ownerIds, rotation) and the ledger (rebuilt first if Redis lost it)."""
     rt, summary = cycle.rt, cycle.summary
     nodes, problems = rt.nodes.resolve()
     for problem in problems:
         log.warning("%s", problem)
-    may_claim, summary.ledger_rebuilt = ready_to_claim(rt, nodes, cycle.now)
-    if not may_claim:
-        return False
+    summary.ledger_rebuilt = ensure_ledger(rt, nodes, cycle.now)
     cycle.available = rt.nodes.available(nodes, cycle.now)
     summary.nodes = len(cycle.available)
     cycle.view = rt.ledger.view([n.owner_id for n in nodes])
     summary.in_flight = len(cycle.view.leases)
     summary.in_flight_units = dict(cycle.view.used_units)
     summary.step("nodes")
-    return True
 
 
 def _search_due(cycle: _Cycle) -> None:

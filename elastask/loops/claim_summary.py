@@ -19,7 +19,8 @@ class ClaimSummary:
     missing: int = 0
     skipped: int = 0
     released: int = 0
-    ledger_rebuilt: int = -1
+    #: Leases rebuilt from the engine this cycle (Redis had lost the ledger), or None.
+    ledger_rebuilt: int | None = None
     nodes: int = 0
     #: Due tasks the search returned (claimed or not: more than ``claimed`` means a backlog).
     waiting: int = 0

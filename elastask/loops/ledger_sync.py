@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from elastask.core import policy, queries
@@ -30,8 +31,8 @@ FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts", "task.runAt")
 FINISHED_MEMORY_MS = 1500
 
 
-def ready_to_claim(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple[bool, int]:
-    """Make sure the ledger mirrors the engine before claiming; (may claim now, leases rebuilt or -1).
+def ensure_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int | None:
+    """Make sure the ledger mirrors the engine before claiming: the leases rebuilt, or None if it was there.
 
     Redis lost the ledger (and with it the claim lock): rebuild it from the engine, then claim at once.
     A cycle that started before the loss may still be writing claims the rebuild did not see: its
@@ -39,8 +40,8 @@ def ready_to_claim(rt: Runtime, nodes: Sequence[Node], now: datetime) -> tuple[b
     others unpushed, so no pause is needed to keep the cap.
     """
     if not rt.ledger.is_built():
-        return True, rebuild_ledger(rt, nodes, now)
-    return True, -1
+        return rebuild_ledger(rt, nodes, now)
+    return None
 
 
 def reconcile_ledger(
@@ -80,9 +81,11 @@ def reconcile_ledger(
             held.add(lease.task_id)  # the read failed: unknown, so the lease stands
             continue
         hit = hits.get(lease.task_id)
-        if hit is UNCHANGED and live:
-            held.add(lease.task_id)  # the very document last judged held
-            continue
+        if hit is UNCHANGED:
+            if live:
+                held.add(lease.task_id)  # the very document last judged held
+                continue
+            hit = None  # expired: judged as gone, its slot freed
         task = hit.get("_source", {}).get("task", {}) if hit else {}
         if live and not finished(hit, task, lease.owner_id):
             held.add(lease.task_id)
@@ -100,11 +103,20 @@ def reconcile_ledger(
 
 #: A document's version: (``_seq_no``, ``_primary_term``).
 Version = tuple[int, int]
-#: ``read_leases``'s answer for a document still at the version it was last judged held at.
-UNCHANGED: dict[str, Any] = {"found": True, "unchanged": True}
 
 
-def read_leases(rt: Runtime, ids: Sequence[str], versions: dict[str, Version]) -> dict[str, dict[str, Any] | None]:
+class Unchanged(Enum):
+    """``read_leases``'s answer for a document still at the version it was last judged held at."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
+#: What ``read_leases`` tells of one lease: its hit, None (the document is gone), or UNCHANGED.
+LeaseRead = dict[str, Any] | None | Unchanged
+
+
+def read_leases(rt: Runtime, ids: Sequence[str], versions: dict[str, Version]) -> dict[str, LeaseRead]:
     """Real-time reads of leased tasks: id -> hit (``FINISHED_FIELDS``), None if gone, UNCHANGED, or left
     out when the read failed.
 
@@ -116,7 +128,7 @@ def read_leases(rt: Runtime, ids: Sequence[str], versions: dict[str, Version]) -
     ``elastask_bed/bench/engine_costs.py``, BENCHMARKS.md).
     """
     known = [i for i in ids if i in versions]
-    hits: dict[str, dict[str, Any] | None] = {}
+    hits: dict[str, LeaseRead] = {}
     changed: list[str] = []
     for task_id, hit in mget_sources(rt.store, known, fields=()).items():
         if hit is not None and _version(hit) == versions[task_id]:

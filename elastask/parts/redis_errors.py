@@ -1,4 +1,7 @@
-"""The one place Redis errors become elastask's ``RedisUnavailable`` (as store.engine_errors does for the engine)."""
+"""The one place Redis errors become elastask's ``LedgerError`` (as store.engine_errors does for the engine).
+
+Every Redis failure is a LedgerError, whoever met it: the ledger, the locks, the node breaker, the metrics.
+"""
 
 from __future__ import annotations
 
