@@ -20,8 +20,9 @@ MALFORMED = PREFIX + "malformed"
 #: Sorted set of tasks whose slot reconcile freed because Kibana finished them (score: when, ms on
 #: Redis's clock): the near-real-time search still shows them as due until the index refreshes.
 LEDGER_FINISHED = PREFIX + "ledger:finished"
-#: Hash: task type -> the shortest hold (ms) refill sessions saw (the next session starts knowing it).
-REFILL_HOLDS = PREFIX + "refill:shortest-hold"
+#: Hash: task type -> the shortest run (ms, claim -> found finished) refill sessions saw (the next
+#: session starts knowing it). The key keeps its 0.5 name, so a rolling upgrade keeps what was learned.
+REFILL_SHORTEST_RUNS = PREFIX + "refill:shortest-hold"
 #: Present for a second after the claim loop reconciled the ledger with the engine.
 RECONCILED = PREFIX + "ledger:reconciled"
 #: Present while the last audit of unclaimable documents is recent (expires when the next one is due).

@@ -93,18 +93,18 @@ def _sessions_on(settings: Settings) -> bool:
 def _refill(
     rt: Runtime,
     enqueue: Callable[[DispatchJob], None],
-    held: Callable[[], bool],
+    fence: Callable[[], bool],
     session: RefillSession,
     last: ClaimSummary,
     on_cycle: Callable[[ClaimSummary], None],
 ) -> ClaimSummary:
     """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
-    session.refilling = True
+    session.active = True
     marked = monotonic_ms()
-    with _holds_carried_over(rt, session):
-        while held() and monotonic_ms() - session.started_ms < SESSION_MAX_MS:
-            time.sleep(session.wait_ms(monotonic_ms()) / 1000)
-            summary = _timed(lambda: run_claim_cycle(rt, rt.now(), enqueue, held, session))
+    with _runs_carried_over(rt, session):
+        while fence() and monotonic_ms() - session.started_ms < SESSION_MAX_MS:
+            time.sleep(session.reads.wait_ms(monotonic_ms()) / 1000)
+            summary = _timed(lambda: run_claim_cycle(rt, rt.now(), enqueue, fence, session))
             if not summary.ran:
                 break
             if summary.searched or monotonic_ms() - marked >= SESSION_MARK_MS:
@@ -117,40 +117,40 @@ def _refill(
         else:
             # Out of time with tasks still waiting: hand over at once (claim task's follow-up) -- a
             # busy interval without any session would leave every slot that frees meanwhile empty.
-            last.session_expired = held() and last.backlog
+            last.session_expired = fence() and last.backlog
     return last
 
 
 @contextlib.contextmanager
-def _holds_carried_over(rt: Runtime, session: RefillSession) -> Iterator[None]:
-    """The shortest holds seen per task type carry over from one session to the next (in Redis, for
+def _runs_carried_over(rt: Runtime, session: RefillSession) -> Iterator[None]:
+    """The shortest runs seen per task type carry over from one session to the next (in Redis, for
     an hour): each backlog would otherwise start with a blind first read."""
-    session.learn(_remembered_holds(rt))
+    session.reads.learn(_remembered_runs(rt))
     try:
         yield
     finally:
-        _remember_holds(rt, session.shortest_hold_ms)
+        _remember_runs(rt, session.reads.shortest_run_ms)
 
 
-#: How long the shortest holds are remembered between sessions (a task type's runs may change).
-HOLDS_TTL_S = 3600
+#: How long the shortest runs are remembered between sessions (a task type's runs may change).
+SHORTEST_RUNS_TTL_S = 3600
 
 
-def _remembered_holds(rt: Runtime) -> dict[str, float]:
+def _remembered_runs(rt: Runtime) -> dict[str, float]:
     try:
-        raw = cast(dict[bytes, bytes], rt.redis.hgetall(keys.REFILL_HOLDS))
+        raw = cast(dict[bytes, bytes], rt.redis.hgetall(keys.REFILL_SHORTEST_RUNS))
     except redis.RedisError:
         return {}  # a hint only: a session without it reads sooner, nothing else changes
     return {k.decode(): float(v) for k, v in raw.items()}
 
 
-def _remember_holds(rt: Runtime, holds: dict[str, float]) -> None:
-    if not holds:
+def _remember_runs(rt: Runtime, runs: dict[str, float]) -> None:
+    if not runs:
         return
     with contextlib.suppress(redis.RedisError):
         pipe = rt.redis.pipeline(transaction=False)
-        pipe.hset(keys.REFILL_HOLDS, mapping={k: round(v, 1) for k, v in holds.items()})
-        pipe.expire(keys.REFILL_HOLDS, HOLDS_TTL_S)
+        pipe.hset(keys.REFILL_SHORTEST_RUNS, mapping={k: round(v, 1) for k, v in runs.items()})
+        pipe.expire(keys.REFILL_SHORTEST_RUNS, SHORTEST_RUNS_TTL_S)
         pipe.execute()
 
 

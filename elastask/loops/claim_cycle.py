@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,16 +73,32 @@ class _Cycle:
     available: list[Node] = field(default_factory=list)
     view: LeaseView = field(default_factory=lambda: LeaseView(0, []))
     hits: list[dict[str, Any]] = field(default_factory=list)
+    #: Free units per node (capacity minus what the ledger holds; below 0 after a capacity cut).
     free: dict[str, int] = field(default_factory=dict)
-    held: set[str] = field(default_factory=set)
-    #: Hits read in real time this cycle (the others are a refill session's leftovers).
+    #: The ids still leased after this cycle's reads of the ledger (left out of the claim).
+    leased: set[str] = field(default_factory=set)
+    #: Hits read in real time this cycle (the others may be kept as a session's unread hits).
     examined: set[str] = field(default_factory=set)
+    #: When the hits were searched (monotonic ms): unread hits are reused only while recent.
+    searched_ms: float = 0.0
     #: Names this cycle's reservations in the ledger: its releases and confirms touch only its own.
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     @property
     def settings(self) -> Settings:
         return self.rt.settings
+
+    def set_free(self, used: Mapping[str, int]) -> None:
+        """The free units per node, from the units the ledger holds (the one way they are computed)."""
+        self.free = {n.owner_id: n.capacity_units - used.get(n.owner_id, 0) for n in self.available}
+        self.summary.capacity_left = dict(self.free)
+
+    def free_units(self) -> dict[str, int]:
+        return {owner: max(0, units) for owner, units in self.free.items()}
+
+    def room(self) -> int:
+        """Free units over every node."""
+        return sum(self.free_units().values())
 
     def cost_of(self, task_type: str) -> int:
         return self.settings.for_type(task_type).cost
@@ -107,27 +123,17 @@ def run_claim_cycle(
 ) -> ClaimSummary:
     """The steps of the module docstring, in order; a step with nothing left to do ends the cycle.
 
-    ``refill``: a refill session (refill.py) learns what this cycle claimed; once it is refilling,
-    the cycle first reads only the leases likely finished and searches only when a slot is free.
+    ``refill``: a refill session (refill.py) learns what this cycle claimed. Once it is active, its
+    cycles look for room first, reading only the leases likely finished, and search (or reuse the
+    last search's unread hits) only when a slot is free: between two completions, the common case,
+    a look costs one ``mget``. A cycle of the beat searches first: how many tasks are due is what
+    tells it whether to reconcile every lease now and whether a session should start.
     """
     cycle = _Cycle(rt, now)
-    searched_ms = 0.0
     _learn_nodes_and_ledger(cycle)
-    if refill is not None and refill.refilling:
-        if not _refill_room(cycle, refill):
-            return cycle.summary
-        room = sum(max(0, f) for f in cycle.free.values()) // cycle.cheapest
-        leftovers = refill.take_leftovers(room, monotonic_ms(), cycle.held | cycle.view.recently_finished)
-        searched_ms = refill.leftovers_ms
-        if leftovers:
-            # The last search's unread hits suffice: read in real time below, like any hit.
-            cycle.hits = leftovers
-            cycle.summary.waiting, cycle.summary.search_full, cycle.summary.searched = len(leftovers), True, True
-        else:
-            searched_ms = monotonic_ms()
-            _search_due(cycle)
-        cycle.summary.found = len(cycle.hits)
-        if not cycle.hits:
+    session = refill if refill is not None and refill.active else None
+    if session is not None:
+        if not _room_in_session(cycle, session) or not _hits_in_session(cycle, session):
             return cycle.summary
     else:
         _search_due(cycle)
@@ -137,7 +143,7 @@ def run_claim_cycle(
     capacity = {n.owner_id: n.capacity_units for n in cycle.available}
     assignments = policy.assign(
         candidates,
-        {o: max(0, f) for o, f in cycle.free.items()},
+        cycle.free_units(),
         cycle.cost_of,
         capacity,
         group_of=limited.group_of(cycle.settings),
@@ -150,9 +156,10 @@ def run_claim_cycle(
         return cycle.summary
     claimed = _write_claims(cycle, to_claim)
     if refill is not None:
-        refill.claimed((_lease(cycle, a, doc) for a, doc in claimed), monotonic_ms())
-        if refill.refilling:
-            refill.keep_leftovers([h for h in cycle.hits if str(h["_id"]) not in cycle.examined], searched_ms)
+        refill.add_claims((_lease(cycle, a, doc) for a, doc in claimed), monotonic_ms())
+        if session is not None:
+            unread = [h for h in cycle.hits if str(h["_id"]) not in cycle.examined]
+            session.unread.keep(unread, cycle.searched_ms)
     enqueue_jobs(cycle.rt, cycle.now, cycle.available, claimed, enqueue)
     cycle.summary.step("enqueue")
     return cycle.summary
@@ -179,6 +186,7 @@ def _search_due(cycle: _Cycle) -> None:
     Types with a concurrency limit are searched apart, one search per group with room (limited.py).
     """
     rt, settings, now = cycle.rt, cycle.settings, cycle.now
+    cycle.searched_ms = monotonic_ms()
     lookahead = timedelta(milliseconds=lookahead_ms(settings))
     leases = cycle.view.leases
     common: dict[str, Any] = {
@@ -194,7 +202,7 @@ def _search_due(cycle: _Cycle) -> None:
     }
     body = queries.due_tasks(
         now + lookahead,
-        # Every task the nodes could take if every lease ended now; held tasks are left out of the
+        # Every task the nodes could take if every lease ended now; leased tasks are left out of the
         # search (the near-real-time search can still show a task claimed a moment ago as idle).
         size=min(settings.claim_batch_size, sum(n.capacity_units for n in cycle.available) // cycle.cheapest),
         exclude_types={*settings.catalogue.removed, *limited.limited_types(settings)},
@@ -231,49 +239,55 @@ def _make_room(cycle: _Cycle) -> bool:
     """
     rt, summary = cycle.rt, cycle.summary
     owners = [n.owner_id for n in cycle.available]
-
-    def free_units() -> dict[str, int]:
-        used = rt.ledger.used_units(owners)
-        return {n.owner_id: n.capacity_units - used[n.owner_id] for n in cycle.available}
-
-    cycle.free = free_units()
-    short_of_room = sum(max(0, units) for units in cycle.free.values()) < len(cycle.hits) * cycle.dearest
+    cycle.set_free(rt.ledger.used_units(owners))
+    short_of_room = cycle.room() < len(cycle.hits) * cycle.dearest
     if short_of_room or rt.ledger.reconcile_due(RECONCILE_EVERY_MS):
-        cycle.held, summary.released = reconcile_ledger(rt, cycle.view, pending_max_ms(cycle.settings))
+        cycle.leased, summary.released = reconcile_ledger(rt, cycle.view, pending_max_ms(cycle.settings))
         if summary.released:
-            cycle.free = free_units()
+            cycle.set_free(rt.ledger.used_units(owners))
     else:
-        cycle.held = {lease.task_id for lease in cycle.view.leases}
-    summary.capacity_left = dict(cycle.free)
+        cycle.leased = {lease.task_id for lease in cycle.view.leases}
     summary.step("reconcile")
-    room = sum(max(0, units) for units in cycle.free.values())
-    summary.found = len(cycle.hits) if room > 0 else 0
-    return room > 0 and bool(cycle.hits)
+    summary.found = len(cycle.hits) if cycle.room() > 0 else 0
+    return cycle.room() > 0 and bool(cycle.hits)
 
 
-def _refill_room(cycle: _Cycle, refill: RefillSession) -> bool:
-    """3'. In a refill session: read only the leases likely finished; True when a slot is free.
+def _room_in_session(cycle: _Cycle, session: RefillSession) -> bool:
+    """2'. In a refill session: read only the leases likely finished; True when a slot is free.
 
     No slot free: the cycle ends before its search (the common case between two completions).
     """
     rt, summary = cycle.rt, cycle.summary
     lease_ids = {lease.task_id for lease in cycle.view.leases}
-    refill.forget(lease_ids)
-    due = refill.due_for_check(lease_ids, monotonic_ms())
-    used = dict(cycle.view.used_units)
+    session.forget(lease_ids)
+    due = session.reads.due(lease_ids, monotonic_ms())
+    used: Mapping[str, int] = cycle.view.used_units
     if due:
-        cycle.held, summary.released = reconcile_ledger(
-            rt, cycle.view, pending_max_ms(cycle.settings), only=due, versions=refill.versions
+        cycle.leased, summary.released = reconcile_ledger(
+            rt, cycle.view, pending_max_ms(cycle.settings), only=due, versions=session.versions
         )
-        refill.checked(due, cycle.held, monotonic_ms())
+        session.reads.record_reads(due, cycle.leased, monotonic_ms())
         if summary.released:
             used = rt.ledger.used_units([n.owner_id for n in cycle.available])
     else:
-        cycle.held = lease_ids
-    cycle.free = {n.owner_id: n.capacity_units - used.get(n.owner_id, 0) for n in cycle.available}
-    summary.capacity_left = dict(cycle.free)
+        cycle.leased = lease_ids
+    cycle.set_free(used)
     summary.step("reconcile")
     return any(free >= cycle.cheapest for free in cycle.free.values())
+
+
+def _hits_in_session(cycle: _Cycle, session: RefillSession) -> bool:
+    """3'. The last search's unread hits when they suffice for the room, else a new search; True if any."""
+    room = cycle.room() // cycle.cheapest
+    unread = session.unread.take(room, monotonic_ms(), cycle.leased | cycle.view.recently_finished)
+    if unread:
+        # Read in real time below, like any hit.
+        cycle.hits, cycle.searched_ms = unread, session.unread.searched_ms
+        cycle.summary.waiting, cycle.summary.search_full, cycle.summary.searched = len(unread), True, True
+    else:
+        _search_due(cycle)
+    cycle.summary.found = len(cycle.hits)
+    return bool(cycle.hits)
 
 
 def _lease(cycle: _Cycle, a: policy.Assignment, doc: TaskDocument) -> ClaimedLease:
@@ -285,11 +299,10 @@ def _lease(cycle: _Cycle, a: policy.Assignment, doc: TaskDocument) -> ClaimedLea
 
 def _verify(cycle: _Cycle) -> list[TaskDocument]:
     """4. The hits this cycle can claim, read in real time; stale ones dropped, malformed ones reported."""
-    room = sum(max(0, units) for units in cycle.free.values())
-    most = room // cycle.cheapest  # plus a margin for stale hits
+    most = cycle.room() // cycle.cheapest  # plus a margin for stale hits
     candidates = []
     for hit in fresh_hits(
-        cycle.rt, cycle.hits, cycle.held, cycle.summary, limit=most + most // 4 + 2, seen=cycle.examined
+        cycle.rt, cycle.hits, cycle.leased, cycle.summary, limit=most + most // 4 + 2, seen=cycle.examined
     ):
         try:
             candidates.append(parse_hit(hit))
@@ -335,7 +348,7 @@ def _write_claims(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> list[
 def fresh_hits(
     rt: Runtime,
     hits: Sequence[dict[str, Any]],
-    held: set[str],
+    leased: set[str],
     summary: ClaimSummary,
     limit: int,
     seen: set[str] | None = None,
@@ -350,7 +363,7 @@ def fresh_hits(
     """
     candidates: list[dict[str, Any]] = []
     for hit in hits:
-        if str(hit["_id"]) in held:
+        if str(hit["_id"]) in leased:
             summary.stale += 1
         elif len(candidates) < limit:
             candidates.append(hit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -49,7 +50,7 @@ def reconcile_ledger(
     view: LeaseView,
     pending_max_ms: int,
     only: set[str] | None = None,
-    versions: dict[str, Version] | None = None,
+    versions: LeaseVersions | None = None,
 ) -> tuple[set[str], int]:
     """Free the slots of tasks Kibana finished (deleted, back to idle, or owned by someone else).
 
@@ -58,8 +59,8 @@ def reconcile_ledger(
     real-time read failed (unknown). Expiry is judged on Redis's clock (``view.now_ms``).
     ``only``: read just these leases (a refill session's likely-finished ones); the others, unless
     expired, stay held. ``versions``: the version (``_seq_no``, ``_primary_term``) at which each
-    lease was last seen held, kept by the caller across calls and updated here: those leases are
-    read without their source first (see ``read_leases``). Returns the ids still held and how many
+    lease was last seen still running, kept by the caller across calls and updated here: those
+    leases are read without their source first (see ``read_leases``). Returns the ids still held and how many
     were freed.
     """
     now_ms = view.now_ms
@@ -72,7 +73,7 @@ def reconcile_ledger(
     judged = [lease for lease in view.leases if lease.task_id not in held]
     if not judged:
         return held, 0
-    hits = read_leases(rt, sorted({lease.task_id for lease in judged}), versions or {})
+    hits = read_leases(rt, sorted({lease.task_id for lease in judged}), versions or LeaseVersions())
     done: dict[str, list[str]] = defaultdict(list)
     forget_at: dict[str, int] = {}
     for lease in judged:
@@ -90,12 +91,12 @@ def reconcile_ledger(
         if live and not finished(hit, task, lease.owner_id):
             held.add(lease.task_id)
             if versions is not None and hit is not None:
-                versions[lease.task_id] = _version(hit)
+                versions.seen(lease.task_id, _version(hit))
         else:
             done[lease.owner_id].append(lease.task_id)
             forget_at[lease.task_id] = _search_again_at(task, now_ms)
             if versions is not None:
-                versions.pop(lease.task_id, None)
+                versions.drop(lease.task_id)
     released = rt.ledger.release_many(done)
     rt.ledger.mark_finished(forget_at)
     return held, released
@@ -116,7 +117,26 @@ UNCHANGED = Unchanged.UNCHANGED
 LeaseRead = dict[str, Any] | None | Unchanged
 
 
-def read_leases(rt: Runtime, ids: Sequence[str], versions: dict[str, Version]) -> dict[str, LeaseRead]:
+@dataclass
+class LeaseVersions:
+    """The version each lease was last seen still running at (its claim, or a read): ``read_leases``
+    reads those without their source first."""
+
+    by_id: dict[str, Version] = field(default_factory=dict)
+
+    def seen(self, task_id: str, version: Version) -> None:
+        self.by_id[task_id] = version
+
+    def drop(self, task_id: str) -> None:
+        self.by_id.pop(task_id, None)
+
+    def keep_only(self, lease_ids: set[str]) -> None:
+        """Forget the versions of leases no longer in the ledger."""
+        for task_id in [t for t in self.by_id if t not in lease_ids]:
+            del self.by_id[task_id]
+
+
+def read_leases(rt: Runtime, ids: Sequence[str], versions: LeaseVersions) -> dict[str, LeaseRead]:
     """Real-time reads of leased tasks: id -> hit (``FINISHED_FIELDS``), None if gone, UNCHANGED, or left
     out when the read failed.
 
@@ -127,17 +147,18 @@ def read_leases(rt: Runtime, ids: Sequence[str], versions: dict[str, Version]) -
     cost the engine 0.16-0.36 ms a document in two runs, about seven times a version-only read:
     ``elastask_bed/bench/engine_costs.py``, BENCHMARKS.md).
     """
-    known = [i for i in ids if i in versions]
+    known = [i for i in ids if i in versions.by_id]
     hits: dict[str, LeaseRead] = {}
     changed: list[str] = []
     for task_id, hit in mget_sources(rt.store, known, fields=()).items():
-        if hit is not None and _version(hit) == versions[task_id]:
+        if hit is not None and _version(hit) == versions.by_id[task_id]:
             hits[task_id] = UNCHANGED
         elif hit is None:
             hits[task_id] = None
         else:
             changed.append(task_id)
-    hits.update(mget_sources(rt.store, [*[i for i in ids if i not in versions], *changed], fields=FINISHED_FIELDS))
+    unknown = [i for i in ids if i not in versions.by_id]
+    hits.update(mget_sources(rt.store, [*unknown, *changed], fields=FINISHED_FIELDS))
     return hits
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from elastask.core.intervals import format_date
-from elastask.loops.ledger_sync import reconcile_ledger
+from elastask.loops.ledger_sync import LeaseVersions, reconcile_ledger
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
@@ -93,11 +93,11 @@ def test_a_lease_still_at_the_version_it_was_judged_held_at_is_read_without_its_
     # deleted (a finished one-shot task), one Kibana rescheduled (a finished recurring task).
     engine = StubEngine()
     rt = stub_runtime(engine)
-    versions = {}
+    versions = LeaseVersions()
     for doc_id in ("task:running", "task:deleted", "task:rescheduled"):
         claimed(rt, doc_id)
         running(engine, doc_id)
-        versions[doc_id] = (engine.docs[doc_id]["_seq_no"], 1)
+        versions.seen(doc_id, (engine.docs[doc_id]["_seq_no"], 1))
     del engine.docs["task:deleted"]
     engine.put(
         "task:rescheduled",
@@ -112,7 +112,7 @@ def test_a_lease_still_at_the_version_it_was_judged_held_at_is_read_without_its_
         (["task:deleted", "task:rescheduled", "task:running"], True),
         (["task:rescheduled"], False),
     ]
-    assert versions == {"task:running": (engine.docs["task:running"]["_seq_no"], 1)}
+    assert versions.by_id == {"task:running": (engine.docs["task:running"]["_seq_no"], 1)}
 
 
 def test_a_lease_whose_version_changed_but_is_still_held_is_judged_by_its_fields_and_remembered() -> None:
@@ -121,7 +121,7 @@ def test_a_lease_whose_version_changed_but_is_still_held_is_judged_by_its_fields
     rt = stub_runtime(engine)
     claimed(rt, "task:renewed")
     running(engine, "task:renewed")
-    versions = {"task:renewed": (engine.docs["task:renewed"]["_seq_no"], 1)}
+    versions = LeaseVersions({"task:renewed": (engine.docs["task:renewed"]["_seq_no"], 1)})
     running(engine, "task:renewed")
     # When reconcile reads it twice.
     held, _ = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000, versions=versions)

@@ -44,40 +44,40 @@ def kibana_deletes(engine: StubEngine) -> Callable[[DispatchJob], None]:
 
 def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([ClaimedLease("t1", "report", (1, 1))], now_ms=0)
-    assert session.due_for_check({"t1"}, now_ms=0) == set()  # nothing learned yet: first read after max_wait
-    assert session.due_for_check({"t1"}, now_ms=250) == {"t1"}
-    session.checked({"t1"}, still_held=set(), now_ms=210)  # found finished 210 ms after its claim
-    assert session.shortest_hold_ms == {"report": 210}
-    session.claimed([ClaimedLease("t2", "report", (2, 1)), ClaimedLease("t3", "other", (3, 1))], now_ms=1000)
-    assert session.due_for_check({"t2", "t3"}, now_ms=1100) == set()
+    session.add_claims([ClaimedLease("t1", "report", (1, 1))], now_ms=0)
+    assert session.reads.due({"t1"}, now_ms=0) == set()  # nothing learned yet: first read after max_wait
+    assert session.reads.due({"t1"}, now_ms=250) == {"t1"}
+    session.reads.record_reads({"t1"}, still_leased=set(), now_ms=210)  # found finished 210 ms after its claim
+    assert session.reads.shortest_run_ms == {"report": 210}
+    session.add_claims([ClaimedLease("t2", "report", (2, 1)), ClaimedLease("t3", "other", (3, 1))], now_ms=1000)
+    assert session.reads.due({"t2", "t3"}, now_ms=1100) == set()
     # A little before the shortest hold: a faster run can still teach a shorter one.
-    assert session.due_for_check({"t2", "t3"}, now_ms=1000 + FIRST_READ_SHARE * 210) == {"t2"}
-    session.checked({"t2"}, still_held=set(), now_ms=1000 + FIRST_READ_SHARE * 210)
-    assert session.shortest_hold_ms["report"] < 210
+    assert session.reads.due({"t2", "t3"}, now_ms=1000 + FIRST_READ_SHARE * 210) == {"t2"}
+    session.reads.record_reads({"t2"}, still_leased=set(), now_ms=1000 + FIRST_READ_SHARE * 210)
+    assert session.reads.shortest_run_ms["report"] < 210
     # A type never seen finishing ("other") is first read after max_wait_ms.
-    assert session.due_for_check({"t3"}, now_ms=1250) == {"t3"}
-    assert session.wait_ms(1300) == MIN_WAIT_MS  # t3 is already worth reading
+    assert session.reads.due({"t3"}, now_ms=1250) == {"t3"}
+    assert session.reads.wait_ms(1300) == MIN_WAIT_MS  # t3 is already worth reading
 
 
 def test_a_lease_still_running_is_read_again_after_a_share_of_its_age() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([ClaimedLease("long", "export", (1, 1))], now_ms=0)
-    session.checked({"long"}, still_held={"long"}, now_ms=5)
-    assert session.next_check["long"] == 5 + MIN_RECHECK_MS
-    session.checked({"long"}, still_held={"long"}, now_ms=10_000)
-    assert session.next_check["long"] == 10_000 + RECHECK_SHARE * 10_000  # a share of its age: fewer reads
+    session.add_claims([ClaimedLease("long", "export", (1, 1))], now_ms=0)
+    session.reads.record_reads({"long"}, still_leased={"long"}, now_ms=5)
+    assert session.reads.next_read["long"] == 5 + MIN_RECHECK_MS
+    session.reads.record_reads({"long"}, still_leased={"long"}, now_ms=10_000)
+    assert session.reads.next_read["long"] == 10_000 + RECHECK_SHARE * 10_000  # a share of its age: fewer reads
     assert RECHECK_SHARE * 10_000 > 250
-    assert session.wait_ms(10_000) == 250  # never sleeps past max_wait_ms
+    assert session.reads.wait_ms(10_000) == 250  # never sleeps past max_wait_ms
 
 
 def test_a_lease_another_cycle_claimed_counts_its_age_from_when_the_session_first_read_it() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    assert session.due_for_check({"theirs"}, now_ms=100) == {"theirs"}
-    session.checked({"theirs"}, still_held={"theirs"}, now_ms=100)
-    assert session.next_check["theirs"] == 100 + MIN_RECHECK_MS
+    assert session.reads.due({"theirs"}, now_ms=100) == {"theirs"}
+    session.reads.record_reads({"theirs"}, still_leased={"theirs"}, now_ms=100)
+    assert session.reads.next_read["theirs"] == 100 + MIN_RECHECK_MS
     session.forget(set())  # freed elsewhere (a refused push): nothing kept
-    assert session.next_check == {} and session.claimed_at == {}
+    assert session.reads.next_read == {} and session.reads.started_at == {}
 
 
 def test_given_a_backlog_a_session_refills_each_freed_slot_within_one_call_and_never_exceeds_the_cap() -> None:
@@ -118,24 +118,24 @@ def test_with_sessions_off_a_backlog_waits_for_the_next_job() -> None:
 def test_leftover_hits_stand_in_for_a_search_only_while_recent_and_more_than_the_room() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
     hits = [{"_id": f"task:{i}", "_seq_no": i, "_primary_term": 1} for i in range(5)]
-    session.keep_leftovers(hits, searched_ms=1000)
-    assert session.take_leftovers(3, now_ms=1100, exclude=set()) == hits
-    assert [h["_id"] for h in session.take_leftovers(3, now_ms=1100, exclude={"task:0"})] == [
+    session.unread.keep(hits, searched_ms=1000)
+    assert session.unread.take(3, now_ms=1100, exclude=set()) == hits
+    assert [h["_id"] for h in session.unread.take(3, now_ms=1100, exclude={"task:0"})] == [
         "task:1",
         "task:2",
         "task:3",
         "task:4",
     ]
-    assert session.take_leftovers(5, now_ms=1100, exclude=set()) == []  # no more than the room: search
-    assert session.take_leftovers(1, now_ms=1000 + 501, exclude=set()) == []  # too old: search
+    assert session.unread.take(5, now_ms=1100, exclude=set()) == []  # no more than the room: search
+    assert session.unread.take(1, now_ms=1000 + 501, exclude=set()) == []  # too old: search
 
 
 def test_learned_holds_re_time_the_first_read_of_leases_not_read_yet() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([ClaimedLease("t1", "report", (1, 1))], now_ms=1000)
-    assert session.next_check["t1"] == 1250  # blind: after max_wait_ms
-    session.learn({"report": 200.0})
-    assert session.next_check["t1"] == 1000 + FIRST_READ_SHARE * 200
+    session.add_claims([ClaimedLease("t1", "report", (1, 1))], now_ms=1000)
+    assert session.reads.next_read["t1"] == 1250  # blind: after max_wait_ms
+    session.reads.learn({"report": 200.0})
+    assert session.reads.next_read["t1"] == 1000 + FIRST_READ_SHARE * 200
 
 
 def test_a_session_remembers_the_shortest_hold_for_the_next_one_in_redis() -> None:
@@ -143,7 +143,7 @@ def test_a_session_remembers_the_shortest_hold_for_the_next_one_in_redis() -> No
     due_tasks(engine, 4)
     rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
     claim_available_tasks(rt, datetime.now(UTC), kibana_deletes(engine))
-    remembered = rt.redis.hgetall(keys.REFILL_HOLDS)
+    remembered = rt.redis.hgetall(keys.REFILL_SHORTEST_RUNS)
     assert b"sample" in remembered and float(remembered[b"sample"]) >= 0
 
 
@@ -168,8 +168,8 @@ def test_a_session_out_of_time_with_tasks_still_waiting_says_so_and_one_that_dra
 def test_a_task_claimed_ahead_counts_its_hold_from_its_run_at_not_from_its_claim() -> None:
     # Given the first task of a backlog, claimed 700 ms ahead of its runAt and finished 260 ms after it.
     session = RefillSession(0.0, max_wait_ms=250)
-    session.claimed([ClaimedLease("t1", "report", (1, 1), ahead_ms=700)], now_ms=1000)
-    assert session.due_for_check({"t1"}, now_ms=1900) == set()  # not before runAt + max_wait_ms
-    session.checked({"t1"}, still_held=set(), now_ms=1700 + 260)
+    session.add_claims([ClaimedLease("t1", "report", (1, 1), ahead_ms=700)], now_ms=1000)
+    assert session.reads.due({"t1"}, now_ms=1900) == set()  # not before runAt + max_wait_ms
+    session.reads.record_reads({"t1"}, still_leased=set(), now_ms=1700 + 260)
     # Then the hold learned is the run's, not the run's plus the time claimed ahead.
-    assert session.shortest_hold_ms == {"report": 260}
+    assert session.reads.shortest_run_ms == {"report": 260}
