@@ -58,9 +58,9 @@ class Runtime:
         for pool in list(self._pushers.values()):
             pool.shutdown(wait=False, cancel_futures=True)
         self.nodes.close()
-        self.store.client.close()
+        self.store.close()
         self.redis.close()
-        self.kibana.session.close()
+        self.kibana.close()
 
 
 def build_runtime(settings: Settings) -> Runtime:

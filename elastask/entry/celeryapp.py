@@ -201,7 +201,7 @@ class NodeQueues(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.registry is not None:
             self.registry.close()
             self.registry.redis.close()
-            self.registry.kibana.session.close()
+            self.registry.kibana.close()
 
 
 def node_registry(settings: Settings) -> Any:

@@ -30,7 +30,6 @@ from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.refill import ClaimedLease, RefillSession
 from elastask.parts.ledger import LeaseView, SlotRequest
 from elastask.parts.nodes import Node
-from elastask.parts.store import mget_sources, search, search_hits
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -214,7 +213,7 @@ def _search_due(cycle: _Cycle) -> None:
         cycle.hits = []
         answer: dict[str, Any] = {"hits": {"hits": []}}
     else:
-        answer = search(rt.store, body, "searching due tasks")
+        answer = rt.store.search(body, "searching due tasks")
         batches = [[dict(hit) for hit in answer["hits"]["hits"]]]
         full = len(batches[0]) >= body["size"]
         room = limited.group_room(settings, cycle.available, cycle.view.group_counts)
@@ -222,7 +221,7 @@ def _search_due(cycle: _Cycle) -> None:
             group_body = queries.due_tasks(
                 now + lookahead, size=size, only_types=types, exclude_types=settings.catalogue.removed, **common
             )
-            batches.append([dict(hit) for hit in search_hits(rt.store, group_body, f"searching due {group} tasks")])
+            batches.append([dict(hit) for hit in rt.store.search_hits(group_body, f"searching due {group} tasks")])
             full = full or len(batches[-1]) >= size
         cycle.hits = limited.merge_hits(batches)
         cycle.summary.search_full = bool(cycle.hits) and full
@@ -371,7 +370,7 @@ def fresh_hits(
             continue
         if seen is not None:
             seen.add(str(hit["_id"]))
-    current = mget_sources(rt.store, [str(hit["_id"]) for hit in candidates])
+    current = rt.store.mget_sources([str(hit["_id"]) for hit in candidates])
     fresh = []
     for hit in candidates:
         if str(hit["_id"]) not in current:

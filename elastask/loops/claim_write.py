@@ -19,7 +19,7 @@ from elastask.core import policy
 from elastask.core.documents import TaskDocument
 from elastask.errors import StoreError
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.parts.store import VersionedUpdate, WriteResult, bulk_update_tasks, bulk_update_versions, mget_sources
+from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def write_claims(
     timeouts = [rt.settings.for_type(a.task.task_type).timeout_ms for a in to_claim]
     fields = [policy.claim_fields(a.task, a.owner_id, now, t) for a, t in zip(to_claim, timeouts, strict=True)]
     try:
-        results = bulk_update_tasks(rt.store, [(a.task, f) for a, f in zip(to_claim, fields, strict=True)])
+        results = rt.store.bulk_update_tasks([(a.task, f) for a, f in zip(to_claim, fields, strict=True)])
     except StoreError as e:
         results = _after_failed_write(rt, to_claim, fields, e, token)
     summary.step("claim")
@@ -85,7 +85,7 @@ def _after_failed_write(
     applied: dict[str, dict[str, Any] | None] = {}
     if policy.write_may_have_applied(error.status):
         try:
-            applied = mget_sources(rt.store, [a.task.id for a in to_claim])
+            applied = rt.store.mget_sources([a.task.id for a in to_claim])
         except StoreError:
             applied = {}
     results = [_claim_as_read(a, f, applied.get(a.task.id)) for a, f in zip(to_claim, fields, strict=True)]
@@ -153,6 +153,6 @@ def give_back_claims(rt: Runtime, docs: Sequence[TaskDocument]) -> None:
         if d.seq_no is not None and d.primary_term is not None
     ]
     try:
-        bulk_update_versions(rt.store, updates)
+        rt.store.bulk_update_versions(updates)
     except StoreError as e:  # the leases run out and the retry loop takes them back
         log.warning("giving back %d claim(s) failed; their leases decide: %s", len(updates), e)

@@ -16,7 +16,7 @@ from elastask.core import policy
 from elastask.core.intervals import format_date, parse_date
 from elastask.core.messages import ClaimedTask
 from elastask.loops.push_outcomes import DispatchReport, give_back_tasks, warn
-from elastask.parts.store import VersionedUpdate, bulk_update_versions
+from elastask.parts.store import VersionedUpdate
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def renew_waited_leases(
     if not waited:
         return list(tasks)
     renewed_until = {j.doc_id: now + timedelta(milliseconds=j.lease_ms) for j in waited}
-    results = bulk_update_versions(
-        rt.store,
+    results = rt.store.bulk_update_versions(
         [
             VersionedUpdate(
                 j.doc_id,
@@ -64,9 +63,7 @@ def renew_waited_leases(
                 body=body,
             )
         elif result.conflict or result.missing:
-            warn(
-                task, "task %r changed while its dispatch job waited (%s); not pushing it", task.doc_id, result.status
-            )
+            warn(task, "task %r changed while its dispatch job waited (%s); not pushing it", task.doc_id, result.status)
             report.outcomes[task.doc_id] = "expired"
         else:
             # The renewal itself failed (429, 5xx): the task never reached Kibana, so it goes back now
@@ -93,8 +90,7 @@ def renew_waited_leases(
             owner_id,
             ", ".join(repr(t.doc_id) for t in unslotted),
         )
-        bulk_update_versions(
-            rt.store,
+        rt.store.bulk_update_versions(
             [
                 VersionedUpdate(t.doc_id, t.seq_no, t.primary_term, policy.release_fields_for(t.attempts))
                 for t in unslotted

@@ -20,7 +20,6 @@ from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
 from elastask.parts.ledger import LeaseView
 from elastask.parts.nodes import Node
-from elastask.parts.store import mget_sources, search_hits
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,7 @@ def read_leases(rt: Runtime, ids: Sequence[str], versions: LeaseVersions) -> dic
     known = [i for i in ids if i in versions.by_id]
     hits: dict[str, LeaseRead] = {}
     changed: list[str] = []
-    for task_id, hit in mget_sources(rt.store, known, fields=()).items():
+    for task_id, hit in rt.store.mget_sources(known, fields=()).items():
         if hit is not None and _version(hit) == versions.by_id[task_id]:
             hits[task_id] = UNCHANGED
         elif hit is None:
@@ -158,7 +157,7 @@ def read_leases(rt: Runtime, ids: Sequence[str], versions: LeaseVersions) -> dic
         else:
             changed.append(task_id)
     unknown = [i for i in ids if i not in versions.by_id]
-    hits.update(mget_sources(rt.store, [*unknown, *changed], fields=FINISHED_FIELDS))
+    hits.update(rt.store.mget_sources([*unknown, *changed], fields=FINISHED_FIELDS))
     return hits
 
 
@@ -199,7 +198,7 @@ def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
     """
     rt.store.refresh()  # the search below must see the claims of the last second too
     body = queries.in_flight(now, None, size=max(1000, sum(n.capacity_units for n in nodes)))
-    hits = search_hits(rt.store, body, "rebuilding the ledger")
+    hits = rt.store.search_hits(body, "rebuilding the ledger")
     by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
     for hit in hits:
         task = hit.get("_source", {}).get("task", {})

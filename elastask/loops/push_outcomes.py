@@ -23,7 +23,7 @@ from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
 from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.nodes import Node
-from elastask.parts.store import VersionedUpdate, WriteResult, bulk_update_versions
+from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,8 @@ def _burn_attempts(
         )
         warn(task, "task %r: %s", task.doc_id, plan.reason)
         plans.append((task, plan))
-    writes = bulk_update_versions(
-        rt.store, [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, plan.fields) for j, plan in plans]
+    writes = rt.store.bulk_update_versions(
+        [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, plan.fields) for j, plan in plans]
     )
     for (task, plan), write in zip(plans, writes, strict=True):
         if write.ok and plan.outcome == "failed":
@@ -167,8 +167,7 @@ def give_back_tasks(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) ->
     """
     if not tasks:
         return
-    results = bulk_update_versions(
-        rt.store,
+    results = rt.store.bulk_update_versions(
         [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, policy.release_fields_for(j.attempts)) for j in tasks],
     )
     _release_where_ours(rt, owner_id, tasks, results)

@@ -28,7 +28,6 @@ from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.parts.locks import exclusive
-from elastask.parts.store import bulk_update_tasks, search_hits
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
     body = queries.expired_leases(
         grace_s=grace_s, size=rt.settings.claim_batch_size, exclude_ids=quarantined(rt.redis, now)
     )
-    hits = search_hits(rt.store, body, "searching expired leases")
+    hits = rt.store.search_hits(body, "searching expired leases")
     summary.expired = len(hits)
     plans: list[tuple[TaskDocument, policy.Expiry]] = []
     for hit in hits:
@@ -114,7 +113,7 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
                 ),
             )
         )
-    results = bulk_update_tasks(rt.store, [(doc, expiry.fields) for doc, expiry in plans])
+    results = rt.store.bulk_update_tasks([(doc, expiry.fields) for doc, expiry in plans])
     outcomes: Counter[str] = Counter()
     for (doc, expiry), result in zip(plans, results, strict=True):
         if result.conflict or result.missing:
@@ -138,7 +137,7 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
 
 def audit_unclaimable(rt: Runtime, now: datetime) -> int:
     """Report documents with an unknown status or an idle one without runAt; returns how many exist."""
-    hits = search_hits(rt.store, queries.unclaimable(size=AUDIT_SIZE), "auditing unclaimable tasks")
+    hits = rt.store.search_hits(queries.unclaimable(size=AUDIT_SIZE), "auditing unclaimable tasks")
     for hit in hits:
         task = hit.get("_source", {}).get("task", {})
         doc_id = str(hit.get("_id"))
@@ -167,13 +166,13 @@ def fail_exhausted_one_shots(rt: Runtime, now: datetime) -> int:
         max_attempts_by_type=settings.max_attempts_by_type(),
     )
     docs = []
-    for hit in search_hits(rt.store, body, "searching one-shot tasks out of attempts"):
+    for hit in rt.store.search_hits(body, "searching one-shot tasks out of attempts"):
         try:
             docs.append(parse_hit(hit))
         except DocumentError as e:
             report_malformed(rt.redis, e, now)
     plans = [(doc, {"attempts": 0} if doc.is_recurring else {"status": "failed"}) for doc in docs]
-    results = bulk_update_tasks(rt.store, plans)
+    results = rt.store.bulk_update_tasks(plans)
     failed = 0
     for (doc, fields), result in zip(plans, results, strict=True):
         if not result.ok:

@@ -16,7 +16,6 @@ from elastask.core.intervals import format_date
 from elastask.errors import ConflictError, ElastaskError
 from elastask.loops.cadence import Cadence
 from elastask.ops.health import capacity_estimation, count_overdue
-from elastask.parts.store import search, search_hits
 from elastask.runtime import Runtime
 
 #: ``elastask status`` waits this long for nodes whose ownerId it must first ask.
@@ -42,7 +41,7 @@ def status(rt: Runtime, now: datetime) -> dict[str, Any]:
                 "failures": breaker["failures"],
             }
         )
-    answer = search(rt.store, queries.counts_by_status(), "counting tasks by status")
+    answer = rt.store.search(queries.counts_by_status(), "counting tasks by status")
     counts = {b["key"]: b["doc_count"] for b in answer["aggregations"]["status"]["buckets"]}
     due = queries.due_tasks(now, size=0, default_max_attempts=rt.settings.max_attempts, max_attempts_by_type={})
     due_now = rt.store.count(due["query"], "counting due tasks")
@@ -66,7 +65,7 @@ def failed_tasks(rt: Runtime, size: int = 100) -> list[dict[str, Any]]:
         "seq_no_primary_term": True,
     }
     rows = []
-    for hit in search_hits(rt.store, body, "listing failed tasks"):
+    for hit in rt.store.search_hits(body, "listing failed tasks"):
         reason = rt.redis.hget(keys.FAILED_REASONS, hit["_id"])
         task = hit["_source"]["task"]
         rows.append(

@@ -17,7 +17,6 @@ from elastask.core.advice import settings_advice
 from elastask.core.kibana_setup import SetupFinding, setup_findings
 from elastask.errors import StoreError
 from elastask.parts.connection_errors import explain
-from elastask.parts.store import search
 from elastask.runtime import Runtime
 
 
@@ -119,7 +118,7 @@ def _check_task_types(settings: Settings, rt: Runtime) -> CheckRow:
         "aggs": {"types": {"terms": {"field": "task.taskType", "size": 1000}}},
     }
     try:
-        answer = search(rt.store, body, "listing the task types in the index")
+        answer = rt.store.search(body, "listing the task types in the index")
     except StoreError as e:
         return CheckRow(name, False, str(e), "check the engine")
     present = [str(b["key"]) for b in answer.get("aggregations", {}).get("types", {}).get("buckets", [])]

@@ -19,7 +19,6 @@ from elastask.core.intervals import format_date
 from elastask.core.percentiles import percentile
 from elastask.ops.metrics import MetricsReader
 from elastask.ops.usage import UsageReader
-from elastask.parts.store import search
 from elastask.runtime import Runtime
 
 DRIFT_WARN_S = 60.0
@@ -57,7 +56,7 @@ def capacity_estimation(rt: Runtime, now: datetime, overdue: int | None) -> dict
     """
     nodes, _ = rt.nodes.resolve()
     window = UsageReader(rt.redis).window(int(now.timestamp() * 1000))
-    answer = search(rt.store, queries.recurring_schedules(), "counting recurring tasks by schedule")
+    answer = rt.store.search(queries.recurring_schedules(), "counting recurring tasks by schedule")
     observed = capacity_estimate.Observed(
         window_s=window.sampled_ms / 1000,
         nodes=capacity_estimate.node_usages({n.owner_id: n.capacity_units for n in nodes}, window.by_owner),

@@ -84,6 +84,10 @@ class KibanaClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
     def _options(self, node: KibanaNode, read_timeout_s: float) -> dict[str, Any]:
         headers = {"kbn-xsrf": "elastask", "Content-Type": "application/json"}
         options: dict[str, Any] = {"timeout": (CONNECT_TIMEOUT_S, read_timeout_s), "headers": headers}

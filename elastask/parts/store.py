@@ -193,6 +193,74 @@ class TaskStore:
                 )
         return warnings
 
+    def search_hits(self, body: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
+        """The hits of one search on the task index."""
+        return [dict(hit) for hit in self.search(body, what)["hits"]["hits"]]
+
+    def search(self, body: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """One search on the task index: the whole answer (hits and aggregations)."""
+        with engine_errors(what):
+            answer = self.client.search(index=self.index, body=dict(body))
+        return dict(answer.body)
+
+    def bulk_update_tasks(
+        self, updates: Sequence[tuple[TaskDocument, Mapping[str, Any]]], *, refresh: bool = False
+    ) -> list[WriteResult]:
+        """Partial ``task.*`` updates, each conditional on the version its document was read at (one request)."""
+        versioned = []
+        for doc, fields in updates:
+            if doc.seq_no is None or doc.primary_term is None:
+                raise ValueError(f"task document {doc.id!r} has no version; read it before writing it")
+            versioned.append(VersionedUpdate(doc.id, doc.seq_no, doc.primary_term, fields))
+        return self.bulk_update_versions(versioned, refresh=refresh)
+
+    def bulk_update_versions(self, updates: Sequence[VersionedUpdate], *, refresh: bool = False) -> list[WriteResult]:
+        """Conditional partial updates in one ``_bulk`` request; one result per update, in order."""
+        if not updates:
+            return []
+        operations: list[dict[str, Any]] = []
+        for update in updates:
+            operations.append(
+                {"update": {"_id": update.doc_id, "if_seq_no": update.seq_no, "if_primary_term": update.primary_term}}
+            )
+            operations.append({"doc": {"task": dict(update.fields)}})
+        with engine_errors(f"bulk update of {len(updates)} task(s) in {self.index}"):
+            answer = self.client.bulk(index=self.index, operations=operations, refresh=refresh or None)
+        return _bulk_results(answer.body)
+
+    def mget_sources(
+        self, ids: Sequence[str], *, fields: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any] | None]:
+        """Real-time reads of several documents: id -> hit (with version), or None if it is gone.
+
+        An id whose read failed (an error item: shard unavailable) is left out: unknown, never "gone".
+
+        ``fields``: only these source fields (e.g. ``task.status``), for reads that need a few; ``()``:
+        no source at all, only whether each document exists and its version (``_seq_no``,
+        ``_primary_term``) -- the cheapest read the engine serves.
+        """
+        if not ids:
+            return {}
+        options: dict[str, Any] = {}
+        if fields == ():
+            options["source"] = False
+        elif fields is not None:
+            options["source_includes"] = list(fields)
+        with engine_errors(f"reading {len(ids)} task(s) from {self.index}"):
+            answer = self.client.mget(index=self.index, ids=list(ids), **options)
+        result: dict[str, dict[str, Any] | None] = {}
+        for doc in answer["docs"]:
+            if "error" in doc:
+                # A shard relocating or unavailable: the document's state is unknown, not "deleted".
+                log.warning("reading %r from %s: %s; left out of this cycle", doc.get("_id"), self.index, doc["error"])
+                continue
+            result[str(doc["_id"])] = dict(doc) if doc.get("found") else None
+        return result
+
+    def close(self) -> None:
+        """Close the engine client's connections."""
+        self.client.close()
+
 
 class WriteResult:
     """Outcome of one conditional write in a bulk request."""
@@ -233,30 +301,6 @@ def _bulk_results(answer: Mapping[str, Any]) -> list[WriteResult]:
     return results
 
 
-def search_hits(store: TaskStore, body: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
-    """The hits of one search on the task index."""
-    return [dict(hit) for hit in search(store, body, what)["hits"]["hits"]]
-
-
-def search(store: TaskStore, body: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """One search on the task index: the whole answer (hits and aggregations)."""
-    with engine_errors(what):
-        answer = store.client.search(index=store.index, body=dict(body))
-    return dict(answer.body)
-
-
-def bulk_update_tasks(
-    store: TaskStore, updates: Sequence[tuple[TaskDocument, Mapping[str, Any]]], *, refresh: bool = False
-) -> list[WriteResult]:
-    """Partial ``task.*`` updates, each conditional on the version its document was read at (one request)."""
-    versioned = []
-    for doc, fields in updates:
-        if doc.seq_no is None or doc.primary_term is None:
-            raise ValueError(f"task document {doc.id!r} has no version; read it before writing it")
-        versioned.append(VersionedUpdate(doc.id, doc.seq_no, doc.primary_term, fields))
-    return bulk_update_versions(store, versioned, refresh=refresh)
-
-
 @dataclass(frozen=True)
 class VersionedUpdate:
     """A partial ``task.*`` update that applies only if the document is still at this version."""
@@ -265,50 +309,3 @@ class VersionedUpdate:
     seq_no: int
     primary_term: int
     fields: Mapping[str, Any]
-
-
-def bulk_update_versions(
-    store: TaskStore, updates: Sequence[VersionedUpdate], *, refresh: bool = False
-) -> list[WriteResult]:
-    """Conditional partial updates in one ``_bulk`` request; one result per update, in order."""
-    if not updates:
-        return []
-    operations: list[dict[str, Any]] = []
-    for update in updates:
-        operations.append(
-            {"update": {"_id": update.doc_id, "if_seq_no": update.seq_no, "if_primary_term": update.primary_term}}
-        )
-        operations.append({"doc": {"task": dict(update.fields)}})
-    with engine_errors(f"bulk update of {len(updates)} task(s) in {store.index}"):
-        answer = store.client.bulk(index=store.index, operations=operations, refresh=refresh or None)
-    return _bulk_results(answer.body)
-
-
-def mget_sources(
-    store: TaskStore, ids: Sequence[str], *, fields: Sequence[str] | None = None
-) -> dict[str, dict[str, Any] | None]:
-    """Real-time reads of several documents: id -> hit (with version), or None if it is gone.
-
-    An id whose read failed (an error item: shard unavailable) is left out: unknown, never "gone".
-
-    ``fields``: only these source fields (e.g. ``task.status``), for reads that need a few; ``()``:
-    no source at all, only whether each document exists and its version (``_seq_no``,
-    ``_primary_term``) -- the cheapest read the engine serves.
-    """
-    if not ids:
-        return {}
-    options: dict[str, Any] = {}
-    if fields == ():
-        options["source"] = False
-    elif fields is not None:
-        options["source_includes"] = list(fields)
-    with engine_errors(f"reading {len(ids)} task(s) from {store.index}"):
-        answer = store.client.mget(index=store.index, ids=list(ids), **options)
-    result: dict[str, dict[str, Any] | None] = {}
-    for doc in answer["docs"]:
-        if "error" in doc:
-            # A shard relocating or unavailable: the document's state is unknown, not "deleted".
-            log.warning("reading %r from %s: %s; left out of this cycle", doc.get("_id"), store.index, doc["error"])
-            continue
-        result[str(doc["_id"])] = dict(doc) if doc.get("found") else None
-    return result

@@ -15,13 +15,12 @@ from elasticsearch import Elasticsearch
 
 from elastask.core import queries
 from elastask.core.documents import TaskDocument, new_task
-from elastask.parts.store import TaskStore, search_hits
+from elastask.parts.store import TaskStore
 from elastask_bed.testbed.bed import INDEX
 from tests.integration.harness import seed
 from tests.unit.stubs import StubEngine
 
 pytestmark = pytest.mark.integration
-
 
 
 def _task(name: str, now: datetime, task_type: str = "sample", *, run_at_s: float, **changes: object) -> TaskDocument:
@@ -92,7 +91,7 @@ def test_due_tasks_come_highest_priority_first_then_oldest_leaving_out_what_may_
         exclude_types={"actions:removed-type"},
         exclude_ids={"task:newer"},
     )
-    assert ids(search_hits(store, body, "due")) == ["urgent", "report", "old", "recurring-exhausted"]
+    assert ids(store.search_hits(body, "due")) == ["urgent", "report", "old", "recurring-exhausted"]
 
 
 def test_a_type_of_its_own_maximum_attempts_and_a_group_search(engine: tuple[TaskStore, datetime]) -> None:
@@ -101,7 +100,7 @@ def test_a_type_of_its_own_maximum_attempts_and_a_group_search(engine: tuple[Tas
         now, size=100, default_max_attempts=3, max_attempts_by_type={"sample": 4}, only_types={"sample"}
     )
     # exhausted (attempts 3) is claimable under a maximum of 4; only the sample type is searched.
-    assert set(ids(search_hits(store, body, "due"))) == {
+    assert set(ids(store.search_hits(body, "due"))) == {
         "old",
         "newer",
         "urgent",
@@ -113,19 +112,19 @@ def test_a_type_of_its_own_maximum_attempts_and_a_group_search(engine: tuple[Tas
 def test_idle_one_shot_tasks_at_their_maximum_are_found_for_failing(engine: tuple[TaskStore, datetime]) -> None:
     store, _ = engine
     body = queries.exhausted_one_shots(size=100, default_max_attempts=3, max_attempts_by_type={})
-    assert ids(search_hits(store, body, "exhausted")) == ["exhausted"]
+    assert ids(store.search_hits(body, "exhausted")) == ["exhausted"]
 
 
 def test_expired_leases_are_found_oldest_first_after_the_grace(engine: tuple[TaskStore, datetime]) -> None:
     store, _ = engine
-    assert ids(search_hits(store, queries.expired_leases(grace_s=2, size=100), "expired")) == ["claiming", "expired"]
-    assert ids(search_hits(store, queries.expired_leases(grace_s=60, size=100), "expired")) == ["claiming"]
+    assert ids(store.search_hits(queries.expired_leases(grace_s=2, size=100), "expired")) == ["claiming", "expired"]
+    assert ids(store.search_hits(queries.expired_leases(grace_s=60, size=100), "expired")) == ["claiming"]
     body = queries.expired_leases(grace_s=2, size=100, exclude_ids={"task:claiming"})
-    assert ids(search_hits(store, body, "expired")) == ["expired"]
+    assert ids(store.search_hits(body, "expired")) == ["expired"]
 
 
 def test_leases_still_running_are_found_per_node_or_for_every_node(engine: tuple[TaskStore, datetime]) -> None:
     store, now = engine
-    assert ids(search_hits(store, queries.in_flight(now, {"kibana:b"}, size=100), "in flight")) == ["live"]
-    assert ids(search_hits(store, queries.in_flight(now, {"kibana:a"}, size=100), "in flight")) == []
-    assert ids(search_hits(store, queries.in_flight(now, None, size=100), "in flight")) == ["live"]
+    assert ids(store.search_hits(queries.in_flight(now, {"kibana:b"}, size=100), "in flight")) == ["live"]
+    assert ids(store.search_hits(queries.in_flight(now, {"kibana:a"}, size=100), "in flight")) == []
+    assert ids(store.search_hits(queries.in_flight(now, None, size=100), "in flight")) == ["live"]

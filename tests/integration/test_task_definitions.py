@@ -110,7 +110,6 @@ def test_on_the_real_engine_the_claim_order_is_the_documents_priority_else_its_t
     store: TaskStore,
 ) -> None:
     from elastask.core import queries
-    from elastask.parts.store import search_hits
 
     es = store.client
     at = now() - timedelta(seconds=30)
@@ -128,5 +127,5 @@ def test_on_the_real_engine_the_claim_order_is_the_documents_priority_else_its_t
         max_attempts_by_type={},
         priority_by_type={"cleanup": 1, "alerting:*": 60},
     )
-    order = [hit["_id"] for hit in search_hits(store, body, "the claim order")]
+    order = [hit["_id"] for hit in store.search_hits(body, "the claim order")]
     assert order == ["task:urgent", "task:by-prefix", "task:normal-new", "task:low-old"]
