@@ -1,8 +1,7 @@
 """Dispatch jobs sent from a thread of their own, so the claim loop does not wait for the broker.
 
 Sending one Celery message is a Redis round trip or two; a claim cycle that fills ten nodes sends
-ten, and under load that was a fifth of every cycle (profiled with py-spy in the 200 ms backlog
-benchmark: ~20 of ~100 ms). The claim loop only hands each job over and goes on to its next look;
+ten, a fifth of a busy cycle (BENCHMARKS.md). The claim loop only hands each job over and goes on to its next look;
 this thread sends them in order on a producer of its own (kombu connections are not shared between
 threads).
 

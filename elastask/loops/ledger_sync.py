@@ -142,9 +142,7 @@ def read_leases(rt: Runtime, ids: Sequence[str], versions: LeaseVersions) -> dic
     A lease whose version is known is read first without its source: gone, or still that version
     (the document ``finished`` judged held then, so held now), needs nothing more; only a changed one
     is read again with its fields. Most reads in a refill session find a task still running, and the
-    engine serves a version-only read for a fraction of a filtered one (a ``_source_includes`` filter
-    cost the engine 0.16-0.36 ms a document in two runs, about seven times a version-only read:
-    ``elastask_bed/bench/engine_costs.py``, BENCHMARKS.md).
+    engine serves a version-only read for about a seventh of a filtered one (BENCHMARKS.md).
     """
     known = [i for i in ids if i in versions.by_id]
     hits: dict[str, LeaseRead] = {}
