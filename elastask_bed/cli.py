@@ -104,7 +104,7 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, 
 
 
 @click.command("bench")
-@click.argument("scenario", type=click.Choice(["backlog", "steady", "idle", "scale", "mix", "all"]))
+@click.argument("scenario", type=click.Choice(["backlog", "burst", "steady", "idle", "scale", "mix", "all"]))
 @click.option("--mode", type=click.Choice(["push", "pull", "both"]), default="both", show_default=True)
 @click.option(
     "--json",
@@ -133,7 +133,9 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, 
     "and/or fixed poll intervals in ms, comma-separated",
 )
 @click.option("--workers", type=int, default=1, show_default=True, help="celery workers in push mode")
-@click.option("--concurrency", type=int, default=4, show_default=True, help="processes per worker")
+@click.option(
+    "--concurrency", type=int, default=None, help="processes per worker (default: none given, as users run a worker)"
+)
 @click.option(
     "--warm-up/--no-warm-up",
     default=True,
@@ -154,7 +156,7 @@ def bench(
     push_interval: int | None,
     pull_intervals: str,
     workers: int,
-    concurrency: int,
+    concurrency: int | None,
     warm_up: bool,
 ) -> None:
     """Benchmark push (elastask) against Kibana's pull model, side by side on one test bed."""
@@ -169,7 +171,7 @@ def bench(
     modes = (["push"] if mode in ("push", "both") else []) + (
         [f"pull-{ms.strip()}" for ms in pull_intervals.split(",") if ms.strip()] if mode in ("pull", "both") else []
     )
-    names = ["backlog", "steady", "idle", "scale", "mix"] if scenario == "all" else [scenario]
+    names = ["backlog", "burst", "steady", "idle", "scale", "mix"] if scenario == "all" else [scenario]
     out = Path(json_path or f"bench-results/{scenario}.json")
     command = "elastask bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     workdir = Path(tempfile.mkdtemp(prefix="elastask-bench-"))
@@ -238,7 +240,7 @@ def bench(
 bench = with_chaos(bench)
 
 
-def _warm_up(bed: Testbed, modes: list[str], workdir: Path, workers: int, concurrency: int) -> None:
+def _warm_up(bed: Testbed, modes: list[str], workdir: Path, workers: int, concurrency: int | None) -> None:
     """Rounds of a backlog in each mode, unmeasured, until the engine's JIT compiler is quiet (bench/warmup.py)."""
     from elastask_bed.bench.runner import BenchRun
     from elastask_bed.bench.scenarios import SCENARIOS

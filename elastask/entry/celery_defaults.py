@@ -5,6 +5,8 @@ The top-level ``celeryconfig.py`` imports these; a deployment overrides them the
 
 from __future__ import annotations
 
+import os as _os
+
 # A dispatch job is acknowledged only after it ran, so a worker killed mid-push leaves the job
 # in Redis for another worker instead of losing it. Dispatch is idempotent per lease (it checks
 # the document's version before pushing), so running a redelivered job is safe.
@@ -13,6 +15,13 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # The pool stays Celery's default, prefork: with the threads pool, a broker connection lost while
 # jobs run (Redis restarted) crashed the worker in kombu's ack path (seen in the fault tests).
+# Processes per worker: at least 4, whatever the number of CPUs (Celery's default is one per CPU).
+# The dispatcher's work waits on the network (pushes run on threads, claim cycles on the engine), not
+# on the CPU, and a refill session holds one process for up to 10 s: on a 2-CPU machine Celery's 2
+# would leave a single process for every claim cycle and dispatch job of every node. Measured on a
+# burst of 300 tasks of 200 ms on 3 nodes (BENCHMARKS.md, `elastask bench burst`). Each process costs
+# its memory (about 60 MB); `celery -A elastask worker --concurrency N` still decides.
+worker_concurrency = max(4, _os.cpu_count() or 1)
 # One job at a time per worker process: a prefetched job would hold a claimed task hostage
 # while its worker is busy, and its lease would run out before the push.
 worker_prefetch_multiplier = 1

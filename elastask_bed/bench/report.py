@@ -35,6 +35,13 @@ def _fmt(value: Any, suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
+def _elapsed(r: dict[str, Any]) -> str:
+    """The run's time; a cold start's is its first run's start to its last run's end, after the start-up."""
+    if r.get("first_run_after_start_s") is None:
+        return f"{_fmt(r.get('elapsed_s'))} s"
+    return f"{_fmt(r.get('burst_s'))} s (first run {_fmt(r['first_run_after_start_s'])} s after start)"
+
+
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """A table of every run, side by side."""
     head = (
@@ -53,7 +60,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         engine = r.get("engine", {})
         util = r.get("utilisation")
         rows.append(
-            "| {scenario} | {mode} | {nodes} | {interval} | {completed} | {elapsed} s | {util} | {drift} | {cycle} "
+            "| {scenario} | {mode} | {nodes} | {interval} | {completed} | {elapsed} | {util} | {drift} | {cycle} "
             "| {busy} | {writes} | {refill} | {ops_s} | {ops_task} | {cpu} "
             "| {viol} | {overlaps} | {lost} | {early} |".format(
                 scenario=r["scenario"],
@@ -61,7 +68,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
                 nodes=r["nodes"],
                 interval=r.get("claim_interval") or f"{r.get('claim_interval_ms', '-')} ms",
                 completed=_fmt(r.get("completed")),
-                elapsed=_fmt(r.get("elapsed_s")),
+                elapsed=_elapsed(r),
                 util="-" if util is None else f"{util * 100:.1f} %",
                 drift=" / ".join(_fmt(drift.get(k)) for k in ("p50", "p95", "p99", "max")) + " ms" if drift else "-",
                 cycle=" / ".join(_fmt(cycle.get(k)) for k in ("p50", "p99")) + " ms" if cycle else "-",

@@ -28,6 +28,9 @@ class Scenario:
     purpose: str = ""
     #: The realistic mix (see MIX): its own documents, run times per task type and priorities.
     mix: bool = False
+    #: The tasks are due before the dispatcher starts (push: its worker and beat; pull: the nodes'
+    #: claimers): the run measures the start-up too, from the processes' start to the last run's end.
+    cold_start: bool = False
 
     @property
     def description(self) -> str:
@@ -43,6 +46,8 @@ class Scenario:
             parts.append(f"{self.one_shot_tasks + self.recurring_tasks + self.idle_docs:,} documents in the index")
         if self.duration_s:
             parts.append(f"{self.duration_s:g} s")
+        if self.cold_start:
+            parts.append("the dispatcher started with the burst")
         return ", ".join(parts) + (f": {self.purpose}" if self.purpose else "")
 
     @property
@@ -84,6 +89,14 @@ SCENARIOS: dict[str, Scenario] = {
         duration_s=60,
         mix=True,
         purpose="start drift of a realistic workload",
+    ),
+    "burst": Scenario(
+        "burst",
+        nodes=3,
+        one_shot_tasks=300,
+        run_ms=200,
+        cold_start=True,
+        purpose="a burst of short tasks, from a cold start",
     ),
     "scale": Scenario(
         "scale",

@@ -47,6 +47,9 @@ class NodeStats:
     #: The run that started latest after its runAt: how late (ms) and which task.
     latest_start_ms: float = 0.0
     latest_start_task: str = ""
+    #: Wall-clock seconds (time.time()) of the first run's start and the last run's end.
+    first_start_s: float | None = None
+    last_end_s: float | None = None
     _freed_at: deque[float] = field(default_factory=deque)
 
     def slot_freed(self, now_s: float) -> None:
@@ -59,13 +62,21 @@ class NodeStats:
             self.refill_ms.append((now_s - self._freed_at.popleft()) * 1000)
 
     def run_started(
-        self, drift_ms: float | None, overlapping: bool, task: str = "", kind: tuple[str, int] = ("", 2)
+        self,
+        drift_ms: float | None,
+        overlapping: bool,
+        task: str = "",
+        kind: tuple[str, int] = ("", 2),
+        at_s: float | None = None,
     ) -> None:
         """A run began; ``overlapping`` when the same task was already running anywhere.
 
         ``task``: "id (type, attempt N)", kept for the run that started latest after its runAt.
         ``kind``: (its type or concurrency group, its cost units), counted at once per node.
+        ``at_s``: when (wall-clock seconds), for the first run's start.
         """
+        if at_s is not None and (self.first_start_s is None or at_s < self.first_start_s):
+            self.first_start_s = at_s
         self.runs_started += 1
         self.current += 1
         self.max_concurrency = max(self.max_concurrency, self.current)
@@ -81,8 +92,10 @@ class NodeStats:
             if drift_ms >= self.latest_start_ms:
                 self.latest_start_ms, self.latest_start_task = drift_ms, task
 
-    def run_ended(self, *, failed: bool, kind: tuple[str, int] = ("", 2)) -> None:
-        """A run ended (successfully or not)."""
+    def run_ended(self, *, failed: bool, kind: tuple[str, int] = ("", 2), at_s: float | None = None) -> None:
+        """A run ended (successfully or not); ``at_s``: when (wall-clock seconds), for the last run's end."""
+        if at_s is not None and (self.last_end_s is None or at_s > self.last_end_s):
+            self.last_end_s = at_s
         self.current -= 1
         group, units = kind
         self.current_by_type[group] = self.current_by_type.get(group, 1) - 1

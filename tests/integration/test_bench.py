@@ -65,3 +65,26 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
         assert f"| backlog | {mode} |" in result.stdout
     assert out.with_suffix(".md").read_text() in result.stdout  # the table is kept beside the JSON
     assert (tmp_path / "backlog.png").stat().st_size > 1000
+
+
+def test_a_tiny_burst_benchmark_measures_the_start_up_and_the_burst_in_both_modes(tmp_path: Path) -> None:
+    out = tmp_path / "burst.json"
+    argv = ["bench", "burst", "--nodes", "2", "--tasks", "30", "--run-ms", "100", "--no-warm-up", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "elastask", *argv],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env={**os.environ, "ELASTASK_CONFIG": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [run["mode"] for run in report["runs"]] == ["push", "pull-kibana"]
+    for run in report["runs"]:
+        assert run["completed"] == 30 and run["completed_in_time"]
+        assert run["cap_violations"] == 0 and run["overlapping_runs"] == 0 and run["lost"] == 0
+        # Measured from the dispatcher's start: the first run comes after it, the burst after that.
+        assert run["first_run_after_start_s"] > 0 and run["burst_s"] > 0
+        assert run["throughput_per_s"] > 0
+    assert report["runs"][0]["dispatcher_cpu_ms_per_task"] is not None
+    assert "first run" in result.stdout and "after start" in result.stdout

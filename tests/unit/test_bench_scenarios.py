@@ -68,3 +68,19 @@ def test_a_run_label_names_its_claim_and_the_end_of_the_task_s_previous_run() ->
         "task:r (rule, attempts 1, runAt T0, claimed T2, previous run ended 2026-01-01T00:00:21.000Z)"
     )
     assert run_label(body, None).endswith("previous run ended -)")
+
+
+def test_a_plain_worker_has_a_process_for_dispatch_beside_a_refill_session_on_a_small_machine() -> None:
+    from elastask.config import Settings
+    from elastask.entry.celeryapp import create_app
+
+    app = create_app(Settings())
+    assert app.conf.worker_concurrency >= 4  # Celery's own default would be the CPU count (2 here)
+
+
+def test_the_burst_scenario_starts_the_dispatcher_with_the_burst() -> None:
+    from elastask_bed.bench.scenarios import SCENARIOS
+
+    burst = SCENARIOS["burst"]
+    assert burst.cold_start and burst.one_shot_tasks == 300 and burst.nodes == 3 and burst.run_ms == 200
+    assert "started with the burst" in burst.description
