@@ -10,6 +10,7 @@ import ssl
 import sys
 import tempfile
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,9 @@ class SimulatorProcess:
         extra_args: list[str] | None = None,
         seed: str = "0",
     ) -> None:
-        self.log_path = workdir / f"simulator-{free_port()}.log"
+        # A name of its own: the log is opened for appending, and a reused name (a port number freed
+        # and handed out again) let start() read a stopped simulator's first line and its dead URLs.
+        self.log_path = workdir / f"simulator-{uuid.uuid4().hex[:12]}.log"
         self.argv = [
             sys.executable,
             "-m",
