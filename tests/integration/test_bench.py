@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.slow]
 
 
 def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path) -> None:

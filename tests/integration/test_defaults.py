@@ -23,7 +23,7 @@ from elastask_bed.testbed.bed import SimulatorProcess
 from elastask_bed.testbed.fleet import CeleryFleet
 from tests.integration.harness import assert_no_violations, drifts_ms, now, seed, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240), pytest.mark.slow]
 
 SimulatorFactory = Callable[..., SimulatorProcess]
 CYCLE = re.compile(r"claim cycle: found=(\d+)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.slow]
 
 #: The live view's table header.
 HEADER = re.compile(r"^Kibana node +in flight +pushed +failures", re.MULTILINE)

@@ -57,6 +57,7 @@ def test_given_500_one_shot_tasks_on_3_nodes_then_each_runs_once_under_the_cap(
     assert "claim cycle: found=" in dispatcher.logs()
 
 
+@pytest.mark.slow
 def test_recurring_tasks_keep_running_with_their_state_carried(
     store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
 ) -> None:
@@ -76,6 +77,7 @@ def test_recurring_tasks_keep_running_with_their_state_carried(
     assert task_count(es, status="failed") == 0
 
 
+@pytest.mark.slow
 def test_a_hung_node_makes_leases_expire_one_shot_fails_after_max_recurring_does_not(
     store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
 ) -> None:

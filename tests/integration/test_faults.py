@@ -109,6 +109,7 @@ def test_worker_killed_mid_dispatch_before_and_after_the_push(
     assert sim.stats()["totals"]["runs_finished"] >= 60
 
 
+@pytest.mark.slow
 def test_worker_killed_while_holding_jobs_claimed_ahead_of_their_run_at(
     store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
 ) -> None:
@@ -187,6 +188,7 @@ def engine_faults(testbed: Testbed) -> Iterator[None]:
         testbed.proxy.set_faults()
 
 
+@pytest.mark.slow
 def test_search_engine_down_then_slow_then_429_and_503(
     testbed: Testbed,
     store: TaskStore,
@@ -227,6 +229,7 @@ def test_search_engine_down_then_slow_then_429_and_503(
     assert pushes_while_down <= 150
 
 
+@pytest.mark.slow
 def test_kibana_nodes_that_refuse_fail_hang_answer_late_and_flap(
     store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
 ) -> None:

@@ -81,6 +81,7 @@ def test_given_a_node_still_claiming_on_its_own_then_no_task_runs_twice_and_its_
     assert "still claims tasks on its own" in dispatcher.logs()  # the worker warned at start
 
 
+@pytest.mark.slow
 def test_given_a_node_queue_smaller_than_elastasks_capacity_then_dropped_runs_come_back_after_their_lease(
     testbed: Testbed,
     store: TaskStore,

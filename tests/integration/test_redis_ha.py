@@ -23,7 +23,7 @@ from tests.integration.harness import Dispatcher, assert_no_violations, seed, ta
 from tests.integration.test_dispatcher import one_shots
 from tests.integration.test_faults import record
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.slow]
 
 SimulatorFactory = Callable[..., SimulatorProcess]
 DispatcherFactory = Callable[..., Dispatcher]

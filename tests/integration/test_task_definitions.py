@@ -25,6 +25,7 @@ REPORTING = {
 }
 
 
+@pytest.mark.slow
 def test_given_30_reports_limited_to_one_per_node_and_300_normal_tasks_then_the_limit_holds_and_nothing_starves(
     store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
 ) -> None:

@@ -157,6 +157,7 @@ def test_a_value_round_trips_through_the_real_redis(redis_client: redis.Redis) -
     assert redis_client.info("server")["redis_version"]
 
 
+@pytest.mark.slow
 def test_testbed_run_exports_the_settings_and_returns_the_command_status() -> None:
     script = (
         "import os, sys, json, urllib.request;"

@@ -158,6 +158,7 @@ def test_redis_with_a_password_refuses_a_client_without_one(tls_bed: Testbed) ->
     client.close()
 
 
+@pytest.mark.slow
 def test_testbed_run_tls_exports_what_a_program_needs_and_check_passes_under_it() -> None:
     # The whole bed, started by the documented command; the program knows only what it exports.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ELASTASK_")}
