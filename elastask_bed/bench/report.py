@@ -39,7 +39,10 @@ def _elapsed(r: dict[str, Any]) -> str:
     """The run's time; a cold start's is its first run's start to its last run's end, after the start-up."""
     if r.get("first_run_after_start_s") is None:
         return f"{_fmt(r.get('elapsed_s'))} s"
-    return f"{_fmt(r.get('burst_s'))} s (first run {_fmt(r['first_run_after_start_s'])} s after start)"
+    after = f"first run {_fmt(r['first_run_after_start_s'])} s after start"
+    if r.get("first_run_after_ready_s") is not None and r["mode"] == "push":
+        after += f", {_fmt(r['first_run_after_ready_s'])} s after the worker was ready"
+    return f"{_fmt(r.get('burst_s'))} s ({after})"
 
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:

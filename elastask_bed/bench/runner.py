@@ -75,6 +75,7 @@ class BenchRun:
         self.workers = workers
         self.concurrency = concurrency
         self.progress = progress or (lambda _d, _t, _l: None)
+        self.ready_at = 0.0  # when start() had the dispatcher ready (time.time())
         self.es = build_client(ElasticsearchSettings(host=bed.es_url, request_timeout_s=120))
 
     def reset(self) -> None:
@@ -88,8 +89,10 @@ class BenchRun:
         client.flushall()
         client.close()
 
-    def start(self) -> tuple[SimulatorProcess, CeleryFleet | None]:
-        """The simulated nodes (polling themselves in pull mode) and, in push mode, elastask's processes."""
+    def start(self, *, together: bool = False) -> tuple[SimulatorProcess, CeleryFleet | None]:
+        """The simulated nodes (polling themselves in pull mode) and, in push mode, elastask's processes
+        (``together``: the workers and the beat started at once, as a user starts them; else the beat
+        after the workers are ready)."""
         s = self.scenario
         default_ms, by_type = run_times(s)
         extra = [arg for item in by_type for arg in ("--run-ms-by-type", item)]
@@ -110,9 +113,14 @@ class BenchRun:
                 "ELASTASK_KIBANA_CAPACITY": str(s.capacity),
             },
         )
-        for n in range(self.workers):
-            fleet.worker(f"bench-worker{n + 1}", concurrency=self.concurrency)
+        workers = [
+            fleet.worker(f"bench-worker{n + 1}", concurrency=self.concurrency, wait=not together)
+            for n in range(self.workers)
+        ]
         fleet.beat("bench-beat")
+        for worker in workers if together else []:
+            fleet.wait_until_ready(worker)
+        self.ready_at = time.time()
         return simulator, fleet
 
     def seed(self, docs: list[TaskDocument]) -> None:
@@ -174,7 +182,7 @@ class BenchRun:
         before = read_counters(self.bed.engine.url)
         launched = time.time()
         started = time.monotonic()
-        simulator, fleet = self.start()
+        simulator, fleet = self.start(together=True)
         try:
             roots = fleet.pids() if fleet else []
             cpu_before = tree_cpu_seconds(roots)
@@ -198,6 +206,9 @@ class BenchRun:
         first = min((n["first_start_s"] for n in nodes if n.get("first_start_s") is not None), default=None)
         last = max((n["last_end_s"] for n in nodes if n.get("last_end_s") is not None), default=None)
         result["first_run_after_start_s"] = None if first is None else round(first - launched, 3)
+        # Push: from the worker saying it is ready (Celery's start-up left out); pull: the nodes' own start.
+        ready = self.ready_at if fleet is not None else launched
+        result["first_run_after_ready_s"] = None if first is None else round(first - ready, 3)
         burst_s = None if first is None or last is None else last - first
         result["burst_s"] = None if burst_s is None else round(burst_s, 3)
         # Throughput from the first run's start to the last run's end (the start-up is in first_run_after_start_s).

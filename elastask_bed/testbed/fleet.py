@@ -51,9 +51,10 @@ class CeleryFleet:
         return process
 
     def worker(
-        self, name: str = "worker1", *, concurrency: int | None = None, queues: str | None = None
+        self, name: str = "worker1", *, concurrency: int | None = None, queues: str | None = None, wait: bool = True
     ) -> ManagedProcess:
-        """Start a worker (default pool and concurrency from celery_settings) and wait until it consumes."""
+        """Start a worker (default pool and concurrency from celery_settings) and wait until it consumes
+        (``wait=False``: return at once; ``wait_until_ready`` then waits)."""
         level = os.environ.get("ELASTASK_BED_LOG_LEVEL", "info")  # debug: every dispatch job's timing
         args = ["worker", "-l", level, "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
         if concurrency is not None:
@@ -61,8 +62,14 @@ class CeleryFleet:
         if queues:
             args += ["-Q", queues]
         process = self._celery(name, *args)
-        process.wait_until(lambda: " ready." in process.log_path.read_text(errors="replace"), 60)
+        if wait:
+            self.wait_until_ready(process)
         return process
+
+    @staticmethod
+    def wait_until_ready(process: ManagedProcess) -> None:
+        """Until a worker says it is ready (consuming its queues)."""
+        process.wait_until(lambda: " ready." in process.log_path.read_text(errors="replace"), 60)
 
     def beat(self, name: str = "beat1") -> ManagedProcess:
         """Start a beat with its own schedule file."""
