@@ -163,7 +163,7 @@ def bench(
     import shlex
     import tempfile
 
-    from elastask_bed.bench import report
+    from elastask_bed.bench import report, timeline
     from elastask_bed.bench.runner import BenchRun, run_idle
     from elastask_bed.bench.scenarios import IDLE_FLEETS, SCENARIOS
     from elastask_bed.testbed import Testbed
@@ -229,10 +229,13 @@ def bench(
         bed.stop()
     report.write_json(out, command, results)
     drawn = report.chart(Path(chart_path) if chart_path else out.with_suffix(".png"), results)
+    timeline_path = out.with_name(out.stem + "-timeline.png")
+    timelines = timeline.chart(timeline_path, results)
     table = report.markdown_table(results)
     out.with_suffix(".md").write_text(table)
     click.echo(table)
     chart_note = f", chart: {chart_path or out.with_suffix('.png')}" if drawn else ""
+    chart_note += f", over time: {timeline_path}" if timelines else ""
     click.echo(f"results: {out}, table: {out.with_suffix('.md')}{chart_note}", err=True)
 
 

@@ -76,6 +76,7 @@ class BenchRun:
         self.concurrency = concurrency
         self.progress = progress or (lambda _d, _t, _l: None)
         self.ready_at = 0.0  # when start() had the dispatcher ready (time.time())
+        self.started_at = 0.0  # when the measured run began (time.time()): the timeline's zero
         self.es = build_client(ElasticsearchSettings(host=bed.es_url, request_timeout_s=120))
 
     def reset(self) -> None:
@@ -156,6 +157,7 @@ class BenchRun:
             roots = fleet.pids() if fleet else []
             cpu_before = tree_cpu_seconds(roots)
             started = time.monotonic()
+            self.started_at = time.time()
             finished = self.wait_until_done(simulator, started)
             elapsed = (finished or time.monotonic()) - started
             cpu_s = cpu_between(cpu_before, tree_cpu_seconds(roots)) if fleet else None
@@ -180,7 +182,7 @@ class BenchRun:
         self.reset()
         self.seed(documents(s, datetime.now(UTC)))
         before = read_counters(self.bed.engine.url)
-        launched = time.time()
+        launched = self.started_at = time.time()
         started = time.monotonic()
         simulator, fleet = self.start(together=True)
         try:
@@ -335,6 +337,13 @@ class BenchRun:
             ),
             "remaining": remaining,
             "claim_conflicts": int(stats["totals"].get("claim_conflicts", 0)),
+            # Every start drift, and each run's (start, end) in seconds from the measured start per node:
+            # the timeline charts (bench/timeline.py).
+            "drifts_ms": [round(d, 1) for d in drifts],
+            "timeline": {
+                name: [[round(a - self.started_at, 3), round(b - self.started_at, 3)] for a, b in node.get("spans", [])]
+                for name, node in stats["nodes"].items()
+            },
         }
 
 

@@ -320,7 +320,8 @@ class SimulatedNode:
         label = run_label(body, shared.last_ended.get(task_id))
         task_type = str(body.get("taskType"))
         kind = (shared.group_of(task_type), shared.cost_of(task_type))
-        self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping, label, kind, at_s=time.time())
+        started_s = time.time()
+        self.stats.run_started(_drift_ms(body.get("runAt"), received), overlapping, label, kind, at_s=started_s)
         self.stats.slot_filled(time.monotonic())
         try:
             failed = not await self._execute(task_id, str(body.get("taskType")))
@@ -331,7 +332,7 @@ class SimulatedNode:
             if isinstance(body.get("schedule"), dict):
                 shared.last_ended[task_id] = datetime.now(UTC)
         if outcome is None:
-            self.stats.run_ended(failed=failed, kind=kind, at_s=time.time())
+            self.stats.run_ended(failed=failed, kind=kind, at_s=time.time(), started_s=started_s)
             if not failed:
                 await self._timed_outcome(self.write_outcome(body, received))
             self.stats.slot_freed(time.monotonic())  # a dispatcher can see the slot free from now on
@@ -340,7 +341,7 @@ class SimulatedNode:
             if not failed:
                 await self._timed_outcome(outcome(body))
         finally:
-            self.stats.run_ended(failed=failed, kind=kind, at_s=time.time())
+            self.stats.run_ended(failed=failed, kind=kind, at_s=time.time(), started_s=started_s)
             self.stats.slot_freed(time.monotonic())
 
     async def _timed_outcome(self, write: Awaitable[None]) -> None:

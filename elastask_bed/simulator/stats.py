@@ -11,6 +11,9 @@ from typing import Any
 from elastask.core.intervals import format_date
 from elastask.core.percentiles import percentile
 
+#: Run spans kept per node (about 16 bytes each in memory, for the charts of a benchmark run).
+MAX_SPANS = 50_000
+
 
 @dataclass
 class NodeStats:
@@ -50,6 +53,8 @@ class NodeStats:
     #: Wall-clock seconds (time.time()) of the first run's start and the last run's end.
     first_start_s: float | None = None
     last_end_s: float | None = None
+    #: (start, end) wall-clock seconds of the last MAX_SPANS runs: throughput and in flight over time.
+    spans: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_SPANS))
     _freed_at: deque[float] = field(default_factory=deque)
 
     def slot_freed(self, now_s: float) -> None:
@@ -92,10 +97,20 @@ class NodeStats:
             if drift_ms >= self.latest_start_ms:
                 self.latest_start_ms, self.latest_start_task = drift_ms, task
 
-    def run_ended(self, *, failed: bool, kind: tuple[str, int] = ("", 2), at_s: float | None = None) -> None:
-        """A run ended (successfully or not); ``at_s``: when (wall-clock seconds), for the last run's end."""
+    def run_ended(
+        self,
+        *,
+        failed: bool,
+        kind: tuple[str, int] = ("", 2),
+        at_s: float | None = None,
+        started_s: float | None = None,
+    ) -> None:
+        """A run ended (successfully or not); ``at_s``: when (wall-clock seconds), for the last run's end;
+        ``started_s``: when it started, kept with ``at_s`` as the run's span."""
         if at_s is not None and (self.last_end_s is None or at_s > self.last_end_s):
             self.last_end_s = at_s
+        if at_s is not None and started_s is not None:
+            self.spans.append((round(started_s, 3), round(at_s, 3)))
         self.current -= 1
         group, units = kind
         self.current_by_type[group] = self.current_by_type.get(group, 1) - 1
@@ -112,7 +127,7 @@ class NodeStats:
 
     def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
         """The counters as JSON, with drift percentiles."""
-        skip = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms", "refill_ms", "outcome_ms", "_freed_at")
+        skip = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms", "refill_ms", "outcome_ms", "_freed_at", "spans")
         data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key not in skip}
         data["outcomes_pending"] = self.outcomes_pending
         cycles = self.claim_cycles_ms
@@ -137,6 +152,7 @@ class NodeStats:
             data["refills"] = list(refills)
             data["outcome_writes"] = list(writes)
             data["drifts"] = list(drifts)
+            data["spans"] = [list(span) for span in self.spans]
             data["claim_cycles"] = list(cycles)
             data["busy_claim_cycles"] = list(self.busy_claim_cycles_ms)
         return data

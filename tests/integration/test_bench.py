@@ -86,5 +86,8 @@ def test_a_tiny_burst_benchmark_measures_the_start_up_and_the_burst_in_both_mode
         # Measured from the dispatcher's start: the first run comes after it, the burst after that.
         assert run["first_run_after_start_s"] > 0 and run["burst_s"] > 0
         assert run["throughput_per_s"] > 0
+        assert sum(len(spans) for spans in run["timeline"].values()) == 30  # each run's start and end
+        assert len(run["drifts_ms"]) == 30
     assert report["runs"][0]["dispatcher_cpu_ms_per_task"] is not None
     assert "first run" in result.stdout and "after start" in result.stdout
+    assert (tmp_path / "burst-timeline.png").stat().st_size > 1000  # throughput, in flight, drift CDF
