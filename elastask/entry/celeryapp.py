@@ -163,11 +163,12 @@ class NodeQueues(bootsteps.StartStopStep):  # type: ignore[misc]
 
     Refreshed every second from the ownerIds known without asking the nodes (configured ``id``, or
     cached in Redis by whoever learned them): the consumer's timer never waits on a Kibana node. At
-    start, nodes not yet known are asked in the background, all at once.
+    start, nodes not yet known are asked all at once, for at most half a second.
     """
 
     requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
     REFRESH_S = 1.0
+    START_WAIT_S = 0.5
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -179,7 +180,10 @@ class NodeQueues(bootsteps.StartStopStep):  # type: ignore[misc]
             return
         self.registry = node_registry(consumer.app.conf.elastask_settings)
         try:
-            self.registry.resolve(wait_s=0)  # starts the lookups; the refreshes below pick up the answers
+            # Ask every unknown node at once and wait for the answers a moment (at most START_WAIT_S): nodes
+            # that answer have their queues consumed from the start, so the first dispatch jobs do not
+            # wait for the next refresh; the refreshes pick up the later answers.
+            self.registry.resolve(wait_s=self.START_WAIT_S)
         except Exception as e:  # never let queue discovery stop the worker
             log.warning("could not look up the Kibana nodes' ownerIds (will retry): %s", e)
         self.refresh(consumer)
