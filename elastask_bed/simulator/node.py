@@ -258,9 +258,9 @@ class SimulatedNode:
     async def node_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot(with_drifts="drifts" in request.query))
 
-    def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
+    def snapshot(self, *, with_drifts: bool = False, recent_s: float | None = None) -> dict[str, Any]:
         """This node's statistics as JSON."""
-        data = self.stats.snapshot(with_drifts=with_drifts)
+        data = self.stats.snapshot(with_drifts=with_drifts, recent_s=recent_s)
         data.update(
             url=self.url,
             uuid=self.uuid,

@@ -55,7 +55,8 @@ class Simulator:
 
     async def stats(self, request: web.Request) -> web.Response:
         with_drifts = "drifts" in request.query
-        nodes = {n.owner_id: n.snapshot(with_drifts=with_drifts) for n in self.nodes}
+        recent_s = float(request.query["recent_s"]) if "recent_s" in request.query else None
+        nodes = {n.owner_id: n.snapshot(with_drifts=with_drifts, recent_s=recent_s) for n in self.nodes}
         totals = {
             key: sum(int(data[key]) for data in nodes.values())
             for key in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class NodeStats:
     last_end_s: float | None = None
     #: (start, end) wall-clock seconds of the last MAX_SPANS runs: throughput and in flight over time.
     spans: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_SPANS))
+    #: (when, drift ms) of the latest runs: the drift of the last minute (the demo's view).
+    timed_drifts: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_SPANS))
     _freed_at: deque[float] = field(default_factory=deque)
 
     def slot_freed(self, now_s: float) -> None:
@@ -94,6 +97,8 @@ class NodeStats:
             self.overlapping_runs += 1
         if drift_ms is not None:
             self.drift_ms.append(drift_ms)
+            if at_s is not None:
+                self.timed_drifts.append((at_s, drift_ms))
             if drift_ms >= self.latest_start_ms:
                 self.latest_start_ms, self.latest_start_task = drift_ms, task
 
@@ -125,9 +130,15 @@ class NodeStats:
         """Finished runs whose outcome write has not been answered yet."""
         return max(0, self.runs_finished - self.outcomes_written - self.outcome_write_errors)
 
-    def snapshot(self, *, with_drifts: bool = False) -> dict[str, Any]:
-        """The counters as JSON, with drift percentiles."""
-        skip = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms", "refill_ms", "outcome_ms", "_freed_at", "spans")
+    def drifts_since(self, since_s: float) -> list[float]:
+        """The start drifts (ms) of the runs that started at or after ``since_s`` (wall-clock seconds)."""
+        return [drift for at, drift in self.timed_drifts if at >= since_s]
+
+    def snapshot(self, *, with_drifts: bool = False, recent_s: float | None = None) -> dict[str, Any]:
+        """The counters as JSON, with drift percentiles; ``recent_s``: also the drifts of the runs started
+        in the last ``recent_s`` seconds (``recent_drifts``)."""
+        skip: tuple[str, ...] = ("drift_ms", "claim_cycles_ms", "busy_claim_cycles_ms", "refill_ms", "outcome_ms")
+        skip += ("_freed_at", "spans", "timed_drifts")
         data: dict[str, Any] = {key: value for key, value in self.__dict__.items() if key not in skip}
         data["outcomes_pending"] = self.outcomes_pending
         cycles = self.claim_cycles_ms
@@ -148,6 +159,8 @@ class NodeStats:
         data["refill_ms"] = {"count": len(refills), "p50": percentile(refills, 0.50), "p99": percentile(refills, 0.99)}
         writes = self.outcome_ms
         data["outcome_ms"] = {"count": len(writes), "p50": percentile(writes, 0.50), "p99": percentile(writes, 0.99)}
+        if recent_s is not None:
+            data["recent_drifts"] = self.drifts_since(time.time() - recent_s)
         if with_drifts:
             data["refills"] = list(refills)
             data["outcome_writes"] = list(writes)

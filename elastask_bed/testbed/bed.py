@@ -149,8 +149,10 @@ class SimulatorProcess:
     def urls(self) -> list[str]:
         return [node["url"] for node in self.nodes]
 
-    def stats(self, *, drifts: bool = False) -> dict[str, Any]:
-        return dict(http_json("GET", f"{self.control_url}/_sim/stats" + ("?drifts" if drifts else "")))
+    def stats(self, *, drifts: bool = False, recent_s: float | None = None) -> dict[str, Any]:
+        """The nodes' statistics; ``drifts``: every raw series too; ``recent_s``: the last seconds' drifts."""
+        query = [*(["drifts"] if drifts else []), *([f"recent_s={recent_s:g}"] if recent_s is not None else [])]
+        return dict(http_json("GET", f"{self.control_url}/_sim/stats" + ("?" + "&".join(query) if query else "")))
 
     def set_mode(self, index: int, mode: str, delay_s: float | None = None) -> None:
         body: dict[str, Any] = {"mode": mode}

@@ -61,6 +61,18 @@ def test_the_latest_start_names_the_task_that_explains_the_max_drift() -> None:
     assert snapshot["latest_start_ms"] == 900.0 and snapshot["latest_start_task"].startswith("task:b")
 
 
+def test_runs_keep_their_span_and_the_drift_of_the_last_seconds_for_the_charts_and_the_demo() -> None:
+    stats = NodeStats()
+    stats.run_started(5000.0, False, at_s=100.0)  # a start-up drift, long ago
+    stats.run_ended(failed=False, at_s=100.2, started_s=100.0)
+    stats.run_started(20.0, False, at_s=170.0)
+    stats.run_ended(failed=False, at_s=170.5, started_s=170.0)
+    assert stats.drifts_since(120.0) == [20.0]  # the start-up's drift has aged out
+    assert list(stats.spans) == [(100.0, 100.2), (170.0, 170.5)]
+    assert (stats.first_start_s, stats.last_end_s) == (100.0, 170.5)
+    assert stats.snapshot(with_drifts=True)["spans"] == [[100.0, 100.2], [170.0, 170.5]]
+
+
 def test_a_run_label_names_its_claim_and_the_end_of_the_task_s_previous_run() -> None:
     body = {"id": "task:r", "taskType": "rule", "attempts": 1, "runAt": "T0", "startedAt": "T2"}
     ended = datetime(2026, 1, 1, 0, 0, 21, tzinfo=UTC)
