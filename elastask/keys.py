@@ -31,6 +31,11 @@ AUDIT_DUE = PREFIX + "audit:due"
 FAILED_REASONS = PREFIX + "failed:reasons"
 #: Sorted set of the ids in FAILED_REASONS by when they failed (ms): the reasons kept are bounded by it.
 FAILED_REASONS_BY_TIME = PREFIX + "failed:reasons-by-time"
+#: Hash of what is paused (``elastask pause``): ``all`` / ``type:X`` / ``node:Y`` -> since (ms), plus a
+#: ``_kept`` field that stays after a resume, so the hash is missing only when Redis lost it.
+PAUSED = PREFIX + "paused"
+#: When a worker last wrote back the pauses it remembered after Redis lost them (ms).
+PAUSES_RESTORED = PREFIX + "paused:restored"
 #: Hash of the dispatcher's counters (ops/metrics.py): field ``name`` or ``name|k=v,...``.
 METRIC_COUNTERS = PREFIX + "metrics:counters"
 #: When the last claim cycle ended (ms): /health's "claim loop alive".

@@ -44,7 +44,7 @@ def render() -> str:
 
 def _value(value: Any, indent: str) -> str:
     if isinstance(value, list):
-        return "".join(f"\n{indent}  - {_scalar(item)}" for item in value)
+        return "".join(f"\n{indent}  - {_scalar(item)}" for item in value) if value else " []"
     return " " + _scalar(value)
 
 

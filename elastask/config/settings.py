@@ -194,6 +194,12 @@ class Settings:
         "log_format", "log_format", "text",
         "Log lines as readable text, or one JSON object per line (with task_id and owner_id bound).",
     )  # fmt: skip
+    paused: tuple[str, ...] = setting(
+        "paused", "pause_list", [],
+        "What must stay paused whatever Redis holds (elastask pause / resume change the rest, for every\n"
+        "worker): all, type:<task type> (prefix* too) or node:<ownerId, URL or id>. Nothing new is claimed\n"
+        "or pushed for it; running tasks finish, due tasks wait and keep their attempts.",
+    )  # fmt: skip
     #: ``task_types.<type>`` of elastask.yaml, as written there (task_types.py merges them).
     task_types: Mapping[str, TaskTypeRule] = setting(
         "task_types", "task_types", {},

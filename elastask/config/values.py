@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from elastask.core.intervals import parse_interval_ms
+from elastask.core.pauses import parse_entry
 from elastask.errors import ConfigError
 from elastask.task_types import RULE_KEYS
 
@@ -52,7 +53,7 @@ def env_name(key: str) -> str:
 
 def from_env(kind: str, text: str) -> Any:
     """Environment values are strings; hosts are comma-separated URLs."""
-    if kind == "hosts":
+    if kind in ("hosts", "pause_list"):
         return [part.strip() for part in text.split(",") if part.strip()]
     if kind.endswith("?") and text == "":
         return None
@@ -220,6 +221,19 @@ def _as_task_types(value: Any) -> dict[str, dict[str, Any]]:
     return result
 
 
+def _as_pause_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError("")
+    for item in value:
+        try:
+            parse_entry(item)
+        except ValueError as e:
+            raise _Bad(str(e)) from None
+    return tuple(value)
+
+
 def _as_log_format(value: Any) -> str:
     if value not in ("text", "json"):
         raise ValueError("")
@@ -238,6 +252,7 @@ _COERCERS: dict[str, Callable[[Any], Any]] = {
     "interval": _as_interval,
     "hosts": _as_hosts,
     "task_types": _as_task_types,
+    "pause_list": _as_pause_list,
 }
 
 #: What each kind expects, as a bad value's message says it.
@@ -252,6 +267,7 @@ EXPECTED = {
     "redis_url": "a redis://, rediss:// or unix:// URL, or sentinel://host:26379;sentinel://host2:26379",
     "interval": "an interval such as 30s, 5m or 1h",
     "hosts": "a list of Kibana URLs (or mappings with url, username, password, api_key, capacity, id)",
+    "pause_list": "a list of all, type:<task type> or node:<ownerId, URL or id>",
     "task_types": "a mapping of task type to its rule: "
     "{timeout, max_attempts, cost, priority, max_concurrency, concurrency_group}",
 }

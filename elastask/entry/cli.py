@@ -243,7 +243,41 @@ def status_cmd(obj: Context, as_json: bool, as_health: bool) -> None:
         click.echo(f"unresolved: {problem}")
     counts = ", ".join(f"{k}={v}" for k, v in sorted(data["tasks_by_status"].items())) or "none"
     click.echo(f"tasks by status: {counts}; due now: {data['due_now']}  (in flight counted in cost units)")
+    for pause in data["paused"]:
+        since = f" since {pause['since']}" if pause["since"] else ""
+        click.echo(f"paused: {pause['pause']}{since} ({pause['source']})")
+    if data.get("pauses_restored_at"):
+        click.echo(f"warning: Redis lost the pauses; a worker wrote them back at {data['pauses_restored_at']}")
     for line in describe(data["capacity_estimation"]):
+        click.echo(line)
+
+
+@cli.command("pause")
+@click.option("--type", "types", multiple=True, help="a task type (prefix* too); repeat for more")
+@click.option("--node", "nodes", multiple=True, help="a Kibana node: ownerId, URL or configured id; repeat for more")
+@click.pass_obj
+def pause_cmd(obj: Context, types: tuple[str, ...], nodes: tuple[str, ...]) -> None:
+    """Stop claiming and pushing: everything, or these task types or nodes (for every worker, until resume).
+
+    Running tasks finish; due tasks wait and keep their attempts.
+    """
+    from elastask.ops import pausing
+
+    for line in pausing.lines(pausing.pause(_runtime(obj), pausing.entries(types, nodes))):
+        click.echo(line)
+
+
+@cli.command("resume")
+@click.option("--type", "types", multiple=True, help="a task type paused with --type")
+@click.option("--node", "nodes", multiple=True, help="a node paused with --node")
+@click.pass_obj
+def resume_cmd(obj: Context, types: tuple[str, ...], nodes: tuple[str, ...]) -> None:
+    """Resume what elastask pause paused: everything, or these task types or nodes."""
+    from elastask.ops import pausing
+
+    resumed, left = pausing.resume(_runtime(obj), pausing.entries(types, nodes))
+    click.echo(f"resumed: {', '.join(resumed)}" if resumed else "resumed: nothing (it was not paused)")
+    for line in pausing.lines(left):
         click.echo(line)
 
 

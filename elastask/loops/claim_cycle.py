@@ -20,6 +20,7 @@ from elastask.core import policy, queries
 from elastask.core.clock import monotonic_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.core.messages import DispatchJob
+from elastask.core.pauses import PauseSet
 from elastask.errors import DocumentError
 from elastask.loops import limited
 from elastask.loops.claim_summary import ClaimSummary
@@ -27,6 +28,7 @@ from elastask.loops.claim_write import write_claims
 from elastask.loops.dispatch_jobs import enqueue_jobs
 from elastask.loops.ledger_sync import ensure_ledger, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
+from elastask.loops.paused import read_pauses
 from elastask.loops.refill import ClaimedLease, RefillSession
 from elastask.parts.ledger import LeaseView, SlotRequest
 from elastask.parts.nodes import Node
@@ -80,6 +82,8 @@ class _Cycle:
     examined: set[str] = field(default_factory=set)
     #: When the hits were searched (monotonic ms): unread hits are reused only while recent.
     searched_ms: float = 0.0
+    #: What is paused now (elastask pause, elastask.yaml's paused:): nothing new is claimed for it.
+    pauses: PauseSet = field(default_factory=PauseSet)
     #: Names this cycle's reservations in the ledger: its releases and confirms touch only its own.
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
@@ -171,7 +175,8 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
     for problem in problems:
         log.warning("%s", problem)
     summary.ledger_rebuilt = ensure_ledger(rt, nodes, cycle.now)
-    cycle.available = rt.nodes.available(nodes, cycle.now)
+    cycle.pauses = read_pauses(rt, cycle.now)
+    cycle.available = [n for n in rt.nodes.available(nodes, cycle.now) if not cycle.pauses.node_paused(n.names)]
     summary.nodes = len(cycle.available)
     cycle.view = rt.ledger.view([n.owner_id for n in nodes])
     summary.in_flight = len(cycle.view.leases)
@@ -204,7 +209,7 @@ def _search_due(cycle: _Cycle) -> None:
         # Every task the nodes could take if every lease ended now; leased tasks are left out of the
         # search (the near-real-time search can still show a task claimed a moment ago as idle).
         size=min(settings.claim_batch_size, sum(n.capacity_units for n in cycle.available) // cycle.cheapest),
-        exclude_types={*settings.catalogue.removed, *limited.limited_types(settings)},
+        exclude_types={*settings.catalogue.removed, *limited.limited_types(settings), *cycle.pauses.types()},
         # Nothing in flight: this cycle may turn out quiet; learn how long the loop may then rest.
         next_run_after=None if leases else now + lookahead,
         **common,
@@ -219,7 +224,11 @@ def _search_due(cycle: _Cycle) -> None:
         room = limited.group_room(settings, cycle.available, cycle.view.group_counts)
         for group, size, types in limited.group_searches(settings, room):
             group_body = queries.due_tasks(
-                now + lookahead, size=size, only_types=types, exclude_types=settings.catalogue.removed, **common
+                now + lookahead,
+                size=size,
+                only_types=types,
+                exclude_types={*settings.catalogue.removed, *cycle.pauses.types()},
+                **common,
             )
             batches.append([dict(hit) for hit in rt.store.search_hits(group_body, f"searching due {group} tasks")])
             full = full or len(batches[-1]) >= size

@@ -27,6 +27,7 @@ from elastask import keys
 from elastask.core.intervals import parse_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.loops.lease_renewal import remaining_ms, renew_waited_leases
+from elastask.loops.paused import read_pauses
 from elastask.loops.push_outcomes import (
     DispatchReport,
     answered,
@@ -94,6 +95,7 @@ def push_claimed_tasks(
         )
         give_back_tasks(rt, job.owner_id, expired)
         report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
+    live = _leave_out_paused(rt, node, live, now, report)
     live = renew_waited_leases(rt, job.owner_id, live, now, report)
     to_push = _mark_pushed(rt, live, now, report)
     clock = _JobClock(now, time.monotonic())
@@ -116,6 +118,21 @@ def push_claimed_tasks(
     elif not answered(report):
         count_failure(rt, node, [r for r in _results(futures, on_time) if r is not None])
     return report
+
+
+def _leave_out_paused(
+    rt: Runtime, node: Node, tasks: list[ClaimedTask], now: datetime, report: DispatchReport
+) -> list[ClaimedTask]:
+    """Tasks paused since their claim (their type or node, or everything) are given back, attempts kept."""
+    pauses = read_pauses(rt, now)
+    if not pauses or not tasks:
+        return tasks
+    paused = [t for t in tasks if pauses.node_paused(node.names) or pauses.type_paused(str(t.body.get("taskType")))]
+    if paused:
+        log.info("%d task(s) for %s paused since their claim; giving them back", len(paused), node.owner_id)
+        give_back_tasks(rt, node.owner_id, paused)
+        report.outcomes.update(dict.fromkeys((t.doc_id for t in paused), "paused"))
+    return [t for t in tasks if t not in paused]
 
 
 def _results(

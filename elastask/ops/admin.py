@@ -15,6 +15,7 @@ from elastask.core.documents import TaskDocument, masked_source, new_task
 from elastask.core.intervals import format_date
 from elastask.errors import ConflictError, ElastaskError
 from elastask.loops.cadence import Cadence
+from elastask.ops import pausing
 from elastask.ops.health import capacity_estimation, count_overdue
 from elastask.runtime import Runtime
 
@@ -49,6 +50,7 @@ def status(rt: Runtime, now: datetime) -> dict[str, Any]:
     for row in rows:
         row.update(estimation["observed"]["by_node"].get(row["owner_id"], {}))
     return {
+        **pausing.described(rt, now),
         "nodes": rows,
         "unresolved": problems,
         "tasks_by_status": counts,

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from elastask.errors import StoreError
 from elastask.ops.health import capacity_estimation, count_overdue, health
 from elastask.ops.metrics import MetricsReader, parse_counter_field
+from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,32 @@ class ElastaskCollector:
         yield in_flight
         yield capacity
         yield rotation
+        yield from self.pauses()
         last = reader.last_claim_ms()
         if last is not None:
             yield GaugeMetricFamily(
                 "elastask_last_claim_timestamp_seconds", "When a claim cycle last finished.", value=last / 1000
             )
         yield from self.dependencies()
+
+    def pauses(self) -> Iterator[Metric]:
+        """What is paused (1 each) and since when: the "paused too long" alert reads them."""
+        paused = GaugeMetricFamily(
+            "elastask_paused",
+            "1 per thing paused: all, a task type or a node (elastask pause, elastask.yaml paused:).",
+            labels=["scope", "name", "source"],
+        )
+        since = GaugeMetricFamily(
+            "elastask_paused_since_timestamp_seconds",
+            "When elastask pause paused it (elastask.yaml's paused: has no start).",
+            labels=["scope", "name"],
+        )
+        for pause in PauseStore(self.rt.redis, self.rt.settings.paused).read(self.rt.ledger.now_ms()).pauses:
+            paused.add_metric([pause.scope, pause.name, pause.source], 1)
+            if pause.since_ms is not None:
+                since.add_metric([pause.scope, pause.name], pause.since_ms / 1000)
+        yield paused
+        yield since
 
     def dependencies(self) -> Iterator[Metric]:
         """Whether Redis and the engine answer, and the tasks overdue (what the alert rules read)."""

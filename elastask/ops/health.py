@@ -18,6 +18,7 @@ from elastask.core import capacity_estimate, queries
 from elastask.core.intervals import format_date
 from elastask.core.percentiles import percentile
 from elastask.ops.metrics import MetricsReader
+from elastask.ops.pausing import described as described_pauses
 from elastask.ops.usage import UsageReader
 from elastask.runtime import Runtime
 
@@ -117,6 +118,11 @@ def health(rt: Runtime, now: datetime) -> dict[str, Any]:
     except Exception as e:  # the engine is down or refuses
         report["overdue"] = None
         reasons.append(("error", f"the search engine cannot be read: {type(e).__name__}"))
+    try:
+        report.update(described_pauses(rt, now))
+    except Exception as e:  # Redis is down: said above
+        report["paused"] = None
+        report["pauses_error"] = f"{type(e).__name__}: {e}"
     try:
         report["capacity_estimation"] = capacity_estimation(rt, now, report["overdue"])
     except Exception as e:  # an estimate is never worth failing the report for

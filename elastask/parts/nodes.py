@@ -42,6 +42,11 @@ class Node:
     def url(self) -> str:
         return self.config.url
 
+    @property
+    def names(self) -> tuple[str, str, str | None]:
+        """What an operator may call it by: ownerId, URL, configured id (``elastask pause --node``)."""
+        return self.owner_id, self.config.url, self.config.id
+
 
 class NodeRegistry:
     """Resolves ownerIds (``id`` from config, else ``kibana:<uuid>`` from /api/status, cached in Redis)

@@ -1,0 +1,103 @@
+"""Pauses in Redis (``elastask pause`` / ``resume``), merged with elastask.yaml's ``paused:`` list.
+
+Redis holds them for every worker and across restarts. If Redis loses them (a flush, a restart
+without data, a failover to a replica that missed the write), a process that saw them before says
+so loudly and writes back what it remembers: a pause never lifts by accident. The hash keeps a
+``_kept`` field after the last resume, so "missing" means lost, not resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from typing import cast
+
+import redis
+
+from elastask import keys
+from elastask.core.pauses import Pause, PauseSet, parse_entry
+from elastask.parts.redis_errors import redis_errors
+
+log = logging.getLogger(__name__)
+
+_KEPT = "_kept"
+
+
+class PauseStore:
+    """Reads and changes the pauses; ``configured``: elastask.yaml's ``paused:`` entries."""
+
+    #: What this process last saw in Redis, to restore it if Redis loses it (shared by its threads).
+    _remembered: dict[str, int] = {}  # noqa: RUF012 - process memory on purpose
+    _lock = threading.Lock()
+
+    def __init__(self, client: redis.Redis, configured: Sequence[str] = ()) -> None:
+        self.client = client
+        self.configured = tuple(configured)
+
+    def read(self, now_ms: int) -> PauseSet:
+        """Everything paused now (Redis's and elastask.yaml's); restores Redis's if it was lost."""
+        with redis_errors("reading the pauses"):
+            raw = cast(dict[bytes, bytes], self.client.hgetall(keys.PAUSED))
+        stored = {k.decode(): int(v) for k, v in raw.items() if k.decode() != _KEPT}
+        with self._lock:
+            if not raw and self._remembered:
+                stored = dict(self._remembered)
+                self._restore(stored, now_ms)
+            PauseStore._remembered = dict(stored)
+        pauses = [Pause(*parse_entry(text), since_ms=since, source="redis") for text, since in sorted(stored.items())]
+        pauses += [Pause(*parse_entry(text), since_ms=None, source="config") for text in self.configured]
+        return PauseSet(tuple(pauses))
+
+    def pause(self, entries: Iterable[str], now_ms: int) -> None:
+        """Pause these (``all``, ``type:X``, ``node:Y``); one already paused keeps its ``since``."""
+        entries = list(entries)
+        for text in entries:
+            parse_entry(text)
+        pipe = self.client.pipeline(transaction=True)
+        for text in entries:
+            pipe.hsetnx(keys.PAUSED, text, str(now_ms))
+        pipe.hset(keys.PAUSED, _KEPT, "1")
+        with redis_errors("pausing"):
+            pipe.execute()
+        with self._lock:
+            PauseStore._remembered = {**self._remembered, **dict.fromkeys(entries, now_ms)}
+
+    def resume(self, entries: Iterable[str] | None = None) -> list[str]:
+        """Resume these, or (None) everything Redis holds; returns what was resumed. elastask.yaml's
+        ``paused:`` entries stay: they are lifted in the file."""
+        with redis_errors("resuming"):
+            current = [k.decode() for k in cast(list[bytes], self.client.hkeys(keys.PAUSED)) if k.decode() != _KEPT]
+            chosen = current if entries is None else [text for text in entries if text in current]
+            pipe = self.client.pipeline(transaction=True)
+            if chosen:
+                pipe.hdel(keys.PAUSED, *chosen)
+            pipe.hset(keys.PAUSED, _KEPT, "1")
+            pipe.execute()
+        with self._lock:
+            PauseStore._remembered = {k: v for k, v in self._remembered.items() if k not in chosen}
+        return chosen
+
+    def restored_at_ms(self) -> int | None:
+        """When a worker last wrote back pauses after Redis lost them, if it ever did (and Redis kept that)."""
+        with redis_errors("reading when the pauses were restored"):
+            value = cast(bytes | None, self.client.get(keys.PAUSES_RESTORED))
+        return None if value is None else int(value)
+
+    def _restore(self, remembered: dict[str, int], now_ms: int) -> None:
+        log.error(
+            "Redis lost the pauses (a flush, a restart without data or a failover to a replica that missed "
+            "them): writing back what this process remembers: %s. Check them with `elastask status`; lift "
+            "them with `elastask resume`",
+            ", ".join(sorted(remembered)),
+        )
+        pipe = self.client.pipeline(transaction=True)
+        for text, since in remembered.items():
+            pipe.hsetnx(keys.PAUSED, text, str(since))
+        pipe.hset(keys.PAUSED, _KEPT, "1")
+        pipe.set(keys.PAUSES_RESTORED, str(now_ms))
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            log.error("could not write the pauses back to Redis (the next look tries again): %s", e)
+
