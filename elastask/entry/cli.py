@@ -30,6 +30,12 @@ class Context:
             self._settings = load_settings(self.config_path)
         return self._settings
 
+    def runtime(self) -> Any:
+        """The clients of this command (engine, Redis, Kibana), from the settings."""
+        from elastask.runtime import build_runtime
+
+        return build_runtime(self.settings)
+
 
 def fail(error: Exception) -> NoReturn:
     """Print one line naming what is wrong and exit non-zero."""
@@ -165,9 +171,7 @@ def index_check(obj: Context) -> None:
 
 
 def _runtime(obj: Context) -> Any:
-    from elastask.runtime import build_runtime
-
-    return build_runtime(obj.settings)
+    return obj.runtime()
 
 
 def _now() -> Any:
@@ -249,35 +253,6 @@ def status_cmd(obj: Context, as_json: bool, as_health: bool) -> None:
     if data.get("pauses_restored_at"):
         click.echo(f"warning: Redis lost the pauses; a worker wrote them back at {data['pauses_restored_at']}")
     for line in describe(data["capacity_estimation"]):
-        click.echo(line)
-
-
-@cli.command("pause")
-@click.option("--type", "types", multiple=True, help="a task type (prefix* too); repeat for more")
-@click.option("--node", "nodes", multiple=True, help="a Kibana node: ownerId, URL or configured id; repeat for more")
-@click.pass_obj
-def pause_cmd(obj: Context, types: tuple[str, ...], nodes: tuple[str, ...]) -> None:
-    """Stop claiming and pushing: everything, or these task types or nodes (for every worker, until resume).
-
-    Running tasks finish; due tasks wait and keep their attempts.
-    """
-    from elastask.ops import pausing
-
-    for line in pausing.lines(pausing.pause(_runtime(obj), pausing.entries(types, nodes))):
-        click.echo(line)
-
-
-@cli.command("resume")
-@click.option("--type", "types", multiple=True, help="a task type paused with --type")
-@click.option("--node", "nodes", multiple=True, help="a node paused with --node")
-@click.pass_obj
-def resume_cmd(obj: Context, types: tuple[str, ...], nodes: tuple[str, ...]) -> None:
-    """Resume what elastask pause paused: everything, or these task types or nodes."""
-    from elastask.ops import pausing
-
-    resumed, left = pausing.resume(_runtime(obj), pausing.entries(types, nodes))
-    click.echo(f"resumed: {', '.join(resumed)}" if resumed else "resumed: nothing (it was not paused)")
-    for line in pausing.lines(left):
         click.echo(line)
 
 
@@ -387,6 +362,17 @@ def _missing_extra(name: str, error: ImportError) -> click.Command:
         fail(ElastaskError(f"`elastask {name}` needs the test bed's packages ({error}): pip install 'elastask[bed]'"))
 
     return missing
+
+
+def _add_controls() -> None:
+    """The operator's controls (pause, resume, nodes drain/undrain) live in cli_controls.py."""
+    from elastask.entry import cli_controls
+
+    for command in (cli_controls.pause_cmd, cli_controls.resume_cmd, cli_controls.nodes):
+        cli.add_command(command)
+
+
+_add_controls()
 
 
 def main() -> None:

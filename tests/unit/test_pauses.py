@@ -158,3 +158,36 @@ def test_a_dispatch_job_gives_back_the_tasks_paused_since_their_claim_with_their
     task = engine.docs["task:late"]["_source"]["task"]
     assert task["status"] == "idle" and task["attempts"] == 0  # never reached Kibana: attempt returned
     assert rt.ledger.leases([OWNER]) == []
+
+
+def test_draining_a_node_pauses_it_and_waits_until_kibana_finished_its_runs() -> None:
+    from elastask.ops import draining
+
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    for doc_id in ("task:one", "task:two"):
+        task = claimed(engine, rt, doc_id, attempts=1)
+        rt.ledger.confirm(OWNER, 20, [(doc_id, 2, datetime.fromisoformat(task.retry_at), None, None)], NOW)
+    node = draining.drain(rt, "kibana:a")
+    assert [p.text for p in PauseStore(rt.redis).read(NOW_MS).pauses] == ["node:kibana:a"]
+    looks: list[tuple[int, int]] = []
+
+    def kibana_finishes_one_run_a_second(_s: float) -> None:
+        engine.docs.pop(next(iter(sorted(engine.docs))))  # one-shot runs: Kibana deletes the document
+
+    done = draining.wait_until_empty(rt, node, 30, lambda units, leases: looks.append((units, leases)),
+                                     sleep=kibana_finishes_one_run_a_second)  # fmt: skip
+    assert done and looks == [(4, 2), (2, 1), (0, 0)]
+    assert draining.undrain(rt, "kibana:a") == ["node:kibana:a"]
+    with pytest.raises(draining.ElastaskError, match="no configured Kibana node is called 'kibana-9'"):
+        draining.drain(rt, "kibana-9")
+
+
+def test_waiting_on_a_drain_gives_up_after_its_timeout() -> None:
+    from elastask.ops import draining
+
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    claimed(engine, rt, "task:long", attempts=1)
+    node = draining.drain(rt, "http://kibana-a:5601")  # by its URL
+    assert not draining.wait_until_empty(rt, node, 0, lambda _u, _l: None, sleep=lambda _s: None)
