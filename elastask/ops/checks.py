@@ -16,6 +16,7 @@ from elastask.config import COSTS, KibanaNode, Settings
 from elastask.core.advice import settings_advice
 from elastask.core.kibana_setup import SetupFinding, setup_findings
 from elastask.errors import StoreError
+from elastask.ops import pausing
 from elastask.parts.connection_errors import explain
 from elastask.runtime import Runtime
 
@@ -42,11 +43,26 @@ def check(settings: Settings, rt: Runtime) -> list[CheckRow]:
         if rows[-1].ok:
             rows.append(_check_task_types(settings, rt))
     rows.append(_check_redis(settings, rt))
+    if rows[-1].ok:
+        rows.append(_check_pauses(rt))
     for node in settings.kibana.hosts:
         rows.append(_check_kibana(rt, node.url, node))
         if rows[-1].ok:
             rows += _check_kibana_setup(settings, rt, node, datetime.now(UTC))
     return rows
+
+
+def _check_pauses(rt: Runtime) -> CheckRow:
+    """What is paused (a warning: its due tasks wait), and whether Redis lost the pauses once."""
+    now = datetime.now(UTC)
+    described = pausing.described(rt, now)
+    restored = described["pauses_restored_at"]
+    lost = f"; Redis lost them and a worker wrote them back at {restored}" if restored else ""
+    if not described["paused"]:
+        return CheckRow("pauses", True, f"nothing paused{lost}", warning=bool(restored))
+    paused = ", ".join(f"{p['pause']} ({p['source']})" for p in described["paused"])
+    fix = "elastask resume (elastask.yaml paused: in the file)"
+    return CheckRow("pauses", True, f"paused: {paused}{lost}", fix, warning=True)
 
 
 def _check_kibana_setup(settings: Settings, rt: Runtime, node: KibanaNode, now: datetime) -> list[CheckRow]:
