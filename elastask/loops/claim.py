@@ -30,7 +30,7 @@ from typing import cast
 
 import redis
 
-from elastask import keys
+from elastask import keys, tracing
 from elastask.config import Settings
 from elastask.core.clock import monotonic_ms
 from elastask.core.messages import DispatchJob
@@ -157,7 +157,12 @@ def _remember_runs(rt: Runtime, runs: dict[str, float]) -> None:
 def _timed(cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
     """Run one cycle, time it, and log its line (a session's look that did not search logs at debug)."""
     started = time.monotonic()
-    summary = cycle()
+    with tracing.span("elastask.claim_cycle") as traced:
+        summary = cycle()
+        if traced is not None:
+            traced.set_attributes(
+                {"elastask.found": summary.found, "elastask.claimed": summary.claimed, "elastask.nodes": summary.nodes}
+            )
     summary.duration_ms = (time.monotonic() - started) * 1000
     per_node = " ".join(f"{owner}={left}" for owner, left in summary.capacity_left.items())
     steps = ",".join(f"{name}:{ms:.0f}" for name, ms in summary.steps_ms.items() if ms >= 1)

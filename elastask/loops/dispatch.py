@@ -23,7 +23,7 @@ from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from elastask import keys
+from elastask import keys, tracing
 from elastask.core.intervals import parse_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.loops.lease_renewal import remaining_ms, renew_waited_leases
@@ -161,7 +161,16 @@ def _push_within_lease(rt: Runtime, node: Node, task: ClaimedTask, clock: _JobCl
     """
     if remaining_ms(task, clock.read()) < task.lease_ms - task.slack_ms:
         return None
-    return rt.kibana.push(node.config, task.body)
+    attributes = {"elastask.task_id": task.doc_id, "elastask.task_type": str(task.body.get("taskType"))}
+    with tracing.span(
+        "elastask.push", traceparent=task.body.get("traceparent") or None, attributes={**attributes, "url": node.url}
+    ) as traced:
+        if traced is None:
+            return rt.kibana.push(node.config, task.body)
+        # Kibana's run becomes a child of this push (its traceparent), itself a child of the task's own.
+        result = rt.kibana.push(node.config, {**task.body, "traceparent": tracing.current_traceparent() or ""})
+        traced.set_attribute("elastask.outcome", result.outcome.value)
+        return result
 
 
 def _settle_when_answered(
