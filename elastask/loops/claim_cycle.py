@@ -52,7 +52,10 @@ def claim_lock_ttl_ms(settings: Settings) -> int:
     froze keeps every other claim job out; a frozen holder that wakes finds the lock lost before
     its claim write (the fence) and writes nothing.
     """
-    return max(5_000, 10 * settings.polling_interval_ms)
+    # 3 s at the shipped 500 ms: a holder SIGKILLed in a refill session stopped every claim for the
+    # whole TTL (5 s before 0.7, a chaos run's longest stall); renewed every second, two renewals
+    # may still fail before it runs out.
+    return max(3_000, 6 * settings.polling_interval_ms)
 
 
 def pending_max_ms(settings: Settings) -> int:
