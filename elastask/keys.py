@@ -84,6 +84,11 @@ def usage_minute(minute: int) -> str:
     return f"{PREFIX}usage:{minute}"
 
 
+def shutting_down(hostname: str) -> str:
+    """Present while the worker ``hostname`` (its Celery node name) shuts down: its refill sessions end."""
+    return f"{PREFIX}worker:shutting-down:{hostname}"
+
+
 def queue(owner_id: str) -> str:
     """The Celery queue of dispatch jobs for one Kibana node."""
     return f"elastask.dispatch.{owner_id}"

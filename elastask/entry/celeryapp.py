@@ -150,6 +150,21 @@ def log_kibana_setup(settings: Settings) -> None:
         rt.close()
 
 
+@signals.worker_shutting_down.connect
+def _mark_shutting_down(sender: Any = None, **_kwargs: Any) -> None:
+    # In the worker's main process, on SIGTERM/SIGINT: its children's refill sessions see this at their
+    # next look and end, freeing the claim lock at once (the main process waits for running jobs).
+    hostname = str(sender or "")
+    if not hostname:
+        return
+    try:
+        client = build_redis(get_app().conf.elastask_settings, socket_timeout_s=2)
+        client.set(keys.shutting_down(hostname), 1, px=120_000)
+        client.close()
+    except Exception as e:  # never let this stop the shutdown
+        log.warning("could not tell this worker's refill sessions to end (they end within 10 s): %s", e)
+
+
 @signals.celeryd_after_setup.connect
 def _note_pinned_queues(sender: Any, instance: Any, **_kwargs: Any) -> None:
     # After -Q is applied: a worker started with -Q consumes exactly those queues (pinned);

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,11 +76,12 @@ def enqueue_dispatch(batch: DispatchJob, producer: Any = None, *, countdown_s: f
     )
 
 
-@app.task(name="elastask.claim", ignore_result=True)
-def claim() -> dict[str, Any]:
+@app.task(name="elastask.claim", bind=True, ignore_result=True)
+def claim(self: Any) -> dict[str, Any]:
     """One claim cycle, and a refill session while a backlog waits (see loops/claim.py)."""
     try:
         rt = runtime()
+        stopping = shutting_down_check(rt, str(self.request.hostname or ""))
         now = rt.now()
         # The jobs go out from a thread with one producer of its own: the loop does not wait on the broker.
         unsent = lambda job: give_back_tasks(rt, job.owner_id, job.tasks)  # noqa: E731
@@ -90,6 +93,7 @@ def claim() -> dict[str, Any]:
                 lambda cycle: record_cycle(rt, cycle),
                 sessions=sessions_allowed(),
                 sending=publish.sending,
+                stopping=stopping,
             )
         if summary.ran and summary.backlog:
             follow_up(rt, at_once=summary.session_expired)
@@ -130,6 +134,23 @@ def follow_up(rt: Runtime, *, at_once: bool = False) -> None:
             countdown=0 if at_once else busy_ms / 1000,
             expires=max(1.0, 2 * rt.settings.polling_interval_ms / 1000),
         )
+
+
+def shutting_down_check(rt: Runtime, hostname: str, every_s: float = 0.25) -> Callable[[], bool]:
+    """Whether this worker is shutting down (celeryapp.py marks it in Redis), read at most every ``every_s``."""
+    key, checked, answer = keys.shutting_down(hostname), [0.0], [False]
+
+    def stopping() -> bool:
+        if not hostname or answer[0] or time.monotonic() - checked[0] < every_s:
+            return answer[0]
+        checked[0] = time.monotonic()
+        try:
+            answer[0] = bool(rt.redis.exists(key))
+        except Exception:  # a hint only: a Redis error is the claim loop's to report
+            return False
+        return answer[0]
+
+    return stopping
 
 
 @app.task(name="elastask.retry", ignore_result=True)

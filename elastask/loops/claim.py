@@ -59,6 +59,7 @@ def claim_available_tasks(
     *,
     sessions: bool = True,
     sending: Callable[[], bool] = lambda: True,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> ClaimSummary:
     """One claim cycle (see the module docstring), and a refill session while a backlog waits.
 
@@ -66,6 +67,8 @@ def claim_available_tasks(
     that searched (and with the session's looks at most once a second, for health). ``sessions``:
     False where the session would hold the only worker process the dispatch jobs have. ``sending``:
     False once dispatch jobs can no longer be sent; checked with the lock before every claim write.
+    ``stopping``: True once the worker is shutting down: a session ends at its next look and frees the
+    claim lock at once (another worker's claim job takes over), instead of holding it up to 10 s.
     Returns the last cycle's summary.
     """
     cadence = Cadence(rt.redis)
@@ -81,7 +84,7 @@ def claim_available_tasks(
         if _quiet(summary):
             cadence.rest(now, _rest_until(rt.settings, summary, now))
         elif summary.backlog and sessions and _sessions_on(rt.settings):
-            summary = _refill(rt, enqueue, fence, session, summary, on_cycle)
+            summary = _refill(rt, enqueue, fence, session, summary, on_cycle, stopping)
     return summary
 
 
@@ -97,6 +100,7 @@ def _refill(
     session: RefillSession,
     last: ClaimSummary,
     on_cycle: Callable[[ClaimSummary], None],
+    stopping: Callable[[], bool] = lambda: False,
 ) -> ClaimSummary:
     """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
     session.active = True
@@ -104,6 +108,10 @@ def _refill(
     with _runs_carried_over(rt, session):
         while fence() and monotonic_ms() - session.started_ms < SESSION_MAX_MS:
             time.sleep(session.reads.wait_ms(monotonic_ms()) / 1000)
+            if stopping():
+                log.info("worker shutting down: refill session ended, claim lock freed for another worker")
+                last.session_expired = last.backlog  # the follow-up claim job goes out at once
+                break
             summary = _timed(lambda: run_claim_cycle(rt, rt.now(), enqueue, fence, session))
             if not summary.ran:
                 break

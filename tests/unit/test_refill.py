@@ -173,3 +173,21 @@ def test_a_task_claimed_ahead_counts_its_hold_from_its_run_at_not_from_its_claim
     session.reads.record_reads({"t1"}, still_leased=set(), now_ms=1700 + 260)
     # Then the hold learned is the run's, not the run's plus the time claimed ahead.
     assert session.reads.shortest_run_ms == {"report": 260}
+
+
+def test_a_worker_shutting_down_ends_its_session_at_the_next_look_and_frees_the_claim_lock() -> None:
+    # The same backlog as above, but the worker is told to shut down (SIGTERM) during the first cycle.
+    engine = StubEngine()
+    due_tasks(engine, 4)
+    rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
+    pushed: list[str] = []
+
+    def kibana_runs(job: DispatchJob) -> None:
+        for task in job.tasks:
+            pushed.append(task.doc_id)
+            del engine.docs[task.doc_id]
+
+    last = claim_available_tasks(rt, datetime.now(UTC), kibana_runs, stopping=lambda: True)
+    assert pushed == ["task:t0"]  # the first cycle's claim; no session after it
+    assert last.backlog and last.session_expired  # the follow-up claim job goes out at once, on any worker
+    assert not rt.redis.exists(keys.CLAIM_LOCK)  # freed at once: another worker's claim job takes over
