@@ -64,6 +64,11 @@ def health(owner_id: str) -> str:
     return f"{PREFIX}health:{owner_id}"
 
 
+def claimed(doc_id: str, seq_no: int) -> str:
+    """Marks that elastask wrote this claim (document version) and holds its slot (set by confirm.lua)."""
+    return f"{PREFIX}claimed:{doc_id}:{seq_no}"
+
+
 def pushed(doc_id: str, seq_no: int) -> str:
     """Marks that the push of one claim (document version) was attempted: never push it twice."""
     return f"{PREFIX}pushed:{doc_id}:{seq_no}"

@@ -2,7 +2,8 @@
 
 Attempts are counted **at claim**, as Kibana's own claimer does (``attempts: attempts + 1`` in the
 same conditional write that sets ``status: running``). A push that provably never reached Kibana
-gives the attempt back in the write that returns the task to ``idle``; an expired lease keeps it.
+gives the attempt back in the write that returns the task to ``idle``; an expired lease keeps it,
+unless Redis shows the claim was never pushed (its claim marker without a push marker).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ LEASE_GRACE = timedelta(seconds=2)
 #: A claim looks at most this far ahead of runAt; tasks due within it are claimed early and pushed at
 #: their runAt (a dispatch job with an ETA), not one polling interval late.
 MAX_LOOKAHEAD_MS = 1000
+#: A claim's marker (Redis) lives this long past its lease and grace, for the retry loop to read.
+CLAIM_MARKER_EXTRA = timedelta(seconds=60)
+#: A push marker lives this long past its lease: longer than the claim marker, so a claim marker
+#: found without its push marker always means the claim was never pushed.
+PUSH_MARKER_EXTRA = CLAIM_MARKER_EXTRA + LEASE_GRACE + timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ def retry_delay_ms(attempts: int, *, base_ms: int, max_ms: int, rng: random.Rand
 class Expiry:
     """What to write when a lease ran out without an outcome, and why."""
 
-    outcome: str  # "retry" | "failed" | "rescheduled"
+    outcome: str  # "retry" | "failed" | "rescheduled" | "returned"
     fields: dict[str, Any]
     reason: str
 
@@ -190,6 +196,15 @@ def on_lease_expired(
         base_delay_ms=base_delay_ms,
         max_delay_ms=max_delay_ms,
         rng=rng,
+    )
+
+
+def never_pushed(task: TaskDocument) -> Expiry:
+    """An expired lease whose claim was never pushed (its dispatch job was lost): back to idle, attempt returned."""
+    return Expiry(
+        "returned",
+        release_fields_for(task.attempts),
+        "lease ran out before any push (its dispatch job was lost, e.g. at a broker reconnect); attempt returned",
     )
 
 

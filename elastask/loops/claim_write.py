@@ -130,8 +130,10 @@ def _confirm(
     for a, doc in claimed:
         assert doc.retry_at is not None  # a claimed document has its lease
         by_owner[a.owner_id].append((a.task.id, a.cost, doc.retry_at + policy.LEASE_GRACE))
+    versions = {doc.id: doc.seq_no for _, doc in claimed if doc.seq_no is not None}
     held = {
-        owner: rt.ledger.confirm(owner, capacity[owner], items, now, token=token) for owner, items in by_owner.items()
+        owner: rt.ledger.confirm(owner, capacity[owner], items, now, token=token, versions=versions)
+        for owner, items in by_owner.items()
     }
     kept = [(a, doc) for a, doc in claimed if a.task.id in held[a.owner_id]]
     lost = [doc for a, doc in claimed if a.task.id not in held[a.owner_id]]

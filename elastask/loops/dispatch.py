@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from elastask import keys, tracing
+from elastask.core import policy
 from elastask.core.intervals import parse_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.loops.lease_renewal import remaining_ms, renew_waited_leases
@@ -48,6 +49,7 @@ MAX_EARLY_WAIT_S = 1.0
 #: How long a job waits for its pushes' answers (Kibana answers 204 before it runs anything); later
 #: answers are settled on the push threads, so a hung node never holds a worker process longer.
 PUSH_WAIT_S = 0.25
+_PUSH_MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
 
 
 def push_claimed_tasks(
@@ -210,7 +212,7 @@ def _mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, repor
     """Set each claim's push marker (one pipelined round trip); a claim already marked is not pushed again."""
     pipe = rt.redis.pipeline(transaction=False)
     for task in tasks:
-        marker_ttl_ms = max(remaining_ms(task, now), task.lease_ms) + 60_000
+        marker_ttl_ms = max(remaining_ms(task, now), task.lease_ms) + _PUSH_MARKER_EXTRA_MS
         pipe.set(keys.pushed(task.doc_id, task.claim), 1, nx=True, px=marker_ttl_ms)
     with redis_errors("setting push markers"):
         markers = pipe.execute()

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,11 +24,12 @@ from typing import Any
 from elastask import keys
 from elastask.core import policy, queries
 from elastask.core.documents import STATUSES, TaskDocument, parse_hit
-from elastask.errors import DocumentError
+from elastask.errors import DocumentError, LedgerError
 from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.parts.locks import exclusive
+from elastask.parts.redis_errors import redis_errors
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,12 +68,13 @@ def retry_expired_leases(rt: Runtime, now: datetime) -> RetrySummary:
     summary.duration_ms = (time.monotonic() - started) * 1000
     if summary.expired or summary.skipped or summary.unclaimable:
         log.info(
-            "retry cycle: expired=%d retried=%d failed=%d rescheduled=%d conflicts=%d skipped(malformed)=%d "
-            "unclaimable=%d duration=%.0fms",
+            "retry cycle: expired=%d retried=%d failed=%d rescheduled=%d returned(never pushed)=%d conflicts=%d "
+            "skipped(malformed)=%d unclaimable=%d duration=%.0fms",
             summary.expired,
             summary.outcomes.get("retry", 0),
             summary.outcomes.get("failed", 0),
             summary.outcomes.get("rescheduled", 0),
+            summary.outcomes.get("returned", 0),
             summary.conflicts,
             summary.skipped,
             summary.unclaimable,
@@ -91,13 +94,18 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
     )
     hits = rt.store.search_hits(body, "searching expired leases")
     summary.expired = len(hits)
-    plans: list[tuple[TaskDocument, policy.Expiry]] = []
+    docs: list[TaskDocument] = []
     for hit in hits:
         try:
-            doc = parse_hit(hit)
+            docs.append(parse_hit(hit))
         except DocumentError as e:
             summary.skipped += 1
             report_malformed(rt.redis, e, now)
+    unpushed = never_pushed(rt, docs)
+    plans: list[tuple[TaskDocument, policy.Expiry]] = []
+    for doc in docs:
+        if doc.id in unpushed:
+            plans.append((doc, policy.never_pushed(doc)))
             continue
         settings = rt.settings.for_type(doc.task_type)
         plans.append(
@@ -130,9 +138,36 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
         else:
             log.info("task %r (%s): %s", doc.id, doc.task_type, expiry.reason)
     summary.outcomes = dict(outcomes)
-    if outcomes["retry"] or outcomes["rescheduled"]:
+    if outcomes["retry"] or outcomes["rescheduled"] or outcomes["returned"]:
         Cadence(rt.redis).wake()  # tasks went back to idle: a resting claim loop looks again now
     return summary
+
+
+def never_pushed(rt: Runtime, docs: Sequence[TaskDocument]) -> set[str]:
+    """The expired leases elastask claimed and never pushed: a claim marker for their version, no push marker.
+
+    Their dispatch job was lost before any push (ETA jobs a worker drops when its broker connection
+    resets, a job whose worker died before it started): the run never began, so the attempt is
+    returned. The markers are Redis's: when Redis lost its data since the claim (a restart, a
+    failover) the claim marker is gone too, and the lease counts as an attempt, as before. So does
+    a renewed lease (a new version, no claim marker) and a claim Kibana made itself.
+    """
+    versioned = [d for d in docs if d.seq_no is not None]
+    if not versioned:
+        return set()
+    pipe = rt.redis.pipeline(transaction=False)
+    for doc in versioned:
+        assert doc.seq_no is not None
+        pipe.exists(keys.claimed(doc.id, doc.seq_no))
+        pipe.exists(keys.pushed(doc.id, doc.seq_no))
+    try:
+        with redis_errors("reading claim and push markers"):
+            counts = pipe.execute()
+    except LedgerError as e:  # the leases count as attempts, as without markers
+        log.warning("%s; expired leases count as attempts", e)
+        return set()
+    claimed, pushed = counts[0::2], counts[1::2]
+    return {d.id for d, c, p in zip(versioned, claimed, pushed, strict=True) if c and not p}
 
 
 def audit_unclaimable(rt: Runtime, now: datetime) -> int:

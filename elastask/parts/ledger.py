@@ -26,6 +26,7 @@ import redis
 
 from elastask import keys
 from elastask.core.clock import epoch_ms
+from elastask.core.policy import CLAIM_MARKER_EXTRA
 from elastask.errors import LedgerError
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.scripts import register
@@ -178,17 +179,28 @@ class Ledger:
         claims: Iterable[SlotRequest],
         now: datetime,
         token: str = "",
+        *,
+        versions: Mapping[str, int] | None = None,
     ) -> set[str]:
         """The claims (id, cost, lease expiry) are written: reconcile may now judge them by the engine.
 
         Returns the ids whose slot is held; a slot the ledger lost meanwhile (Redis lost it during the
         write) is taken again if it fits, else the id is left out and the claim must be given back.
+        With ``versions`` (the claims' ``seq_no``), each held claim gets its claim marker
+        (``keys.claimed``), living ``CLAIM_MARKER_EXTRA`` past its lease.
         """
-        args: list[str | int] = [capacity_units, token, *_slots(claims, now)]
-        if len(args) == 2:
+        requests = list(claims)
+        args: list[str | int] = [
+            capacity_units,
+            token,
+            int(CLAIM_MARKER_EXTRA.total_seconds() * 1000),
+            *_slots(requests, now),
+        ]
+        if not requests:
             return set()
+        markers = [keys.claimed(r[0], versions[r[0]]) for r in requests] if versions is not None else []
         with redis_errors(f"confirming reservations on {owner_id}"):
-            held = self._confirm(keys=_keys(owner_id), args=args)
+            held = self._confirm(keys=[*_keys(owner_id), *markers], args=args)
         return {_text(t) for t in held}
 
     def release(self, owner_id: str, task_ids: Iterable[str]) -> int:

@@ -100,4 +100,3 @@ class PauseStore:
             pipe.execute()
         except redis.RedisError as e:
             log.error("could not write the pauses back to Redis (the next look tries again): %s", e)
-

@@ -27,6 +27,14 @@ def seconds(_ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 
 @click.command("chaos")
+@click.option(
+    "--plan",
+    type=click.Choice(["random", "operators"]),
+    default="random",
+    show_default=True,
+    help="random: faults from the seed; operators: a node restart without and with a drain, then a rolling "
+    "restart of every worker and beat, under the same load (the duration is then the plan's)",
+)
 @click.option("--duration", callback=seconds, default="30m", show_default=True, help="the whole run, quiet included")
 @click.option("--quiet", callback=seconds, default="60s", show_default=True, help="the fault-free phase at the end")
 @click.option("--seed", type=int, default=None, help="the faults' and workload's seed (default: a random one, printed)")
@@ -41,6 +49,7 @@ def seconds(_ctx: click.Context, param: click.Parameter, value: str) -> float:
 @click.option("--skew/--no-skew", default=True, show_default=True, help="clock-skewed workers (libfaketime)")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="logs here (default: a temp dir)")
 def chaos(
+    plan: str,
     duration: float,
     quiet: float,
     seed: int | None,
@@ -62,6 +71,10 @@ def chaos(
     from elastask_bed.chaos.liveness import Thresholds
     from elastask_bed.chaos.runner import ChaosOptions, ChaosRun
 
+    if plan == "operators":
+        from elastask_bed.chaos.operators import FAULT_PHASE_S
+
+        duration = FAULT_PHASE_S + quiet
     if duration - quiet < 30:
         fail(ElastaskError(f"--duration must leave at least 30 s of faults before the {quiet:g} s quiet phase"))
     options = ChaosOptions(
@@ -75,6 +88,7 @@ def chaos(
         check_liveness=check_liveness,
         thresholds=Thresholds(max_stall_s=max_stall, max_drift_p99_s=max_drift_p99, max_heal_s=max_heal),
         workdir=Path(workdir) if workdir else None,
+        plan=plan,
     )
     try:
         result = ChaosRun(options, lambda line: click.echo(line, err=True)).run()

@@ -6,6 +6,8 @@ The simulator it drives is the recording one (recording_sim.py), started as a pr
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from elastask_bed.chaos.fleet import ChaosFleet
-from elastask_bed.chaos.model import ENGINE, KILL, NODE, PAUSE, REDIS, SKEW, Fault, Window
+from elastask_bed.chaos.model import ENGINE, KILL, NODE, PAUSE, REDIS, RESTART, ROLL, SKEW, Fault, Window
 from elastask_bed.testbed.bed import SimulatorProcess, Testbed, http_json
 
 
@@ -76,7 +78,9 @@ class Injector:
             self.begin(fault)
         except Exception as e:  # an injection that failed is reported; its heal still runs
             self.errors.append(f"begin {fault.describe()}: {e}")
-        time.sleep(max(0.0, window.start + fault.duration_s - time.time()))
+        # A restart's duration is the node's downtime, from when it went down (after its drain).
+        began = time.time() if fault.kind == RESTART else window.start
+        time.sleep(max(0.0, began + fault.duration_s - time.time()))
         try:
             self.end(fault)
         except Exception as e:
@@ -111,6 +115,18 @@ class Injector:
                 self.simulator.set_mode(index, fault.detail, delay_s=self.hang_s if fault.detail == "hang" else None)
         elif fault.kind == SKEW:
             self.fleet.start_role("skew", skew=fault.detail)
+        elif fault.kind == RESTART:
+            index = int(fault.target.removeprefix("node"))
+            if fault.detail == "drained":
+                self._elastask("nodes", "drain", self.simulator.urls[index], "--wait", "--timeout", "60s")
+            self.simulator.crash(index)
+        elif fault.kind == ROLL:
+            for role in [r for r in self.fleet.roles if r.startswith("worker")] + sorted(
+                r for r in self.fleet.roles if r.startswith("beat")
+            ):
+                self.say(f"+{time.time() - self.t0:6.1f}s  rolling restart: {role} (SIGTERM, then started again)")
+                self.fleet.stop_role(role)
+                self.fleet.start_role(role)
 
     def end(self, fault: Fault) -> None:
         """Heal the fault."""
@@ -127,3 +143,18 @@ class Injector:
             self.simulator.set_mode(int(fault.target.removeprefix("node")), "ok")
         elif fault.kind == SKEW:
             self.fleet.stop_role("skew")
+        elif fault.kind == RESTART:
+            index = int(fault.target.removeprefix("node"))
+            self.simulator.set_mode(index, "ok")
+            if fault.detail == "drained":
+                self._elastask("nodes", "undrain", self.simulator.urls[index])
+
+    def _elastask(self, *args: str) -> None:
+        """Run an ``elastask`` command as an operator would, with the fleet's settings; fail on its exit."""
+        done = subprocess.run(
+            [sys.executable, "-m", "elastask", *args], env=self.fleet.env, capture_output=True, text=True, timeout=120
+        )
+        for line in done.stdout.splitlines()[-3:]:
+            self.say(f"+{time.time() - self.t0:6.1f}s  elastask {args[0]} {args[1]}: {line}")
+        if done.returncode != 0:
+            raise RuntimeError(f"elastask {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-300:]}")

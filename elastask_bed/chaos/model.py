@@ -16,6 +16,9 @@ REDIS = "redis"  # Redis killed, restarted empty (same port) when the window end
 ENGINE = "engine"  # the proxy: detail "latency:MS", "status:429", "status:503" or "down" (dropped connections)
 NODE = "node"  # a Kibana node: detail "refuse", "5xx", "hang", "error" or "crash" (killed mid-run)
 SKEW = "skew"  # an extra worker whose clock is off: detail "+3s" (libfaketime)
+#: The operators' plan (operators.py), not drawn at random:
+RESTART = "restart"  # a Kibana node restarted: detail "drained" (drain --wait, restart, undrain) or "plain"
+ROLL = "roll"  # target "fleet": every worker, then every beat, SIGTERMed and started again, one after another
 
 PROCESS_KINDS = (KILL, PAUSE)
 

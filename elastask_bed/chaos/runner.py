@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from elastask_bed.chaos import workload
+from elastask_bed.chaos import operators, workload
 from elastask_bed.chaos.evaluate import Collected, counts, evaluate
 from elastask_bed.chaos.fleet import ChaosFleet
 from elastask_bed.chaos.index import TaskIndex
@@ -48,6 +48,8 @@ class ChaosOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
     workdir: Path | None = None
     warm_up_s: float = 10.0
+    #: "random": faults drawn from the seed; "operators": the runbooks' restarts (operators.py).
+    plan: str = "random"
 
     @property
     def fault_phase_s(self) -> float:
@@ -63,7 +65,7 @@ class ChaosRun:
         self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="elastask-chaos-"))
         self.own_bed = bed is None
         self.bed = bed or Testbed(self.workdir / "testbed", kibana_nodes=0)
-        self.skew = options.skew and shutil.which("faketime") is not None
+        self.skew = options.skew and options.plan == "random" and shutil.which("faketime") is not None
         self.one_shots: list[OneShot] = []
         self.stream_errors: list[str] = []
         self.stream_stop = threading.Event()
@@ -81,6 +83,7 @@ class ChaosRun:
             "one_shots_per_s": o.one_shots_per_s,
             "skew": "on" if self.skew else ("off: faketime not found (apt-get install faketime)" if o.skew else "off"),
             "check_liveness": o.check_liveness,
+            "plan": o.plan,
             "thresholds": vars(o.thresholds),
         }
 
@@ -96,8 +99,11 @@ class ChaosRun:
             hang_s=workload.TASK_TIMEOUT_S,
             skew=self.skew,
         )
-        faults = make_schedule(o.seed, plan)
-        self.say(f"chaos: seed {o.seed}, {o.duration_s:g} s ({o.quiet_s:g} s quiet), {len(faults)} faults planned")
+        faults = operators.schedule() if o.plan == "operators" else make_schedule(o.seed, plan)
+        self.say(
+            f"chaos: seed {o.seed}, {o.duration_s:g} s ({o.quiet_s:g} s quiet), {len(faults)} "
+            + ("operators' steps planned" if o.plan == "operators" else "faults planned")
+        )
         self.say(f"chaos: workdir {self.workdir}")
         if self.own_bed:
             self.say("chaos: starting the search engine, proxy and Redis...")
@@ -183,6 +189,18 @@ class ChaosRun:
             warm_up_s=o.warm_up_s,
         )
         self._keep_records(collected, records, stats)
+        checks = evaluate(collected, o.thresholds, o.check_liveness)
+        if o.plan == "operators":
+            logs = sorted(fleet.workdir.glob("worker*.log"))
+            lines = [line for log in logs for line in log.read_text(errors="replace").splitlines()]
+            checks += operators.step_checks(
+                collected.windows,
+                runs,
+                operators.expired_leases(lines),
+                t0=t0,
+                warm_up_s=o.warm_up_s,
+                until=collected.collected_at,
+            )
         return ChaosResult(
             seed=o.seed,
             duration_s=o.duration_s,
@@ -190,7 +208,7 @@ class ChaosRun:
             settings=self.settings(),
             t0=t0,
             windows=collected.windows,
-            checks=evaluate(collected, o.thresholds, o.check_liveness),
+            checks=checks,
             counts=counts(collected),
             harness_errors=[*injector.errors, *fleet.errors, *self.stream_errors],
             workdir=str(self.workdir),

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from elastask import keys
+from elastask.core.documents import new_task
 from elastask.core.intervals import format_date
+from elastask.core.messages import DispatchJob
 from elastask.loops.cadence import Cadence
+from elastask.loops.claim import claim_available_tasks
+from elastask.loops.dispatch import push_claimed_tasks
 from elastask.loops.retry import retry_expired_leases
+from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
 
@@ -137,3 +143,67 @@ def test_given_more_malformed_expired_leases_than_a_batch_then_the_good_ones_are
         retry_expired_leases(rt, now)
         rt.redis.delete(keys.RETRY_LOCK) if hasattr(keys, "RETRY_LOCK") else None
     assert status(engine, "task:good")["status"] == "idle"
+
+
+def claimed_by_a_cycle(rt: Runtime, engine: StubEngine, count: int) -> list[DispatchJob]:
+    """One-shot tasks claimed by a real claim cycle (claim markers set), their dispatch jobs returned
+    unsent; then their leases are made to have run out (the documents' retryAt moved into the past,
+    their versions kept)."""
+    now = datetime.now(UTC)
+    for i in range(count):
+        doc = new_task(f"lost-{i}", "sample", now=now - timedelta(seconds=5))
+        engine.put(doc.id, doc.to_source())
+    jobs: list[DispatchJob] = []
+    claim_available_tasks(rt, now, jobs.append, sessions=False)
+    assert sum(len(job.tasks) for job in jobs) == count
+    for doc in engine.docs.values():
+        doc["_source"]["task"]["retryAt"] = format_date(now - timedelta(minutes=1))
+    return jobs
+
+
+def test_given_a_claim_whose_dispatch_job_was_lost_before_any_push_then_its_lease_expiry_returns_the_attempt() -> None:
+    # Defect 10 (0.5.1): ETA jobs a worker drops when its broker connection resets (or a worker killed
+    # while holding them) burned an attempt: a one-shot task with max_attempts 1 ended failed, never run.
+    engine = StubEngine()
+    rt = stub_runtime(engine, max_attempts=1)
+    claimed_by_a_cycle(rt, engine, 2)
+
+    summary = retry_expired_leases(rt, datetime.now(UTC))
+
+    assert {k: n for k, n in summary.outcomes.items() if n} == {"returned": 2}
+    for doc_id in ("task:lost-0", "task:lost-1"):
+        task = status(engine, doc_id)
+        assert task["status"] == "idle" and task["attempts"] == 0 and task["retryAt"] is None
+    assert not rt.redis.hexists(keys.FAILED_REASONS, "task:lost-0")
+    assert not Cadence(rt.redis).resting()
+
+
+def test_given_a_claim_that_was_pushed_then_its_lease_expiry_counts_the_attempt() -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine, max_attempts=1)
+    jobs = claimed_by_a_cycle(rt, engine, 1)
+    for doc in engine.docs.values():  # the push leaves while the lease still runs
+        doc["_source"]["task"]["retryAt"] = format_date(datetime.now(UTC) + timedelta(minutes=5))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        report = push_claimed_tasks(rt, jobs[0], datetime.now(UTC), pool)
+    assert report.outcomes == {"task:lost-0": "accepted"}
+    engine.docs["task:lost-0"]["_source"]["task"]["retryAt"] = format_date(datetime.now(UTC) - timedelta(minutes=1))
+
+    summary = retry_expired_leases(rt, datetime.now(UTC))
+
+    # Kibana had it: the run was lost, its attempt counts.
+    assert {k: n for k, n in summary.outcomes.items() if n} == {"failed": 1}
+    assert status(engine, "task:lost-0")["status"] == "failed"
+
+
+def test_given_redis_lost_its_data_since_the_claim_then_a_lease_expiry_counts_the_attempt() -> None:
+    # Without the claim marker nothing proves the claim was never pushed (its push marker may be gone too).
+    engine = StubEngine()
+    rt = stub_runtime(engine, max_attempts=1)
+    claimed_by_a_cycle(rt, engine, 1)
+    rt.redis.flushall()
+
+    summary = retry_expired_leases(rt, datetime.now(UTC))
+
+    assert {k: n for k, n in summary.outcomes.items() if n} == {"failed": 1}
+    assert status(engine, "task:lost-0")["status"] == "failed"
