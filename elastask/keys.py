@@ -11,6 +11,8 @@ CLAIM_LOCK = PREFIX + "lock:claim"
 RETRY_LOCK = PREFIX + "lock:retry"
 #: Present while the claim loop rests after a quiet cycle (expires when the next cycle is due).
 CLAIM_RESTING = PREFIX + "claim:resting"
+#: Hash: ownerId -> when that node's Kibana process started (ms, Redis's clock), from its uptime.
+NODE_STARTS = PREFIX + "nodes:started"
 #: Present while a follow-up claim cycle is scheduled (tasks waiting for slots: see cadence.py).
 CLAIM_FOLLOW_UP = PREFIX + "claim:follow-up"
 #: Hash: Kibana URL -> ownerId learned from GET /api/status.
@@ -62,6 +64,11 @@ def inflight_pending(owner_id: str) -> str:
 def health(owner_id: str) -> str:
     """Hash of a node's circuit breaker: failures, open_until_ms, backoff_ms."""
     return f"{PREFIX}health:{owner_id}"
+
+
+def restart_watch_turn(owner_id: str) -> str:
+    """Held by the process that asks a node for its uptime next (one asker per turn)."""
+    return f"{PREFIX}nodes:watch:{owner_id}"
 
 
 def claimed(doc_id: str, seq_no: int) -> str:

@@ -28,6 +28,7 @@ from elastask.loops.claim_write import write_claims
 from elastask.loops.dispatch_jobs import enqueue_jobs
 from elastask.loops.ledger_sync import ensure_ledger, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
+from elastask.loops.node_restarts import watch_restarts
 from elastask.loops.paused import read_pauses
 from elastask.loops.refill import ClaimedLease, RefillSession
 from elastask.parts.ledger import LeaseView, SlotRequest
@@ -182,6 +183,7 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
     cycle.available = [n for n in rt.nodes.available(nodes, cycle.now) if not cycle.pauses.node_paused(n.names)]
     summary.nodes = len(cycle.available)
     cycle.view = rt.ledger.view([n.owner_id for n in nodes])
+    watch_restarts(rt, [n for n in cycle.available if cycle.view.used_units.get(n.owner_id)])
     summary.in_flight = len(cycle.view.leases)
     summary.in_flight_units = dict(cycle.view.used_units)
     summary.step("nodes")

@@ -121,26 +121,40 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
                 ),
             )
         )
+    outcomes, written = write_expiries(rt, plans, now)
+    summary.conflicts = len(plans) - len(written) - outcomes.pop("error", 0)
+    summary.outcomes = dict(outcomes)
+    return summary
+
+
+def write_expiries(
+    rt: Runtime, plans: Sequence[tuple[TaskDocument, policy.Expiry]], now: datetime
+) -> tuple[Counter[str], list[TaskDocument]]:
+    """Write each ended lease's next state (conditional on the version read); the count per outcome
+    ("error" for writes that failed) and the documents written.
+
+    A conflict or a missing document is not counted: Kibana's outcome landed first (it wins), or the
+    search was stale. Either way the slot is not ours to free: the claim loop's reconcile decides.
+    """
     results = rt.store.bulk_update_tasks([(doc, expiry.fields) for doc, expiry in plans])
     outcomes: Counter[str] = Counter()
+    written = []
     for (doc, expiry), result in zip(plans, results, strict=True):
         if result.conflict or result.missing:
-            # Kibana's outcome landed first (it wins), or our search was stale. Either way the
-            # slot is not ours to free: the claim loop's real-time reconcile decides.
-            summary.conflicts += 1
             continue
         if not result.ok:
-            log.error("retrying %r failed: %s %s", doc.id, result.status, result.error)
+            log.error("ending the lease of %r failed: %s %s", doc.id, result.status, result.error)
+            outcomes["error"] += 1
             continue
         outcomes[expiry.outcome] += 1
+        written.append(doc)
         if expiry.outcome == "failed":
             record_failure(rt.redis, doc.id, now, expiry.reason, owner_id=doc.owner_id, task_type=doc.task_type)
         else:
             log.info("task %r (%s): %s", doc.id, doc.task_type, expiry.reason)
-    summary.outcomes = dict(outcomes)
     if outcomes["retry"] or outcomes["rescheduled"] or outcomes["returned"]:
         Cadence(rt.redis).wake()  # tasks went back to idle: a resting claim loop looks again now
-    return summary
+    return outcomes, written
 
 
 def never_pushed(rt: Runtime, docs: Sequence[TaskDocument]) -> set[str]:

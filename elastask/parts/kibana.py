@@ -156,6 +156,18 @@ class KibanaClient:
             raise ValueError(f"{node.url}{HEALTH_PATH} answered {type(body).__name__}, not an object")
         return body
 
+    def uptime_ms(self, node: KibanaNode, timeout_s: float = 2.0) -> int | None:
+        """How long the node's Kibana process has run (``metrics.process.uptime_in_millis`` of
+        ``GET /api/status``); None when it does not answer or does not say (an unauthenticated,
+        redacted status)."""
+        try:
+            answer = self.session.get(node.url + STATUS_PATH, **self._options(node, timeout_s))
+            uptime = answer.json().get("metrics", {}).get("process", {}).get("uptime_in_millis")
+        except (requests.RequestException, ValueError, AttributeError):
+            return None
+        ok = answer.status_code == 200 and isinstance(uptime, int | float) and not isinstance(uptime, bool)
+        return int(uptime) if ok and uptime >= 0 else None
+
     def is_available(self, node: KibanaNode, timeout_s: float = 2.0) -> bool:
         """True when ``GET /api/status`` answers 200 with overall level available (or degraded)."""
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -179,6 +179,10 @@ class NodeRegistry:
             return False
         finally:
             self._probing.pop(node.owner_id, None)
+
+    def submit(self, fn: Callable[..., object], *args: object) -> Future[object]:
+        """Run ``fn(*args)`` on this registry's background threads (node lookups, probes, watches)."""
+        return self._pool().submit(fn, *args)
 
     def wait_for_probes(self, timeout_s: float = 10.0) -> None:
         """Wait until the probes in flight have answered (tests and tools)."""

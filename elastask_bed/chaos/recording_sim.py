@@ -6,7 +6,8 @@ its control API:
     GET  /_chaos/runs               every run each node started: task, node, times, outcome
     POST /_chaos/nodes/{i}/crash    the node dies mid-run: its port closes, its runs stop without an
                                     outcome, its buffered outcome writes are lost
-                                    (POST /_sim/nodes/{i}/mode {"mode": "ok"} brings it back)
+                                    (POST /_sim/nodes/{i}/mode {"mode": "ok"} brings it back as a
+                                    new process: its uptime in GET /api/status starts again)
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class RecordingNode(SimulatedNode):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.runs: list[dict[str, Any]] = []
+        #: Crashed and not back yet: coming back is a new Kibana process (its uptime starts again).
+        self.down = False
         #: Task id -> the record of its finished run whose outcome write is not answered yet.
         self.awaiting_outcome: dict[str, dict[str, Any]] = {}
 
@@ -111,9 +114,17 @@ class RecordingNode(SimulatedNode):
             if record is not None:
                 record.update(outcome_ok=ok, outcome_at=time.time())
 
+    async def set_mode(self, mode: str, delay_s: float | None = None) -> None:
+        """As the simulator's, and leaving the refusal of a crash starts a new process."""
+        if self.down and mode != "refuse":
+            self.down = False
+            self.process_started = time.time()
+        await super().set_mode(mode, delay_s)
+
     async def crash(self) -> int:
         """Die as a Kibana process does: port closed, runs cut off, buffered outcomes lost; the runs cut."""
         await self.set_mode("refuse")
+        self.down = True
         running = list(self.tasks)
         for task in running:
             task.cancel()

@@ -140,6 +140,8 @@ class SimulatedNode:
         self.uuid = node_uuid
         self.name = f"sim-kibana-{index}"
         self.mode = "ok"
+        #: When this node's "Kibana process" started (GET /api/status metrics.process.uptime_in_millis).
+        self.process_started = time.time()
         self.delay_s = 300.0  # slow: seconds before the (204) answer; hang: seconds before the run is cancelled
         self.stats = NodeStats()
         #: Every run's outcome goes through it, pushed or claimed (outcomes.py).
@@ -222,6 +224,7 @@ class SimulatedNode:
             "uuid": self.uuid,
             "version": {"number": "8.18.0"},
             "status": {"overall": {"level": level}},
+            "metrics": {"process": {"uptime_in_millis": int((time.time() - self.process_started) * 1000)}},
         }
         return web.json_response(body, status=503 if self.mode == "5xx" else 200)
 

@@ -1,0 +1,143 @@
+"""A Kibana node that restarted lost the runs it had: their leases end at once, not at their retryAt.
+
+Kibana runs pushed tasks in its memory (the ephemeral queue), so a restart ends them without an
+outcome, and until their leases run out (the task's timeout: 5 minutes by default) their slots stay
+held and the node, back and idle, gets nothing. So each claim cycle has every node in rotation that
+holds leases asked for its process uptime (``GET /api/status``, ``metrics.process.uptime_in_millis``)
+at most once per ``WATCH_EVERY_MS`` across every process (a Redis turn), on a background thread.
+The start it gives (Redis's now - uptime) is kept per node; a later one means the node restarted.
+
+Then every lease on it whose push could only have reached the old process ends as the retry loop
+ends an expired one (a conditional write; the attempt counts, the run was lost), and its slot is
+freed. A push leaves at most the dispatch slack after the claim (``startedAt``), and the start is
+read late by at most the time the question took: a lease counts as lost only when ``startedAt`` +
+its slack + that time + ``MARGIN_MS`` is before the start. A node that answers without its uptime
+(an unauthenticated, redacted status) is never judged: its leases run out as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from elastask import keys
+from elastask.core import policy, queries
+from elastask.core.clock import epoch_ms, monotonic_ms
+from elastask.core.documents import TaskDocument, parse_hit
+from elastask.errors import DocumentError, ElastaskError
+from elastask.loops.retry import write_expiries
+from elastask.parts.nodes import Node
+from elastask.parts.redis_errors import redis_errors
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: How often a node holding leases is asked for its uptime (one question per node across every process).
+WATCH_EVERY_MS = 1000
+#: A process start this much later than the one known is another process (uptimes read a moment
+#: apart give starts a few ms apart).
+RESTART_TOLERANCE_MS = 5000
+#: Kept between a lease's last possible push and the start it is judged against.
+MARGIN_MS = 1000
+#: The most leases of one node read back at a restart (a node holds at most its capacity).
+MAX_LEASES = 1000
+
+
+#: When this process next takes turns (monotonic ms): most cycles make no round trip for it.
+_next_watch: list[float] = [0.0]
+
+
+def watch_restarts(rt: Runtime, nodes: Sequence[Node]) -> None:
+    """Ask the nodes whose turn it is for their uptime, in the background (one Redis round trip, at
+    most once per ``WATCH_EVERY_MS`` in a process)."""
+    if not nodes or monotonic_ms() < _next_watch[0]:
+        return
+    _next_watch[0] = monotonic_ms() + WATCH_EVERY_MS
+    pipe = rt.redis.pipeline(transaction=False)
+    for node in nodes:
+        pipe.set(keys.restart_watch_turn(node.owner_id), 1, nx=True, px=WATCH_EVERY_MS)
+    with redis_errors("taking the turns to ask nodes for their uptime"):
+        turns = pipe.execute()
+    for node, turn in zip(nodes, turns, strict=True):
+        if turn:
+            rt.nodes.submit(_check_quietly, rt, node)
+
+
+def _check_quietly(rt: Runtime, node: Node) -> None:
+    try:
+        check_restart(rt, node)
+    except ElastaskError as e:  # a background thread: the leases run out as before
+        log.warning("checking whether Kibana node %s restarted failed: %s", node.url, e)
+    except Exception:
+        log.exception("checking whether Kibana node %s restarted failed", node.url)
+
+
+def check_restart(rt: Runtime, node: Node) -> int:
+    """Ask the node its uptime; when it restarted since last asked, end the leases it lost. Returns how many."""
+    asked = time.monotonic()
+    uptime = rt.kibana.uptime_ms(node.config)
+    if uptime is None:
+        return 0
+    now = rt.now()
+    took_ms = int((time.monotonic() - asked) * 1000)
+    started_ms = epoch_ms(now) - uptime
+    with redis_errors(f"recording when {node.owner_id} started"):
+        pipe = rt.redis.pipeline(transaction=False)
+        pipe.hget(keys.NODE_STARTS, node.owner_id)
+        pipe.hset(keys.NODE_STARTS, node.owner_id, str(started_ms))
+        known, _ = pipe.execute()
+    if known is None or started_ms <= int(known) + RESTART_TOLERANCE_MS:
+        return 0
+    log.warning(
+        "Kibana node %s (%s) restarted %.1f s ago: ending the leases of the runs it lost",
+        node.url,
+        node.owner_id,
+        uptime / 1000,
+    )
+    return end_lost_runs(rt, node, started_ms - took_ms - MARGIN_MS)
+
+
+def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:
+    """End the node's leases whose push came before ``restarted_ms`` (Redis's clock); free their slots."""
+    now = rt.now()
+    hits = rt.store.search_hits(
+        queries.in_flight(now, [node.owner_id], size=MAX_LEASES), f"reading the leases of {node.owner_id}"
+    )
+    lost: list[TaskDocument] = []
+    for hit in hits:
+        try:
+            doc = parse_hit(hit)
+        except DocumentError:
+            continue  # reported by the loops that claim and retry it
+        timeout_ms = rt.settings.for_type(doc.task_type).timeout_ms
+        if doc.started_at is not None and (
+            epoch_ms(doc.started_at) + policy.dispatch_slack_ms(doc, timeout_ms) < restarted_ms
+        ):
+            lost.append(doc)
+    why = f"Kibana node {node.url} restarted (the run was lost)"
+    plans = []
+    for doc in lost:
+        rule = rt.settings.for_type(doc.task_type)
+        interval_ms = doc.schedule.interval_ms if doc.schedule else None
+        plans.append(
+            (
+                doc,
+                policy.after_failed_attempt(
+                    doc.attempts,
+                    doc.is_recurring,
+                    interval_ms,
+                    now,
+                    why,
+                    max_attempts=rule.max_attempts,
+                    base_delay_ms=rt.settings.retry_delay_ms,
+                    max_delay_ms=rt.settings.max_retry_delay_ms,
+                    rng=rt.rng,
+                ),
+            )
+        )
+    _, written = write_expiries(rt, plans, now)
+    rt.ledger.release(node.owner_id, [doc.id for doc in written])
+    if plans:
+        log.warning("%d lease(s) on %s ended after its restart, %d written", len(plans), node.owner_id, len(written))
+    return len(written)

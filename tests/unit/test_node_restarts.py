@@ -1,0 +1,114 @@
+"""A Kibana node that restarted: the leases of the runs it lost end at once (loops/node_restarts.py).
+
+Stub engine and fakeredis; the node's uptime is scripted. On real processes the chaos run crashes
+nodes mid-run and brings them back as new processes (elastask_bed/chaos/recording_sim.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from elastask import keys
+from elastask.core.clock import epoch_ms
+from elastask.core.intervals import format_date
+from elastask.loops import node_restarts
+from elastask.parts.nodes import Node
+from elastask.runtime import Runtime
+from tests.unit.stubs import StubEngine, stub_runtime
+
+OWNER = "kibana:a"
+
+
+def node_of(rt: Runtime) -> Node:
+    config = rt.settings.kibana.hosts[0]
+    return Node(config, OWNER, rt.settings.capacity_units(config))
+
+
+def running(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime, attempts: int = 1) -> None:
+    """A task claimed for kibana:a at ``started`` (its lease runs 5 minutes), its slot held."""
+    retry_at = started + timedelta(minutes=5)
+    task = {
+        "taskType": "sample",
+        "status": "running",
+        "ownerId": OWNER,
+        "attempts": attempts,
+        "runAt": format_date(started),
+        "startedAt": format_date(started),
+        "retryAt": format_date(retry_at),
+        "params": "{}",
+        "state": "{}",
+    }
+    engine.put(doc_id, {"type": "task", "task": task})
+    now = datetime.now(UTC)
+    rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], now)
+    rt.ledger.confirm(OWNER, 20, [(doc_id, 2, retry_at)], now)
+
+
+def scripted_uptime(rt: Runtime, uptime_ms: int | None) -> None:
+    rt.kibana.uptime_ms = lambda _node, timeout_s=2.0: uptime_ms  # type: ignore[method-assign]
+
+
+def leased(rt: Runtime) -> set[str]:
+    return {lease.task_id for lease in rt.ledger.leases([OWNER])}
+
+
+def test_given_a_node_that_restarted_then_the_leases_of_the_runs_it_lost_end_and_the_new_ones_stand() -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    now = datetime.now(UTC)
+    restarted = now - timedelta(seconds=20)
+    rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(restarted - timedelta(hours=1))))
+    running(engine, rt, "task:lost", restarted - timedelta(seconds=30))
+    running(engine, rt, "task:after-the-restart", restarted + timedelta(seconds=5))
+    scripted_uptime(rt, 20_000)
+
+    ended = node_restarts.check_restart(rt, node_of(rt))
+
+    assert ended == 1
+    lost = engine.docs["task:lost"]["_source"]["task"]
+    assert lost["status"] == "idle" and lost["attempts"] == 1 and lost["retryAt"] is None  # the attempt counts
+    assert engine.docs["task:after-the-restart"]["_source"]["task"]["status"] == "running"
+    assert leased(rt) == {"task:after-the-restart"}  # the lost run's slot is free at once
+    assert int(rt.redis.hget(keys.NODE_STARTS, OWNER)) >= epoch_ms(restarted) - 1000
+
+
+def test_given_a_lease_pushed_just_before_the_start_then_it_stands() -> None:
+    # A push leaves at most the dispatch slack after its claim: a claim a moment before the start
+    # may have reached the new process.
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    restarted = datetime.now(UTC) - timedelta(seconds=20)
+    rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(restarted - timedelta(hours=1))))
+    running(engine, rt, "task:close-call", restarted - timedelta(milliseconds=500))
+    scripted_uptime(rt, 20_000)
+
+    assert node_restarts.check_restart(rt, node_of(rt)) == 0
+    assert leased(rt) == {"task:close-call"}
+
+
+def test_given_the_first_look_the_same_process_or_no_uptime_then_no_lease_ends() -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    now = datetime.now(UTC)
+    running(engine, rt, "task:old", now - timedelta(minutes=2))
+    scripted_uptime(rt, 10_000)
+    assert node_restarts.check_restart(rt, node_of(rt)) == 0  # first look: only remembered
+    assert rt.redis.hexists(keys.NODE_STARTS, OWNER)
+    assert node_restarts.check_restart(rt, node_of(rt)) == 0  # the same process, asked again
+    scripted_uptime(rt, None)  # a redacted status (no metrics): never judged
+    rt.redis.hset(keys.NODE_STARTS, OWNER, "0")
+    assert node_restarts.check_restart(rt, node_of(rt)) == 0
+    assert leased(rt) == {"task:old"}
+    assert engine.docs["task:old"]["_source"]["task"]["status"] == "running"
+
+
+def test_nodes_are_asked_at_most_once_a_second_across_processes() -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    asked: list[str] = []
+    rt.nodes.submit = lambda fn, _rt, node: asked.append(node.owner_id)  # type: ignore[method-assign,assignment,misc]
+    node_restarts._next_watch[0] = 0.0
+    node_restarts.watch_restarts(rt, [node_of(rt)])
+    node_restarts._next_watch[0] = 0.0  # as another process would
+    node_restarts.watch_restarts(rt, [node_of(rt)])
+    assert asked == [OWNER]  # the second process found the turn taken
