@@ -6,7 +6,8 @@ restarted after ``elastask nodes drain --wait`` (and undrained once back), then 
 every worker and beat (SIGTERM, one after another, each started again before the next). The safety
 invariants are the chaos run's own; per step it reports the runs cut off, the leases that ran out
 (the retry loop's log lines) and the start drift of the runs due meanwhile, next to the drift before
-the first step. The drained restart and the rolling restart are checked: 0 runs lost, 0 leases expired.
+the first step. The drained restart and the rolling restart are checked: 0 runs lost, 0 leases expired
+(a lease ended when the node's restart was noticed counts as expired: its attempt is used up too).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ FAULT_PHASE_S = 220.0
 #: A run is counted in a step when its runAt falls in the step's window or this long after it.
 SETTLE_S = 5.0
 
-#: The retry loop's line for each lease that ran out (worker logs: ``[2026-12-01 14:16:04,396: INFO/...]``).
+#: The line for each lease that ended without an outcome: run out (the retry loop), or ended when the
+#: node's restart was noticed (node_restarts.py). Worker logs: ``[2026-12-01 14:16:04,396: INFO/...]``.
 _EXPIRED = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]*\] task '([^']+)' "
-    r".*(?:without an outcome|lease ran out before any push)"
+    r".*(?:without an outcome|lease ran out before any push|restarted \(the run was lost\))"
 )
 
 

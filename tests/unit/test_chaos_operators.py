@@ -29,10 +29,12 @@ def test_expired_leases_are_read_from_the_retry_loops_log_lines_with_their_time(
         "outcome (attempt 1 of 3)\n",
         "[2026-12-01 14:16:05,000: WARNING/ForkPoolWorker-1] task 'task:b' (chaos:slow) failed for good: 3 runs "
         "of 3 ended without an outcome from Kibana (lease expired without an outcome)\n",
+        "[2026-12-01 14:16:05,500: INFO/Thread-3] task 'task:c' (chaos:fast): Kibana node http://127.0.0.1:1 "
+        "restarted (the run was lost) (attempt 1 of 3)\n",
         "[2026-12-01 14:16:06,000: INFO/MainProcess] claim cycle: claimed=3\n",
     ]
     found = operators.expired_leases(lines)
-    assert [task for _, task in found] == ["task:a", "task:b"]
+    assert [task for _, task in found] == ["task:a", "task:b", "task:c"]
     assert found[0][0] == datetime(2026, 12, 1, 14, 16, 4, 396_000).timestamp()
 
 
