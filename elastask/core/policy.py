@@ -182,16 +182,24 @@ class Expiry:
 
 
 def on_lease_expired(
-    task: TaskDocument, now: datetime, *, max_attempts: int, base_delay_ms: int, max_delay_ms: int, rng: random.Random
+    task: TaskDocument,
+    now: datetime,
+    *,
+    max_attempts: int,
+    base_delay_ms: int,
+    max_delay_ms: int,
+    rng: random.Random,
+    why: str = "lease expired without an outcome",
 ) -> Expiry:
-    """The next state of a task whose retryAt passed: retry later, fail for good, or move to its next run."""
+    """The next state of a task whose run was lost (its retryAt passed, or its node restarted):
+    retry later, fail for good, or move to its next run."""
     interval_ms = task.schedule.interval_ms if task.schedule else None
     return after_failed_attempt(
         task.attempts,
         task.is_recurring,
         interval_ms,
         now,
-        "lease expired without an outcome",
+        why,
         max_attempts=max_attempts,
         base_delay_ms=base_delay_ms,
         max_delay_ms=max_delay_ms,

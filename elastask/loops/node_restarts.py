@@ -26,7 +26,7 @@ from elastask.core import policy, queries
 from elastask.core.clock import epoch_ms, monotonic_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.errors import DocumentError, ElastaskError
-from elastask.loops.retry import write_expiries
+from elastask.loops.retry import lost_run_expiry, write_expiries
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors
 from elastask.runtime import Runtime
@@ -116,26 +116,7 @@ def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:
         ):
             lost.append(doc)
     why = f"Kibana node {node.url} restarted (the run was lost)"
-    plans = []
-    for doc in lost:
-        rule = rt.settings.for_type(doc.task_type)
-        interval_ms = doc.schedule.interval_ms if doc.schedule else None
-        plans.append(
-            (
-                doc,
-                policy.after_failed_attempt(
-                    doc.attempts,
-                    doc.is_recurring,
-                    interval_ms,
-                    now,
-                    why,
-                    max_attempts=rule.max_attempts,
-                    base_delay_ms=rt.settings.retry_delay_ms,
-                    max_delay_ms=rt.settings.max_retry_delay_ms,
-                    rng=rt.rng,
-                ),
-            )
-        )
+    plans = [(doc, lost_run_expiry(rt, doc, now, why)) for doc in lost]
     _, written = write_expiries(rt, plans, now)
     rt.ledger.release(node.owner_id, [doc.id for doc in written])
     if plans:

@@ -107,24 +107,26 @@ def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
         if doc.id in unpushed:
             plans.append((doc, policy.never_pushed(doc)))
             continue
-        settings = rt.settings.for_type(doc.task_type)
-        plans.append(
-            (
-                doc,
-                policy.on_lease_expired(
-                    doc,
-                    now,
-                    max_attempts=settings.max_attempts,
-                    base_delay_ms=rt.settings.retry_delay_ms,
-                    max_delay_ms=rt.settings.max_retry_delay_ms,
-                    rng=rt.rng,
-                ),
-            )
-        )
+        plans.append((doc, lost_run_expiry(rt, doc, now)))
     outcomes, written = write_expiries(rt, plans, now)
     summary.conflicts = len(plans) - len(written) - outcomes.pop("error", 0)
     summary.outcomes = dict(outcomes)
     return summary
+
+
+def lost_run_expiry(
+    rt: Runtime, doc: TaskDocument, now: datetime, why: str = "lease expired without an outcome"
+) -> policy.Expiry:
+    """The next state of a task whose run was lost, under its type's attempts and the retry delays."""
+    return policy.on_lease_expired(
+        doc,
+        now,
+        max_attempts=rt.settings.for_type(doc.task_type).max_attempts,
+        base_delay_ms=rt.settings.retry_delay_ms,
+        max_delay_ms=rt.settings.max_retry_delay_ms,
+        rng=rt.rng,
+        why=why,
+    )
 
 
 def write_expiries(
