@@ -38,6 +38,10 @@ FAILED_REASONS_BY_TIME = PREFIX + "failed:reasons-by-time"
 PAUSED = PREFIX + "paused"
 #: When a worker last wrote back the pauses it remembered after Redis lost them (ms).
 PAUSES_RESTORED = PREFIX + "paused:restored"
+#: Kibana's own execution pause as a node last reported it (JSON; loops/kibana_pause.py).
+KIBANA_PAUSE = PREFIX + "paused:kibana"
+#: Whose turn it is to ask Kibana for its execution pause (one question per interval across every process).
+KIBANA_PAUSE_TURN = PREFIX + "paused:kibana:turn"
 #: Hash of the dispatcher's counters (ops/metrics.py): field ``name`` or ``name|k=v,...``.
 METRIC_COUNTERS = PREFIX + "metrics:counters"
 #: When the last claim cycle ended (ms): /health's "claim loop alive".

@@ -2,8 +2,9 @@
 
 A pause is ``all``, ``type:<task type>`` (``prefix*`` covers every type it prefixes, as in
 ``task_types``) or ``node:<ownerId, URL or configured id>``. Pauses come from Redis (``elastask
-pause``, held across every worker and restart) and from ``paused:`` in elastask.yaml (always applied,
-whatever Redis holds). While something is paused nothing new is claimed or pushed for it: running
+pause``, held across every worker and restart), from ``paused:`` in elastask.yaml (always applied,
+whatever Redis holds) and from Kibana's own execution pause where its nodes expose it (lifted in
+Kibana). While something is paused nothing new is claimed or pushed for it: running
 tasks finish, due tasks wait and keep their attempts.
 """
 
@@ -37,7 +38,7 @@ class Pause:
     scope: str
     name: str
     since_ms: int | None
-    source: str  # "redis" (elastask pause) or "config" (elastask.yaml paused:)
+    source: str  # "redis" (elastask pause), "config" (elastask.yaml paused:) or "kibana" (Kibana's execution pause)
 
     @property
     def text(self) -> str:
@@ -68,6 +69,12 @@ class PauseSet:
         """True when a node known by any of ``names`` (its ownerId, URL, configured id) is paused."""
         paused = {p.name for p in self.pauses if p.scope == "node"}
         return self.everything or any(name in paused for name in names if name)
+
+
+def kibana_pauses(paused: bool, paused_types: Iterable[str], since_ms: int | None) -> tuple[Pause, ...]:
+    """Kibana's execution pause as pauses: ``paused`` is everything, ``paused_task_types`` each a type."""
+    everything = (Pause("all", "", since_ms, "kibana"),) if paused else ()
+    return everything + tuple(Pause("type", t, since_ms, "kibana") for t in sorted(set(paused_types)))
 
 
 def _matches(pattern: str, task_type: str) -> bool:

@@ -1,8 +1,7 @@
 """The steps of one claim cycle (claim.py runs them under the claim lock and logs the summary).
 
-Each step is a function of the cycle's shared state (``_Cycle``) and closes its timing in the
-summary; ``run_claim_cycle`` only says in which order they run and where a cycle ends early.
-Slightly longer than most modules: the steps read best in the order they run, in one file.
+Each step is a function of the cycle's shared state (``_Cycle``) and closes its timing in the summary;
+``run_claim_cycle`` says in which order they run and where a cycle ends early (one file: the order).
 """
 
 from __future__ import annotations
@@ -179,8 +178,9 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
     for problem in problems:
         log.warning("%s", problem)
     summary.ledger_rebuilt = ensure_ledger(rt, nodes, cycle.now)
-    cycle.pauses = read_pauses(rt, cycle.now)
-    cycle.available = [n for n in rt.nodes.available(nodes, cycle.now) if not cycle.pauses.node_paused(n.names)]
+    in_rotation = rt.nodes.available(nodes, cycle.now)
+    cycle.pauses = read_pauses(rt, cycle.now, ask=in_rotation)  # Kibana's execution pause is asked from them
+    cycle.available = [n for n in in_rotation if not cycle.pauses.node_paused(n.names)]
     summary.nodes = len(cycle.available)
     cycle.view = rt.ledger.view([n.owner_id for n in nodes])
     watch_restarts(rt, [n for n in cycle.available if cycle.view.used_units.get(n.owner_id)])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from elastask.core.clock import epoch_ms
 from elastask.core.pauses import PauseSet
+from elastask.loops.kibana_pause import watch_kibana_pause
+from elastask.parts.nodes import Node
 from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime
 
@@ -16,10 +19,12 @@ log = logging.getLogger(__name__)
 _last_logged: list[str] = []
 
 
-def read_pauses(rt: Runtime, now: datetime) -> PauseSet:
-    """What is paused now, for a claim cycle or a dispatch job; a change is logged once per process."""
+def read_pauses(rt: Runtime, now: datetime, ask: Sequence[Node] = ()) -> PauseSet:
+    """What is paused now, for a claim cycle or a dispatch job; a change is logged once per process.
+    ``ask``: the nodes Kibana's execution pause may be asked from, when it is this process's turn."""
+    watch_kibana_pause(rt, ask)
     pauses = PauseStore(rt.redis, rt.settings.paused).read(epoch_ms(now))
-    texts = sorted(p.text for p in pauses.pauses)
+    texts = _described(pauses)
     if texts != _last_logged:
         if texts:
             log.info("paused: %s (nothing new is claimed or pushed for it)", ", ".join(texts))
@@ -27,3 +32,7 @@ def read_pauses(rt: Runtime, now: datetime) -> PauseSet:
             log.info("nothing is paused any more")
         _last_logged[:] = texts
     return pauses
+
+
+def _described(pauses: PauseSet) -> list[str]:
+    return sorted(p.text + (" (Kibana's execution pause)" if p.source == "kibana" else "") for p in pauses.pauses)

@@ -4,6 +4,7 @@ Redis and Sentinel, each Kibana node), and are the settings known to fall behind
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +50,35 @@ def check(settings: Settings, rt: Runtime) -> list[CheckRow]:
         rows.append(_check_kibana(rt, node.url, node))
         if rows[-1].ok:
             rows += _check_kibana_setup(settings, rt, node, datetime.now(UTC))
+    if settings.kibana.hosts:
+        rows.append(_check_kibana_execution(rt, settings.kibana.hosts))
     return rows
+
+
+def _check_kibana_execution(rt: Runtime, hosts: Sequence[KibanaNode]) -> CheckRow:
+    """Kibana's own execution pause (one state for the whole Kibana), from the first node that answers."""
+    name = "kibana execution pause"
+    for node in hosts:
+        answer = rt.kibana.execution_control(node)
+        if answer is None:
+            continue
+        if answer.answer == "absent":
+            return CheckRow(name, True, f"{answer.detail}: nothing to honour")
+        if answer.answer == "refused":
+            fix = "give elastask's Kibana user the superuser role, or leave it (elastask pause is elastask's own)"
+            return CheckRow(name, True, f"{answer.detail}; a pause there is not honoured", fix, warning=True)
+        paused = (["everything"] if answer.paused else []) + [f"type {t}" for t in answer.paused_types]
+        if not paused:
+            return CheckRow(name, True, f"not paused (read from {node.url})")
+        since = f" since {answer.updated_at}" + (f" by {answer.updated_by}" if answer.updated_by else "")
+        return CheckRow(
+            name,
+            True,
+            f"paused: {', '.join(paused)}{since} (read from {node.url}): elastask claims and pushes nothing for it",
+            f"lift it in Kibana: POST {node.url}/internal/task_manager/execution/_resume",
+            warning=True,
+        )
+    return CheckRow(name, True, "no Kibana node answered its execution pause status: not checked", warning=True)
 
 
 def _check_pauses(rt: Runtime) -> CheckRow:

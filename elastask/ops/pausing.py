@@ -9,7 +9,7 @@ from typing import Any
 from elastask.core.intervals import format_date
 from elastask.core.pauses import PauseSet, entry
 from elastask.loops.cadence import Cadence
-from elastask.parts.pauses import PauseStore
+from elastask.parts.pauses import KibanaPauseState, PauseStore
 from elastask.runtime import Runtime
 
 
@@ -40,6 +40,7 @@ def described(rt: Runtime, now: datetime) -> dict[str, Any]:
     store = PauseStore(rt.redis, rt.settings.paused)
     pauses = store.read(int(now.timestamp() * 1000))
     restored = store.restored_at_ms()
+    kibana = store.kibana_state()
     return {
         "paused": [
             {
@@ -51,6 +52,20 @@ def described(rt: Runtime, now: datetime) -> dict[str, Any]:
             for p in pauses.pauses
         ],
         "pauses_restored_at": None if restored is None else format_date(datetime.fromtimestamp(restored / 1000, UTC)),
+        "kibana_execution_pause": None if kibana is None else kibana_described(kibana, now),
+    }
+
+
+def kibana_described(state: KibanaPauseState, now: datetime) -> dict[str, Any]:
+    """Kibana's execution pause as last read: from which node, how long ago, and what it said."""
+    return {
+        "read_from": state.node_url,
+        "seconds_ago": round(now.timestamp() - state.read_ms / 1000, 1),
+        "answer": "read" if state.readable else state.detail,
+        "paused": state.paused,
+        "paused_task_types": list(state.paused_types),
+        "updated_at": state.updated_at,
+        "updated_by": state.updated_by,
     }
 
 
@@ -58,7 +73,11 @@ def lines(pauses: PauseSet) -> list[str]:
     """One line per pause, for the terminal."""
     if not pauses:
         return ["nothing is paused"]
-    return [
-        f"paused: {p.text}" + (" (elastask.yaml paused:, lifted in the file)" if p.source == "config" else "")
-        for p in pauses.pauses
-    ]
+    return [f"paused: {p.text}{_NOTES.get(p.source, '')}" for p in pauses.pauses]
+
+
+#: Where a pause that ``elastask resume`` does not lift is lifted.
+_NOTES = {
+    "config": " (elastask.yaml paused:, lifted in the file)",
+    "kibana": " (Kibana's execution pause, lifted in Kibana: POST /internal/task_manager/execution/_resume)",
+}

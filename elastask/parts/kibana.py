@@ -1,4 +1,5 @@
-"""The Kibana HTTP client: ``POST /api/task_manager/_run_now`` and ``GET /api/status``.
+"""The Kibana HTTP client: ``POST /api/task_manager/_run_now``, ``GET /api/status`` and Kibana's
+execution pause (``GET /internal/task_manager/execution/_status``).
 
 A push ends in one of four ways, and the difference decides whether an attempt is burned:
 
@@ -23,7 +24,7 @@ import enum
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import requests
 import urllib3.exceptions
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 RUN_NOW_PATH = "/api/task_manager/_run_now"
 STATUS_PATH = "/api/status"
 HEALTH_PATH = "/api/task_manager/_health"
+#: Kibana's own pause of task execution (elastic/kibana PR #279122): internal, superuser only.
+EXECUTION_STATUS_PATH = "/internal/task_manager/execution/_status"
 CONNECT_TIMEOUT_S = 3.0
 
 
@@ -72,6 +75,24 @@ class PushResult:
     detail: str
     status_code: int | None = None
     connection_refused: bool = False
+
+
+@dataclass(frozen=True)
+class ExecutionControl:
+    """What a node says of Kibana's own execution pause (one state for the whole Kibana: a saved
+    object every node reads). ``answer``: ``read``; ``absent``, a Kibana without the route (404);
+    ``refused``, it will not tell us (401/403: the route needs a superuser). ``detail`` says why."""
+
+    answer: Literal["read", "absent", "refused"]
+    paused: bool = False
+    paused_types: tuple[str, ...] = ()
+    updated_at: str | None = None
+    updated_by: str | None = None
+    detail: str = ""
+
+    @property
+    def readable(self) -> bool:
+        return self.answer == "read"
 
 
 class KibanaClient:
@@ -167,6 +188,44 @@ class KibanaClient:
             return None
         ok = answer.status_code == 200 and isinstance(uptime, int | float) and not isinstance(uptime, bool)
         return int(uptime) if ok and uptime >= 0 else None
+
+    def execution_control(self, node: KibanaNode, timeout_s: float = 2.0) -> ExecutionControl | None:
+        """Kibana's execution pause as this node reports it; None when it gave no usable answer (no
+        connection, a timeout, 5xx, not the expected JSON): what was known before still holds."""
+        url = node.url + EXECUTION_STATUS_PATH
+        options = self._options(node, timeout_s)
+        options["headers"]["x-elastic-internal-origin"] = "kibana"  # internal routes ask for it (9.x)
+        try:
+            answer = self.session.get(url, allow_redirects=False, **options)
+        except requests.RequestException:
+            return None
+        if answer.status_code in (404, 405):
+            return ExecutionControl(
+                "absent", detail=f"GET {url} answered {answer.status_code}: this Kibana has no execution pause"
+            )
+        if answer.status_code in (401, 403):
+            return ExecutionControl(
+                "refused",
+                detail=f"GET {url} answered {answer.status_code}: reading Kibana's execution pause needs a "
+                "superuser's credentials (kibana.username / password or api_key in elastask.yaml)",
+            )
+        try:
+            body = answer.json()
+        except ValueError:
+            return None
+        if answer.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("paused"), bool):
+            return None
+        types = body.get("paused_task_types") or []
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            return None
+        updated_at, updated_by = body.get("updated_at"), body.get("updated_by")
+        return ExecutionControl(
+            "read",
+            paused=body["paused"],
+            paused_types=tuple(types),
+            updated_at=updated_at if isinstance(updated_at, str) else None,
+            updated_by=updated_by if isinstance(updated_by, str) else None,
+        )
 
     def is_available(self, node: KibanaNode, timeout_s: float = 2.0) -> bool:
         """True when ``GET /api/status`` answers 200 with overall level available (or degraded)."""

@@ -1,4 +1,5 @@
-"""Pauses in Redis (``elastask pause`` / ``resume``), merged with elastask.yaml's ``paused:`` list.
+"""Pauses in Redis (``elastask pause`` / ``resume``), merged with elastask.yaml's ``paused:`` list and
+Kibana's own execution pause as a node last reported it (``keys.KIBANA_PAUSE``, loops/kibana_pause.py).
 
 Redis holds them for every worker and across restarts. If Redis loses them (a flush, a restart
 without data, a failover to a replica that missed the write), a process that saw them before says
@@ -8,20 +9,59 @@ so loudly and writes back what it remembers: a pause never lifts by accident. Th
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from typing import cast
+from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import redis
 
 from elastask import keys
-from elastask.core.pauses import Pause, PauseSet, parse_entry
+from elastask.core.intervals import parse_date
+from elastask.core.pauses import Pause, PauseSet, kibana_pauses, parse_entry
 from elastask.parts.redis_errors import redis_errors
 
 log = logging.getLogger(__name__)
 
 _KEPT = "_kept"
+
+
+@dataclass(frozen=True)
+class KibanaPauseState:
+    """Kibana's execution pause as ``node_url`` reported it at ``read_ms``. Not ``readable``: the
+    node has no such route or refused us (``detail``); what was known before is kept."""
+
+    readable: bool
+    paused: bool
+    paused_types: tuple[str, ...]
+    updated_at: str | None
+    updated_by: str | None
+    node_url: str
+    read_ms: int
+    detail: str = ""
+
+    @property
+    def since_ms(self) -> int | None:
+        try:
+            return int(parse_date(self.updated_at).timestamp() * 1000) if self.updated_at else None
+        except ValueError:
+            return None
+
+    def pauses(self) -> tuple[Pause, ...]:
+        return kibana_pauses(self.paused, self.paused_types, self.since_ms)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | None) -> KibanaPauseState | None:
+        try:
+            data: dict[str, Any] = json.loads(raw) if raw else {}
+            return cls(**{**data, "paused_types": tuple(data.get("paused_types", ()))}) if data else None
+        except (ValueError, TypeError):
+            return None  # written by another version: the next question writes it again
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
 
 
 class PauseStore:
@@ -38,7 +78,10 @@ class PauseStore:
     def read(self, now_ms: int) -> PauseSet:
         """Everything paused now (Redis's and elastask.yaml's); restores Redis's if it was lost."""
         with redis_errors("reading the pauses"):
-            raw = cast(dict[bytes, bytes], self.client.hgetall(keys.PAUSED))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(keys.PAUSED)
+            pipe.get(keys.KIBANA_PAUSE)
+            raw, kibana_raw = cast(tuple[dict[bytes, bytes], bytes | None], pipe.execute())
         stored = {k.decode(): int(v) for k, v in raw.items() if k.decode() != _KEPT}
         with self._lock:
             if not raw and self._remembered:
@@ -47,7 +90,19 @@ class PauseStore:
             PauseStore._remembered = dict(stored)
         pauses = [Pause(*parse_entry(text), since_ms=since, source="redis") for text, since in sorted(stored.items())]
         pauses += [Pause(*parse_entry(text), since_ms=None, source="config") for text in self.configured]
+        kibana = KibanaPauseState.from_json(kibana_raw)
+        if kibana is not None:
+            pauses += kibana.pauses()
         return PauseSet(tuple(pauses))
+
+    def kibana_state(self) -> KibanaPauseState | None:
+        """Kibana's execution pause as a node last reported it; None: never read (or Redis lost it)."""
+        with redis_errors("reading Kibana's execution pause"):
+            return KibanaPauseState.from_json(cast(bytes | None, self.client.get(keys.KIBANA_PAUSE)))
+
+    def record_kibana(self, state: KibanaPauseState) -> None:
+        with redis_errors("recording Kibana's execution pause"):
+            self.client.set(keys.KIBANA_PAUSE, state.to_json())
 
     def pause(self, entries: Iterable[str], now_ms: int) -> None:
         """Pause these (``all``, ``type:X``, ``node:Y``); one already paused keeps its ``since``."""

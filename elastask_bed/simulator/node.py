@@ -1,4 +1,5 @@
-"""One simulated Kibana node: ``POST /api/task_manager/_run_now`` and ``GET /api/status``.
+"""One simulated Kibana node: ``POST /api/task_manager/_run_now``, ``GET /api/status`` and Kibana's
+execution pause (execution_control.py).
 
 The contract (Kibana's external-task-manager branch, routes/run_now.ts): answer 204 at once, run
 the task in the background through the ephemeral queue (beyond ``request_capacity`` runs the run
@@ -34,6 +35,8 @@ from urllib.parse import quote
 from aiohttp import ClientSession, web
 
 from elastask.core.intervals import format_date, ms, parse_date
+from elastask_bed.simulator import execution_control
+from elastask_bed.simulator.execution_control import ExecutionControlState
 from elastask_bed.simulator.outcomes import (
     BufferedTaskStore,
     Operation,
@@ -98,6 +101,8 @@ class SharedState:
     costs: dict[str, int] = field(default_factory=dict)
     #: Task type -> (concurrency group, maxConcurrency per node), for types with a limit.
     limits: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Kibana's execution pause, one for every node (a saved object in Kibana).
+    execution: ExecutionControlState = field(default_factory=ExecutionControlState)
 
     def cost_of(self, task_type: str) -> int:
         return self.costs.get(task_type, 2)
@@ -166,7 +171,8 @@ class SimulatedNode:
     async def require_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Kibana answers 401 to an /api request without valid credentials."""
         expected = self.shared.authorization
-        if expected and request.path.startswith("/api/") and request.headers.get("Authorization") != expected:
+        guarded = request.path.startswith(("/api/", "/internal/"))
+        if expected and guarded and request.headers.get("Authorization") != expected:
             return web.json_response({"statusCode": 401, "error": "Unauthorized"}, status=401)
         response: web.StreamResponse = await handler(request)
         return response
@@ -177,6 +183,7 @@ class SimulatedNode:
         app.router.add_get("/api/status", self.status)
         app.router.add_get("/api/task_manager/_health", self.task_manager_health)
         app.router.add_get("/_sim/stats", self.node_stats)
+        execution_control.add_routes(app, self.shared.execution)
         return app
 
     async def start(self) -> None:
