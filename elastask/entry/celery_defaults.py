@@ -30,6 +30,13 @@ worker_prefetch_multiplier = 1
 # A worker reads the claim and retry queues before the nodes' dispatch queues (kombu's default
 # round robin put a claim cycle behind every node's queue; see elastask/queue_order.py).
 broker_transport_options = {"visibility_timeout": 3600, "queue_order_strategy": "elastask.entry.queue_order:LoopsFirst"}
+# A cold shutdown (SIGQUIT, a second Ctrl+C) with jobs running first waits this long (Celery 5.5's
+# soft shutdown: a plain sleep of this length) instead of cutting pushes off mid-request, whose
+# leases would then have to run out and whose jobs would be redelivered: Kibana answers a push at
+# once, so a few seconds settle every push but one to a hung node. A warm shutdown (SIGTERM) waits
+# for the running jobs anyway; the ETA jobs a worker holds go back to their queue either way (kombu
+# restores unacknowledged Redis messages when the worker closes its channel).
+worker_soft_shutdown_timeout = 5.0
 # Workers and beat wait for Redis at start-up instead of crashing (Celery 6 changes the default).
 broker_connection_retry_on_startup = True
 # Results are not needed: outcomes live in the task documents. Saves a Redis write per job.
