@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -60,12 +61,17 @@ class Metrics:
         for name, labels, n in labelled:
             if n:
                 pipe.hincrby(COUNTERS, counter_field(name, labels), n)
+        # One set of commands per histogram, not per value: a dispatch job observes each task's drift.
+        by_name: dict[str, list[float]] = defaultdict(list)
         for name, value in observations:
-            bucket = next(b for b in BUCKETS_S if value <= b)
-            pipe.hincrby(keys.metric_histogram(name), str(bucket), 1)
-            pipe.hincrbyfloat(keys.metric_histogram(name), "sum", value)
-            pipe.hincrby(keys.metric_histogram(name), "count", 1)
-            pipe.lpush(keys.metric_window(name), value)
+            by_name[name].append(value)
+        for name, values in by_name.items():
+            buckets = Counter(next(b for b in BUCKETS_S if value <= b) for value in values)
+            for bucket, n in buckets.items():
+                pipe.hincrby(keys.metric_histogram(name), str(bucket), n)
+            pipe.hincrbyfloat(keys.metric_histogram(name), "sum", sum(values))
+            pipe.hincrby(keys.metric_histogram(name), "count", len(values))
+            pipe.lpush(keys.metric_window(name), *values)
             pipe.ltrim(keys.metric_window(name), 0, WINDOW - 1)
         # Losing a sample must never fail a claim or a push.
         with contextlib.suppress(redis.RedisError):

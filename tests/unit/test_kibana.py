@@ -174,3 +174,40 @@ def test_a_rejection_keeps_kibanas_message_but_never_the_body_that_may_echo_the_
     result = client.push(node, {"id": "task:x", "params": "secret-token"})
     assert result.outcome is PushOutcome.REJECTED
     assert "[request body.params]: bad" in result.detail and "secret-token" not in result.detail
+
+
+class Proxy(BaseHTTPRequestHandler):
+    """Answers 204 to anything and remembers the request lines it got (a proxy gets absolute URLs)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.seen.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_the_proxy_variables_are_honoured_once_per_node_and_no_proxy_bypasses_them(
+    server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    proxy.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        server.mode = "204"  # type: ignore[attr-defined]
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        client, node = client_for(server)
+        assert client.push(node, {"id": "task:x"}).outcome is PushOutcome.ACCEPTED
+        assert proxy.seen == [f"{node.url}/api/task_manager/_run_now"]  # through the proxy
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct, node = client_for(server)
+        assert direct.push(node, {"id": "task:x"}).outcome is PushOutcome.ACCEPTED
+        assert len(proxy.seen) == 1  # NO_PROXY covers the node: straight to it
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
