@@ -21,13 +21,18 @@ A push ends in one of four ways, and the difference decides whether an attempt i
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+import certifi
 import requests
+import urllib3
 import urllib3.exceptions
 
 from elastask.config import KibanaNode, KibanaSettings
@@ -109,6 +114,10 @@ class KibanaClient:
         self.session.trust_env = False
         self._proxies: dict[str, dict[str, str]] = {}
         self._env_ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        # Pushes (one per task, the hot path) go straight through urllib3, which requests wraps: its
+        # request preparation (settings merged, cookies, hooks) cost more CPU than the request itself.
+        self._pools: dict[str, urllib3.PoolManager] = {}
+        self._pools_lock = threading.Lock()
         adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=32, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -116,6 +125,37 @@ class KibanaClient:
     def close(self) -> None:
         """Close the pooled connections."""
         self.session.close()
+        for pool in self._pools.values():
+            pool.clear()
+
+    def _pool_for(self, node: KibanaNode) -> urllib3.PoolManager:
+        """One connection pool manager per node (its proxy and TLS settings), made once."""
+        pool = self._pools.get(node.url)
+        if pool is not None:
+            return pool
+        with self._pools_lock:
+            pool = self._pools.get(node.url)
+            if pool is None:
+                options: dict[str, Any] = {"num_pools": 4, "maxsize": 32, "block": False, "retries": False}
+                if node.url.startswith("https"):
+                    if self.settings.verify_certs:
+                        ca = self.settings.ca_certs or self._env_ca_bundle or certifi.where()
+                        options.update(cert_reqs="CERT_REQUIRED", ca_certs=str(ca))
+                    else:
+                        options.update(cert_reqs="CERT_NONE", assert_hostname=False)
+                proxy = self._proxies_for(node.url).get(urlsplit(node.url).scheme)
+                pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+                self._pools[node.url] = pool
+        return pool
+
+    def _push_headers(self, node: KibanaNode) -> dict[str, str]:
+        headers = {"kbn-xsrf": "elastask", "Content-Type": "application/json"}
+        if node.api_key is not None:
+            headers["Authorization"] = f"ApiKey {node.api_key.reveal()}"
+        elif node.username is not None:
+            password = node.password.reveal() if node.password else ""
+            headers.update(urllib3.util.make_headers(basic_auth=f"{node.username}:{password}"))
+        return headers
 
     def _options(self, node: KibanaNode, read_timeout_s: float) -> dict[str, Any]:
         headers = {"kbn-xsrf": "elastask", "Content-Type": "application/json"}
@@ -142,23 +182,31 @@ class KibanaClient:
     def push(self, node: KibanaNode, body: Mapping[str, Any]) -> PushResult:
         """POST the task to the node's ``_run_now`` and classify the outcome."""
         url = node.url + RUN_NOW_PATH
+        timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=self.settings.request_timeout_s)
         try:
-            answer = self.session.post(
-                url, json=dict(body), allow_redirects=False, **self._options(node, self.settings.request_timeout_s)
+            answer = self._pool_for(node).request(
+                "POST",
+                url,
+                body=json.dumps(dict(body)).encode(),
+                headers=self._push_headers(node),
+                timeout=timeout,
+                redirect=False,
+                retries=False,
             )
-        except requests.exceptions.ConnectTimeout as e:
+        except urllib3.exceptions.NewConnectionError:  # before ConnectTimeoutError: it subclasses it
+            return PushResult(PushOutcome.REFUSED, f"{url}: connection refused", connection_refused=True)
+        except urllib3.exceptions.ConnectTimeoutError as e:
             return PushResult(PushOutcome.REFUSED, f"{url}: no connection within {CONNECT_TIMEOUT_S}s ({e})")
-        except requests.exceptions.ReadTimeout:
+        except urllib3.exceptions.ReadTimeoutError:
             return PushResult(
                 PushOutcome.AMBIGUOUS, f"{url}: no answer within {self.settings.request_timeout_s}s after sending"
             )
-        except requests.exceptions.ConnectionError as e:
-            if _never_connected(e):
-                return PushResult(PushOutcome.REFUSED, f"{url}: connection refused", connection_refused=True)
+        except (urllib3.exceptions.SSLError, urllib3.exceptions.ProxyError, urllib3.exceptions.LocationParseError) as e:
+            # The TLS handshake or the proxy failed: nothing reached Kibana.
+            return PushResult(PushOutcome.REFUSED, f"{url}: {type(e).__name__}: {_root(e)}")
+        except (urllib3.exceptions.HTTPError, OSError) as e:
             return PushResult(PushOutcome.AMBIGUOUS, f"{url}: connection lost after sending ({_root(e)})")
-        except requests.RequestException as e:
-            return PushResult(PushOutcome.AMBIGUOUS, f"{url}: {type(e).__name__}: {_root(e)}")
-        code = answer.status_code
+        code = answer.status
         if 300 <= code < 400:
             return PushResult(
                 PushOutcome.REFUSED,
@@ -172,7 +220,7 @@ class KibanaClient:
         hint = {401: " (check kibana credentials)", 403: " (check kibana credentials)"}.get(code, "")
         if code in (404, 405):
             hint = " (no _run_now route: is this node on the external-task-manager branch?)"
-        return PushResult(outcome, f"{url}: answered {code} {answer.reason}{hint}{_kibana_message(answer)}", code)
+        return PushResult(outcome, f"{url}: answered {code} {answer.reason}{hint}{_kibana_message(answer.data)}", code)
 
     def status_uuid(self, node: KibanaNode, timeout_s: float = 5.0) -> str:
         """The node's instance uuid from ``GET /api/status``; raises requests exceptions or ValueError."""
@@ -256,10 +304,10 @@ class KibanaClient:
         return answer.status_code == 200 and level in ("available", "degraded")
 
 
-def _kibana_message(answer: requests.Response) -> str:
+def _kibana_message(data: bytes) -> str:
     """Kibana's own error message, short: never the body as a whole, which may echo the task's params."""
     try:
-        body = answer.json()
+        body = json.loads(data)
     except ValueError:
         return ""
     message = body.get("message") if isinstance(body, dict) else None
@@ -276,12 +324,3 @@ def _root(error: BaseException) -> str:
     while error.__context__ is not None and error.__context__ is not error:
         error = error.__context__
     return f"{type(error).__name__}: {error}"
-
-
-def _never_connected(error: requests.exceptions.ConnectionError) -> bool:
-    """True when the TCP connection was never established (refused, unreachable, DNS)."""
-    reason: Any = error.args[0] if error.args else None
-    inner = getattr(reason, "reason", reason)
-    return isinstance(
-        inner, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError, ConnectionRefusedError)
-    )
