@@ -37,7 +37,7 @@ from elastask.core.messages import DispatchJob
 from elastask.loops.cadence import Cadence, rest_until
 from elastask.loops.claim_cycle import claim_lock_ttl_ms, lookahead_ms, run_claim_cycle
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.refill import RefillSession
+from elastask.loops.refill import MIN_RECHECK_MS, RefillSession
 from elastask.parts.locks import exclusive
 from elastask.runtime import Runtime
 
@@ -105,9 +105,15 @@ def _refill(
     """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
     session.active = True
     marked = monotonic_ms()
+    # The first look comes soon: the leases claimed before this session (by the one it took over
+    # from) are in no read schedule until read once, and a session that waited for its own first
+    # read left every slot they freed meanwhile empty (a backlog's hand-over every 10 s).
+    first_look = True
     with _runs_carried_over(rt, session):
         while fence() and monotonic_ms() - session.started_ms < SESSION_MAX_MS:
-            time.sleep(session.reads.wait_ms(monotonic_ms()) / 1000)
+            wait_ms = MIN_RECHECK_MS if first_look else session.reads.wait_ms(monotonic_ms())
+            first_look = False
+            time.sleep(wait_ms / 1000)
             if stopping():
                 log.info("worker shutting down: refill session ended, claim lock freed for another worker")
                 last.session_expired = last.backlog  # the follow-up claim job goes out at once

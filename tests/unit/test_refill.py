@@ -191,3 +191,26 @@ def test_a_worker_shutting_down_ends_its_session_at_the_next_look_and_frees_the_
     assert pushed == ["task:t0"]  # the first cycle's claim; no session after it
     assert last.backlog and last.session_expired  # the follow-up claim job goes out at once, on any worker
     assert not rt.redis.exists(keys.CLAIM_LOCK)  # freed at once: another worker's claim job takes over
+
+
+def test_a_session_taking_over_a_backlog_first_looks_soon_at_the_leases_it_did_not_claim(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Given two slots held by runs an earlier session claimed (the backlog's last hand-over) and a
+    # third task waiting: the new session's read schedule knows none of those leases.
+    monkeypatch.setattr(claim_module, "SESSION_MAX_MS", 200)
+    engine = StubEngine()
+    due_tasks(engine, 3)
+    rt = stub_runtime(engine, kibana_capacity=2, busy_polling_interval_ms=250)
+    claim_available_tasks(rt, datetime.now(UTC), lambda _job: None)  # claims t0, t1; they keep running
+    sleeps: list[float] = []
+    real_sleep = claim_module.time.sleep
+
+    def recorded(seconds: float) -> None:
+        sleeps.append(seconds)
+        real_sleep(min(seconds, 0.05))
+
+    monkeypatch.setattr(claim_module.time, "sleep", recorded)
+    # When the next claim job takes over.
+    claim_available_tasks(rt, datetime.now(UTC), lambda _job: None)
+    # Then its session's first look comes after MIN_RECHECK_MS, not its own first read (a whole
+    # busy_polling_interval here), so a slot those runs free is refilled as fast as its own.
+    assert sleeps and sleeps[0] <= MIN_RECHECK_MS / 1000
