@@ -102,18 +102,18 @@ class ElastaskCollector:
         """What is paused (1 each) and since when: the "paused too long" alert reads them."""
         paused = GaugeMetricFamily(
             "elastask_paused",
-            "1 per thing paused: all, a task type or a node (elastask pause, elastask.yaml paused:).",
+            "1 per thing paused: all, a task type or a node (elastask pause, elastask.yaml paused:, Kibana).",
             labels=["scope", "name", "source"],
         )
         since = GaugeMetricFamily(
             "elastask_paused_since_timestamp_seconds",
-            "When elastask pause paused it (elastask.yaml's paused: has no start).",
-            labels=["scope", "name"],
+            "When it was paused (elastask pause, Kibana's execution pause; elastask.yaml's paused: has no start).",
+            labels=["scope", "name", "source"],
         )
         for pause in PauseStore(self.rt.redis, self.rt.settings.paused).read(self.rt.ledger.now_ms()).pauses:
             paused.add_metric([pause.scope, pause.name, pause.source], 1)
             if pause.since_ms is not None:
-                since.add_metric([pause.scope, pause.name], pause.since_ms / 1000)
+                since.add_metric([pause.scope, pause.name, pause.source], pause.since_ms / 1000)
         yield paused
         yield since
 

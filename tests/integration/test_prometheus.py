@@ -56,6 +56,58 @@ def test_promtool_accepts_the_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_given_something_paused_then_the_paused_too_long_alert_fires_after_an_hour_and_not_before(
+    tmp_path: Path,
+) -> None:
+    # promtool's rule tests: the series /metrics exports for a type paused at t=0 in Kibana and one
+    # paused the same way with elastask pause (one series each: the source is a label).
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: apt-get install prometheus (scripts/test installs it)"
+    series = 'elastask_paused_since_timestamp_seconds{scope="type",name="reports",source="%s"}'
+    alert = {"alertname": "ElastaskPausedTooLong", "scope": "type", "name": "reports", "severity": "warning"}
+    rule = next(
+        r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if r["alert"] == alert["alertname"]
+    )
+
+    def annotations(source: str) -> dict[str, str]:
+        labels = {**alert, "source": source}
+        rendered = {}
+        for key, text in rule["annotations"].items():
+            for label, value in labels.items():
+                text = text.replace("{{ $labels." + label + " }}", value)
+            rendered[key] = text
+        return rendered
+
+    case = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": series % "kibana", "values": "0x120"},
+                    {"series": series % "redis", "values": "0x120"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "50m", "alertname": "ElastaskPausedTooLong", "exp_alerts": []},
+                    {
+                        "eval_time": "70m",
+                        "alertname": "ElastaskPausedTooLong",
+                        "exp_alerts": [
+                            {"exp_labels": {**alert, "source": source}, "exp_annotations": annotations(source)}
+                            for source in ("kibana", "redis")
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "paused_test.yml"
+    path.write_text(yaml.safe_dump(case))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_given_prometheus_scraping_a_running_elastask_then_every_expression_evaluates_and_a_down_node_alerts(
     store: TaskStore,
     redis_client: redis.Redis,
