@@ -70,7 +70,10 @@ def test_given_no_interval_configured_when_recurring_tasks_fall_due_then_every_d
         if doc.status == "idle" and doc.run_at < end - timedelta(seconds=1.5)
     ]
     assert overdue == [], f"left waiting past their runAt: {overdue}"
-    assert stats["totals"]["runs_started"] >= 60 * 5, stats["totals"]  # 12 s / (2 s + a refill) each
+    # At least a run every 3 s each (12 s / (2 s + a wait for a slot and a refill), plus the first).
+    # Measured in 11 runs: 270-360 runs; drift p50 37-450 ms, max 0.5-1.1 s (runs that waited for a
+    # slot). 300 (5 each) failed 3 times in 11, with the code of 0.7.1 too, so it was the threshold.
+    assert stats["totals"]["runs_started"] >= 60 * 4, stats["totals"]
     assert min(drifts_ms(stats)) >= 0  # never pushed before its runAt
     assert es.count(index=store.index)["count"] == 60
 
