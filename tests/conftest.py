@@ -15,7 +15,7 @@ from elasticsearch import Elasticsearch
 from elastask.config import ElasticsearchSettings
 from elastask.parts.store import TaskStore, build_client
 from elastask_bed.testbed import Testbed
-from elastask_bed.testbed.bed import INDEX, SimulatorProcess
+from elastask_bed.testbed.bed import INDEX, SimulatorProcess, empty_task_index
 from tests.integration.harness import FAST_ENV, Dispatcher
 
 
@@ -40,7 +40,7 @@ def es(testbed: Testbed) -> Iterator[Elasticsearch]:
 def store(es: Elasticsearch) -> Iterator[TaskStore]:
     """The task index, emptied before each test."""
     task_store = TaskStore(es, INDEX)
-    es.delete_by_query(index=INDEX, query={"match_all": {}}, refresh=True, conflicts="proceed")
+    empty_task_index(es)
     yield task_store
 
 

@@ -22,7 +22,7 @@ from elastask.parts.store import build_client
 from elastask_bed.bench.cpu import cpu_between, tree_cpu_seconds
 from elastask_bed.bench.engine_stats import read_counters
 from elastask_bed.bench.scenarios import MIX, Scenario, documents, priorities, run_times
-from elastask_bed.testbed.bed import INDEX, SimulatorProcess, Testbed
+from elastask_bed.testbed.bed import INDEX, SimulatorProcess, Testbed, empty_task_index
 from elastask_bed.testbed.fleet import CeleryFleet
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
@@ -81,11 +81,7 @@ class BenchRun:
 
     def reset(self) -> None:
         """Empty the task index and Redis: every run starts from the same state."""
-        for _ in range(10):  # a write landing during the delete leaves a document behind: go again
-            self.es.delete_by_query(index=INDEX, query={"match_all": {}}, refresh=True, conflicts="proceed")
-            if int(self.es.count(index=INDEX)["count"]) == 0:
-                break
-            time.sleep(1)
+        empty_task_index(self.es)
         client = redis.Redis.from_url(self.bed.redis.url)
         client.flushall()
         client.close()

@@ -47,6 +47,8 @@ class TaskIndex:
 
     def clear(self) -> None:
         """Delete every document (a shared test bed starts the run empty)."""
+        # Refreshed first: a document written since the last refresh would be a version conflict, kept.
+        self._post("_refresh", {})
         self._post("_delete_by_query?refresh=true&conflicts=proceed", {"query": {"match_all": {}}}, timeout_s=120)
 
     def statuses(self, ids: Sequence[str]) -> dict[str, str | None]:

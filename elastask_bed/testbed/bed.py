@@ -9,6 +9,7 @@ import shutil
 import ssl
 import sys
 import tempfile
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -23,6 +24,23 @@ from elastask_bed.testbed.tls import CertPair, Pki, make_pki
 log = logging.getLogger(__name__)
 
 INDEX = ".kibana_task_manager"
+
+
+def empty_task_index(es: Any, tries: int = 10) -> None:
+    """Delete every document of the task index, and fail naming the ones a writer kept alive.
+
+    ``_delete_by_query`` deletes what its search saw, each at the version it saw: a document written
+    since the last refresh (a stopped simulator's last outcome write) is a version conflict, skipped
+    with ``conflicts=proceed``. So: refresh first, and go again until the index is empty.
+    """
+    for attempt in range(tries):
+        es.indices.refresh(index=INDEX)
+        es.delete_by_query(index=INDEX, query={"match_all": {}}, refresh=True, conflicts="proceed")
+        if int(es.count(index=INDEX)["count"]) == 0:
+            return
+        time.sleep(0.2 * (attempt + 1))
+    left = [hit["_id"] for hit in es.search(index=INDEX, size=10, source=False)["hits"]["hits"]]
+    raise TestbedError(f"{INDEX} is not empty after {tries} deletes (something still writes?): first ids {left}")
 
 
 def first_json_line(path: Path) -> dict[str, Any] | None:
