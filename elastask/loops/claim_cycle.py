@@ -25,6 +25,7 @@ from elastask.loops import limited
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.claim_write import write_claims
 from elastask.loops.dispatch_jobs import enqueue_jobs
+from elastask.loops.fresh_hits import fresh_hits
 from elastask.loops.ledger_sync import ensure_ledger, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.node_restarts import watch_restarts
@@ -85,6 +86,9 @@ class _Cycle:
     examined: set[str] = field(default_factory=set)
     #: When the hits were searched (monotonic ms): unread hits are reused only while recent.
     searched_ms: float = 0.0
+    #: The size of the search the hits came from, and whether it came back full (more tasks wait).
+    search_size: int = 0
+    search_full: bool = False
     #: What is paused now (elastask pause, elastask.yaml's paused:): nothing new is claimed for it.
     pauses: PauseSet = field(default_factory=PauseSet)
     #: Names this cycle's reservations in the ledger: its releases and confirms touch only its own.
@@ -165,9 +169,11 @@ def run_claim_cycle(
         refill.add_claims((_lease(cycle, a, doc) for a, doc in claimed), monotonic_ms())
         if session is not None:
             unread = [h for h in cycle.hits if str(h["_id"]) not in cycle.examined]
-            session.unread.keep(unread, cycle.searched_ms)
+            session.unread.keep(unread, cycle.searched_ms, cycle.search_size, cycle.search_full)
     enqueue_jobs(cycle.rt, cycle.now, cycle.available, claimed, enqueue)
     cycle.summary.step("enqueue")
+    if session is not None and claimed and session.unread.running_low(monotonic_ms()):
+        _prefetch(cycle, session, {a.task.id for a, _doc in claimed})
     return cycle.summary
 
 
@@ -189,8 +195,9 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
     summary.step("nodes")
 
 
-def _search_due(cycle: _Cycle) -> None:
-    """2. Due tasks (and those due within the claim-ahead window), leaving out what the ledger holds.
+def _search_due(cycle: _Cycle, claimed_now: frozenset[str] = frozenset(), step: str = "search") -> None:
+    """2. Due tasks (and those due within the claim-ahead window), leaving out what the ledger holds
+    (and ``claimed_now``: what this cycle claimed after it read the ledger).
 
     Types with a concurrency limit are searched apart, one search per group with room (limited.py).
     """
@@ -207,6 +214,7 @@ def _search_due(cycle: _Cycle) -> None:
             *quarantined(rt.redis, now),
             *(lease.task_id for lease in leases),
             *cycle.view.recently_finished,
+            *claimed_now,
         },
     }
     body = queries.due_tasks(
@@ -219,6 +227,7 @@ def _search_due(cycle: _Cycle) -> None:
         next_run_after=None if leases else now + lookahead,
         **common,
     )
+    cycle.search_size = body["size"]
     if not cycle.available:
         cycle.hits = []
         answer: dict[str, Any] = {"hits": {"hits": []}}
@@ -238,11 +247,19 @@ def _search_due(cycle: _Cycle) -> None:
             batches.append([dict(hit) for hit in rt.store.search_hits(group_body, f"searching due {group} tasks")])
             full = full or len(batches[-1]) >= size
         cycle.hits = limited.merge_hits(batches)
-        cycle.summary.search_full = bool(cycle.hits) and full
+        cycle.summary.search_full = cycle.search_full = bool(cycle.hits) and full
     cycle.summary.waiting = len(cycle.hits)
     cycle.summary.next_run_at_ms = queries.next_run_at_ms(answer)
     cycle.summary.searched = True
-    cycle.summary.step("search")
+    cycle.summary.step(step)
+
+
+def _prefetch(cycle: _Cycle, session: RefillSession, claimed: set[str]) -> None:
+    """6'. In a session, search again right after the claim when its unread hits run low (refill.py):
+    the next freed slot then finds its hits ready instead of waiting for a search."""
+    _search_due(cycle, frozenset(claimed), step="prefetch")
+    cycle.summary.waiting += cycle.summary.claimed  # due when the cycle began: what it claimed, and these
+    session.unread.keep(cycle.hits, cycle.searched_ms, cycle.search_size, cycle.search_full)
 
 
 def _make_room(cycle: _Cycle) -> bool:
@@ -296,6 +313,7 @@ def _hits_in_session(cycle: _Cycle, session: RefillSession) -> bool:
     if unread:
         # Read in real time below, like any hit.
         cycle.hits, cycle.searched_ms = unread, session.unread.searched_ms
+        cycle.search_size, cycle.search_full = session.unread.size, session.unread.full
         cycle.summary.waiting, cycle.summary.search_full, cycle.summary.searched = len(unread), True, True
     else:
         _search_due(cycle)
@@ -356,45 +374,3 @@ def _write_claims(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> list[
     """5b. One conditional ``_bulk`` (claim_write.py); the claims written, their slots confirmed."""
     capacity = {n.owner_id: n.capacity_units for n in cycle.available}
     return write_claims(cycle.rt, cycle.now, capacity, to_claim, cycle.summary, cycle.token)
-
-
-def fresh_hits(
-    rt: Runtime,
-    hits: Sequence[dict[str, Any]],
-    leased: set[str],
-    summary: ClaimSummary,
-    limit: int,
-    seen: set[str] | None = None,
-) -> list[dict[str, Any]]:
-    """The documents of the search hits that are still as the search saw them, read in real time.
-
-    As Kibana's mget claimer does: the search is near-real-time, ``mget`` is not. A hit is stale
-    when this ledger already holds it (we claimed it moments ago), or when its real-time version
-    differs (Kibana wrote an outcome, another claim won) or it is gone. Only the first ``limit``
-    other hits are read: the most this cycle can claim, plus a margin, so the engine does not read
-    documents that would be left unclaimed anyway. Returns the real-time documents, in search order.
-    """
-    candidates: list[dict[str, Any]] = []
-    for hit in hits:
-        if str(hit["_id"]) in leased:
-            summary.stale += 1
-        elif len(candidates) < limit:
-            candidates.append(hit)
-        else:
-            continue
-        if seen is not None:
-            seen.add(str(hit["_id"]))
-    current = rt.store.mget_sources([str(hit["_id"]) for hit in candidates])
-    fresh = []
-    for hit in candidates:
-        if str(hit["_id"]) not in current:
-            summary.stale += 1  # its real-time read failed: not claimed this cycle
-            continue
-        now_hit = current[str(hit["_id"])]
-        if now_hit is None:
-            summary.missing += 1
-        elif (now_hit.get("_seq_no"), now_hit.get("_primary_term")) != (hit.get("_seq_no"), hit.get("_primary_term")):
-            summary.stale += 1
-        else:
-            fresh.append(now_hit)
-    return fresh

@@ -10,12 +10,15 @@ from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.loops import claim as claim_module
 from elastask.loops.claim import claim_available_tasks
+from elastask.loops.claim_cycle import run_claim_cycle
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.refill import (
     FIRST_READ_SHARE,
     MIN_RECHECK_MS,
     MIN_WAIT_MS,
+    PREFETCH_BELOW_SHARE,
     RECHECK_SHARE,
+    UNREAD_HITS_MAX_AGE_MS,
     ClaimedLease,
     RefillSession,
 )
@@ -118,7 +121,7 @@ def test_with_sessions_off_a_backlog_waits_for_the_next_job() -> None:
 def test_leftover_hits_stand_in_for_a_search_only_while_recent_and_more_than_the_room() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
     hits = [{"_id": f"task:{i}", "_seq_no": i, "_primary_term": 1} for i in range(5)]
-    session.unread.keep(hits, searched_ms=1000)
+    session.unread.keep(hits, searched_ms=1000, size=5, full=True)
     assert session.unread.take(3, now_ms=1100, exclude=set()) == hits
     assert [h["_id"] for h in session.unread.take(3, now_ms=1100, exclude={"task:0"})] == [
         "task:1",
@@ -214,3 +217,43 @@ def test_a_session_taking_over_a_backlog_first_looks_soon_at_the_leases_it_did_n
     # Then its session's first look comes after MIN_RECHECK_MS, not its own first read (a whole
     # busy_polling_interval here), so a slot those runs free is refilled as fast as its own.
     assert sleeps and sleeps[0] <= MIN_RECHECK_MS / 1000
+
+
+def test_unread_hits_run_low_when_fewer_than_a_share_of_a_full_search_are_left_or_they_age() -> None:
+    session = RefillSession(0.0, max_wait_ms=250)
+    hits = [{"_id": f"task:{i}", "_seq_no": i, "_primary_term": 1} for i in range(10)]
+    session.unread.keep(hits, searched_ms=1000, size=20, full=True)
+    assert not session.unread.running_low(now_ms=1010)  # half the search is left
+    session.unread.keep(hits[: int(20 * PREFETCH_BELOW_SHARE) - 1], searched_ms=1000, size=20, full=True)
+    assert session.unread.running_low(now_ms=1010)
+    session.unread.keep(hits, searched_ms=1000, size=20, full=True)
+    assert session.unread.running_low(now_ms=1000 + UNREAD_HITS_MAX_AGE_MS)  # too old by the next look
+    # A search that was not full held every task due: searching again right away finds only new ones.
+    session.unread.keep(hits[:1], searched_ms=1000, size=20, full=False)
+    assert not session.unread.running_low(now_ms=1010)
+
+
+def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot_needs_none() -> None:
+    # Given a backlog of 60 tasks, one node of 10 slots, and a session already running.
+    engine = StubEngine()
+    due_tasks(engine, 60)
+    rt = stub_runtime(engine, kibana_capacity=10)
+    session = RefillSession(0.0, max_wait_ms=250)
+    session.active = True
+    pushed: list[str] = []
+    enqueue = lambda job: pushed.extend(t.doc_id for t in job.tasks)  # noqa: E731
+    # When a cycle fills the node: it searched, claimed, then searched again after its claim.
+    first = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    assert first.claimed == 10 and "search" in first.steps_ms and "prefetch" in first.steps_ms
+    unread = [str(h["_id"]) for h in session.unread.hits]
+    assert unread and not set(unread) & set(pushed)  # what it claimed is not searched again
+    assert first.backlog  # the tasks it claimed and the ones still waiting
+    # And when three runs end: the next cycle claims three of the prefetched hits without a search.
+    for doc_id in pushed[:3]:
+        del engine.docs[doc_id]
+    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)  # every lease worth a read
+    before = len(pushed)
+    second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    assert second.claimed == 3 and "search" not in second.steps_ms
+    assert set(pushed[before:]) <= set(unread)
+    assert max(rt.ledger.used_units(["kibana:a"]).values()) <= 20  # the cap, in units: 10 normal tasks

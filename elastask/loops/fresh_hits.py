@@ -1,0 +1,51 @@
+"""The search hits a claim cycle may claim, read again in real time (the search is near-real-time)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from elastask.loops.claim_summary import ClaimSummary
+from elastask.runtime import Runtime
+
+
+def fresh_hits(
+    rt: Runtime,
+    hits: Sequence[dict[str, Any]],
+    leased: set[str],
+    summary: ClaimSummary,
+    limit: int,
+    seen: set[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The documents of the search hits that are still as the search saw them, read in real time.
+
+    As Kibana's mget claimer does: the search is near-real-time, ``mget`` is not. A hit is stale
+    when this ledger already holds it (we claimed it moments ago), or when its real-time version
+    differs (Kibana wrote an outcome, another claim won) or it is gone. Only the first ``limit``
+    other hits are read: the most this cycle can claim, plus a margin, so the engine does not read
+    documents that would be left unclaimed anyway. Returns the real-time documents, in search order.
+    """
+    candidates: list[dict[str, Any]] = []
+    for hit in hits:
+        if str(hit["_id"]) in leased:
+            summary.stale += 1
+        elif len(candidates) < limit:
+            candidates.append(hit)
+        else:
+            continue
+        if seen is not None:
+            seen.add(str(hit["_id"]))
+    current = rt.store.mget_sources([str(hit["_id"]) for hit in candidates])
+    fresh = []
+    for hit in candidates:
+        if str(hit["_id"]) not in current:
+            summary.stale += 1  # its real-time read failed: not claimed this cycle
+            continue
+        now_hit = current[str(hit["_id"])]
+        if now_hit is None:
+            summary.missing += 1
+        elif (now_hit.get("_seq_no"), now_hit.get("_primary_term")) != (hit.get("_seq_no"), hit.get("_primary_term")):
+            summary.stale += 1
+        else:
+            fresh.append(now_hit)
+    return fresh
