@@ -9,7 +9,8 @@ One cycle, run by beat every ``polling_interval`` under a Redis lock (so cycles 
    ledger_sync.py) when the free room may be too small for what is due, and otherwise about once a
    second: tasks Kibana finished free their slot;
 4. read the hits this cycle can claim in real time, drop stale ones (whose version differs: the
-   search is near-real-time) and skip malformed ones (reported by id);
+   search is near-real-time) and skip malformed ones (reported by id); a refill session's search
+   right after its claim brings the documents, and those are not read again (fresh_hits.py);
 5. assign by free capacity, reserve the slots atomically in the ledger (Lua), and, if the cycle
    still holds its lock (it is renewed while the cycle runs), claim with one conditional ``_bulk``
    (``if_seq_no``/``if_primary_term``); a 409 is a lost race, not an error;

@@ -195,9 +195,12 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
     summary.step("nodes")
 
 
-def _search_due(cycle: _Cycle, claimed_now: frozenset[str] = frozenset(), step: str = "search") -> None:
+def _search_due(
+    cycle: _Cycle, claimed_now: frozenset[str] = frozenset(), step: str = "search", sources: bool = False
+) -> None:
     """2. Due tasks (and those due within the claim-ahead window), leaving out what the ledger holds
-    (and ``claimed_now``: what this cycle claimed after it read the ledger).
+    (and ``claimed_now``: what this cycle claimed after it read the ledger). ``sources``: the hits
+    carry their documents (a session's search after a claim: fresh_hits.py need not read them again).
 
     Types with a concurrency limit are searched apart, one search per group with room (limited.py).
     """
@@ -228,6 +231,8 @@ def _search_due(cycle: _Cycle, claimed_now: frozenset[str] = frozenset(), step: 
         **common,
     )
     cycle.search_size = body["size"]
+    source_option = {"_source": True} if sources else {}
+    body.update(source_option)
     if not cycle.available:
         cycle.hits = []
         answer: dict[str, Any] = {"hits": {"hits": []}}
@@ -244,6 +249,7 @@ def _search_due(cycle: _Cycle, claimed_now: frozenset[str] = frozenset(), step: 
                 exclude_types={*settings.catalogue.removed, *cycle.pauses.types()},
                 **common,
             )
+            group_body.update(source_option)
             batches.append([dict(hit) for hit in rt.store.search_hits(group_body, f"searching due {group} tasks")])
             full = full or len(batches[-1]) >= size
         cycle.hits = limited.merge_hits(batches)
@@ -257,7 +263,7 @@ def _search_due(cycle: _Cycle, claimed_now: frozenset[str] = frozenset(), step: 
 def _prefetch(cycle: _Cycle, session: RefillSession, claimed: set[str]) -> None:
     """6'. In a session, search again right after the claim when its unread hits run low (refill.py):
     the next freed slot then finds its hits ready instead of waiting for a search."""
-    _search_due(cycle, frozenset(claimed), step="prefetch")
+    _search_due(cycle, frozenset(claimed), step="prefetch", sources=True)
     cycle.summary.waiting += cycle.summary.claimed  # due when the cycle began: what it claimed, and these
     session.unread.keep(cycle.hits, cycle.searched_ms, cycle.search_size, cycle.search_full)
 

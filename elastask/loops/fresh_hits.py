@@ -23,7 +23,13 @@ def fresh_hits(
     when this ledger already holds it (we claimed it moments ago), or when its real-time version
     differs (Kibana wrote an outcome, another claim won) or it is gone. Only the first ``limit``
     other hits are read: the most this cycle can claim, plus a margin, so the engine does not read
-    documents that would be left unclaimed anyway. Returns the real-time documents, in search order.
+    documents that would be left unclaimed anyway. Returns the documents, in search order.
+
+    A hit that carries its source (a refill session's search right after a claim, at most
+    UNREAD_HITS_MAX_AGE_MS old) is not read again: the claim write is conditional on the version the
+    search saw, so a hit gone stale since is a lost race (409) or a missing document, its slot given
+    back -- never a claim over a newer write. This saves the engine round trip between a freed slot
+    and its claim; hits without their source (every other search) are read as above.
     """
     candidates: list[dict[str, Any]] = []
     for hit in hits:
@@ -35,9 +41,12 @@ def fresh_hits(
             continue
         if seen is not None:
             seen.add(str(hit["_id"]))
-    current = rt.store.mget_sources([str(hit["_id"]) for hit in candidates])
+    current = rt.store.mget_sources([str(hit["_id"]) for hit in candidates if "_source" not in hit])
     fresh = []
     for hit in candidates:
+        if "_source" in hit:
+            fresh.append(hit)
+            continue
         if str(hit["_id"]) not in current:
             summary.stale += 1  # its real-time read failed: not claimed this cycle
             continue

@@ -61,10 +61,12 @@ class StubEngine:
         first = (body.get("sort") or [{}])[0]
         if "_script" in first or "task.priority" in first:
             matches.sort(key=lambda d: -_priority_of(self.docs[d]["_source"].get("task", {}), first))
-        hits = [
-            {"_id": d, "_seq_no": self.docs[d]["_seq_no"], "_primary_term": 1, "_source": self.docs[d]["_source"]}
-            for d in matches[: body.get("size", 10)]
+        hits: list[dict[str, Any]] = [
+            {"_id": d, "_seq_no": self.docs[d]["_seq_no"], "_primary_term": 1} for d in matches[: body.get("size", 10)]
         ]
+        if body.get("_source", True) is not False:  # a copy, as the engine's answer is
+            for hit in hits:
+                hit["_source"] = json.loads(json.dumps(self.docs[hit["_id"]]["_source"]))
         aggregations = {
             name: {"buckets": _terms_buckets([self.docs[d]["_source"] for d in matches], agg["terms"]["field"])}
             for name, agg in body.get("aggs", {}).items()

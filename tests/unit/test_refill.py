@@ -257,3 +257,35 @@ def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot
     assert second.claimed == 3 and "search" not in second.steps_ms
     assert set(pushed[before:]) <= set(unread)
     assert max(rt.ledger.used_units(["kibana:a"]).values()) <= 20  # the cap, in units: 10 normal tasks
+
+
+def test_a_prefetched_hit_is_claimed_without_a_read_and_one_written_since_is_a_lost_race_not_a_claim() -> None:
+    # Given a session whose search after its claim brought the next hits with their documents.
+    engine = StubEngine()
+    due_tasks(engine, 60)
+    rt = stub_runtime(engine, kibana_capacity=10)
+    session = RefillSession(0.0, max_wait_ms=250)
+    session.active = True
+    pushed: list[str] = []
+    enqueue = lambda job: pushed.extend(t.doc_id for t in job.tasks)  # noqa: E731
+    run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    first_unread = str(session.unread.hits[0]["_id"])
+    assert all("_source" in h for h in session.unread.hits)
+    # And Kibana (or a user) writes the first of them since: the search saw an older version.
+    changed = dict(engine.docs[first_unread]["_source"])
+    engine.put(first_unread, changed)
+    # When two runs end and the next cycle claims.
+    for doc_id in pushed[:2]:
+        del engine.docs[doc_id]
+    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)
+    engine.mget_calls.clear()
+    before = len(pushed)
+    second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    # Then the hits were not read again (only the leases were), the changed one lost its race
+    # (the conditional claim write) and is neither pushed nor held: its slot was given back.
+    assert all(first_unread not in ids for ids, _versions_only in engine.mget_calls)
+    assert second.conflicts == 1 and second.claimed == 1 and first_unread not in pushed[before:]
+    assert first_unread not in {lease.task_id for lease in rt.ledger.view(["kibana:a"]).leases}
+    # And the next look fills that slot: one more task, the node full again (10 normal tasks, 20 units).
+    third = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    assert third.claimed == 1 and rt.ledger.used_units(["kibana:a"])["kibana:a"] == 20
