@@ -36,8 +36,9 @@ from elastask.config import Settings
 from elastask.core.clock import monotonic_ms
 from elastask.core.messages import DispatchJob
 from elastask.loops.cadence import Cadence, rest_until
-from elastask.loops.claim_cycle import claim_lock_ttl_ms, lookahead_ms, run_claim_cycle
+from elastask.loops.claim_cycle import claim_lock_ttl_ms, run_claim_cycle
 from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.due_search import lookahead_ms
 from elastask.loops.refill import MIN_RECHECK_MS, RefillSession
 from elastask.parts.locks import exclusive
 from elastask.runtime import Runtime

@@ -11,17 +11,17 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from elastask.config import Settings
-from elastask.core import policy, queries
+from elastask.core import policy
 from elastask.core.clock import monotonic_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.core.messages import DispatchJob
 from elastask.core.pauses import PauseSet
 from elastask.errors import DocumentError
-from elastask.loops import limited
+from elastask.loops import due_search, limited
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.claim_write import write_claims
 from elastask.loops.dispatch_jobs import enqueue_jobs
@@ -38,11 +38,6 @@ from elastask.runtime import Runtime
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_MS = 1000
-
-
-def lookahead_ms(settings: Settings) -> int:
-    """How far ahead of runAt a task is claimed (and pushed at its runAt)."""
-    return min(settings.polling_interval_ms, policy.MAX_LOOKAHEAD_MS)
 
 
 def claim_lock_ttl_ms(settings: Settings) -> int:
@@ -195,77 +190,43 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
     summary.step("nodes")
 
 
-def _search_due(
-    cycle: _Cycle, claimed_now: frozenset[str] = frozenset(), step: str = "search", sources: bool = False
-) -> None:
+def _search_due(cycle: _Cycle) -> None:
     """2. Due tasks (and those due within the claim-ahead window), leaving out what the ledger holds
-    (and ``claimed_now``: what this cycle claimed after it read the ledger). ``sources``: the hits
-    carry their documents (a session's search after a claim: fresh_hits.py need not read them again).
+    (due_search.py). Types with a concurrency limit are searched apart, one search per group with room."""
+    _found(cycle, due_search.run(cycle.rt.store, _plan(cycle)))
+    cycle.summary.step("search")
 
-    Types with a concurrency limit are searched apart, one search per group with room (limited.py).
-    """
-    rt, settings, now = cycle.rt, cycle.settings, cycle.now
-    cycle.searched_ms = monotonic_ms()
-    lookahead = timedelta(milliseconds=lookahead_ms(settings))
-    leases = cycle.view.leases
-    common: dict[str, Any] = {
-        "default_max_attempts": settings.max_attempts,
-        "max_attempts_by_type": settings.max_attempts_by_type(),
-        "priority_by_type": settings.priority_by_type(),
-        # ... and so can a task Kibana finished a moment ago (deleted, or rescheduled): left out too.
-        "exclude_ids": {
-            *quarantined(rt.redis, now),
-            *(lease.task_id for lease in leases),
-            *cycle.view.recently_finished,
-            *claimed_now,
-        },
+
+def _plan(cycle: _Cycle, claimed_now: frozenset[str] = frozenset(), sources: bool = False) -> due_search.DueSearch:
+    """The look's searches, leaving out the ledger's tasks and ``claimed_now`` (claimed since it was read)."""
+    # ... and so can a task Kibana finished a moment ago (deleted, or rescheduled): left out too.
+    exclude = {
+        *quarantined(cycle.rt.redis, cycle.now),
+        *(lease.task_id for lease in cycle.view.leases),
+        *cycle.view.recently_finished,
+        *claimed_now,
     }
-    body = queries.due_tasks(
-        now + lookahead,
-        # Every task the nodes could take if every lease ended now; leased tasks are left out of the
-        # search (the near-real-time search can still show a task claimed a moment ago as idle).
-        size=min(settings.claim_batch_size, sum(n.capacity_units for n in cycle.available) // cycle.cheapest),
-        exclude_types={*settings.catalogue.removed, *limited.limited_types(settings), *cycle.pauses.types()},
-        # Nothing in flight: this cycle may turn out quiet; learn how long the loop may then rest.
-        next_run_after=None if leases else now + lookahead,
-        **common,
+    return due_search.plan(
+        cycle.settings, cycle.now, cycle.available, cycle.view, cycle.pauses, cycle.cheapest, exclude, sources=sources
     )
-    cycle.search_size = body["size"]
-    source_option = {"_source": True} if sources else {}
-    body.update(source_option)
-    if not cycle.available:
-        cycle.hits = []
-        answer: dict[str, Any] = {"hits": {"hits": []}}
-    else:
-        answer = rt.store.search(body, "searching due tasks")
-        batches = [[dict(hit) for hit in answer["hits"]["hits"]]]
-        full = len(batches[0]) >= body["size"]
-        room = limited.group_room(settings, cycle.available, cycle.view.group_counts)
-        for group, size, types in limited.group_searches(settings, room):
-            group_body = queries.due_tasks(
-                now + lookahead,
-                size=size,
-                only_types=types,
-                exclude_types={*settings.catalogue.removed, *cycle.pauses.types()},
-                **common,
-            )
-            group_body.update(source_option)
-            batches.append([dict(hit) for hit in rt.store.search_hits(group_body, f"searching due {group} tasks")])
-            full = full or len(batches[-1]) >= size
-        cycle.hits = limited.merge_hits(batches)
-        cycle.summary.search_full = cycle.search_full = bool(cycle.hits) and full
+
+
+def _found(cycle: _Cycle, found: due_search.Found) -> None:
+    """Take a look's hits as this cycle's."""
+    cycle.hits, cycle.searched_ms, cycle.search_size = found.hits, found.searched_ms, found.size
+    cycle.summary.search_full = cycle.search_full = found.full
     cycle.summary.waiting = len(cycle.hits)
-    cycle.summary.next_run_at_ms = queries.next_run_at_ms(answer)
+    cycle.summary.next_run_at_ms = found.next_run_at_ms
     cycle.summary.searched = True
-    cycle.summary.step(step)
 
 
 def _prefetch(cycle: _Cycle, session: RefillSession, claimed: set[str]) -> None:
-    """6'. In a session, search again right after the claim when its unread hits run low (refill.py):
-    the next freed slot then finds its hits ready instead of waiting for a search."""
-    _search_due(cycle, frozenset(claimed), step="prefetch", sources=True)
+    """6'. In a session, search again right after the claim when its unread hits run low (refill.py),
+    with the documents: the next freed slot finds its hits ready, claimed without a real-time read."""
+    _found(cycle, due_search.run(cycle.rt.store, _plan(cycle, frozenset(claimed), sources=True)))
     cycle.summary.waiting += cycle.summary.claimed  # due when the cycle began: what it claimed, and these
     session.unread.keep(cycle.hits, cycle.searched_ms, cycle.search_size, cycle.search_full)
+    cycle.summary.step("prefetch")
 
 
 def _make_room(cycle: _Cycle) -> bool:

@@ -269,8 +269,9 @@ def test_a_prefetched_hit_is_claimed_without_a_read_and_one_written_since_is_a_l
     pushed: list[str] = []
     enqueue = lambda job: pushed.extend(t.doc_id for t in job.tasks)  # noqa: E731
     run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
-    first_unread = str(session.unread.hits[0]["_id"])
-    assert all("_source" in h for h in session.unread.hits)
+    prefetched = session.unread.hits
+    first_unread = str(prefetched[0]["_id"])
+    assert all("_source" in h for h in prefetched)
     # And Kibana (or a user) writes the first of them since: the search saw an older version.
     changed = dict(engine.docs[first_unread]["_source"])
     engine.put(first_unread, changed)
