@@ -148,7 +148,7 @@ class UnreadHits:
         will soon not cover the room the next completions free (or will be too old by then).
 
         Searched here, the next freed slot finds its hits ready, instead of waiting for a search
-        (a fifth of a refill's time in a backlog, about 20 ms of ~100).
+        (in a 200 ms backlog, ~20 ms in one claiming cycle of three or four; BENCHMARKS.md "0.7.3").
         """
         if not self.full:
             return False  # every task due was in that search: a new one finds only what fell due since

@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from elasticsearch import Elasticsearch
+
 from elastask_bed.errors import TestbedError
 from elastask_bed.testbed.engine import Engine
 from elastask_bed.testbed.process import ManagedProcess, free_port, port_open
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 INDEX = ".kibana_task_manager"
 
 
-def empty_task_index(es: Any, tries: int = 10) -> None:
+def empty_task_index(es: Elasticsearch, tries: int = 10) -> None:
     """Delete every document of the task index, and fail naming the ones a writer kept alive.
 
     ``_delete_by_query`` deletes what its search saw, each at the version it saw: a document written

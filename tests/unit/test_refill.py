@@ -22,6 +22,7 @@ from elastask.loops.refill import (
     ClaimedLease,
     RefillSession,
 )
+from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
 OWNER = "kibana:a"
@@ -233,15 +234,22 @@ def test_unread_hits_run_low_when_fewer_than_a_share_of_a_full_search_are_left_o
     assert not session.unread.running_low(now_ms=1010)
 
 
-def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot_needs_none() -> None:
-    # Given a backlog of 60 tasks, one node of 10 slots, and a session already running.
+def _a_session_on_a_backlog_of_60() -> tuple[
+    StubEngine, Runtime, RefillSession, list[str], Callable[[DispatchJob], None]
+]:
+    """60 due tasks, one node of 10 slots, a session already running; ``pushed``: the ids enqueued."""
     engine = StubEngine()
     due_tasks(engine, 60)
     rt = stub_runtime(engine, kibana_capacity=10)
     session = RefillSession(0.0, max_wait_ms=250)
     session.active = True
     pushed: list[str] = []
-    enqueue = lambda job: pushed.extend(t.doc_id for t in job.tasks)  # noqa: E731
+    return engine, rt, session, pushed, lambda job: pushed.extend(t.doc_id for t in job.tasks)
+
+
+def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot_needs_none() -> None:
+    # Given a backlog of 60 tasks, one node of 10 slots, and a session already running.
+    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
     # When a cycle fills the node: it searched, claimed, then searched again after its claim.
     first = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     assert first.claimed == 10 and "search" in first.steps_ms and "prefetch" in first.steps_ms
@@ -261,13 +269,7 @@ def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot
 
 def test_a_prefetched_hit_is_claimed_without_a_read_and_one_written_since_is_a_lost_race_not_a_claim() -> None:
     # Given a session whose search after its claim brought the next hits with their documents.
-    engine = StubEngine()
-    due_tasks(engine, 60)
-    rt = stub_runtime(engine, kibana_capacity=10)
-    session = RefillSession(0.0, max_wait_ms=250)
-    session.active = True
-    pushed: list[str] = []
-    enqueue = lambda job: pushed.extend(t.doc_id for t in job.tasks)  # noqa: E731
+    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
     run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     prefetched = session.unread.hits
     first_unread = str(prefetched[0]["_id"])
