@@ -12,7 +12,5 @@ from elastask.entry.celery_defaults import *  # noqa: F403
 # Example: a longer visibility timeout for very slow Kibana nodes.
 # broker_transport_options = {"visibility_timeout": 7200}
 
-# Example: no task events, if nobody watches Flower's task view (the broker view stays): in the
-# 200 ms backlog benchmark the worker's main process spent about a quarter of its busy time
-# publishing them (BENCHMARKS.md).
-# worker_send_task_events = False
+# Example: task events on from the start, not only while Flower runs (it turns them on itself).
+# worker_send_task_events = True

@@ -41,10 +41,13 @@ worker_soft_shutdown_timeout = 5.0
 broker_connection_retry_on_startup = True
 # Results are not needed: outcomes live in the task documents. Saves a Redis write per job.
 task_ignore_result = True
-# Task events on, so Flower shows the claim, retry and dispatch jobs live (from when a worker
-# receives them; a queue's backlog shows in Flower's broker view). No "sent" events: one more Redis
-# publish per job, half the cost of enqueueing a claim cycle's jobs (measured with py-spy).
-worker_send_task_events = True
+# Task events off until someone watches: Flower turns them on in every worker while it runs (its
+# enable_events option, on by default, repeats Celery's enable_events command every few seconds),
+# so its task view is live all the same. Unwatched, they cost the worker's main process a Redis
+# publish and its encoding per job and event (about a quarter of its busy time in the mix,
+# measured with py-spy). `celery -A elastask worker -E` turns them on from the start. No "sent"
+# events either way: one more Redis publish per job, half the cost of enqueueing a claim cycle's jobs.
+worker_send_task_events = False
 task_send_sent_event = False
 # JSON only: job arguments are task ids and small dicts, never pickles.
 task_serializer = "json"

@@ -154,7 +154,7 @@ def test_secrets_never_appear_in_logs_metrics_or_job_arguments(
     assert "********" in shown
 
 
-def test_flower_lists_the_per_node_queues(
+def test_flower_lists_the_per_node_queues_and_shows_the_jobs_though_task_events_are_off_by_default(
     store: TaskStore,
     redis_client: redis.Redis,
     simulator: Callable[..., SimulatorProcess],
@@ -165,6 +165,7 @@ def test_flower_lists_the_per_node_queues(
     sim = simulator(nodes=2)
     dispatcher = dispatcher_factory(sim)
     dispatcher.worker()
+    dispatcher.beat()
     port = free_port()
     flower = dispatcher._celery(
         "flower", "flower", f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:flower-test-password"
@@ -182,6 +183,25 @@ def test_flower_lists_the_per_node_queues(
 
     expected = {f"elastask.dispatch.{node['owner_id']}" for node in sim.nodes} | {"elastask.claim", "elastask.retry"}
     wait_for(lambda: expected <= worker_queues(), 60, "Flower to list the claim, retry and per-node queues")
+
+    def dispatch_jobs_shown() -> set[str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/tasks?taskname=elastask.dispatch", headers={"Authorization": auth}
+        )
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return {str(job.get("args")) for job in json.load(answer).values()}
+
+    # The worker sends no task events of its own (celery_defaults.py): Flower turns them on, so the
+    # jobs of tasks that fall due while it runs show in its task view, with their task ids.
+    # Flower turns them on every few seconds: a round of tasks may come before its first time.
+    for watched in range(8):
+        seed(store.client, one_shots(2, prefix=f"watched{watched}"))
+        wait_for(lambda: task_count(store.client) == 0, 60, "the watched tasks done")
+        time.sleep(1)
+        if any("watched" in args for args in dispatch_jobs_shown()):
+            break
+    else:
+        pytest.fail("Flower showed no dispatch job in 8 rounds of tasks (are task events turned on?)")
     unauthorised = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(unauthorised, timeout=20)
