@@ -14,6 +14,7 @@ from elastask.config import Settings
 from elastask.parts.kibana import KibanaClient
 from elastask.parts.ledger import Ledger
 from elastask.parts.nodes import NodeRegistry
+from elastask.parts.push_schedule import PushSchedule
 from elastask.parts.redis_client import build_redis
 from elastask.parts.store import TaskStore, build_client
 
@@ -37,6 +38,8 @@ class Runtime:
     #: Per Kibana node, the threads that push its tasks: a node that does not answer holds only its own.
     _pushers: dict[str, ThreadPoolExecutor] = field(default_factory=dict)
     _pushers_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The pushes of tasks claimed ahead, started at their runAt (push_schedule.py).
+    push_schedule: PushSchedule = field(default_factory=PushSchedule)
 
     def pushers(self, owner_id: str) -> ThreadPoolExecutor:
         """The push threads of one node (made on first use)."""

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import signals
+
 from elastask import keys
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date
@@ -26,7 +28,7 @@ from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.dispatch import MAX_EARLY_WAIT_S, push_claimed_tasks
+from elastask.loops.dispatch import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_claimed_tasks
 from elastask.loops.push_outcomes import DispatchReport, give_back_tasks
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
@@ -174,6 +176,18 @@ DISPATCH_RETRIES = 10
 DISPATCH_RETRY_MAX_S = 30
 
 
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _push_what_is_scheduled(**_kwargs: Any) -> None:
+    """A warm shutdown pushes the tasks this process scheduled (at most a second ahead) before it exits:
+    their jobs are acknowledged, so left here they would wait for their leases to run out."""
+    if _runtime is None or _runtime[0] != os.getpid():
+        return
+    left = _runtime[1].push_schedule.drain(MAX_EARLY_WAIT_S + PUSH_WAIT_S)
+    if left:
+        log.warning("%d scheduled push step(s) not started before this process exits; their leases decide", left)
+
+
 def _dispatch_argsrepr(batch: DispatchJob) -> str:
     """What Flower and task events show of a dispatch job: task ids only, never params or state."""
     ids = ", ".join(repr(job.doc_id) for job in batch.tasks[:MAX_IDS_SHOWN])
@@ -226,6 +240,7 @@ def record_dispatch(rt: Runtime, claimed: DispatchJob, report: DispatchReport, n
     """Usage and metrics of what a dispatch job's pushes did (called again for pushes answered late)."""
     counts = report.counts()
     counts.pop("late", None)  # counted when they answer
+    counts.pop("scheduled", None)  # counted when pushed, at their runAt
     accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == "accepted"]
     units = sum(rt.settings.for_type(str(task.body.get("taskType", ""))).cost for task in accepted)
     try:

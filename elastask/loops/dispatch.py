@@ -1,8 +1,8 @@
 """The dispatch job: push one claim cycle's tasks for one Kibana node to its ``_run_now``.
 
 A claim cycle sends one job per node with every task it claimed for that node (at most the node's
-free capacity; tasks claimed ahead of their runAt go in one job per node and 25 ms step, with an
-ETA); the job pushes them in parallel. Per task:
+free capacity); the job pushes the tasks due in parallel, and leaves the tasks claimed ahead of their
+runAt to its process's push schedule, which pushes them at their runAt in 25 ms steps. Per task:
 
 - The lease ran out while the job waited in its queue: the task goes back to ``idle`` (attempt
   returned) with a conditional write; it never reached Kibana. A job that waited longer than its
@@ -15,6 +15,7 @@ ETA); the job pushes them in parallel. Per task:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -27,6 +28,8 @@ from elastask import keys, tracing
 from elastask.core import policy
 from elastask.core.intervals import parse_date
 from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.errors import LedgerError, StoreError
+from elastask.loops.dispatch_jobs import push_step
 from elastask.loops.lease_renewal import remaining_ms, renew_waited_leases
 from elastask.loops.paused import read_pauses
 from elastask.loops.push_outcomes import (
@@ -44,7 +47,8 @@ from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-#: The longest a job that started before its ETA waits for it (a claim looks at most 1 s ahead).
+#: The furthest ahead of its first push a job may start (a claim looks at most 1 s ahead); a job
+#: released earlier than that (the clocks of the claiming and the pushing machine differ) waits again.
 MAX_EARLY_WAIT_S = 1.0
 #: How long a job waits for its pushes' answers (Kibana answers 204 before it runs anything); later
 #: answers are settled on the push threads, so a hung node never holds a worker process longer.
@@ -64,19 +68,16 @@ def push_claimed_tasks(
     """Push a node's claimed tasks; each ends accepted, refused, rejected, ambiguous, expired, duplicate,
     unknown-node, or ``late`` (not answered within ``wait_s``).
 
-    Tasks claimed ahead are never pushed before their runAt: the job carries an ETA, and if it still
-    starts early (clocks of the claiming and the pushing machine differ), it waits the rest here.
+    Tasks claimed ahead are never pushed before their runAt: they are ``scheduled``, pushed by the
+    process's push schedule at their step (``push_step``) of this job's clock, and settled (and passed
+    to ``on_late``) when they answer; a job that starts early (the claiming machine's clock is ahead)
+    schedules all of them.
 
     Kibana answers a push at once (204, before it runs anything), so the job waits for its answers
     only ``wait_s``: a node that does not answer holds its own push threads, never the worker process
     other nodes' jobs need. Late answers are settled (and passed to ``on_late``) when they arrive, on
     the push thread; until then their leases stand, as for an ambiguous push.
     """
-    if job.not_before is not None:
-        early_s = (parse_date(job.not_before) - now).total_seconds()
-        if early_s > 0:
-            time.sleep(min(early_s, MAX_EARLY_WAIT_S))
-            now += timedelta(seconds=min(early_s, MAX_EARLY_WAIT_S))
     report = DispatchReport()
     node = _node(rt, job)
     if node is None:
@@ -101,18 +102,16 @@ def push_claimed_tasks(
     live = renew_waited_leases(rt, job.owner_id, live, now, report)
     to_push = _mark_pushed(rt, live, now, report)
     clock = _JobClock(now, time.monotonic())
-    futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in to_push}
+    due = [task for task in to_push if push_step(parse_date(task.body["runAt"]), now) is None]
+    _schedule(rt, node, [task for task in to_push if task not in due], pool, clock, wait_s, on_late, report)
+    if not due:
+        return report
+    futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in due}
     done, late = wait(futures, timeout=wait_s)
     on_time = [task for future, task in futures.items() if future in done]
     settle_safely(rt, node, on_time, _results(futures, on_time), now, report)
     if late:
-        log.warning(
-            "%d push(es) to %s not answered within %.1fs (Kibana answers at once: is the node overloaded or hung?); "
-            "their leases stand, settled when they answer",
-            len(late),
-            node.url,
-            wait_s,
-        )
+        _warn_unanswered(node, len(late), wait_s)
         report.outcomes.update(dict.fromkeys((futures[f].doc_id for f in late), "late"))
         _settle_when_answered(
             rt, node, {f: futures[f] for f in late}, clock, on_time_ok=answered(report), on_late=on_late
@@ -120,6 +119,71 @@ def push_claimed_tasks(
     elif not answered(report):
         count_failure(rt, node, [r for r in _results(futures, on_time) if r is not None])
     return report
+
+
+def _warn_unanswered(node: Node, count: int, wait_s: float) -> None:
+    log.warning(
+        "%d push(es) to %s not answered within %.1fs (Kibana answers at once: is the node overloaded or hung?); "
+        "their leases stand, settled when they answer",
+        count,
+        node.url,
+        wait_s,
+    )
+
+
+def _schedule(
+    rt: Runtime,
+    node: Node,
+    tasks: Sequence[ClaimedTask],
+    pool: Executor,
+    clock: _JobClock,
+    wait_s: float,
+    on_late: Callable[[DispatchReport], object],
+    report: DispatchReport,
+) -> None:
+    """Leave the tasks claimed ahead to the push schedule, one step per 25 ms of runAt (``scheduled``)."""
+    steps: dict[datetime, list[ClaimedTask]] = {}
+    for task in tasks:
+        at = push_step(parse_date(task.body["runAt"]), clock.now)
+        assert at is not None
+        steps.setdefault(at, []).append(task)
+        report.outcomes[task.doc_id] = "scheduled"
+    for at, step in steps.items():
+        deadline = clock.started_monotonic + (at - clock.now).total_seconds()
+        rt.push_schedule.at(deadline, functools.partial(_push_step, rt, node, step, pool, clock, wait_s, on_late))
+
+
+def _push_step(
+    rt: Runtime,
+    node: Node,
+    tasks: list[ClaimedTask],
+    pool: Executor,
+    clock: _JobClock,
+    wait_s: float,
+    on_late: Callable[[DispatchReport], object],
+) -> None:
+    """One scheduled step: its tasks pushed now (their runAt has come), settled when they answer.
+
+    Paused since the job started: given back, as at the job's start. The pauses unreadable (Redis
+    down): they were read when the job started, under a second ago, so the step is pushed.
+    """
+    report = DispatchReport()
+    try:
+        tasks = _leave_out_paused(rt, node, tasks, clock.read(), report)
+    except (LedgerError, StoreError) as e:
+        log.warning("reading the pauses before a scheduled push to %s failed, pushing as read before: %s", node.url, e)
+    futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in tasks}
+    if not futures:
+        on_late(report)
+        return
+    _settle_when_answered(rt, node, futures, clock, on_time_ok=False, on_late=on_late, report=report)
+
+    def check_answered() -> None:
+        unanswered = sum(1 for future in futures if not future.done())
+        if unanswered:
+            _warn_unanswered(node, unanswered, wait_s)
+
+    rt.push_schedule.at(time.monotonic() + wait_s, check_answered)
 
 
 def _leave_out_paused(
@@ -183,17 +247,19 @@ def _settle_when_answered(
     *,
     on_time_ok: bool,
     on_late: Callable[[DispatchReport], object],
+    report: DispatchReport | None = None,
 ) -> None:
-    """Settle the late pushes of one job together once the last one answers (on its push thread)."""
+    """Settle the late pushes of one job (or one scheduled step) together once the last one answers
+    (on its push thread), into ``report`` (a new one by default)."""
     remaining = [len(late)]
     lock = threading.Lock()
+    report = report if report is not None else DispatchReport()
 
     def one_answered(_future: Future[PushResult | None]) -> None:
         with lock:
             remaining[0] -= 1
             if remaining[0]:
                 return
-        report = DispatchReport()
         tasks = list(late.values())
         results = [future.result() if not future.cancelled() else None for future in late]
         try:

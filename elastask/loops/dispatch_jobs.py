@@ -1,7 +1,9 @@
-"""Step 6 of a claim cycle: the dispatch jobs it sends, one per node (and per ETA step).
+"""Step 6 of a claim cycle: the dispatch jobs it sends, one per node.
 
-Tasks due now go in one job per node; tasks claimed ahead of their runAt go in one job per node and
-25 ms step, with a Celery ETA (their runAt rounded up to the step), so each is pushed at its runAt.
+A node's job carries every task the cycle claimed for it. Tasks due now are pushed when the job
+runs; tasks claimed ahead of their runAt are pushed at their runAt rounded up to a 25 ms step, by
+the job's worker process (parts/push_schedule.py). A job whose tasks are all ahead carries a Celery
+ETA, its first step, so it waits in the broker's worker rather than in a pool process.
 """
 
 from __future__ import annotations
@@ -32,17 +34,18 @@ def enqueue_jobs(
     claimed: Sequence[tuple[policy.Assignment, TaskDocument]],
     enqueue: Callable[[DispatchJob], None],
 ) -> None:
-    """6. One dispatch job per node (and per 25 ms step for tasks claimed ahead, pushed at their runAt)."""
+    """6. One dispatch job per node; tasks claimed ahead are pushed at their runAt, in 25 ms steps."""
     by_owner = {n.owner_id: n for n in nodes}
-    jobs: dict[tuple[str, datetime | None], list[ClaimedTask]] = defaultdict(list)
+    jobs: dict[str, list[tuple[datetime | None, ClaimedTask]]] = defaultdict(list)
     for assignment, doc in claimed:
         _advise_on_interval(rt, doc)
         slack_ms = policy.dispatch_slack_ms(assignment.task, rt.settings.for_type(doc.task_type).timeout_ms)
-        push_at = push_step(doc.run_at, now)
-        jobs[(assignment.owner_id, push_at)].append(_job(doc, by_owner[assignment.owner_id], slack_ms))
-    for (owner_id, push_at), tasks in jobs.items():
-        not_before = format_date(push_at) if push_at is not None else None
-        enqueue(DispatchJob(owner_id, by_owner[owner_id].url, tuple(tasks), not_before))
+        task = _job(doc, by_owner[assignment.owner_id], slack_ms)
+        jobs[assignment.owner_id].append((push_step(doc.run_at, now), task))
+    for owner_id, steps in jobs.items():
+        first = None if any(at is None for at, _ in steps) else min(at for at, _ in steps if at is not None)
+        tasks = tuple(task for _, task in sorted(steps, key=lambda step: step[0] or now))
+        enqueue(DispatchJob(owner_id, by_owner[owner_id].url, tasks, format_date(first) if first else None))
 
 
 def _advise_on_interval(rt: Runtime, doc: TaskDocument) -> None:

@@ -3,11 +3,13 @@ order a worker reads its queues in."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from elastask import keys
 from elastask.core import policy
 from elastask.core.documents import new_task
+from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.entry.queue_order import LoopsFirst
 from elastask.loops.claim_summary import ClaimSummary
@@ -92,3 +94,34 @@ def test_a_claim_summary_times_its_steps_and_keeps_its_clock_out_of_json() -> No
     summary.step("search")
     assert set(summary.steps_ms) == {"search"} and summary.steps_ms["search"] >= 0
     assert "_mark" not in summary.as_dict() and "steps_ms" in summary.as_dict()
+
+
+def test_a_cycle_sends_one_job_per_node_with_an_eta_only_when_every_task_in_it_is_ahead() -> None:
+    from elastask.core.documents import TaskDocument
+    from elastask.loops.dispatch_jobs import enqueue_jobs
+    from elastask.parts.nodes import Node
+    from tests.unit.stubs import StubEngine, stub_runtime
+
+    rt = stub_runtime(StubEngine())
+    node_a, node_b = rt.settings.kibana.hosts[0], replace(rt.settings.kibana.hosts[0], url="http://kibana-b:5601")
+    nodes = [Node(node_a, "kibana:a", 20), Node(node_b, "kibana:b", 20)]
+
+    def claimed_doc(doc_id: str, owner_id: str, ahead_ms: int) -> tuple[policy.Assignment, TaskDocument]:
+        doc = new_task(doc_id, "sample", now=NOW + timedelta(milliseconds=ahead_ms))
+        doc = replace(doc, seq_no=3, primary_term=1, started_at=NOW, retry_at=NOW + timedelta(minutes=5))
+        return policy.Assignment(doc, owner_id, 2), doc
+
+    sent: list[DispatchJob] = []
+    claimed = [
+        claimed_doc("task:a-ahead", "kibana:a", 300),
+        claimed_doc("task:a-due", "kibana:a", 0),
+        claimed_doc("task:b-later", "kibana:b", 410),
+        claimed_doc("task:b-sooner", "kibana:b", 120),
+    ]
+    enqueue_jobs(rt, NOW, nodes, claimed, sent.append)
+    jobs = {job.owner_id: job for job in sent}
+    assert len(sent) == 2  # one per node, not one per node and 25 ms step
+    assert [t.doc_id for t in jobs["kibana:a"].tasks] == ["task:a-due", "task:a-ahead"]
+    assert jobs["kibana:a"].not_before is None  # a task is due: the job runs at once
+    assert [t.doc_id for t in jobs["kibana:b"].tasks] == ["task:b-sooner", "task:b-later"]
+    assert jobs["kibana:b"].not_before == format_date(NOW + timedelta(milliseconds=125))  # its first step
