@@ -32,7 +32,7 @@ from elastask.loops.dispatch import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_claimed_
 from elastask.loops.push_outcomes import DispatchReport, give_back_tasks
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
-from elastask.ops.usage import UsageRecorder
+from elastask.ops.usage import UsageRecorder, queue_runs_started
 from elastask.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -243,12 +243,9 @@ def record_dispatch(rt: Runtime, claimed: DispatchJob, report: DispatchReport, n
     counts.pop("scheduled", None)  # counted when pushed, at their runAt
     accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == "accepted"]
     units = sum(rt.settings.for_type(str(task.body.get("taskType", ""))).cost for task in accepted)
-    try:
-        UsageRecorder(rt.redis).runs_started(claimed.owner_id, len(accepted), units, epoch_ms(now))
-        Metrics(rt.redis).record(
-            labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
-            observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
-        )
-    except LedgerError as e:  # metrics only: the pushes are settled
-        log.warning("recording dispatch metrics for %s failed: %s", claimed.owner_id, e)
+    Metrics(rt.redis).record(  # with the usage, in one round trip; best effort: the pushes are settled
+        labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
+        observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
+        also=lambda pipe: queue_runs_started(pipe, claimed.owner_id, len(accepted), units, epoch_ms(now)),
+    )
     return dict(report.counts())

@@ -31,7 +31,7 @@ from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError, StoreError
 from elastask.loops.dispatch_jobs import push_step
 from elastask.loops.lease_renewal import remaining_ms, renew_waited_leases
-from elastask.loops.paused import read_pauses
+from elastask.loops.paused import read_pauses, recent_pauses
 from elastask.loops.push_outcomes import (
     DispatchReport,
     answered,
@@ -169,7 +169,7 @@ def _push_step(
     """
     report = DispatchReport()
     try:
-        tasks = _leave_out_paused(rt, node, tasks, clock.read(), report)
+        tasks = _leave_out_paused(rt, node, tasks, clock.read(), report, step=True)
     except (LedgerError, StoreError) as e:
         log.warning("reading the pauses before a scheduled push to %s failed, pushing as read before: %s", node.url, e)
     futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in tasks}
@@ -187,10 +187,11 @@ def _push_step(
 
 
 def _leave_out_paused(
-    rt: Runtime, node: Node, tasks: list[ClaimedTask], now: datetime, report: DispatchReport
+    rt: Runtime, node: Node, tasks: list[ClaimedTask], now: datetime, report: DispatchReport, *, step: bool = False
 ) -> list[ClaimedTask]:
-    """Tasks paused since their claim (their type or node, or everything) are given back, attempts kept."""
-    pauses = read_pauses(rt, now)
+    """Tasks paused since their claim (their type or node, or everything) are given back, attempts kept.
+    A scheduled ``step`` may use this process's read of the last 0.1 s (``recent_pauses``)."""
+    pauses = recent_pauses(rt, now) if step else read_pauses(rt, now)
     if not pauses or not tasks:
         return tasks
     paused = [t for t in tasks if pauses.node_paused(node.names) or pauses.type_paused(str(t.body.get("taskType")))]

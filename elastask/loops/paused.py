@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -24,6 +25,7 @@ def read_pauses(rt: Runtime, now: datetime, ask: Sequence[Node] = ()) -> PauseSe
     ``ask``: the nodes Kibana's execution pause may be asked from, when it is this process's turn."""
     watch_kibana_pause(rt, ask)
     pauses = PauseStore(rt.redis, rt.settings.paused).read(epoch_ms(now))
+    _recent[id(rt)] = (time.monotonic(), pauses)
     texts = _described(pauses)
     if texts != _last_logged:
         if texts:
@@ -31,6 +33,22 @@ def read_pauses(rt: Runtime, now: datetime, ask: Sequence[Node] = ()) -> PauseSe
         elif _last_logged:
             log.info("nothing is paused any more")
         _last_logged[:] = texts
+    return pauses
+
+
+#: How old a read of the pauses a scheduled push step may use (the read of another step or job of
+#: this process): a pause holds back every push that starts later than this after it.
+STEP_PAUSES_MAX_AGE_S = 0.1
+_recent: dict[int, tuple[float, PauseSet]] = {}
+
+
+def recent_pauses(rt: Runtime, now: datetime, max_age_s: float = STEP_PAUSES_MAX_AGE_S) -> PauseSet:
+    """The pauses for a scheduled push step: this process's last read if under ``max_age_s`` old, else read now."""
+    seen = _recent.get(id(rt))
+    if seen is not None and time.monotonic() - seen[0] < max_age_s:
+        return seen[1]
+    pauses = read_pauses(rt, now)
+    _recent[id(rt)] = (time.monotonic(), pauses)
     return pauses
 
 

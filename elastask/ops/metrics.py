@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -52,9 +52,13 @@ class Metrics:
         counts: Mapping[str, int] | None = None,
         labelled: Sequence[tuple[str, Mapping[str, str], int]] = (),
         observations: Sequence[tuple[str, float]] = (),
+        also: Callable[[Any], object] | None = None,
     ) -> None:
-        """Add to counters and observe values (seconds) in one round trip; never raises (metrics are best effort)."""
+        """Add to counters and observe values (seconds) in one round trip; never raises (metrics are best effort).
+        ``also``: more commands for the same round trip (e.g. the usage a dispatch job records)."""
         pipe = self.client.pipeline(transaction=False)
+        if also is not None:
+            also(pipe)
         for name, n in (counts or {}).items():
             if n:
                 pipe.hincrby(COUNTERS, name, n)

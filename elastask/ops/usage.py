@@ -17,7 +17,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -60,13 +60,20 @@ class UsageRecorder:
         """Kibana accepted ``runs`` pushes of ``units`` cost units in total on this node."""
         if runs <= 0:
             return
-        key = keys.usage_minute(now_ms // 60_000)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(key, f"runs|{owner_id}", runs)
-        pipe.hincrby(key, f"run_units|{owner_id}", units)
-        pipe.expire(key, KEEP_MINUTES * 60)
+        queue_runs_started(pipe, owner_id, runs, units, now_ms)
         with contextlib.suppress(redis.RedisError):
             pipe.execute()
+
+
+def queue_runs_started(pipe: Any, owner_id: str, runs: int, units: int, now_ms: int) -> None:
+    """``UsageRecorder.runs_started``'s commands, added to a pipeline another write shares."""
+    if runs <= 0:
+        return
+    key = keys.usage_minute(now_ms // 60_000)
+    pipe.hincrby(key, f"runs|{owner_id}", runs)
+    pipe.hincrby(key, f"run_units|{owner_id}", units)
+    pipe.expire(key, KEEP_MINUTES * 60)
 
 
 class UsageReader:

@@ -127,7 +127,7 @@ def test_given_a_pause_after_the_job_started_then_a_task_scheduled_ahead_is_give
         return PushResult(PushOutcome.ACCEPTED, f"{URL}: 204", 204)
 
     rt = stub_runtime(engine, accept)
-    task = ahead(engine, rt, "task:paused", 150)
+    task = ahead(engine, rt, "task:paused", 250)  # later than a read of the pauses is reused
     settled: list[DispatchReport] = []
     report = push_claimed_tasks(
         rt, DispatchJob(OWNER, URL, (task,)), NOW, pool, on_late=lambda r: (settled.append(r), gate.set())
@@ -153,3 +153,15 @@ def test_given_a_warm_shutdown_then_the_process_pushes_what_it_scheduled_before_
     assert rt.push_schedule.drain(2.0) == 0  # what the worker_process_shutdown hook waits for
     wait_until(lambda: bool(settled))
     assert settled[0].outcomes == {"task:last": "accepted"}
+
+
+def test_a_scheduled_step_reuses_a_read_of_the_pauses_only_under_a_tenth_of_a_second_old() -> None:
+    from elastask.loops.paused import read_pauses, recent_pauses
+
+    rt = stub_runtime(StubEngine())
+    assert not read_pauses(rt, NOW)
+    pausing.pause(rt, ["all"])
+    assert not recent_pauses(rt, NOW)  # the read just now stands in
+    assert recent_pauses(rt, NOW, max_age_s=0.0)  # an older one does not
+    time.sleep(0.11)
+    assert recent_pauses(rt, NOW)
