@@ -100,10 +100,11 @@ def push_claimed_tasks(
         report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
     live = _leave_out_paused(rt, node, live, now, report)
     live = renew_waited_leases(rt, job.owner_id, live, now, report)
-    to_push = _mark_pushed(rt, live, now, report)
     clock = _JobClock(now, time.monotonic())
-    due = [task for task in to_push if push_step(parse_date(task.body["runAt"]), now) is None]
-    _schedule(rt, node, [task for task in to_push if task not in due], pool, clock, wait_s, on_late, report)
+    due = [task for task in live if push_step(parse_date(task.body["runAt"]), now) is None]
+    ahead = [task for task in live if task not in due]
+    due = _mark_pushed(rt, due, now, report)  # first: a Redis error retries the job before anything is scheduled
+    _schedule(rt, node, ahead, pool, clock, wait_s, on_late, report)
     if not due:
         return report
     futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in due}
@@ -164,14 +165,18 @@ def _push_step(
 ) -> None:
     """One scheduled step: its tasks pushed now (their runAt has come), settled when they answer.
 
-    Paused since the job started: given back, as at the job's start. The pauses unreadable (Redis
-    down): they were read when the job started, under a second ago, so the step is pushed.
+    Paused since the job started: given back, as at the job's start. Push markers are set here, right
+    before the pushes, as a job sets them for its due tasks: a task the process never pushed (it
+    died first) has none, and the retry loop returns its attempt. Redis down (no marker can be set):
+    nothing is pushed, the leases decide.
     """
     report = DispatchReport()
     try:
         tasks = _leave_out_paused(rt, node, tasks, clock.read(), report, step=True)
+        tasks = _mark_pushed(rt, tasks, clock.now, report)
     except (LedgerError, StoreError) as e:
-        log.warning("reading the pauses before a scheduled push to %s failed, pushing as read before: %s", node.url, e)
+        log.warning("a scheduled push step for %s is not pushed; its leases decide: %s", node.url, e)
+        return
     futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in tasks}
     if not futures:
         on_late(report)

@@ -80,6 +80,23 @@ def eta_jobs_held(client: redis.Redis, ahead_s: float) -> int:
     return held
 
 
+def ahead_held_by_workers(es: Elasticsearch, client: redis.Redis, ahead_s: float) -> int:
+    """Tasks claimed ahead of their runAt (more than ``ahead_s`` ahead) that a worker holds: no dispatch
+    job waits in a queue and none is pushed, so a worker took their job and holds it for its ETA or
+    has their push steps scheduled (parts/push_schedule.py). SIGKILLed now, it strands them."""
+    if any(client.llen(queue) for queue in client.scan_iter(match="elastask.dispatch.*", _type="list")):
+        return 0
+    horizon = datetime.now(UTC) + timedelta(seconds=ahead_s)
+    es.indices.refresh(index=INDEX)
+    query = {
+        "bool": {
+            "filter": [{"term": {"task.status": "running"}}, {"range": {"task.runAt": {"gt": horizon.isoformat()}}}]
+        }
+    }
+    hits = es.search(index=INDEX, query=query, size=100)["hits"]["hits"]
+    return sum(1 for hit in hits if not any(client.scan_iter(match=f"elastask:pushed:{hit['_id']}:*")))
+
+
 def finish(
     es: Elasticsearch, sim: SimulatorProcess, cleared_at: float, fault: str, checked: str, *, failed_ok: bool = False
 ) -> float:
@@ -139,9 +156,14 @@ def strand_jobs_claimed_ahead(
     wait_for(lambda: "claim cycle" in dispatcher.logs(), 60, "the claim loop running")
     seed_due_later(store.client, "ahead", "faulty", 40, step_ms=50)
     # Not the claim's log line (failed once in CI): its jobs may still wait in the queue, and the
-    # survivor pushes them in time. Only jobs the worker took and holds for their ETA (claimed at
-    # most ~0.3 s ahead here) are stranded by the fault.
-    wait_for(lambda: eta_jobs_held(redis_client, ahead_s=0.1) > 0, 30, "the worker holding an ETA job", interval_s=0.02)
+    # survivor pushes them in time. Only jobs the worker took and holds for their ETA, or whose push
+    # steps it scheduled, are stranded by the fault (claimed at most ~1 s ahead here).
+    wait_for(
+        lambda: eta_jobs_held(redis_client, ahead_s=0.1) > 0 or ahead_held_by_workers(store.client, redis_client, 0.2),
+        30,
+        "the worker holding tasks claimed ahead (an ETA job, or scheduled pushes)",
+        interval_s=0.02,
+    )
     fault(dispatcher, worker)
     return dispatcher, sim, time.monotonic()
 
