@@ -38,6 +38,19 @@ class Assignment:
     cost: int
 
 
+#: Tasks claimed ahead of their runAt are pushed in steps of this many ms.
+PUSH_STEP_MS = 25
+
+
+def push_step(run_at: datetime, now: datetime) -> datetime | None:
+    """When to push a task claimed ahead: its runAt rounded up to the next push step; None if due now."""
+    if run_at <= now:
+        return None
+    step_us = PUSH_STEP_MS * 1000
+    ahead_us = (run_at - now) // timedelta(microseconds=1)
+    return now + timedelta(microseconds=-(-ahead_us // step_us) * step_us)
+
+
 def assign(
     tasks: Sequence[TaskDocument],
     free_units: Mapping[str, int],

@@ -15,7 +15,7 @@ One cycle, run by beat every ``polling_interval`` under a Redis lock (so cycles 
    still holds its lock (it is renewed while the cycle runs), claim with one conditional ``_bulk``
    (``if_seq_no``/``if_primary_term``); a 409 is a lost race, not an error;
 6. enqueue one dispatch job per node on its queue, carrying the tasks claimed for it (tasks claimed
-   ahead go in jobs with an ETA: their runAt, in 25 ms steps); log one line with the counts.
+   ahead are pushed at their runAt, in 25 ms steps, by the job's process); log one line with the counts.
 
 A quiet cycle (nothing due, nothing in flight) lets the loop rest (cadence.py).
 """

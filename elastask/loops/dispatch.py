@@ -29,7 +29,6 @@ from elastask.core import policy
 from elastask.core.intervals import parse_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError, StoreError
-from elastask.loops.dispatch_jobs import push_step
 from elastask.loops.lease_renewal import remaining_ms, renew_waited_leases
 from elastask.loops.paused import read_pauses, recent_pauses
 from elastask.loops.push_outcomes import (
@@ -69,7 +68,7 @@ def push_claimed_tasks(
     unknown-node, or ``late`` (not answered within ``wait_s``).
 
     Tasks claimed ahead are never pushed before their runAt: they are ``scheduled``, pushed by the
-    process's push schedule at their step (``push_step``) of this job's clock, and settled (and passed
+    process's push schedule at their step (``policy.push_step``) of this job's clock, and settled (and passed
     to ``on_late``) when they answer; a job that starts early (the claiming machine's clock is ahead)
     schedules all of them.
 
@@ -101,8 +100,7 @@ def push_claimed_tasks(
     live = _leave_out_paused(rt, node, live, now, report)
     live = renew_waited_leases(rt, job.owner_id, live, now, report)
     clock = _JobClock(now, time.monotonic())
-    due = [task for task in live if push_step(parse_date(task.body["runAt"]), now) is None]
-    ahead = [task for task in live if task not in due]
+    due, ahead = _split_by_step(live, now)
     due = _mark_pushed(rt, due, now, report)  # first: a Redis error retries the job before anything is scheduled
     _schedule(rt, node, ahead, pool, clock, wait_s, on_late, report)
     if not due:
@@ -132,29 +130,39 @@ def _warn_unanswered(node: Node, count: int, wait_s: float) -> None:
     )
 
 
+def _split_by_step(
+    tasks: Sequence[ClaimedTask], now: datetime
+) -> tuple[list[ClaimedTask], dict[datetime, list[ClaimedTask]]]:
+    """The tasks due ``now``, and the ones claimed ahead by their push step (``policy.push_step``)."""
+    due: list[ClaimedTask] = []
+    ahead: dict[datetime, list[ClaimedTask]] = {}
+    for task in tasks:
+        at = policy.push_step(parse_date(task.body["runAt"]), now)
+        if at is None:
+            due.append(task)
+        else:
+            ahead.setdefault(at, []).append(task)
+    return due, ahead
+
+
 def _schedule(
     rt: Runtime,
     node: Node,
-    tasks: Sequence[ClaimedTask],
+    steps: dict[datetime, list[ClaimedTask]],
     pool: Executor,
     clock: _JobClock,
     wait_s: float,
     on_late: Callable[[DispatchReport], object],
     report: DispatchReport,
 ) -> None:
-    """Leave the tasks claimed ahead to the push schedule, one step per 25 ms of runAt (``scheduled``)."""
-    steps: dict[datetime, list[ClaimedTask]] = {}
-    for task in tasks:
-        at = push_step(parse_date(task.body["runAt"]), clock.now)
-        assert at is not None
-        steps.setdefault(at, []).append(task)
-        report.outcomes[task.doc_id] = "scheduled"
+    """Leave the tasks claimed ahead to the push schedule, one entry per step (``scheduled``)."""
     for at, step in steps.items():
+        report.outcomes.update(dict.fromkeys((task.doc_id for task in step), "scheduled"))
         deadline = clock.started_monotonic + (at - clock.now).total_seconds()
-        rt.push_schedule.at(deadline, functools.partial(_push_step, rt, node, step, pool, clock, wait_s, on_late))
+        rt.push_schedule.at(deadline, functools.partial(_run_step, rt, node, step, pool, clock, wait_s, on_late))
 
 
-def _push_step(
+def _run_step(
     rt: Runtime,
     node: Node,
     tasks: list[ClaimedTask],

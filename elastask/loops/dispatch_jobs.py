@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from elastask.core import policy
 from elastask.core.advice import interval_advice
@@ -22,9 +22,6 @@ from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-#: Claimed-ahead tasks are pushed in steps of this many ms (one dispatch job per node and step).
-ETA_STEP_MS = 25
 
 
 def enqueue_jobs(
@@ -41,7 +38,7 @@ def enqueue_jobs(
         _advise_on_interval(rt, doc)
         slack_ms = policy.dispatch_slack_ms(assignment.task, rt.settings.for_type(doc.task_type).timeout_ms)
         task = _job(doc, by_owner[assignment.owner_id], slack_ms)
-        jobs[assignment.owner_id].append((push_step(doc.run_at, now), task))
+        jobs[assignment.owner_id].append((policy.push_step(doc.run_at, now), task))
     for owner_id, steps in jobs.items():
         first = None if any(at is None for at, _ in steps) else min(at for at, _ in steps if at is not None)
         tasks = tuple(task for _, task in sorted(steps, key=lambda step: step[0] or now))
@@ -57,15 +54,6 @@ def _advise_on_interval(rt: Runtime, doc: TaskDocument) -> None:
     if advice is not None:
         rt.warned.add(doc.task_type)
         log.warning("%s", advice)
-
-
-def push_step(run_at: datetime, now: datetime) -> datetime | None:
-    """When to push a task claimed ahead: its runAt rounded up to the next ETA step; None if due now."""
-    if run_at <= now:
-        return None
-    step_us = ETA_STEP_MS * 1000
-    ahead_us = (run_at - now) // timedelta(microseconds=1)
-    return now + timedelta(microseconds=-(-ahead_us // step_us) * step_us)
 
 
 def _job(doc: TaskDocument, node: Node, slack_ms: int) -> ClaimedTask:

@@ -13,7 +13,6 @@ from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.entry.queue_order import LoopsFirst
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.dispatch_jobs import push_step as _push_step
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)
 
@@ -54,14 +53,14 @@ def test_a_renewed_job_keeps_the_version_of_its_claim_for_the_push_marker() -> N
 
 
 def test_tasks_due_now_are_pushed_at_once_and_tasks_claimed_ahead_at_their_run_at_in_25ms_steps() -> None:
-    assert _push_step(NOW - timedelta(seconds=3), NOW) is None
-    assert _push_step(NOW, NOW) is None
-    assert _push_step(NOW + timedelta(milliseconds=1), NOW) == NOW + timedelta(milliseconds=25)
-    assert _push_step(NOW + timedelta(milliseconds=25), NOW) == NOW + timedelta(milliseconds=25)
-    assert _push_step(NOW + timedelta(milliseconds=190), NOW) == NOW + timedelta(milliseconds=200)
+    assert policy.push_step(NOW - timedelta(seconds=3), NOW) is None
+    assert policy.push_step(NOW, NOW) is None
+    assert policy.push_step(NOW + timedelta(milliseconds=1), NOW) == NOW + timedelta(milliseconds=25)
+    assert policy.push_step(NOW + timedelta(milliseconds=25), NOW) == NOW + timedelta(milliseconds=25)
+    assert policy.push_step(NOW + timedelta(milliseconds=190), NOW) == NOW + timedelta(milliseconds=200)
     for ms in range(1, 1000, 7):  # never before runAt, never a step late
         run_at = NOW + timedelta(milliseconds=ms)
-        step = _push_step(run_at, NOW)
+        step = policy.push_step(run_at, NOW)
         assert step is not None and run_at <= step < run_at + timedelta(milliseconds=25)
 
 
