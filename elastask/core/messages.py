@@ -1,6 +1,7 @@
 """The messages the loops exchange through the broker: a dispatch job and the claimed tasks it carries. Pure.
 
-The claim loop sends one ``DispatchJob`` per Kibana node and claim cycle on the node's queue ``elastask.dispatch.<ownerId>``; the dispatch loop pushes its tasks.
+The claim loop sends one ``DispatchJob`` per Kibana node and claim cycle on the node's queue
+``elastask.dispatch.<ownerId>``; the dispatch loop pushes its tasks.
 Their JSON form is the Celery message's argument, so fields are only ever added, with defaults.
 """
 

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import cast
 
@@ -106,12 +107,13 @@ def _refill(
 ) -> ClaimSummary:
     """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
     session.active = True
+    session.searcher = searcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elastask-refill-search")
     marked = monotonic_ms()
     # The first look comes soon: the leases claimed before this session (by the one it took over
     # from) are in no read schedule until read once, and a session that waited for its own first
     # read left every slot they freed meanwhile empty (a backlog's hand-over every 10 s).
     first_look = True
-    with _runs_carried_over(rt, session):
+    with _runs_carried_over(rt, session), _shut_down_after(searcher):
         while fence() and monotonic_ms() - session.started_ms < SESSION_MAX_MS:
             wait_ms = MIN_RECHECK_MS if first_look else session.reads.wait_ms(monotonic_ms())
             first_look = False
@@ -135,6 +137,14 @@ def _refill(
             # busy interval without any session would leave every slot that frees meanwhile empty.
             last.session_expired = fence() and last.backlog
     return last
+
+
+@contextlib.contextmanager
+def _shut_down_after(searcher: ThreadPoolExecutor) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        searcher.shutdown(wait=False, cancel_futures=True)
 
 
 @contextlib.contextmanager

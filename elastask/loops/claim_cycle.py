@@ -20,7 +20,7 @@ from elastask.core.clock import monotonic_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.core.messages import DispatchJob
 from elastask.core.pauses import PauseSet
-from elastask.errors import DocumentError
+from elastask.errors import DocumentError, ElastaskError
 from elastask.loops import due_search, limited
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.claim_write import write_claims
@@ -30,7 +30,7 @@ from elastask.loops.ledger_sync import ensure_ledger, reconcile_ledger
 from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.node_restarts import watch_restarts
 from elastask.loops.paused import read_pauses
-from elastask.loops.refill import ClaimedLease, RefillSession
+from elastask.loops.refill import ClaimedLease, KnownNodes, RefillSession
 from elastask.parts.ledger import LeaseView, SlotRequest
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
@@ -38,6 +38,11 @@ from elastask.runtime import Runtime
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_MS = 1000
+#: A refill session's look reuses what it learned of the nodes (rotation, pauses, ownerIds; the
+#: ledger's epoch) this long: a pause, a breaker that opened or a Redis that lost the ledger is seen
+#: this much later, and every dispatch job checks pauses and leases itself. The fence before a
+#: claim write (the claim lock, gone with a Redis that lost its data) still runs every cycle.
+NODES_REUSE_MS = 100
 
 
 def claim_lock_ttl_ms(settings: Settings) -> int:
@@ -135,9 +140,10 @@ def run_claim_cycle(
     tells it whether to reconcile every lease now and whether a session should start.
     """
     cycle = _Cycle(rt, now)
-    _learn_nodes_and_ledger(cycle)
     session = refill if refill is not None and refill.active else None
+    _learn_nodes_and_ledger(cycle, session)
     if session is not None:
+        _prefetched(session, wait=False)
         if not _room_in_session(cycle, session) or not _hits_in_session(cycle, session):
             return cycle.summary
     else:
@@ -172,15 +178,20 @@ def run_claim_cycle(
     return cycle.summary
 
 
-def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
-    """1. The nodes (ownerIds, rotation) and the ledger (rebuilt first if Redis lost it)."""
+def _learn_nodes_and_ledger(cycle: _Cycle, session: RefillSession | None = None) -> None:
+    """1. The nodes (ownerIds, rotation, pauses) and the ledger (rebuilt first if Redis lost it).
+
+    A refill session's look reuses the nodes its session learned under NODES_REUSE_MS ago (five Redis
+    round trips, a fifth of a look); the ledger's leases are read every time.
+    """
     rt, summary = cycle.rt, cycle.summary
-    nodes, problems = rt.nodes.resolve()
-    for problem in problems:
-        log.warning("%s", problem)
-    summary.ledger_rebuilt = ensure_ledger(rt, nodes, cycle.now)
-    in_rotation = rt.nodes.available(nodes, cycle.now)
-    cycle.pauses = read_pauses(rt, cycle.now, ask=in_rotation)  # Kibana's execution pause is asked from them
+    known = session.nodes if session is not None else None
+    if known is not None and monotonic_ms() - known.learned_ms < NODES_REUSE_MS:
+        nodes, in_rotation, cycle.pauses = known.nodes, known.in_rotation, known.pauses
+    else:
+        nodes, in_rotation, cycle.pauses = _learn_nodes(cycle)
+        if session is not None:
+            session.nodes = KnownNodes(monotonic_ms(), nodes, in_rotation, cycle.pauses)
     cycle.available = [n for n in in_rotation if not cycle.pauses.node_paused(n.names)]
     summary.nodes = len(cycle.available)
     cycle.view = rt.ledger.view([n.owner_id for n in nodes])
@@ -188,6 +199,18 @@ def _learn_nodes_and_ledger(cycle: _Cycle) -> None:
     summary.in_flight = len(cycle.view.leases)
     summary.in_flight_units = dict(cycle.view.used_units)
     summary.step("nodes")
+
+
+def _learn_nodes(cycle: _Cycle) -> tuple[list[Node], list[Node], PauseSet]:
+    """The nodes known, those in rotation, and what is paused; the ledger rebuilt first if Redis lost it."""
+    rt = cycle.rt
+    nodes, problems = rt.nodes.resolve()
+    for problem in problems:
+        log.warning("%s", problem)
+    cycle.summary.ledger_rebuilt = ensure_ledger(rt, nodes, cycle.now)
+    in_rotation = rt.nodes.available(nodes, cycle.now)
+    pauses = read_pauses(rt, cycle.now, ask=in_rotation)  # Kibana's execution pause is asked from them
+    return nodes, in_rotation, pauses
 
 
 def _search_due(cycle: _Cycle) -> None:
@@ -222,11 +245,38 @@ def _found(cycle: _Cycle, found: due_search.Found) -> None:
 
 def _prefetch(cycle: _Cycle, session: RefillSession, claimed: set[str]) -> None:
     """6'. In a session, search again right after the claim when its unread hits run low (refill.py),
-    with the documents: the next freed slot finds its hits ready, claimed without a real-time read."""
-    _found(cycle, due_search.run(cycle.rt.store, _plan(cycle, frozenset(claimed), sources=True)))
+    with the documents: the next freed slot finds its hits ready, claimed without a real-time read.
+
+    With a ``searcher`` the search runs there, while the session goes on looking and claiming (a
+    search took ~30 ms of a loaded 2-core machine, a third of the cycles of a 200 ms backlog, and
+    the slots that freed meanwhile waited for it); its hits become the session's unread hits at the
+    next cycle (``_prefetched``). A claim made meanwhile is in the ledger, so left out of them.
+    """
+    search = _plan(cycle, frozenset(claimed), sources=True)
+    if session.searcher is not None:
+        if session.prefetching is None:
+            session.prefetching = session.searcher.submit(due_search.run, cycle.rt.store, search)
+        return
+    _found(cycle, due_search.run(cycle.rt.store, search))
     cycle.summary.waiting += cycle.summary.claimed  # due when the cycle began: what it claimed, and these
     session.unread.keep(cycle.hits, cycle.searched_ms, cycle.search_size, cycle.search_full)
     cycle.summary.step("prefetch")
+
+
+def _prefetched(session: RefillSession, *, wait: bool) -> bool:
+    """The session's search in flight, once done (or, ``wait``, now), as its unread hits; True if it was
+    kept. A search that failed is logged and dropped: the next cycle that needs hits searches itself."""
+    future = session.prefetching
+    if future is None or (not wait and not future.done()):
+        return False
+    session.prefetching = None
+    try:
+        found: due_search.Found = future.result()
+    except ElastaskError as e:
+        log.warning("a refill session's search after its claim failed; the next cycle searches again: %s", e)
+        return False
+    session.unread.keep(found.hits, found.searched_ms, found.size, found.full)
+    return True
 
 
 def _make_room(cycle: _Cycle) -> bool:
@@ -277,6 +327,8 @@ def _hits_in_session(cycle: _Cycle, session: RefillSession) -> bool:
     """3'. The last search's unread hits when they suffice for the room, else a new search; True if any."""
     room = cycle.room() // cycle.cheapest
     unread = session.unread.take(room, monotonic_ms(), cycle.leased | cycle.view.recently_finished)
+    if not unread and _prefetched(session, wait=True):
+        unread = session.unread.take(room, monotonic_ms(), cycle.leased | cycle.view.recently_finished)
     if unread:
         # Read in real time below, like any hit.
         cycle.hits, cycle.searched_ms = unread, session.unread.searched_ms

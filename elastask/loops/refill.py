@@ -6,8 +6,8 @@ waits for the next claim cycle (``busy_polling_interval``, then the beat's tick)
 tasks the nodes spend more time waiting for work than running it.
 
 In a session the loop instead reads, in real time (``mget``), only the leases likely to have
-ended -- those older than the shortest run seen for their task type, then again at growing
-intervals -- and runs a claim cycle as soon as a slot is free, skipping the search while no slot
+ended -- those older than the short end of the recent runs of their task type, then again every
+10 ms or so -- and runs a claim cycle as soon as a slot is free, skipping the search while no slot
 is. Every invariant is the claim cycle's own: the session only chooses *when* cycles run and
 *which* leases they read. It is three pieces:
 
@@ -21,25 +21,38 @@ Pure: times are passed in (milliseconds of a monotonic clock).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from elastask.loops.ledger_sync import LeaseVersions
+
+if TYPE_CHECKING:
+    from elastask.core.pauses import PauseSet
+    from elastask.parts.nodes import Node
 
 #: Never wait less than this between two looks (a session must not spin).
 MIN_WAIT_MS = 10
 #: A lease still running when read is read again after this share of its age (at least MIN_RECHECK_MS):
-#: a 200 ms or 1 s task is re-read every 20-30 ms, a 5 s task every ~150 ms (fewer reads for long tasks).
+#: a 200 ms task is re-read every 10 ms, a 1 s task every 30 ms, a 5 s task every ~150 ms (fewer
+#: reads for long tasks). A slot that frees waits for its read half the interval on average.
 RECHECK_SHARE = 0.03
-MIN_RECHECK_MS = 20
-#: The first read of a lease comes at this share of the shortest run seen for its type: a read
-#: only ever finds a run at least as long as the wait before it, so waiting the whole shortest
-#: run would never learn a shorter one (a slow first batch would slow every later one).
+MIN_RECHECK_MS = 10
+#: The short end of a type's runs: this quantile of its last RECENT_RUNS runs (claim -> found
+#: finished). Not the shortest ever seen: in a 200 ms backlog one outcome written in 12 ms instead of
+#: ~57 put every later first read 40 ms early, 4 wasted real-time reads per lease (the engine's
+#: busiest operation there, BENCHMARKS.md "0.7.5").
+SHORT_RUN_QUANTILE = 0.05
+RECENT_RUNS = 64
+#: The first read of a lease comes at this share of the short end of its type's runs: a read
+#: only ever finds a run at least as long as the wait before it, so waiting the whole short end
+#: would never learn a shorter one (a slow first batch would slow every later one).
 #: Before any run of a task type was seen, its leases are first read after max_wait_ms (what a
 #: session would wait anyway): reading a thousand fresh leases every few ms would cost more than
 #: the first batch gains.
-FIRST_READ_SHARE = 0.9
+FIRST_READ_SHARE = 0.95
 #: The last search's unread hits stand in for a new search for this long (a task due later, or of a
 #: higher priority, waits at most this much longer than with a search every cycle).
 UNREAD_HITS_MAX_AGE_MS = 500
@@ -71,8 +84,16 @@ class LeaseReadSchedule:
     started_at: dict[str, tuple[str, float]] = field(default_factory=dict)
     #: task id -> when to read it next
     next_read: dict[str, float] = field(default_factory=dict)
-    #: task type -> the shortest run seen (claim written -> found finished)
-    shortest_run_ms: dict[str, float] = field(default_factory=dict)
+    #: task type -> its last RECENT_RUNS runs (claim written -> found finished)
+    runs_ms: dict[str, deque[float]] = field(default_factory=dict)
+
+    @property
+    def shortest_run_ms(self) -> dict[str, float]:
+        """Per task type, the short end of its recent runs (SHORT_RUN_QUANTILE; the shortest while few)."""
+        return {task_type: _quantile(runs, SHORT_RUN_QUANTILE) for task_type, runs in self.runs_ms.items()}
+
+    def _ran(self, task_type: str, run_ms: float) -> None:
+        self.runs_ms.setdefault(task_type, deque(maxlen=RECENT_RUNS)).append(run_ms)
 
     def add_claims(self, tasks: Iterable[ClaimedLease], now_ms: float) -> None:
         """Tasks this session claimed: first read after the shortest run of their type.
@@ -81,20 +102,24 @@ class LeaseReadSchedule:
         ahead (pushed then); counted from the claim, tasks claimed a second ahead would teach a run
         several times the real one.
         """
+        shortest_ms = self.shortest_run_ms
         for task in tasks:
             since = now_ms + max(0.0, task.ahead_ms)
             self.started_at[task.task_id] = (task.task_type, since)
-            shortest = self.shortest_run_ms.get(task.task_type)
+            shortest = shortest_ms.get(task.task_type)
             first = self.max_wait_ms if shortest is None else FIRST_READ_SHARE * shortest
             self.next_read[task.task_id] = since + first
 
     def learn(self, shortest_run_ms: Mapping[str, float]) -> None:
-        """Start from runs earlier sessions saw; leases not read yet get their first read re-timed."""
+        """Start from the short end of the runs earlier sessions saw (a type this one saw runs of keeps its
+        own); leases not read yet get their first read re-timed."""
         for task_type, run_ms in shortest_run_ms.items():
-            self.shortest_run_ms[task_type] = min(run_ms, self.shortest_run_ms.get(task_type, run_ms))
+            if task_type not in self.runs_ms:
+                self._ran(task_type, run_ms)
+        shortest_ms = self.shortest_run_ms
         for task_id, (task_type, since) in self.started_at.items():
-            if task_type in self.shortest_run_ms and task_id in self.next_read:
-                first = since + FIRST_READ_SHARE * self.shortest_run_ms[task_type]
+            if task_type in shortest_ms and task_id in self.next_read:
+                first = since + FIRST_READ_SHARE * shortest_ms[task_type]
                 self.next_read[task_id] = min(self.next_read[task_id], first)
 
     def due(self, lease_ids: Iterable[str], now_ms: float) -> set[str]:
@@ -102,7 +127,7 @@ class LeaseReadSchedule:
         return {task_id for task_id in lease_ids if self.next_read.get(task_id, now_ms) <= now_ms}
 
     def record_reads(self, read: Iterable[str], still_leased: set[str], now_ms: float) -> None:
-        """Learn from a read: finished leases teach the shortest run; running ones are read again later."""
+        """Learn from a read: finished leases teach their type's runs; running ones are read again later."""
         for task_id in read:
             task_type, since = self.started_at.get(task_id, (DEFAULT_TYPE, now_ms))
             if task_id in still_leased:
@@ -110,8 +135,7 @@ class LeaseReadSchedule:
                 self.next_read[task_id] = now_ms + max(MIN_RECHECK_MS, RECHECK_SHARE * (now_ms - since))
                 continue
             if task_id in self.started_at:
-                run_ms = now_ms - since
-                self.shortest_run_ms[task_type] = min(run_ms, self.shortest_run_ms.get(task_type, run_ms))
+                self._ran(task_type, now_ms - since)
             self.started_at.pop(task_id, None)
             self.next_read.pop(task_id, None)
 
@@ -163,6 +187,15 @@ class UnreadHits:
         return usable if len(usable) > room else []
 
 
+class KnownNodes(NamedTuple):
+    """What a session's cycle learned of the nodes, and when (claim_cycle.py reuses it briefly)."""
+
+    learned_ms: float
+    nodes: list[Node]
+    in_rotation: list[Node]
+    pauses: PauseSet
+
+
 @dataclass
 class RefillSession:
     """One session: its start, and the three pieces its cycles use (see the module docstring)."""
@@ -174,6 +207,11 @@ class RefillSession:
     reads: LeaseReadSchedule = field(init=False)
     versions: LeaseVersions = field(default_factory=LeaseVersions)
     unread: UnreadHits = field(default_factory=UnreadHits)
+    #: Where the session's searches after a claim run (claim.py: one thread), and the one in flight:
+    #: the session goes on looking and claiming meanwhile. None: they run in the cycle.
+    searcher: Executor | None = None
+    prefetching: Future[Any] | None = None
+    nodes: KnownNodes | None = None
 
     def __post_init__(self) -> None:
         self.reads = LeaseReadSchedule(self.max_wait_ms)
@@ -190,3 +228,9 @@ class RefillSession:
         """Drop what is known of leases no longer in the ledger (freed by another path)."""
         self.reads.forget(lease_ids)
         self.versions.keep_only(lease_ids)
+
+
+def _quantile(values: Iterable[float], share: float) -> float:
+    """The ``share`` quantile (nearest rank, rounded down) of ``values``: the smallest while few."""
+    ordered = sorted(values)
+    return ordered[int(share * (len(ordered) - 1))]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
+from elastask.errors import StoreError
 from elastask.loops import claim as claim_module
+from elastask.loops import claim_cycle as claim_cycle_module
 from elastask.loops.claim import claim_available_tasks
-from elastask.loops.claim_cycle import run_claim_cycle
+from elastask.loops.claim_cycle import NODES_REUSE_MS, run_claim_cycle
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.refill import (
     FIRST_READ_SHARE,
@@ -22,6 +27,7 @@ from elastask.loops.refill import (
     ClaimedLease,
     RefillSession,
 )
+from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
@@ -292,3 +298,106 @@ def test_a_prefetched_hit_is_claimed_without_a_read_and_one_written_since_is_a_l
     # And the next look fills that slot: one more task, the node full again (10 normal tasks, 20 units).
     third = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     assert third.claimed == 1 and rt.ledger.used_units(["kibana:a"])["kibana:a"] == 20
+
+
+class HeldSearches(Executor):
+    """A refill session's searcher whose searches run only when the test says (``finish``)."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.held.append((future, fn, args))
+        return future
+
+    def finish(self, error: Exception | None = None) -> None:
+        for future, fn, args in self.held:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(fn(*args))
+        self.held.clear()
+
+
+def test_a_sessions_search_after_its_claim_runs_beside_it_and_its_hits_serve_a_later_cycle() -> None:
+    # Given a backlog of 60 tasks, one node of 10 slots, a session whose searches run on their own thread.
+    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
+    searcher = session.searcher = HeldSearches()
+    # When a cycle fills the node: the search after its claim is handed over, not waited for.
+    first = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    assert first.claimed == 10 and "prefetch" not in first.steps_ms
+    assert len(searcher.held) == 1 and session.prefetching is not None
+    # And a cycle while it is in flight, with no slot free, neither waits for it nor searches again.
+    idle = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    assert idle.claimed == 0 and not idle.searched and len(searcher.held) == 1
+    # Then once it answered and three runs ended, the next cycle claims three of its hits, no search of its own.
+    searcher.finish()
+    for doc_id in pushed[:3]:
+        del engine.docs[doc_id]
+    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)  # every lease worth a read
+    before = len(pushed)
+    second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    assert second.claimed == 3 and "search" not in second.steps_ms
+    assert not set(pushed[before:]) & set(pushed[:before])
+    assert max(rt.ledger.used_units([OWNER]).values()) <= 20  # the cap, in units: 10 normal tasks
+
+
+def test_a_sessions_search_after_its_claim_that_failed_is_logged_and_the_next_cycle_searches_itself(caplog) -> None:  # type: ignore[no-untyped-def]
+    # Given a session whose search after its claim failed (the engine answered 503).
+    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
+    searcher = session.searcher = HeldSearches()
+    run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    searcher.finish(StoreError("searching due tasks: 503 unavailable"))
+    # When two runs end.
+    for doc_id in pushed[:2]:
+        del engine.docs[doc_id]
+    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)
+    with caplog.at_level(logging.WARNING):
+        second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    # Then the next cycle searched for itself and claimed; the failure was said once.
+    assert second.claimed == 2 and "search" in second.steps_ms
+    assert "search after its claim failed" in caplog.text and "503" in caplog.text
+
+
+def test_a_sessions_look_reuses_what_it_learned_of_the_nodes_briefly_then_learns_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Given a session on a backlog, and a count of how often the nodes are learned.
+    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
+    learned: list[int] = []
+    resolve = rt.nodes.resolve
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        learned.append(1)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(rt.nodes, "resolve", counted)
+    clock = [1_000_000.0]
+    monkeypatch.setattr(claim_cycle_module, "monotonic_ms", lambda: clock[0])
+    # When two looks follow each other closely: the nodes are learned once.
+    run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    clock[0] += NODES_REUSE_MS / 2
+    run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    assert len(learned) == 1
+    # Then a pause set meanwhile holds back the claims of the first look after NODES_REUSE_MS.
+    monkeypatch.setattr(PauseStore, "_remembered", {})  # the process memory of pauses: this test's own
+    PauseStore(rt.redis, rt.settings.paused).pause(["all"], now_ms=0)
+    for doc_id in pushed[:2]:
+        del engine.docs[doc_id]
+    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)
+    clock[0] += NODES_REUSE_MS
+    later = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
+    assert len(learned) == 2 and later.claimed == 0
+
+
+def test_one_run_far_shorter_than_its_types_others_does_not_bring_every_later_first_read_forward() -> None:
+    # Given a type whose runs take ~280 ms, and one that took 230 (an outcome written at once).
+    session = RefillSession(0.0, max_wait_ms=250)
+    runs = [280.0 + i % 7 for i in range(40)] + [230.0]
+    for i, run_ms in enumerate(runs):
+        session.add_claims([ClaimedLease(f"t{i}", "report", (i, 1))], now_ms=0)
+        session.reads.record_reads({f"t{i}"}, still_leased=set(), now_ms=run_ms)
+    # When the next lease is claimed.
+    session.add_claims([ClaimedLease("next", "report", (99, 1))], now_ms=1000)
+    # Then its first read comes near the short end of the usual runs, not at the one outlier.
+    assert session.reads.shortest_run_ms["report"] >= 280
+    assert session.reads.next_read["next"] >= 1000 + FIRST_READ_SHARE * 280
