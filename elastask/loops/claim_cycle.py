@@ -185,13 +185,8 @@ def _learn_nodes_and_ledger(cycle: _Cycle, session: RefillSession | None = None)
     round trips, a fifth of a look); the ledger's leases are read every time.
     """
     rt, summary = cycle.rt, cycle.summary
-    known = session.nodes if session is not None else None
-    if known is not None and monotonic_ms() - known.learned_ms < NODES_REUSE_MS:
-        nodes, in_rotation, cycle.pauses = known.nodes, known.in_rotation, known.pauses
-    else:
-        nodes, in_rotation, cycle.pauses = _learn_nodes(cycle)
-        if session is not None:
-            session.nodes = KnownNodes(monotonic_ms(), nodes, in_rotation, cycle.pauses)
+    known = _known_nodes(cycle, session)
+    nodes, in_rotation, cycle.pauses = known.nodes, known.in_rotation, known.pauses
     cycle.available = [n for n in in_rotation if not cycle.pauses.node_paused(n.names)]
     summary.nodes = len(cycle.available)
     cycle.view = rt.ledger.view([n.owner_id for n in nodes])
@@ -199,6 +194,17 @@ def _learn_nodes_and_ledger(cycle: _Cycle, session: RefillSession | None = None)
     summary.in_flight = len(cycle.view.leases)
     summary.in_flight_units = dict(cycle.view.used_units)
     summary.step("nodes")
+
+
+def _known_nodes(cycle: _Cycle, session: RefillSession | None) -> KnownNodes:
+    """The nodes as the session learned them under NODES_REUSE_MS ago, else learned now (and kept)."""
+    known = session.nodes if session is not None else None
+    if known is not None and monotonic_ms() - known.learned_ms < NODES_REUSE_MS:
+        return known
+    known = KnownNodes(monotonic_ms(), *_learn_nodes(cycle))
+    if session is not None:
+        session.nodes = known
+    return known
 
 
 def _learn_nodes(cycle: _Cycle) -> tuple[list[Node], list[Node], PauseSet]:

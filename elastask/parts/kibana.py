@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import certifi
@@ -101,6 +101,15 @@ class ExecutionControl:
         return self.answer == "read"
 
 
+class _Pusher(NamedTuple):
+    """A node's pushes: the pool they go through, their request target, the URL named in errors, the headers."""
+
+    pool: urllib3.PoolManager | urllib3.HTTPConnectionPool
+    target: str
+    url: str
+    headers: dict[str, str]
+
+
 class KibanaClient:
     """Talks to Kibana nodes over one pooled HTTP session."""
 
@@ -116,8 +125,12 @@ class KibanaClient:
         self._env_ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         # Pushes (one per task, the hot path) go straight through urllib3, which requests wraps: its
         # request preparation (settings merged, cookies, hooks) cost more CPU than the request itself.
+        # Each push goes to the node's own connection pool (its URL parsed, its headers built once),
+        # not through the pool manager's per-request host lookup.
         self._pools: dict[str, urllib3.PoolManager] = {}
+        self._pushers: dict[str, _Pusher] = {}
         self._pools_lock = threading.Lock()
+        self._push_timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=settings.request_timeout_s)
         adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=32, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -125,6 +138,7 @@ class KibanaClient:
     def close(self) -> None:
         """Close the pooled connections."""
         self.session.close()
+        self._pushers.clear()
         for pool in self._pools.values():
             pool.clear()
 
@@ -147,6 +161,26 @@ class KibanaClient:
                 pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
                 self._pools[node.url] = pool
         return pool
+
+    def _pusher_for(self, node: KibanaNode) -> _Pusher:
+        """Where a node's pushes go: its connection pool and the request target, made once.
+
+        Without a proxy, the host's own pool and the path; through a proxy, the proxy's manager and
+        the whole URL (it sends the request to the proxy, with the proxy's headers).
+        """
+        pusher = self._pushers.get(node.url)
+        if pusher is None:
+            manager = self._pool_for(node)
+            url = node.url + RUN_NOW_PATH
+            headers = self._push_headers(node)
+            if isinstance(manager, urllib3.ProxyManager):
+                pusher = _Pusher(manager, url, url, headers)
+            else:
+                parts = urlsplit(url)
+                target = parts.path + (f"?{parts.query}" if parts.query else "")
+                pusher = _Pusher(manager.connection_from_url(url), target, url, headers)
+            self._pushers[node.url] = pusher
+        return pusher
 
     def _push_headers(self, node: KibanaNode) -> dict[str, str]:
         headers = {"kbn-xsrf": "elastask", "Content-Type": "application/json"}
@@ -181,17 +215,19 @@ class KibanaClient:
 
     def push(self, node: KibanaNode, body: Mapping[str, Any]) -> PushResult:
         """POST the task to the node's ``_run_now`` and classify the outcome."""
-        url = node.url + RUN_NOW_PATH
-        timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=self.settings.request_timeout_s)
+        pusher = self._pusher_for(node)
+        url = pusher.url
         try:
-            answer = self._pool_for(node).request(
+            answer = pusher.pool.urlopen(
                 "POST",
-                url,
-                body=json.dumps(dict(body)).encode(),
-                headers=self._push_headers(node),
-                timeout=timeout,
+                pusher.target,
+                body=json.dumps(body if isinstance(body, dict) else dict(body)).encode(),
+                headers=pusher.headers,
+                timeout=self._push_timeout,
                 redirect=False,
                 retries=False,
+                assert_same_host=False,
+                preload_content=True,
             )
         except urllib3.exceptions.NewConnectionError:  # before ConnectTimeoutError: it subclasses it
             return PushResult(PushOutcome.REFUSED, f"{url}: connection refused", connection_refused=True)

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from elastask.config import KibanaNode, KibanaSettings
+from elastask.config.values import Secret
 from elastask.parts.kibana import KibanaClient, PushOutcome
 
 
@@ -211,3 +212,52 @@ def test_the_proxy_variables_are_honoured_once_per_node_and_no_proxy_bypasses_th
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+class Recording(BaseHTTPRequestHandler):
+    """Answers 204 and remembers each push's path, credentials and the client port it came from."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as Kibana answers
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        seen = (
+            self.path,
+            self.headers.get("Authorization"),
+            self.headers.get("kbn-xsrf"),
+            self.client_address[1],
+            body,
+        )
+        self.server.seen.append(seen)  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_nodes_pushes_keep_its_base_path_and_credentials_over_one_kept_connection() -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    httpd.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        node = KibanaNode(
+            url=f"http://127.0.0.1:{httpd.server_address[1]}/kbn", username="elastic", password=Secret("pw")
+        )
+        client = KibanaClient(KibanaSettings(hosts=(node,), request_timeout_s=2))
+        CLIENTS.append(client)
+        for n in range(3):
+            assert client.push(node, {"id": f"task:{n}"}).outcome is PushOutcome.ACCEPTED
+        seen = httpd.seen  # type: ignore[attr-defined]
+        assert [path for path, *_ in seen] == ["/kbn/api/task_manager/_run_now"] * 3
+        assert {auth for _, auth, *_ in seen} == {"Basic ZWxhc3RpYzpwdw=="}  # elastic:pw
+        assert {xsrf for _, _, xsrf, *_ in seen} == {"elastask"}
+        assert len({port for *_, port, _ in seen}) == 1  # one connection, kept
+        assert [body for *_, body in seen] == [f'{{"id": "task:{n}"}}'.encode() for n in range(3)]
+        # Closed (a fork's new runtime closes the old one): the next push opens a new pool, and works.
+        client.close()
+        assert client.push(node, {"id": "task:3"}).outcome is PushOutcome.ACCEPTED
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

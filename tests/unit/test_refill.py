@@ -253,6 +253,13 @@ def _a_session_on_a_backlog_of_60() -> tuple[
     return engine, rt, session, pushed, lambda job: pushed.extend(t.doc_id for t in job.tasks)
 
 
+def _runs_end(engine: StubEngine, session: RefillSession, task_ids: list[str]) -> None:
+    """Kibana ended these runs (their one-shot documents are gone), and every lease is due for a read."""
+    for doc_id in task_ids:
+        del engine.docs[doc_id]
+    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)
+
+
 def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot_needs_none() -> None:
     # Given a backlog of 60 tasks, one node of 10 slots, and a session already running.
     engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
@@ -263,9 +270,7 @@ def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot
     assert unread and not set(unread) & set(pushed)  # what it claimed is not searched again
     assert first.backlog  # the tasks it claimed and the ones still waiting
     # And when three runs end: the next cycle claims three of the prefetched hits without a search.
-    for doc_id in pushed[:3]:
-        del engine.docs[doc_id]
-    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)  # every lease worth a read
+    _runs_end(engine, session, pushed[:3])
     before = len(pushed)
     second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     assert second.claimed == 3 and "search" not in second.steps_ms
@@ -284,9 +289,7 @@ def test_a_prefetched_hit_is_claimed_without_a_read_and_one_written_since_is_a_l
     changed = dict(engine.docs[first_unread]["_source"])
     engine.put(first_unread, changed)
     # When two runs end and the next cycle claims.
-    for doc_id in pushed[:2]:
-        del engine.docs[doc_id]
-    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)
+    _runs_end(engine, session, pushed[:2])
     engine.mget_calls.clear()
     before = len(pushed)
     second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
@@ -333,9 +336,7 @@ def test_a_sessions_search_after_its_claim_runs_beside_it_and_its_hits_serve_a_l
     assert idle.claimed == 0 and not idle.searched and len(searcher.held) == 1
     # Then once it answered and three runs ended, the next cycle claims three of its hits, no search of its own.
     searcher.finish()
-    for doc_id in pushed[:3]:
-        del engine.docs[doc_id]
-    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)  # every lease worth a read
+    _runs_end(engine, session, pushed[:3])
     before = len(pushed)
     second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     assert second.claimed == 3 and "search" not in second.steps_ms
@@ -350,9 +351,7 @@ def test_a_sessions_search_after_its_claim_that_failed_is_logged_and_the_next_cy
     run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     searcher.finish(StoreError("searching due tasks: 503 unavailable"))
     # When two runs end.
-    for doc_id in pushed[:2]:
-        del engine.docs[doc_id]
-    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)
+    _runs_end(engine, session, pushed[:2])
     with caplog.at_level(logging.WARNING):
         second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     # Then the next cycle searched for itself and claimed; the failure was said once.
@@ -381,9 +380,7 @@ def test_a_sessions_look_reuses_what_it_learned_of_the_nodes_briefly_then_learns
     # Then a pause set meanwhile holds back the claims of the first look after NODES_REUSE_MS.
     monkeypatch.setattr(PauseStore, "_remembered", {})  # the process memory of pauses: this test's own
     PauseStore(rt.redis, rt.settings.paused).pause(["all"], now_ms=0)
-    for doc_id in pushed[:2]:
-        del engine.docs[doc_id]
-    session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)
+    _runs_end(engine, session, pushed[:2])
     clock[0] += NODES_REUSE_MS
     later = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     assert len(learned) == 2 and later.claimed == 0

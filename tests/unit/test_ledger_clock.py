@@ -1,0 +1,57 @@
+"""Redis's clock as a process reads it (``Ledger.now_ms``): one TIME per CLOCK_REUSE_MS, moved on between."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+import redis
+
+from elastask.errors import LedgerError
+from elastask.parts import ledger as ledger_module
+from elastask.parts.ledger import CLOCK_REUSE_MS, Ledger
+
+
+class CountedTime(fakeredis.FakeRedis):
+    """A Redis whose clock stands at a set time and counts how often it was read."""
+
+    redis_ms = 1_800_000_000_000
+    reads = 0
+    down = False
+
+    def time(self) -> tuple[int, int]:  # type: ignore[override]
+        if self.down:
+            raise redis.exceptions.ConnectionError("Redis is down")
+        self.reads += 1
+        return self.redis_ms // 1000, (self.redis_ms % 1000) * 1000
+
+
+def test_one_read_of_redis_clock_serves_a_while_moved_on_by_this_process_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a process whose monotonic clock the test moves, and a Redis whose clock is 1.8e12 ms.
+    mono = [5_000.0]
+    monkeypatch.setattr(ledger_module, "monotonic_ms", lambda: mono[0])
+    client = CountedTime()
+    ledger = Ledger(client)
+    # When it reads the clock twice within CLOCK_REUSE_MS.
+    first = ledger.now_ms()
+    mono[0] += 40
+    second = ledger.now_ms()
+    # Then Redis was asked once, and the second read moved on by the 40 ms this process measured.
+    assert client.reads == 1 and first == client.redis_ms and second == first + 40
+    # And once CLOCK_REUSE_MS passed, Redis is asked again: its clock, not this process's, decides
+    # (here Redis's clock stood still; a process whose own clock ran fast is corrected).
+    mono[0] += CLOCK_REUSE_MS
+    assert ledger.now_ms() == client.redis_ms and client.reads == 2
+
+
+def test_a_clock_read_when_redis_is_down_is_a_ledger_error_once_the_last_read_is_too_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mono = [0.0]
+    monkeypatch.setattr(ledger_module, "monotonic_ms", lambda: mono[0])
+    client = CountedTime()
+    ledger = Ledger(client)
+    ledger.now_ms()
+    client.down = True
+    mono[0] += CLOCK_REUSE_MS
+    with pytest.raises(LedgerError):
+        ledger.now_ms()
