@@ -278,9 +278,12 @@ class Ledger:
         """Redis's clock, the one every lease expiry is kept on.
 
         Read at most every CLOCK_REUSE_MS: in between, the last read plus the time this process
-        measured since (a monotonic clock, which a skewed wall clock does not move). The claim loop
-        looks every ~10 ms and each dispatch job asks once; the drift of two clocks over 250 ms is
-        microseconds, well under the ms the leases are kept in.
+        measured since its answer arrived (a monotonic clock, which a skewed wall clock does not
+        move). Counted from the answer, never from before it: like a fresh read, the result is never
+        ahead of Redis's clock (a read Redis answered late, on a loaded machine, would otherwise put
+        it ahead by up to half the round trip, and a task could be pushed before its runAt). The claim
+        loop looks every ~10 ms and each dispatch job asks once; two clocks drift apart by
+        microseconds over 250 ms.
         """
         clock, mono_ms = self._clock, monotonic_ms()
         if clock is not None and mono_ms - clock[1] < CLOCK_REUSE_MS:
@@ -288,5 +291,5 @@ class Ledger:
         with redis_errors("reading Redis's clock"):
             seconds, micros = cast(tuple[int, int], self.client.time())
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        self._clock = (now_ms, (mono_ms + monotonic_ms()) / 2)
+        self._clock = (now_ms, monotonic_ms())
         return now_ms

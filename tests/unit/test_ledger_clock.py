@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import fakeredis
 import pytest
 import redis
@@ -17,11 +19,14 @@ class CountedTime(fakeredis.FakeRedis):
     redis_ms = 1_800_000_000_000
     reads = 0
     down = False
+    #: Called with each read: a test's clock moved on while the answer travelled.
+    on_read: Callable[[], None] = staticmethod(lambda: None)
 
     def time(self) -> tuple[int, int]:  # type: ignore[override]
         if self.down:
             raise redis.exceptions.ConnectionError("Redis is down")
         self.reads += 1
+        self.on_read()
         return self.redis_ms // 1000, (self.redis_ms % 1000) * 1000
 
 
@@ -55,3 +60,24 @@ def test_a_clock_read_when_redis_is_down_is_a_ledger_error_once_the_last_read_is
     mono[0] += CLOCK_REUSE_MS
     with pytest.raises(LedgerError):
         ledger.now_ms()
+
+
+def test_a_read_redis_answered_late_is_counted_from_its_answer_so_the_clock_is_never_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a loaded machine: Redis's answer to TIME arrives 8 ms after the question, and Redis
+    # read its clock at the end of that (the worst case: the question waited, not the answer).
+    mono = [1_000.0]
+    monkeypatch.setattr(ledger_module, "monotonic_ms", lambda: mono[0])
+    client = CountedTime()
+
+    def answered_late() -> None:
+        mono[0] += 8
+
+    client.on_read = answered_late
+    ledger = Ledger(client)
+    # When the process reads the clock, and reads it again at once.
+    assert ledger.now_ms() == client.redis_ms
+    # Then the second read is Redis's time, not 4 ms ahead of it (half the round trip): a push
+    # step judged on it never comes before the task's runAt.
+    assert ledger.now_ms() == client.redis_ms and client.reads == 1
