@@ -34,6 +34,8 @@ from elastask.parts.scripts import register
 _CLOCKED = ("now", "prune")
 #: How long one read of Redis's clock serves this process (``Ledger.now_ms``).
 CLOCK_REUSE_MS = 250
+#: ... when its round trip took at most this long (the most a reused reading can be behind).
+CLOCK_TIGHT_READ_MS = 2
 
 
 def _keys(owner_id: str) -> list[str]:
@@ -281,15 +283,18 @@ class Ledger:
         measured since its answer arrived (a monotonic clock, which a skewed wall clock does not
         move). Counted from the answer, never from before it: like a fresh read, the result is never
         ahead of Redis's clock (a read Redis answered late, on a loaded machine, would otherwise put
-        it ahead by up to half the round trip, and a task could be pushed before its runAt). The claim
+        it ahead by up to half the round trip, and a task could be pushed before its runAt). A read
+        whose round trip took over CLOCK_TIGHT_READ_MS is used once and not reused. The claim
         loop looks every ~10 ms and each dispatch job asks once; two clocks drift apart by
         microseconds over 250 ms.
         """
-        clock, mono_ms = self._clock, monotonic_ms()
-        if clock is not None and mono_ms - clock[1] < CLOCK_REUSE_MS:
-            return clock[0] + int(mono_ms - clock[1])
+        clock, asked_ms = self._clock, monotonic_ms()
+        if clock is not None and asked_ms - clock[1] < CLOCK_REUSE_MS:
+            return clock[0] + int(asked_ms - clock[1])
         with redis_errors("reading Redis's clock"):
             seconds, micros = cast(tuple[int, int], self.client.time())
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        self._clock = (now_ms, monotonic_ms())
+        now_ms, answered_ms = int(seconds) * 1000 + int(micros) // 1000, monotonic_ms()
+        # A slow round trip leaves the reading behind by up to its length: used once, as a fresh
+        # read is, but never kept for the next 250 ms of decisions (pushes would wait for it).
+        self._clock = (now_ms, answered_ms) if answered_ms - asked_ms <= CLOCK_TIGHT_READ_MS else None
         return now_ms

@@ -10,7 +10,7 @@ import redis
 
 from elastask.errors import LedgerError
 from elastask.parts import ledger as ledger_module
-from elastask.parts.ledger import CLOCK_REUSE_MS, Ledger
+from elastask.parts.ledger import CLOCK_REUSE_MS, CLOCK_TIGHT_READ_MS, Ledger
 
 
 class CountedTime(fakeredis.FakeRedis):
@@ -62,9 +62,7 @@ def test_a_clock_read_when_redis_is_down_is_a_ledger_error_once_the_last_read_is
         ledger.now_ms()
 
 
-def test_a_read_redis_answered_late_is_counted_from_its_answer_so_the_clock_is_never_ahead(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_read_redis_answered_late_is_never_ahead_and_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a loaded machine: Redis's answer to TIME arrives 8 ms after the question, and Redis
     # read its clock at the end of that (the worst case: the question waited, not the answer).
     mono = [1_000.0]
@@ -76,8 +74,13 @@ def test_a_read_redis_answered_late_is_counted_from_its_answer_so_the_clock_is_n
 
     client.on_read = answered_late
     ledger = Ledger(client)
-    # When the process reads the clock, and reads it again at once.
+    # When the process reads the clock, and again at once.
     assert ledger.now_ms() == client.redis_ms
-    # Then the second read is Redis's time, not 4 ms ahead of it (half the round trip): a push
-    # step judged on it never comes before the task's runAt.
-    assert ledger.now_ms() == client.redis_ms and client.reads == 1
+    # Then the second read asked Redis again: a reading that may be 8 ms behind is not kept for the
+    # next 250 ms of decisions (pushes at their runAt would wait for it), and never counted from the
+    # middle of the round trip, which would put it 4 ms ahead (a push before its runAt).
+    assert ledger.now_ms() == client.redis_ms and client.reads == 2
+    # And a read whose answer came within CLOCK_TIGHT_READ_MS is kept, counted from its answer.
+    client.on_read = lambda: mono.__setitem__(0, mono[0] + CLOCK_TIGHT_READ_MS)
+    assert ledger.now_ms() == client.redis_ms and client.reads == 3
+    assert ledger.now_ms() == client.redis_ms and client.reads == 3
