@@ -124,9 +124,8 @@ class KibanaClient:
         self._proxies: dict[str, dict[str, str]] = {}
         self._env_ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         # Pushes (one per task, the hot path) go straight through urllib3, which requests wraps: its
-        # request preparation (settings merged, cookies, hooks) cost more CPU than the request itself.
-        # Each push goes to the node's own connection pool (its URL parsed, its headers built once),
-        # not through the pool manager's per-request host lookup.
+        # request preparation (settings merged, cookies, hooks) cost more CPU than the request itself;
+        # and to the node's own connection pool, its URL parsed and headers built once (``_pusher_for``).
         self._pools: dict[str, urllib3.PoolManager] = {}
         self._pushers: dict[str, _Pusher] = {}
         self._pools_lock = threading.Lock()

@@ -96,7 +96,7 @@ class Ledger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        #: The last read of Redis's clock: (its ms, this process's monotonic ms when it was read).
+        #: The last tight read of Redis's clock: (its ms, this process's monotonic ms when the answer came).
         self._clock: tuple[int, float] | None = None
         self._usage = register(client, "usage", *_CLOCKED)
         self._reserve = register(client, "reserve", *_CLOCKED)
