@@ -23,7 +23,7 @@ from elastask.core.pauses import PauseSet
 from elastask.errors import DocumentError, ElastaskError
 from elastask.loops import due_search, limited
 from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.claim_write import write_claims
+from elastask.loops.claim_write import abandon_claims, write_claims
 from elastask.loops.dispatch_jobs import enqueue_jobs
 from elastask.loops.fresh_hits import fresh_hits
 from elastask.loops.ledger_sync import ensure_ledger, reconcile_ledger
@@ -163,7 +163,7 @@ def run_claim_cycle(
     to_claim = _reserve(cycle, assignments)
     cycle.summary.step("reserve")
     if to_claim and not fence():
-        _abandon(cycle, to_claim)
+        abandon_claims(cycle.rt, to_claim, cycle.token)
         return cycle.summary
     claimed = _write_claims(cycle, to_claim)
     if refill is not None:
@@ -384,15 +384,6 @@ def _reserve(cycle: _Cycle, assignments: Sequence[policy.Assignment]) -> list[po
         for owner, tasks in by_owner.items()
     }
     return [a for a in assignments if a.task.id in reserved.get(a.owner_id, set())]
-
-
-def _abandon(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> None:
-    """The lock ran out under us (a pause longer than its TTL): write nothing, give the reservations back."""
-    log.warning("claim lock lost during the cycle; abandoning %d claim(s) before writing them", len(to_claim))
-    abandoned: dict[str, list[str]] = defaultdict(list)
-    for a in to_claim:
-        abandoned[a.owner_id].append(a.task.id)
-    cycle.rt.ledger.release_many(abandoned, token=cycle.token)
 
 
 def _write_claims(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> list[tuple[policy.Assignment, TaskDocument]]:

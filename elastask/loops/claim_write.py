@@ -1,4 +1,5 @@
-"""Step 5b of a claim cycle: write the claims (one conditional ``_bulk``) and confirm their slots.
+"""Step 5b of a claim cycle: write the claims (one conditional ``_bulk``) and confirm their slots (or,
+the claim lock lost first, give the reservations back unwritten).
 
 Every way the write can end leaves the ledger true before the cycle ends: a lost race (409) or a
 missing document gives its slot back; a ``_bulk`` the engine rejected (429, 503) gives every slot
@@ -23,6 +24,15 @@ from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def abandon_claims(rt: Runtime, to_claim: Sequence[policy.Assignment], token: str) -> None:
+    """The lock ran out under the cycle (a pause longer than its TTL): write nothing, give the reservations back."""
+    log.warning("claim lock lost during the cycle; abandoning %d claim(s) before writing them", len(to_claim))
+    abandoned: dict[str, list[str]] = defaultdict(list)
+    for a in to_claim:
+        abandoned[a.owner_id].append(a.task.id)
+    rt.ledger.release_many(abandoned, token=token)
 
 
 def write_claims(
