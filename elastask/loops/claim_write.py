@@ -29,10 +29,15 @@ log = logging.getLogger(__name__)
 def abandon_claims(rt: Runtime, to_claim: Sequence[policy.Assignment], token: str) -> None:
     """The lock ran out under the cycle (a pause longer than its TTL): write nothing, give the reservations back."""
     log.warning("claim lock lost during the cycle; abandoning %d claim(s) before writing them", len(to_claim))
-    abandoned: dict[str, list[str]] = defaultdict(list)
+    _release_reservations(rt, to_claim, token)
+
+
+def _release_reservations(rt: Runtime, to_claim: Sequence[policy.Assignment], token: str) -> None:
+    """Give back every slot these assignments reserved (their claims were not written), in one round trip."""
+    by_owner: dict[str, list[str]] = defaultdict(list)
     for a in to_claim:
-        abandoned[a.owner_id].append(a.task.id)
-    rt.ledger.release_many(abandoned, token=token)
+        by_owner[a.owner_id].append(a.task.id)
+    rt.ledger.release_many(by_owner, token=token)
 
 
 def write_claims(
@@ -100,10 +105,7 @@ def _after_failed_write(
             applied = {}
     results = [_claim_as_read(a, f, applied.get(a.task.id)) for a, f in zip(to_claim, fields, strict=True)]
     if not any(r.ok for r in results):
-        by_owner: dict[str, list[str]] = defaultdict(list)
-        for a in to_claim:
-            by_owner[a.owner_id].append(a.task.id)
-        rt.ledger.release_many(by_owner, token=token)
+        _release_reservations(rt, to_claim, token)
         log.warning("claim write failed; %d reservation(s) given back, next cycle claims again", len(to_claim))
         raise error
     written = sum(r.ok for r in results)
