@@ -137,6 +137,14 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, 
     "--concurrency", type=int, default=None, help="processes per worker (default: none given, as users run a worker)"
 )
 @click.option(
+    "--engine-latency-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="every engine request through the proxy waits this long while tasks are due, in both modes "
+    "(a real Elasticsearch is a network hop away; not in idle)",
+)
+@click.option(
     "--warm-up/--no-warm-up",
     default=True,
     show_default=True,
@@ -157,6 +165,7 @@ def bench(
     pull_intervals: str,
     workers: int,
     concurrency: int | None,
+    engine_latency_ms: int,
     warm_up: bool,
 ) -> None:
     """Benchmark push (elastask) against Kibana's pull model, side by side on one test bed."""
@@ -219,6 +228,7 @@ def bench(
                     push_interval_ms=push_interval,
                     workers=workers,
                     concurrency=concurrency,
+                    engine_latency_ms=engine_latency_ms,
                     progress=progress,
                 )
                 results.append(run.run())

@@ -55,6 +55,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     )
     rows = []
     for r in results:
+        latency = r.get("engine_latency_ms")
         drift = r.get("drift_ms") or {}
         cycle = r.get("claim_cycle_ms") or {}
         busy = r.get("busy_claim_cycle_ms") or {}
@@ -66,7 +67,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
             "| {scenario} | {mode} | {nodes} | {interval} | {completed} | {elapsed} | {util} | {drift} | {cycle} "
             "| {busy} | {writes} | {refill} | {ops_s} | {ops_task} | {cpu} "
             "| {viol} | {overlaps} | {lost} | {early} |".format(
-                scenario=r["scenario"],
+                scenario=r["scenario"] + (f" (+{latency} ms engine)" if latency else ""),
                 mode=r["mode"],
                 nodes=r["nodes"],
                 interval=r.get("claim_interval") or f"{r.get('claim_interval_ms', '-')} ms",

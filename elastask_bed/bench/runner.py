@@ -65,6 +65,7 @@ class BenchRun:
         push_interval_ms: int | None = None,
         workers: int = 1,
         concurrency: int | None = None,
+        engine_latency_ms: int = 0,
         progress: Progress | None = None,
     ) -> None:
         self.bed = bed
@@ -74,6 +75,10 @@ class BenchRun:
         self.push_interval_ms = push_interval_ms
         self.workers = workers
         self.concurrency = concurrency
+        self.engine_latency_ms = engine_latency_ms
+        self._delayed_before = 0
+        #: Engine requests that waited the injected latency (from the proxy's count).
+        self.delayed_requests = 0
         self.progress = progress or (lambda _d, _t, _l: None)
         self.ready_at = 0.0  # when start() had the dispatcher ready (time.time())
         self.started_at = 0.0  # when the measured run began (time.time()): the timeline's zero
@@ -120,6 +125,17 @@ class BenchRun:
         self.ready_at = time.time()
         return simulator, fleet
 
+    def engine_latency(self, on: bool) -> None:
+        """While ``on``, every request through the proxy waits ``engine_latency_ms`` first -- elastask's and the
+        simulated Kibana nodes' alike, as when the engine is a network hop away. The seeding before and the
+        counting after go without it."""
+        if self.engine_latency_ms and self.bed.proxy is not None:
+            if on:
+                self._delayed_before = int(self.bed.proxy.stats()["delayed"])
+            self.bed.proxy.set_faults(**({"latency_ms": self.engine_latency_ms} if on else {}))
+            if not on:
+                self.delayed_requests = int(self.bed.proxy.stats()["delayed"]) - self._delayed_before
+
     def seed(self, docs: list[TaskDocument]) -> None:
         operations: list[dict[str, Any]] = []
         for doc in docs:
@@ -145,6 +161,7 @@ class BenchRun:
             lead = timedelta(seconds=3 + (due_count + s.idle_docs) / 2500)
             due_at = datetime.now(UTC) + lead
             self.seed(documents(s, due_at))
+            self.engine_latency(True)
             simulator.reset()
             wait = (due_at - datetime.now(UTC)).total_seconds()
             before = read_counters(self.bed.engine.url)
@@ -159,11 +176,13 @@ class BenchRun:
             cpu_s = cpu_between(cpu_before, tree_cpu_seconds(roots)) if fleet else None
             if not s.duration_s:
                 self.wait_for_outcomes(simulator)
+            self.engine_latency(False)
             after = read_counters(self.bed.engine.url)
             stats = simulator.stats(drifts=True)
             remaining = self.remaining()
             logs = fleet.logs() if fleet else ""
         finally:
+            self.engine_latency(False)
             if fleet is not None:
                 fleet.stop()
             simulator.stop()
@@ -177,6 +196,7 @@ class BenchRun:
         s = self.scenario
         self.reset()
         self.seed(documents(s, datetime.now(UTC)))
+        self.engine_latency(True)
         before = read_counters(self.bed.engine.url)
         launched = self.started_at = time.time()
         started = time.monotonic()
@@ -187,11 +207,13 @@ class BenchRun:
             finished = self.wait_until_done(simulator, started)
             cpu_s = cpu_between(cpu_before, tree_cpu_seconds(roots)) if fleet else None
             self.wait_for_outcomes(simulator)
+            self.engine_latency(False)
             after = read_counters(self.bed.engine.url)
             stats = simulator.stats(drifts=True)
             remaining = self.remaining()
             logs = fleet.logs() if fleet else ""
         finally:
+            self.engine_latency(False)
             if fleet is not None:
                 fleet.stop()
             simulator.stop()
@@ -293,6 +315,8 @@ class BenchRun:
             "nodes": s.nodes,
             "capacity": s.capacity,
             "run_ms": s.run_ms,
+            "engine_latency_ms": self.engine_latency_ms,
+            "engine_requests_delayed": self.delayed_requests,
             "one_shot_tasks": s.one_shot_tasks,
             "recurring_tasks": s.recurring_tasks,
             "documents": s.one_shot_tasks + s.recurring_tasks + s.idle_docs,

@@ -10,7 +10,8 @@ wire protocol is otherwise the same. Faults are set at run time through ``/_prox
     POST /_proxy/faults {"status": 429}            every request answers 429 (or 503, ...)
     POST /_proxy/faults {}                         back to normal
 
-``GET /_proxy/stats`` counts the requests forwarded, by kind (search, get, bulk, ...).
+``GET /_proxy/stats`` counts the requests forwarded, by kind (search, get, bulk, ...), and those delayed
+by an injected latency.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class CompatibilityProxy:
         self.upstream = upstream.rstrip("/")
         self.faults: dict[str, Any] = {}
         self.counts: Counter[str] = Counter()
+        self.delayed = 0
         self.session: ClientSession | None = None
 
     async def startup(self, _app: web.Application) -> None:
@@ -73,7 +75,8 @@ class CompatibilityProxy:
         return web.json_response({"faults": self.faults})
 
     async def stats(self, _request: web.Request) -> web.Response:
-        return web.json_response({"requests": dict(self.counts), "total": sum(self.counts.values())})
+        counts = {"requests": dict(self.counts), "total": sum(self.counts.values()), "delayed": self.delayed}
+        return web.json_response(counts)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         faults = self.faults
@@ -83,6 +86,7 @@ class CompatibilityProxy:
                 request.transport.close()
             raise web.HTTPServiceUnavailable()
         if faults.get("latency_ms"):
+            self.delayed += 1
             await asyncio.sleep(float(faults["latency_ms"]) / 1000)
         if faults.get("status"):
             status = int(faults["status"])

@@ -70,6 +70,7 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
 def test_a_tiny_burst_benchmark_measures_the_start_up_and_the_burst_in_both_modes(tmp_path: Path) -> None:
     out = tmp_path / "burst.json"
     argv = ["bench", "burst", "--nodes", "2", "--tasks", "30", "--run-ms", "100", "--no-warm-up", "--json", str(out)]
+    argv += ["--engine-latency-ms", "50"]  # the engine a network hop away, in both modes
     result = subprocess.run(
         [sys.executable, "-m", "elastask", *argv],
         capture_output=True,
@@ -88,6 +89,10 @@ def test_a_tiny_burst_benchmark_measures_the_start_up_and_the_burst_in_both_mode
         assert run["throughput_per_s"] > 0
         assert sum(len(spans) for spans in run["timeline"].values()) == 30  # each run's start and end
         assert len(run["drifts_ms"]) == 30
+        # The mode's engine requests waited in the proxy (its claims, and the outcome writes of both).
+        assert run["engine_latency_ms"] == 50 and run["engine_requests_delayed"] > 0
+        assert run["outcome_write_ms"]["min"] >= 50
     assert report["runs"][0]["dispatcher_cpu_ms_per_task"] is not None
+    assert "| burst (+50 ms engine) | push |" in result.stdout
     assert "first run" in result.stdout and "after start" in result.stdout
     assert (tmp_path / "burst-timeline.png").stat().st_size > 1000  # throughput, in flight, drift CDF
