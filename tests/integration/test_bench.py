@@ -96,3 +96,18 @@ def test_a_tiny_burst_benchmark_measures_the_start_up_and_the_burst_in_both_mode
     assert "| burst (+50 ms engine) | push |" in result.stdout
     assert "first run" in result.stdout and "after start" in result.stdout
     assert (tmp_path / "burst-timeline.png").stat().st_size > 1000  # throughput, in flight, drift CDF
+
+
+def test_the_celery_hop_micro_benchmark_reports_its_cost_per_job() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "elastask_bed.bench.celery_costs", "40"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 1") and "ms" in line]
+    assert [row[0].strip() for row in rows] == ["1", "10"]  # one queue, then one per node of ten
+    for row in rows:
+        publishing, worker, both = (float(cell.strip().removesuffix(" ms")) for cell in row[1:])
+        assert publishing > 0 and worker > 0 and both == pytest.approx(publishing + worker, abs=0.02)
