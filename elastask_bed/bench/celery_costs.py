@@ -46,7 +46,8 @@ SETTINGS = {
     )
 }
 
-app = Celery("elastask_bed.bench.celery_costs", broker=os.environ.get("CELERY_COSTS_BROKER", "memory://"))
+MODULE = "elastask_bed.bench.celery_costs"  # not __name__: run with -m, that is "__main__"
+app = Celery(MODULE, broker=os.environ.get("CELERY_COSTS_BROKER", "memory://"))
 app.conf.update(SETTINGS, broker_transport_options={"visibility_timeout": 3600})
 
 
@@ -70,7 +71,7 @@ def measure(broker: str, jobs: int, queues: int) -> tuple[float, float]:
     """(publishing CPU ms per job, worker CPU ms per job) for ``jobs`` no-op jobs over ``queues`` queues."""
     names = [f"node{i}" for i in range(queues)]
     env = {**os.environ, "CELERY_COSTS_BROKER": broker}
-    argv = [sys.executable, "-m", "celery", "-A", __name__, "worker", "-l", "warning", "-Q", ",".join(names)]
+    argv = [sys.executable, "-m", "celery", "-A", MODULE, "worker", "-l", "warning", "-Q", ",".join(names)]
     with tempfile.TemporaryFile() as log:
         worker = subprocess.Popen([*argv, "--without-gossip", "--without-mingle"], env=env, stdout=log, stderr=log)
         try:
@@ -84,6 +85,9 @@ def measure(broker: str, jobs: int, queues: int) -> tuple[float, float]:
                     noop.apply_async(args=[job], queue=names[i % queues], producer=producer)
             publish_s = time.process_time() - started
             while any(client.llen(name) for name in names) or client.hlen("unacked"):
+                if worker.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"the worker exited ({worker.returncode}): {log.read()[-2000:].decode()}")
                 time.sleep(0.1)
             time.sleep(0.5)  # the last acknowledgement
             worker_s = cpu_between(before, tree_cpu_seconds([worker.pid]))
