@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import redis
 from celery import Celery
@@ -73,10 +73,17 @@ def measure(broker: str, jobs: int, queues: int) -> tuple[float, float]:
     env = {**os.environ, "CELERY_COSTS_BROKER": broker}
     argv = [sys.executable, "-m", "celery", "-A", MODULE, "worker", "-l", "warning", "-Q", ",".join(names)]
     with tempfile.TemporaryFile() as log:
+        client = redis.Redis.from_url(broker)
+        client.flushdb()
         worker = subprocess.Popen([*argv, "--without-gossip", "--without-mingle"], env=env, stdout=log, stderr=log)
         try:
-            client = redis.Redis.from_url(broker)
-            time.sleep(5)  # the worker's start-up (imports, forks) is not counted
+            # The worker's start-up (imports, forks) is not counted: until it bound its queues, and a second.
+            deadline = time.monotonic() + 60
+            while not all(client.exists(f"_kombu.binding.{name}") for name in names):
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the worker did not start: {_tail(log)}")
+                time.sleep(0.1)
+            time.sleep(1)
             job = dispatch_like_job()
             before = tree_cpu_seconds([worker.pid])
             started = time.process_time()
@@ -86,8 +93,7 @@ def measure(broker: str, jobs: int, queues: int) -> tuple[float, float]:
             publish_s = time.process_time() - started
             while any(client.llen(name) for name in names) or client.hlen("unacked"):
                 if worker.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"the worker exited ({worker.returncode}): {log.read()[-2000:].decode()}")
+                    raise RuntimeError(f"the worker exited ({worker.returncode}): {_tail(log)}")
                 time.sleep(0.1)
             time.sleep(0.5)  # the last acknowledgement
             worker_s = cpu_between(before, tree_cpu_seconds([worker.pid]))
@@ -95,6 +101,11 @@ def measure(broker: str, jobs: int, queues: int) -> tuple[float, float]:
             worker.terminate()
             worker.wait(30)
     return 1000 * publish_s / jobs, 1000 * worker_s / jobs
+
+
+def _tail(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read()[-2000:].decode(errors="replace")
 
 
 def main() -> None:

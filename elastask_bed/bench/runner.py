@@ -77,6 +77,7 @@ class BenchRun:
         self.concurrency = concurrency
         self.engine_latency_ms = engine_latency_ms
         self._delayed_before = 0
+        self._latency_on = False
         #: Engine requests that waited the injected latency (from the proxy's count).
         self.delayed_requests = 0
         self.progress = progress or (lambda _d, _t, _l: None)
@@ -129,12 +130,14 @@ class BenchRun:
         """While ``on``, every request through the proxy waits ``engine_latency_ms`` first -- elastask's and the
         simulated Kibana nodes' alike, as when the engine is a network hop away. The seeding before and the
         counting after go without it."""
-        if self.engine_latency_ms and self.bed.proxy is not None:
-            if on:
-                self._delayed_before = int(self.bed.proxy.stats()["delayed"])
-            self.bed.proxy.set_faults(**({"latency_ms": self.engine_latency_ms} if on else {}))
-            if not on:
-                self.delayed_requests = int(self.bed.proxy.stats()["delayed"]) - self._delayed_before
+        if not self.engine_latency_ms or self.bed.proxy is None or on == self._latency_on:
+            return
+        if on:
+            self._delayed_before = int(self.bed.proxy.stats()["delayed"])
+        self.bed.proxy.set_faults(**({"latency_ms": self.engine_latency_ms} if on else {}))
+        self._latency_on = on
+        if not on:
+            self.delayed_requests = int(self.bed.proxy.stats()["delayed"]) - self._delayed_before
 
     def seed(self, docs: list[TaskDocument]) -> None:
         operations: list[dict[str, Any]] = []
