@@ -76,8 +76,8 @@ class BenchRun:
         self.workers = workers
         self.concurrency = concurrency
         self.engine_latency_ms = engine_latency_ms
-        self._delayed_before = 0
-        self._latency_on = False
+        #: While the latency is on: the proxy's count of delayed requests when it was turned on.
+        self._delayed_from: int | None = None
         #: Engine requests that waited the injected latency (from the proxy's count).
         self.delayed_requests = 0
         self.progress = progress or (lambda _d, _t, _l: None)
@@ -130,14 +130,16 @@ class BenchRun:
         """While ``on``, every request through the proxy waits ``engine_latency_ms`` first -- elastask's and the
         simulated Kibana nodes' alike, as when the engine is a network hop away. The seeding before and the
         counting after go without it."""
-        if not self.engine_latency_ms or self.bed.proxy is None or on == self._latency_on:
+        proxy = self.bed.proxy
+        if not self.engine_latency_ms or proxy is None or on == (self._delayed_from is not None):
             return
         if on:
-            self._delayed_before = int(self.bed.proxy.stats()["delayed"])
-        self.bed.proxy.set_faults(**({"latency_ms": self.engine_latency_ms} if on else {}))
-        self._latency_on = on
-        if not on:
-            self.delayed_requests = int(self.bed.proxy.stats()["delayed"]) - self._delayed_before
+            self._delayed_from = int(proxy.stats()["delayed"])
+            proxy.set_faults(latency_ms=self.engine_latency_ms)
+        else:
+            proxy.set_faults()
+            self.delayed_requests = int(proxy.stats()["delayed"]) - (self._delayed_from or 0)
+            self._delayed_from = None
 
     def seed(self, docs: list[TaskDocument]) -> None:
         operations: list[dict[str, Any]] = []
