@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from elastask.core.intervals import format_date, parse_date, parse_interval_ms
 from elastask.errors import DocumentError
@@ -24,10 +24,12 @@ from elastask.errors import DocumentError
 #: Every status Kibana's TaskStatus enum has.
 STATUSES = frozenset({"idle", "claiming", "running", "failed", "should_delete", "unrecognized", "dead_letter"})
 
-#: Kibana stores attempts in an ``integer`` field.
-MAX_ATTEMPTS_VALUE = 2**31 - 1
+#: Kibana maps attempts and priority as ``integer`` fields.
+MAX_INTEGER = 2**31 - 1
 
 DEFAULT_PRIORITY = 50
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -166,160 +168,163 @@ def parse_hit(hit: Mapping[str, Any]) -> TaskDocument:
 
 
 def parse_source(doc_id: str, source: Mapping[str, Any]) -> TaskDocument:
-    """Validate and decode one ``_source``; a bad field raises DocumentError naming id and field."""
+    """Validate and decode one ``_source``; a bad field raises DocumentError naming id and field.
+
+    Total: every field goes through ``_read``, which turns any failure of its reader into a
+    DocumentError, so no JSON value in any field can raise anything else.
+    """
     if source.get("type") != "task":
         raise DocumentError(doc_id, "type", "expected 'task'", source.get("type"))
     task = source.get("task")
     if not isinstance(task, Mapping):
         raise DocumentError(doc_id, "task", "missing or not an object", task)
-    status = task.get("status")
-    if not isinstance(status, str) or status not in STATUSES:
-        raise DocumentError(doc_id, "task.status", f"expected one of {sorted(STATUSES)}", status)
+
+    def read(key: str, reader: Callable[[Any], _T], default: Any = None) -> _T:
+        value = task.get(key, default)
+        try:
+            return reader(value)
+        except (ValueError, TypeError, ArithmeticError, RecursionError) as e:
+            raise DocumentError(doc_id, f"task.{key}", str(e) or type(e).__name__, value) from e
+
     return TaskDocument(
         id=doc_id,
-        task_type=_text(doc_id, task, "taskType"),
-        status=status,
-        run_at=_required_date(doc_id, task, "runAt"),
-        scheduled_at=_optional_date(doc_id, task, "scheduledAt"),
-        retry_at=_optional_date(doc_id, task, "retryAt"),
-        started_at=_optional_date(doc_id, task, "startedAt"),
-        attempts=_attempts(doc_id, task),
-        owner_id=_optional_text(doc_id, task, "ownerId"),
-        params=_json_object(doc_id, task, "params"),
-        state=_json_object(doc_id, task, "state"),
-        schedule=_schedule(doc_id, task),
-        enabled=_enabled(doc_id, task),
-        priority=_priority(doc_id, task),
-        scope=_scope(doc_id, task),
-        trace_parent=_optional_text(doc_id, task, "traceparent"),
-        timeout_override_ms=_timeout_override(doc_id, task),
-        cost=_instance_cost(doc_id, task),
+        task_type=read("taskType", _text),
+        status=read("status", _status),
+        run_at=read("runAt", _required_date),
+        scheduled_at=read("scheduledAt", _optional_date),
+        retry_at=read("retryAt", _optional_date),
+        started_at=read("startedAt", _optional_date),
+        attempts=read("attempts", _attempts, 0),
+        owner_id=read("ownerId", _optional_text),
+        params=read("params", _json_object),
+        state=read("state", _json_object),
+        schedule=read("schedule", _schedule),
+        enabled=read("enabled", _enabled, True),
+        priority=read("priority", _priority, DEFAULT_PRIORITY),
+        scope=read("scope", _scope),
+        trace_parent=read("traceparent", _optional_text),
+        timeout_override_ms=read("timeoutOverride", _timeout_override),
+        cost=read("cost", _instance_cost),
         raw=source,
     )
 
+
+# The readers of single fields: a value in, the decoded value out, ValueError with the problem otherwise.
 
 #: Kibana's InstanceTaskCost names (task.ts) and their capacity units.
 INSTANCE_COSTS = {"tiny": 1, "normal": 2, "large": 4, "extralarge": 10}
 
 
-def _instance_cost(doc_id: str, task: Mapping[str, Any]) -> int | None:
-    value = task.get("cost")
+def _status(value: Any) -> str:
+    if not isinstance(value, str) or value not in STATUSES:
+        raise ValueError(f"expected one of {sorted(STATUSES)}")
+    return value
+
+
+def _instance_cost(value: Any) -> int | None:
     if value is None:
         return None
-    if value not in INSTANCE_COSTS:
-        raise DocumentError(doc_id, "task.cost", f"expected one of {', '.join(INSTANCE_COSTS)}", value)
+    if not isinstance(value, str) or value not in INSTANCE_COSTS:
+        raise ValueError(f"expected one of {', '.join(INSTANCE_COSTS)}")
     return INSTANCE_COSTS[value]
 
 
-def _timeout_override(doc_id: str, task: Mapping[str, Any]) -> int | None:
-    value = task.get("timeoutOverride")
+def _timeout_override(value: Any) -> int | None:
     if value is None or value == "":
         return None
-    try:
-        return parse_interval_ms(value)
-    except ValueError as e:
-        raise DocumentError(doc_id, "task.timeoutOverride", str(e), value) from e
+    return parse_interval_ms(value)
 
 
-def _text(doc_id: str, task: Mapping[str, Any], key: str) -> str:
-    value = task.get(key)
+def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise DocumentError(doc_id, f"task.{key}", "missing or not a non-empty string", value)
+        raise ValueError("missing or not a non-empty string")
     return value
 
 
-def _optional_text(doc_id: str, task: Mapping[str, Any], key: str) -> str | None:
-    value = task.get(key)
+def _optional_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value or None
-    raise DocumentError(doc_id, f"task.{key}", "expected a string or null", value)
+    raise ValueError("expected a string or null")
 
 
-def _required_date(doc_id: str, task: Mapping[str, Any], key: str) -> datetime:
-    if task.get(key) is None:
-        raise DocumentError(doc_id, f"task.{key}", "missing; expected an ISO-8601 date", None)
-    date = _optional_date(doc_id, task, key)
-    assert date is not None
-    return date
-
-
-def _optional_date(doc_id: str, task: Mapping[str, Any], key: str) -> datetime | None:
-    value = task.get(key)
+def _required_date(value: Any) -> datetime:
     if value is None:
-        return None
+        raise ValueError("missing; expected an ISO-8601 date")
+    return _date(value)
+
+
+def _optional_date(value: Any) -> datetime | None:
+    return None if value is None else _date(value)
+
+
+def _date(value: Any) -> datetime:
     try:
         return parse_date(value)
-    except (ValueError, TypeError) as e:
-        raise DocumentError(doc_id, f"task.{key}", f"not an ISO-8601 date ({e})", value) from e
+    except ValueError as e:
+        raise ValueError(f"not an ISO-8601 date ({e})") from e
 
 
-def _attempts(doc_id: str, task: Mapping[str, Any]) -> int:
-    value = task.get("attempts", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ATTEMPTS_VALUE:
-        raise DocumentError(doc_id, "task.attempts", "expected an integer from 0 to 2^31-1", value)
+def _attempts(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INTEGER:
+        raise ValueError("expected an integer from 0 to 2^31-1")
     return value
 
 
-def _json_object(doc_id: str, task: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = task.get(key)
+def _json_object(value: Any) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, str):
-        raise DocumentError(doc_id, f"task.{key}", "expected a JSON string, as Kibana writes it", value)
+        raise ValueError("expected a JSON string, as Kibana writes it")
     try:
         decoded = json.loads(value) if value else {}
     except ValueError as e:
-        raise DocumentError(doc_id, f"task.{key}", f"not valid JSON ({e})", value[:200]) from e
+        raise ValueError(f"not valid JSON ({e})") from e
     if not isinstance(decoded, dict):
-        raise DocumentError(doc_id, f"task.{key}", "expected a JSON object", value[:200])
+        raise ValueError("expected a JSON object")
     return decoded
 
 
-def _schedule(doc_id: str, task: Mapping[str, Any]) -> Schedule | None:
-    value = task.get("schedule")
+def _schedule(value: Any) -> Schedule | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise DocumentError(doc_id, "task.schedule", "expected an object", value)
+        raise ValueError("expected an object")
     interval, rrule = value.get("interval"), value.get("rrule")
     if interval is not None:
         try:
             parse_interval_ms(interval)
         except ValueError as e:
-            raise DocumentError(doc_id, "task.schedule.interval", str(e), interval) from e
+            raise ValueError(f"interval: {e}") from e
         return Schedule(interval=interval)
     if isinstance(rrule, Mapping) and rrule.get("freq") is not None:
         return Schedule(rrule=rrule)
-    raise DocumentError(doc_id, "task.schedule", "expected an interval or an rrule with freq", value)
+    raise ValueError("expected an interval or an rrule with freq")
 
 
-def _enabled(doc_id: str, task: Mapping[str, Any]) -> bool:
-    value = task.get("enabled", True)
+def _enabled(value: Any) -> bool:
     if value is None:
         return True
     if not isinstance(value, bool):
-        raise DocumentError(doc_id, "task.enabled", "expected true or false", value)
+        raise ValueError("expected true or false")
     return value
 
 
-def _priority(doc_id: str, task: Mapping[str, Any]) -> int:
-    value = task.get("priority", DEFAULT_PRIORITY)
+def _priority(value: Any) -> int:
     if value is None:
         return DEFAULT_PRIORITY
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DocumentError(doc_id, "task.priority", "expected an integer", value)
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_INTEGER - 1 <= value <= MAX_INTEGER:
+        raise ValueError("expected an integer from -2^31 to 2^31-1")
     return value
 
 
-def _scope(doc_id: str, task: Mapping[str, Any]) -> tuple[str, ...] | None:
-    value = task.get("scope")
+def _scope(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return tuple(value)
-    raise DocumentError(doc_id, "task.scope", "expected a string or a list of strings", value)
+    raise ValueError("expected a string or a list of strings")
 
 
 def new_task(

@@ -96,6 +96,20 @@ _DELETE = object()
         ("schedule", {"interval": "every minute"}),
         ("enabled", "yes"),
         ("ownerId", 42),
+        # Dates the engine stores but no lease or interval can be added to (the first stopped every loop).
+        ("runAt", "0001-01-01T00:00:00+01:00"),
+        ("runAt", "9999-12-31T23:59:59-01:00"),
+        ("retryAt", "0999-12-31T23:00:00Z"),
+        ("startedAt", "2024-05-01T10:00:00+99:00"),
+        # Kept as written (the index maps dynamic: false): any JSON value.
+        ("cost", ["large"]),
+        ("cost", {"units": 4}),
+        ("cost", "huge"),
+        ("priority", 2**80),
+        ("priority", "high"),
+        ("timeoutOverride", ["5m"]),
+        ("scope", [1]),
+        pytest.param("params", "[" * 100_000 + "]" * 100_000, id="params-nested-too-deep"),
     ],
 )
 def test_given_a_malformed_field_when_parsed_then_the_error_names_id_and_field(field: str, value: Any) -> None:

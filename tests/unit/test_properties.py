@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from elastask.core import policy
 from elastask.core.documents import STATUSES, TaskDocument, parse_hit
-from elastask.core.intervals import format_date
+from elastask.core.intervals import MAX_INTERVAL_MS, format_date
 from elastask.errors import DocumentError
 
 BASE = datetime(2024, 5, 1, tzinfo=UTC)
@@ -24,6 +24,15 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=8,
+)
+# Dates as any writer may have put them: years 1 to 9999, any offset, with or without one.
+odd_dates = st.builds(
+    "{:04d}-{:02d}-{:02d}T{:02d}:00:00{}".format,
+    st.integers(1, 9999),
+    st.integers(1, 12),
+    st.integers(1, 28),
+    st.integers(0, 23),
+    st.sampled_from(["", "Z", "+01:00", "-01:00", "+23:59", "-23:59", ".999999+14:00"]),
 )
 dates = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 good_task = st.fixed_dictionaries(
@@ -47,29 +56,35 @@ good_task = st.fixed_dictionaries(
         "partition": st.integers(0, 255),
     },
 )
-# Anything at all in any field: the parser must reject it cleanly or accept it.
-any_task = st.dictionaries(
-    st.sampled_from(
-        [
-            "taskType",
-            "status",
-            "runAt",
-            "retryAt",
-            "startedAt",
-            "scheduledAt",
-            "attempts",
-            "params",
-            "state",
-            "schedule",
-            "enabled",
-            "priority",
-            "scope",
-            "ownerId",
-            "traceparent",
-        ]
-    ),
-    json_values,
-    max_size=14,
+FIELDS = [
+    "taskType",
+    "status",
+    "runAt",
+    "retryAt",
+    "startedAt",
+    "scheduledAt",
+    "attempts",
+    "params",
+    "state",
+    "schedule",
+    "enabled",
+    "priority",
+    "scope",
+    "ownerId",
+    "traceparent",
+    "timeoutOverride",
+    "cost",
+    "partition",
+]
+anything = (
+    json_values | odd_dates | st.integers(min_value=-(2**80), max_value=2**80) | st.sampled_from(["tiny", "5m", "1d"])
+)
+# Anything at all in any field: the parser must reject it cleanly or accept it. A good task with a
+# few fields replaced reaches every field's reader (a wholly random one mostly stops at taskType).
+any_task = st.dictionaries(st.sampled_from(FIELDS), anything, max_size=len(FIELDS)) | st.builds(
+    lambda good, changes: {**good, **changes},
+    good_task,
+    st.dictionaries(st.sampled_from(FIELDS), anything, min_size=1, max_size=3),
 )
 
 
@@ -77,7 +92,7 @@ def hit(doc_id: str, task: dict[str, Any]) -> dict[str, Any]:
     return {"_id": doc_id, "_seq_no": 1, "_primary_term": 1, "_source": {"type": "task", "task": task}}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(any_task, st.text(min_size=1, max_size=20))
 def test_any_document_parses_or_raises_a_document_error_naming_id_and_field(task: dict[str, Any], doc_id: str) -> None:
     try:
@@ -88,6 +103,10 @@ def test_any_document_parses_or_raises_a_document_error_naming_id_and_field(task
         return
     assert doc.id == doc_id
     assert doc.to_source()["task"]["taskType"] == task["taskType"]
+    # Every date a parsed document holds takes any lease or interval either way.
+    for moment in (doc.run_at, doc.retry_at, doc.started_at, doc.scheduled_at):
+        if moment is not None:
+            assert moment - timedelta(milliseconds=MAX_INTERVAL_MS) < moment + timedelta(milliseconds=MAX_INTERVAL_MS)
 
 
 @settings(max_examples=200, deadline=None)
