@@ -281,3 +281,8 @@ class Settings:
     def capacity_units(self, node: KibanaNode) -> int:
         """A node's capacity in Kibana cost units (a normal task costs 2)."""
         return (node.capacity if node.capacity is not None else self.kibana_capacity) * COSTS["normal"]
+
+    def biggest_capacity_units(self) -> int:
+        """The capacity of the biggest configured node in cost units: no task costing more can ever run."""
+        default = self.kibana_capacity * COSTS["normal"]
+        return max((self.capacity_units(node) for node in self.kibana.hosts), default=default)

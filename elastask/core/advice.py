@@ -7,7 +7,8 @@ claim loop looks).
 
 from __future__ import annotations
 
-from elastask.config import Settings
+from elastask.config import COSTS, Settings
+from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.policy import MAX_LOOKAHEAD_MS
 
 
@@ -37,6 +38,13 @@ def settings_advice(settings: Settings) -> list[str]:
         advice.append(
             f"{settings.source}: kibana.verify_certs: false: the Kibana nodes' TLS certificates are not checked "
             "(pushed tasks carry their params and API keys); give kibana.ca_certs instead"
+        )
+    biggest, extralarge = settings.biggest_capacity_units(), INSTANCE_COSTS["extralarge"]
+    if biggest < extralarge:
+        advice.append(
+            f"{settings.source}: kibana_capacity: the biggest Kibana node holds {biggest} cost units, fewer than a "
+            f"task whose own task.cost is extralarge ({extralarge} units): such a task can never run and is failed "
+            f"with the reason; a capacity of at least {extralarge // COSTS['normal']} runs it"
         )
     return advice
 

@@ -31,6 +31,7 @@ from elastask.loops.malformed import quarantined, report_malformed
 from elastask.loops.node_restarts import watch_restarts
 from elastask.loops.paused import read_pauses
 from elastask.loops.refill import ClaimedLease, KnownNodes, RefillSession
+from elastask.loops.too_costly import fail_too_costly
 from elastask.parts.ledger import LeaseView, SlotRequest
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
@@ -365,8 +366,9 @@ def _verify(cycle: _Cycle) -> list[TaskDocument]:
         except DocumentError as e:
             cycle.summary.skipped += 1
             report_malformed(cycle.rt.redis, e, cycle.now)
+    fitting = fail_too_costly(cycle.rt, candidates, cycle.now, cycle.summary)
     cycle.summary.step("verify")
-    return candidates
+    return fitting
 
 
 def _reserve(cycle: _Cycle, assignments: Sequence[policy.Assignment]) -> list[policy.Assignment]:

@@ -18,6 +18,8 @@ class ClaimSummary:
     stale: int = 0
     missing: int = 0
     skipped: int = 0
+    #: Tasks failed because their own cost is more than any node holds (too_costly.py).
+    too_costly: int = 0
     released: int = 0
     #: Leases rebuilt from the engine this cycle (Redis had lost the ledger), or None.
     ledger_rebuilt: int | None = None

@@ -34,6 +34,7 @@ HELP = {
     "elastask_claim_stale": "Search hits dropped as stale before claiming.",
     "elastask_released": "Ledger slots freed because Kibana wrote an outcome.",
     "elastask_malformed": "Malformed task documents skipped.",
+    "elastask_too_costly": "Tasks failed because their own task.cost is more than any Kibana node holds.",
     "elastask_dispatched": "Pushes to _run_now, by outcome.",
     "elastask_retried": "Expired leases handled, by outcome (retry, failed, rescheduled).",
 }

@@ -125,4 +125,5 @@ def summary_counts(summary: Any) -> dict[str, int]:
         "elastask_claim_stale_total": summary.stale,
         "elastask_released_total": summary.released,
         "elastask_malformed_total": summary.skipped,
+        "elastask_too_costly_total": summary.too_costly,
     }

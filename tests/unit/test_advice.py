@@ -23,6 +23,13 @@ def test_an_idle_interval_shorter_than_the_busy_one_is_named() -> None:
     assert "idle_polling_interval (200 ms)" in advice
 
 
+def test_nodes_too_small_for_an_extralarge_task_are_named() -> None:
+    [advice] = settings_advice(replace(Settings(), source="elastask.yaml", kibana_capacity=4))
+    assert advice.startswith("elastask.yaml: kibana_capacity:") and "extralarge (10 units)" in advice
+    assert "at least 5" in advice
+    assert settings_advice(replace(Settings(), kibana_capacity=5)) == []
+
+
 def test_certificate_verification_turned_off_is_named() -> None:
     settings = replace(Settings(), elasticsearch=ElasticsearchSettings(verify_certs=False))
     [advice] = settings_advice(settings)

@@ -113,3 +113,20 @@ def test_given_dispatch_jobs_can_no_longer_be_sent_then_the_cycle_writes_no_clai
     summary = claim_available_tasks(rt, NOW, lambda _b: None, sending=lambda: False)
     assert summary.claimed == 0 and running_on_node(engine) == []
     assert rt.ledger.leases(["kibana:a"]) == []  # the reservations were given back
+
+
+def test_a_task_whose_own_cost_is_more_than_any_node_holds_is_failed_with_the_reason() -> None:
+    # Given nodes of capacity 4 (8 units), one task whose own cost is extralarge (10 units), and two others.
+    engine = StubEngine()
+    seeded(engine, 2)
+    big = new_task("big", "sample", now=NOW - timedelta(seconds=20))
+    engine.put(big.id, {**big.to_source(), "task": {**big.to_source()["task"], "cost": "extralarge"}})
+    rt = stub_runtime(engine, kibana_capacity=4)
+    sent: list[DispatchJob] = []
+    summary = claim_available_tasks(rt, NOW, sent.append, sessions=False)
+    # Then it is failed, not left idle for ever, and the others are claimed behind it.
+    assert engine.docs["task:big"]["_source"]["task"]["status"] == "failed"
+    assert summary.too_costly == 1 and running_on_node(engine) == ["task:t0", "task:t1"]
+    reasons = rt.redis.hgetall(keys.FAILED_REASONS)
+    assert b"task:big" in reasons and b"extralarge" in reasons[b"task:big"]
+    assert b"kibana_capacity" in reasons[b"task:big"]
