@@ -377,10 +377,8 @@ def _reserve(cycle: _Cycle, assignments: Sequence[policy.Assignment]) -> list[po
     capacity = {n.owner_id: n.capacity_units for n in cycle.available}
     by_owner: dict[str, list[SlotRequest]] = defaultdict(list)
     for a in assignments:
-        rule = rt.settings.for_type(a.task.task_type)
-        expiry = policy.lease_until(a.task, now, rule.timeout_ms) + policy.LEASE_GRACE
-        limit = rt.settings.concurrency_groups()[rule.concurrency_group][0] if rule.concurrency_group else None
-        by_owner[a.owner_id].append((a.task.id, a.cost, expiry, rule.concurrency_group, limit))
+        expiry = policy.lease_until(a.task, now, rt.settings.for_type(a.task.task_type).timeout_ms) + policy.LEASE_GRACE
+        by_owner[a.owner_id].append(limited.slot_request(rt.settings, a.task.id, a.task.task_type, a.cost, expiry))
     reserved = {
         owner: rt.ledger.reserve(owner, capacity[owner], tasks, now, token=cycle.token)
         for owner, tasks in by_owner.items()

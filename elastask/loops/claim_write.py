@@ -20,6 +20,8 @@ from elastask.core import policy
 from elastask.core.documents import TaskDocument
 from elastask.errors import StoreError
 from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.limited import slot_request
+from elastask.parts.ledger import SlotRequest
 from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
 
@@ -138,10 +140,11 @@ def _confirm(
 ) -> list[tuple[policy.Assignment, TaskDocument]]:
     """Confirm the written claims' slots; a claim whose slot the ledger lost and cannot take again
     (Redis lost the ledger during the write, and the node filled up since) is given back, never pushed."""
-    by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
+    by_owner: dict[str, list[SlotRequest]] = defaultdict(list)
     for a, doc in claimed:
         assert doc.retry_at is not None  # a claimed document has its lease
-        by_owner[a.owner_id].append((a.task.id, a.cost, doc.retry_at + policy.LEASE_GRACE))
+        expiry = doc.retry_at + policy.LEASE_GRACE
+        by_owner[a.owner_id].append(slot_request(rt.settings, a.task.id, a.task.task_type, a.cost, expiry))
     versions = {doc.id: doc.seq_no for _, doc in claimed if doc.seq_no is not None}
     held = {
         owner: rt.ledger.confirm(owner, capacity[owner], items, now, token=token, versions=versions)

@@ -18,7 +18,8 @@ from typing import Any
 from elastask.core import policy, queries
 from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
-from elastask.parts.ledger import LeaseView
+from elastask.loops.limited import slot_request
+from elastask.parts.ledger import LeaseView, SlotRequest
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
 
@@ -197,16 +198,18 @@ def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
     rt.store.refresh()  # the search below must see the claims of the last second too
     body = queries.in_flight(now, None, size=max(1000, sum(n.capacity_units for n in nodes)))
     hits = rt.store.search_hits(body, "rebuilding the ledger")
-    by_owner: dict[str, list[tuple[str, int, datetime]]] = defaultdict(list)
+    by_owner: dict[str, list[SlotRequest]] = defaultdict(list)
     for hit in hits:
         task = hit.get("_source", {}).get("task", {})
         try:
             retry_at = parse_date(task["retryAt"])
         except (KeyError, TypeError, ValueError):
             continue
+        task_type = str(task.get("taskType"))
         own = INSTANCE_COSTS.get(str(task.get("cost")))
-        cost = own if own is not None else rt.settings.for_type(str(task.get("taskType"))).cost
-        by_owner[str(task.get("ownerId"))].append((str(hit["_id"]), cost, retry_at + policy.LEASE_GRACE))
+        cost = own if own is not None else rt.settings.for_type(task_type).cost
+        expiry = retry_at + policy.LEASE_GRACE
+        by_owner[str(task.get("ownerId"))].append(slot_request(rt.settings, str(hit["_id"]), task_type, cost, expiry))
     capacity = {n.owner_id: n.capacity_units for n in nodes}
     count = 0
     for owner, leases in by_owner.items():

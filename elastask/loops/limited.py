@@ -10,9 +10,11 @@ on Redis's clock, beside the cap.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from elastask.config import Settings
+from elastask.parts.ledger import SlotRequest
 from elastask.parts.nodes import Node
 
 
@@ -48,6 +50,17 @@ def group_searches(settings: Settings, room: Mapping[str, Mapping[str, int]]) ->
 def group_of(settings: Settings) -> Callable[[str], str | None]:
     """A task type's concurrency group, or None for a type without a limit."""
     return lambda task_type: settings.for_type(task_type).concurrency_group
+
+
+def slot_request(settings: Settings, task_id: str, task_type: str, cost: int, expiry: datetime) -> SlotRequest:
+    """The ledger's request for one task's slot, with its type's concurrency group and limit.
+
+    Every slot carries them, however it is taken (reserved, taken again at confirm, rebuilt from the
+    engine): a slot without its group would let a second run of the group start beside it.
+    """
+    group = settings.for_type(task_type).concurrency_group
+    limit = settings.concurrency_groups()[group][0] if group else None
+    return (task_id, cost, expiry, group, limit)
 
 
 def merge_hits(batches: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:

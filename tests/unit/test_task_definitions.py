@@ -60,6 +60,21 @@ def test_given_thirty_reports_with_limit_one_ahead_of_normal_tasks_then_the_norm
     assert claimed_types(jobs) == ["report:execute", *["sample"] * 5]
 
 
+def test_given_redis_lost_the_ledger_during_a_limited_run_then_the_rebuilt_slot_still_holds_the_limit() -> None:
+    # Given a report running on the only node (limit 1 per node) and a second one due.
+    engine = StubEngine()
+    seed(engine, "report", "report:execute", 2, age_s=60)
+    rt = stub_runtime(engine, task_types=REPORTING)
+    jobs: list[DispatchJob] = []
+    claim_available_tasks(rt, NOW, jobs.append, sessions=False)
+    assert claimed_types(jobs) == ["report:execute"]
+    # When Redis loses everything and the ledger is rebuilt from the engine's running leases,
+    rt.redis.flushall()
+    claim_available_tasks(rt, NOW + timedelta(seconds=1), jobs.append, sessions=False)
+    # Then the rebuilt slot counts against the group's limit: the second report waits.
+    assert claimed_types(jobs) == ["report:execute"]
+
+
 def test_given_two_types_in_one_group_then_they_share_its_limit_per_node() -> None:
     engine = StubEngine()
     seed(engine, "now", "report:execute", 2, age_s=30)
