@@ -100,6 +100,20 @@ def usage_minute(minute: int) -> str:
     return f"{PREFIX}usage:{minute}"
 
 
+#: Set of the worker ids (``host:pid:started``) that recorded the claims they hold (parts/worker_claims.py).
+WORKERS = PREFIX + "workers"
+
+
+def worker_alive(worker_id: str) -> str:
+    """Present while the worker beats (its main process renews it every second)."""
+    return f"{PREFIX}worker:alive:{worker_id}"
+
+
+def worker_claims(worker_id: str) -> str:
+    """Sorted set of the claims one worker holds, a member per dispatch job (score: when to forget it, ms)."""
+    return f"{PREFIX}worker:claims:{worker_id}"
+
+
 def shutting_down(hostname: str) -> str:
     """Present while the worker ``hostname`` (its Celery node name) shuts down: its refill sessions end."""
     return f"{PREFIX}worker:shutting-down:{hostname}"

@@ -33,6 +33,9 @@ class Runtime:
     nodes: NodeRegistry
     kibana: KibanaClient
     rng: random.Random
+    #: The Celery worker this process belongs to (entry/heartbeat.py), None outside a worker: the
+    #: claims it sends are recorded as held by it until a worker receives them.
+    worker_id: str | None = None
     #: What this process already warned about once (e.g. task types that run more often than the claim loop).
     warned: set[str] = field(default_factory=set)
     #: Per Kibana node, the threads that push its tasks: a node that does not answer holds only its own.

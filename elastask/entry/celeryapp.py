@@ -18,6 +18,7 @@ from kombu.entity import Queue
 from elastask import keys
 from elastask.config import Settings, load_settings
 from elastask.entry import celery_defaults as celery_settings
+from elastask.entry.heartbeat import Heartbeat
 from elastask.entry.redis_transport import transport_for
 from elastask.errors import ConfigError
 from elastask.parts.redis_client import broker_transport_options, build_redis
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> Celery:
     app.conf.elastask_settings = settings
     app.conf.elastask_pinned = False
     app.steps["consumer"].add(NodeQueues)
+    app.steps["consumer"].add(Heartbeat)
     return app
 
 

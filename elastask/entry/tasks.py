@@ -21,6 +21,7 @@ from elastask import keys
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date
 from elastask.core.messages import DispatchJob
+from elastask.entry import heartbeat
 from elastask.entry.celeryapp import get_app, worker_processes
 from elastask.entry.publisher import background_publisher
 from elastask.errors import LedgerError, StoreError
@@ -48,6 +49,7 @@ def runtime() -> Runtime:
     global _runtime
     if _runtime is None or _runtime[0] != os.getpid():
         _runtime = (os.getpid(), build_runtime(app.conf.elastask_settings))
+        _runtime[1].worker_id = heartbeat.worker_id()
         _check_index(_runtime[1])
     return _runtime[1]
 
@@ -162,7 +164,7 @@ def retry() -> dict[str, Any]:
         rt = runtime()
         summary = retry_expired_leases(rt, rt.now())
         Metrics(rt.redis).record(
-            {"elastask_malformed_total": summary.skipped},
+            {"elastask_malformed_total": summary.skipped, "elastask_dead_worker_claims_total": summary.orphans},
             labelled=[("elastask_retried_total", {"outcome": k}, n) for k, n in summary.outcomes.items()],
         )
         return summary.as_dict()

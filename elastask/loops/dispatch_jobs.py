@@ -9,9 +9,12 @@ ETA, its first step, so it waits in the broker's worker rather than in a pool pr
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
+
+import redis
 
 from elastask.core import policy
 from elastask.core.advice import interval_advice
@@ -19,6 +22,7 @@ from elastask.core.documents import TaskDocument
 from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob, run_now_body
 from elastask.parts.nodes import Node
+from elastask.parts.worker_claims import SENDING_MS, WorkerClaims
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -39,10 +43,25 @@ def enqueue_jobs(
         slack_ms = policy.dispatch_slack_ms(assignment.task, rt.settings.for_type(doc.task_type).timeout_ms)
         task = _job(doc, by_owner[assignment.owner_id], slack_ms)
         jobs[assignment.owner_id].append((policy.push_step(doc.run_at, now), task))
+    to_send = []
     for owner_id, steps in jobs.items():
         first = None if any(at is None for at, _ in steps) else min(at for at, _ in steps if at is not None)
         tasks = tuple(task for _, task in sorted(steps, key=lambda step: step[0] or now))
-        enqueue(DispatchJob(owner_id, by_owner[owner_id].url, tasks, format_date(first) if first else None))
+        to_send.append(DispatchJob(owner_id, by_owner[owner_id].url, tasks, format_date(first) if first else None))
+    _hold_until_received(rt, to_send)
+    for job in to_send:
+        enqueue(job)
+
+
+def _hold_until_received(rt: Runtime, jobs: Sequence[DispatchJob]) -> None:
+    """This worker holds the jobs it sends until a worker receives them: if it dies first, the retry
+    loop gives their claims back (loops/orphans.py). Best effort: without the record, the leases decide."""
+    if rt.worker_id is None or not jobs:
+        return
+    try:
+        WorkerClaims(rt.redis).hold(rt.worker_id, jobs, int(time.time() * 1000) + SENDING_MS)
+    except redis.RedisError as e:
+        log.warning("could not record the dispatch jobs this worker sends (if it dies, their leases decide): %s", e)
 
 
 def _advise_on_interval(rt: Runtime, doc: TaskDocument) -> None:

@@ -28,6 +28,7 @@ from elastask.errors import DocumentError, LedgerError
 from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
 from elastask.loops.malformed import quarantined, report_malformed
+from elastask.loops.orphans import GIVEN_BACK, take_back_orphans
 from elastask.parts.locks import exclusive
 from elastask.parts.redis_errors import redis_errors
 from elastask.runtime import Runtime
@@ -48,6 +49,8 @@ class RetrySummary:
     conflicts: int = 0
     skipped: int = 0
     unclaimable: int = 0
+    #: Claims of dead workers given back, never pushed (loops/orphans.py).
+    orphans: int = 0
     duration_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,16 +63,17 @@ def retry_expired_leases(rt: Runtime, now: datetime) -> RetrySummary:
     with exclusive(rt.redis, keys.RETRY_LOCK, max(30_000, 10 * rt.settings.retry_interval_ms)) as lock:
         if not lock.taken:
             return RetrySummary(ran=False)
-        summary = _retry_cycle(rt, now)
+        summary = RetrySummary(orphans=take_back_orphans(rt, now))
+        _retry_cycle(rt, now, summary)
         # The audit looks for documents no loop would pick up; once a minute is plenty.
         if rt.redis.set(keys.AUDIT_DUE, 1, nx=True, ex=AUDIT_EVERY_S):
             summary.unclaimable = audit_unclaimable(rt, now)
             summary.outcomes["failed"] = summary.outcomes.get("failed", 0) + fail_exhausted_one_shots(rt, now)
     summary.duration_ms = (time.monotonic() - started) * 1000
-    if summary.expired or summary.skipped or summary.unclaimable:
+    if summary.expired or summary.skipped or summary.unclaimable or summary.orphans:
         log.info(
             "retry cycle: expired=%d retried=%d failed=%d rescheduled=%d returned(never pushed)=%d conflicts=%d "
-            "skipped(malformed)=%d unclaimable=%d duration=%.0fms",
+            "skipped(malformed)=%d unclaimable=%d returned(dead worker)=%d duration=%.0fms",
             summary.expired,
             summary.outcomes.get("retry", 0),
             summary.outcomes.get("failed", 0),
@@ -78,13 +82,13 @@ def retry_expired_leases(rt: Runtime, now: datetime) -> RetrySummary:
             summary.conflicts,
             summary.skipped,
             summary.unclaimable,
+            summary.orphans,
             summary.duration_ms,
         )
     return summary
 
 
-def _retry_cycle(rt: Runtime, now: datetime) -> RetrySummary:
-    summary = RetrySummary()
+def _retry_cycle(rt: Runtime, now: datetime, summary: RetrySummary) -> RetrySummary:
     # A lease is over at retryAt plus a grace: Kibana times a run from its start, a moment after
     # the claim (a push that waited longer than the grace renewed its lease), so it may still be
     # running at retryAt itself.
@@ -175,7 +179,7 @@ def never_pushed(rt: Runtime, docs: Sequence[TaskDocument]) -> set[str]:
     for doc in versioned:
         assert doc.seq_no is not None
         pipe.exists(keys.claimed(doc.id, doc.seq_no))
-        pipe.exists(keys.pushed(doc.id, doc.seq_no))
+        pipe.get(keys.pushed(doc.id, doc.seq_no))
     try:
         with redis_errors("reading claim and push markers"):
             counts = pipe.execute()
@@ -183,7 +187,8 @@ def never_pushed(rt: Runtime, docs: Sequence[TaskDocument]) -> set[str]:
         log.warning("%s; expired leases count as attempts", e)
         return set()
     claimed, pushed = counts[0::2], counts[1::2]
-    return {d.id for d, c, p in zip(versioned, claimed, pushed, strict=True) if c and not p}
+    # A marker the retry loop set when it took the claim back from a dead worker is no push either.
+    return {d.id for d, c, p in zip(versioned, claimed, pushed, strict=True) if c and p in (None, GIVEN_BACK)}
 
 
 def audit_unclaimable(rt: Runtime, now: datetime) -> int:

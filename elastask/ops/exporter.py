@@ -36,6 +36,7 @@ HELP = {
     "elastask_malformed": "Malformed task documents skipped.",
     "elastask_too_costly": "Tasks failed because their own task.cost is more than any Kibana node holds.",
     "elastask_dispatched": "Pushes to _run_now, by outcome.",
+    "elastask_dead_worker_claims": "Claims of a worker that stopped beating, never pushed, given back to idle.",
     "elastask_retried": "Expired leases handled, by outcome (retry, failed, rescheduled).",
 }
 

@@ -97,6 +97,21 @@ def ahead_held_by_workers(es: Elasticsearch, client: redis.Redis, ahead_s: float
     return sum(1 for hit in hits if not any(client.scan_iter(match=f"elastask:pushed:{hit['_id']}:*")))
 
 
+def left_over(es: Elasticsearch, client: redis.Redis) -> list[tuple[str, str, int, list[str]]]:
+    """The tasks not done: id, status, attempts, and their markers in Redis (what a failed run shows)."""
+    es.indices.refresh(index=INDEX)
+    hits = es.search(index=INDEX, size=50, seq_no_primary_term=True)["hits"]["hits"]
+    return [
+        (
+            hit["_id"],
+            hit["_source"]["task"]["status"],
+            hit["_source"]["task"]["attempts"],
+            [f"{k.decode()}={client.get(k)!r}" for k in client.scan_iter(match=f"elastask:*:{hit['_id']}:*")],
+        )
+        for hit in hits
+    ]
+
+
 def finish(
     es: Elasticsearch, sim: SimulatorProcess, cleared_at: float, fault: str, checked: str, *, failed_ok: bool = False
 ) -> float:
@@ -132,6 +147,34 @@ def test_worker_killed_mid_dispatch_before_and_after_the_push(
     dispatcher.worker("survivor", concurrency=4)
     finish(es, sim, cleared, "worker SIGKILLed mid-dispatch", "all 60 done once, no overlap, cap held")
     assert sim.stats()["totals"]["runs_finished"] >= 60
+
+
+def test_worker_killed_mid_burst_with_kibanas_task_timeout_costs_seconds_not_a_lease(
+    store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
+) -> None:
+    # The shipped task_timeout (5 m): a claim stranded by the kill would wait its whole lease.
+    sim = simulator(nodes=3, run_ms="200")
+    es = store.client
+    seed(es, one_shots(300))
+    dispatcher = dispatcher_factory(sim)
+    dispatcher.beat()
+    doomed = dispatcher.worker("doomed")
+    wait_for(lambda: sim.stats()["totals"]["runs_started"] >= 20, 60, "the burst under way")
+    time.sleep(0.5)
+    doomed.kill()  # SIGKILL the worker and its pool, as an OOM kill or an eviction does
+    killed = time.monotonic()
+    dispatcher.worker("survivor")
+    try:
+        wait_for(lambda: task_count(es) == 0, 60, "every one-shot done after the kill")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; left: {left_over(es, redis_client)}") from None
+    done_s = time.monotonic() - killed
+    record("worker SIGKILLed mid-burst, task_timeout 5m", "all 300 done, none failed, no overlap, cap held", done_s)
+    assert done_s <= 30, f"the last one-shot finished {done_s:.0f}s after the kill"
+    stats = sim.stats()
+    assert_no_violations(stats)
+    assert stats["totals"]["runs_finished"] >= 300
+    assert "stopped beating" in dispatcher.logs()
 
 
 #: One attempt per task: a claim whose dispatch job was lost before its push must not use it up.

@@ -1,0 +1,113 @@
+"""A dead worker's claims: the unpushed ones back to idle at once, the pushed ones keep their leases
+(stub engine, fakeredis; the same on real processes in tests/integration/test_faults.py).
+
+Given/When/Then in each name.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from elastask import keys
+from elastask.core.documents import new_task
+from elastask.core.messages import DispatchJob
+from elastask.loops.claim import claim_available_tasks
+from elastask.loops.dispatch import push_claimed_tasks
+from elastask.loops.orphans import take_back_orphans
+from elastask.loops.retry import never_pushed, retry_expired_leases
+from elastask.parts.store import TaskStore
+from elastask.parts.worker_claims import WorkerClaims
+from elastask.runtime import Runtime
+from tests.unit.stubs import INDEX, StubEngine, stub_runtime
+
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+OWNER = "kibana:a"
+
+
+def claimed_by(worker_id: str, count: int) -> tuple[StubEngine, Runtime, list[DispatchJob]]:
+    """``count`` one-shot tasks claimed by a claim cycle of the worker ``worker_id``, its jobs not yet pushed."""
+    engine = StubEngine()
+    for i in range(count):
+        doc = new_task(f"t{i}", "sample", now=NOW - timedelta(seconds=10 - i))
+        engine.put(doc.id, doc.to_source())
+    rt = stub_runtime(engine)
+    rt.worker_id = worker_id
+    jobs: list[DispatchJob] = []
+    claim_available_tasks(rt, NOW, jobs.append, sessions=False)
+    assert sum(len(job.tasks) for job in jobs) == count
+    return engine, rt, jobs
+
+
+def status_of(engine: StubEngine, doc_id: str) -> tuple[str, int]:
+    task = engine.docs[doc_id]["_source"]["task"]
+    return task["status"], task["attempts"]
+
+
+def test_given_a_worker_that_stopped_beating_then_its_unpushed_claims_go_back_and_its_pushed_ones_stay() -> None:
+    engine, rt, jobs = claimed_by("dead-worker", 3)
+    [job] = jobs
+    pushed = job.tasks[0]
+    rt.redis.set(keys.pushed(pushed.doc_id, pushed.claim), 1)  # its process pushed this one before it died
+    returned = take_back_orphans(rt, NOW + timedelta(seconds=6))
+    assert returned == 2
+    assert status_of(engine, pushed.doc_id) == ("running", 1)
+    for task in job.tasks[1:]:
+        assert status_of(engine, task.doc_id) == ("idle", 0)  # attempt returned
+    assert {lease.task_id for lease in rt.ledger.leases([OWNER])} == {pushed.doc_id}
+    assert WorkerClaims(rt.redis).dead() == []  # handled once, forgotten
+
+
+def test_given_a_live_worker_then_its_claims_are_left_alone() -> None:
+    engine, rt, jobs = claimed_by("live-worker", 2)
+    WorkerClaims(rt.redis).beat("live-worker", 0)
+    assert take_back_orphans(rt, NOW) == 0
+    assert all(status_of(engine, task.doc_id) == ("running", 1) for task in jobs[0].tasks)
+
+
+def test_given_a_frozen_worker_that_wakes_after_the_give_back_then_it_pushes_nothing() -> None:
+    engine, rt, jobs = claimed_by("frozen-worker", 2)
+    take_back_orphans(rt, NOW + timedelta(seconds=6))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        report = push_claimed_tasks(rt, jobs[0], NOW, pool)  # its clock stood still while it was frozen
+    assert set(report.outcomes.values()) == {"duplicate"}
+    assert rt.kibana.pushed == []  # type: ignore[attr-defined]
+    assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
+
+
+def test_given_a_give_back_that_failed_then_the_next_retry_cycle_gives_them_back() -> None:
+    engine, rt, jobs = claimed_by("dead-worker", 2)
+    healthy = rt.store
+    rt.store = TaskStore(_Down(), INDEX)  # type: ignore[arg-type]
+    assert take_back_orphans(rt, NOW + timedelta(seconds=6)) == 0
+    rt.store = healthy
+    assert take_back_orphans(rt, NOW + timedelta(seconds=11)) == 2
+    assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
+
+
+def test_a_claim_given_back_but_still_running_when_its_lease_ends_counts_no_attempt() -> None:
+    # The give-back write lost to a lease renewal (a new version); the lease ran out without a push.
+    engine, rt, jobs = claimed_by("dead-worker", 1)
+    task = jobs[0].tasks[0]
+    rt.redis.set(keys.pushed(task.doc_id, task.claim), b"given-back")
+    doc = rt.store.get(task.doc_id)
+    assert never_pushed(rt, [doc]) == {task.doc_id}
+
+
+def test_the_retry_loop_runs_the_take_back_first() -> None:
+    engine, rt, jobs = claimed_by("dead-worker", 2)
+    summary = retry_expired_leases(rt, NOW + timedelta(seconds=6))
+    assert summary.orphans == 2
+    assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
+
+
+class _Down:
+    """An engine that does not answer."""
+
+    def __getattr__(self, name: str) -> object:
+        from elastic_transport import ConnectionError as TransportConnectionError
+
+        def fail(*_args: object, **_kwargs: object) -> object:
+            raise TransportConnectionError("engine down")
+
+        return fail
