@@ -87,7 +87,7 @@ def test_given_a_give_back_that_failed_then_the_next_retry_cycle_gives_them_back
 
 def test_a_claim_given_back_but_still_running_when_its_lease_ends_counts_no_attempt() -> None:
     # The give-back write lost to a lease renewal (a new version); the lease ran out without a push.
-    engine, rt, jobs = claimed_by("dead-worker", 1)
+    _engine, rt, jobs = claimed_by("dead-worker", 1)
     task = jobs[0].tasks[0]
     rt.redis.set(keys.pushed(task.doc_id, task.claim), b"given-back")
     doc = rt.store.get(task.doc_id)
