@@ -78,6 +78,9 @@ def push_claimed_tasks(
     the push thread; until then their leases stand, as for an ambiguous push.
     """
     report = DispatchReport()
+    # The job's one clock, started before its own engine and Redis calls: a slow renewal must not
+    # leave the pushes believing they have more lease than they do.
+    clock = _JobClock(now, time.monotonic())
     node = _node(rt, job)
     if node is None:
         log.error("Kibana node %s is no longer configured; giving its %d task(s) back", job.node_url, len(job.tasks))
@@ -97,11 +100,11 @@ def push_claimed_tasks(
         )
         give_back_tasks(rt, job.owner_id, expired)
         report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
-    live = _leave_out_paused(rt, node, live, now, report)
-    live = renew_waited_leases(rt, job.owner_id, live, now, report)
-    clock = _JobClock(now, time.monotonic())
-    due, ahead = _split_by_step(live, now)
-    due = _mark_pushed(rt, due, now, report)  # first: a Redis error retries the job before anything is scheduled
+    live = _leave_out_paused(rt, node, live, clock.read(), report)
+    live = renew_waited_leases(rt, job.owner_id, live, clock.read(), report)
+    due, ahead = _split_by_step(live, clock.read())
+    # Marked first: a Redis error retries the job before anything is scheduled.
+    due = _mark_pushed(rt, due, clock.read(), report)
     _schedule(rt, node, ahead, pool, clock, wait_s, on_late, report)
     if not due:
         return report

@@ -113,12 +113,19 @@ def _record(
 
 
 def count_failure(rt: Runtime, node: Node, results: Sequence[PushResult]) -> None:
-    """Every push of one job failed: one failure for the node's breaker (per job, not per task)."""
+    """Every push of one job failed: one failure for the node's breaker (per job, not per task).
+
+    Never raises: the pushes have left, and a job retried for a Redis error here would push again
+    where Redis lost their markers meanwhile. The breaker misses one failure at worst.
+    """
     if not results:
         return
     refused = [r for r in results if r.connection_refused]
     worst = refused[0] if refused else results[0]
-    rt.nodes.record_failure(node, worst.detail, hard=bool(refused))
+    try:
+        rt.nodes.record_failure(node, worst.detail, hard=bool(refused))
+    except LedgerError as e:
+        log.warning("could not count a failed dispatch job against %s in Redis: %s", node.url, e)
 
 
 def _burn_attempts(

@@ -6,8 +6,10 @@ Given/When/Then in each name. The same paths run on real processes in tests/inte
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from elastask import keys
 from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.errors import LedgerError
 from elastask.loops.dispatch import push_claimed_tasks
 from elastask.parts.kibana import PushResult
 from elastask.runtime import Runtime
@@ -147,3 +150,34 @@ def test_given_an_expired_job_whose_give_back_loses_its_write_then_the_slot_stay
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (stale,)), late, pool)
     assert report.outcomes == {"task:rec": "expired"}
     assert held(rt) == {"task:rec"}
+
+
+def test_given_a_renewal_slower_than_the_slack_then_the_push_does_not_leave_on_a_lease_too_short(
+    pool: ThreadPoolExecutor,
+) -> None:
+    # A job that waited past its slack (1 s) renews its lease; the renewal's _bulk takes 1.2 s. The
+    # job's clock ran meanwhile, so the renewed lease no longer covers a whole run: no push.
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    task = replace(claimed(engine, rt, "task:slow-renewal", attempts=1), slack_ms=1000)
+    engine.before_bulk = lambda: time.sleep(1.2)
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=1.5), pool)
+    assert rt.kibana.pushed == []  # type: ignore[attr-defined]
+    assert report.outcomes["task:slow-renewal"] != "accepted"
+    assert engine.docs["task:slow-renewal"]["_source"]["task"]["attempts"] == 0  # never reached Kibana
+
+
+def test_given_redis_failing_when_a_job_counts_its_failed_pushes_then_the_job_does_not_raise(
+    pool: ThreadPoolExecutor,
+) -> None:
+    # Its pushes left: a job retried for this would push them again where Redis lost their markers.
+    engine = StubEngine()
+    rt = stub_runtime(engine, answering(503))
+    job = claimed(engine, rt, "task:x", attempts=1)
+
+    def redis_down(*_args: object, **_kwargs: object) -> None:
+        raise LedgerError("Redis, recording a node failure: ConnectionError")
+
+    rt.nodes.record_failure = redis_down  # type: ignore[method-assign]
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
+    assert report.outcomes == {"task:x": "refused"}
