@@ -11,7 +11,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from elastask.config import Settings
@@ -350,7 +350,7 @@ def _hits_in_session(cycle: _Cycle, session: RefillSession) -> bool:
 def _lease(cycle: _Cycle, a: policy.Assignment, doc: TaskDocument) -> ClaimedLease:
     """What a refill session learns of a claim: the version written, and how far ahead of its runAt."""
     assert doc.seq_no is not None and doc.primary_term is not None  # a claimed document has both
-    ahead_ms = (doc.run_at - datetime.now(UTC)).total_seconds() * 1000
+    ahead_ms = (doc.run_at - cycle.rt.now()).total_seconds() * 1000  # Redis's clock, as runAt is judged
     return ClaimedLease(a.task.id, a.task.task_type, (doc.seq_no, doc.primary_term), max(0.0, ahead_ms))
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from elastask import keys
+from elastask.core.clock import monotonic_ms
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.errors import StoreError
@@ -398,3 +400,20 @@ def test_one_run_far_shorter_than_its_types_others_does_not_bring_every_later_fi
     # Then its first read comes near the short end of the usual runs, not at the one outlier.
     assert session.reads.shortest_run_ms["report"] >= 280
     assert session.reads.next_read["next"] >= 1000 + FIRST_READ_SHARE * 280
+
+
+def test_a_task_claimed_ahead_is_timed_on_redis_clock_not_the_workers() -> None:
+    # Given a worker whose own clock is 5 s behind Redis's, and a task due 400 ms from now (Redis's time).
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    rt.ledger.now_ms = lambda: int(time.time() * 1000) + 5000  # type: ignore[method-assign]
+    doc = new_task(
+        "ahead", "sample", now=rt.now() - timedelta(seconds=5), run_at=rt.now() + timedelta(milliseconds=400)
+    )
+    engine.put(doc.id, doc.to_source())
+    session = RefillSession(monotonic_ms(), max_wait_ms=250)
+    summary = run_claim_cycle(rt, rt.now(), lambda _job: None, refill=session)
+    assert summary.claimed == 1
+    # Then its hold counts from its runAt 400 ms away, not 5.4 s away (the lease read that late).
+    _type, since_ms = session.reads.started_at["task:ahead"]
+    assert since_ms - monotonic_ms() < 1000
