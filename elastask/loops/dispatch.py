@@ -293,10 +293,10 @@ def _settle_when_answered(
 
 def _mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, report: DispatchReport) -> list[ClaimedTask]:
     """Set each claim's push marker (one pipelined round trip); a claim already marked is not pushed again."""
+    ttl_ms = {task.doc_id: max(remaining_ms(task, now), task.lease_ms) + _PUSH_MARKER_EXTRA_MS for task in tasks}
     pipe = rt.redis.pipeline(transaction=False)
     for task in tasks:
-        marker_ttl_ms = max(remaining_ms(task, now), task.lease_ms) + _PUSH_MARKER_EXTRA_MS
-        pipe.set(keys.pushed(task.doc_id, task.claim), 1, nx=True, px=marker_ttl_ms)
+        pipe.set(keys.pushed(task.doc_id, task.claim), 1, nx=True, px=ttl_ms[task.doc_id])
     with redis_errors("setting push markers"):
         markers = pipe.execute()
     fresh = []
@@ -306,6 +306,14 @@ def _mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, repor
         else:
             warn(task, "task %r: this claim was already pushed once (redelivered job); its lease decides", task.doc_id)
             report.outcomes[task.doc_id] = "duplicate"
+    renewed = [task for task in fresh if task.seq_no != task.claim]
+    if renewed:
+        # A renewed lease is a new version of the document: the retry loop looks for its push under it.
+        pipe = rt.redis.pipeline(transaction=False)
+        for task in renewed:
+            pipe.set(keys.pushed(task.doc_id, task.seq_no), 1, px=ttl_ms[task.doc_id])
+        with redis_errors("setting push markers of renewed leases"):
+            pipe.execute()
     return fresh
 
 

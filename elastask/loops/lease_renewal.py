@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from elastask import keys
 from elastask.core import policy
 from elastask.core.intervals import format_date, parse_date
 from elastask.core.messages import ClaimedTask
 from elastask.loops.push_outcomes import DispatchReport, give_back_tasks, warn
+from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate
 from elastask.runtime import Runtime
 
@@ -77,6 +79,7 @@ def renew_waited_leases(
             )
             report.outcomes[task.doc_id] = "expired"
             unrenewed.append(task)
+    _mark_renewed_claims(rt, list(renewed.values()))
     if unrenewed:
         give_back_tasks(rt, owner_id, unrenewed)
     until = {doc_id: renewed_until[doc_id] + policy.LEASE_GRACE for doc_id in renewed}
@@ -108,6 +111,19 @@ def renew_waited_leases(
         )
     waited_ids = {j.doc_id for j in waited}
     return [renewed.get(j.doc_id, j) for j in tasks if j.doc_id in renewed or j.doc_id not in waited_ids]
+
+
+def _mark_renewed_claims(rt: Runtime, renewed: Sequence[ClaimedTask]) -> None:
+    """A renewed lease is elastask's claim too: its claim marker, under the renewal's version, tells the
+    retry loop that a lease running out unpushed never reached Kibana (its attempt comes back)."""
+    if not renewed:
+        return
+    extra_ms = int(policy.CLAIM_MARKER_EXTRA.total_seconds() * 1000)
+    pipe = rt.redis.pipeline(transaction=False)
+    for task in renewed:
+        pipe.set(keys.claimed(task.doc_id, task.seq_no), 1, px=task.lease_ms + extra_ms)
+    with redis_errors("marking renewed claims"):
+        pipe.execute()
 
 
 def remaining_ms(task: ClaimedTask, now: datetime) -> int:

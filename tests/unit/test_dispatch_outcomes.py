@@ -20,6 +20,9 @@ from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError
 from elastask.loops.dispatch import push_claimed_tasks
+from elastask.loops.lease_renewal import renew_waited_leases
+from elastask.loops.push_outcomes import DispatchReport
+from elastask.loops.retry import never_pushed
 from elastask.parts.kibana import PushResult
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
@@ -181,3 +184,30 @@ def test_given_redis_failing_when_a_job_counts_its_failed_pushes_then_the_job_do
     rt.nodes.record_failure = redis_down  # type: ignore[method-assign]
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     assert report.outcomes == {"task:x": "refused"}
+
+
+def test_given_a_renewed_lease_never_pushed_when_it_runs_out_then_its_attempt_comes_back(
+    pool: ThreadPoolExecutor,
+) -> None:
+    # The job renewed its lease (a new version), then its process died before the push.
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    task = claimed(engine, rt, "task:renewed", attempts=1)
+    rt.redis.set(keys.claimed(task.doc_id, task.seq_no), 1)  # as confirm.lua marks the claim
+    [renewed] = renew_waited_leases(rt, OWNER, [task], NOW + timedelta(seconds=6), DispatchReport())
+    assert renewed.seq_no != task.seq_no
+    assert never_pushed(rt, [rt.store.get(task.doc_id)]) == {task.doc_id}
+
+
+def test_given_a_renewed_lease_that_was_pushed_when_it_runs_out_then_the_attempt_counts(
+    pool: ThreadPoolExecutor,
+) -> None:
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    task = claimed(engine, rt, "task:renewed", attempts=1)
+    rt.redis.set(keys.claimed(task.doc_id, task.seq_no), 1)
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=6), pool)
+    assert report.outcomes == {"task:renewed": "accepted"}
+    doc = rt.store.get(task.doc_id)
+    assert doc.seq_no != task.seq_no  # renewed before the push
+    assert never_pushed(rt, [doc]) == set()
