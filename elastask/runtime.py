@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
@@ -49,10 +51,18 @@ class Runtime:
         with self._pushers_lock:
             pool = self._pushers.get(owner_id)
             if pool is None:
-                pool = self._pushers[owner_id] = ThreadPoolExecutor(
+                pool = self._pushers[owner_id] = _TrackedPool(
                     max_workers=PUSH_PARALLELISM, thread_name_prefix=f"elastask-push-{len(self._pushers)}"
                 )
             return pool
+
+    def drain_pushes(self, timeout_s: float) -> int:
+        """Wait until every push submitted to the nodes' push threads is done (queued ones too: their
+        push markers are set), at most ``timeout_s``; returns how many were not."""
+        with self._pushers_lock:
+            pending = [f for pool in self._pushers.values() if isinstance(pool, _TrackedPool) for f in pool.pending()]
+        _done, not_done = wait(pending, timeout=timeout_s)
+        return len(not_done)
 
     def now(self) -> datetime:
         """The time every lease decision is made on: Redis's clock, the ledger's own, the same on every
@@ -67,6 +77,30 @@ class Runtime:
         self.store.close()
         self.redis.close()
         self.kibana.close()
+
+
+class _TrackedPool(ThreadPoolExecutor):
+    """A node's push threads, knowing the pushes not done yet (a warm shutdown waits for them)."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._pending: set[Future[Any]] = set()
+        self._pending_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def pending(self) -> list[Future[Any]]:
+        with self._pending_lock:
+            return list(self._pending)
 
 
 def build_runtime(settings: Settings) -> Runtime:

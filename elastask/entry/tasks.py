@@ -178,16 +178,26 @@ DISPATCH_RETRIES = 10
 DISPATCH_RETRY_MAX_S = 30
 
 
+#: How long a process that stops waits for the pushes queued on its nodes' threads (Kibana answers at
+#: once; a hung node's pushes that already left are ambiguous anyway, their leases decide).
+DRAIN_PUSHES_S = 2.0 + PUSH_WAIT_S
+
+
 @signals.worker_process_shutdown.connect
 @signals.worker_shutdown.connect
 def _push_what_is_scheduled(**_kwargs: Any) -> None:
-    """A warm shutdown pushes the tasks this process scheduled (at most a second ahead) before it exits:
-    their jobs are acknowledged, so left here they would wait for their leases to run out."""
+    """A warm shutdown pushes the tasks this process scheduled (at most a second ahead), and the pushes
+    queued on its nodes' push threads, before it exits: their jobs are acknowledged and their push
+    markers set, so left here they would wait for their leases to run out."""
     if _runtime is None or _runtime[0] != os.getpid():
         return
-    left = _runtime[1].push_schedule.drain(MAX_EARLY_WAIT_S + PUSH_WAIT_S)
+    rt = _runtime[1]
+    left = rt.push_schedule.drain(MAX_EARLY_WAIT_S + PUSH_WAIT_S)
     if left:
         log.warning("%d scheduled push step(s) not started before this process exits; their leases decide", left)
+    unsent = rt.drain_pushes(DRAIN_PUSHES_S)
+    if unsent:
+        log.warning("%d push(es) not answered before this process exits; their leases decide", unsent)
 
 
 def _dispatch_argsrepr(batch: DispatchJob) -> str:

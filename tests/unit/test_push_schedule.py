@@ -23,7 +23,7 @@ from elastask.ops import pausing
 from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.pauses import PauseStore
 from elastask.parts.push_schedule import PushSchedule
-from elastask.runtime import Runtime
+from elastask.runtime import PUSH_PARALLELISM, Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 from tests.unit.test_dispatch_outcomes import NOW, OWNER, URL, claimed, held
 
@@ -170,3 +170,17 @@ def test_a_scheduled_step_reuses_a_read_of_the_pauses_only_under_a_tenth_of_a_se
     assert recent_pauses(rt, NOW, max_age_s=0.0)  # an older one does not
     time.sleep(0.11)
     assert recent_pauses(rt, NOW)
+
+
+def test_a_process_that_stops_waits_for_the_pushes_queued_on_its_nodes_threads() -> None:
+    rt = stub_runtime(StubEngine())
+    done: list[int] = []
+    pool = rt.pushers("kibana:a")
+    # More pushes than threads: the last ones wait in the queue, their push markers already set.
+    for i in range(PUSH_PARALLELISM + 4):
+        pool.submit(lambda i=i: (time.sleep(0.2), done.append(i)))
+    assert rt.drain_pushes(5.0) == 0
+    assert len(done) == PUSH_PARALLELISM + 4
+    pool.submit(time.sleep, 2)
+    assert rt.drain_pushes(0.1) == 1  # bounded: a hung node's pushes are left to their leases
+    rt.close()
