@@ -97,7 +97,9 @@ def reconcile_ledger(
             forget_at[lease.task_id] = _search_again_at(task, now_ms)
             if versions is not None:
                 versions.drop(lease.task_id)
-    released = rt.ledger.release_many(done)
+    # Each slot freed only while it is the claim judged here: a look that paused past the claim lock
+    # finds a slot freed and taken again since by a newer claim of the same task, and leaves it.
+    released = rt.ledger.release_many(done, claims={lease.task_id: lease.claim for lease in judged})
     rt.ledger.mark_finished(forget_at)
     return held, released
 
@@ -199,6 +201,7 @@ def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
     body = queries.in_flight(now, None, size=max(1000, sum(n.capacity_units for n in nodes)))
     hits = rt.store.search_hits(body, "rebuilding the ledger")
     by_owner: dict[str, list[SlotRequest]] = defaultdict(list)
+    claims: dict[str, int] = {}
     for hit in hits:
         task = hit.get("_source", {}).get("task", {})
         try:
@@ -210,10 +213,12 @@ def rebuild_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int:
         cost = own if own is not None else rt.settings.for_type(task_type).cost
         expiry = retry_at + policy.LEASE_GRACE
         by_owner[str(task.get("ownerId"))].append(slot_request(rt.settings, str(hit["_id"]), task_type, cost, expiry))
+        if isinstance(hit.get("_seq_no"), int):
+            claims[str(hit["_id"])] = hit["_seq_no"]
     capacity = {n.owner_id: n.capacity_units for n in nodes}
     count = 0
     for owner, leases in by_owner.items():
-        count += len(rt.ledger.reserve(owner, capacity.get(owner, 0), leases, now, force=True))
+        count += len(rt.ledger.reserve(owner, capacity.get(owner, 0), leases, now, force=True, claims=claims))
     rt.ledger.mark_built(now)
     log.warning(
         "in-flight ledger not found in Redis (first start, or Redis flushed or restarted): "

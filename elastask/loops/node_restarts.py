@@ -117,8 +117,11 @@ def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:
             lost.append(doc)
     why = f"Kibana node {node.url} restarted (the run was lost)"
     plans = [(doc, lost_run_expiry(rt, doc, now, why)) for doc in lost]
+    # The claims whose slots these are, read before the writes: a slot freed and taken again by a newer
+    # claim of the same task in between is that claim's, not ours to free.
+    fences = {lease.task_id: lease.claim for lease in rt.ledger.leases([node.owner_id])} if plans else {}
     _, written = write_expiries(rt, plans, now)
-    rt.ledger.release(node.owner_id, [doc.id for doc in written])
+    rt.ledger.release(node.owner_id, [doc.id for doc in written], claims=fences)
     if plans:
         log.warning("%d lease(s) on %s ended after its restart, %d written", len(plans), node.owner_id, len(written))
     return len(written)

@@ -92,6 +92,7 @@ def _give_back(rt: Runtime, claims: list[HeldClaim]) -> int:
     for claim, result in zip(claims, results, strict=True):
         if result.ok:
             by_owner[claim.owner_id].append(claim.doc_id)
+    fences: dict[str, int | None] = {c.doc_id: c.claim for c in claims}
     for owner_id, ids in by_owner.items():
-        rt.ledger.release(owner_id, ids)
+        rt.ledger.release(owner_id, ids, claims=fences)
     return sum(len(ids) for ids in by_owner.values())

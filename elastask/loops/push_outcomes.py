@@ -188,10 +188,12 @@ def _release_where_ours(
 
     A 409 means the document moved on since this job's claim: a job redelivered after the visibility
     timeout, or one that waited past its lease, while the same task was claimed again, possibly for
-    this very node. The slot then belongs to that newer lease and is not ours to free.
+    this very node. The slot then belongs to that newer lease and is not ours to free; nor is it when
+    the write applied and this process paused before the release while the slot was freed and taken
+    again: each slot is freed only while it is still this claim's (the ledger's fence).
     """
     mine = [j.doc_id for j, r in zip(tasks, results, strict=True) if r.ok or r.missing]
-    rt.ledger.release(owner_id, mine)
+    rt.ledger.release(owner_id, mine, claims={j.doc_id: j.claim for j in tasks})
 
 
 def warn(task: ClaimedTask, message: str, *args: object) -> None:

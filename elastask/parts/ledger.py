@@ -47,14 +47,25 @@ def _keys(owner_id: str) -> list[str]:
 SlotRequest = tuple[str, int, datetime] | tuple[str, int, datetime, str | None, int | None]
 
 
-def _slots(requests: Iterable[SlotRequest], now: datetime) -> list[str | int]:
-    """The scripts' quintuples: id, cost, lease duration (ms from ``now``), group ('' = none), limit."""
+def _slots(requests: Iterable[SlotRequest], now: datetime, claims: Mapping[str, int] | None) -> list[str | int]:
+    """The scripts' sextuples: id, cost, lease duration (ms from ``now``), group ('' = none), limit, and
+    the claim's version ('' = not written yet)."""
     args: list[str | int] = []
     for request in requests:
         task_id, cost, expiry = request[0], request[1], request[2]
         group, limit = (request[3], request[4]) if len(request) == 5 else (None, None)
-        args += [task_id, cost, max(0, epoch_ms(expiry) - epoch_ms(now)), group or "", limit or 0]
+        claim = claims.get(task_id, "") if claims is not None else ""
+        args += [task_id, cost, max(0, epoch_ms(expiry) - epoch_ms(now)), group or "", limit or 0, claim]
     return args
+
+
+def _fenced(task_ids: Sequence[str], claims: Mapping[str, int | None] | None) -> list[str | int]:
+    """(id, claim) pairs for the release scripts: the claim each slot must still be ('' not written, '*' any)."""
+    pairs: list[str | int] = []
+    for task_id in task_ids:
+        claim = "*" if claims is None else claims.get(task_id)
+        pairs += [task_id, "" if claim is None else claim]
+    return pairs
 
 
 def _run_id(info: Any) -> str:
@@ -75,6 +86,8 @@ class Lease:
     expires_ms: int
     #: Set while the claim that reserved the slot may not be written yet (when it was reserved, ms).
     pending_since_ms: int | None = None
+    #: The version (``_seq_no``) of the claim whose slot this is, once written: its fence.
+    claim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,8 +113,8 @@ class Ledger:
         self._clock: tuple[int, float] | None = None
         self._usage = register(client, "usage", *_CLOCKED)
         self._reserve = register(client, "reserve", *_CLOCKED)
-        self._release = register(client, "release")
-        self._release_many = register(client, "release_many")
+        self._release = register(client, "release", "prune")
+        self._release_many = register(client, "release_many", "prune")
         self._confirm = register(client, "confirm", *_CLOCKED)
         self._extend = register(client, "extend", *_CLOCKED)
         self._leases = register(client, "leases", *_CLOCKED)
@@ -162,6 +175,7 @@ class Ledger:
         *,
         force: bool = False,
         token: str = "",
+        claims: Mapping[str, int] | None = None,
     ) -> set[str]:
         """Atomically take slots for the candidates that fit; returns the ids taken.
 
@@ -170,8 +184,9 @@ class Ledger:
 
         The expiry is turned into a duration from ``now`` (the caller's clock) and kept on Redis's.
         ``token`` names the reserving claim cycle: its release and confirm touch only its own slots.
+        ``claims``: the claims already written (a rebuild from the engine), each slot fenced by its own.
         """
-        args: list[str | int] = [capacity_units, 1 if force else 0, token, *_slots(candidates, now)]
+        args: list[str | int] = [capacity_units, 1 if force else 0, token, *_slots(candidates, now, claims)]
         if len(args) == 3:
             return set()
         with redis_errors(f"reserving slots on {owner_id}"):
@@ -192,7 +207,8 @@ class Ledger:
 
         Returns the ids whose slot is held; a slot the ledger lost meanwhile (Redis lost it during the
         write) is taken again if it fits, else the id is left out and the claim must be given back.
-        With ``versions`` (the claims' ``seq_no``), each held claim gets its claim marker
+        With ``versions`` (the claims' ``seq_no``), each held slot is fenced by its claim from now on
+        (a release naming another claim leaves it alone) and each held claim gets its claim marker
         (``keys.claimed``), living ``CLAIM_MARKER_EXTRA`` past its lease.
         """
         requests = list(claims)
@@ -200,7 +216,7 @@ class Ledger:
             capacity_units,
             token,
             int(CLAIM_MARKER_EXTRA.total_seconds() * 1000),
-            *_slots(requests, now),
+            *_slots(requests, now, versions),
         ]
         if not requests:
             return set()
@@ -209,25 +225,38 @@ class Ledger:
             held = self._confirm(keys=[*_keys(owner_id), *markers], args=args)
         return {_text(t) for t in held}
 
-    def release(self, owner_id: str, task_ids: Iterable[str]) -> int:
-        """Free the slots of these tasks on this node; returns how many were held."""
+    def release(self, owner_id: str, task_ids: Iterable[str], *, claims: Mapping[str, int | None] | None = None) -> int:
+        """Free the slots of these tasks on this node; returns how many were freed.
+
+        ``claims``: the claim (its version; None: a reservation not written) each caller acts for: a slot
+        is freed only while it is still that claim's, so a late or stale caller never frees the slot of a
+        newer lease of the same task. None frees whatever holds them (operators, tests).
+        """
         ids = list(task_ids)
         if not ids:
             return 0
         with redis_errors(f"releasing slots on {owner_id}"):
-            return int(self._release(keys=_keys(owner_id), args=ids))
+            return int(self._release(keys=_keys(owner_id), args=_fenced(ids, claims)))
 
-    def release_many(self, by_owner: Mapping[str, Iterable[str]], *, token: str = "") -> int:
-        """Release several nodes' tasks in one round trip; returns how many were held.
+    def release_many(
+        self,
+        by_owner: Mapping[str, Iterable[str]],
+        *,
+        token: str = "",
+        claims: Mapping[str, int | None] | None = None,
+    ) -> int:
+        """Release several nodes' tasks in one round trip; returns how many were freed.
 
         ``token``: only the slots that claim cycle reserved and has not confirmed (its give-backs).
+        ``claims``: as for ``release``.
         """
         groups = [(owner, list(ids)) for owner, ids in by_owner.items()]
         groups = [(owner, ids) for owner, ids in groups if ids]
         if not groups:
             return 0
         key_list = [k for owner, _ in groups for k in _keys(owner)]
-        args: list[Any] = [token, *(len(ids) for _, ids in groups), *(i for _, ids in groups for i in ids)]
+        pairs = [p for _, ids in groups for p in _fenced(ids, claims)]
+        args: list[Any] = [token, *(len(ids) for _, ids in groups), *pairs]
         with redis_errors(f"releasing slots on {len(groups)} node(s)"):
             return int(self._release_many(keys=key_list, args=args))
 
@@ -254,14 +283,16 @@ class Ledger:
             answer = self._leases(keys=key_list, args=[])
         now_ms, rest, finished = int(answer[0]), answer[1:-1], answer[-1]
         leases, used, groups = [], {}, {}
-        for owner, members, pending, units, counts in zip(
-            owner_ids, rest[::4], rest[1::4], rest[2::4], rest[3::4], strict=True
+        for owner, members, pending, units, counts, claimed in zip(
+            owner_ids, rest[::5], rest[1::5], rest[2::5], rest[3::5], rest[4::5], strict=True
         ):
             groups[owner] = {_text(counts[i]): int(counts[i + 1]) for i in range(0, len(counts), 2)}
             since = {_text(pending[i]): int(_text(pending[i + 1]).split(":", 1)[0]) for i in range(0, len(pending), 2)}
+            claims = {_text(claimed[i]): int(claimed[i + 1]) for i in range(0, len(claimed), 2)}
             for i in range(0, len(members), 2):
                 task_id = _text(members[i])
-                leases.append(Lease(task_id, owner, int(float(members[i + 1])), since.get(task_id)))
+                expires = int(float(members[i + 1]))
+                leases.append(Lease(task_id, owner, expires, since.get(task_id), claims.get(task_id)))
             used[owner] = int(units)
         return LeaseView(now_ms, leases, used, frozenset(_text(t) for t in finished), groups)
 

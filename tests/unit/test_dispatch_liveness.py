@@ -106,7 +106,7 @@ def test_given_redis_fails_after_the_pushes_left_then_the_job_does_not_raise_so_
     rt = stub_runtime(engine, answering(503))
     task = claimed(engine, rt, "task:x", attempts=1)
 
-    def failing_release(_owner: str, _ids: object) -> int:
+    def failing_release(_owner: str, _ids: object, **_fences: object) -> int:
         raise LedgerError("Redis, releasing slots: connection refused")
 
     rt.ledger.release = failing_release  # type: ignore[method-assign]

@@ -54,6 +54,7 @@ def claimed(engine: StubEngine, rt: Runtime, doc_id: str, attempts: int, schedul
     }
     seq_no = engine.put(doc_id, {"type": "task", "task": task})
     rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], NOW)
+    rt.ledger.confirm(OWNER, 20, [(doc_id, 2, retry_at)], NOW, versions={doc_id: seq_no})  # the slot is this claim's
     body = {
         "id": doc_id,
         "taskType": "sample",

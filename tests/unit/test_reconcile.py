@@ -153,3 +153,46 @@ def test_given_redis_lost_the_ledger_then_the_rebuild_takes_back_the_leases_of_n
     assert [lease.task_id for lease in rt.ledger.leases(["kibana:not-resolved-yet"])] == [
         "task:kibana:not-resolved-yet"
     ]
+
+
+def test_given_a_look_that_paused_after_its_read_then_it_leaves_the_slot_of_a_newer_claim_alone() -> None:
+    # Kibana finished task:rec (idle, attempts 0). A refill session reads it, then pauses past the claim
+    # lock; meanwhile another look frees its slot and a cycle claims it again for the same node.
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    lease = [("task:rec", 2, NOW + timedelta(minutes=5))]
+    rt.ledger.reserve(OWNER, 20, lease, NOW, token="cycle-1")
+    rt.ledger.confirm(OWNER, 20, lease, NOW, token="cycle-1", versions={"task:rec": 5})
+    engine.put("task:rec", {"type": "task", "task": {"status": "idle", "ownerId": OWNER, "attempts": 0}})
+    stale_view = rt.ledger.view([OWNER])
+    read = rt.store.mget_sources
+
+    def read_then_pause(*args: object, **kwargs: object) -> object:
+        hits = read(*args, **kwargs)  # type: ignore[arg-type]
+        rt.store.mget_sources = read  # type: ignore[method-assign]
+        assert reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000)[1] == 1  # the other look frees it
+        rt.ledger.reserve(OWNER, 20, lease, NOW, token="cycle-2")
+        rt.ledger.confirm(OWNER, 20, lease, NOW, token="cycle-2", versions={"task:rec": 9})
+        return hits
+
+    rt.store.mget_sources = read_then_pause  # type: ignore[method-assign]
+    _held, released = reconcile_ledger(rt, stale_view, 65_000)
+    # Then the paused look frees nothing: the slot is the newer claim's (freeing it let a cycle fill the
+    # node to its capacity + 1).
+    assert released == 0
+    assert [(lease.task_id, lease.claim) for lease in rt.ledger.leases([OWNER])] == [("task:rec", 9)]
+
+
+def test_a_late_release_for_an_older_claim_leaves_the_newer_claims_slot() -> None:
+    # A dispatch process gave task:x back (its write applied) and froze before freeing the slot; the slot
+    # was freed, and the task claimed again for the same node. The process wakes and releases.
+    rt = stub_runtime(StubEngine())
+    lease = [("task:x", 2, NOW + timedelta(minutes=5))]
+    rt.ledger.reserve(OWNER, 20, lease, NOW, token="cycle-1")
+    rt.ledger.confirm(OWNER, 20, lease, NOW, token="cycle-1", versions={"task:x": 5})
+    assert rt.ledger.release(OWNER, ["task:x"], claims={"task:x": 5}) == 1
+    rt.ledger.reserve(OWNER, 20, lease, NOW, token="cycle-2")
+    rt.ledger.confirm(OWNER, 20, lease, NOW, token="cycle-2", versions={"task:x": 9})
+    assert rt.ledger.release(OWNER, ["task:x"], claims={"task:x": 5}) == 0
+    assert rt.ledger.used_units([OWNER]) == {OWNER: 2}
+    assert rt.ledger.release(OWNER, ["task:x"], claims={"task:x": 9}) == 1

@@ -1,7 +1,8 @@
 -- A claim cycle's claims are written: confirm their slots, or take one now where the ledger lost it.
--- KEYS: zset, costs, pending, then (optional) one claim-marker key per quintuple, in their order
+-- KEYS: zset, costs, pending, then (optional) one claim-marker key per sextuple, in their order
 -- ARGV: capacity units, the cycle's token, how long a claim marker outlives its lease (ms), then
---       (id, cost, lease duration ms, concurrency group or '', its limit or 0) quintuples
+--       (id, cost, lease duration ms, concurrency group or '', its limit or 0, the claim's version)
+--       sextuples: the slot is the claim's from now on (its fence)
 -- Returns: the ids whose slot is held now (confirmed, or reserved here within the capacity and limit).
 -- A slot is lost when Redis lost the ledger while the claim write was in flight (it was rebuilt
 -- before the write showed in the engine); it is taken again only if it fits, so a claim written
@@ -15,17 +16,18 @@ local marker_extra = tonumber(ARGV[3])
 local used, groups = usage(KEYS[2])
 local held = {}
 local k = 0
-for i = 4, #ARGV, 5 do
+for i = 4, #ARGV, 6 do
   k = k + 1
   local id, cost, duration = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local group, limit = ARGV[i + 3], tonumber(ARGV[i + 4])
+  local group, limit, claim = ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5]
   local holds = false
   if redis.call('ZSCORE', KEYS[1], id) then
     redis.call('HDEL', KEYS[3], id)
+    redis.call('HSET', KEYS[2], id, entry(cost, group, claim))
     holds = true
   elseif used + cost <= capacity and (group == '' or (groups[group] or 0) < limit) then
     redis.call('ZADD', KEYS[1], now_ms + duration, id)
-    redis.call('HSET', KEYS[2], id, group ~= '' and (cost .. '|' .. group) or cost)
+    redis.call('HSET', KEYS[2], id, entry(cost, group, claim))
     used = used + cost
     if group ~= '' then groups[group] = (groups[group] or 0) + 1 end
     holds = true
