@@ -5,11 +5,12 @@ ten, a fifth of a busy cycle (BENCHMARKS.md). The claim loop only hands each job
 this thread sends them in order on a producer of its own (kombu connections are not shared between
 threads).
 
-A job that could not be sent is handed to ``on_unsent`` (the claim task gives its tasks back to idle,
-attempt returned, slots freed: they never reached a node). ``sending()`` turns False at the first
-failure, and the claim loop checks it before its next claim write, so no more claims are written
-for a broker that is gone; the first error is also raised again at the next hand-over and by
-``close``, so a lost broker still ends the claim job.
+A job that could not be sent is handed to ``on_unsent`` (the claim task switches its pushes off, in
+case the broker took it after all, and gives its tasks back to idle, attempt returned, slots freed);
+so is every job handed over after a send failed, the rest of the same cycle's included. ``sending()``
+turns False at the first failure, and the claim loop checks it before its next claim write, so no
+more claims are written for a broker that is gone; ``close`` raises the first error, so a lost broker
+still ends the claim job.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ class BackgroundPublisher:
         self._thread.start()
 
     def __call__(self, job: DispatchJob) -> None:
-        self._raise_if_failed()
+        """Hand a job over; once a send failed, the job is given back at once (``on_unsent``), never dropped."""
+        if self._error is not None:
+            self._give_back(job)
+            return
         self._jobs.put(job)
 
     def sending(self) -> bool:
@@ -76,10 +80,13 @@ class BackgroundPublisher:
             while (job := self._jobs.get()) is not None:  # drain: close() must not wait on a dead thread
                 unsent.append(job)
             for lost in unsent:
-                try:
-                    self._on_unsent(lost)
-                except Exception as give_back_error:  # their leases decide
-                    log.error("giving back the tasks of an unsent dispatch job failed: %s", give_back_error)
+                self._give_back(lost)
+
+    def _give_back(self, job: DispatchJob) -> None:
+        try:
+            self._on_unsent(job)
+        except Exception as e:  # their leases decide
+            log.error("giving back the tasks of an unsent dispatch job failed: %s", e)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ from elastask.loops.cadence import Cadence
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.claim_summary import ClaimSummary
 from elastask.loops.dispatch import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_claimed_tasks
-from elastask.loops.push_outcomes import DispatchReport, give_back_tasks
+from elastask.loops.push_outcomes import DispatchReport, give_back_unsent
 from elastask.loops.retry import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.usage import UsageRecorder, queue_runs_started
@@ -88,7 +89,7 @@ def claim(self: Any) -> dict[str, Any]:
         stopping = shutting_down_check(rt, str(self.request.hostname or ""))
         now = rt.now()
         # The jobs go out from a thread with one producer of its own: the loop does not wait on the broker.
-        unsent = lambda job: give_back_tasks(rt, job.owner_id, job.tasks)  # noqa: E731
+        unsent = functools.partial(give_back_unsent, rt)
         with background_publisher(enqueue_dispatch, app.producer_or_acquire, unsent) as publish:
             summary = claim_available_tasks(
                 rt,

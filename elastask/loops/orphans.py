@@ -4,7 +4,7 @@ The retry loop's first step. For each worker that stopped beating (parts/worker_
 claim it recorded is settled by its push marker, the one switch between a push and a give-back:
 
 - the marker is set: the push was attempted (it may run in Kibana), so the lease stands;
-- else the retry loop sets it first (``GIVEN_BACK``), so no process of that worker still running
+- else the retry loop sets it first (``push_outcomes.GIVEN_BACK``), so no process of that worker still running
   (frozen, not dead) can push the claim after; then the task goes back to idle with its attempt
   returned (conditional on the claim's version: a task Kibana or another loop moved on is left
   alone) and its slot is freed where the write applied.
@@ -18,21 +18,17 @@ import logging
 from collections import defaultdict
 from datetime import datetime
 
-from elastask import keys
 from elastask.core import policy
 from elastask.core.clock import epoch_ms
 from elastask.errors import StoreError
 from elastask.loops.cadence import Cadence
+from elastask.loops.push_outcomes import switch_off_pushes
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate
 from elastask.parts.worker_claims import HeldClaim, WorkerClaims
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-#: The push marker's value when the retry loop gave the claim back instead (retry.py reads it: no attempt).
-GIVEN_BACK = b"given-back"
-_MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
 
 
 def take_back_orphans(rt: Runtime, now: datetime) -> int:
@@ -66,18 +62,9 @@ def take_back_orphans(rt: Runtime, now: datetime) -> int:
 
 
 def _switch_off_pushes(rt: Runtime, claims: list[HeldClaim], now_ms: int) -> list[HeldClaim]:
-    """Set each claim's push marker to GIVEN_BACK where no push set it first; the claims whose marker says
-    GIVEN_BACK (set now, or by a cycle whose give-back failed) are the retry loop's to return."""
-    if not claims:
-        return []
-    pipe = rt.redis.pipeline(transaction=False)
-    for claim in claims:
-        marker = keys.pushed(claim.doc_id, claim.claim)
-        pipe.set(marker, GIVEN_BACK, nx=True, px=max(0, claim.retry_at_ms - now_ms) + _MARKER_EXTRA_MS)
-        pipe.get(marker)
-    with redis_errors("switching off the pushes of a dead worker's claims"):
-        answers = pipe.execute()
-    return [claim for claim, marker in zip(claims, answers[1::2], strict=True) if marker == GIVEN_BACK]
+    """The claims whose pushes the retry loop switched off (see ``switch_off_pushes``): ours to return."""
+    switched = switch_off_pushes(rt, [(c.doc_id, c.claim, max(0, c.retry_at_ms - now_ms)) for c in claims])
+    return [claim for claim in claims if (claim.doc_id, claim.claim) in switched]
 
 
 def _give_back(rt: Runtime, claims: list[HeldClaim]) -> int:

@@ -14,15 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from elastask import keys
 from elastask.core import policy
+from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date, parse_interval_ms
-from elastask.core.messages import ClaimedTask
+from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
 from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
 from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.nodes import Node
+from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
 
@@ -179,6 +182,42 @@ def give_back_tasks(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) ->
     )
     _release_where_ours(rt, owner_id, tasks, results)
     Cadence(rt.redis).wake()  # due again now: a resting claim loop must not wait its idle interval
+
+
+#: A push marker's value when the claim was given back instead of pushed (retry.py reads it: no attempt).
+GIVEN_BACK = b"given-back"
+_MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
+
+
+def switch_off_pushes(rt: Runtime, claims: Sequence[tuple[str, int, int]]) -> set[tuple[str, int]]:
+    """Switch off the pushes of claims (doc id, claim version, ms left of the lease) that no push marked
+    yet: their push marker is set to GIVEN_BACK, so a job of theirs that runs later (delivered after
+    all, or in a frozen process that wakes) pushes nothing. Returns the (doc id, claim) switched off,
+    now or before, whose tasks the caller gives back; a claim whose push came first keeps its lease.
+    The push marker is the one switch between a push and a give-back."""
+    if not claims:
+        return set()
+    pipe = rt.redis.pipeline(transaction=False)
+    for doc_id, claim, lease_left_ms in claims:
+        marker = keys.pushed(doc_id, claim)
+        pipe.set(marker, GIVEN_BACK, nx=True, px=lease_left_ms + _MARKER_EXTRA_MS)
+        pipe.get(marker)
+    with redis_errors("switching off the pushes of claims given back"):
+        answers = pipe.execute()
+    return {
+        (doc_id, claim)
+        for (doc_id, claim, _), marker in zip(claims, answers[1::2], strict=True)
+        if marker == GIVEN_BACK
+    }
+
+
+def give_back_unsent(rt: Runtime, job: DispatchJob) -> None:
+    """A dispatch job the broker may or may not have taken (its send raised): switch its pushes off,
+    then give back its tasks. Had the send applied, the job finds its claims given back and pushes none."""
+    now_ms = epoch_ms(rt.now())
+    lease_left = {t.doc_id: max(0, epoch_ms(parse_date(t.retry_at)) - now_ms) for t in job.tasks}
+    switched = switch_off_pushes(rt, [(t.doc_id, t.claim, lease_left[t.doc_id]) for t in job.tasks])
+    give_back_tasks(rt, job.owner_id, [t for t in job.tasks if (t.doc_id, t.claim) in switched])
 
 
 def _release_where_ours(

@@ -28,7 +28,8 @@ from elastask.errors import DocumentError, LedgerError
 from elastask.loops.cadence import Cadence
 from elastask.loops.failures import record_failure
 from elastask.loops.malformed import quarantined, report_malformed
-from elastask.loops.orphans import GIVEN_BACK, take_back_orphans
+from elastask.loops.orphans import take_back_orphans
+from elastask.loops.push_outcomes import GIVEN_BACK
 from elastask.parts.locks import exclusive
 from elastask.parts.redis_errors import redis_errors
 from elastask.runtime import Runtime

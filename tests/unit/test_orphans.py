@@ -15,6 +15,7 @@ from elastask.core.messages import DispatchJob
 from elastask.loops.claim import claim_available_tasks
 from elastask.loops.dispatch import push_claimed_tasks
 from elastask.loops.orphans import take_back_orphans
+from elastask.loops.push_outcomes import give_back_unsent
 from elastask.loops.retry import never_pushed, retry_expired_leases
 from elastask.parts.store import TaskStore
 from elastask.parts.worker_claims import WorkerClaims
@@ -111,3 +112,15 @@ class _Down:
             raise TransportConnectionError("engine down")
 
         return fail
+
+
+def test_given_a_job_reported_unsent_that_the_broker_took_after_all_then_it_pushes_nothing() -> None:
+    # The send raised after Redis applied the LPUSH (defect 3): the claim loop gives the tasks back, and
+    # the job is delivered all the same. It must not push tasks now idle with their slots freed.
+    engine, rt, jobs = claimed_by("claimer", 2)
+    give_back_unsent(rt, jobs[0])
+    assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        report = push_claimed_tasks(rt, jobs[0], NOW, pool)
+    assert set(report.outcomes.values()) == {"duplicate"}
+    assert rt.kibana.pushed == []  # type: ignore[attr-defined]

@@ -39,7 +39,9 @@ def test_every_job_handed_over_is_sent_in_order_before_the_publisher_closes() ->
     assert {t for _, _, t in sent} == {"elastask-publisher"}
 
 
-def test_a_failed_send_is_raised_at_the_next_hand_over_and_at_close() -> None:
+def test_after_a_failed_send_every_job_handed_over_is_given_back_and_close_raises() -> None:
+    # A cycle hands over its jobs one by one: the first send fails; the rest of the cycle's jobs must be
+    # given back too, not left neither sent nor given back (they waited a whole lease: defect 9).
     failed = threading.Event()
 
     def send(j: DispatchJob, _p: Any) -> None:
@@ -47,19 +49,19 @@ def test_a_failed_send_is_raised_at_the_next_hand_over_and_at_close() -> None:
             failed.set()
             raise ConnectionError("broker gone")
 
-    publisher = BackgroundPublisher(send, producer)
+    unsent: list[str] = []
+    publisher = BackgroundPublisher(send, producer, lambda j: unsent.append(j.owner_id))
     publisher(job("bad"))
     assert failed.wait(5)
     for _ in range(100):  # the thread records the error right after the send raised
-        try:
-            publisher(job("next"))
-        except ConnectionError:
+        if not publisher.sending():
             break
         threading.Event().wait(0.01)
-    else:
-        pytest.fail("the broker failure was never raised to the claim loop")
+    for owner in ("next-1", "next-2"):
+        publisher(job(owner))  # the rest of the cycle: no exception to cut the hand-over short
     with pytest.raises(ConnectionError):
         publisher.close()
+    assert sorted(unsent) == ["bad", "next-1", "next-2"]
 
 
 def test_given_a_failed_send_then_sending_turns_false_and_every_unsent_job_is_handed_back() -> None:
