@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ class NodeRegistry:
         self._probe_turn = register(client, "breaker_probe", "now")
         self._background: ThreadPoolExecutor | None = None
         self._resolving: dict[str, Future[str]] = {}
+        #: When the last question for a node's ownerId failed (monotonic s): it rests a probe interval.
+        self._failed_at: dict[str, float] = {}
         self._probing: dict[str, Future[bool]] = {}
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -95,11 +98,17 @@ class NodeRegistry:
         answers at most ``wait_s``: a node that does not answer stays out until it does, the others go on.
         """
         known = self.cached_owner_ids()
+        asked_before = set(self._resolving)
         asking = {
-            config.url: self._ask_owner_id(config) for config in self.settings.kibana.hosts if config.url not in known
+            config.url: future
+            for config in self.settings.kibana.hosts
+            if config.url not in known and (future := self._ask_owner_id(config)) is not None
         }
-        if asking and wait_s > 0:
-            wait(asking.values(), timeout=wait_s)
+        # Only a question asked now is waited for: a node still silent on an earlier one costs a later
+        # look nothing (a refill session learns the nodes every 100 ms).
+        new = [future for url, future in asking.items() if url not in asked_before]
+        if new and wait_s > 0:
+            wait(new, timeout=wait_s)
         nodes, problems = [], []
         for config in self.settings.kibana.hosts:
             owner_id = known.get(config.url)
@@ -108,13 +117,24 @@ class NodeRegistry:
                 owner_id, problem = self._answer(config, future)
                 if problem is not None:
                     problems.append(problem)
+            elif owner_id is None:
+                problems.append(
+                    f"Kibana {config.url}: did not answer /api/status for its ownerId; asked again every "
+                    f"{self.settings.node_probe_interval_ms / 1000:.0f} s, no tasks until then "
+                    "(or set kibana.hosts[].id)"
+                )
             if owner_id is not None:
                 nodes.append(Node(config, owner_id, self.settings.capacity_units(config)))
         return nodes, problems
 
-    def _ask_owner_id(self, config: KibanaNode) -> Future[str]:
+    def _ask_owner_id(self, config: KibanaNode) -> Future[str] | None:
+        """The question in flight for this node's ownerId, or a new one; None while a failed one rests
+        (asked again a probe interval after it failed, as a node out of rotation is probed)."""
         future = self._resolving.get(config.url)
         if future is None:
+            failed_at = self._failed_at.get(config.url)
+            if failed_at is not None and time.monotonic() - failed_at < self.settings.node_probe_interval_ms / 1000:
+                return None
             future = self._resolving[config.url] = self._pool().submit(self._learn_owner_id, config)
         return future
 
@@ -131,7 +151,9 @@ class NodeRegistry:
         self._resolving.pop(config.url, None)  # answered or failed: the next call asks again if need be
         error = future.exception()
         if error is None:
+            self._failed_at.pop(config.url, None)
             return future.result(), None
+        self._failed_at[config.url] = time.monotonic()
         return None, (
             f"Kibana {config.url}: cannot learn its ownerId from /api/status ({type(error).__name__}); "
             f"it gets no tasks until it answers, or set kibana.hosts[].id"

@@ -104,4 +104,32 @@ def test_given_a_node_whose_owner_id_is_not_known_when_it_does_not_answer_then_r
         nodes, problems = rt.nodes.resolve(wait_s=0.05)
         if len(nodes) == 2:
             break
+        time.sleep(0.02)  # a later look does not wait for the question already asked
     assert [n.owner_id for n in nodes] == ["kibana:a", "kibana:b-uuid"] and problems == []
+
+
+def test_given_a_node_whose_owner_id_is_not_known_and_that_never_answers_then_only_the_first_look_waits() -> None:
+    # A refill session looks every ~10 ms and learns the nodes every 100 ms: a look that waited 0.5 s
+    # each time for a hung node's ownerId (defect 10) would starve every other node of claims.
+    rt = stub_runtime(StubEngine(), node_probe_interval_ms=60_000)
+    config = KibanaNode(url="http://kibana-b:5601")
+    rt.settings = replace(rt.settings, kibana=replace(rt.settings.kibana, hosts=(*rt.settings.kibana.hosts, config)))
+    rt.nodes.settings = rt.settings
+    asked: list[float] = []
+
+    def never_answers(_node: object, timeout_s: float = 5.0) -> str:
+        asked.append(time.monotonic())
+        time.sleep(0.3)
+        raise TimeoutError("no answer")
+
+    rt.kibana.status_uuid = never_answers  # type: ignore[method-assign]
+    started = time.monotonic()
+    rt.nodes.resolve(wait_s=0.2)  # the first look asks, and waits its bounded time
+    assert time.monotonic() - started >= 0.19
+    for _ in range(5):
+        started = time.monotonic()
+        nodes, problems = rt.nodes.resolve(wait_s=0.2)
+        assert time.monotonic() - started < 0.1, "a later look waited for a question already asked"
+        assert [n.owner_id for n in nodes] == ["kibana:a"] and "kibana-b" in problems[0]
+        time.sleep(0.1)
+    assert len(asked) == 1  # failed once: asked again only after the probe interval
