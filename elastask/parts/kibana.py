@@ -24,6 +24,7 @@ import enum
 import json
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -236,8 +237,13 @@ class KibanaClient:
             return PushResult(
                 PushOutcome.AMBIGUOUS, f"{url}: no answer within {self.settings.request_timeout_s}s after sending"
             )
-        except (urllib3.exceptions.SSLError, urllib3.exceptions.ProxyError, urllib3.exceptions.LocationParseError) as e:
-            # The TLS handshake or the proxy failed: nothing reached Kibana.
+        except urllib3.exceptions.SSLError as e:
+            if _in_tls_handshake(e):  # nothing reached Kibana
+                return PushResult(PushOutcome.REFUSED, f"{url}: {type(e).__name__}: {_root(e)}")
+            # A TLS error while reading the answer: the push was sent, Kibana may run it.
+            return PushResult(PushOutcome.AMBIGUOUS, f"{url}: TLS error after sending ({_root(e)})")
+        except (urllib3.exceptions.ProxyError, urllib3.exceptions.LocationParseError) as e:
+            # The proxy failed, or the URL is wrong: nothing reached Kibana.
             return PushResult(PushOutcome.REFUSED, f"{url}: {type(e).__name__}: {_root(e)}")
         except (urllib3.exceptions.HTTPError, OSError) as e:
             return PushResult(PushOutcome.AMBIGUOUS, f"{url}: connection lost after sending ({_root(e)})")
@@ -353,6 +359,24 @@ def _kibana_message(data: bytes) -> str:
 
 #: How much of Kibana's error message a push result keeps (logs, failure reasons).
 MESSAGE_CHARS = 120
+
+
+def _in_tls_handshake(error: BaseException) -> bool:
+    """True when a TLS error came from the handshake (or the certificate checks after it), before any
+    byte of the request was sent; False when it came later, while the request or its answer travelled."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError | ssl.CertificateError):
+            return True
+        frame = current.__traceback__
+        while frame is not None:
+            if frame.tb_frame.f_code.co_name in ("do_handshake", "_match_hostname", "match_hostname"):
+                return True
+            frame = frame.tb_next
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _root(error: BaseException) -> str:

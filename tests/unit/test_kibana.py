@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from elastask.config import KibanaNode, KibanaSettings
 from elastask.config.values import Secret
 from elastask.parts.kibana import KibanaClient, PushOutcome
+from elastask_bed.testbed.tls import make_pki
 
 
 class Garbage(BaseHTTPRequestHandler):
@@ -261,3 +267,62 @@ def test_a_nodes_pushes_keep_its_base_path_and_credentials_over_one_kept_connect
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, Path, dict[str, Any]]]:
+    """A TLS server on loopback: ``mode`` handshake-then-drop (reads the push, closes without an answer)
+    or unknown-ca (a certificate the client does not trust: the handshake fails, nothing is sent)."""
+    pki = make_pki(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    mode: dict[str, Any] = {"cert": pki.server}
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(mode["cert"].cert), str(mode["cert"].key))
+            try:
+                conn = context.wrap_socket(raw, server_side=True)
+                conn.recv(65536)  # the whole push arrived
+                if mode.get("answer") == "corrupt":  # a TLS record the client cannot decrypt (a bad middlebox)
+                    os.write(conn.fileno(), b"\x17\x03\x03\x00\x20" + os.urandom(32))
+                    time.sleep(0.2)
+                conn.close()  # and the connection drops before any answer, without a TLS close
+            except (ssl.SSLError, OSError):
+                raw.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield port, pki.ca, pki.unknown_ca.cert, mode
+    stop.set()
+    thread.join(2)
+    listener.close()
+
+
+def test_a_tls_connection_lost_after_the_push_was_sent_is_ambiguous_not_refused(
+    tls_server: tuple[int, Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    # Refused would give the task back and push it again while Kibana may already run it.
+    port, ca, _, mode = tls_server
+    client = KibanaClient(KibanaSettings(ca_certs=str(ca)))
+    for answer in ("drop", "corrupt"):
+        mode["answer"] = answer
+        result = client.push(KibanaNode(url=f"https://127.0.0.1:{port}"), {"id": "task:t", "taskType": "sample"})
+        assert result.outcome is PushOutcome.AMBIGUOUS, (answer, result)
+
+
+TlsServer = tuple[int, Path, Path, dict[str, Any]]
+
+
+def test_a_tls_handshake_that_fails_is_refused_nothing_was_sent(tls_server: TlsServer) -> None:
+    port, _, unknown_ca, _mode = tls_server
+    client = KibanaClient(KibanaSettings(ca_certs=str(unknown_ca)))  # trusts a CA that did not sign the server
+    result = client.push(KibanaNode(url=f"https://127.0.0.1:{port}"), {"id": "task:t", "taskType": "sample"})
+    assert result.outcome is PushOutcome.REFUSED, result
