@@ -10,8 +10,9 @@ The start it gives (Redis's now - uptime) is kept per node; a later one means th
 Then every lease on it whose push could only have reached the old process ends as the retry loop
 ends an expired one (a conditional write; the attempt counts, the run was lost), and its slot is
 freed. A push leaves at most the dispatch slack after the claim (``startedAt``), and the start is
-read late by at most the time the question took: a lease counts as lost only when ``startedAt`` +
-its slack + that time + ``MARGIN_MS`` is before the start. A node that answers without its uptime
+read late by at most the time the question took plus the age of Kibana's sample of its uptime (its
+``metrics.collection_interval_in_millis``, 5 s by default): a lease counts as lost only when
+``startedAt`` + its slack + those + ``MARGIN_MS`` is before the start. A node that answers without its uptime
 (an unauthenticated, redacted status) is never judged: its leases run out as before.
 """
 
@@ -76,9 +77,10 @@ def _check_quietly(rt: Runtime, node: Node) -> None:
 def check_restart(rt: Runtime, node: Node) -> int:
     """Ask the node its uptime; when it restarted since last asked, end the leases it lost. Returns how many."""
     asked = time.monotonic()
-    uptime = rt.kibana.uptime_ms(node.config)
-    if uptime is None:
+    answer = rt.kibana.uptime(node.config)
+    if answer is None:
         return 0
+    uptime = answer.ms
     now = rt.now()
     took_ms = int((time.monotonic() - asked) * 1000)
     started_ms = epoch_ms(now) - uptime
@@ -95,7 +97,9 @@ def check_restart(rt: Runtime, node: Node) -> int:
         node.owner_id,
         uptime / 1000,
     )
-    return end_lost_runs(rt, node, started_ms - took_ms - MARGIN_MS)
+    # The uptime is Kibana's last sample, up to its interval old: the real start may be that much earlier,
+    # and a push since then may run in the new process.
+    return end_lost_runs(rt, node, started_ms - answer.sampled_every_ms - took_ms - MARGIN_MS)
 
 
 def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:

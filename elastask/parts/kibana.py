@@ -285,17 +285,20 @@ class KibanaClient:
             raise ValueError(f"{node.url}{HEALTH_PATH} answered {type(body).__name__}, not an object")
         return body
 
-    def uptime_ms(self, node: KibanaNode, timeout_s: float = 2.0) -> int | None:
+    def uptime(self, node: KibanaNode, timeout_s: float = 2.0) -> Uptime | None:
         """How long the node's Kibana process has run (``metrics.process.uptime_in_millis`` of
-        ``GET /api/status``); None when it does not answer or does not say (an unauthenticated,
-        redacted status)."""
+        ``GET /api/status``) and how often Kibana samples it; None when it does not answer or does not
+        say (an unauthenticated, redacted status)."""
         try:
             answer = self.session.get(node.url + STATUS_PATH, **self._options(node, timeout_s))
-            uptime = answer.json().get("metrics", {}).get("process", {}).get("uptime_in_millis")
+            metrics = answer.json().get("metrics", {})
+            uptime = metrics.get("process", {}).get("uptime_in_millis")
+            every = metrics.get("collection_interval_in_millis", DEFAULT_OPS_INTERVAL_MS)
         except (requests.RequestException, ValueError, AttributeError):
             return None
-        ok = answer.status_code == 200 and isinstance(uptime, int | float) and not isinstance(uptime, bool)
-        return int(uptime) if ok and uptime >= 0 else None
+        if answer.status_code != 200 or not _number(uptime) or uptime < 0:
+            return None
+        return Uptime(int(uptime), int(every) if _number(every) and every >= 0 else DEFAULT_OPS_INTERVAL_MS)
 
     def execution_control(self, node: KibanaNode, timeout_s: float = 2.0) -> ExecutionControl | None:
         """Kibana's execution pause as this node reports it; None when it gave no usable answer (no
@@ -359,6 +362,22 @@ def _kibana_message(data: bytes) -> str:
 
 #: How much of Kibana's error message a push result keeps (logs, failure reasons).
 MESSAGE_CHARS = 120
+
+
+#: Kibana's ``ops.interval``: how often it samples the metrics ``/api/status`` shows.
+DEFAULT_OPS_INTERVAL_MS = 5000
+
+
+class Uptime(NamedTuple):
+    """A Kibana process's uptime as its status shows it: sampled every ``sampled_every_ms``, so up to that
+    old when it answers (the start it gives may be that much late)."""
+
+    ms: int
+    sampled_every_ms: int
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _in_tls_handshake(error: BaseException) -> bool:

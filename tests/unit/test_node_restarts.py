@@ -12,6 +12,7 @@ from elastask import keys
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import format_date
 from elastask.loops import node_restarts
+from elastask.parts.kibana import Uptime
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
@@ -44,8 +45,9 @@ def running(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime, att
     rt.ledger.confirm(OWNER, 20, [(doc_id, 2, retry_at)], now)
 
 
-def scripted_uptime(rt: Runtime, uptime_ms: int | None) -> None:
-    rt.kibana.uptime_ms = lambda _node, timeout_s=2.0: uptime_ms  # type: ignore[method-assign]
+def scripted_uptime(rt: Runtime, uptime_ms: int | None, sampled_every_ms: int = 0) -> None:
+    answer = None if uptime_ms is None else Uptime(uptime_ms, sampled_every_ms)
+    rt.kibana.uptime = lambda _node, timeout_s=2.0: answer  # type: ignore[method-assign]
 
 
 def leased(rt: Runtime) -> set[str]:
@@ -112,3 +114,20 @@ def test_nodes_are_asked_at_most_once_a_second_across_processes() -> None:
     node_restarts._next_watch[0] = 0.0  # as another process would
     node_restarts.watch_restarts(rt, [node_of(rt)])
     assert asked == [OWNER]  # the second process found the turn taken
+
+
+def test_given_an_uptime_sampled_seconds_ago_then_a_push_that_reached_the_new_process_stands() -> None:
+    # Kibana's uptime_in_millis is its last ops-metrics sample, taken up to metrics.collection_interval_in_millis
+    # (5 s) before the answer: the start it gives may be 5 s late. A push 0.5 s after the real start, which
+    # the new process may be running, must not be ended as lost.
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    now = datetime.now(UTC)
+    started = now - timedelta(seconds=30)  # the new process's real start
+    rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(started - timedelta(hours=1))))
+    running(engine, rt, "task:reached-the-new-process", started - timedelta(seconds=4.5))  # pushed 5 s slack later
+    running(engine, rt, "task:lost", started - timedelta(seconds=60))
+    scripted_uptime(rt, 25_000, sampled_every_ms=5000)  # sampled 5 s ago
+    assert node_restarts.check_restart(rt, node_of(rt)) == 1
+    assert engine.docs["task:reached-the-new-process"]["_source"]["task"]["status"] == "running"
+    assert leased(rt) == {"task:reached-the-new-process"}
