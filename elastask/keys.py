@@ -13,7 +13,7 @@ RETRY_LOCK = PREFIX + "lock:retry"
 CLAIM_RESTING = PREFIX + "claim:resting"
 #: Hash: ownerId -> when that node's Kibana process started (ms, Redis's clock), from its uptime.
 NODE_STARTS = PREFIX + "nodes:started"
-#: Present while a follow-up claim cycle is scheduled (tasks waiting for slots: see cadence.py).
+#: Present while a follow-up claim cycle is scheduled (tasks waiting for slots: see parts/cadence.py).
 CLAIM_FOLLOW_UP = PREFIX + "claim:follow-up"
 #: Hash: Kibana URL -> ownerId learned from GET /api/status.
 NODE_IDS = PREFIX + "nodes:owner_ids"
@@ -38,7 +38,7 @@ FAILED_REASONS_BY_TIME = PREFIX + "failed:reasons-by-time"
 PAUSED = PREFIX + "paused"
 #: When a worker last wrote back the pauses it remembered after Redis lost them (ms).
 PAUSES_RESTORED = PREFIX + "paused:restored"
-#: Kibana's own execution pause as a node last reported it (JSON; loops/kibana_pause.py).
+#: Kibana's own execution pause as a node last reported it (JSON; loops/pauses/kibana.py).
 KIBANA_PAUSE = PREFIX + "paused:kibana"
 #: Whose turn it is to ask Kibana for its execution pause (one question per interval across every process).
 KIBANA_PAUSE_TURN = PREFIX + "paused:kibana:turn"

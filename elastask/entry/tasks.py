@@ -27,14 +27,14 @@ from elastask.entry.celeryapp import get_app, worker_processes
 from elastask.entry.publisher import background_publisher
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
-from elastask.loops.cadence import Cadence
-from elastask.loops.claim import claim_available_tasks
-from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.dispatch import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_claimed_tasks
-from elastask.loops.push_outcomes import DispatchReport, give_back_unsent
-from elastask.loops.retry import retry_expired_leases
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.claim.summary import ClaimSummary
+from elastask.loops.dispatch.job import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_claimed_tasks
+from elastask.loops.dispatch.outcomes import DispatchReport, give_back_unsent
+from elastask.loops.retry.loop import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.usage import UsageRecorder, queue_runs_started
+from elastask.parts.cadence import Cadence
 from elastask.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def enqueue_dispatch(batch: DispatchJob, producer: Any = None, *, countdown_s: f
 
 @app.task(name="elastask.claim", bind=True, ignore_result=True)
 def claim(self: Any) -> dict[str, Any]:
-    """One claim cycle, and a refill session while a backlog waits (see loops/claim.py)."""
+    """One claim cycle, and a refill session while a backlog waits (see loops/claim/loop.py)."""
     try:
         rt = runtime()
         stopping = shutting_down_check(rt, str(self.request.hostname or ""))

@@ -14,9 +14,9 @@ from elastask.core import policy, queries
 from elastask.core.documents import TaskDocument, masked_source, new_task
 from elastask.core.intervals import format_date
 from elastask.errors import ConflictError, ElastaskError
-from elastask.loops.cadence import Cadence
 from elastask.ops import pausing
 from elastask.ops.health import capacity_estimation, count_overdue
+from elastask.parts.cadence import Cadence
 from elastask.runtime import Runtime
 
 #: ``elastask status`` waits this long for nodes whose ownerId it must first ask.

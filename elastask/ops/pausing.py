@@ -8,7 +8,7 @@ from typing import Any
 
 from elastask.core.intervals import format_date
 from elastask.core.pauses import PauseSet, entry
-from elastask.loops.cadence import Cadence
+from elastask.parts.cadence import Cadence
 from elastask.parts.pauses import KibanaPauseState, PauseStore
 from elastask.runtime import Runtime
 

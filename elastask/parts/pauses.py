@@ -1,5 +1,5 @@
 """Pauses in Redis (``elastask pause`` / ``resume``), merged with elastask.yaml's ``paused:`` list and
-Kibana's own execution pause as a node last reported it (``keys.KIBANA_PAUSE``, loops/kibana_pause.py).
+Kibana's own execution pause as a node last reported it (``keys.KIBANA_PAUSE``, loops/pauses/kibana.py).
 
 Redis holds them for every worker and across restarts. If Redis loses them (a flush, a restart
 without data, a failover to a replica that missed the write), a process that saw them before says

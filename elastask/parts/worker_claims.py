@@ -7,7 +7,7 @@ waits in that worker for its runAt). A worker killed (SIGKILL, OOM) or frozen in
 claims with it: the broker gives its unacknowledged jobs back only after its visibility timeout, and
 the leases run for the task's whole timeout. So each worker records the claims it holds, one entry
 per dispatch job, and beats every ``BEAT_MS``; a worker whose beat is older than ``ALIVE_MS`` is
-dead, and the retry loop takes back the claims it never pushed (loops/orphans.py).
+dead, and the retry loop takes back the claims it never pushed (loops/retry/orphans.py).
 
 The worker id is ``host:pid:started``: a worker restarted with the same Celery node name is a new
 worker, so the one that died is still seen dead.

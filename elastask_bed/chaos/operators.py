@@ -31,7 +31,7 @@ FAULT_PHASE_S = 220.0
 SETTLE_S = 5.0
 
 #: The line for each lease that ended without an outcome: run out (the retry loop), or ended when the
-#: node's restart was noticed (node_restarts.py). Worker logs: ``[2026-12-01 14:16:04,396: INFO/...]``.
+#: node's restart was noticed (loops/retry/node_restarts.py). Worker logs: ``[2026-12-01 14:16:04,396: INFO/...]``.
 _EXPIRED = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]*\] task '([^']+)' "
     r".*(?:without an outcome|lease ran out before any push|restarted \(the run was lost\))"

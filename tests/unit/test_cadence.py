@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 
 from elastask.core import queries
-from elastask.loops.cadence import Cadence, rest_until
+from elastask.parts.cadence import Cadence, rest_until
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
-from elastask.loops.claim import claim_available_tasks
+from elastask.loops.claim.loop import claim_available_tasks
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 

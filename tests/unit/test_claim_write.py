@@ -18,7 +18,7 @@ from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.errors import StoreError
-from elastask.loops.claim import claim_available_tasks
+from elastask.loops.claim.loop import claim_available_tasks
 from elastask.parts.ledger import Ledger
 from tests.unit.stubs import Answer, StubEngine, stub_runtime
 

@@ -12,7 +12,7 @@ from elastask.core.documents import new_task
 from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.entry.queue_order import LoopsFirst
-from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.claim.summary import ClaimSummary
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)
 
@@ -97,7 +97,7 @@ def test_a_claim_summary_times_its_steps_and_keeps_its_clock_out_of_json() -> No
 
 def test_a_cycle_sends_one_job_per_node_with_an_eta_only_when_every_task_in_it_is_ahead() -> None:
     from elastask.core.documents import TaskDocument
-    from elastask.loops.dispatch_jobs import enqueue_jobs
+    from elastask.loops.claim.jobs import enqueue_jobs
     from elastask.parts.nodes import Node
     from tests.unit.stubs import StubEngine, stub_runtime
 

@@ -20,8 +20,8 @@ from elastask import keys
 from elastask.core.intervals import format_date
 from elastask.core.messages import DispatchJob
 from elastask.errors import LedgerError
-from elastask.loops.dispatch import push_claimed_tasks
-from elastask.loops.push_outcomes import DispatchReport
+from elastask.loops.dispatch.job import push_claimed_tasks
+from elastask.loops.dispatch.outcomes import DispatchReport
 from elastask.parts.kibana import PushOutcome, PushResult
 from tests.unit.stubs import StubEngine, stub_runtime
 from tests.unit.test_dispatch_outcomes import NOW, OWNER, URL, answering, claimed, held

@@ -19,10 +19,10 @@ from elastask import keys
 from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError
-from elastask.loops.dispatch import push_claimed_tasks
-from elastask.loops.lease_renewal import renew_waited_leases
-from elastask.loops.push_outcomes import DispatchReport
-from elastask.loops.retry import never_pushed
+from elastask.loops.dispatch.job import push_claimed_tasks
+from elastask.loops.dispatch.outcomes import DispatchReport
+from elastask.loops.dispatch.renewal import renew_waited_leases
+from elastask.loops.retry.loop import never_pushed
 from elastask.parts.kibana import PushResult
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime

@@ -1,4 +1,4 @@
-"""Kibana's own execution pause (loops/kibana_pause.py), honoured like ``elastask pause``.
+"""Kibana's own execution pause (loops/pauses/kibana.py), honoured like ``elastask pause``.
 
 The client against a throwaway local server answering as Kibana's routes do; the rest on fakeredis
 and the stub engine with the node's answer scripted. On real processes: tests/integration/test_pauses.py.
@@ -18,9 +18,9 @@ import pytest
 
 from elastask.config import KibanaNode, KibanaSettings
 from elastask.core.messages import DispatchJob
-from elastask.loops import kibana_pause
-from elastask.loops.claim import claim_available_tasks
-from elastask.loops.paused import read_pauses
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.pauses import kibana as kibana_pause
+from elastask.loops.pauses.read import read_pauses
 from elastask.ops import pausing
 from elastask.parts.kibana import ExecutionControl, KibanaClient
 from elastask.parts.nodes import Node

@@ -1,4 +1,4 @@
-"""A Kibana node that restarted: the leases of the runs it lost end at once (loops/node_restarts.py).
+"""A Kibana node that restarted: the leases of the runs it lost end at once (loops/retry/node_restarts.py).
 
 Stub engine and fakeredis; the node's uptime is scripted. On real processes the chaos run crashes
 nodes mid-run and brings them back as new processes (elastask_bed/chaos/recording_sim.py).
@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from elastask import keys
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import format_date
-from elastask.loops import node_restarts
+from elastask.loops.retry import node_restarts
 from elastask.parts.kibana import Uptime
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
-from elastask.loops.claim import claim_available_tasks
-from elastask.loops.dispatch import push_claimed_tasks
-from elastask.loops.orphans import take_back_orphans
-from elastask.loops.push_outcomes import give_back_unsent
-from elastask.loops.retry import never_pushed, retry_expired_leases
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.dispatch.job import push_claimed_tasks
+from elastask.loops.dispatch.outcomes import give_back_unsent
+from elastask.loops.retry.loop import never_pushed, retry_expired_leases
+from elastask.loops.retry.orphans import take_back_orphans
 from elastask.parts.store import TaskStore
 from elastask.parts.worker_claims import WorkerClaims
 from elastask.runtime import Runtime

@@ -20,8 +20,8 @@ from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.core.pauses import PauseSet, parse_entry
 from elastask.errors import ConfigError
-from elastask.loops.claim import claim_available_tasks
-from elastask.loops.dispatch import push_claimed_tasks
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.ops import pausing
 from elastask.parts.pauses import PauseStore
 from tests.unit.stubs import StubEngine, stub_runtime

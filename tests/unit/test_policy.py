@@ -112,7 +112,7 @@ def test_retry_delay_follows_kibana() -> None:
 
 
 def test_a_slot_is_free_only_when_kibana_is_done_with_the_task() -> None:
-    from elastask.loops.ledger_sync import finished
+    from elastask.loops.claim.reconcile import finished
 
     hit = {"_id": "task:x"}
     assert finished(None, None, "kibana:a")  # deleted: a one-shot task succeeded

@@ -17,8 +17,8 @@ import pytest
 from elastask import keys
 from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
-from elastask.loops.dispatch import push_claimed_tasks
-from elastask.loops.push_outcomes import DispatchReport
+from elastask.loops.dispatch.job import push_claimed_tasks
+from elastask.loops.dispatch.outcomes import DispatchReport
 from elastask.ops import pausing
 from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.pauses import PauseStore
@@ -161,7 +161,7 @@ def test_given_a_warm_shutdown_then_the_process_pushes_what_it_scheduled_before_
 
 
 def test_a_scheduled_step_reuses_a_read_of_the_pauses_only_under_a_tenth_of_a_second_old() -> None:
-    from elastask.loops.paused import read_pauses, recent_pauses
+    from elastask.loops.pauses.read import read_pauses, recent_pauses
 
     rt = stub_runtime(StubEngine())
     assert not read_pauses(rt, NOW)

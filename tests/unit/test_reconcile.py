@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from elastask.core.intervals import format_date
-from elastask.loops.ledger_sync import LeaseVersions, reconcile_ledger
+from elastask.loops.claim.reconcile import LeaseVersions, reconcile_ledger
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
@@ -134,7 +134,7 @@ def test_a_lease_whose_version_changed_but_is_still_held_is_judged_by_its_fields
 def test_given_redis_lost_the_ledger_then_the_rebuild_takes_back_the_leases_of_nodes_not_resolved_now() -> None:
     # A node whose ownerId is learned later must find its runs in the ledger, not its whole capacity free.
     from elastask.core.intervals import format_date
-    from elastask.loops.ledger_sync import rebuild_ledger
+    from elastask.loops.claim.reconcile import rebuild_ledger
 
     engine = StubEngine()
     rt = stub_runtime(engine)

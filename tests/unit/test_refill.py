@@ -14,12 +14,11 @@ from elastask.core.clock import monotonic_ms
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.errors import StoreError
-from elastask.loops import claim as claim_module
-from elastask.loops import claim_cycle as claim_cycle_module
-from elastask.loops.claim import claim_available_tasks
-from elastask.loops.claim_cycle import NODES_REUSE_MS, run_claim_cycle
-from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.refill import (
+from elastask.loops.claim import cycle as claim_cycle_module
+from elastask.loops.claim import loop as claim_module
+from elastask.loops.claim.cycle import NODES_REUSE_MS, run_claim_cycle
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.claim.refill import (
     FIRST_READ_SHARE,
     MIN_RECHECK_MS,
     MIN_WAIT_MS,
@@ -29,6 +28,7 @@ from elastask.loops.refill import (
     ClaimedLease,
     RefillSession,
 )
+from elastask.loops.claim.summary import ClaimSummary
 from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime

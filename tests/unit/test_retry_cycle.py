@@ -10,10 +10,10 @@ from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.intervals import format_date
 from elastask.core.messages import DispatchJob
-from elastask.loops.cadence import Cadence
-from elastask.loops.claim import claim_available_tasks
-from elastask.loops.dispatch import push_claimed_tasks
-from elastask.loops.retry import retry_expired_leases
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.dispatch.job import push_claimed_tasks
+from elastask.loops.retry.loop import retry_expired_leases
+from elastask.parts.cadence import Cadence
 from elastask.runtime import Runtime
 from tests.unit.stubs import StubEngine, stub_runtime
 
@@ -78,7 +78,7 @@ def test_given_a_cycle_already_running_elsewhere_then_this_one_does_nothing() ->
 
 def test_given_an_rrule_task_idle_at_its_maximum_attempts_then_it_is_made_claimable_again_never_failed() -> None:
     # The engine cannot tell an rrule task from a one-shot one (schedule.rrule is not indexed).
-    from elastask.loops.retry import fail_exhausted_one_shots
+    from elastask.loops.retry.loop import fail_exhausted_one_shots
 
     now = datetime.now(UTC)
     engine = StubEngine()
@@ -93,7 +93,7 @@ def test_given_an_rrule_task_idle_at_its_maximum_attempts_then_it_is_made_claima
 
 
 def test_given_an_interval_of_millions_of_days_or_a_date_near_9999_then_the_cycles_skip_it_and_go_on() -> None:
-    from elastask.loops.claim import claim_available_tasks
+    from elastask.loops.claim.loop import claim_available_tasks
 
     now = datetime.now(UTC)
     engine = StubEngine()
@@ -119,7 +119,7 @@ def test_given_an_interval_of_millions_of_days_or_a_date_near_9999_then_the_cycl
     summary = retry_expired_leases(rt, now)  # raised OverflowError on every cycle in 0.5.1
     assert summary.skipped == 1 and status(engine, "task:ok")["status"] == "idle"
     from elastask.core.documents import new_task
-    from elastask.loops.ledger_sync import rebuild_ledger
+    from elastask.loops.claim.reconcile import rebuild_ledger
 
     rebuild_ledger(rt, rt.nodes.resolve()[0], now)  # the retryAt near 9999 is skipped, not an OverflowError
     huge = new_task("huge-due", "sample", now=now - timedelta(seconds=2)).to_source()

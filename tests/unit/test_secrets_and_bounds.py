@@ -11,10 +11,10 @@ import pytest
 
 from elastask import keys
 from elastask.errors import DocumentError
-from elastask.loops import failures
-from elastask.loops.failures import record_failure
-from elastask.loops.malformed import report_malformed
 from elastask.ops.admin import show
+from elastask.parts import failures
+from elastask.parts.failures import record_failure
+from elastask.parts.quarantine import report_malformed
 from tests.unit.stubs import StubEngine, stub_runtime
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

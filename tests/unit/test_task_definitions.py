@@ -14,7 +14,7 @@ import fakeredis
 from elastask.config import KibanaNode, KibanaSettings
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
-from elastask.loops.claim import claim_available_tasks
+from elastask.loops.claim.loop import claim_available_tasks
 from elastask.parts.ledger import Ledger
 from elastask.task_types import Catalogue, TaskTypeRule, effective_rule, parse_catalogue
 from tests.unit.stubs import StubEngine, stub_runtime

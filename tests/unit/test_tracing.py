@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from elastask import tracing
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
-from elastask.loops.claim import claim_available_tasks
-from elastask.loops.dispatch import push_claimed_tasks
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.parts.kibana import PushOutcome, PushResult
 from tests.unit.stubs import StubEngine, stub_runtime
 

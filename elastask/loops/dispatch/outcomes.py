@@ -21,8 +21,8 @@ from elastask.core.intervals import parse_date, parse_interval_ms
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
-from elastask.loops.cadence import Cadence
-from elastask.loops.failures import record_failure
+from elastask.parts.cadence import Cadence
+from elastask.parts.failures import record_failure
 from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors
@@ -184,7 +184,7 @@ def give_back_tasks(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) ->
     Cadence(rt.redis).wake()  # due again now: a resting claim loop must not wait its idle interval
 
 
-#: A push marker's value when the claim was given back instead of pushed (retry.py reads it: no attempt).
+#: A push marker's value when the claim was given back instead of pushed (loops/retry/loop.py reads it: no attempt).
 GIVEN_BACK = b"given-back"
 _MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
 

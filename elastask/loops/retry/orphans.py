@@ -21,8 +21,8 @@ from datetime import datetime
 from elastask.core import policy
 from elastask.core.clock import epoch_ms
 from elastask.errors import StoreError
-from elastask.loops.cadence import Cadence
-from elastask.loops.push_outcomes import switch_off_pushes
+from elastask.loops.dispatch.outcomes import switch_off_pushes
+from elastask.parts.cadence import Cadence
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate
 from elastask.parts.worker_claims import HeldClaim, WorkerClaims

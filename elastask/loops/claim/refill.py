@@ -12,8 +12,8 @@ is. Every invariant is the claim cycle's own: the session only chooses *when* cy
 *which* leases they read. It is three pieces:
 
 - :class:`LeaseReadSchedule`: when to read which lease, learned from the runs seen;
-- :class:`~elastask.loops.ledger_sync.LeaseVersions`: the version each lease was last read at
-  (owned by the lease reader, ledger_sync.py), so a read of an unchanged lease skips its source;
+- :class:`~elastask.loops.claim.reconcile.LeaseVersions`: the version each lease was last read at
+  (owned by the lease reader, loops/claim/reconcile.py), so a read of an unchanged lease skips its source;
 - :class:`UnreadHits`: the last search's hits no cycle read yet, which may stand in for a search.
 
 Pure: times are passed in (milliseconds of a monotonic clock).
@@ -27,7 +27,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from elastask.loops.ledger_sync import LeaseVersions
+from elastask.loops.claim.reconcile import LeaseVersions
 
 if TYPE_CHECKING:
     from elastask.core.pauses import PauseSet
@@ -188,7 +188,7 @@ class UnreadHits:
 
 
 class KnownNodes(NamedTuple):
-    """What a session's cycle learned of the nodes, and when (claim_cycle.py reuses it briefly)."""
+    """What a session's cycle learned of the nodes, and when (loops/claim/cycle.py reuses it briefly)."""
 
     learned_ms: float
     nodes: list[Node]
@@ -207,7 +207,7 @@ class RefillSession:
     reads: LeaseReadSchedule = field(init=False)
     versions: LeaseVersions = field(default_factory=LeaseVersions)
     unread: UnreadHits = field(default_factory=UnreadHits)
-    #: Where the session's searches after a claim run (claim.py: one thread), and the one in flight:
+    #: Where the session's searches after a claim run (loops/claim/loop.py: one thread), and the one in flight:
     #: the session goes on looking and claiming meanwhile. None: they run in the cycle.
     searcher: Executor | None = None
     prefetching: Future[Any] | None = None

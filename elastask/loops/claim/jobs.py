@@ -55,7 +55,7 @@ def enqueue_jobs(
 
 def _hold_until_received(rt: Runtime, jobs: Sequence[DispatchJob]) -> None:
     """This worker holds the jobs it sends until a worker receives them: if it dies first, the retry
-    loop gives their claims back (loops/orphans.py). Best effort: without the record, the leases decide."""
+    loop gives their claims back (loops/retry/orphans.py). Best effort: without the record, the leases decide."""
     if rt.worker_id is None or not jobs:
         return
     try:

@@ -19,8 +19,8 @@ from typing import Any
 from elastask.core import policy
 from elastask.core.documents import TaskDocument
 from elastask.errors import StoreError
-from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.limited import slot_request
+from elastask.loops.claim.limited import slot_request
+from elastask.loops.claim.summary import ClaimSummary
 from elastask.parts.ledger import SlotRequest
 from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime

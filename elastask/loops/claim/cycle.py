@@ -1,4 +1,4 @@
-"""The steps of one claim cycle (claim.py runs them under the claim lock and logs the summary).
+"""The steps of one claim cycle (loops/claim/loop.py runs them under the claim lock and logs the summary).
 
 Each step is a function of the cycle's shared state (``_Cycle``) and closes its timing in the summary;
 ``run_claim_cycle`` says in which order they run and where a cycle ends early (one file: the order).
@@ -21,19 +21,20 @@ from elastask.core.documents import TaskDocument, parse_hit
 from elastask.core.messages import DispatchJob
 from elastask.core.pauses import PauseSet
 from elastask.errors import DocumentError, ElastaskError
-from elastask.loops import due_search, limited
-from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.claim_write import abandon_claims, write_claims
-from elastask.loops.dispatch_jobs import enqueue_jobs
-from elastask.loops.fresh_hits import fresh_hits
-from elastask.loops.ledger_sync import ensure_ledger, reconcile_ledger
-from elastask.loops.malformed import quarantined, report_malformed
-from elastask.loops.node_restarts import watch_restarts
-from elastask.loops.paused import read_pauses
-from elastask.loops.refill import ClaimedLease, KnownNodes, RefillSession
-from elastask.loops.too_costly import fail_too_costly
+from elastask.loops.claim import limited
+from elastask.loops.claim import search as due_search
+from elastask.loops.claim.fresh_hits import fresh_hits
+from elastask.loops.claim.jobs import enqueue_jobs
+from elastask.loops.claim.reconcile import ensure_ledger, reconcile_ledger
+from elastask.loops.claim.refill import ClaimedLease, KnownNodes, RefillSession
+from elastask.loops.claim.summary import ClaimSummary
+from elastask.loops.claim.too_costly import fail_too_costly
+from elastask.loops.claim.write import abandon_claims, write_claims
+from elastask.loops.pauses.read import read_pauses
+from elastask.loops.retry.node_restarts import watch_restarts
 from elastask.parts.ledger import LeaseView, SlotRequest
 from elastask.parts.nodes import Node
+from elastask.parts.quarantine import quarantined, report_malformed
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def run_claim_cycle(
 ) -> ClaimSummary:
     """The steps of the module docstring, in order; a step with nothing left to do ends the cycle.
 
-    ``refill``: a refill session (refill.py) learns what this cycle claimed. Once it is active, its
+    ``refill``: a refill session (loops/claim/refill.py) learns what this cycle claimed. Once it is active, its
     cycles look for room first, reading only the leases likely finished, and search (or reuse the
     last search's unread hits) only when a slot is free: between two completions, the common case,
     a look costs one ``mget``. A cycle of the beat searches first: how many tasks are due is what
@@ -222,7 +223,7 @@ def _learn_nodes(cycle: _Cycle) -> tuple[list[Node], list[Node], PauseSet]:
 
 def _search_due(cycle: _Cycle) -> None:
     """2. Due tasks (and those due within the claim-ahead window), leaving out what the ledger holds
-    (due_search.py). Types with a concurrency limit are searched apart, one search per group with room."""
+    (loops/claim/search.py). Types with a concurrency limit are searched apart, one search per group with room."""
     _found(cycle, due_search.run(cycle.rt.store, _plan(cycle)))
     cycle.summary.step("search")
 
@@ -251,7 +252,7 @@ def _found(cycle: _Cycle, found: due_search.Found) -> None:
 
 
 def _prefetch(cycle: _Cycle, session: RefillSession, claimed: set[str]) -> None:
-    """6'. In a session, search again right after the claim when its unread hits run low (refill.py),
+    """6'. In a session, search again right after the claim when its unread hits run low (loops/claim/refill.py),
     with the documents: the next freed slot finds its hits ready, claimed without a real-time read.
 
     With a ``searcher`` the search runs there, while the session goes on looking and claiming (a
@@ -387,6 +388,6 @@ def _reserve(cycle: _Cycle, assignments: Sequence[policy.Assignment]) -> list[po
 
 
 def _write_claims(cycle: _Cycle, to_claim: Sequence[policy.Assignment]) -> list[tuple[policy.Assignment, TaskDocument]]:
-    """5b. One conditional ``_bulk`` (claim_write.py); the claims written, their slots confirmed."""
+    """5b. One conditional ``_bulk`` (loops/claim/write.py); the claims written, their slots confirmed."""
     capacity = {n.owner_id: n.capacity_units for n in cycle.available}
     return write_claims(cycle.rt, cycle.now, capacity, to_claim, cycle.summary, cycle.token)

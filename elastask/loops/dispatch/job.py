@@ -6,11 +6,11 @@ runAt to its process's push schedule, which pushes them at their runAt in 25 ms 
 
 - The lease ran out while the job waited in its queue: the task goes back to ``idle`` (attempt
   returned) with a conditional write; it never reached Kibana. A job that waited longer than its
-  leases' slack renews them first (lease_renewal.py).
+  leases' slack renews them first (loops/dispatch/renewal.py).
 - A task is pushed at most once per claim: a Redis marker keyed by the claim's version is set
   before the push, so a job redelivered after a worker died mid-push does not push it again (its
   lease runs out and the retry loop takes it back: ambiguous, never a double run).
-- Each push's outcome (accepted, refused, rejected, ambiguous) is recorded by push_outcomes.py.
+- Each push's outcome (accepted, refused, rejected, ambiguous) is recorded by loops/dispatch/outcomes.py.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from elastask.core import policy
 from elastask.core.intervals import parse_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError, StoreError
-from elastask.loops.lease_renewal import remaining_ms, renew_waited_leases
-from elastask.loops.paused import read_pauses, recent_pauses
-from elastask.loops.push_outcomes import (
+from elastask.loops.dispatch.outcomes import (
     DispatchReport,
     answered,
     count_failure,
@@ -39,6 +37,8 @@ from elastask.loops.push_outcomes import (
     settle_safely,
     warn,
 )
+from elastask.loops.dispatch.renewal import remaining_ms, renew_waited_leases
+from elastask.loops.pauses.read import read_pauses, recent_pauses
 from elastask.parts.kibana import PushResult
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors

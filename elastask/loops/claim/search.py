@@ -1,7 +1,7 @@
 """Step 2 of a claim cycle, the search for due tasks: its requests, and running them.
 
 A look is planned from what the cycle knows (the nodes, the ledger's view, what is paused) and run
-as one search, plus one per concurrency group with room (limited.py); the hits come back merged in
+as one search, plus one per concurrency group with room (loops/claim/limited.py); the hits come back merged in
 claim order.
 """
 
@@ -16,7 +16,7 @@ from elastask.config import Settings
 from elastask.core import policy, queries
 from elastask.core.clock import monotonic_ms
 from elastask.core.pauses import PauseSet
-from elastask.loops import limited
+from elastask.loops.claim import limited
 from elastask.parts.ledger import LeaseView
 from elastask.parts.nodes import Node
 from elastask.parts.store import TaskStore
@@ -65,7 +65,7 @@ def plan(
 ) -> DueSearch:
     """The searches for tasks due by ``now`` plus the claim-ahead window, leaving out ``exclude_ids``
     (the tasks the ledger holds, the quarantined, those Kibana finished a moment ago). ``sources``:
-    the hits carry their documents (fresh_hits.py need not read them again)."""
+    the hits carry their documents (loops/claim/fresh_hits.py need not read them again)."""
     if not available:
         return DueSearch()
     lookahead = timedelta(milliseconds=lookahead_ms(settings))

@@ -25,12 +25,12 @@ from elastask import keys
 from elastask.core import policy, queries
 from elastask.core.documents import STATUSES, TaskDocument, parse_hit
 from elastask.errors import DocumentError, LedgerError
-from elastask.loops.cadence import Cadence
-from elastask.loops.failures import record_failure
-from elastask.loops.malformed import quarantined, report_malformed
-from elastask.loops.orphans import take_back_orphans
-from elastask.loops.push_outcomes import GIVEN_BACK
+from elastask.loops.dispatch.outcomes import GIVEN_BACK
+from elastask.loops.retry.orphans import take_back_orphans
+from elastask.parts.cadence import Cadence
+from elastask.parts.failures import record_failure
 from elastask.parts.locks import exclusive
+from elastask.parts.quarantine import quarantined, report_malformed
 from elastask.parts.redis_errors import redis_errors
 from elastask.runtime import Runtime
 
@@ -50,7 +50,7 @@ class RetrySummary:
     conflicts: int = 0
     skipped: int = 0
     unclaimable: int = 0
-    #: Claims of dead workers given back, never pushed (loops/orphans.py).
+    #: Claims of dead workers given back, never pushed (loops/retry/orphans.py).
     orphans: int = 0
     duration_ms: float = 0.0
 

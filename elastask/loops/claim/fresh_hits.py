@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from elastask.loops.claim_summary import ClaimSummary
+from elastask.loops.claim.summary import ClaimSummary
 from elastask.runtime import Runtime
 
 

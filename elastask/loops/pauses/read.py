@@ -9,7 +9,7 @@ from datetime import datetime
 
 from elastask.core.clock import epoch_ms
 from elastask.core.pauses import PauseSet
-from elastask.loops.kibana_pause import watch_kibana_pause
+from elastask.loops.pauses.kibana import watch_kibana_pause
 from elastask.parts.nodes import Node
 from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime

@@ -6,18 +6,18 @@ One cycle, run by beat every ``polling_interval`` under a Redis lock (so cycles 
 2. search due tasks, and those due within the next polling interval (at most 1 s ahead), leaving
    out the tasks the ledger holds (ids and ``seq_no_primary_term`` only);
 3. reconcile the ledger with the engine (real-time ``mget`` of the fields that tell, see
-   ledger_sync.py) when the free room may be too small for what is due, and otherwise about once a
+   loops/claim/reconcile.py) when the free room may be too small for what is due, and otherwise about once a
    second: tasks Kibana finished free their slot;
 4. read the hits this cycle can claim in real time, drop stale ones (whose version differs: the
    search is near-real-time) and skip malformed ones (reported by id); a refill session's search
-   right after its claim brings the documents, and those are not read again (fresh_hits.py);
+   right after its claim brings the documents, and those are not read again (loops/claim/fresh_hits.py);
 5. assign by free capacity, reserve the slots atomically in the ledger (Lua), and, if the cycle
    still holds its lock (it is renewed while the cycle runs), claim with one conditional ``_bulk``
    (``if_seq_no``/``if_primary_term``); a 409 is a lost race, not an error;
 6. enqueue one dispatch job per node on its queue, carrying the tasks claimed for it (tasks claimed
    ahead are pushed at their runAt, in 25 ms steps, by the job's process); log one line with the counts.
 
-A quiet cycle (nothing due, nothing in flight) lets the loop rest (cadence.py).
+A quiet cycle (nothing due, nothing in flight) lets the loop rest (parts/cadence.py).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from elastask import keys, tracing
 from elastask.config import Settings
 from elastask.core.clock import monotonic_ms
 from elastask.core.messages import DispatchJob
-from elastask.loops.cadence import Cadence, rest_until
-from elastask.loops.claim_cycle import claim_lock_ttl_ms, run_claim_cycle
-from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.due_search import lookahead_ms
-from elastask.loops.refill import MIN_RECHECK_MS, RefillSession
+from elastask.loops.claim.cycle import claim_lock_ttl_ms, run_claim_cycle
+from elastask.loops.claim.refill import MIN_RECHECK_MS, RefillSession
+from elastask.loops.claim.search import lookahead_ms
+from elastask.loops.claim.summary import ClaimSummary
+from elastask.parts.cadence import Cadence, rest_until
 from elastask.parts.locks import exclusive
 from elastask.runtime import Runtime
 

@@ -16,7 +16,7 @@ from elastask import keys
 from elastask.core import policy
 from elastask.core.intervals import format_date, parse_date
 from elastask.core.messages import ClaimedTask
-from elastask.loops.push_outcomes import DispatchReport, give_back_tasks, warn
+from elastask.loops.dispatch.outcomes import DispatchReport, give_back_tasks, warn
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate
 from elastask.runtime import Runtime

@@ -27,7 +27,7 @@ from elastask.core import policy, queries
 from elastask.core.clock import epoch_ms, monotonic_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.errors import DocumentError, ElastaskError
-from elastask.loops.retry import lost_run_expiry, write_expiries
+from elastask.loops.retry.loop import lost_run_expiry, write_expiries
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors
 from elastask.runtime import Runtime

@@ -18,7 +18,7 @@ class ClaimSummary:
     stale: int = 0
     missing: int = 0
     skipped: int = 0
-    #: Tasks failed because their own cost is more than any node holds (too_costly.py).
+    #: Tasks failed because their own cost is more than any node holds (loops/claim/too_costly.py).
     too_costly: int = 0
     released: int = 0
     #: Leases rebuilt from the engine this cycle (Redis had lost the ledger), or None.
@@ -34,7 +34,7 @@ class ClaimSummary:
     in_flight_units: dict[str, int] = field(default_factory=dict)
     #: The earliest runAt of a later idle task, when a cycle with nothing in flight asked (ms since epoch).
     next_run_at_ms: int | None = None
-    #: The cycle was skipped because the loop rests after a quiet cycle (see cadence.py).
+    #: The cycle was skipped because the loop rests after a quiet cycle (see parts/cadence.py).
     resting: bool = False
     #: The cycle searched for due tasks (a refill session's look that found no free slot does not).
     searched: bool = False

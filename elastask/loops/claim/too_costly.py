@@ -15,8 +15,8 @@ from datetime import datetime
 
 from elastask.core.documents import TaskDocument
 from elastask.errors import StoreError
-from elastask.loops.claim_summary import ClaimSummary
-from elastask.loops.failures import record_failure
+from elastask.loops.claim.summary import ClaimSummary
+from elastask.parts.failures import record_failure
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)

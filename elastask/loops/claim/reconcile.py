@@ -18,7 +18,7 @@ from typing import Any
 from elastask.core import policy, queries
 from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
-from elastask.loops.limited import slot_request
+from elastask.loops.claim.limited import slot_request
 from elastask.parts.ledger import LeaseView, SlotRequest
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
@@ -37,7 +37,7 @@ def ensure_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int | No
 
     Redis lost the ledger (and with it the claim lock): rebuild it from the engine, then claim at once.
     A cycle that started before the loss may still be writing claims the rebuild did not see: its
-    confirm step (claim_write.py) takes their slots again only where they fit, and gives back the
+    confirm step (loops/claim/write.py) takes their slots again only where they fit, and gives back the
     others unpushed, so no pause is needed to keep the cap.
     """
     if not rt.ledger.is_built():
