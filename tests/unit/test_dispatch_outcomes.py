@@ -212,3 +212,19 @@ def test_given_a_renewed_lease_that_was_pushed_when_it_runs_out_then_the_attempt
     doc = rt.store.get(task.doc_id)
     assert doc.seq_no != task.seq_no  # renewed before the push
     assert never_pushed(rt, [doc]) == set()
+
+
+def test_given_a_task_that_moved_on_since_its_claim_then_the_job_neither_pushes_it_nor_frees_its_slot(
+    pool: ThreadPoolExecutor,
+) -> None:
+    # An operator requeued task:moved (--force) and it was claimed again for this node: a newer version.
+    # The job still carries the old claim; pushing it would start a second run beside the new one.
+    engine = StubEngine()
+    rt = stub_runtime(engine)
+    stale = claimed(engine, rt, "task:moved", attempts=1)
+    kept = claimed(engine, rt, "task:kept", attempts=1)
+    engine.put("task:moved", engine.docs["task:moved"]["_source"])  # written again since the claim
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (stale, kept)), NOW, pool)
+    assert report.outcomes == {"task:moved": "moved-on", "task:kept": "accepted"}
+    assert [body["id"] for body in rt.kibana.pushed] == ["task:kept"]  # type: ignore[attr-defined]
+    assert held(rt) == {"task:moved", "task:kept"}  # the moved-on task's slot is not this job's to free

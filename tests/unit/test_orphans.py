@@ -71,7 +71,7 @@ def test_given_a_frozen_worker_that_wakes_after_the_give_back_then_it_pushes_not
     take_back_orphans(rt, NOW + timedelta(seconds=6))
     with ThreadPoolExecutor(max_workers=2) as pool:
         report = push_claimed_tasks(rt, jobs[0], NOW, pool)  # its clock stood still while it was frozen
-    assert set(report.outcomes.values()) == {"duplicate"}
+    assert set(report.outcomes.values()) <= {"moved-on", "duplicate"}  # the read before the push, or the switch
     assert rt.kibana.pushed == []  # type: ignore[attr-defined]
     assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
 
@@ -122,5 +122,5 @@ def test_given_a_job_reported_unsent_that_the_broker_took_after_all_then_it_push
     assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
     with ThreadPoolExecutor(max_workers=2) as pool:
         report = push_claimed_tasks(rt, jobs[0], NOW, pool)
-    assert set(report.outcomes.values()) == {"duplicate"}
+    assert set(report.outcomes.values()) <= {"moved-on", "duplicate"}
     assert rt.kibana.pushed == []  # type: ignore[attr-defined]

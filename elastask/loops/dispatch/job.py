@@ -102,6 +102,7 @@ def push_claimed_tasks(
         report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
     live = _leave_out_paused(rt, node, live, clock.read(), report)
     live = renew_waited_leases(rt, job.owner_id, live, clock.read(), report)
+    live = _still_claimed(rt, live, report)
     due, ahead = _split_by_step(live, clock.read())
     # Marked first: a Redis error retries the job before anything is scheduled.
     due = _mark_pushed(rt, due, clock.read(), report)
@@ -121,6 +122,31 @@ def push_claimed_tasks(
     elif not answered(report):
         count_failure(rt, node, [r for r in _results(futures, on_time) if r is not None])
     return report
+
+
+def _still_claimed(rt: Runtime, tasks: list[ClaimedTask], report: DispatchReport) -> list[ClaimedTask]:
+    """The tasks whose document is still the claim this job carries: one real-time read of their versions
+    (no source), as Kibana's claimer reads its claims back with a ``bulkGet`` before it runs them.
+
+    A task that moved on since the claim (the retry loop or an operator took it back, or it was claimed
+    again) is neither pushed nor given back: its document and its slot are no longer this job's. A task
+    whose read failed (an error item) is not pushed either: its lease decides.
+    """
+    if not tasks:
+        return tasks
+    current = rt.store.mget_sources([task.doc_id for task in tasks], fields=())
+    kept = []
+    for task in tasks:
+        if task.doc_id not in current:
+            report.outcomes[task.doc_id] = "unread"
+            continue
+        hit = current[task.doc_id]
+        if hit is None or (hit.get("_seq_no"), hit.get("_primary_term")) != (task.seq_no, task.primary_term):
+            warn(task, "task %r moved on since its claim (taken back or claimed again); not pushing it", task.doc_id)
+            report.outcomes[task.doc_id] = "moved-on"
+            continue
+        kept.append(task)
+    return kept
 
 
 def _warn_unanswered(node: Node, count: int, wait_s: float) -> None:
