@@ -17,7 +17,7 @@ import pytest
 from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
-from elastask.errors import StoreError
+from elastask.errors import LedgerError, StoreError
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.parts.ledger import Ledger
 from tests.unit.stubs import Answer, StubEngine, stub_runtime
@@ -155,3 +155,25 @@ def test_a_renewal_never_revives_a_lease_that_already_ran_out() -> None:
     client.zadd(keys.inflight(OWNER), {"task:t": 1})  # its expiry passed (not yet pruned)
     assert ledger.extend(OWNER, {"task:t": NOW + timedelta(minutes=5)}, NOW) == set()
     assert ledger.used_units([OWNER]) == {OWNER: 0}
+
+
+def test_given_redis_failing_after_the_claim_write_applied_then_the_claims_go_back_to_idle_with_their_attempt() -> None:
+    # The claim _bulk applied; Redis failed before the slots were confirmed and the jobs sent (defect 8):
+    # nothing would push those claims, and their leases would count an attempt.
+    engine = StubEngine()
+    for i in range(2):
+        doc = new_task(f"t{i}", "sample", now=NOW - timedelta(seconds=10 - i))
+        engine.put(doc.id, doc.to_source())
+    rt = stub_runtime(engine)
+
+    def redis_down(*_args: object, **_kwargs: object) -> set[str]:
+        raise LedgerError("Redis, confirming reservations: connection refused")
+
+    rt.ledger.confirm = redis_down  # type: ignore[method-assign]
+    sent: list[DispatchJob] = []
+    with pytest.raises(LedgerError):
+        claim_available_tasks(rt, NOW, sent.append, sessions=False)
+    assert sent == []
+    for doc_id in ("task:t0", "task:t1"):
+        task = engine.docs[doc_id]["_source"]["task"]
+        assert (task["status"], task["attempts"]) == ("idle", 0)

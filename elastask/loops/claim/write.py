@@ -18,7 +18,7 @@ from typing import Any
 
 from elastask.core import policy
 from elastask.core.documents import TaskDocument
-from elastask.errors import StoreError
+from elastask.errors import LedgerError, StoreError
 from elastask.loops.claim.limited import slot_request
 from elastask.loops.claim.summary import ClaimSummary
 from elastask.parts.ledger import SlotRequest
@@ -76,8 +76,15 @@ def write_claims(
             summary.missing += 1
         elif result.status:
             log.error("claiming %r failed: %s %s", result.doc_id, result.status, result.error)
-    rt.ledger.release_many(give_back, token=token)
-    claimed = _confirm(rt, now, capacity, claimed, token)
+    try:
+        rt.ledger.release_many(give_back, token=token)
+        claimed = _confirm(rt, now, capacity, claimed, token)
+    except LedgerError:
+        # The claims are written but Redis failed before their slots were confirmed and their jobs sent:
+        # nothing would push them, and their leases would count an attempt. Back to idle now, by the
+        # engine alone; their reservations, still pending, are judged by reconcile later.
+        give_back_claims(rt, [doc for _a, doc in claimed])
+        raise
     for assignment, _doc in claimed:
         summary.claimed += 1
         summary.capacity_left[assignment.owner_id] -= assignment.cost
