@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -12,9 +13,12 @@ from typing import Any
 
 import redis
 
+from elastask import tracing
 from elastask.config import Settings
+from elastask.core.clock import monotonic_ms
 from elastask.parts.kibana import KibanaClient
 from elastask.parts.ledger import Ledger
+from elastask.parts.memory import ProcessMemory
 from elastask.parts.nodes import NodeRegistry
 from elastask.parts.push_schedule import PushSchedule
 from elastask.parts.redis_client import build_redis
@@ -45,6 +49,14 @@ class Runtime:
     _pushers_lock: threading.Lock = field(default_factory=threading.Lock)
     #: The pushes of tasks claimed ahead, started at their runAt (push_schedule.py).
     push_schedule: PushSchedule = field(default_factory=PushSchedule)
+    #: What this process remembers between steps: watchers' turns, what it said, its last reads.
+    memory: ProcessMemory = field(default_factory=ProcessMemory)
+    #: The OpenTelemetry tracer of this process (tracing.py), None while tracing is off.
+    tracer: Any = None
+    #: This process's monotonic clock (ms) and its sleep: how long it waited or worked, never leases.
+    #: Tests pass their own.
+    monotonic_ms: Callable[[], float] = monotonic_ms
+    sleep: Callable[[float], None] = time.sleep
 
     def pushers(self, owner_id: str) -> ThreadPoolExecutor:
         """The push threads of one node (made on first use)."""
@@ -115,4 +127,5 @@ def build_runtime(settings: Settings) -> Runtime:
         nodes=NodeRegistry(settings, client, kibana),
         kibana=kibana,
         rng=random.Random(),
+        tracer=tracing.from_environment(),
     )

@@ -5,21 +5,20 @@ Off unless the ``tracing`` extra is installed and the standard variables ask for
 ``OTEL_TRACES_EXPORTER=console``; the service is ``OTEL_SERVICE_NAME`` (default ``elastask``). Off,
 nothing of OpenTelemetry is imported. A push's span takes the task's ``traceparent`` as its parent,
 and Kibana gets the push span's own ``traceparent``, so a trace shows elastask's push above Kibana's run.
+
+The tracer is the runtime's (``Runtime.tracer``: ``from_environment()`` when a process builds its
+runtime; a test or an application that embeds elastask sets its own), None while tracing is off.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-_lock = threading.Lock()
-_state: dict[str, Any] = {"checked": False, "tracer": None}
 
 
 def enabled_by_environment(env: Mapping[str, str] | None = None) -> bool:
@@ -30,14 +29,9 @@ def enabled_by_environment(env: Mapping[str, str] | None = None) -> bool:
     return exporter != "none" and bool(endpoint or exporter)
 
 
-def _tracer() -> Any:
-    if _state["checked"]:
-        return _state["tracer"]
-    with _lock:
-        if not _state["checked"]:
-            _state["tracer"] = _setup() if enabled_by_environment() else None
-            _state["checked"] = True
-    return _state["tracer"]
+def from_environment() -> Any:
+    """The tracer the standard variables ask for, or None (tracing off)."""
+    return _setup() if enabled_by_environment() else None
 
 
 def _setup() -> Any:
@@ -61,17 +55,11 @@ def _setup() -> Any:
     return provider.get_tracer("elastask")
 
 
-def use_provider(provider: Any) -> None:
-    """Trace to a provider of one's own (a test's in-memory exporter, an application that embeds elastask)."""
-    with _lock:
-        _state["tracer"] = None if provider is None else provider.get_tracer("elastask")
-        _state["checked"] = True
-
-
 @contextmanager
-def span(name: str, *, traceparent: str | None = None, attributes: Mapping[str, Any] | None = None) -> Iterator[Any]:
-    """A span (None while tracing is off), a child of ``traceparent`` when one is given."""
-    tracer = _tracer()
+def span(
+    tracer: Any, name: str, *, traceparent: str | None = None, attributes: Mapping[str, Any] | None = None
+) -> Iterator[Any]:
+    """A span of ``tracer`` (None while tracing is off), a child of ``traceparent`` when one is given."""
     if tracer is None:
         yield None
         return
@@ -82,9 +70,9 @@ def span(name: str, *, traceparent: str | None = None, attributes: Mapping[str, 
         yield current
 
 
-def current_traceparent() -> str | None:
+def current_traceparent(tracer: Any) -> str | None:
     """The W3C ``traceparent`` of the current span (to hand to Kibana), or None while tracing is off."""
-    if _tracer() is None:
+    if tracer is None:
         return None
     from opentelemetry.propagate import inject
 

@@ -5,8 +5,7 @@ A document is ``{"type": "task", "task": {...}, "migrationVersion": ..., "refere
 strings; ``retryAt``, ``startedAt``, ``scheduledAt`` and ``ownerId`` may be null or missing.
 Fields elastask does not model are kept untouched, so a round trip changes nothing.
 
-Longer than most modules on purpose: every field of Kibana's task document, parsed with an error
-that names the document and field, in one place.
+Each field is decoded by its reader in core/document_fields.py, which also holds the values a field may take.
 """
 
 from __future__ import annotations
@@ -18,31 +17,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
+from elastask.core import document_fields as read_field
+from elastask.core.document_fields import DEFAULT_PRIORITY as DEFAULT_PRIORITY
+from elastask.core.document_fields import INSTANCE_COSTS as INSTANCE_COSTS
+from elastask.core.document_fields import STATUSES as STATUSES
+from elastask.core.document_fields import Schedule
 from elastask.core.intervals import format_date, parse_date, parse_interval_ms
 from elastask.errors import DocumentError
 
-#: Every status Kibana's TaskStatus enum has.
-STATUSES = frozenset({"idle", "claiming", "running", "failed", "should_delete", "unrecognized", "dead_letter"})
-
-#: Kibana maps attempts and priority as ``integer`` fields.
-MAX_INTEGER = 2**31 - 1
-
-DEFAULT_PRIORITY = 50
-
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A recurring task's schedule: an interval string, or an rrule mapping."""
-
-    interval: str | None = None
-    rrule: Mapping[str, Any] | None = None
-
-    @property
-    def interval_ms(self) -> int | None:
-        """The interval in milliseconds, or None for rrule schedules."""
-        return parse_interval_ms(self.interval) if self.interval else None
 
 
 @dataclass(frozen=True)
@@ -170,7 +153,7 @@ def parse_hit(hit: Mapping[str, Any]) -> TaskDocument:
 def parse_source(doc_id: str, source: Mapping[str, Any]) -> TaskDocument:
     """Validate and decode one ``_source``; a bad field raises DocumentError naming id and field.
 
-    Total: every field goes through ``_read``, which turns any failure of its reader into a
+    Total: every field goes through ``read``, which turns any failure of its reader into a
     DocumentError, so no JSON value in any field can raise anything else.
     """
     if source.get("type") != "task":
@@ -188,143 +171,25 @@ def parse_source(doc_id: str, source: Mapping[str, Any]) -> TaskDocument:
 
     return TaskDocument(
         id=doc_id,
-        task_type=read("taskType", _text),
-        status=read("status", _status),
-        run_at=read("runAt", _required_date),
-        scheduled_at=read("scheduledAt", _optional_date),
-        retry_at=read("retryAt", _optional_date),
-        started_at=read("startedAt", _optional_date),
-        attempts=read("attempts", _attempts, 0),
-        owner_id=read("ownerId", _optional_text),
-        params=read("params", _json_object),
-        state=read("state", _json_object),
-        schedule=read("schedule", _schedule),
-        enabled=read("enabled", _enabled, True),
-        priority=read("priority", _priority, DEFAULT_PRIORITY),
-        scope=read("scope", _scope),
-        trace_parent=read("traceparent", _optional_text),
-        timeout_override_ms=read("timeoutOverride", _timeout_override),
-        cost=read("cost", _instance_cost),
+        task_type=read("taskType", read_field.text),
+        status=read("status", read_field.status),
+        run_at=read("runAt", read_field.required_date),
+        scheduled_at=read("scheduledAt", read_field.optional_date),
+        retry_at=read("retryAt", read_field.optional_date),
+        started_at=read("startedAt", read_field.optional_date),
+        attempts=read("attempts", read_field.attempts, 0),
+        owner_id=read("ownerId", read_field.optional_text),
+        params=read("params", read_field.json_object),
+        state=read("state", read_field.json_object),
+        schedule=read("schedule", read_field.schedule),
+        enabled=read("enabled", read_field.enabled, True),
+        priority=read("priority", read_field.priority, DEFAULT_PRIORITY),
+        scope=read("scope", read_field.scope),
+        trace_parent=read("traceparent", read_field.optional_text),
+        timeout_override_ms=read("timeoutOverride", read_field.timeout_override),
+        cost=read("cost", read_field.instance_cost),
         raw=source,
     )
-
-
-# The readers of single fields: a value in, the decoded value out, ValueError with the problem otherwise.
-
-#: Kibana's InstanceTaskCost names (task.ts) and their capacity units.
-INSTANCE_COSTS = {"tiny": 1, "normal": 2, "large": 4, "extralarge": 10}
-
-
-def _status(value: Any) -> str:
-    if not isinstance(value, str) or value not in STATUSES:
-        raise ValueError(f"expected one of {sorted(STATUSES)}")
-    return value
-
-
-def _instance_cost(value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or value not in INSTANCE_COSTS:
-        raise ValueError(f"expected one of {', '.join(INSTANCE_COSTS)}")
-    return INSTANCE_COSTS[value]
-
-
-def _timeout_override(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    return parse_interval_ms(value)
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("missing or not a non-empty string")
-    return value
-
-
-def _optional_text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value or None
-    raise ValueError("expected a string or null")
-
-
-def _required_date(value: Any) -> datetime:
-    if value is None:
-        raise ValueError("missing; expected an ISO-8601 date")
-    return _date(value)
-
-
-def _optional_date(value: Any) -> datetime | None:
-    return None if value is None else _date(value)
-
-
-def _date(value: Any) -> datetime:
-    try:
-        return parse_date(value)
-    except ValueError as e:
-        raise ValueError(f"not an ISO-8601 date ({e})") from e
-
-
-def _attempts(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INTEGER:
-        raise ValueError("expected an integer from 0 to 2^31-1")
-    return value
-
-
-def _json_object(value: Any) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, str):
-        raise ValueError("expected a JSON string, as Kibana writes it")
-    try:
-        decoded = json.loads(value) if value else {}
-    except ValueError as e:
-        raise ValueError(f"not valid JSON ({e})") from e
-    if not isinstance(decoded, dict):
-        raise ValueError("expected a JSON object")
-    return decoded
-
-
-def _schedule(value: Any) -> Schedule | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ValueError("expected an object")
-    interval, rrule = value.get("interval"), value.get("rrule")
-    if interval is not None:
-        try:
-            parse_interval_ms(interval)
-        except ValueError as e:
-            raise ValueError(f"interval: {e}") from e
-        return Schedule(interval=interval)
-    if isinstance(rrule, Mapping) and rrule.get("freq") is not None:
-        return Schedule(rrule=rrule)
-    raise ValueError("expected an interval or an rrule with freq")
-
-
-def _enabled(value: Any) -> bool:
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise ValueError("expected true or false")
-    return value
-
-
-def _priority(value: Any) -> int:
-    if value is None:
-        return DEFAULT_PRIORITY
-    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_INTEGER - 1 <= value <= MAX_INTEGER:
-        raise ValueError("expected an integer from -2^31 to 2^31-1")
-    return value
-
-
-def _scope(value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)
-    raise ValueError("expected a string or a list of strings")
 
 
 def new_task(

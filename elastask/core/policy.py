@@ -12,10 +12,13 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from elastask.core.documents import TaskDocument
 from elastask.core.intervals import format_date, parse_date
+
+if TYPE_CHECKING:
+    from elastask.config import Settings
 
 #: A slot is held this long past retryAt: Kibana times a run from when it started, a little after the claim.
 LEASE_GRACE = timedelta(seconds=2)
@@ -174,6 +177,20 @@ def release_fields_for(claimed_attempts: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a task's attempts end: how many it has, and Kibana's retry delays between them (ms)."""
+
+    max_attempts: int
+    base_delay_ms: int
+    max_delay_ms: int
+
+    @classmethod
+    def for_type(cls, settings: Settings, task_type: str) -> RetryPolicy:
+        """The policy of one task type: its own maximum attempts, the retry delays every type shares."""
+        return cls(settings.for_type(task_type).max_attempts, settings.retry_delay_ms, settings.max_retry_delay_ms)
+
+
 def retry_delay_ms(attempts: int, *, base_ms: int, max_ms: int, rng: random.Random) -> int:
     """Kibana's one-shot retry delay: ``base`` for the first retry, then random up to min(max, 10 x base x 2^(n-2)).
 
@@ -197,27 +214,15 @@ class Expiry:
 def on_lease_expired(
     task: TaskDocument,
     now: datetime,
+    retry: RetryPolicy,
     *,
-    max_attempts: int,
-    base_delay_ms: int,
-    max_delay_ms: int,
     rng: random.Random,
     why: str = "lease expired without an outcome",
 ) -> Expiry:
     """The next state of a task whose run was lost (its retryAt passed, or its node restarted):
     retry later, fail for good, or move to its next run."""
     interval_ms = task.schedule.interval_ms if task.schedule else None
-    return after_failed_attempt(
-        task.attempts,
-        task.is_recurring,
-        interval_ms,
-        now,
-        why,
-        max_attempts=max_attempts,
-        base_delay_ms=base_delay_ms,
-        max_delay_ms=max_delay_ms,
-        rng=rng,
-    )
+    return after_failed_attempt(task.attempts, task.is_recurring, interval_ms, now, why, retry, rng=rng)
 
 
 def never_pushed(task: TaskDocument) -> Expiry:
@@ -235,10 +240,8 @@ def after_failed_attempt(
     interval_ms: int | None,
     now: datetime,
     why: str,
+    retry: RetryPolicy,
     *,
-    max_attempts: int,
-    base_delay_ms: int,
-    max_delay_ms: int,
     rng: random.Random,
 ) -> Expiry:
     """The next state after an attempt that ended without an outcome (``attempts`` counts it).
@@ -250,8 +253,8 @@ def after_failed_attempt(
     # ownerId stays: it tells operators where the attempt failed, and the claim loop sends a retry elsewhere.
     cleared = {"startedAt": None, "retryAt": None}
     if recurring:
-        if attempts >= max_attempts:
-            next_run = now + timedelta(milliseconds=interval_ms or base_delay_ms)
+        if attempts >= retry.max_attempts:
+            next_run = now + timedelta(milliseconds=interval_ms or retry.base_delay_ms)
             return Expiry(
                 "rescheduled",
                 {**cleared, "status": "idle", "attempts": 0, "runAt": format_date(next_run)},
@@ -260,19 +263,19 @@ def after_failed_attempt(
         return Expiry(
             "retry",
             {**cleared, "status": "idle", "runAt": format_date(now)},
-            f"{why} (attempt {attempts} of {max_attempts})",
+            f"{why} (attempt {attempts} of {retry.max_attempts})",
         )
-    if attempts >= max_attempts:
+    if attempts >= retry.max_attempts:
         return Expiry(
             "failed",
             {**cleared, "status": "failed"},
-            f"{attempts} runs of {max_attempts} ended without an outcome from Kibana ({why})",
+            f"{attempts} runs of {retry.max_attempts} ended without an outcome from Kibana ({why})",
         )
-    delay = retry_delay_ms(attempts, base_ms=base_delay_ms, max_ms=max_delay_ms, rng=rng)
+    delay = retry_delay_ms(attempts, base_ms=retry.base_delay_ms, max_ms=retry.max_delay_ms, rng=rng)
     return Expiry(
         "retry",
         {**cleared, "status": "idle", "runAt": format_date(now + timedelta(milliseconds=delay))},
-        f"{why} (attempt {attempts} of {max_attempts}); retry in {delay} ms",
+        f"{why} (attempt {attempts} of {retry.max_attempts}); retry in {delay} ms",
     )
 
 

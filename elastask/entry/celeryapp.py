@@ -10,7 +10,7 @@ import threading
 from datetime import timedelta
 from functools import cache
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Celery, bootsteps, signals
 from kombu.entity import Queue
@@ -18,10 +18,13 @@ from kombu.entity import Queue
 from elastask import keys
 from elastask.config import Settings, load_settings
 from elastask.entry import celery_defaults as celery_settings
-from elastask.entry.heartbeat import Heartbeat
+from elastask.entry.heartbeat import Heartbeat, WorkerLife
 from elastask.entry.redis_transport import transport_for
 from elastask.errors import ConfigError
 from elastask.parts.redis_client import broker_transport_options, build_redis
+
+if TYPE_CHECKING:
+    from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ def create_app(settings: Settings) -> Celery:
     app.conf.broker_transport_options = broker_transport_options(settings, app.conf.broker_transport_options)
     app.conf.elastask_settings = settings
     app.conf.elastask_pinned = False
+    app.elastask_process = WorkerProcess()
     app.steps["consumer"].add(NodeQueues)
     app.steps["consumer"].add(Heartbeat)
     return app
@@ -94,20 +98,27 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     }
 
 
-_worker_processes: int | None = None
+class WorkerProcess:
+    """What this process is in a Celery worker, kept on its app (``process_of``) as Celery keeps its own
+    state: the pool's size and the worker's life in Redis (set in the main process before the pool
+    forks: the children inherit them), and this process's runtime (built after the fork)."""
+
+    def __init__(self) -> None:
+        self.pool_size: int | None = None
+        self.life = WorkerLife()
+        #: (the pid it was built in, the runtime): a forked child builds its own.
+        self.runtime: tuple[int, Runtime] | None = None
+
+
+def process_of(app: Celery) -> WorkerProcess:
+    process: WorkerProcess = app.elastask_process
+    return process
 
 
 @signals.worker_init.connect
 def _remember_pool_size(sender: Any = None, **_kwargs: Any) -> None:
-    # In the worker's main process, before the pool forks: its children inherit the number.
-    global _worker_processes
     concurrency = getattr(sender, "concurrency", None)
-    _worker_processes = concurrency if isinstance(concurrency, int) else None
-
-
-def worker_processes() -> int | None:
-    """The pool size of the worker this process belongs to (None outside a worker, or unknown)."""
-    return _worker_processes
+    process_of(sender.app).pool_size = concurrency if isinstance(concurrency, int) else None
 
 
 @signals.after_setup_logger.connect

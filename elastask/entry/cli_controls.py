@@ -6,12 +6,10 @@ Registered on the command group by cli.py; each is a thin wrapper over ops/pausi
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-    from elastask.entry.cli import Context
+from elastask.entry.cli_context import Context
 
 
 @click.command("pause")

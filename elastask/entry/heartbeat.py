@@ -81,18 +81,15 @@ class WorkerLife:
                 self._warned = True
 
 
-#: The one of this process (the worker's main process sets it up; its pool children inherit the id).
-LIFE = WorkerLife()
-
-
-def worker_id() -> str | None:
-    """This worker's id (in its main process and its pool children), None outside a worker."""
-    return LIFE.worker_id
+def life_of(app: Any) -> WorkerLife:
+    """The worker's life this process belongs to, kept on the Celery app (entry/celeryapp.py ``WorkerProcess``)."""
+    life: WorkerLife = app.elastask_process.life
+    return life
 
 
 @signals.worker_init.connect
 def _name_this_worker(sender: Any = None, **_kwargs: Any) -> None:
-    LIFE.start(sender.app.conf.elastask_settings)
+    life_of(sender.app).start(sender.app.conf.elastask_settings)
 
 
 @signals.task_received.connect
@@ -103,7 +100,7 @@ def _hold_received_job(request: Any = None, **_kwargs: Any) -> None:
         job = DispatchJob.from_dict(request.args[0])
     except (TypeError, KeyError, ValueError):
         return  # the job itself reports a bad message
-    LIFE.hold(job)
+    life_of(request.app).hold(job)
 
 
 class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -115,6 +112,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         super().__init__(parent, **kwargs)
         self.stopped = threading.Event()  # set by tests only
         self.thread: threading.Thread | None = None
+        self.life = life_of(parent.app)
 
     def start(self, consumer: Any) -> None:
         # Once per process: a consumer restarted after a lost broker connection keeps the same thread.
@@ -124,7 +122,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _run(self) -> None:
         while not self.stopped.wait(BEAT_MS / 1000):
-            LIFE.beat()
+            self.life.beat()
 
     def stop(self, consumer: Any) -> None:
         """Nothing: a warm shutdown goes on beating until the process exits, while its jobs still push."""

@@ -22,15 +22,14 @@ from elastask import keys
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date
 from elastask.core.messages import DispatchJob
-from elastask.entry import heartbeat
-from elastask.entry.celeryapp import get_app, worker_processes
+from elastask.entry.celeryapp import get_app, process_of
 from elastask.entry.publisher import background_publisher
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.claim.summary import ClaimSummary
 from elastask.loops.dispatch.job import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_claimed_tasks
-from elastask.loops.dispatch.outcomes import DispatchReport, give_back_unsent
+from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_unsent
 from elastask.loops.retry.loop import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.usage import UsageRecorder, queue_runs_started
@@ -40,19 +39,19 @@ from elastask.runtime import Runtime, build_runtime
 log = logging.getLogger(__name__)
 app = get_app()
 
-_runtime: tuple[int, Runtime] | None = None
 #: Task ids a dispatch job shows in Flower and the logs.
 MAX_IDS_SHOWN = 10
 
 
 def runtime() -> Runtime:
     """This process's clients, built after the fork of a prefork pool child."""
-    global _runtime
-    if _runtime is None or _runtime[0] != os.getpid():
-        _runtime = (os.getpid(), build_runtime(app.conf.elastask_settings))
-        _runtime[1].worker_id = heartbeat.worker_id()
-        _check_index(_runtime[1])
-    return _runtime[1]
+    process = process_of(app)
+    if process.runtime is None or process.runtime[0] != os.getpid():
+        rt = build_runtime(app.conf.elastask_settings)
+        rt.worker_id = process.life.worker_id
+        process.runtime = (os.getpid(), rt)
+        _check_index(rt)
+    return process.runtime[1]
 
 
 def _check_index(rt: Runtime) -> None:
@@ -125,7 +124,7 @@ def record_cycle(rt: Runtime, summary: ClaimSummary) -> None:
 
 def sessions_allowed() -> bool:
     """Refill sessions hold a worker process for seconds: only where the dispatch jobs have another one."""
-    processes = worker_processes()
+    processes = process_of(app).pool_size
     return processes is None or processes >= 2
 
 
@@ -190,9 +189,10 @@ def _push_what_is_scheduled(**_kwargs: Any) -> None:
     """A warm shutdown pushes the tasks this process scheduled (at most a second ahead), and the pushes
     queued on its nodes' push threads, before it exits: their jobs are acknowledged and their push
     markers set, so left here they would wait for their leases to run out."""
-    if _runtime is None or _runtime[0] != os.getpid():
+    built = process_of(app).runtime
+    if built is None or built[0] != os.getpid():
         return
-    rt = _runtime[1]
+    rt = built[1]
     left = rt.push_schedule.drain(MAX_EARLY_WAIT_S + PUSH_WAIT_S)
     if left:
         log.warning("%d scheduled push step(s) not started before this process exits; their leases decide", left)
@@ -252,13 +252,13 @@ def dispatch(self: Any, batch: dict[str, Any]) -> dict[str, int]:
 def record_dispatch(rt: Runtime, claimed: DispatchJob, report: DispatchReport, now: datetime) -> dict[str, int]:
     """Usage and metrics of what a dispatch job's pushes did (called again for pushes answered late)."""
     counts = report.counts()
-    counts.pop("late", None)  # counted when they answer
-    counts.pop("scheduled", None)  # counted when pushed, at their runAt
-    accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == "accepted"]
+    counts.pop(DispatchOutcome.LATE, None)  # counted when they answer
+    counts.pop(DispatchOutcome.SCHEDULED, None)  # counted when pushed, at their runAt
+    accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == DispatchOutcome.ACCEPTED]
     units = sum(rt.settings.for_type(str(task.body.get("taskType", ""))).cost for task in accepted)
     Metrics(rt.redis).record(  # with the usage, in one round trip; best effort: the pushes are settled
         labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
         observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
         also=lambda pipe: queue_runs_started(pipe, claimed.owner_id, len(accepted), units, epoch_ms(now)),
     )
-    return dict(report.counts())
+    return {str(outcome): n for outcome, n in report.counts().items()}

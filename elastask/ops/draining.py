@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from elastask.core.pauses import entry
 from elastask.errors import ElastaskError
-from elastask.loops.claim.cycle import pending_max_ms
 from elastask.loops.claim.reconcile import reconcile_ledger
+from elastask.loops.claim.timing import pending_max_ms
 from elastask.ops import pausing
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime

@@ -112,7 +112,9 @@ class ElastaskCollector:
             "When it was paused (elastask pause, Kibana's execution pause; elastask.yaml's paused: has no start).",
             labels=["scope", "name", "source"],
         )
-        for pause in PauseStore(self.rt.redis, self.rt.settings.paused).read(self.rt.ledger.now_ms()).pauses:
+        for pause in (
+            PauseStore(self.rt.redis, self.rt.settings.paused, seen=self.rt.memory).read(self.rt.ledger.now_ms()).pauses
+        ):
             paused.add_metric([pause.scope, pause.name, pause.source], 1)
             if pause.since_ms is not None:
                 since.add_metric([pause.scope, pause.name, pause.source], pause.since_ms / 1000)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from elastask.core import capacity_estimate, queries
+from elastask.core.clock import epoch_ms
 from elastask.core.intervals import format_date
 from elastask.core.percentiles import percentile
 from elastask.ops.metrics import MetricsReader
@@ -56,7 +57,7 @@ def capacity_estimation(rt: Runtime, now: datetime, overdue: int | None) -> dict
     Raises StoreError or RedisError when a dependency cannot be read.
     """
     nodes, _ = rt.nodes.resolve()
-    window = UsageReader(rt.redis).window(int(now.timestamp() * 1000))
+    window = UsageReader(rt.redis).window(epoch_ms(now))
     answer = rt.store.search(queries.recurring_schedules(), "counting recurring tasks by schedule")
     observed = capacity_estimate.Observed(
         window_s=window.sampled_ms / 1000,

@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis
 
 from elastask import keys
+from elastask.core.clock import epoch_ms
 
 #: Histogram bucket upper bounds, seconds.
 BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, math.inf)
@@ -84,7 +85,7 @@ class Metrics:
     def claim_succeeded(self, now: datetime) -> None:
         """Remember when a claim cycle last ran to its end."""
         with contextlib.suppress(redis.RedisError):
-            self.client.set(LAST_CLAIM, int(now.timestamp() * 1000))
+            self.client.set(LAST_CLAIM, epoch_ms(now))
 
 
 class MetricsReader:

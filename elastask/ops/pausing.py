@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from elastask.core.clock import epoch_ms
 from elastask.core.intervals import format_date
 from elastask.core.pauses import PauseSet, entry
 from elastask.parts.cadence import Cadence
@@ -38,7 +39,7 @@ def resume(rt: Runtime, names: Sequence[str]) -> tuple[list[str], PauseSet]:
 def described(rt: Runtime, now: datetime) -> dict[str, Any]:
     """What is paused, since when and from where, for status and /health; and a loss Redis had."""
     store = PauseStore(rt.redis, rt.settings.paused)
-    pauses = store.read(int(now.timestamp() * 1000))
+    pauses = store.read(epoch_ms(now))
     restored = store.restored_at_ms()
     kibana = store.kibana_state()
     return {

@@ -1,30 +1,14 @@
 """The Kibana HTTP client: ``POST /api/task_manager/_run_now``, ``GET /api/status`` and Kibana's
 execution pause (``GET /internal/task_manager/execution/_status``).
 
-A push ends in one of four ways, and the difference decides whether an attempt is burned:
-
-- ``accepted``: Kibana answered 2xx (204): it has the task; the lease is kept until Kibana writes
-  the outcome or ``retryAt`` passes;
-- ``refused``: it provably never started, for a reason of the node's, not the task's (connection
-  refused or not established; 401/403, 404/405 (no such route), 408, 429, 500, 503; a redirect,
-  never followed, since a login page answering 200 would look accepted): Kibana answers 204
-  *before* it runs anything, so an error answer means no run. No attempt is burned and the node's
-  circuit breaker counts it;
-- ``rejected``: the node refused *this task* (any other 4xx: 400 a body it will not validate, 413
-  a state over its payload limit, 422): it would be refused again, so the attempt is burned (the
-  task fails after its maximum) and the node, which answered, stays in rotation;
-- ``ambiguous``: the request may have arrived (timeout or connection lost after sending, or a
-  gateway's 502/504, which may have forwarded it): the lease is kept until ``retryAt`` so the task
-  is never run twice at once.
+What a push's answer means (accepted, refused, rejected, ambiguous) is decided in parts/push_outcome.py.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
-import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +21,10 @@ import urllib3
 import urllib3.exceptions
 
 from elastask.config import KibanaNode, KibanaSettings
+from elastask.parts.push_outcome import PushOutcome as PushOutcome
+from elastask.parts.push_outcome import PushResult as PushResult
+from elastask.parts.push_outcome import answered_push, failed_push
+from elastask.parts.push_outcome import classify_status as classify_status
 
 log = logging.getLogger(__name__)
 
@@ -46,42 +34,6 @@ HEALTH_PATH = "/api/task_manager/_health"
 #: Kibana's own pause of task execution (elastic/kibana PR #279122): internal, superuser only.
 EXECUTION_STATUS_PATH = "/internal/task_manager/execution/_status"
 CONNECT_TIMEOUT_S = 3.0
-
-
-class PushOutcome(enum.Enum):
-    """How a push ended (see the module docstring)."""
-
-    ACCEPTED = "accepted"
-    REFUSED = "refused"
-    REJECTED = "rejected"
-    AMBIGUOUS = "ambiguous"
-
-
-#: Answers about the node, not the task: the same push may succeed later or on another node.
-NODE_STATUSES = frozenset({401, 403, 404, 405, 408, 429, 500, 501, 503})
-#: A gateway in front of Kibana answered: it may have forwarded the push before failing.
-GATEWAY_STATUSES = frozenset({502, 504})
-
-
-def classify_status(status_code: int) -> PushOutcome:
-    """The outcome of a push Kibana (or something in front of it) answered with this status."""
-    if 200 <= status_code < 300:
-        return PushOutcome.ACCEPTED
-    if status_code in GATEWAY_STATUSES:
-        return PushOutcome.AMBIGUOUS
-    if 400 <= status_code < 500 and status_code not in NODE_STATUSES:
-        return PushOutcome.REJECTED
-    return PushOutcome.REFUSED
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """The outcome of one push, with what an operator needs to know."""
-
-    outcome: PushOutcome
-    detail: str
-    status_code: int | None = None
-    connection_refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,10 +69,9 @@ class KibanaClient:
     def __init__(self, settings: KibanaSettings, session: requests.Session | None = None) -> None:
         self.settings = settings
         self.session = session or requests.Session()
-        # With trust_env on, requests reads the proxy variables (and ~/.netrc) from the environment on
-        # every request: a scan of every variable per push, about a quarter of a push's CPU here. The
-        # proxies (HTTP(S)_PROXY unless NO_PROXY covers the node) and a CA bundle variable are read
-        # once per node instead; credentials come from elastask.yaml only.
+        # With trust_env on, requests scans the environment (and ~/.netrc) on every request. The proxies
+        # (HTTP(S)_PROXY unless NO_PROXY covers the node) and a CA bundle variable are read once per node
+        # instead; credentials come from elastask.yaml only.
         self.session.trust_env = False
         self._proxies: dict[str, dict[str, str]] = {}
         self._env_ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
@@ -229,39 +180,11 @@ class KibanaClient:
                 assert_same_host=False,
                 preload_content=True,
             )
-        except urllib3.exceptions.NewConnectionError:  # before ConnectTimeoutError: it subclasses it
-            return PushResult(PushOutcome.REFUSED, f"{url}: connection refused", connection_refused=True)
-        except urllib3.exceptions.ConnectTimeoutError as e:
-            return PushResult(PushOutcome.REFUSED, f"{url}: no connection within {CONNECT_TIMEOUT_S}s ({e})")
-        except urllib3.exceptions.ReadTimeoutError:
-            return PushResult(
-                PushOutcome.AMBIGUOUS, f"{url}: no answer within {self.settings.request_timeout_s}s after sending"
-            )
-        except urllib3.exceptions.SSLError as e:
-            if _in_tls_handshake(e):  # nothing reached Kibana
-                return PushResult(PushOutcome.REFUSED, f"{url}: {type(e).__name__}: {_root(e)}")
-            # A TLS error while reading the answer: the push was sent, Kibana may run it.
-            return PushResult(PushOutcome.AMBIGUOUS, f"{url}: TLS error after sending ({_root(e)})")
-        except (urllib3.exceptions.ProxyError, urllib3.exceptions.LocationParseError) as e:
-            # The proxy failed, or the URL is wrong: nothing reached Kibana.
-            return PushResult(PushOutcome.REFUSED, f"{url}: {type(e).__name__}: {_root(e)}")
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            return PushResult(PushOutcome.AMBIGUOUS, f"{url}: connection lost after sending ({_root(e)})")
-        code = answer.status
-        if 300 <= code < 400:
-            return PushResult(
-                PushOutcome.REFUSED,
-                f"{url}: answered {code}, a redirect to {answer.headers.get('Location')!r} (not followed: point "
-                "kibana.hosts at the Kibana node itself, with its base path)",
-                code,
+            return failed_push(
+                url, e, connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=self.settings.request_timeout_s
             )
-        outcome = classify_status(code)
-        if outcome is PushOutcome.ACCEPTED:
-            return PushResult(outcome, f"{url}: {code}", code)
-        hint = {401: " (check kibana credentials)", 403: " (check kibana credentials)"}.get(code, "")
-        if code in (404, 405):
-            hint = " (no _run_now route: is this node on the external-task-manager branch?)"
-        return PushResult(outcome, f"{url}: answered {code} {answer.reason}{hint}{_kibana_message(answer.data)}", code)
+        return answered_push(url, answer)
 
     def status_uuid(self, node: KibanaNode, timeout_s: float = 5.0) -> str:
         """The node's instance uuid from ``GET /api/status``; raises requests exceptions or ValueError."""
@@ -348,22 +271,6 @@ class KibanaClient:
         return answer.status_code == 200 and level in ("available", "degraded")
 
 
-def _kibana_message(data: bytes) -> str:
-    """Kibana's own error message, short: never the body as a whole, which may echo the task's params."""
-    try:
-        body = json.loads(data)
-    except ValueError:
-        return ""
-    message = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(message, str) or not message:
-        return ""
-    return f": {message[:MESSAGE_CHARS]}{'...' if len(message) > MESSAGE_CHARS else ''}"
-
-
-#: How much of Kibana's error message a push result keeps (logs, failure reasons).
-MESSAGE_CHARS = 120
-
-
 #: Kibana's ``ops.interval``: how often it samples the metrics ``/api/status`` shows.
 DEFAULT_OPS_INTERVAL_MS = 5000
 
@@ -378,27 +285,3 @@ class Uptime(NamedTuple):
 
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _in_tls_handshake(error: BaseException) -> bool:
-    """True when a TLS error came from the handshake (or the certificate checks after it), before any
-    byte of the request was sent; False when it came later, while the request or its answer travelled."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError | ssl.CertificateError):
-            return True
-        frame = current.__traceback__
-        while frame is not None:
-            if frame.tb_frame.f_code.co_name in ("do_handshake", "_match_hostname", "match_hostname"):
-                return True
-            frame = frame.tb_next
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _root(error: BaseException) -> str:
-    while error.__context__ is not None and error.__context__ is not error:
-        error = error.__context__
-    return f"{type(error).__name__}: {error}"

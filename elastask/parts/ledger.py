@@ -13,11 +13,14 @@ One clock: expiries are kept on Redis's own clock (``TIME`` inside the scripts).
 
 The ledger also owns its lifecycle keys: whether it was built (it is rebuilt from the engine after
 Redis lost it) and how often it is reconciled.
+
+One module over 300 lines: a method per Lua script over one key layout, each stating the contract its
+callers rely on, so the cap and its fences are read in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -107,8 +110,10 @@ class LeaseView:
 class Ledger:
     """Per-node in-flight slots in Redis."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, monotonic: Callable[[], float] = monotonic_ms) -> None:
         self.client = client
+        #: This process's monotonic clock (ms), which moves a reused reading of Redis's clock on.
+        self._monotonic = monotonic
         #: The last tight read of Redis's clock: (its ms, this process's monotonic ms when the answer came).
         self._clock: tuple[int, float] | None = None
         self._usage = register(client, "usage", *_CLOCKED)
@@ -315,17 +320,15 @@ class Ledger:
         move). Counted from the answer, never from before it: like a fresh read, the result is never
         ahead of Redis's clock (a read Redis answered late, on a loaded machine, would otherwise put
         it ahead by up to half the round trip, and a task could be pushed before its runAt). A read
-        whose round trip took over CLOCK_TIGHT_READ_MS is used once and not reused. The claim
-        loop looks every ~10 ms and each dispatch job asks once; two clocks drift apart by
-        microseconds over 250 ms.
+        whose round trip took over CLOCK_TIGHT_READ_MS is used once and not reused.
         """
-        clock, asked_ms = self._clock, monotonic_ms()
+        clock, asked_ms = self._clock, self._monotonic()
         if clock is not None and asked_ms - clock[1] < CLOCK_REUSE_MS:
             return clock[0] + int(asked_ms - clock[1])
         with redis_errors("reading Redis's clock"):
             seconds, micros = cast(tuple[int, int], self.client.time())
-        now_ms, answered_ms = int(seconds) * 1000 + int(micros) // 1000, monotonic_ms()
+        now_ms, answered_ms = int(seconds) * 1000 + int(micros) // 1000, self._monotonic()
         # A slow round trip leaves the reading behind by up to its length: used once, as a fresh
-        # read is, but never kept for the next 250 ms of decisions (pushes would wait for it).
+        # read is, but never kept for the next CLOCK_REUSE_MS of decisions (pushes would wait for it).
         self._clock = (now_ms, answered_ms) if answered_ms - asked_ms <= CLOCK_TIGHT_READ_MS else None
         return now_ms

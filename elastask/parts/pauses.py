@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -19,8 +18,10 @@ from typing import Any, cast
 import redis
 
 from elastask import keys
+from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date
 from elastask.core.pauses import Pause, PauseSet, kibana_pauses, parse_entry
+from elastask.parts.memory import ProcessMemory
 from elastask.parts.redis_errors import redis_errors
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class KibanaPauseState:
     @property
     def since_ms(self) -> int | None:
         try:
-            return int(parse_date(self.updated_at).timestamp() * 1000) if self.updated_at else None
+            return epoch_ms(parse_date(self.updated_at)) if self.updated_at else None
         except ValueError:
             return None
 
@@ -67,13 +68,12 @@ class KibanaPauseState:
 class PauseStore:
     """Reads and changes the pauses; ``configured``: elastask.yaml's ``paused:`` entries."""
 
-    #: What this process last saw in Redis, to restore it if Redis loses it (shared by its threads).
-    _remembered: dict[str, int] = {}  # noqa: RUF012 - process memory on purpose
-    _lock = threading.Lock()
-
-    def __init__(self, client: redis.Redis, configured: Sequence[str] = ()) -> None:
+    def __init__(self, client: redis.Redis, configured: Sequence[str] = (), seen: ProcessMemory | None = None) -> None:
+        """``seen``: the process's memory, where what it last saw in Redis is kept to be written back if
+        Redis loses it (a worker's or the exporter's runtime memory; a command's own by default)."""
         self.client = client
         self.configured = tuple(configured)
+        self.memory = seen if seen is not None else ProcessMemory()
 
     def read(self, now_ms: int) -> PauseSet:
         """Everything paused now (Redis's and elastask.yaml's); restores Redis's if it was lost."""
@@ -83,11 +83,11 @@ class PauseStore:
             pipe.get(keys.KIBANA_PAUSE)
             raw, kibana_raw = cast(tuple[dict[bytes, bytes], bytes | None], pipe.execute())
         stored = {k.decode(): int(v) for k, v in raw.items() if k.decode() != _KEPT}
-        with self._lock:
-            if not raw and self._remembered:
-                stored = dict(self._remembered)
+        with self.memory.lock:
+            if not raw and self.memory.pauses_seen:
+                stored = dict(self.memory.pauses_seen)
                 self._restore(stored, now_ms)
-            PauseStore._remembered = dict(stored)
+            self.memory.pauses_seen = dict(stored)
         pauses = [Pause(*parse_entry(text), since_ms=since, source="redis") for text, since in sorted(stored.items())]
         pauses += [Pause(*parse_entry(text), since_ms=None, source="config") for text in self.configured]
         kibana = KibanaPauseState.from_json(kibana_raw)
@@ -115,8 +115,8 @@ class PauseStore:
         pipe.hset(keys.PAUSED, _KEPT, "1")
         with redis_errors("pausing"):
             pipe.execute()
-        with self._lock:
-            PauseStore._remembered = {**self._remembered, **dict.fromkeys(entries, now_ms)}
+        with self.memory.lock:
+            self.memory.pauses_seen = {**self.memory.pauses_seen, **dict.fromkeys(entries, now_ms)}
 
     def resume(self, entries: Iterable[str] | None = None) -> list[str]:
         """Resume these, or (None) everything Redis holds; returns what was resumed. elastask.yaml's
@@ -129,8 +129,8 @@ class PauseStore:
                 pipe.hdel(keys.PAUSED, *chosen)
             pipe.hset(keys.PAUSED, _KEPT, "1")
             pipe.execute()
-        with self._lock:
-            PauseStore._remembered = {k: v for k, v in self._remembered.items() if k not in chosen}
+        with self.memory.lock:
+            self.memory.pauses_seen = {k: v for k, v in self.memory.pauses_seen.items() if k not in chosen}
         return chosen
 
     def restored_at_ms(self) -> int | None:

@@ -9,6 +9,7 @@ from typing import cast
 import redis
 
 from elastask import keys
+from elastask.core.clock import epoch_ms
 from elastask.core.documents import PRIVATE_FIELDS
 from elastask.errors import DocumentError
 from elastask.parts.redis_errors import redis_errors
@@ -21,7 +22,7 @@ QUARANTINE = timedelta(minutes=10)
 
 def report_malformed(client: redis.Redis, error: DocumentError, now: datetime) -> None:
     """Log a malformed document once per quarantine period and leave it out of the next claims."""
-    until_ms = int((now + QUARANTINE).timestamp() * 1000)
+    until_ms = epoch_ms(now + QUARANTINE)
     with redis_errors(f"quarantining malformed document {error.doc_id!r}"):
         first_time = client.zadd(keys.MALFORMED, {error.doc_id: until_ms}, nx=True)
     if first_time:
@@ -38,7 +39,7 @@ def report_malformed(client: redis.Redis, error: DocumentError, now: datetime) -
 
 def quarantined(client: redis.Redis, now: datetime, limit: int = 5000) -> list[str]:
     """Ids of malformed documents to leave out of claims now."""
-    now_ms = int(now.timestamp() * 1000)
+    now_ms = epoch_ms(now)
     with redis_errors("reading quarantined documents"):
         client.zremrangebyscore(keys.MALFORMED, "-inf", now_ms)
         members = cast(list[bytes], client.zrange(keys.MALFORMED, 0, limit - 1))

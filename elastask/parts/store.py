@@ -1,7 +1,7 @@
 """The search engine: the task index, read and written with conditional writes only.
 
-Over 300 lines: every engine call elastask makes is here (so every one maps its errors to StoreError
-the same way and none writes without a version), the client's construction included.
+One module over 300 lines: every engine call elastask makes is here (so every one maps its errors to
+StoreError the same way and none writes without a version), the client's construction included.
 """
 
 from __future__ import annotations

@@ -45,15 +45,20 @@ def compiler_cpu_s(pid: int) -> float:
 
 
 def wait_for_quiet_compiler(
-    pid: int, timeout_s: float = 120.0, cpu: Callable[[int], float] = compiler_cpu_s
+    pid: int,
+    timeout_s: float = 120.0,
+    cpu: Callable[[int], float] = compiler_cpu_s,
+    *,
+    quiet_window_s: float = QUIET_WINDOW_S,
 ) -> tuple[float, float]:
-    """Wait until the compiler threads use under QUIET_SHARE of a core; (seconds waited, their last share)."""
+    """Wait until the compiler threads use under QUIET_SHARE of a core over ``quiet_window_s``;
+    (seconds waited, their last share)."""
     started = time.monotonic()
     share = 1.0
     while time.monotonic() - started < timeout_s:
         before = cpu(pid)
-        time.sleep(QUIET_WINDOW_S)
-        share = (cpu(pid) - before) / QUIET_WINDOW_S
+        time.sleep(quiet_window_s)
+        share = (cpu(pid) - before) / quiet_window_s
         if share < QUIET_SHARE:
             break
     return time.monotonic() - started, share

@@ -71,13 +71,18 @@ def rescheduled_fields(task: dict[str, Any], run_at: datetime) -> dict[str, Any]
 
 
 class BufferedTaskStore:
-    """Outcome writes of one node, buffered into one ``_bulk`` per 50 ms or 100 operations."""
+    """Outcome writes of one node, buffered into one ``_bulk`` per 50 ms (``max_duration_s``) or 100 operations."""
 
     def __init__(
-        self, write: Callable[[list[Operation]], Awaitable[None]], failed: Callable[[int, Exception], None]
+        self,
+        write: Callable[[list[Operation]], Awaitable[None]],
+        failed: Callable[[int, Exception], None],
+        *,
+        max_duration_s: float = BUFFER_MAX_DURATION_S,
     ) -> None:
         self.write = write
         self.failed = failed
+        self.max_duration_s = max_duration_s
         self.pending: list[tuple[Operation, asyncio.Future[None]]] = []
         self.flusher: asyncio.Task[None] | None = None
 
@@ -92,7 +97,7 @@ class BufferedTaskStore:
         await future
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(BUFFER_MAX_DURATION_S)
+        await asyncio.sleep(self.max_duration_s)
         self.flusher = None
         await self.flush()
 

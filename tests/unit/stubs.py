@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import fakeredis
 
@@ -24,6 +24,8 @@ from elastask.parts.store import TaskStore
 from elastask.runtime import Runtime
 
 INDEX = ".kibana_task_manager"
+#: The stub runtime's one Kibana node: its ownerId and URL.
+OWNER, URL = "kibana:a", "http://kibana-a:5601"
 
 
 class Answer(dict[str, Any]):
@@ -229,15 +231,17 @@ def _matches(query: Mapping[str, Any], doc_id: str, source: Mapping[str, Any]) -
     raise NotImplementedError(f"stub engine: query {kind!r}")
 
 
+#: How the scripted Kibana node answers a push (its body).
+Answerer = Callable[[Mapping[str, Any]], PushResult]
+
+
 def accepted(_body: Mapping[str, Any]) -> PushResult:
     return PushResult(PushOutcome.ACCEPTED, "204", 204)
 
 
-def stub_runtime(
-    engine: StubEngine, answer: Callable[[Mapping[str, Any]], PushResult] = accepted, **settings: Any
-) -> Runtime:
+def stub_runtime(engine: StubEngine, answer: Answerer = accepted, **settings: Any) -> Runtime:
     """A Runtime on the stub engine, fakeredis and a scripted Kibana node ``kibana:a``."""
-    node = KibanaNode(url="http://kibana-a:5601", id="kibana:a")
+    node = KibanaNode(url=URL, id=OWNER)
     base = replace(Settings(), kibana=KibanaSettings(hosts=(node,)), **settings)
     client = fakeredis.FakeRedis()
     kibana = ScriptedKibana(base.kibana, answer)
@@ -251,3 +255,12 @@ def stub_runtime(
         kibana=kibana,
         rng=random.Random(7),
     )
+
+
+class MakeRuntime(Protocol):
+    """The ``make_runtime`` fixture (conftest.py): ``stub_runtime`` on the test's ``engine`` (or the one
+    given), closed after the test."""
+
+    def __call__(
+        self, answer: Answerer = accepted, *, engine: StubEngine | None = None, **settings: Any
+    ) -> Runtime: ...

@@ -11,8 +11,7 @@ from elastask.core.percentiles import percentile
 from elastask_bed.bench.scenarios import MIX, SCENARIOS, documents, priorities, run_times
 from elastask_bed.simulator.node import RunTimes
 from elastask_bed.simulator.stats import NodeStats, run_label
-
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+from tests.unit.helpers import NOW
 
 
 def test_long_tailed_run_times_have_the_median_and_99th_percentile_asked_for() -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import fakeredis
 
 from elastask.core import queries
 from elastask.parts.cadence import Cadence, rest_until
-
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+from tests.unit.helpers import NOW
 
 
 def test_a_quiet_index_with_no_later_task_rests_for_the_idle_interval() -> None:

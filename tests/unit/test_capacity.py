@@ -12,9 +12,9 @@ from elastask.core.capacity_estimate import NodeUsage, Observed
 from elastask.core.documents import new_task
 from elastask.ops.health import capacity_estimation, health
 from elastask.ops.usage import LAST_SAMPLE, MAX_SAMPLE_GAP_MS, UsageReader, UsageRecorder
-from tests.unit.stubs import StubEngine, stub_runtime
-
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+from elastask.runtime import Runtime
+from tests.unit.helpers import NOW
+from tests.unit.stubs import StubEngine
 
 
 def test_erlang_c_matches_the_textbook_values() -> None:
@@ -114,8 +114,7 @@ def test_recurring_demand_sums_each_schedule_per_minute_and_skips_unreadable_one
     assert queries.recurring_per_minute({}) == 0
 
 
-def test_in_flight_samples_are_weighted_by_the_time_they_stand_for() -> None:
-    rt = stub_runtime(StubEngine())
+def test_in_flight_samples_are_weighted_by_the_time_they_stand_for(rt: Runtime) -> None:
     recorder, reader = UsageRecorder(rt.redis), UsageReader(rt.redis)
     now_ms = rt.ledger.now_ms()
     recorder.sample_in_flight({"kibana:a": 4}, now_ms)  # the first sample stands for nothing
@@ -132,8 +131,7 @@ def test_in_flight_samples_are_weighted_by_the_time_they_stand_for() -> None:
     assert reader.window(now_ms).sampled_ms <= window.sampled_ms + MAX_SAMPLE_GAP_MS
 
 
-def test_runs_are_counted_per_minute_and_the_window_forgets_old_minutes() -> None:
-    rt = stub_runtime(StubEngine())
+def test_runs_are_counted_per_minute_and_the_window_forgets_old_minutes(rt: Runtime) -> None:
     recorder, reader = UsageRecorder(rt.redis), UsageReader(rt.redis)
     now_ms = int(NOW.timestamp() * 1000)
     recorder.runs_started("kibana:a", 3, 6, now_ms - 10 * 60_000)  # ten minutes ago: outside the window
@@ -144,12 +142,10 @@ def test_runs_are_counted_per_minute_and_the_window_forgets_old_minutes() -> Non
     assert totals["runs"] == 3 and totals["run_units"] == 6
 
 
-def test_health_and_status_carry_the_estimate_from_the_recorded_window() -> None:
-    engine = StubEngine()
+def test_health_and_status_carry_the_estimate_from_the_recorded_window(engine: StubEngine, rt: Runtime) -> None:
     for i in range(30):
         doc = new_task(f"r{i}", "sample", now=NOW, interval="10s")
         engine.put(doc.id, doc.to_source())
-    rt = stub_runtime(engine)
     recorder = UsageRecorder(rt.redis)
     now_ms = rt.ledger.now_ms()
     rt.redis.set(LAST_SAMPLE, now_ms - 10_000)

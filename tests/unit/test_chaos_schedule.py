@@ -5,16 +5,15 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from datetime import UTC, datetime
 
 import pytest
 
 from elastask_bed.chaos.model import ENGINE, KILL, NODE, PAUSE, PROCESS_KINDS, REDIS, SKEW, Fault
 from elastask_bed.chaos.schedule import GAP_S, Plan, make_schedule
 from elastask_bed.chaos.workload import dispatcher_config, interval_of, one_shot_tasks, recurring_tasks
+from tests.unit.helpers import NOW
 
 PLAN = Plan(fault_phase_s=1800)
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
 def active_at(faults: list[Fault], moment: float) -> list[Fault]:

@@ -5,36 +5,31 @@ The same invariants are proven on real processes (several workers and beats raci
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+
+import pytest
 
 from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.runtime import Runtime
-from tests.unit.stubs import StubEngine, stub_runtime
-
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
-
-
-def seeded(engine: StubEngine, count: int) -> None:
-    for i in range(count):
-        doc = new_task(f"t{i}", "sample", now=NOW - timedelta(seconds=10 - i))
-        engine.put(doc.id, doc.to_source())
+from tests.unit.helpers import NOW, running, seeded
+from tests.unit.stubs import OWNER, MakeRuntime, StubEngine
 
 
 def running_on_node(engine: StubEngine) -> list[str]:
-    return sorted(d for d, doc in engine.docs.items() if doc["_source"]["task"]["status"] == "running")
+    return sorted(running(engine))
 
 
-def test_given_a_cycle_that_outlived_its_lock_when_the_next_cycle_runs_then_the_cap_still_holds() -> None:
+def test_given_a_cycle_that_outlived_its_lock_when_the_next_cycle_runs_then_the_cap_still_holds(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given a node with room for one task, and three due. Cycle A reserves a slot, then its process
     # stalls in its claim write past the lock's TTL (a pause stops the renewal too); cycle B takes the
     # lock and reconciles while A's write is still in flight.
-    engine = StubEngine()
     seeded(engine, 3)
-    rt: Runtime = stub_runtime(engine, kibana_capacity=1)
+    rt = make_runtime(kibana_capacity=1)
     sent: list[DispatchJob] = []
 
     def cycle_b_runs_while_a_is_stalled() -> None:
@@ -49,10 +44,10 @@ def test_given_a_cycle_that_outlived_its_lock_when_the_next_cycle_runs_then_the_
     assert sum(len(batch.tasks) for batch in sent) == 1
 
 
-def test_given_a_cycle_that_lost_its_lock_before_writing_then_it_abandons_its_claims() -> None:
-    engine = StubEngine()
+def test_given_a_cycle_that_lost_its_lock_before_writing_then_it_abandons_its_claims(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seeded(engine, 2)
-    rt = stub_runtime(engine)
     sent: list[DispatchJob] = []
     real_reserve = rt.ledger.reserve
 
@@ -61,36 +56,34 @@ def test_given_a_cycle_that_lost_its_lock_before_writing_then_it_abandons_its_cl
         rt.redis.set(keys.CLAIM_LOCK, "another holder")
         return taken
 
-    rt.ledger.reserve = reserve_then_lose_the_lock  # type: ignore[method-assign]
+    monkeypatch.setattr(rt.ledger, "reserve", reserve_then_lose_the_lock)
     summary = claim_available_tasks(rt, NOW, sent.append)
     assert summary.claimed == 0 and sent == [] and running_on_node(engine) == []
-    assert rt.ledger.leases(["kibana:a"]) == []  # the reservations were given back
+    assert rt.ledger.leases([OWNER]) == []  # the reservations were given back
 
 
-def test_given_due_tasks_then_a_cycle_claims_them_and_its_reservations_are_confirmed() -> None:
-    engine = StubEngine()
+def test_given_due_tasks_then_a_cycle_claims_them_and_its_reservations_are_confirmed(
+    engine: StubEngine, rt: Runtime
+) -> None:
     seeded(engine, 3)
-    rt = stub_runtime(engine)
     sent: list[DispatchJob] = []
     summary = claim_available_tasks(rt, NOW, sent.append)
     assert summary.claimed == 3 and running_on_node(engine) == ["task:t0", "task:t1", "task:t2"]
-    assert all(lease.pending_since_ms is None for lease in rt.ledger.leases(["kibana:a"]))
+    assert all(lease.pending_since_ms is None for lease in rt.ledger.leases([OWNER]))
 
 
-def test_a_quiet_cycle_rests_and_the_next_beat_tick_costs_no_engine_call() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
-    rt = replace(rt, settings=replace(rt.settings, idle_polling_interval_ms=3000))
+def test_a_quiet_cycle_rests_and_the_next_beat_tick_costs_no_engine_call(
+    engine: StubEngine, make_runtime: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = make_runtime(idle_polling_interval_ms=3000)
     first = claim_available_tasks(rt, NOW, lambda _b: None)
     assert first.ran and first.found == 0
-    engine.search = None  # type: ignore[assignment,method-assign]  # any engine call now would fail
+    monkeypatch.setattr(engine, "search", None)  # any engine call now would fail
     second = claim_available_tasks(rt, NOW + timedelta(milliseconds=500), lambda _b: None)
     assert not second.ran and second.resting
 
 
-def test_a_cycle_with_no_node_in_rotation_does_not_rest_it_could_not_look() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
+def test_a_cycle_with_no_node_in_rotation_does_not_rest_it_could_not_look(rt: Runtime) -> None:
     [node] = rt.nodes.resolve()[0]
     rt.nodes.record_failure(node, "connection refused", hard=True)  # out of rotation
     first = claim_available_tasks(rt, NOW, lambda _b: None)
@@ -98,30 +91,32 @@ def test_a_cycle_with_no_node_in_rotation_does_not_rest_it_could_not_look() -> N
     assert not claim_available_tasks(rt, NOW, lambda _b: None).resting
 
 
-def test_a_cycle_whose_search_came_back_full_reports_a_backlog_even_when_it_claimed_every_hit() -> None:
-    engine = StubEngine()
+def test_a_cycle_whose_search_came_back_full_reports_a_backlog_even_when_it_claimed_every_hit(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     seeded(engine, 5)
-    rt = stub_runtime(engine, kibana_capacity=1)  # room for one: the search asks for one
+    rt = make_runtime(kibana_capacity=1)  # room for one: the search asks for one
     summary = claim_available_tasks(rt, NOW, lambda _b: None, sessions=False)
     assert summary.claimed == 1 and summary.waiting == 1 and summary.backlog  # 4 more are due
 
 
-def test_given_dispatch_jobs_can_no_longer_be_sent_then_the_cycle_writes_no_claim() -> None:
-    engine = StubEngine()
+def test_given_dispatch_jobs_can_no_longer_be_sent_then_the_cycle_writes_no_claim(
+    engine: StubEngine, rt: Runtime
+) -> None:
     seeded(engine, 2)
-    rt = stub_runtime(engine)
     summary = claim_available_tasks(rt, NOW, lambda _b: None, sending=lambda: False)
     assert summary.claimed == 0 and running_on_node(engine) == []
-    assert rt.ledger.leases(["kibana:a"]) == []  # the reservations were given back
+    assert rt.ledger.leases([OWNER]) == []  # the reservations were given back
 
 
-def test_a_task_whose_own_cost_is_more_than_any_node_holds_is_failed_with_the_reason() -> None:
+def test_a_task_whose_own_cost_is_more_than_any_node_holds_is_failed_with_the_reason(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given nodes of capacity 4 (8 units), one task whose own cost is extralarge (10 units), and two others.
-    engine = StubEngine()
     seeded(engine, 2)
     big = new_task("big", "sample", now=NOW - timedelta(seconds=20))
     engine.put(big.id, {**big.to_source(), "task": {**big.to_source()["task"], "cost": "extralarge"}})
-    rt = stub_runtime(engine, kibana_capacity=4)
+    rt = make_runtime(kibana_capacity=4)
     sent: list[DispatchJob] = []
     summary = claim_available_tasks(rt, NOW, sent.append, sessions=False)
     # Then it is failed, not left idle for ever, and the others are claimed behind it.

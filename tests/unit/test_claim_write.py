@@ -7,7 +7,7 @@ releases carry the reserving cycle's token.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import elastic_transport
@@ -15,21 +15,13 @@ import elasticsearch
 import pytest
 
 from elastask import keys
-from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.errors import LedgerError, StoreError
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.parts.ledger import Ledger
-from tests.unit.stubs import Answer, StubEngine, stub_runtime
-
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
-OWNER = "kibana:a"
-
-
-def seeded(engine: StubEngine, count: int) -> None:
-    for i in range(count):
-        doc = new_task(f"t{i}", "sample", now=NOW - timedelta(seconds=10 - i))
-        engine.put(doc.id, doc.to_source())
+from elastask.runtime import Runtime
+from tests.unit.helpers import NOW, seeded
+from tests.unit.stubs import OWNER, Answer, MakeRuntime, StubEngine
 
 
 def answered(status: int) -> elasticsearch.ApiError:
@@ -43,36 +35,36 @@ def statuses(engine: StubEngine) -> list[str]:
     return sorted(str(doc["_source"]["task"]["status"]) for doc in engine.docs.values())
 
 
-def test_given_the_engine_rejects_the_claim_bulk_with_429_then_its_reservations_are_freed_at_once() -> None:
-    engine = StubEngine()
+def test_given_the_engine_rejects_the_claim_bulk_with_429_then_its_reservations_are_freed_at_once(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seeded(engine, 3)
-    rt = stub_runtime(engine)
     real_bulk = engine.bulk
 
     def rejected(**_kwargs: Any) -> Answer:
         raise answered(429)
 
-    engine.bulk = rejected  # type: ignore[assignment,method-assign]
+    monkeypatch.setattr(engine, "bulk", rejected)
     with pytest.raises(StoreError):
         claim_available_tasks(rt, NOW, lambda _job: None, sessions=False)
     assert rt.ledger.leases([OWNER]) == []  # nothing left reserved: the node is not "full"
-    engine.bulk = real_bulk  # type: ignore[method-assign]
+    monkeypatch.setattr(engine, "bulk", real_bulk)
     sent: list[DispatchJob] = []
     summary = claim_available_tasks(rt, NOW + timedelta(milliseconds=500), sent.append, sessions=False)
     assert summary.claimed == 3 and sum(len(job.tasks) for job in sent) == 3
 
 
-def test_given_a_claim_bulk_that_applied_but_timed_out_then_the_claims_read_back_as_written_are_pushed() -> None:
-    engine = StubEngine()
+def test_given_a_claim_bulk_that_applied_but_timed_out_then_the_claims_read_back_as_written_are_pushed(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seeded(engine, 2)
-    rt = stub_runtime(engine)
     real_bulk = engine.bulk
 
     def applied_then_timed_out(**kwargs: Any) -> Answer:
         real_bulk(**kwargs)
         raise elastic_transport.ConnectionTimeout("timed out after 30s")
 
-    engine.bulk = applied_then_timed_out  # type: ignore[assignment,method-assign]
+    monkeypatch.setattr(engine, "bulk", applied_then_timed_out)
     sent: list[DispatchJob] = []
     summary = claim_available_tasks(rt, NOW, sent.append, sessions=False)
     assert summary.claimed == 2 and sorted(t.doc_id for job in sent for t in job.tasks) == ["task:t0", "task:t1"]
@@ -83,10 +75,10 @@ def test_given_a_claim_bulk_that_applied_but_timed_out_then_the_claims_read_back
     assert all(lease.pending_since_ms is None for lease in rt.ledger.leases([OWNER]))  # confirmed
 
 
-def test_given_a_claim_bulk_without_an_answer_that_cannot_be_read_back_then_its_reservations_are_freed() -> None:
-    engine = StubEngine()
+def test_given_a_claim_bulk_without_an_answer_that_cannot_be_read_back_then_its_reservations_are_freed(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seeded(engine, 2)
-    rt = stub_runtime(engine)
 
     def timed_out(**_kwargs: Any) -> Answer:
         raise elastic_transport.ConnectionTimeout("timed out")
@@ -94,7 +86,7 @@ def test_given_a_claim_bulk_without_an_answer_that_cannot_be_read_back_then_its_
     def unreachable(**_kwargs: Any) -> Answer:
         raise elastic_transport.ConnectionError("connection refused")
 
-    engine.bulk = timed_out  # type: ignore[assignment,method-assign]
+    monkeypatch.setattr(engine, "bulk", timed_out)
     real_mget = engine.mget
     calls = [0]
 
@@ -104,17 +96,18 @@ def test_given_a_claim_bulk_without_an_answer_that_cannot_be_read_back_then_its_
             return unreachable(**kwargs)
         return real_mget(**kwargs)
 
-    engine.mget = mget_fails_after_verify  # type: ignore[assignment,method-assign]
+    monkeypatch.setattr(engine, "mget", mget_fails_after_verify)
     with pytest.raises(StoreError):
         claim_available_tasks(rt, NOW, lambda _job: None, sessions=False)
     # A claim that applied unseen is never pushed, so it cannot break the cap: its slot is not kept.
     assert rt.ledger.leases([OWNER]) == []
 
 
-def test_given_redis_lost_the_ledger_during_the_claim_write_and_the_node_filled_then_the_claims_go_back() -> None:
-    engine = StubEngine()
+def test_given_redis_lost_the_ledger_during_the_claim_write_and_the_node_filled_then_the_claims_go_back(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     seeded(engine, 2)
-    rt = stub_runtime(engine, kibana_capacity=2)  # 4 units: two normal tasks
+    rt = make_runtime(kibana_capacity=2)  # 4 units: two normal tasks
 
     def ledger_lost_and_refilled() -> None:
         for key in (keys.inflight(OWNER), keys.inflight_costs(OWNER), keys.inflight_pending(OWNER)):
@@ -157,19 +150,17 @@ def test_a_renewal_never_revives_a_lease_that_already_ran_out() -> None:
     assert ledger.used_units([OWNER]) == {OWNER: 0}
 
 
-def test_given_redis_failing_after_the_claim_write_applied_then_the_claims_go_back_to_idle_with_their_attempt() -> None:
+def test_given_redis_failing_after_the_claim_write_applied_then_the_claims_go_back_to_idle_with_their_attempt(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The claim _bulk applied; Redis failed before the slots were confirmed and the jobs sent (defect 8):
     # nothing would push those claims, and their leases would count an attempt.
-    engine = StubEngine()
-    for i in range(2):
-        doc = new_task(f"t{i}", "sample", now=NOW - timedelta(seconds=10 - i))
-        engine.put(doc.id, doc.to_source())
-    rt = stub_runtime(engine)
+    seeded(engine, 2)
 
     def redis_down(*_args: object, **_kwargs: object) -> set[str]:
         raise LedgerError("Redis, confirming reservations: connection refused")
 
-    rt.ledger.confirm = redis_down  # type: ignore[method-assign]
+    monkeypatch.setattr(rt.ledger, "confirm", redis_down)
     sent: list[DispatchJob] = []
     with pytest.raises(LedgerError):
         claim_available_tasks(rt, NOW, sent.append, sessions=False)

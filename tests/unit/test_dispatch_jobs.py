@@ -13,6 +13,7 @@ from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.entry.queue_order import LoopsFirst
 from elastask.loops.claim.summary import ClaimSummary
+from elastask.runtime import Runtime
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)
 
@@ -95,13 +96,11 @@ def test_a_claim_summary_times_its_steps_and_keeps_its_clock_out_of_json() -> No
     assert "_mark" not in summary.as_dict() and "steps_ms" in summary.as_dict()
 
 
-def test_a_cycle_sends_one_job_per_node_with_an_eta_only_when_every_task_in_it_is_ahead() -> None:
+def test_a_cycle_sends_one_job_per_node_with_an_eta_only_when_every_task_in_it_is_ahead(rt: Runtime) -> None:
     from elastask.core.documents import TaskDocument
     from elastask.loops.claim.jobs import enqueue_jobs
     from elastask.parts.nodes import Node
-    from tests.unit.stubs import StubEngine, stub_runtime
 
-    rt = stub_runtime(StubEngine())
     node_a, node_b = rt.settings.kibana.hosts[0], replace(rt.settings.kibana.hosts[0], url="http://kibana-b:5601")
     nodes = [Node(node_a, "kibana:a", 20), Node(node_b, "kibana:b", 20)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -23,27 +23,21 @@ from elastask.errors import LedgerError
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import DispatchReport
 from elastask.parts.kibana import PushOutcome, PushResult
-from tests.unit.stubs import StubEngine, stub_runtime
-from tests.unit.test_dispatch_outcomes import NOW, OWNER, URL, answering, claimed, held
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as executor:
-        yield executor
+from elastask.runtime import Runtime
+from tests.unit.helpers import NOW, answering, claimed, held
+from tests.unit.stubs import OWNER, URL, Answer, MakeRuntime, StubEngine
 
 
 def test_given_a_hung_node_when_its_job_runs_then_the_job_returns_at_once_and_settles_when_the_node_answers(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
     release = threading.Event()
 
     def hung_then_refused(_body: Mapping[str, Any]) -> PushResult:
         release.wait(10)
         return PushResult(PushOutcome.REFUSED, f"{URL}: answered 503", 503)
 
-    rt = stub_runtime(engine, hung_then_refused)
+    rt = make_runtime(hung_then_refused)
     task = claimed(engine, rt, "task:hung", attempts=1)
     late: list[DispatchReport] = []
     started = time.monotonic()
@@ -63,14 +57,15 @@ def test_given_a_hung_node_when_its_job_runs_then_the_job_returns_at_once_and_se
     assert int(rt.redis.hget(keys.health(OWNER), "failures") or 0) == 1
 
 
-def test_given_more_tasks_than_push_threads_and_a_slow_node_then_no_push_leaves_after_its_lease_ran_short() -> None:
-    engine = StubEngine()
+def test_given_more_tasks_than_push_threads_and_a_slow_node_then_no_push_leaves_after_its_lease_ran_short(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
 
     def slow(_body: Mapping[str, Any]) -> PushResult:
         time.sleep(0.3)
         return PushResult(PushOutcome.ACCEPTED, f"{URL}: 204", 204)
 
-    rt = stub_runtime(engine, slow)
+    rt = make_runtime(slow)
     tasks = []
     for i in range(2):
         task = claimed(engine, rt, f"task:{i}", attempts=1)
@@ -89,10 +84,9 @@ def test_given_more_tasks_than_push_threads_and_a_slow_node_then_no_push_leaves_
 
 
 def test_given_a_job_whose_every_push_is_refused_then_the_node_counts_one_failure_not_one_per_task(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine, answering(503), node_failure_threshold=3)
+    rt = make_runtime(answering(503), node_failure_threshold=3)
     tasks = tuple(claimed(engine, rt, f"task:{i}", attempts=1) for i in range(8))
     push_claimed_tasks(rt, DispatchJob(OWNER, URL, tasks), NOW, pool)
     assert int(rt.redis.hget(keys.health(OWNER), "failures") or 0) == 1
@@ -100,26 +94,23 @@ def test_given_a_job_whose_every_push_is_refused_then_the_node_counts_one_failur
 
 
 def test_given_redis_fails_after_the_pushes_left_then_the_job_does_not_raise_so_it_is_never_pushed_again(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine, answering(503))
+    rt = make_runtime(answering(503))
     task = claimed(engine, rt, "task:x", attempts=1)
 
     def failing_release(_owner: str, _ids: object, **_fences: object) -> int:
         raise LedgerError("Redis, releasing slots: connection refused")
 
-    rt.ledger.release = failing_release  # type: ignore[method-assign]
+    monkeypatch.setattr(rt.ledger, "release", failing_release)
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW, pool)
     assert report.outcomes == {"task:x": "refused"}  # its give-back failed: the lease decides
     assert len(rt.kibana.pushed) == 1  # type: ignore[attr-defined]
 
 
 def test_given_a_job_that_waited_past_its_slack_then_kibana_gets_the_renewed_lease_in_the_body(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     task = claimed(engine, rt, "task:waited", attempts=1)
     later = NOW + timedelta(seconds=10)  # more than the 5 s slack after the claim
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), later, pool)
@@ -131,12 +122,8 @@ def test_given_a_job_that_waited_past_its_slack_then_kibana_gets_the_renewed_lea
 
 
 def test_given_a_renewal_the_engine_answers_429_then_the_task_goes_back_at_once_not_after_its_lease(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.unit.stubs import Answer
-
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     task = claimed(engine, rt, "task:busy", attempts=1)
     real_bulk = engine.bulk
     calls = [0]
@@ -148,7 +135,7 @@ def test_given_a_renewal_the_engine_answers_429_then_the_task_goes_back_at_once_
             return Answer(items=[{"update": {"_id": i, "status": 429, "error": {"reason": "busy"}}} for i in ids])
         return real_bulk(**kwargs)
 
-    engine.bulk = busy_once  # type: ignore[assignment,method-assign]
+    monkeypatch.setattr(engine, "bulk", busy_once)
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=10), pool)
     assert report.outcomes == {"task:busy": "expired"} and rt.kibana.pushed == []  # type: ignore[attr-defined]
     doc = engine.docs["task:busy"]["_source"]["task"]

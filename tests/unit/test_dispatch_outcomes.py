@@ -7,81 +7,29 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 
 from elastask import keys
 from elastask.core.intervals import format_date
-from elastask.core.messages import ClaimedTask, DispatchJob
+from elastask.core.messages import DispatchJob
 from elastask.errors import LedgerError
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import DispatchReport
 from elastask.loops.dispatch.renewal import renew_waited_leases
 from elastask.loops.retry.loop import never_pushed
-from elastask.parts.kibana import PushResult
 from elastask.runtime import Runtime
-from tests.unit.stubs import StubEngine, stub_runtime
-
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
-OWNER, URL = "kibana:a", "http://kibana-a:5601"
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as executor:
-        yield executor
-
-
-def claimed(engine: StubEngine, rt: Runtime, doc_id: str, attempts: int, schedule: Any = None) -> ClaimedTask:
-    """A task as the claim loop leaves it: running on kibana:a, its slot held in the ledger."""
-    retry_at = NOW + timedelta(minutes=5)
-    task = {
-        "taskType": "sample",
-        "status": "running",
-        "ownerId": OWNER,
-        "attempts": attempts,
-        "runAt": format_date(NOW),
-        "startedAt": format_date(NOW),
-        "retryAt": format_date(retry_at),
-        "params": "{}",
-        "state": "{}",
-        **({"schedule": schedule} if schedule else {}),
-    }
-    seq_no = engine.put(doc_id, {"type": "task", "task": task})
-    rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], NOW)
-    rt.ledger.confirm(OWNER, 20, [(doc_id, 2, retry_at)], NOW, versions={doc_id: seq_no})  # the slot is this claim's
-    body = {
-        "id": doc_id,
-        "taskType": "sample",
-        "runAt": format_date(NOW),
-        **({"schedule": schedule} if schedule else {}),
-    }
-    return ClaimedTask(doc_id, OWNER, URL, seq_no, 1, format_date(retry_at), attempts, 300_000, body, slack_ms=5000)
-
-
-def answering(status: int) -> Any:
-    from elastask.parts.kibana import classify_status
-
-    def answer(_body: Mapping[str, Any]) -> PushResult:
-        return PushResult(classify_status(status), f"{URL}/api/task_manager/_run_now: answered {status}", status)
-
-    return answer
-
-
-def held(rt: Runtime) -> set[str]:
-    return {lease.task_id for lease in rt.ledger.leases([OWNER])}
+from tests.unit.helpers import NOW, answering, claimed, held
+from tests.unit.stubs import OWNER, URL, MakeRuntime, StubEngine
 
 
 def test_given_a_push_kibana_rejects_with_413_then_the_attempt_is_burned_and_the_task_waits_kibanas_delay(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine, answering(413))
+    rt = make_runtime(answering(413))
     job = claimed(engine, rt, "task:big", attempts=1)
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     assert report.outcomes == {"task:big": "rejected"}
@@ -94,10 +42,9 @@ def test_given_a_push_kibana_rejects_with_413_then_the_attempt_is_burned_and_the
 
 
 def test_given_a_one_shot_task_rejected_at_its_last_attempt_then_it_fails_with_the_reason_kept(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine, answering(400))
+    rt = make_runtime(answering(400))
     job = claimed(engine, rt, "task:bad", attempts=3)
     push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     assert engine.docs["task:bad"]["_source"]["task"]["status"] == "failed"
@@ -106,10 +53,9 @@ def test_given_a_one_shot_task_rejected_at_its_last_attempt_then_it_fails_with_t
 
 
 def test_given_a_recurring_task_rejected_at_its_last_attempt_then_it_moves_to_its_next_interval(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine, answering(422))
+    rt = make_runtime(answering(422))
     job = claimed(engine, rt, "task:rec", attempts=3, schedule={"interval": "1m"})
     push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     task = engine.docs["task:rec"]["_source"]["task"]
@@ -118,10 +64,9 @@ def test_given_a_recurring_task_rejected_at_its_last_attempt_then_it_moves_to_it
 
 
 def test_given_a_push_refused_by_the_node_then_the_attempt_is_returned_and_the_breaker_counts_it(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine, answering(503))
+    rt = make_runtime(answering(503))
     job = claimed(engine, rt, "task:x", attempts=1)
     push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     task = engine.docs["task:x"]["_source"]["task"]
@@ -131,10 +76,9 @@ def test_given_a_push_refused_by_the_node_then_the_attempt_is_returned_and_the_b
 
 
 def test_given_a_stale_job_whose_give_back_loses_its_write_then_the_newer_lease_keeps_its_slot(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine, answering(503))
+    rt = make_runtime(answering(503))
     stale = claimed(engine, rt, "task:rec", attempts=1, schedule={"interval": "10s"})
     # Kibana finished that run, the task was claimed again for the same node: a newer version, the same id.
     claimed(engine, rt, "task:rec", attempts=1, schedule={"interval": "10s"})
@@ -144,10 +88,8 @@ def test_given_a_stale_job_whose_give_back_loses_its_write_then_the_newer_lease_
 
 
 def test_given_an_expired_job_whose_give_back_loses_its_write_then_the_slot_stays_held(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     stale = claimed(engine, rt, "task:rec", attempts=1)
     claimed(engine, rt, "task:rec", attempts=1)
     late = NOW + timedelta(minutes=6)  # the stale job's lease ran out while it waited
@@ -157,12 +99,10 @@ def test_given_an_expired_job_whose_give_back_loses_its_write_then_the_slot_stay
 
 
 def test_given_a_renewal_slower_than_the_slack_then_the_push_does_not_leave_on_a_lease_too_short(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
     # A job that waited past its slack (1 s) renews its lease; the renewal's _bulk takes 1.2 s. The
     # job's clock ran meanwhile, so the renewed lease no longer covers a whole run: no push.
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     task = replace(claimed(engine, rt, "task:slow-renewal", attempts=1), slack_ms=1000)
     engine.before_bulk = lambda: time.sleep(1.2)
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=1.5), pool)
@@ -172,27 +112,24 @@ def test_given_a_renewal_slower_than_the_slack_then_the_push_does_not_leave_on_a
 
 
 def test_given_redis_failing_when_a_job_counts_its_failed_pushes_then_the_job_does_not_raise(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its pushes left: a job retried for this would push them again where Redis lost their markers.
-    engine = StubEngine()
-    rt = stub_runtime(engine, answering(503))
+    rt = make_runtime(answering(503))
     job = claimed(engine, rt, "task:x", attempts=1)
 
     def redis_down(*_args: object, **_kwargs: object) -> None:
         raise LedgerError("Redis, recording a node failure: ConnectionError")
 
-    rt.nodes.record_failure = redis_down  # type: ignore[method-assign]
+    monkeypatch.setattr(rt.nodes, "record_failure", redis_down)
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (job,)), NOW, pool)
     assert report.outcomes == {"task:x": "refused"}
 
 
 def test_given_a_renewed_lease_never_pushed_when_it_runs_out_then_its_attempt_comes_back(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
     # The job renewed its lease (a new version), then its process died before the push.
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     task = claimed(engine, rt, "task:renewed", attempts=1)
     rt.redis.set(keys.claimed(task.doc_id, task.seq_no), 1)  # as confirm.lua marks the claim
     [renewed] = renew_waited_leases(rt, OWNER, [task], NOW + timedelta(seconds=6), DispatchReport())
@@ -201,10 +138,8 @@ def test_given_a_renewed_lease_never_pushed_when_it_runs_out_then_its_attempt_co
 
 
 def test_given_a_renewed_lease_that_was_pushed_when_it_runs_out_then_the_attempt_counts(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     task = claimed(engine, rt, "task:renewed", attempts=1)
     rt.redis.set(keys.claimed(task.doc_id, task.seq_no), 1)
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=6), pool)
@@ -215,12 +150,10 @@ def test_given_a_renewed_lease_that_was_pushed_when_it_runs_out_then_the_attempt
 
 
 def test_given_a_task_that_moved_on_since_its_claim_then_the_job_neither_pushes_it_nor_frees_its_slot(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
     # An operator requeued task:moved (--force) and it was claimed again for this node: a newer version.
     # The job still carries the old claim; pushing it would start a second run beside the new one.
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     stale = claimed(engine, rt, "task:moved", attempts=1)
     kept = claimed(engine, rt, "task:kept", attempts=1)
     engine.put("task:moved", engine.docs["task:moved"]["_source"])  # written again since the claim

@@ -23,11 +23,9 @@ from elastask.loops.pauses import kibana as kibana_pause
 from elastask.loops.pauses.read import read_pauses
 from elastask.ops import pausing
 from elastask.parts.kibana import ExecutionControl, KibanaClient
-from elastask.parts.nodes import Node
-from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime
-from tests.unit.stubs import StubEngine, stub_runtime
-from tests.unit.test_pauses import NOW, running, seeded
+from tests.unit.helpers import NOW, node_of, running, seeded_two_types
+from tests.unit.stubs import MakeRuntime, StubEngine
 
 KIBANA_BODY = {
     "paused": False,
@@ -64,15 +62,6 @@ def kibana() -> Iterator[Any]:
     httpd.server_close()
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_memory() -> Iterator[None]:
-    PauseStore._remembered = {}
-    kibana_pause._next_look[0] = 0.0
-    kibana_pause._said.clear()
-    yield
-    PauseStore._remembered = {}
-
-
 def ask(kibana: Any) -> ExecutionControl | None:
     node = KibanaNode(url=f"http://127.0.0.1:{kibana.server_address[1]}", username="elastic")
     client = KibanaClient(KibanaSettings(hosts=(node,), request_timeout_s=2))
@@ -105,12 +94,7 @@ def test_the_client_reads_kibanas_answer_and_says_why_when_it_cannot(kibana: Any
         assert ask(kibana) is None, unusable
 
 
-def node_of(rt: Runtime) -> Node:
-    config = rt.settings.kibana.hosts[0]
-    return Node(config, "kibana:a", rt.settings.capacity_units(config))
-
-
-def scripted(rt: Runtime, *answers: ExecutionControl | None) -> list[int]:
+def scripted(monkeypatch: pytest.MonkeyPatch, rt: Runtime, *answers: ExecutionControl | None) -> list[int]:
     """The node answers these in turn (the last one again after); returns the count of questions."""
     asked = [0]
 
@@ -118,15 +102,15 @@ def scripted(rt: Runtime, *answers: ExecutionControl | None) -> list[int]:
         asked[0] += 1
         return answers[min(asked[0], len(answers)) - 1]
 
-    rt.kibana.execution_control = answer  # type: ignore[method-assign]
+    monkeypatch.setattr(rt.kibana, "execution_control", answer)
     return asked
 
 
-def test_a_type_kibana_paused_is_not_claimed_the_others_are_and_lifting_it_in_kibana_claims_it() -> None:
-    engine = StubEngine()
-    seeded(engine)
-    rt = stub_runtime(engine)
-    scripted(rt, ExecutionControl("read", paused_types=("report",), updated_at="2026-11-30T10:00:00.000Z"))
+def test_a_type_kibana_paused_is_not_claimed_the_others_are_and_lifting_it_in_kibana_claims_it(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded_two_types(engine)
+    scripted(monkeypatch, rt, ExecutionControl("read", paused_types=("report",), updated_at="2026-11-30T10:00:00.000Z"))
     kibana_pause.ask_kibana(rt, [node_of(rt)])
     pauses = read_pauses(rt, NOW)
     assert [(p.text, p.source) for p in pauses.pauses] == [("type:report", "kibana")]
@@ -136,17 +120,17 @@ def test_a_type_kibana_paused_is_not_claimed_the_others_are_and_lifting_it_in_ki
     assert running(engine) == {"task:sample-0", "task:sample-1", "task:sample-2"}
     assert pausing.resume(rt, [])[0] == []  # elastask resume does not lift Kibana's
     assert any("lifted in Kibana" in line for line in pausing.lines(read_pauses(rt, NOW)))
-    scripted(rt, ExecutionControl("read"))
+    scripted(monkeypatch, rt, ExecutionControl("read"))
     kibana_pause.ask_kibana(rt, [node_of(rt)])
     claim_available_tasks(rt, NOW + timedelta(seconds=1), sent.append, sessions=False)
     assert {d for d in running(engine) if "report" in d} == {"task:report-0", "task:report-1", "task:report-2"}
 
 
-def test_kibana_paused_everything_claims_nothing() -> None:
-    engine = StubEngine()
-    seeded(engine)
-    rt = stub_runtime(engine)
-    scripted(rt, ExecutionControl("read", paused=True))
+def test_kibana_paused_everything_claims_nothing(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded_two_types(engine)
+    scripted(monkeypatch, rt, ExecutionControl("read", paused=True))
     kibana_pause.ask_kibana(rt, [node_of(rt)])
     sent: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, sent.append, sessions=False)
@@ -155,34 +139,35 @@ def test_kibana_paused_everything_claims_nothing() -> None:
 
 
 def test_a_refusal_or_no_answer_keeps_the_pause_known_and_a_kibana_without_the_route_has_none(
-    caplog: pytest.LogCaptureFixture,
+    rt: Runtime, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rt = stub_runtime(StubEngine())
     paused = ExecutionControl("read", paused=True)
     refused = ExecutionControl("refused", detail="GET x answered 403: needs a superuser")
-    scripted(rt, paused, refused, None)
+    scripted(monkeypatch, rt, paused, refused, None)
     for _ in range(3):
         kibana_pause.ask_kibana(rt, [node_of(rt)])
         assert read_pauses(rt, NOW).everything  # never lifted by a refusal or a failed read
     assert caplog.text.count("needs a superuser") == 1  # said once, not every 5 s
-    scripted(rt, ExecutionControl("absent", detail="GET x answered 404: this Kibana has no execution pause"))
+    absent = ExecutionControl("absent", detail="GET x answered 404: this Kibana has no execution pause")
+    scripted(monkeypatch, rt, absent)
     kibana_pause.ask_kibana(rt, [node_of(rt)])
     assert not read_pauses(rt, NOW)
 
 
-def test_one_process_at_a_time_asks_kibana_and_no_more_than_every_five_seconds() -> None:
+def test_one_process_at_a_time_asks_kibana_and_no_more_than_every_five_seconds(
+    make_runtime: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = fakeredis.FakeRedis()
-    first, second = stub_runtime(StubEngine()), stub_runtime(StubEngine())
+    first, second = make_runtime(), make_runtime(engine=StubEngine())
     first.redis = second.redis = client
-    asked_first = scripted(first, ExecutionControl("read"))
-    asked_second = scripted(second, ExecutionControl("read"))
+    asked_first = scripted(monkeypatch, first, ExecutionControl("read"))
+    asked_second = scripted(monkeypatch, second, ExecutionControl("read"))
     question = kibana_pause.watch_kibana_pause(first, [node_of(first)])
     assert question is not None
     question.result(timeout=5)
-    kibana_pause._next_look[0] = 0.0  # the other process's own throttle is its own
     assert kibana_pause.watch_kibana_pause(second, [node_of(second)]) is None  # not its turn
     assert asked_first[0] == 1 and asked_second[0] == 0
     assert client.pttl("elastask:paused:kibana:turn") > 4000
-    kibana_pause._next_look[0] = 0.0
     client.delete("elastask:paused:kibana:turn")
+    first.memory.next_step_ms.clear()  # a second later
     assert kibana_pause.watch_kibana_pause(first, []) is None  # no node in rotation: nobody to ask

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from elastask.core.intervals import format_date
 from elastask.core.kibana_setup import setup_findings
+from tests.unit.helpers import NOW
 
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 STATUS = {"version": {"number": "8.18.0"}}
 
 

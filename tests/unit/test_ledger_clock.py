@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from elastask.errors import LedgerError
-from elastask.parts import ledger as ledger_module
 from elastask.parts.ledger import CLOCK_REUSE_MS, CLOCK_TIGHT_READ_MS, Ledger
 
 
@@ -30,12 +29,11 @@ class CountedTime(fakeredis.FakeRedis):
         return self.redis_ms // 1000, (self.redis_ms % 1000) * 1000
 
 
-def test_one_read_of_redis_clock_serves_a_while_moved_on_by_this_process_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_read_of_redis_clock_serves_a_while_moved_on_by_this_process_clock() -> None:
     # Given a process whose monotonic clock the test moves, and a Redis whose clock is 1.8e12 ms.
     mono = [5_000.0]
-    monkeypatch.setattr(ledger_module, "monotonic_ms", lambda: mono[0])
     client = CountedTime()
-    ledger = Ledger(client)
+    ledger = Ledger(client, monotonic=lambda: mono[0])
     # When it reads the clock twice within CLOCK_REUSE_MS.
     first = ledger.now_ms()
     mono[0] += 40
@@ -48,13 +46,10 @@ def test_one_read_of_redis_clock_serves_a_while_moved_on_by_this_process_clock(m
     assert ledger.now_ms() == client.redis_ms and client.reads == 2
 
 
-def test_a_clock_read_when_redis_is_down_is_a_ledger_error_once_the_last_read_is_too_old(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_clock_read_when_redis_is_down_is_a_ledger_error_once_the_last_read_is_too_old() -> None:
     mono = [0.0]
-    monkeypatch.setattr(ledger_module, "monotonic_ms", lambda: mono[0])
     client = CountedTime()
-    ledger = Ledger(client)
+    ledger = Ledger(client, monotonic=lambda: mono[0])
     ledger.now_ms()
     client.down = True
     mono[0] += CLOCK_REUSE_MS
@@ -62,18 +57,17 @@ def test_a_clock_read_when_redis_is_down_is_a_ledger_error_once_the_last_read_is
         ledger.now_ms()
 
 
-def test_a_read_redis_answered_late_is_never_ahead_and_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_redis_answered_late_is_never_ahead_and_not_kept() -> None:
     # Given a loaded machine: Redis's answer to TIME arrives 8 ms after the question, and Redis
     # read its clock at the end of that (the worst case: the question waited, not the answer).
     mono = [1_000.0]
-    monkeypatch.setattr(ledger_module, "monotonic_ms", lambda: mono[0])
     client = CountedTime()
 
     def answered_late() -> None:
         mono[0] += 8
 
     client.on_read = answered_late
-    ledger = Ledger(client)
+    ledger = Ledger(client, monotonic=lambda: mono[0])
     # When the process reads the clock, and again at once.
     assert ledger.now_ms() == client.redis_ms
     # Then the second read asked Redis again: a reading that may be 8 ms behind is not kept for the

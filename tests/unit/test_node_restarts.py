@@ -8,21 +8,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from elastask import keys
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import format_date
 from elastask.loops.retry import node_restarts
 from elastask.parts.kibana import Uptime
-from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
-from tests.unit.stubs import StubEngine, stub_runtime
-
-OWNER = "kibana:a"
-
-
-def node_of(rt: Runtime) -> Node:
-    config = rt.settings.kibana.hosts[0]
-    return Node(config, OWNER, rt.settings.capacity_units(config))
+from tests.unit.helpers import held, node_of
+from tests.unit.stubs import OWNER, MakeRuntime, StubEngine
 
 
 def running(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime, attempts: int = 1) -> None:
@@ -45,24 +40,22 @@ def running(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime, att
     rt.ledger.confirm(OWNER, 20, [(doc_id, 2, retry_at)], now)
 
 
-def scripted_uptime(rt: Runtime, uptime_ms: int | None, sampled_every_ms: int = 0) -> None:
+def scripted_uptime(
+    monkeypatch: pytest.MonkeyPatch, rt: Runtime, uptime_ms: int | None, sampled_every_ms: int = 0
+) -> None:
     answer = None if uptime_ms is None else Uptime(uptime_ms, sampled_every_ms)
-    rt.kibana.uptime = lambda _node, timeout_s=2.0: answer  # type: ignore[method-assign]
+    monkeypatch.setattr(rt.kibana, "uptime", lambda _node, timeout_s=2.0: answer)
 
 
-def leased(rt: Runtime) -> set[str]:
-    return {lease.task_id for lease in rt.ledger.leases([OWNER])}
-
-
-def test_given_a_node_that_restarted_then_the_leases_of_the_runs_it_lost_end_and_the_new_ones_stand() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
+def test_given_a_node_that_restarted_then_the_leases_of_the_runs_it_lost_end_and_the_new_ones_stand(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     now = datetime.now(UTC)
     restarted = now - timedelta(seconds=20)
     rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(restarted - timedelta(hours=1))))
     running(engine, rt, "task:lost", restarted - timedelta(seconds=30))
     running(engine, rt, "task:after-the-restart", restarted + timedelta(seconds=5))
-    scripted_uptime(rt, 20_000)
+    scripted_uptime(monkeypatch, rt, 20_000)
 
     ended = node_restarts.check_restart(rt, node_of(rt))
 
@@ -70,64 +63,66 @@ def test_given_a_node_that_restarted_then_the_leases_of_the_runs_it_lost_end_and
     lost = engine.docs["task:lost"]["_source"]["task"]
     assert lost["status"] == "idle" and lost["attempts"] == 1 and lost["retryAt"] is None  # the attempt counts
     assert engine.docs["task:after-the-restart"]["_source"]["task"]["status"] == "running"
-    assert leased(rt) == {"task:after-the-restart"}  # the lost run's slot is free at once
+    assert held(rt) == {"task:after-the-restart"}  # the lost run's slot is free at once
     assert int(rt.redis.hget(keys.NODE_STARTS, OWNER)) >= epoch_ms(restarted) - 1000
 
 
-def test_given_a_lease_pushed_just_before_the_start_then_it_stands() -> None:
+def test_given_a_lease_pushed_just_before_the_start_then_it_stands(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A push leaves at most the dispatch slack after its claim: a claim a moment before the start
     # may have reached the new process.
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     restarted = datetime.now(UTC) - timedelta(seconds=20)
     rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(restarted - timedelta(hours=1))))
     running(engine, rt, "task:close-call", restarted - timedelta(milliseconds=500))
-    scripted_uptime(rt, 20_000)
+    scripted_uptime(monkeypatch, rt, 20_000)
 
     assert node_restarts.check_restart(rt, node_of(rt)) == 0
-    assert leased(rt) == {"task:close-call"}
+    assert held(rt) == {"task:close-call"}
 
 
-def test_given_the_first_look_the_same_process_or_no_uptime_then_no_lease_ends() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
+def test_given_the_first_look_the_same_process_or_no_uptime_then_no_lease_ends(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     now = datetime.now(UTC)
     running(engine, rt, "task:old", now - timedelta(minutes=2))
-    scripted_uptime(rt, 10_000)
+    scripted_uptime(monkeypatch, rt, 10_000)
     assert node_restarts.check_restart(rt, node_of(rt)) == 0  # first look: only remembered
     assert rt.redis.hexists(keys.NODE_STARTS, OWNER)
     assert node_restarts.check_restart(rt, node_of(rt)) == 0  # the same process, asked again
-    scripted_uptime(rt, None)  # a redacted status (no metrics): never judged
+    scripted_uptime(monkeypatch, rt, None)  # a redacted status (no metrics): never judged
     rt.redis.hset(keys.NODE_STARTS, OWNER, "0")
     assert node_restarts.check_restart(rt, node_of(rt)) == 0
-    assert leased(rt) == {"task:old"}
+    assert held(rt) == {"task:old"}
     assert engine.docs["task:old"]["_source"]["task"]["status"] == "running"
 
 
-def test_nodes_are_asked_at_most_once_a_second_across_processes() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
+def test_nodes_are_asked_at_most_once_a_second_across_processes(
+    rt: Runtime, make_runtime: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     asked: list[str] = []
-    rt.nodes.submit = lambda fn, _rt, node: asked.append(node.owner_id)  # type: ignore[method-assign,assignment,misc]
-    node_restarts._next_watch[0] = 0.0
+    monkeypatch.setattr(rt.nodes, "submit", lambda fn, _rt, node: asked.append(node.owner_id))
     node_restarts.watch_restarts(rt, [node_of(rt)])
-    node_restarts._next_watch[0] = 0.0  # as another process would
-    node_restarts.watch_restarts(rt, [node_of(rt)])
-    assert asked == [OWNER]  # the second process found the turn taken
+    node_restarts.watch_restarts(rt, [node_of(rt)])  # the same process: not its turn for a second
+    other = make_runtime()  # another process, on the same Redis
+    other.redis = rt.redis
+    monkeypatch.setattr(other.nodes, "submit", rt.nodes.submit)
+    node_restarts.watch_restarts(other, [node_of(other)])
+    assert asked == [OWNER]  # the other process found the turn taken
 
 
-def test_given_an_uptime_sampled_seconds_ago_then_a_push_that_reached_the_new_process_stands() -> None:
+def test_given_an_uptime_sampled_seconds_ago_then_a_push_that_reached_the_new_process_stands(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Kibana's uptime_in_millis is its last ops-metrics sample, taken up to metrics.collection_interval_in_millis
     # (5 s) before the answer: the start it gives may be 5 s late. A push 0.5 s after the real start, which
     # the new process may be running, must not be ended as lost.
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     now = datetime.now(UTC)
     started = now - timedelta(seconds=30)  # the new process's real start
     rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(started - timedelta(hours=1))))
     running(engine, rt, "task:reached-the-new-process", started - timedelta(seconds=4.5))  # pushed 5 s slack later
     running(engine, rt, "task:lost", started - timedelta(seconds=60))
-    scripted_uptime(rt, 25_000, sampled_every_ms=5000)  # sampled 5 s ago
+    scripted_uptime(monkeypatch, rt, 25_000, sampled_every_ms=5000)  # sampled 5 s ago
     assert node_restarts.check_restart(rt, node_of(rt)) == 1
     assert engine.docs["task:reached-the-new-process"]["_source"]["task"]["status"] == "running"
-    assert leased(rt) == {"task:reached-the-new-process"}
+    assert held(rt) == {"task:reached-the-new-process"}

@@ -7,10 +7,9 @@ Given/When/Then in each name.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from elastask import keys
-from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.dispatch.job import push_claimed_tasks
@@ -20,24 +19,18 @@ from elastask.loops.retry.orphans import take_back_orphans
 from elastask.parts.store import TaskStore
 from elastask.parts.worker_claims import WorkerClaims
 from elastask.runtime import Runtime
-from tests.unit.stubs import INDEX, StubEngine, stub_runtime
-
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
-OWNER = "kibana:a"
+from tests.unit.helpers import NOW, seeded
+from tests.unit.stubs import INDEX, OWNER, StubEngine
 
 
-def claimed_by(worker_id: str, count: int) -> tuple[StubEngine, Runtime, list[DispatchJob]]:
+def claimed_by(engine: StubEngine, rt: Runtime, worker_id: str, count: int) -> list[DispatchJob]:
     """``count`` one-shot tasks claimed by a claim cycle of the worker ``worker_id``, its jobs not yet pushed."""
-    engine = StubEngine()
-    for i in range(count):
-        doc = new_task(f"t{i}", "sample", now=NOW - timedelta(seconds=10 - i))
-        engine.put(doc.id, doc.to_source())
-    rt = stub_runtime(engine)
+    seeded(engine, count)
     rt.worker_id = worker_id
     jobs: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, jobs.append, sessions=False)
     assert sum(len(job.tasks) for job in jobs) == count
-    return engine, rt, jobs
+    return jobs
 
 
 def status_of(engine: StubEngine, doc_id: str) -> tuple[str, int]:
@@ -45,8 +38,10 @@ def status_of(engine: StubEngine, doc_id: str) -> tuple[str, int]:
     return task["status"], task["attempts"]
 
 
-def test_given_a_worker_that_stopped_beating_then_its_unpushed_claims_go_back_and_its_pushed_ones_stay() -> None:
-    engine, rt, jobs = claimed_by("dead-worker", 3)
+def test_given_a_worker_that_stopped_beating_then_its_unpushed_claims_go_back_and_its_pushed_ones_stay(
+    engine: StubEngine, rt: Runtime
+) -> None:
+    jobs = claimed_by(engine, rt, "dead-worker", 3)
     [job] = jobs
     pushed = job.tasks[0]
     rt.redis.set(keys.pushed(pushed.doc_id, pushed.claim), 1)  # its process pushed this one before it died
@@ -59,15 +54,17 @@ def test_given_a_worker_that_stopped_beating_then_its_unpushed_claims_go_back_an
     assert WorkerClaims(rt.redis).dead() == []  # handled once, forgotten
 
 
-def test_given_a_live_worker_then_its_claims_are_left_alone() -> None:
-    engine, rt, jobs = claimed_by("live-worker", 2)
+def test_given_a_live_worker_then_its_claims_are_left_alone(engine: StubEngine, rt: Runtime) -> None:
+    jobs = claimed_by(engine, rt, "live-worker", 2)
     WorkerClaims(rt.redis).beat("live-worker", 0)
     assert take_back_orphans(rt, NOW) == 0
     assert all(status_of(engine, task.doc_id) == ("running", 1) for task in jobs[0].tasks)
 
 
-def test_given_a_frozen_worker_that_wakes_after_the_give_back_then_it_pushes_nothing() -> None:
-    engine, rt, jobs = claimed_by("frozen-worker", 2)
+def test_given_a_frozen_worker_that_wakes_after_the_give_back_then_it_pushes_nothing(
+    engine: StubEngine, rt: Runtime
+) -> None:
+    jobs = claimed_by(engine, rt, "frozen-worker", 2)
     take_back_orphans(rt, NOW + timedelta(seconds=6))
     with ThreadPoolExecutor(max_workers=2) as pool:
         report = push_claimed_tasks(rt, jobs[0], NOW, pool)  # its clock stood still while it was frozen
@@ -76,8 +73,10 @@ def test_given_a_frozen_worker_that_wakes_after_the_give_back_then_it_pushes_not
     assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
 
 
-def test_given_a_give_back_that_failed_then_the_next_retry_cycle_gives_them_back() -> None:
-    engine, rt, jobs = claimed_by("dead-worker", 2)
+def test_given_a_give_back_that_failed_then_the_next_retry_cycle_gives_them_back(
+    engine: StubEngine, rt: Runtime
+) -> None:
+    jobs = claimed_by(engine, rt, "dead-worker", 2)
     healthy = rt.store
     rt.store = TaskStore(_Down(), INDEX)  # type: ignore[arg-type]
     assert take_back_orphans(rt, NOW + timedelta(seconds=6)) == 0
@@ -86,17 +85,19 @@ def test_given_a_give_back_that_failed_then_the_next_retry_cycle_gives_them_back
     assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
 
 
-def test_a_claim_given_back_but_still_running_when_its_lease_ends_counts_no_attempt() -> None:
+def test_a_claim_given_back_but_still_running_when_its_lease_ends_counts_no_attempt(
+    engine: StubEngine, rt: Runtime
+) -> None:
     # The give-back write lost to a lease renewal (a new version); the lease ran out without a push.
-    _engine, rt, jobs = claimed_by("dead-worker", 1)
+    jobs = claimed_by(engine, rt, "dead-worker", 1)
     task = jobs[0].tasks[0]
     rt.redis.set(keys.pushed(task.doc_id, task.claim), b"given-back")
     doc = rt.store.get(task.doc_id)
     assert never_pushed(rt, [doc]) == {task.doc_id}
 
 
-def test_the_retry_loop_runs_the_take_back_first() -> None:
-    engine, rt, jobs = claimed_by("dead-worker", 2)
+def test_the_retry_loop_runs_the_take_back_first(engine: StubEngine, rt: Runtime) -> None:
+    jobs = claimed_by(engine, rt, "dead-worker", 2)
     summary = retry_expired_leases(rt, NOW + timedelta(seconds=6))
     assert summary.orphans == 2
     assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
@@ -114,10 +115,12 @@ class _Down:
         return fail
 
 
-def test_given_a_job_reported_unsent_that_the_broker_took_after_all_then_it_pushes_nothing() -> None:
+def test_given_a_job_reported_unsent_that_the_broker_took_after_all_then_it_pushes_nothing(
+    engine: StubEngine, rt: Runtime
+) -> None:
     # The send raised after Redis applied the LPUSH (defect 3): the claim loop gives the tasks back, and
     # the job is delivered all the same. It must not push tasks now idle with their slots freed.
-    engine, rt, jobs = claimed_by("claimer", 2)
+    jobs = claimed_by(engine, rt, "claimer", 2)
     give_back_unsent(rt, jobs[0])
     assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
     with ThreadPoolExecutor(max_workers=2) as pool:

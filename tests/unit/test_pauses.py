@@ -6,9 +6,8 @@ On fakeredis and the stub engine; the same on real processes is in tests/integra
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import fakeredis
@@ -16,7 +15,6 @@ import pytest
 
 from elastask import keys
 from elastask.config import load_settings
-from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.core.pauses import PauseSet, parse_entry
 from elastask.errors import ConfigError
@@ -24,19 +22,11 @@ from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.ops import pausing
 from elastask.parts.pauses import PauseStore
-from tests.unit.stubs import StubEngine, stub_runtime
-from tests.unit.test_dispatch_outcomes import OWNER, URL, claimed
+from elastask.runtime import Runtime
+from tests.unit.helpers import NOW, claimed, running, seeded_two_types
+from tests.unit.stubs import OWNER, URL, StubEngine
 
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
-
-
-@pytest.fixture(autouse=True)
-def fresh_process_memory() -> Iterator[None]:
-    """Each test is a process of its own: nothing remembered from another test's Redis."""
-    PauseStore._remembered = {}
-    yield
-    PauseStore._remembered = {}
 
 
 def store_of(*configured: str) -> PauseStore:
@@ -108,21 +98,10 @@ def test_elastask_yaml_paused_is_read_and_a_bad_entry_names_the_key(tmp_path: Pa
         load_settings(path, env={})
 
 
-def seeded(engine: StubEngine) -> None:
-    for i in range(3):
-        for task_type in ("sample", "report"):
-            doc = new_task(f"{task_type}-{i}", task_type, now=NOW - timedelta(seconds=10 - i))
-            engine.put(doc.id, doc.to_source())
-
-
-def running(engine: StubEngine) -> set[str]:
-    return {d for d, doc in engine.docs.items() if doc["_source"]["task"]["status"] == "running"}
-
-
-def test_a_paused_type_is_not_claimed_the_others_are_and_resume_claims_it_with_its_attempts() -> None:
-    engine = StubEngine()
-    seeded(engine)
-    rt = stub_runtime(engine)
+def test_a_paused_type_is_not_claimed_the_others_are_and_resume_claims_it_with_its_attempts(
+    engine: StubEngine, rt: Runtime
+) -> None:
+    seeded_two_types(engine)
     pausing.pause(rt, ["type:report"])
     sent: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, sent.append, sessions=False)
@@ -133,10 +112,8 @@ def test_a_paused_type_is_not_claimed_the_others_are_and_resume_claims_it_with_i
     assert {d for d in running(engine) if "report" in d} == {"task:report-0", "task:report-1", "task:report-2"}
 
 
-def test_everything_paused_claims_nothing_and_a_paused_node_gets_no_tasks() -> None:
-    engine = StubEngine()
-    seeded(engine)
-    rt = stub_runtime(engine)
+def test_everything_paused_claims_nothing_and_a_paused_node_gets_no_tasks(engine: StubEngine, rt: Runtime) -> None:
+    seeded_two_types(engine)
     sent: list[DispatchJob] = []
     pausing.pause(rt, [])  # no names: everything
     claim_available_tasks(rt, NOW, sent.append, sessions=False)
@@ -147,9 +124,9 @@ def test_everything_paused_claims_nothing_and_a_paused_node_gets_no_tasks() -> N
     assert running(engine) == set() and sent == []
 
 
-def test_a_dispatch_job_gives_back_the_tasks_paused_since_their_claim_with_their_attempt() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
+def test_a_dispatch_job_gives_back_the_tasks_paused_since_their_claim_with_their_attempt(
+    engine: StubEngine, rt: Runtime
+) -> None:
     job = claimed(engine, rt, "task:late", attempts=1)
     pausing.pause(rt, ["type:sample"])
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -160,11 +137,9 @@ def test_a_dispatch_job_gives_back_the_tasks_paused_since_their_claim_with_their
     assert rt.ledger.leases([OWNER]) == []
 
 
-def test_draining_a_node_pauses_it_and_waits_until_kibana_finished_its_runs() -> None:
+def test_draining_a_node_pauses_it_and_waits_until_kibana_finished_its_runs(engine: StubEngine, rt: Runtime) -> None:
     from elastask.ops import draining
 
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     for doc_id in ("task:one", "task:two"):
         task = claimed(engine, rt, doc_id, attempts=1)
         rt.ledger.confirm(OWNER, 20, [(doc_id, 2, datetime.fromisoformat(task.retry_at), None, None)], NOW)
@@ -183,11 +158,9 @@ def test_draining_a_node_pauses_it_and_waits_until_kibana_finished_its_runs() ->
         draining.drain(rt, "kibana-9")
 
 
-def test_waiting_on_a_drain_gives_up_after_its_timeout() -> None:
+def test_waiting_on_a_drain_gives_up_after_its_timeout(engine: StubEngine, rt: Runtime) -> None:
     from elastask.ops import draining
 
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     claimed(engine, rt, "task:long", attempts=1)
     node = draining.drain(rt, "http://kibana-a:5601")  # by its URL
     assert not draining.wait_until_empty(rt, node, 0, lambda _u, _l: None, sleep=lambda _s: None)

@@ -65,14 +65,16 @@ def test_release_gives_the_attempt_back() -> None:
     assert policy.release_fields_for(0)["attempts"] == 0
 
 
+#: Kibana's defaults: 3 attempts, retried after 30 s, then up to 1 h apart.
+KIBANA_RETRIES = policy.RetryPolicy(max_attempts=3, base_delay_ms=30_000, max_delay_ms=3_600_000)
+
+
 def test_expired_one_shot_task_is_retried_with_backoff_then_failed() -> None:
     rng = random.Random(1)
     first = policy.on_lease_expired(
         task("o", attempts=1, status="running", owner_id="a"),
         NOW,
-        max_attempts=3,
-        base_delay_ms=30_000,
-        max_delay_ms=3_600_000,
+        KIBANA_RETRIES,
         rng=rng,
     )
     assert first.outcome == "retry" and first.fields["status"] == "idle"
@@ -81,9 +83,7 @@ def test_expired_one_shot_task_is_retried_with_backoff_then_failed() -> None:
     last = policy.on_lease_expired(
         task("o", attempts=3, status="running"),
         NOW,
-        max_attempts=3,
-        base_delay_ms=30_000,
-        max_delay_ms=3_600_000,
+        KIBANA_RETRIES,
         rng=rng,
     )
     assert last.outcome == "failed" and last.fields["status"] == "failed"
@@ -93,13 +93,11 @@ def test_expired_one_shot_task_is_retried_with_backoff_then_failed() -> None:
 def test_expired_recurring_task_is_never_failed() -> None:
     rng = random.Random(1)
     doc = new_task("r", "sample", now=NOW, interval="10m").with_changes(attempts=3, status="running")
-    expiry = policy.on_lease_expired(doc, NOW, max_attempts=3, base_delay_ms=30_000, max_delay_ms=3_600_000, rng=rng)
+    expiry = policy.on_lease_expired(doc, NOW, KIBANA_RETRIES, rng=rng)
     assert expiry.outcome == "rescheduled"
     assert expiry.fields["status"] == "idle" and expiry.fields["attempts"] == 0
     assert parse_date(expiry.fields["runAt"]) == NOW + timedelta(minutes=10)
-    early = policy.on_lease_expired(
-        doc.with_changes(attempts=1), NOW, max_attempts=3, base_delay_ms=30_000, max_delay_ms=3_600_000, rng=rng
-    )
+    early = policy.on_lease_expired(doc.with_changes(attempts=1), NOW, KIBANA_RETRIES, rng=rng)
     assert early.outcome == "retry" and parse_date(early.fields["runAt"]) == NOW
 
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
-
-import pytest
 
 from elastask import keys
 from elastask.core.intervals import format_date
@@ -21,24 +19,10 @@ from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import DispatchReport
 from elastask.ops import pausing
 from elastask.parts.kibana import PushOutcome, PushResult
-from elastask.parts.pauses import PauseStore
 from elastask.parts.push_schedule import PushSchedule
 from elastask.runtime import PUSH_PARALLELISM, Runtime
-from tests.unit.stubs import StubEngine, stub_runtime
-from tests.unit.test_dispatch_outcomes import NOW, OWNER, URL, claimed, held
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as executor:
-        yield executor
-
-
-@pytest.fixture(autouse=True)
-def fresh_process_memory() -> Iterator[None]:
-    PauseStore._remembered = {}
-    yield
-    PauseStore._remembered = {}
+from tests.unit.helpers import NOW, claimed, held
+from tests.unit.stubs import OWNER, URL, MakeRuntime, StubEngine
 
 
 def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
@@ -78,16 +62,15 @@ def ahead(engine: StubEngine, rt: Runtime, doc_id: str, by_ms: int) -> ClaimedTa
 
 
 def test_given_a_job_with_tasks_due_and_ahead_then_the_due_one_is_pushed_at_once_and_the_others_at_their_run_at(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
     pushed: dict[str, float] = {}
 
     def accept(body: Mapping[str, Any]) -> PushResult:
         pushed[str(body["id"])] = time.monotonic()
         return PushResult(PushOutcome.ACCEPTED, f"{URL}: 204", 204)
 
-    rt = stub_runtime(engine, accept)
+    rt = make_runtime(accept)
     due = claimed(engine, rt, "task:due", attempts=1)
     soon, later = ahead(engine, rt, "task:soon", 90), ahead(engine, rt, "task:later", 240)
     settled: list[DispatchReport] = []
@@ -108,10 +91,8 @@ def test_given_a_job_with_tasks_due_and_ahead_then_the_due_one_is_pushed_at_once
 
 
 def test_given_tasks_in_one_25ms_step_then_they_are_pushed_together_and_settled_as_one(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     tasks = tuple(ahead(engine, rt, f"task:{i}", 61 + i * 5) for i in range(3))  # all in the step ending at 75 ms
     settled: list[DispatchReport] = []
     push_claimed_tasks(rt, DispatchJob(OWNER, URL, tasks), NOW, pool, on_late=settled.append)
@@ -121,9 +102,8 @@ def test_given_tasks_in_one_25ms_step_then_they_are_pushed_together_and_settled_
 
 
 def test_given_a_pause_after_the_job_started_then_a_task_scheduled_ahead_is_given_back_not_pushed(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, make_runtime: MakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
     pushed: list[str] = []
     gate = threading.Event()
 
@@ -131,7 +111,7 @@ def test_given_a_pause_after_the_job_started_then_a_task_scheduled_ahead_is_give
         pushed.append(str(body["id"]))
         return PushResult(PushOutcome.ACCEPTED, f"{URL}: 204", 204)
 
-    rt = stub_runtime(engine, accept)
+    rt = make_runtime(accept)
     task = ahead(engine, rt, "task:paused", 250)  # later than a read of the pauses is reused
     settled: list[DispatchReport] = []
     report = push_claimed_tasks(
@@ -147,10 +127,8 @@ def test_given_a_pause_after_the_job_started_then_a_task_scheduled_ahead_is_give
 
 
 def test_given_a_warm_shutdown_then_the_process_pushes_what_it_scheduled_before_it_exits(
-    pool: ThreadPoolExecutor,
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     task = ahead(engine, rt, "task:last", 200)
     settled: list[DispatchReport] = []
     push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW, pool, on_late=settled.append)
@@ -160,10 +138,9 @@ def test_given_a_warm_shutdown_then_the_process_pushes_what_it_scheduled_before_
     assert settled[0].outcomes == {"task:last": "accepted"}
 
 
-def test_a_scheduled_step_reuses_a_read_of_the_pauses_only_under_a_tenth_of_a_second_old() -> None:
+def test_a_scheduled_step_reuses_a_read_of_the_pauses_only_under_a_tenth_of_a_second_old(rt: Runtime) -> None:
     from elastask.loops.pauses.read import read_pauses, recent_pauses
 
-    rt = stub_runtime(StubEngine())
     assert not read_pauses(rt, NOW)
     pausing.pause(rt, ["all"])
     assert not recent_pauses(rt, NOW)  # the read just now stands in
@@ -172,8 +149,7 @@ def test_a_scheduled_step_reuses_a_read_of_the_pauses_only_under_a_tenth_of_a_se
     assert recent_pauses(rt, NOW)
 
 
-def test_a_process_that_stops_waits_for_the_pushes_queued_on_its_nodes_threads() -> None:
-    rt = stub_runtime(StubEngine())
+def test_a_process_that_stops_waits_for_the_pushes_queued_on_its_nodes_threads(rt: Runtime) -> None:
     done: list[int] = []
     pool = rt.pushers("kibana:a")
     # More pushes than threads: the last ones wait in the queue, their push markers already set.
@@ -183,4 +159,3 @@ def test_a_process_that_stops_waits_for_the_pushes_queued_on_its_nodes_threads()
     assert len(done) == PUSH_PARALLELISM + 4
     pool.submit(time.sleep, 2)
     assert rt.drain_pushes(0.1) == 1  # bounded: a hung node's pushes are left to their leases
-    rt.close()

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from elastask.core.intervals import format_date
-from elastask.loops.claim.reconcile import LeaseVersions, reconcile_ledger
-from elastask.runtime import Runtime
-from tests.unit.stubs import StubEngine, stub_runtime
+import pytest
 
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
-OWNER = "kibana:a"
+from elastask.core.intervals import format_date
+from elastask.loops.claim.reconcile import LeaseReader, LeaseVersions, reconcile_ledger
+from elastask.runtime import Runtime
+from tests.unit.helpers import NOW
+from tests.unit.stubs import OWNER, StubEngine
 
 
 def claimed(rt: Runtime, doc_id: str) -> None:
@@ -25,9 +25,9 @@ def running(engine: StubEngine, doc_id: str) -> None:
     engine.put(doc_id, {"type": "task", "task": {"status": "running", "ownerId": OWNER, "attempts": 1}})
 
 
-def test_given_an_mget_error_item_for_a_leased_task_then_its_slot_is_kept_not_freed() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
+def test_given_an_mget_error_item_for_a_leased_task_then_its_slot_is_kept_not_freed(
+    engine: StubEngine, rt: Runtime
+) -> None:
     for doc_id in ("task:on-a-relocating-shard", "task:done"):
         claimed(rt, doc_id)
     running(engine, "task:on-a-relocating-shard")
@@ -39,9 +39,7 @@ def test_given_an_mget_error_item_for_a_leased_task_then_its_slot_is_kept_not_fr
     assert {lease.task_id for lease in rt.ledger.leases([OWNER])} == {"task:on-a-relocating-shard"}
 
 
-def test_given_a_recurring_task_kibana_rescheduled_then_its_slot_is_freed() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
+def test_given_a_recurring_task_kibana_rescheduled_then_its_slot_is_freed(engine: StubEngine, rt: Runtime) -> None:
     claimed(rt, "task:rec")
     engine.put(
         "task:rec",
@@ -51,11 +49,11 @@ def test_given_a_recurring_task_kibana_rescheduled_then_its_slot_is_freed() -> N
     assert held == set() and released == 1
 
 
-def test_given_a_reservation_whose_claim_is_not_written_yet_then_reconcile_keeps_it_though_it_looks_idle() -> None:
+def test_given_a_reservation_whose_claim_is_not_written_yet_then_reconcile_keeps_it_though_it_looks_idle(
+    engine: StubEngine, rt: Runtime
+) -> None:
     # Another claim cycle reserved the slot and is still writing its claim: the engine shows the
     # task idle with attempts 0, which is also what a finished recurring run looks like.
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     rt.ledger.reserve(OWNER, 20, [("task:being-claimed", 2, NOW + timedelta(minutes=5))], NOW)
     engine.put("task:being-claimed", {"type": "task", "task": {"status": "idle", "attempts": 0}})
     view = rt.ledger.view([OWNER])
@@ -68,10 +66,10 @@ def test_given_a_reservation_whose_claim_is_not_written_yet_then_reconcile_keeps
     assert held == set() and released == 1
 
 
-def test_finished_tasks_stay_out_of_the_search_a_moment_and_a_rescheduled_one_no_later_than_its_next_run() -> None:
+def test_finished_tasks_stay_out_of_the_search_a_moment_and_a_rescheduled_one_no_later_than_its_next_run(
+    engine: StubEngine, rt: Runtime
+) -> None:
     # Given a deleted one-shot task and a recurring one Kibana rescheduled 300 ms ahead.
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     for doc_id in ("task:once", "task:every-second"):
         claimed(rt, doc_id)
     now_ms = rt.ledger.now_ms()
@@ -88,11 +86,11 @@ def test_finished_tasks_stay_out_of_the_search_a_moment_and_a_rescheduled_one_no
     assert scores[b"task:every-second"] <= now_ms + 300 < scores[b"task:once"]
 
 
-def test_a_lease_still_at_the_version_it_was_judged_held_at_is_read_without_its_source() -> None:
+def test_a_lease_still_at_the_version_it_was_judged_held_at_is_read_without_its_source(
+    engine: StubEngine, rt: Runtime
+) -> None:
     # Given three leases last seen held at their claim's version: one still running, one Kibana
     # deleted (a finished one-shot task), one Kibana rescheduled (a finished recurring task).
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     versions = LeaseVersions()
     for doc_id in ("task:running", "task:deleted", "task:rescheduled"):
         claimed(rt, doc_id)
@@ -104,7 +102,7 @@ def test_a_lease_still_at_the_version_it_was_judged_held_at_is_read_without_its_
         {"type": "task", "task": {"status": "idle", "ownerId": OWNER, "attempts": 0, "runAt": format_date(NOW)}},
     )
     # When reconcile reads them.
-    held, released = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000, versions=versions)
+    held, released = LeaseReader(versions).reconcile(rt, rt.ledger.view([OWNER]), 65_000)
     # Then the running one stays held, the two finished ones are freed...
     assert held == {"task:running"} and released == 2
     # ... all three were read by version first, and only the changed one with its fields.
@@ -115,29 +113,29 @@ def test_a_lease_still_at_the_version_it_was_judged_held_at_is_read_without_its_
     assert versions.by_id == {"task:running": (engine.docs["task:running"]["_seq_no"], 1)}
 
 
-def test_a_lease_whose_version_changed_but_is_still_held_is_judged_by_its_fields_and_remembered() -> None:
+def test_a_lease_whose_version_changed_but_is_still_held_is_judged_by_its_fields_and_remembered(
+    engine: StubEngine, rt: Runtime
+) -> None:
     # Given a lease the dispatcher renewed after its claim (a new version, still running on the node).
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     claimed(rt, "task:renewed")
     running(engine, "task:renewed")
     versions = LeaseVersions({"task:renewed": (engine.docs["task:renewed"]["_seq_no"], 1)})
     running(engine, "task:renewed")
     # When reconcile reads it twice.
-    held, _ = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000, versions=versions)
-    held_again, _ = reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000, versions=versions)
+    held, _ = LeaseReader(versions).reconcile(rt, rt.ledger.view([OWNER]), 65_000)
+    held_again, _ = LeaseReader(versions).reconcile(rt, rt.ledger.view([OWNER]), 65_000)
     # Then it stays held; the second read needs no source (the new version was remembered).
     assert held == held_again == {"task:renewed"}
     assert [source_less for _, source_less in engine.mget_calls] == [True, False, True]
 
 
-def test_given_redis_lost_the_ledger_then_the_rebuild_takes_back_the_leases_of_nodes_not_resolved_now() -> None:
+def test_given_redis_lost_the_ledger_then_the_rebuild_takes_back_the_leases_of_nodes_not_resolved_now(
+    engine: StubEngine, rt: Runtime
+) -> None:
     # A node whose ownerId is learned later must find its runs in the ledger, not its whole capacity free.
     from elastask.core.intervals import format_date
     from elastask.loops.claim.reconcile import rebuild_ledger
 
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     now = datetime.now(UTC)
     for owner in ("kibana:a", "kibana:not-resolved-yet"):
         task = {
@@ -155,11 +153,11 @@ def test_given_redis_lost_the_ledger_then_the_rebuild_takes_back_the_leases_of_n
     ]
 
 
-def test_given_a_look_that_paused_after_its_read_then_it_leaves_the_slot_of_a_newer_claim_alone() -> None:
+def test_given_a_look_that_paused_after_its_read_then_it_leaves_the_slot_of_a_newer_claim_alone(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Kibana finished task:rec (idle, attempts 0). A refill session reads it, then pauses past the claim
     # lock; meanwhile another look frees its slot and a cycle claims it again for the same node.
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     lease = [("task:rec", 2, NOW + timedelta(minutes=5))]
     rt.ledger.reserve(OWNER, 20, lease, NOW, token="cycle-1")
     rt.ledger.confirm(OWNER, 20, lease, NOW, token="cycle-1", versions={"task:rec": 5})
@@ -169,13 +167,13 @@ def test_given_a_look_that_paused_after_its_read_then_it_leaves_the_slot_of_a_ne
 
     def read_then_pause(*args: object, **kwargs: object) -> object:
         hits = read(*args, **kwargs)  # type: ignore[arg-type]
-        rt.store.mget_sources = read  # type: ignore[method-assign]
+        monkeypatch.setattr(rt.store, "mget_sources", read)
         assert reconcile_ledger(rt, rt.ledger.view([OWNER]), 65_000)[1] == 1  # the other look frees it
         rt.ledger.reserve(OWNER, 20, lease, NOW, token="cycle-2")
         rt.ledger.confirm(OWNER, 20, lease, NOW, token="cycle-2", versions={"task:rec": 9})
         return hits
 
-    rt.store.mget_sources = read_then_pause  # type: ignore[method-assign]
+    monkeypatch.setattr(rt.store, "mget_sources", read_then_pause)
     _held, released = reconcile_ledger(rt, stale_view, 65_000)
     # Then the paused look frees nothing: the slot is the newer claim's (freeing it let a cycle fill the
     # node to its capacity + 1).
@@ -183,10 +181,9 @@ def test_given_a_look_that_paused_after_its_read_then_it_leaves_the_slot_of_a_ne
     assert [(lease.task_id, lease.claim) for lease in rt.ledger.leases([OWNER])] == [("task:rec", 9)]
 
 
-def test_a_late_release_for_an_older_claim_leaves_the_newer_claims_slot() -> None:
+def test_a_late_release_for_an_older_claim_leaves_the_newer_claims_slot(rt: Runtime) -> None:
     # A dispatch process gave task:x back (its write applied) and froze before freeing the slot; the slot
     # was freed, and the task claimed again for the same node. The process wakes and releases.
-    rt = stub_runtime(StubEngine())
     lease = [("task:x", 2, NOW + timedelta(minutes=5))]
     rt.ledger.reserve(OWNER, 20, lease, NOW, token="cycle-1")
     rt.ledger.confirm(OWNER, 20, lease, NOW, token="cycle-1", versions={"task:x": 5})

@@ -9,19 +9,20 @@ from concurrent.futures import Executor, Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from elastask import keys
 from elastask.core.clock import monotonic_ms
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.errors import StoreError
-from elastask.loops.claim import cycle as claim_cycle_module
-from elastask.loops.claim import loop as claim_module
-from elastask.loops.claim.cycle import NODES_REUSE_MS, run_claim_cycle
+from elastask.loops.claim.cycle import run_claim_cycle
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.claim.refill import (
     FIRST_READ_SHARE,
     MIN_RECHECK_MS,
     MIN_WAIT_MS,
+    NODES_REUSE_MS,
     PREFETCH_BELOW_SHARE,
     RECHECK_SHARE,
     UNREAD_HITS_MAX_AGE_MS,
@@ -31,9 +32,7 @@ from elastask.loops.claim.refill import (
 from elastask.loops.claim.summary import ClaimSummary
 from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime
-from tests.unit.stubs import StubEngine, stub_runtime
-
-OWNER = "kibana:a"
+from tests.unit.stubs import OWNER, MakeRuntime, StubEngine
 
 
 def due_tasks(engine: StubEngine, count: int) -> None:
@@ -54,7 +53,7 @@ def kibana_deletes(engine: StubEngine) -> Callable[[DispatchJob], None]:
     return runs
 
 
-def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> None:
+def test_a_lease_is_first_read_after_the_shortest_run_seen_for_its_type() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
     session.add_claims([ClaimedLease("t1", "report", (1, 1))], now_ms=0)
     assert session.reads.due({"t1"}, now_ms=0) == set()  # nothing learned yet: first read after max_wait
@@ -63,7 +62,7 @@ def test_a_lease_is_first_read_after_the_shortest_hold_seen_for_its_type() -> No
     assert session.reads.shortest_run_ms == {"report": 210}
     session.add_claims([ClaimedLease("t2", "report", (2, 1)), ClaimedLease("t3", "other", (3, 1))], now_ms=1000)
     assert session.reads.due({"t2", "t3"}, now_ms=1100) == set()
-    # A little before the shortest hold: a faster run can still teach a shorter one.
+    # A little before the shortest run: a faster run can still teach a shorter one.
     assert session.reads.due({"t2", "t3"}, now_ms=1000 + FIRST_READ_SHARE * 210) == {"t2"}
     session.reads.record_reads({"t2"}, still_leased=set(), now_ms=1000 + FIRST_READ_SHARE * 210)
     assert session.reads.shortest_run_ms["report"] < 210
@@ -92,11 +91,12 @@ def test_a_lease_another_cycle_claimed_counts_its_age_from_when_the_session_firs
     assert session.reads.next_read == {} and session.reads.started_at == {}
 
 
-def test_given_a_backlog_a_session_refills_each_freed_slot_within_one_call_and_never_exceeds_the_cap() -> None:
+def test_given_a_backlog_a_session_refills_each_freed_slot_within_one_call_and_never_exceeds_the_cap(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given one slot (capacity 1 = 2 units) and four due tasks; Kibana finishes each run at once.
-    engine = StubEngine()
     due_tasks(engine, 4)
-    rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
+    rt = make_runtime(kibana_capacity=1, busy_polling_interval_ms=50)
     pushed: list[str] = []
     in_flight_at_push: list[int] = []
 
@@ -116,10 +116,9 @@ def test_given_a_backlog_a_session_refills_each_freed_slot_within_one_call_and_n
     assert sum(c.claimed for c in cycles) == 4 and all(c.searched for c in cycles if c.claimed)
 
 
-def test_with_sessions_off_a_backlog_waits_for_the_next_job() -> None:
-    engine = StubEngine()
+def test_with_sessions_off_a_backlog_waits_for_the_next_job(engine: StubEngine, make_runtime: MakeRuntime) -> None:
     due_tasks(engine, 3)
-    rt = stub_runtime(engine, kibana_capacity=1)
+    rt = make_runtime(kibana_capacity=1)
     pushed: list[str] = []
     summary = claim_available_tasks(
         rt, datetime.now(UTC), lambda job: pushed.extend(t.doc_id for t in job.tasks), sessions=False
@@ -142,7 +141,7 @@ def test_leftover_hits_stand_in_for_a_search_only_while_recent_and_more_than_the
     assert session.unread.take(1, now_ms=1000 + 501, exclude=set()) == []  # too old: search
 
 
-def test_learned_holds_re_time_the_first_read_of_leases_not_read_yet() -> None:
+def test_learned_runs_re_time_the_first_read_of_leases_not_read_yet() -> None:
     session = RefillSession(0.0, max_wait_ms=250)
     session.add_claims([ClaimedLease("t1", "report", (1, 1))], now_ms=1000)
     assert session.reads.next_read["t1"] == 1250  # blind: after max_wait_ms
@@ -150,48 +149,50 @@ def test_learned_holds_re_time_the_first_read_of_leases_not_read_yet() -> None:
     assert session.reads.next_read["t1"] == 1000 + FIRST_READ_SHARE * 200
 
 
-def test_a_session_remembers_the_shortest_hold_for_the_next_one_in_redis() -> None:
-    engine = StubEngine()
+def test_a_session_remembers_the_shortest_run_for_the_next_one_in_redis(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     due_tasks(engine, 4)
-    rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
+    rt = make_runtime(kibana_capacity=1, busy_polling_interval_ms=50)
     claim_available_tasks(rt, datetime.now(UTC), kibana_deletes(engine))
     remembered = rt.redis.hgetall(keys.REFILL_SHORTEST_RUNS)
     assert b"sample" in remembered and float(remembered[b"sample"]) >= 0
 
 
-def test_a_session_out_of_time_with_tasks_still_waiting_says_so_and_one_that_drained_does_not(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_session_out_of_time_with_tasks_still_waiting_says_so_and_one_that_drained_does_not(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given sessions of 300 ms and one slot that never frees (Kibana keeps running the task).
-    monkeypatch.setattr(claim_module, "SESSION_MAX_MS", 300)
-    engine = StubEngine()
     due_tasks(engine, 3)
-    rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
+    rt = make_runtime(kibana_capacity=1, busy_polling_interval_ms=50)
     # When one claim job runs its session to the end.
-    summary = claim_available_tasks(rt, datetime.now(UTC), lambda _job: None)
+    summary = claim_available_tasks(rt, datetime.now(UTC), lambda _job: None, session_max_ms=300)
     # Then it says its time ran out with tasks waiting: the claim task hands over at once.
     assert summary.backlog and summary.session_expired
     # A session that drained the backlog ends early and asks for nothing.
     engine2 = StubEngine()
     due_tasks(engine2, 2)
-    rt2 = stub_runtime(engine2, kibana_capacity=1, busy_polling_interval_ms=50)
-    drained = claim_available_tasks(rt2, datetime.now(UTC), kibana_deletes(engine2))
+    rt2 = make_runtime(engine=engine2, kibana_capacity=1, busy_polling_interval_ms=50)
+    drained = claim_available_tasks(rt2, datetime.now(UTC), kibana_deletes(engine2), session_max_ms=300)
     assert not drained.backlog and not drained.session_expired
 
 
-def test_a_task_claimed_ahead_counts_its_hold_from_its_run_at_not_from_its_claim() -> None:
+def test_a_task_claimed_ahead_counts_its_run_from_its_run_at_not_from_its_claim() -> None:
     # Given the first task of a backlog, claimed 700 ms ahead of its runAt and finished 260 ms after it.
     session = RefillSession(0.0, max_wait_ms=250)
     session.add_claims([ClaimedLease("t1", "report", (1, 1), ahead_ms=700)], now_ms=1000)
     assert session.reads.due({"t1"}, now_ms=1900) == set()  # not before runAt + max_wait_ms
     session.reads.record_reads({"t1"}, still_leased=set(), now_ms=1700 + 260)
-    # Then the hold learned is the run's, not the run's plus the time claimed ahead.
+    # Then the run learned is the run's own, not the run's plus the time claimed ahead.
     assert session.reads.shortest_run_ms == {"report": 260}
 
 
-def test_a_worker_shutting_down_ends_its_session_at_the_next_look_and_frees_the_claim_lock() -> None:
+def test_a_worker_shutting_down_ends_its_session_at_the_next_look_and_frees_the_claim_lock(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # The same backlog as above, but the worker is told to shut down (SIGTERM) during the first cycle.
-    engine = StubEngine()
     due_tasks(engine, 4)
-    rt = stub_runtime(engine, kibana_capacity=1, busy_polling_interval_ms=50)
+    rt = make_runtime(kibana_capacity=1, busy_polling_interval_ms=50)
     pushed: list[str] = []
 
     def kibana_runs(job: DispatchJob) -> None:
@@ -205,24 +206,23 @@ def test_a_worker_shutting_down_ends_its_session_at_the_next_look_and_frees_the_
     assert not rt.redis.exists(keys.CLAIM_LOCK)  # freed at once: another worker's claim job takes over
 
 
-def test_a_session_taking_over_a_backlog_first_looks_soon_at_the_leases_it_did_not_claim(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_session_taking_over_a_backlog_first_looks_soon_at_the_leases_it_did_not_claim(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given two slots held by runs an earlier session claimed (the backlog's last hand-over) and a
     # third task waiting: the new session's read schedule knows none of those leases.
-    monkeypatch.setattr(claim_module, "SESSION_MAX_MS", 200)
-    engine = StubEngine()
     due_tasks(engine, 3)
-    rt = stub_runtime(engine, kibana_capacity=2, busy_polling_interval_ms=250)
-    claim_available_tasks(rt, datetime.now(UTC), lambda _job: None)  # claims t0, t1; they keep running
+    rt = make_runtime(kibana_capacity=2, busy_polling_interval_ms=250)
+    claim_available_tasks(rt, datetime.now(UTC), lambda _job: None, session_max_ms=200)  # t0, t1 keep running
     sleeps: list[float] = []
-    real_sleep = claim_module.time.sleep
 
     def recorded(seconds: float) -> None:
         sleeps.append(seconds)
-        real_sleep(min(seconds, 0.05))
+        time.sleep(min(seconds, 0.05))
 
-    monkeypatch.setattr(claim_module.time, "sleep", recorded)
+    rt.sleep = recorded
     # When the next claim job takes over.
-    claim_available_tasks(rt, datetime.now(UTC), lambda _job: None)
+    claim_available_tasks(rt, datetime.now(UTC), lambda _job: None, session_max_ms=200)
     # Then its session's first look comes after MIN_RECHECK_MS, not its own first read (a whole
     # busy_polling_interval here), so a slot those runs free is refilled as fast as its own.
     assert sleeps and sleeps[0] <= MIN_RECHECK_MS / 1000
@@ -242,17 +242,16 @@ def test_unread_hits_run_low_when_fewer_than_a_share_of_a_full_search_are_left_o
     assert not session.unread.running_low(now_ms=1010)
 
 
-def _a_session_on_a_backlog_of_60() -> tuple[
-    StubEngine, Runtime, RefillSession, list[str], Callable[[DispatchJob], None]
-]:
+def _a_session_on_a_backlog_of_60(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> tuple[Runtime, RefillSession, list[str], Callable[[DispatchJob], None]]:
     """60 due tasks, one node of 10 slots, a session already running; ``pushed``: the ids enqueued."""
-    engine = StubEngine()
     due_tasks(engine, 60)
-    rt = stub_runtime(engine, kibana_capacity=10)
+    rt = make_runtime(kibana_capacity=10)
     session = RefillSession(0.0, max_wait_ms=250)
     session.active = True
     pushed: list[str] = []
-    return engine, rt, session, pushed, lambda job: pushed.extend(t.doc_id for t in job.tasks)
+    return rt, session, pushed, lambda job: pushed.extend(t.doc_id for t in job.tasks)
 
 
 def _runs_end(engine: StubEngine, session: RefillSession, task_ids: list[str]) -> None:
@@ -262,9 +261,11 @@ def _runs_end(engine: StubEngine, session: RefillSession, task_ids: list[str]) -
     session.reads.next_read = dict.fromkeys(session.reads.next_read, 0.0)
 
 
-def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot_needs_none() -> None:
+def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot_needs_none(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given a backlog of 60 tasks, one node of 10 slots, and a session already running.
-    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
+    rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60(engine, make_runtime)
     # When a cycle fills the node: it searched, claimed, then searched again after its claim.
     first = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     assert first.claimed == 10 and "search" in first.steps_ms and "prefetch" in first.steps_ms
@@ -277,12 +278,14 @@ def test_in_a_session_the_search_runs_right_after_a_claim_so_the_next_freed_slot
     second = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     assert second.claimed == 3 and "search" not in second.steps_ms
     assert set(pushed[before:]) <= set(unread)
-    assert max(rt.ledger.used_units(["kibana:a"]).values()) <= 20  # the cap, in units: 10 normal tasks
+    assert max(rt.ledger.used_units([OWNER]).values()) <= 20  # the cap, in units: 10 normal tasks
 
 
-def test_a_prefetched_hit_is_claimed_without_a_read_and_one_written_since_is_a_lost_race_not_a_claim() -> None:
+def test_a_prefetched_hit_is_claimed_without_a_read_and_one_written_since_is_a_lost_race_not_a_claim(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given a session whose search after its claim brought the next hits with their documents.
-    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
+    rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60(engine, make_runtime)
     run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     prefetched = session.unread.hits
     first_unread = str(prefetched[0]["_id"])
@@ -299,10 +302,10 @@ def test_a_prefetched_hit_is_claimed_without_a_read_and_one_written_since_is_a_l
     # (the conditional claim write) and is neither pushed nor held: its slot was given back.
     assert all(first_unread not in ids for ids, _versions_only in engine.mget_calls)
     assert second.conflicts == 1 and second.claimed == 1 and first_unread not in pushed[before:]
-    assert first_unread not in {lease.task_id for lease in rt.ledger.view(["kibana:a"]).leases}
+    assert first_unread not in {lease.task_id for lease in rt.ledger.view([OWNER]).leases}
     # And the next look fills that slot: one more task, the node full again (10 normal tasks, 20 units).
     third = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
-    assert third.claimed == 1 and rt.ledger.used_units(["kibana:a"])["kibana:a"] == 20
+    assert third.claimed == 1 and rt.ledger.used_units([OWNER])[OWNER] == 20
 
 
 class HeldSearches(Executor):
@@ -325,9 +328,11 @@ class HeldSearches(Executor):
         self.held.clear()
 
 
-def test_a_sessions_search_after_its_claim_runs_beside_it_and_its_hits_serve_a_later_cycle() -> None:
+def test_a_sessions_search_after_its_claim_runs_beside_it_and_its_hits_serve_a_later_cycle(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given a backlog of 60 tasks, one node of 10 slots, a session whose searches run on their own thread.
-    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
+    rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60(engine, make_runtime)
     searcher = session.searcher = HeldSearches()
     # When a cycle fills the node: the search after its claim is handed over, not waited for.
     first = run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
@@ -346,9 +351,11 @@ def test_a_sessions_search_after_its_claim_runs_beside_it_and_its_hits_serve_a_l
     assert max(rt.ledger.used_units([OWNER]).values()) <= 20  # the cap, in units: 10 normal tasks
 
 
-def test_a_sessions_search_after_its_claim_that_failed_is_logged_and_the_next_cycle_searches_itself(caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_sessions_search_after_its_claim_that_failed_is_logged_and_the_next_cycle_searches_itself(
+    engine: StubEngine, make_runtime: MakeRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given a session whose search after its claim failed (the engine answered 503).
-    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
+    rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60(engine, make_runtime)
     searcher = session.searcher = HeldSearches()
     run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     searcher.finish(StoreError("searching due tasks: 503 unavailable"))
@@ -361,9 +368,11 @@ def test_a_sessions_search_after_its_claim_that_failed_is_logged_and_the_next_cy
     assert "search after its claim failed" in caplog.text and "503" in caplog.text
 
 
-def test_a_sessions_look_reuses_what_it_learned_of_the_nodes_briefly_then_learns_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_sessions_look_reuses_what_it_learned_of_the_nodes_briefly_then_learns_again(
+    engine: StubEngine, make_runtime: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a session on a backlog, and a count of how often the nodes are learned.
-    engine, rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60()
+    rt, session, pushed, enqueue = _a_session_on_a_backlog_of_60(engine, make_runtime)
     learned: list[int] = []
     resolve = rt.nodes.resolve
 
@@ -373,14 +382,13 @@ def test_a_sessions_look_reuses_what_it_learned_of_the_nodes_briefly_then_learns
 
     monkeypatch.setattr(rt.nodes, "resolve", counted)
     clock = [1_000_000.0]
-    monkeypatch.setattr(claim_cycle_module, "monotonic_ms", lambda: clock[0])
+    rt.monotonic_ms = lambda: clock[0]
     # When two looks follow each other closely: the nodes are learned once.
     run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     clock[0] += NODES_REUSE_MS / 2
     run_claim_cycle(rt, datetime.now(UTC), enqueue, refill=session)
     assert len(learned) == 1
     # Then a pause set meanwhile holds back the claims of the first look after NODES_REUSE_MS.
-    monkeypatch.setattr(PauseStore, "_remembered", {})  # the process memory of pauses: this test's own
     PauseStore(rt.redis, rt.settings.paused).pause(["all"], now_ms=0)
     _runs_end(engine, session, pushed[:2])
     clock[0] += NODES_REUSE_MS
@@ -402,11 +410,11 @@ def test_one_run_far_shorter_than_its_types_others_does_not_bring_every_later_fi
     assert session.reads.next_read["next"] >= 1000 + FIRST_READ_SHARE * 280
 
 
-def test_a_task_claimed_ahead_is_timed_on_redis_clock_not_the_workers() -> None:
+def test_a_task_claimed_ahead_is_timed_on_redis_clock_not_the_workers(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a worker whose own clock is 5 s behind Redis's, and a task due 400 ms from now (Redis's time).
-    engine = StubEngine()
-    rt = stub_runtime(engine)
-    rt.ledger.now_ms = lambda: int(time.time() * 1000) + 5000  # type: ignore[method-assign]
+    monkeypatch.setattr(rt.ledger, "now_ms", lambda: int(time.time() * 1000) + 5000)
     doc = new_task(
         "ahead", "sample", now=rt.now() - timedelta(seconds=5), run_at=rt.now() + timedelta(milliseconds=400)
     )
@@ -414,6 +422,6 @@ def test_a_task_claimed_ahead_is_timed_on_redis_clock_not_the_workers() -> None:
     session = RefillSession(monotonic_ms(), max_wait_ms=250)
     summary = run_claim_cycle(rt, rt.now(), lambda _job: None, refill=session)
     assert summary.claimed == 1
-    # Then its hold counts from its runAt 400 ms away, not 5.4 s away (the lease read that late).
+    # Then its run counts from its runAt 400 ms away, not 5.4 s away (the lease read that late).
     _type, since_ms = session.reads.started_at["task:ahead"]
     assert since_ms - monotonic_ms() < 1000

@@ -15,7 +15,7 @@ from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.retry.loop import retry_expired_leases
 from elastask.parts.cadence import Cadence
 from elastask.runtime import Runtime
-from tests.unit.stubs import StubEngine, stub_runtime
+from tests.unit.stubs import MakeRuntime, StubEngine
 
 
 def leased(engine: StubEngine, doc_id: str, *, attempts: int, retry_at: datetime, schedule: str | None = None) -> None:
@@ -40,16 +40,16 @@ def status(engine: StubEngine, doc_id: str) -> dict[str, object]:
     return dict(engine.docs[doc_id]["_source"]["task"])
 
 
-def test_given_expired_leases_then_one_shots_retry_after_kibanas_delay_or_fail_and_recurring_ones_run_again() -> None:
+def test_given_expired_leases_then_one_shots_retry_after_kibanas_delay_or_fail_and_recurring_ones_run_again(
+    engine: StubEngine, rt: Runtime
+) -> None:
     now = datetime.now(UTC)  # the stub engine's "now" is the real clock, as the engine's is
-    engine = StubEngine()
     expired = now - timedelta(seconds=10)
     leased(engine, "task:first-try", attempts=1, retry_at=expired)
     leased(engine, "task:last-try", attempts=3, retry_at=expired)
     leased(engine, "task:recurring", attempts=1, retry_at=expired, schedule="1m")
     leased(engine, "task:still-running", attempts=1, retry_at=now + timedelta(minutes=1))
     leased(engine, "task:within-grace", attempts=1, retry_at=now - timedelta(milliseconds=500))
-    rt = stub_runtime(engine)
     Cadence(rt.redis).rest(now, now + timedelta(minutes=1))
 
     summary = retry_expired_leases(rt, now)
@@ -66,23 +66,21 @@ def test_given_expired_leases_then_one_shots_retry_after_kibanas_delay_or_fail_a
     assert not Cadence(rt.redis).resting()  # tasks are due again: the claim loop is woken
 
 
-def test_given_a_cycle_already_running_elsewhere_then_this_one_does_nothing() -> None:
+def test_given_a_cycle_already_running_elsewhere_then_this_one_does_nothing(engine: StubEngine, rt: Runtime) -> None:
     now = datetime.now(UTC)
-    engine = StubEngine()
     leased(engine, "task:x", attempts=1, retry_at=now - timedelta(minutes=1))
-    rt = stub_runtime(engine)
     rt.redis.set(keys.RETRY_LOCK, "another worker")
     assert not retry_expired_leases(rt, now).ran
     assert status(engine, "task:x")["status"] == "running"
 
 
-def test_given_an_rrule_task_idle_at_its_maximum_attempts_then_it_is_made_claimable_again_never_failed() -> None:
+def test_given_an_rrule_task_idle_at_its_maximum_attempts_then_it_is_made_claimable_again_never_failed(
+    engine: StubEngine, rt: Runtime
+) -> None:
     # The engine cannot tell an rrule task from a one-shot one (schedule.rrule is not indexed).
     from elastask.loops.retry.loop import fail_exhausted_one_shots
 
     now = datetime.now(UTC)
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     base = {"taskType": "sample", "status": "idle", "attempts": 3, "runAt": format_date(now), "params": "{}"}
     engine.put("task:rrule", {"type": "task", "task": {**base, "schedule": {"rrule": {"freq": 3, "interval": 1}}}})
     engine.put("task:once", {"type": "task", "task": dict(base)})
@@ -92,12 +90,12 @@ def test_given_an_rrule_task_idle_at_its_maximum_attempts_then_it_is_made_claima
     assert not rt.redis.hexists(keys.FAILED_REASONS, "task:rrule")
 
 
-def test_given_an_interval_of_millions_of_days_or_a_date_near_9999_then_the_cycles_skip_it_and_go_on() -> None:
+def test_given_an_interval_of_millions_of_days_or_a_date_near_9999_then_the_cycles_skip_it_and_go_on(
+    engine: StubEngine, rt: Runtime
+) -> None:
     from elastask.loops.claim.loop import claim_available_tasks
 
     now = datetime.now(UTC)
-    engine = StubEngine()
-    rt = stub_runtime(engine)
     expired = now - timedelta(seconds=10)
     leased(engine, "task:huge", attempts=3, retry_at=expired, schedule="2900000d")
     leased(engine, "task:ok", attempts=1, retry_at=expired)
@@ -131,10 +129,11 @@ def test_given_an_interval_of_millions_of_days_or_a_date_near_9999_then_the_cycl
     assert claimed.skipped == 1 and status(engine, "task:fresh")["status"] == "running"
 
 
-def test_given_more_malformed_expired_leases_than_a_batch_then_the_good_ones_are_still_taken_back() -> None:
+def test_given_more_malformed_expired_leases_than_a_batch_then_the_good_ones_are_still_taken_back(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     now = datetime.now(UTC)
-    engine = StubEngine()
-    rt = stub_runtime(engine, claim_batch_size=2)
+    rt = make_runtime(claim_batch_size=2)
     for i in range(3):
         leased(engine, f"task:bad{i}", attempts=1, retry_at=now - timedelta(minutes=5 - i))
         engine.docs[f"task:bad{i}"]["_source"]["task"]["params"] = "{not json"
@@ -161,11 +160,12 @@ def claimed_by_a_cycle(rt: Runtime, engine: StubEngine, count: int) -> list[Disp
     return jobs
 
 
-def test_given_a_claim_whose_dispatch_job_was_lost_before_any_push_then_its_lease_expiry_returns_the_attempt() -> None:
+def test_given_a_claim_whose_dispatch_job_was_lost_before_any_push_then_its_lease_expiry_returns_the_attempt(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Defect 10 (0.5.1): ETA jobs a worker drops when its broker connection resets (or a worker killed
     # while holding them) burned an attempt: a one-shot task with max_attempts 1 ended failed, never run.
-    engine = StubEngine()
-    rt = stub_runtime(engine, max_attempts=1)
+    rt = make_runtime(max_attempts=1)
     claimed_by_a_cycle(rt, engine, 2)
 
     summary = retry_expired_leases(rt, datetime.now(UTC))
@@ -178,9 +178,10 @@ def test_given_a_claim_whose_dispatch_job_was_lost_before_any_push_then_its_leas
     assert not Cadence(rt.redis).resting()
 
 
-def test_given_a_claim_that_was_pushed_then_its_lease_expiry_counts_the_attempt() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine, max_attempts=1)
+def test_given_a_claim_that_was_pushed_then_its_lease_expiry_counts_the_attempt(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
+    rt = make_runtime(max_attempts=1)
     jobs = claimed_by_a_cycle(rt, engine, 1)
     for doc in engine.docs.values():  # the push leaves while the lease still runs
         doc["_source"]["task"]["retryAt"] = format_date(datetime.now(UTC) + timedelta(minutes=5))
@@ -196,10 +197,11 @@ def test_given_a_claim_that_was_pushed_then_its_lease_expiry_counts_the_attempt(
     assert status(engine, "task:lost-0")["status"] == "failed"
 
 
-def test_given_redis_lost_its_data_since_the_claim_then_a_lease_expiry_counts_the_attempt() -> None:
+def test_given_redis_lost_its_data_since_the_claim_then_a_lease_expiry_counts_the_attempt(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Without the claim marker nothing proves the claim was never pushed (its push marker may be gone too).
-    engine = StubEngine()
-    rt = stub_runtime(engine, max_attempts=1)
+    rt = make_runtime(max_attempts=1)
     claimed_by_a_cycle(rt, engine, 1)
     rt.redis.flushall()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import fakeredis
 import pytest
@@ -12,17 +12,14 @@ import pytest
 from elastask import keys
 from elastask.errors import DocumentError
 from elastask.ops.admin import show
-from elastask.parts import failures
 from elastask.parts.failures import record_failure
 from elastask.parts.quarantine import report_malformed
-from tests.unit.stubs import StubEngine, stub_runtime
+from elastask.runtime import Runtime
+from tests.unit.helpers import NOW
+from tests.unit.stubs import StubEngine
 
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
-
-def test_tasks_show_masks_the_api_key_kibana_runs_the_task_with() -> None:
-    engine = StubEngine()
-    rt = stub_runtime(engine)
+def test_tasks_show_masks_the_api_key_kibana_runs_the_task_with(engine: StubEngine, rt: Runtime) -> None:
     engine.put("task:user", {"type": "task", "task": {"taskType": "x", "status": "idle", "apiKey": "c2VjcmV0"}})
     shown = show(rt, "task:user")
     assert shown["source"]["task"]["apiKey"] == "***" and "c2VjcmV0" not in json.dumps(shown)
@@ -35,20 +32,19 @@ def test_a_malformed_params_field_is_reported_without_its_value(caplog: pytest.L
     assert "task:p" in caplog.text and "task.params" in caplog.text and "hunter2" not in caplog.text
 
 
-def test_failure_reasons_are_bounded_by_count_and_age(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_reasons_are_bounded_by_count_and_age() -> None:
     client = fakeredis.FakeRedis()
-    monkeypatch.setattr(failures, "MAX_REASONS", 3)
     for i in range(5):
-        record_failure(client, f"task:{i}", NOW + timedelta(seconds=i), "lease expired", owner_id=None, task_type="x")
+        at = NOW + timedelta(seconds=i)
+        record_failure(client, f"task:{i}", at, "lease expired", owner_id=None, task_type="x", max_reasons=3)
     assert sorted(k.decode() for k in client.hkeys(keys.FAILED_REASONS)) == ["task:2", "task:3", "task:4"]
     later = NOW + timedelta(days=31)
-    record_failure(client, "task:new", later, "lease expired", owner_id=None, task_type="x")
+    record_failure(client, "task:new", later, "lease expired", owner_id=None, task_type="x", max_reasons=3)
     assert [k.decode() for k in client.hkeys(keys.FAILED_REASONS)] == ["task:new"]
     assert client.zcard(keys.FAILED_REASONS_BY_TIME) == 1
 
 
-def test_a_nodes_breaker_key_expires_so_a_removed_node_leaves_nothing_behind() -> None:
-    rt = stub_runtime(StubEngine())
+def test_a_nodes_breaker_key_expires_so_a_removed_node_leaves_nothing_behind(rt: Runtime) -> None:
     [node] = rt.nodes.resolve()[0]
     rt.nodes.record_failure(node, "answered 503", hard=False)
     assert 0 < rt.redis.pttl(keys.health(node.owner_id)) <= 86_400_000

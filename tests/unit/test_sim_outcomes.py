@@ -6,8 +6,6 @@ import asyncio
 import json
 from datetime import UTC, datetime
 
-import pytest
-
 from elastask_bed.simulator import outcomes
 from elastask_bed.simulator.outcomes import BufferedTaskStore, Operation
 
@@ -26,18 +24,15 @@ def test_outcomes_submitted_together_are_written_in_one_batch_and_each_caller_wa
     asyncio.run(scenario())
 
 
-def test_a_full_buffer_is_written_at_once_and_a_failed_batch_is_reported_not_raised(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_full_buffer_is_written_at_once_and_a_failed_batch_is_reported_not_raised() -> None:
     # Given a timer far longer than the test may take: only a full buffer can be written in time.
-    monkeypatch.setattr(outcomes, "BUFFER_MAX_DURATION_S", 600)
     failures: list[int] = []
 
     async def write(operations: list[Operation]) -> None:
         raise ConnectionError("engine down")
 
     async def scenario() -> None:
-        store = BufferedTaskStore(write, lambda n, _e: failures.append(n))
+        store = BufferedTaskStore(write, lambda n, _e: failures.append(n), max_duration_s=600)
         submits = (store.submit({"remove": f"t{i}"}) for i in range(outcomes.BUFFER_MAX_OPERATIONS))
         await asyncio.wait_for(asyncio.gather(*submits), timeout=30)  # did not wait for the timer
 

@@ -7,7 +7,7 @@ Given/When/Then in each name.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import fakeredis
 
@@ -16,10 +16,11 @@ from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.parts.ledger import Ledger
+from elastask.runtime import Runtime
 from elastask.task_types import Catalogue, TaskTypeRule, effective_rule, parse_catalogue
-from tests.unit.stubs import StubEngine, stub_runtime
+from tests.unit.helpers import NOW
+from tests.unit.stubs import MakeRuntime, StubEngine
 
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 LEASE = NOW + timedelta(minutes=5)
 REPORTING = {
     "report:execute": TaskTypeRule(max_concurrency=1, concurrency_group="reporting", cost=10),
@@ -49,22 +50,24 @@ def test_given_a_group_at_its_limit_on_a_node_then_the_ledger_reserves_no_more_o
     assert ledger.used_units(["kibana:a"]) == {"kibana:a": 4}  # the group mark does not change the units
 
 
-def test_given_thirty_reports_with_limit_one_ahead_of_normal_tasks_then_the_normal_ones_are_not_starved() -> None:
-    engine = StubEngine()
+def test_given_thirty_reports_with_limit_one_ahead_of_normal_tasks_then_the_normal_ones_are_not_starved(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     seed(engine, "report", "report:execute", 30, age_s=60)  # older: first in the claim order
     seed(engine, "normal", "sample", 5, age_s=10)
-    rt = stub_runtime(engine, task_types=REPORTING)
+    rt = make_runtime(task_types=REPORTING)
     jobs: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, jobs.append, sessions=False)
     # One report (the node's limit), and every normal task beside it (the report costs 10 of 20 units).
     assert claimed_types(jobs) == ["report:execute", *["sample"] * 5]
 
 
-def test_given_redis_lost_the_ledger_during_a_limited_run_then_the_rebuilt_slot_still_holds_the_limit() -> None:
+def test_given_redis_lost_the_ledger_during_a_limited_run_then_the_rebuilt_slot_still_holds_the_limit(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     # Given a report running on the only node (limit 1 per node) and a second one due.
-    engine = StubEngine()
     seed(engine, "report", "report:execute", 2, age_s=60)
-    rt = stub_runtime(engine, task_types=REPORTING)
+    rt = make_runtime(task_types=REPORTING)
     jobs: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, jobs.append, sessions=False)
     assert claimed_types(jobs) == ["report:execute"]
@@ -75,12 +78,13 @@ def test_given_redis_lost_the_ledger_during_a_limited_run_then_the_rebuilt_slot_
     assert claimed_types(jobs) == ["report:execute"]
 
 
-def test_given_two_types_in_one_group_then_they_share_its_limit_per_node() -> None:
-    engine = StubEngine()
+def test_given_two_types_in_one_group_then_they_share_its_limit_per_node(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     seed(engine, "now", "report:execute", 2, age_s=30)
     seed(engine, "scheduled", "report:execute-scheduled", 2, age_s=20)
     node_b = KibanaNode(url="http://kibana-b:5601", id="kibana:b")
-    rt = stub_runtime(engine, task_types=REPORTING)
+    rt = make_runtime(task_types=REPORTING)
     rt.settings = replace(rt.settings, kibana=KibanaSettings(hosts=(*rt.settings.kibana.hosts, node_b)))
     rt.nodes.settings = rt.settings
     jobs: list[DispatchJob] = []
@@ -89,33 +93,33 @@ def test_given_two_types_in_one_group_then_they_share_its_limit_per_node() -> No
     assert sorted(per_node) == ["kibana:a", "kibana:b"] and all(len(types) == 1 for types in per_node.values())
 
 
-def test_given_a_low_priority_type_and_a_normal_one_waiting_then_the_normal_ones_are_claimed_first() -> None:
-    engine = StubEngine()
+def test_given_a_low_priority_type_and_a_normal_one_waiting_then_the_normal_ones_are_claimed_first(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     seed(engine, "low", "cleanup", 10, age_s=60)  # older, but Low (1)
     seed(engine, "normal", "sample", 10, age_s=10)
-    rt = stub_runtime(engine, kibana_capacity=5, task_types={"cleanup": TaskTypeRule(priority=1)})
+    rt = make_runtime(kibana_capacity=5, task_types={"cleanup": TaskTypeRule(priority=1)})
     jobs: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, jobs.append, sessions=False)
     assert claimed_types(jobs) == ["sample"] * 5
 
 
-def test_given_a_document_with_its_own_priority_then_it_wins_over_its_types() -> None:
-    engine = StubEngine()
+def test_given_a_document_with_its_own_priority_then_it_wins_over_its_types(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
     seed(engine, "low", "cleanup", 3, age_s=60)
     urgent = new_task("urgent", "cleanup", now=NOW - timedelta(seconds=1), priority=90)
     engine.put(urgent.id, urgent.to_source())
     seed(engine, "normal", "sample", 3, age_s=10)
-    rt = stub_runtime(engine, kibana_capacity=1, task_types={"cleanup": TaskTypeRule(priority=1)})
+    rt = make_runtime(kibana_capacity=1, task_types={"cleanup": TaskTypeRule(priority=1)})
     jobs: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, jobs.append, sessions=False)
     assert [t.doc_id for job in jobs for t in job.tasks] == ["task:urgent"]
 
 
-def test_a_type_kibana_removed_is_never_claimed() -> None:
-    engine = StubEngine()
+def test_a_type_kibana_removed_is_never_claimed(engine: StubEngine, rt: Runtime) -> None:
     seed(engine, "gone", "old-type", 2, age_s=30)
     seed(engine, "ok", "sample", 1, age_s=10)
-    rt = stub_runtime(engine)
     rt.settings = replace(rt.settings, catalogue=Catalogue(removed=frozenset({"old-type"})))
     jobs: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, jobs.append, sessions=False)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -21,26 +21,28 @@ from elastask.core.messages import DispatchJob
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.parts.kibana import PushOutcome, PushResult
-from tests.unit.stubs import StubEngine, stub_runtime
+from tests.unit.helpers import NOW
+from tests.unit.stubs import MakeRuntime, StubEngine
 
 TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
+    yield exporter
+    exporter.clear()
+
+
+def tracer_to(exporter: InMemorySpanExporter) -> Any:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_provider(provider)
-    yield exporter
-    tracing.use_provider(None)
+    return provider.get_tracer("elastask")
 
 
 def test_a_claim_cycle_and_each_push_are_spans_and_a_push_is_a_child_of_the_tasks_traceparent(
-    spans: InMemorySpanExporter,
+    engine: StubEngine, make_runtime: MakeRuntime, spans: InMemorySpanExporter
 ) -> None:
-    engine = StubEngine()
     doc = new_task("traced", "sample", now=NOW - timedelta(seconds=5))
     source = doc.to_source()
     source["task"]["traceparent"] = f"00-{TRACE_ID}-{PARENT_ID}-01"
@@ -51,7 +53,8 @@ def test_a_claim_cycle_and_each_push_are_spans_and_a_push_is_a_child_of_the_task
         sent.append(body)
         return PushResult(PushOutcome.ACCEPTED, "204", 204)
 
-    rt = stub_runtime(engine, kibana)
+    rt = make_runtime(kibana)
+    rt.tracer = tracer_to(spans)
     jobs: list[DispatchJob] = []
     claim_available_tasks(rt, NOW, jobs.append, sessions=False)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -73,8 +76,10 @@ def test_with_tracing_off_nothing_of_opentelemetry_is_imported() -> None:
     program = (
         "import sys, elastask.entry.tasks\n"
         "from elastask import tracing\n"
-        "with tracing.span('x') as s: assert s is None\n"
-        "assert tracing.current_traceparent() is None\n"
+        "from elastask.runtime import Runtime\n"
+        "assert tracing.from_environment() is None\n"
+        "with tracing.span(None, 'x') as s: assert s is None\n"
+        "assert tracing.current_traceparent(None) is None\n"
         "ours = ('opentelemetry.sdk', 'opentelemetry.exporter', 'opentelemetry.propagate')\n"
         "print(sorted(m for m in sys.modules if m.startswith(ours)))\n"
     )

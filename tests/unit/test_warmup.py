@@ -7,10 +7,9 @@ import os
 from elastask_bed.bench import warmup
 
 
-def test_waits_while_the_compiler_threads_are_busy_and_stops_once_quiet(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(warmup, "QUIET_WINDOW_S", 0.01)
+def test_waits_while_the_compiler_threads_are_busy_and_stops_once_quiet() -> None:
     readings = iter([0.0, 0.5, 0.5, 0.9, 0.9, 0.9])  # busy, busy, then quiet
-    waited, share = warmup.wait_for_quiet_compiler(1, timeout_s=5, cpu=lambda _pid: next(readings))
+    waited, share = warmup.wait_for_quiet_compiler(1, timeout_s=5, cpu=lambda _pid: next(readings), quiet_window_s=0.01)
     assert share == 0.0 and waited < 5
 
 

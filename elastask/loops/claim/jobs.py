@@ -35,7 +35,7 @@ def enqueue_jobs(
     claimed: Sequence[tuple[policy.Assignment, TaskDocument]],
     enqueue: Callable[[DispatchJob], None],
 ) -> None:
-    """6. One dispatch job per node; tasks claimed ahead are pushed at their runAt, in 25 ms steps."""
+    """One dispatch job per node; tasks claimed ahead are pushed at their runAt, in 25 ms steps."""
     by_owner = {n.owner_id: n for n in nodes}
     jobs: dict[str, list[tuple[datetime | None, ClaimedTask]]] = defaultdict(list)
     for assignment, doc in claimed:

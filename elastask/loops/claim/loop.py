@@ -1,22 +1,10 @@
-"""The claim loop: find due tasks, give each to the node with the most free capacity, claim, enqueue.
+"""The claim loop: beat's ``elastask.claim`` job, one claim cycle under the claim lock, then a refill
+session while a backlog waits.
 
-One cycle, run by beat every ``polling_interval`` under a Redis lock (so cycles never overlap):
-
-1. learn the nodes and, if Redis lost the ledger, rebuild it from the engine before anything else;
-2. search due tasks, and those due within the next polling interval (at most 1 s ahead), leaving
-   out the tasks the ledger holds (ids and ``seq_no_primary_term`` only);
-3. reconcile the ledger with the engine (real-time ``mget`` of the fields that tell, see
-   loops/claim/reconcile.py) when the free room may be too small for what is due, and otherwise about once a
-   second: tasks Kibana finished free their slot;
-4. read the hits this cycle can claim in real time, drop stale ones (whose version differs: the
-   search is near-real-time) and skip malformed ones (reported by id); a refill session's search
-   right after its claim brings the documents, and those are not read again (loops/claim/fresh_hits.py);
-5. assign by free capacity, reserve the slots atomically in the ledger (Lua), and, if the cycle
-   still holds its lock (it is renewed while the cycle runs), claim with one conditional ``_bulk``
-   (``if_seq_no``/``if_primary_term``); a 409 is a lost race, not an error;
-6. enqueue one dispatch job per node on its queue, carrying the tasks claimed for it (tasks claimed
-   ahead are pushed at their runAt, in 25 ms steps, by the job's process); log one line with the counts.
-
+The lock (a Redis lock renewed while the job runs) keeps cycles from overlapping. The first look of
+a job searches what is due; when more waits than the nodes can take, the job keeps the lock and
+refills each slot the moment it frees (loops/claim/refill.py) for up to ``SESSION_MAX_MS``, then hands
+over to the next claim job. Every look is one claim cycle (loops/claim/cycle.py), logged on one line.
 A quiet cycle (nothing due, nothing in flight) lets the loop rest (parts/cadence.py).
 """
 
@@ -34,12 +22,12 @@ import redis
 
 from elastask import keys, tracing
 from elastask.config import Settings
-from elastask.core.clock import monotonic_ms
 from elastask.core.messages import DispatchJob
-from elastask.loops.claim.cycle import claim_lock_ttl_ms, run_claim_cycle
+from elastask.loops.claim.cycle import run_claim_cycle
 from elastask.loops.claim.refill import MIN_RECHECK_MS, RefillSession
 from elastask.loops.claim.search import lookahead_ms
 from elastask.loops.claim.summary import ClaimSummary
+from elastask.loops.claim.timing import claim_lock_ttl_ms
 from elastask.parts.cadence import Cadence, rest_until
 from elastask.parts.locks import exclusive
 from elastask.runtime import Runtime
@@ -63,6 +51,7 @@ def claim_available_tasks(
     sessions: bool = True,
     sending: Callable[[], bool] = lambda: True,
     stopping: Callable[[], bool] = lambda: False,
+    session_max_ms: int = SESSION_MAX_MS,
 ) -> ClaimSummary:
     """One claim cycle (see the module docstring), and a refill session while a backlog waits.
 
@@ -72,7 +61,7 @@ def claim_available_tasks(
     False once dispatch jobs can no longer be sent; checked with the lock before every claim write.
     ``stopping``: True once the worker is shutting down: a session ends at its next look and frees the
     claim lock at once (another worker's claim job takes over), instead of holding it up to 10 s.
-    Returns the last cycle's summary.
+    ``session_max_ms``: how long a refill session may hold the lock. Returns the last cycle's summary.
     """
     cadence = Cadence(rt.redis)
     if cadence.resting():
@@ -80,14 +69,17 @@ def claim_available_tasks(
     with exclusive(rt.redis, keys.CLAIM_LOCK, claim_lock_ttl_ms(rt.settings)) as lock:
         if not lock.taken:
             return ClaimSummary(ran=False)
-        session = RefillSession(monotonic_ms(), max_wait_ms=rt.settings.busy_polling_interval_ms)
-        fence = lambda: lock.held() and sending()  # noqa: E731
-        summary = _timed(lambda: run_claim_cycle(rt, now, enqueue, fence, session))
+        session = RefillSession(rt.monotonic_ms(), max_wait_ms=rt.settings.busy_polling_interval_ms)
+
+        def fence() -> bool:
+            return lock.held() and sending()
+
+        summary = _timed(rt, lambda: run_claim_cycle(rt, now, enqueue, fence, session))
         on_cycle(summary)
         if _quiet(summary):
             cadence.rest(now, _rest_until(rt.settings, summary, now))
         elif summary.backlog and sessions and _sessions_on(rt.settings):
-            summary = _refill(rt, enqueue, fence, session, summary, on_cycle, stopping)
+            summary = _refill(rt, enqueue, fence, session, summary, on_cycle, stopping, session_max_ms)
     return summary
 
 
@@ -104,30 +96,31 @@ def _refill(
     last: ClaimSummary,
     on_cycle: Callable[[ClaimSummary], None],
     stopping: Callable[[], bool] = lambda: False,
+    session_max_ms: int = SESSION_MAX_MS,
 ) -> ClaimSummary:
-    """Keep the lock and refill freed slots until the backlog is gone (or SESSION_MAX_MS passed)."""
+    """Keep the lock and refill freed slots until the backlog is gone (or ``session_max_ms`` passed)."""
     session.active = True
     session.searcher = searcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elastask-refill-search")
-    marked = monotonic_ms()
+    marked = rt.monotonic_ms()
     # The first look comes soon: the leases claimed before this session (by the one it took over
     # from) are in no read schedule until read once, and a session that waited for its own first
     # read left every slot they freed meanwhile empty (a backlog's hand-over every 10 s).
     first_look = True
     with _runs_carried_over(rt, session), _shut_down_after(searcher):
-        while fence() and monotonic_ms() - session.started_ms < SESSION_MAX_MS:
-            wait_ms = MIN_RECHECK_MS if first_look else session.reads.wait_ms(monotonic_ms())
+        while fence() and rt.monotonic_ms() - session.started_ms < session_max_ms:
+            wait_ms = MIN_RECHECK_MS if first_look else session.reads.wait_ms(rt.monotonic_ms())
             first_look = False
-            time.sleep(wait_ms / 1000)
+            rt.sleep(wait_ms / 1000)
             if stopping():
                 log.info("worker shutting down: refill session ended, claim lock freed for another worker")
                 last.session_expired = last.backlog  # the follow-up claim job goes out at once
                 break
-            summary = _timed(lambda: run_claim_cycle(rt, rt.now(), enqueue, fence, session))
+            summary = _timed(rt, lambda: run_claim_cycle(rt, rt.now(), enqueue, fence, session))
             if not summary.ran:
                 break
-            if summary.searched or monotonic_ms() - marked >= SESSION_MARK_MS:
+            if summary.searched or rt.monotonic_ms() - marked >= SESSION_MARK_MS:
                 on_cycle(summary)
-                marked = monotonic_ms()
+                marked = rt.monotonic_ms()
             if summary.searched:
                 last = summary
                 if not summary.backlog:
@@ -180,10 +173,10 @@ def _remember_runs(rt: Runtime, runs: dict[str, float]) -> None:
         pipe.execute()
 
 
-def _timed(cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
+def _timed(rt: Runtime, cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
     """Run one cycle, time it, and log its line (a session's look that did not search logs at debug)."""
     started = time.monotonic()
-    with tracing.span("elastask.claim_cycle") as traced:
+    with tracing.span(rt.tracer, "elastask.claim_cycle") as traced:
         summary = cycle()
         if traced is not None:
             traced.set_attributes(

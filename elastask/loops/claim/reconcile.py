@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
 from elastask.core import policy, queries
+from elastask.core.clock import epoch_ms
 from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
 from elastask.loops.claim.limited import slot_request
@@ -45,63 +46,73 @@ def ensure_ledger(rt: Runtime, nodes: Sequence[Node], now: datetime) -> int | No
     return None
 
 
-def reconcile_ledger(
-    rt: Runtime,
-    view: LeaseView,
-    pending_max_ms: int,
-    only: set[str] | None = None,
-    versions: LeaseVersions | None = None,
-) -> tuple[set[str], int]:
-    """Free the slots of tasks Kibana finished (deleted, back to idle, or owned by someone else).
+def reconcile_ledger(rt: Runtime, view: LeaseView, pending_max_ms: int) -> tuple[set[str], int]:
+    """Every lease of ``view`` judged once, with nothing remembered (draining a node; a beat cycle's look)."""
+    return LeaseReader().reconcile(rt, view, pending_max_ms)
 
-    A reservation whose claim may not be written yet (another cycle still running, for up to
-    ``pending_max_ms``) looks idle in the engine and is never judged by it; nor is a lease whose
-    real-time read failed (unknown). Expiry is judged on Redis's clock (``view.now_ms``).
-    ``only``: read just these leases (a refill session's likely-finished ones); the others, unless
-    expired, stay held. ``versions``: the version (``_seq_no``, ``_primary_term``) at which each
-    lease was last seen still running, kept by the caller across calls and updated here: those
-    leases are read without their source first (see ``read_leases``). Returns the ids still held and how many
-    were freed.
+
+@dataclass
+class LeaseReader:
+    """Frees the slots of tasks Kibana finished (deleted, back to idle, or owned by someone else).
+
+    The one owner of the versions leases were last seen running at: a refill session keeps one
+    reader for its looks, so a read of an unchanged lease skips its source (``read_leases``).
     """
-    now_ms = view.now_ms
-    held = {
-        lease.task_id
-        for lease in view.leases
-        if (lease.pending_since_ms is not None and now_ms - lease.pending_since_ms < pending_max_ms)
-        or (only is not None and lease.task_id not in only and lease.expires_ms > now_ms)
-    }
-    judged = [lease for lease in view.leases if lease.task_id not in held]
-    if not judged:
-        return held, 0
-    hits = read_leases(rt, sorted({lease.task_id for lease in judged}), versions or LeaseVersions())
-    done: dict[str, list[str]] = defaultdict(list)
-    forget_at: dict[str, int] = {}
-    for lease in judged:
-        live = lease.expires_ms > now_ms
-        if live and lease.task_id not in hits:
-            held.add(lease.task_id)  # the read failed: unknown, so the lease stands
-            continue
-        hit = hits.get(lease.task_id)
-        if hit is UNCHANGED:
-            if live:
-                held.add(lease.task_id)  # the very document last judged held
+
+    versions: LeaseVersions = field(default_factory=lambda: LeaseVersions())
+
+    def reconcile(self, rt: Runtime, view: LeaseView, pending_max_ms: int) -> tuple[set[str], int]:
+        """Judge every lease of ``view`` by the engine; the ids still held, and how many were freed.
+
+        A reservation whose claim may not be written yet (another cycle still running, for up to
+        ``pending_max_ms``) looks idle in the engine and is never judged by it; nor is a lease whose
+        real-time read failed (unknown). Expiry is judged on Redis's clock (``view.now_ms``). To judge
+        only some leases, pass a view of those (``likely_finished``).
+        """
+        now_ms = view.now_ms
+        held = {
+            lease.task_id
+            for lease in view.leases
+            if lease.pending_since_ms is not None and now_ms - lease.pending_since_ms < pending_max_ms
+        }
+        judged = [lease for lease in view.leases if lease.task_id not in held]
+        if not judged:
+            return held, 0
+        hits = read_leases(rt, sorted({lease.task_id for lease in judged}), self.versions)
+        done: dict[str, list[str]] = defaultdict(list)
+        forget_at: dict[str, int] = {}
+        for lease in judged:
+            live = lease.expires_ms > now_ms
+            if live and lease.task_id not in hits:
+                held.add(lease.task_id)  # the read failed: unknown, so the lease stands
                 continue
-            hit = None  # expired: judged as gone, its slot freed
-        task = hit.get("_source", {}).get("task", {}) if hit else {}
-        if live and not finished(hit, task, lease.owner_id):
-            held.add(lease.task_id)
-            if versions is not None and hit is not None:
-                versions.seen(lease.task_id, _version(hit))
-        else:
-            done[lease.owner_id].append(lease.task_id)
-            forget_at[lease.task_id] = _search_again_at(task, now_ms)
-            if versions is not None:
-                versions.drop(lease.task_id)
-    # Each slot freed only while it is the claim judged here: a look that paused past the claim lock
-    # finds a slot freed and taken again since by a newer claim of the same task, and leaves it.
-    released = rt.ledger.release_many(done, claims={lease.task_id: lease.claim for lease in judged})
-    rt.ledger.mark_finished(forget_at)
-    return held, released
+            hit = hits.get(lease.task_id)
+            if hit is UNCHANGED:
+                if live:
+                    held.add(lease.task_id)  # the very document last judged held
+                    continue
+                hit = None  # expired: judged as gone, its slot freed
+            task = hit.get("_source", {}).get("task", {}) if hit else {}
+            if live and not finished(hit, task, lease.owner_id):
+                held.add(lease.task_id)
+                if hit is not None:
+                    self.versions.seen(lease.task_id, _version(hit))
+            else:
+                done[lease.owner_id].append(lease.task_id)
+                forget_at[lease.task_id] = _search_again_at(task, now_ms)
+                self.versions.drop(lease.task_id)
+        # Each slot freed only while it is the claim judged here: a look that paused past the claim
+        # lock finds a slot freed and taken again since by a newer claim of the same task, and leaves it.
+        released = rt.ledger.release_many(done, claims={lease.task_id: lease.claim for lease in judged})
+        rt.ledger.mark_finished(forget_at)
+        return held, released
+
+
+def likely_finished(view: LeaseView, ids: Collection[str]) -> LeaseView:
+    """The part of ``view`` worth judging now: the leases ``ids`` names, and every expired one."""
+    return replace(
+        view, leases=[lease for lease in view.leases if lease.task_id in ids or lease.expires_ms <= view.now_ms]
+    )
 
 
 #: A document's version: (``_seq_no``, ``_primary_term``).
@@ -145,7 +156,7 @@ def read_leases(rt: Runtime, ids: Sequence[str], versions: LeaseVersions) -> dic
     A lease whose version is known is read first without its source: gone, or still that version
     (the document ``finished`` judged held then, so held now), needs nothing more; only a changed one
     is read again with its fields. Most reads in a refill session find a task still running, and the
-    engine serves a version-only read for about a seventh of a filtered one (BENCHMARKS.md).
+    engine serves a version-only read for far less than a filtered one.
     """
     known = [i for i in ids if i in versions.by_id]
     hits: dict[str, LeaseRead] = {}
@@ -171,7 +182,7 @@ def _search_again_at(task: Any, now_ms: int) -> int:
     recurring task rescheduled sooner (its next run must not wait for the index to refresh)."""
     until = now_ms + FINISHED_MEMORY_MS
     try:
-        return min(until, int(parse_date(task["runAt"]).timestamp() * 1000))
+        return min(until, epoch_ms(parse_date(task["runAt"])))
     except (KeyError, TypeError, ValueError):
         return until
 

@@ -12,11 +12,14 @@ is. Every invariant is the claim cycle's own: the session only chooses *when* cy
 *which* leases they read. It is three pieces:
 
 - :class:`LeaseReadSchedule`: when to read which lease, learned from the runs seen;
-- :class:`~elastask.loops.claim.reconcile.LeaseVersions`: the version each lease was last read at
-  (owned by the lease reader, loops/claim/reconcile.py), so a read of an unchanged lease skips its source;
+- :class:`~elastask.loops.claim.reconcile.LeaseReader`: frees what finished, and keeps the version each
+  lease was last read at, so a read of an unchanged lease skips its source;
 - :class:`UnreadHits`: the last search's hits no cycle read yet, which may stand in for a search.
 
-Pure: times are passed in (milliseconds of a monotonic clock).
+Each look of the session is a :class:`LookPlan` (``RefillSession.plan``): which nodes to reuse, which
+leases to read, which hits to reuse; the claim cycle runs the same steps on any plan. The schedule
+and the unread hits are pure (times are passed in, milliseconds of a monotonic clock); the session
+also holds the thread its searches after a claim run on.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from elastask.loops.claim.reconcile import LeaseVersions
+from elastask.loops.claim.reconcile import LeaseReader
 
 if TYPE_CHECKING:
     from elastask.core.pauses import PauseSet
@@ -41,9 +44,8 @@ MIN_WAIT_MS = 10
 RECHECK_SHARE = 0.03
 MIN_RECHECK_MS = 10
 #: The short end of a type's runs: this quantile of its last RECENT_RUNS runs (claim -> found
-#: finished). Not the shortest ever seen: in a 200 ms backlog one outcome written in 12 ms instead of
-#: ~57 put every later first read 40 ms early, 4 wasted real-time reads per lease (the engine's
-#: busiest operation there, BENCHMARKS.md "0.7.5").
+#: finished). Not the shortest ever seen: one outcome written at once would bring every later first
+#: read forward, and each read too early is a wasted real-time read.
 SHORT_RUN_QUANTILE = 0.05
 RECENT_RUNS = 64
 #: The first read of a lease comes at this share of the short end of its type's runs: a read
@@ -62,6 +64,11 @@ PREFETCH_BELOW_SHARE = 0.5
 PREFETCH_AGE_SHARE = 0.6
 #: The task type of a lease the session did not claim (its type is not known).
 DEFAULT_TYPE = ""
+#: A session's look reuses what it learned of the nodes (rotation, pauses, ownerIds; the ledger's
+#: epoch) this long: a pause, a breaker that opened or a Redis that lost the ledger is seen this much
+#: later, and every dispatch job checks pauses and leases itself. The fence before a claim write (the
+#: claim lock, gone with a Redis that lost its data) still runs every cycle.
+NODES_REUSE_MS = 100
 
 
 class ClaimedLease(NamedTuple):
@@ -171,8 +178,7 @@ class UnreadHits:
         """Search again now, right after a claim: more tasks wait, and what is left of the last search
         will soon not cover the room the next completions free (or will be too old by then).
 
-        Searched here, the next freed slot finds its hits ready, instead of waiting for a search
-        (in a 200 ms backlog, ~20 ms in one claiming cycle of three or four; BENCHMARKS.md "0.7.3").
+        Searched here, the next freed slot finds its hits ready instead of waiting for a search.
         """
         if not self.full:
             return False  # every task due was in that search: a new one finds only what fell due since
@@ -188,7 +194,7 @@ class UnreadHits:
 
 
 class KnownNodes(NamedTuple):
-    """What a session's cycle learned of the nodes, and when (loops/claim/cycle.py reuses it briefly)."""
+    """What a look learned of the nodes, and when (a session's next looks reuse it briefly)."""
 
     learned_ms: float
     nodes: list[Node]
@@ -196,16 +202,34 @@ class KnownNodes(NamedTuple):
     pauses: PauseSet
 
 
+class LookPlan(NamedTuple):
+    """What one claim cycle reads; the cycle (loops/claim/cycle.py) runs the same steps on any plan.
+
+    The look that begins a session knows nothing yet: it learns the nodes, searches (how many tasks
+    wait is what decides whether a session starts), and reads every lease when the room is short of
+    what it found (and once a second). The session's later looks read only the leases likely
+    finished and, while no slot is free, stop there; with room, they reuse the last search's unread
+    hits when those cover it.
+    """
+
+    #: The nodes learned under NODES_REUSE_MS ago, reused as they are; None: learn them now.
+    nodes: KnownNodes | None
+    #: Which leases are likely finished (the session's schedule); None: every lease, when the room is short.
+    reads: LeaseReadSchedule | None
+    #: The last search's unread hits, reused while they cover the room; None: search, even with no slot free.
+    unread: UnreadHits | None
+
+
 @dataclass
 class RefillSession:
-    """One session: its start, and the three pieces its cycles use (see the module docstring)."""
+    """One session: its start, and the three pieces its looks use (see the module docstring)."""
 
     started_ms: float
     max_wait_ms: float
-    #: False while the session only records claims (the cycle that found the backlog); then True.
+    #: False while the session only records claims (the look that found the backlog); then True.
     active: bool = False
     reads: LeaseReadSchedule = field(init=False)
-    versions: LeaseVersions = field(default_factory=LeaseVersions)
+    reader: LeaseReader = field(default_factory=LeaseReader)
     unread: UnreadHits = field(default_factory=UnreadHits)
     #: Where the session's searches after a claim run (loops/claim/loop.py: one thread), and the one in flight:
     #: the session goes on looking and claiming meanwhile. None: they run in the cycle.
@@ -216,18 +240,25 @@ class RefillSession:
     def __post_init__(self) -> None:
         self.reads = LeaseReadSchedule(self.max_wait_ms)
 
+    def plan(self, now_ms: float) -> LookPlan:
+        """The next look's plan (see LookPlan)."""
+        nodes = self.nodes if self.nodes is not None and now_ms - self.nodes.learned_ms < NODES_REUSE_MS else None
+        if not self.active:
+            return LookPlan(nodes, None, None)
+        return LookPlan(nodes, self.reads, self.unread)
+
     def add_claims(self, tasks: Iterable[ClaimedLease], now_ms: float) -> None:
-        """Tasks a cycle of this session claimed: scheduled for reading, and read without their source
+        """Tasks a look of this session claimed: scheduled for reading, and read without their source
         while they are still at the version the claim wrote."""
         tasks = list(tasks)
         self.reads.add_claims(tasks, now_ms)
         for task in tasks:
-            self.versions.seen(task.task_id, task.version)
+            self.reader.versions.seen(task.task_id, task.version)
 
     def forget(self, lease_ids: set[str]) -> None:
         """Drop what is known of leases no longer in the ledger (freed by another path)."""
         self.reads.forget(lease_ids)
-        self.versions.keep_only(lease_ids)
+        self.reader.versions.keep_only(lease_ids)
 
 
 def _quantile(values: Iterable[float], share: float) -> float:

@@ -7,7 +7,7 @@ claim order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -100,9 +100,9 @@ def plan(
     return DueSearch(requests)
 
 
-def run(store: TaskStore, search: DueSearch) -> Found:
-    """Run a look's searches; the hits merged in claim order."""
-    found = Found(size=search.size, searched_ms=monotonic_ms())
+def run(store: TaskStore, search: DueSearch, clock: Callable[[], float] = monotonic_ms) -> Found:
+    """Run a look's searches; the hits merged in claim order, and when (``clock``, monotonic ms)."""
+    found = Found(size=search.size, searched_ms=clock())
     batches = []
     for i, (body, what) in enumerate(search.requests):
         answer = store.search(body, what)

@@ -1,5 +1,5 @@
-"""Step 5b of a claim cycle: write the claims (one conditional ``_bulk``) and confirm their slots (or,
-the claim lock lost first, give the reservations back unwritten).
+"""The claim write of a claim cycle: the claims in one conditional ``_bulk``, their slots confirmed (or,
+the claim lock lost first, the reservations given back unwritten).
 
 Every way the write can end leaves the ledger true before the cycle ends: a lost race (409) or a
 missing document gives its slot back; a ``_bulk`` the engine rejected (429, 503) gives every slot
@@ -50,7 +50,7 @@ def write_claims(
     summary: ClaimSummary,
     token: str,
 ) -> list[tuple[policy.Assignment, TaskDocument]]:
-    """5b. One conditional ``_bulk``; slots of lost races are given back, the others confirmed.
+    """One conditional ``_bulk``; slots of lost races are given back, the others confirmed.
 
     A ``_bulk`` that failed gives its reservations back before the cycle ends (the next one claims
     again at once); where it may have applied all the same (no answer came), the claims are read back

@@ -9,7 +9,8 @@ runAt to its process's push schedule, which pushes them at their runAt in 25 ms 
   leases' slack renews them first (loops/dispatch/renewal.py).
 - A task is pushed at most once per claim: a Redis marker keyed by the claim's version is set
   before the push, so a job redelivered after a worker died mid-push does not push it again (its
-  lease runs out and the retry loop takes it back: ambiguous, never a double run).
+  lease runs out and the retry loop takes it back: ambiguous, never a double run). That marker and the
+  checks before it are loops/dispatch/push_checks.py.
 - Each push's outcome (accepted, refused, rejected, ambiguous) is recorded by loops/dispatch/outcomes.py.
 """
 
@@ -24,24 +25,23 @@ from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from elastask import keys, tracing
+from elastask import tracing
 from elastask.core import policy
 from elastask.core.intervals import parse_date
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError, StoreError
 from elastask.loops.dispatch.outcomes import (
+    DispatchOutcome,
     DispatchReport,
     answered,
     count_failure,
     give_back_tasks,
     settle_safely,
-    warn,
 )
+from elastask.loops.dispatch.push_checks import leave_out_paused, mark_pushed, still_claimed
 from elastask.loops.dispatch.renewal import remaining_ms, renew_waited_leases
-from elastask.loops.pauses.read import read_pauses, recent_pauses
-from elastask.parts.kibana import PushResult
 from elastask.parts.nodes import Node
-from elastask.parts.redis_errors import redis_errors
+from elastask.parts.push_outcome import PushResult
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ MAX_EARLY_WAIT_S = 1.0
 #: How long a job waits for its pushes' answers (Kibana answers 204 before it runs anything); later
 #: answers are settled on the push threads, so a hung node never holds a worker process longer.
 PUSH_WAIT_S = 0.25
-_PUSH_MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
 
 
 def push_claimed_tasks(
@@ -85,7 +84,7 @@ def push_claimed_tasks(
     if node is None:
         log.error("Kibana node %s is no longer configured; giving its %d task(s) back", job.node_url, len(job.tasks))
         give_back_tasks(rt, job.owner_id, job.tasks)
-        report.outcomes.update(dict.fromkeys((j.doc_id for j in job.tasks), "unknown-node"))
+        report.outcomes.update(dict.fromkeys((j.doc_id for j in job.tasks), DispatchOutcome.UNKNOWN_NODE))
         return report
     live: list[ClaimedTask] = []
     expired: list[ClaimedTask] = []
@@ -99,13 +98,13 @@ def push_claimed_tasks(
             ", ".join(repr(t.doc_id) for t in expired),
         )
         give_back_tasks(rt, job.owner_id, expired)
-        report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), "expired"))
-    live = _leave_out_paused(rt, node, live, clock.read(), report)
+        report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), DispatchOutcome.EXPIRED))
+    live = leave_out_paused(rt, node, live, clock.read(), report)
     live = renew_waited_leases(rt, job.owner_id, live, clock.read(), report)
-    live = _still_claimed(rt, live, report)
+    live = still_claimed(rt, live, report)
     due, ahead = _split_by_step(live, clock.read())
     # Marked first: a Redis error retries the job before anything is scheduled.
-    due = _mark_pushed(rt, due, clock.read(), report)
+    due = mark_pushed(rt, due, clock.read(), report)
     _schedule(rt, node, ahead, pool, clock, wait_s, on_late, report)
     if not due:
         return report
@@ -115,38 +114,13 @@ def push_claimed_tasks(
     settle_safely(rt, node, on_time, _results(futures, on_time), now, report)
     if late:
         _warn_unanswered(node, len(late), wait_s)
-        report.outcomes.update(dict.fromkeys((futures[f].doc_id for f in late), "late"))
+        report.outcomes.update(dict.fromkeys((futures[f].doc_id for f in late), DispatchOutcome.LATE))
         _settle_when_answered(
             rt, node, {f: futures[f] for f in late}, clock, on_time_ok=answered(report), on_late=on_late
         )
     elif not answered(report):
         count_failure(rt, node, [r for r in _results(futures, on_time) if r is not None])
     return report
-
-
-def _still_claimed(rt: Runtime, tasks: list[ClaimedTask], report: DispatchReport) -> list[ClaimedTask]:
-    """The tasks whose document is still the claim this job carries: one real-time read of their versions
-    (no source), as Kibana's claimer reads its claims back with a ``bulkGet`` before it runs them.
-
-    A task that moved on since the claim (the retry loop or an operator took it back, or it was claimed
-    again) is neither pushed nor given back: its document and its slot are no longer this job's. A task
-    whose read failed (an error item) is not pushed either: its lease decides.
-    """
-    if not tasks:
-        return tasks
-    current = rt.store.mget_sources([task.doc_id for task in tasks], fields=())
-    kept = []
-    for task in tasks:
-        if task.doc_id not in current:
-            report.outcomes[task.doc_id] = "unread"
-            continue
-        hit = current[task.doc_id]
-        if hit is None or (hit.get("_seq_no"), hit.get("_primary_term")) != (task.seq_no, task.primary_term):
-            warn(task, "task %r moved on since its claim (taken back or claimed again); not pushing it", task.doc_id)
-            report.outcomes[task.doc_id] = "moved-on"
-            continue
-        kept.append(task)
-    return kept
 
 
 def _warn_unanswered(node: Node, count: int, wait_s: float) -> None:
@@ -186,7 +160,7 @@ def _schedule(
 ) -> None:
     """Leave the tasks claimed ahead to the push schedule, one entry per step (``scheduled``)."""
     for at, step in steps.items():
-        report.outcomes.update(dict.fromkeys((task.doc_id for task in step), "scheduled"))
+        report.outcomes.update(dict.fromkeys((task.doc_id for task in step), DispatchOutcome.SCHEDULED))
         deadline = clock.started_monotonic + (at - clock.now).total_seconds()
         rt.push_schedule.at(deadline, functools.partial(_run_step, rt, node, step, pool, clock, wait_s, on_late))
 
@@ -209,8 +183,8 @@ def _run_step(
     """
     report = DispatchReport()
     try:
-        tasks = _leave_out_paused(rt, node, tasks, clock.read(), report, step=True)
-        tasks = _mark_pushed(rt, tasks, clock.now, report)
+        tasks = leave_out_paused(rt, node, tasks, clock.read(), report, step=True)
+        tasks = mark_pushed(rt, tasks, clock.now, report)
     except (LedgerError, StoreError) as e:
         log.warning("a scheduled push step for %s is not pushed; its leases decide: %s", node.url, e)
         return
@@ -226,22 +200,6 @@ def _run_step(
             _warn_unanswered(node, unanswered, wait_s)
 
     rt.push_schedule.at(time.monotonic() + wait_s, check_answered)
-
-
-def _leave_out_paused(
-    rt: Runtime, node: Node, tasks: list[ClaimedTask], now: datetime, report: DispatchReport, *, step: bool = False
-) -> list[ClaimedTask]:
-    """Tasks paused since their claim (their type or node, or everything) are given back, attempts kept.
-    A scheduled ``step`` may use this process's read of the last 0.1 s (``recent_pauses``)."""
-    pauses = recent_pauses(rt, now) if step else read_pauses(rt, now)
-    if not pauses or not tasks:
-        return tasks
-    paused = [t for t in tasks if pauses.node_paused(node.names) or pauses.type_paused(str(t.body.get("taskType")))]
-    if paused:
-        log.info("%d task(s) for %s paused since their claim; giving them back", len(paused), node.owner_id)
-        give_back_tasks(rt, node.owner_id, paused)
-        report.outcomes.update(dict.fromkeys((t.doc_id for t in paused), "paused"))
-    return [t for t in tasks if t not in paused]
 
 
 def _results(
@@ -272,12 +230,15 @@ def _push_within_lease(rt: Runtime, node: Node, task: ClaimedTask, clock: _JobCl
         return None
     attributes = {"elastask.task_id": task.doc_id, "elastask.task_type": str(task.body.get("taskType"))}
     with tracing.span(
-        "elastask.push", traceparent=task.body.get("traceparent") or None, attributes={**attributes, "url": node.url}
+        rt.tracer,
+        "elastask.push",
+        traceparent=task.body.get("traceparent") or None,
+        attributes={**attributes, "url": node.url},
     ) as traced:
         if traced is None:
             return rt.kibana.push(node.config, task.body)
         # Kibana's run becomes a child of this push (its traceparent), itself a child of the task's own.
-        result = rt.kibana.push(node.config, {**task.body, "traceparent": tracing.current_traceparent() or ""})
+        result = rt.kibana.push(node.config, {**task.body, "traceparent": tracing.current_traceparent(rt.tracer) or ""})
         traced.set_attribute("elastask.outcome", result.outcome.value)
         return result
 
@@ -315,32 +276,6 @@ def _settle_when_answered(
 
     for future in late:
         future.add_done_callback(one_answered)
-
-
-def _mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, report: DispatchReport) -> list[ClaimedTask]:
-    """Set each claim's push marker (one pipelined round trip); a claim already marked is not pushed again."""
-    ttl_ms = {task.doc_id: max(remaining_ms(task, now), task.lease_ms) + _PUSH_MARKER_EXTRA_MS for task in tasks}
-    pipe = rt.redis.pipeline(transaction=False)
-    for task in tasks:
-        pipe.set(keys.pushed(task.doc_id, task.claim), 1, nx=True, px=ttl_ms[task.doc_id])
-    with redis_errors("setting push markers"):
-        markers = pipe.execute()
-    fresh = []
-    for task, was_set in zip(tasks, markers, strict=True):
-        if was_set:
-            fresh.append(task)
-        else:
-            warn(task, "task %r: this claim was already pushed once (redelivered job); its lease decides", task.doc_id)
-            report.outcomes[task.doc_id] = "duplicate"
-    renewed = [task for task in fresh if task.seq_no != task.claim]
-    if renewed:
-        # A renewed lease is a new version of the document: the retry loop looks for its push under it.
-        pipe = rt.redis.pipeline(transaction=False)
-        for task in renewed:
-            pipe.set(keys.pushed(task.doc_id, task.seq_no), 1, px=ttl_ms[task.doc_id])
-        with redis_errors("setting push markers of renewed leases"):
-            pipe.execute()
-    return fresh
 
 
 def _node(rt: Runtime, job: DispatchJob) -> Node | None:

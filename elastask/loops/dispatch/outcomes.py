@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from elastask import keys
 from elastask.core import policy
@@ -23,8 +24,8 @@ from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
 from elastask.parts.cadence import Cadence
 from elastask.parts.failures import record_failure
-from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.parts.nodes import Node
+from elastask.parts.push_outcome import PushOutcome, PushResult
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
@@ -32,20 +33,48 @@ from elastask.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+class DispatchOutcome(StrEnum):
+    """What became of one task of a dispatch job; its value is the metrics' ``outcome`` label and the logs' word."""
+
+    #: The push's own outcome (parts/push_outcome.py's PushOutcome).
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+    REJECTED = "rejected"
+    AMBIGUOUS = "ambiguous"
+    #: Not pushed: its lease no longer covered a run (given back).
+    EXPIRED = "expired"
+    #: Not pushed: its node is no longer configured (given back).
+    UNKNOWN_NODE = "unknown-node"
+    #: Not pushed: its type or node was paused since the claim (given back).
+    PAUSED = "paused"
+    #: Not pushed: the real-time read of its version failed (its lease decides).
+    UNREAD = "unread"
+    #: Not pushed: its document is no longer this job's claim (taken back or claimed again).
+    MOVED_ON = "moved-on"
+    #: Not pushed: this claim was pushed once already (a redelivered job).
+    DUPLICATE = "duplicate"
+    #: Claimed ahead: left to the push schedule, pushed at its runAt.
+    SCHEDULED = "scheduled"
+    #: Pushed, not answered within the job's wait: settled when it answers.
+    LATE = "late"
+    #: Pushed, but its outcome could not be recorded (engine or Redis down): its lease decides.
+    UNSETTLED = "unsettled"
+
+
 @dataclass
 class DispatchReport:
     """What one dispatch job did: an outcome per task, and the start drift of the accepted ones."""
 
-    outcomes: dict[str, str] = field(default_factory=dict)  # task id -> outcome
+    outcomes: dict[str, DispatchOutcome] = field(default_factory=dict)  # task id -> outcome
     drifts_s: list[float] = field(default_factory=list)
 
-    def counts(self) -> Counter[str]:
+    def counts(self) -> Counter[DispatchOutcome]:
         return Counter(self.outcomes.values())
 
 
 def answered(report: DispatchReport) -> bool:
     """True when the node answered any push of this job (accepted it, or rejected the task itself)."""
-    return any(outcome in ("accepted", "rejected") for outcome in report.outcomes.values())
+    return any(outcome in (DispatchOutcome.ACCEPTED, DispatchOutcome.REJECTED) for outcome in report.outcomes.values())
 
 
 def settle_safely(
@@ -69,7 +98,7 @@ def settle_safely(
             "recording the push outcomes of %d task(s) for %s failed; their leases decide: %s", len(tasks), node.url, e
         )
         for task in tasks:
-            report.outcomes.setdefault(task.doc_id, "unsettled")
+            report.outcomes.setdefault(task.doc_id, DispatchOutcome.UNSETTLED)
 
 
 def _record(
@@ -87,10 +116,10 @@ def _record(
     refused, rejected, unsent = [], [], []
     for task, result in pushes:
         if result is None:
-            report.outcomes[task.doc_id] = "expired"
+            report.outcomes[task.doc_id] = DispatchOutcome.EXPIRED
             unsent.append(task)
             continue
-        report.outcomes[task.doc_id] = result.outcome.value
+        report.outcomes[task.doc_id] = DispatchOutcome(result.outcome.value)
         if result.outcome is PushOutcome.ACCEPTED:
             # Start drift as Kibana's health API defines it: when the run started (at once) - runAt.
             report.drifts_s.append(max(0.0, (now - parse_date(task.body["runAt"])).total_seconds()))
@@ -152,9 +181,7 @@ def _burn_attempts(
             parse_interval_ms(interval) if isinstance(interval, str) else None,
             now,
             f"Kibana rejected the push: {result.detail}",
-            max_attempts=rt.settings.for_type(task_type).max_attempts,
-            base_delay_ms=rt.settings.retry_delay_ms,
-            max_delay_ms=rt.settings.max_retry_delay_ms,
+            policy.RetryPolicy.for_type(rt.settings, task_type),
             rng=rt.rng,
         )
         warn(task, "task %r: %s", task.doc_id, plan.reason)

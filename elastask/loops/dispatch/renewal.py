@@ -16,7 +16,7 @@ from elastask import keys
 from elastask.core import policy
 from elastask.core.intervals import format_date, parse_date
 from elastask.core.messages import ClaimedTask
-from elastask.loops.dispatch.outcomes import DispatchReport, give_back_tasks, warn
+from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_tasks, warn
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate
 from elastask.runtime import Runtime
@@ -66,7 +66,7 @@ def renew_waited_leases(
             )
         elif result.conflict or result.missing:
             warn(task, "task %r changed while its dispatch job waited (%s); not pushing it", task.doc_id, result.status)
-            report.outcomes[task.doc_id] = "expired"
+            report.outcomes[task.doc_id] = DispatchOutcome.EXPIRED
         else:
             # The renewal itself failed (429, 5xx): the task never reached Kibana, so it goes back now
             # with its attempt, rather than waiting out its lease with its slot held.
@@ -77,7 +77,7 @@ def renew_waited_leases(
                 result.status,
                 result.error,
             )
-            report.outcomes[task.doc_id] = "expired"
+            report.outcomes[task.doc_id] = DispatchOutcome.EXPIRED
             unrenewed.append(task)
     _mark_renewed_claims(rt, list(renewed.values()))
     if unrenewed:
@@ -100,7 +100,7 @@ def renew_waited_leases(
             ],
         )
         for task in unslotted:
-            report.outcomes[task.doc_id] = "expired"
+            report.outcomes[task.doc_id] = DispatchOutcome.EXPIRED
             del renewed[task.doc_id]
     if renewed:
         log.info(

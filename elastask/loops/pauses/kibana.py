@@ -3,8 +3,9 @@
 Kibana (elastic/kibana PR #279122) can pause task execution for the whole deployment, or for some
 task types: ``POST /internal/task_manager/execution/_pause`` stores it in one saved object, and each
 node reads it every 5 s. Kibana's pull would then claim nothing for it; pushed tasks would still
-run. So a claim cycle has one node asked ``GET /internal/task_manager/execution/_status`` at most
-once per ``ASK_EVERY_MS`` across every process (a Redis turn), on a background thread, and the
+run. So a watcher (``watch_kibana_pause``, a step the claim cycle takes explicitly) has one node
+asked ``GET /internal/task_manager/execution/_status`` at most once per ``ASK_EVERY_MS`` across every
+process (a Redis turn), on a background thread, and the
 answer is kept in Redis (``keys.KIBANA_PAUSE``), where every claim cycle and dispatch job reads it
 with the other pauses (source ``kibana``): nothing new is claimed or pushed for it, running tasks
 finish, due tasks wait with their attempts. It is lifted in Kibana (``_resume``), not with
@@ -22,7 +23,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 from elastask import keys
-from elastask.core.clock import monotonic_ms
 from elastask.errors import ElastaskError
 from elastask.parts.kibana import ExecutionControl
 from elastask.parts.nodes import Node
@@ -37,19 +37,17 @@ log = logging.getLogger(__name__)
 ASK_EVERY_MS = 5000
 #: How many nodes are tried, in turn, when one gives no answer.
 NODES_TRIED = 3
-
-#: When this process next looks whether it is its turn (monotonic ms): most cycles make no round trip.
-_next_look: list[float] = [0.0]
-#: What this process last said about a node it could not read it from (said once per change).
-_said: dict[str, str] = {}
+#: How often a process looks whether it is its turn (most steps make no round trip).
+LOOK_EVERY_MS = 1000
+#: The watcher's name in the process's memory (its turns, what it said of a node).
+WATCHER = "kibana-pause"
 
 
 def watch_kibana_pause(rt: Runtime, nodes: Sequence[Node]) -> Future[object] | None:
-    """Take the turn to ask Kibana (one Redis round trip, at most once a second in a process) and, if
-    won, ask in the background (the question's future)."""
-    if not nodes or monotonic_ms() < _next_look[0]:
+    """The watcher's step: take the turn to ask Kibana (one Redis round trip, at most once per
+    ``LOOK_EVERY_MS`` in a process) and, if won, ask in the background (the question's future)."""
+    if not nodes or not rt.memory.turn(WATCHER, LOOK_EVERY_MS, rt.monotonic_ms()):
         return None
-    _next_look[0] = monotonic_ms() + 1000
     with redis_errors("taking the turn to ask Kibana for its execution pause"):
         turn = rt.redis.set(keys.KIBANA_PAUSE_TURN, 1, nx=True, px=ASK_EVERY_MS)
     return rt.nodes.submit(_ask_quietly, rt, list(nodes[:NODES_TRIED])) if turn else None
@@ -77,11 +75,10 @@ def _record(rt: Runtime, node: Node, answer: ExecutionControl) -> KibanaPauseSta
     store = PauseStore(rt.redis)
     known = store.kibana_state() if answer.answer == "refused" else None
     if not answer.readable:
-        if _said.get(node.url) != answer.detail:
-            _said[node.url] = answer.detail
+        if rt.memory.say_once(f"{WATCHER}:{node.url}", answer.detail):
             (log.info if answer.answer == "absent" else log.warning)("%s", answer.detail)
     else:
-        _said.pop(node.url, None)
+        rt.memory.forget_said(f"{WATCHER}:{node.url}")
     if answer.answer == "refused" and known is not None:  # keep the pause known before: never lifted by a refusal
         paused, types, updated_at, updated_by = known.paused, known.paused_types, known.updated_at, known.updated_by
     else:

@@ -123,15 +123,8 @@ def lost_run_expiry(
     rt: Runtime, doc: TaskDocument, now: datetime, why: str = "lease expired without an outcome"
 ) -> policy.Expiry:
     """The next state of a task whose run was lost, under its type's attempts and the retry delays."""
-    return policy.on_lease_expired(
-        doc,
-        now,
-        max_attempts=rt.settings.for_type(doc.task_type).max_attempts,
-        base_delay_ms=rt.settings.retry_delay_ms,
-        max_delay_ms=rt.settings.max_retry_delay_ms,
-        rng=rt.rng,
-        why=why,
-    )
+    retry = policy.RetryPolicy.for_type(rt.settings, doc.task_type)
+    return policy.on_lease_expired(doc, now, retry, rng=rt.rng, why=why)
 
 
 def write_expiries(

@@ -2,9 +2,10 @@
 
 Kibana runs pushed tasks in its memory (the ephemeral queue), so a restart ends them without an
 outcome, and until their leases run out (the task's timeout: 5 minutes by default) their slots stay
-held and the node, back and idle, gets nothing. So each claim cycle has every node in rotation that
-holds leases asked for its process uptime (``GET /api/status``, ``metrics.process.uptime_in_millis``)
-at most once per ``WATCH_EVERY_MS`` across every process (a Redis turn), on a background thread.
+held and the node, back and idle, gets nothing. So a watcher (``watch_restarts``, a step the claim
+cycle takes explicitly) has every node in rotation that holds leases asked for its process uptime
+(``GET /api/status``, ``metrics.process.uptime_in_millis``) at most once per ``WATCH_EVERY_MS`` across
+every process (a Redis turn), on a background thread.
 The start it gives (Redis's now - uptime) is kept per node; a later one means the node restarted.
 
 Then every lease on it whose push could only have reached the old process ends as the retry loop
@@ -19,12 +20,11 @@ read late by at most the time the question took plus the age of Kibana's sample 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 
 from elastask import keys
 from elastask.core import policy, queries
-from elastask.core.clock import epoch_ms, monotonic_ms
+from elastask.core.clock import epoch_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.errors import DocumentError, ElastaskError
 from elastask.loops.retry.loop import lost_run_expiry, write_expiries
@@ -43,18 +43,15 @@ RESTART_TOLERANCE_MS = 5000
 MARGIN_MS = 1000
 #: The most leases of one node read back at a restart (a node holds at most its capacity).
 MAX_LEASES = 1000
-
-
-#: When this process next takes turns (monotonic ms): most cycles make no round trip for it.
-_next_watch: list[float] = [0.0]
+#: The watcher's name in the process's memory (its turns).
+WATCHER = "node-restarts"
 
 
 def watch_restarts(rt: Runtime, nodes: Sequence[Node]) -> None:
-    """Ask the nodes whose turn it is for their uptime, in the background (one Redis round trip, at
-    most once per ``WATCH_EVERY_MS`` in a process)."""
-    if not nodes or monotonic_ms() < _next_watch[0]:
+    """The watcher's step: ask the nodes whose turn it is for their uptime, in the background (one
+    Redis round trip, at most once per ``WATCH_EVERY_MS`` in a process: most steps make none)."""
+    if not nodes or not rt.memory.turn(WATCHER, WATCH_EVERY_MS, rt.monotonic_ms()):
         return
-    _next_watch[0] = monotonic_ms() + WATCH_EVERY_MS
     pipe = rt.redis.pipeline(transaction=False)
     for node in nodes:
         pipe.set(keys.restart_watch_turn(node.owner_id), 1, nx=True, px=WATCH_EVERY_MS)
@@ -76,13 +73,13 @@ def _check_quietly(rt: Runtime, node: Node) -> None:
 
 def check_restart(rt: Runtime, node: Node) -> int:
     """Ask the node its uptime; when it restarted since last asked, end the leases it lost. Returns how many."""
-    asked = time.monotonic()
+    asked_ms = rt.monotonic_ms()
     answer = rt.kibana.uptime(node.config)
     if answer is None:
         return 0
     uptime = answer.ms
     now = rt.now()
-    took_ms = int((time.monotonic() - asked) * 1000)
+    took_ms = int(rt.monotonic_ms() - asked_ms)
     started_ms = epoch_ms(now) - uptime
     with redis_errors(f"recording when {node.owner_id} started"):
         pipe = rt.redis.pipeline(transaction=False)

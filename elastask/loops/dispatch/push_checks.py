@@ -1,0 +1,91 @@
+"""The checks a claimed task passes right before its push, in this order: not paused since its claim, still
+the claim its job carries (a real-time read), and its push marker set (the push switch: a claim is pushed at
+most once, and never both pushed and given back).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from elastask import keys
+from elastask.core import policy
+from elastask.core.messages import ClaimedTask
+from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_tasks, warn
+from elastask.loops.dispatch.renewal import remaining_ms
+from elastask.loops.pauses.read import read_pauses, recent_pauses
+from elastask.parts.nodes import Node
+from elastask.parts.redis_errors import redis_errors
+from elastask.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_PUSH_MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
+
+
+def leave_out_paused(
+    rt: Runtime, node: Node, tasks: list[ClaimedTask], now: datetime, report: DispatchReport, *, step: bool = False
+) -> list[ClaimedTask]:
+    """Tasks paused since their claim (their type or node, or everything) are given back, attempts kept.
+    A scheduled ``step`` may use this process's read of the last 0.1 s (``recent_pauses``)."""
+    pauses = recent_pauses(rt, now) if step else read_pauses(rt, now)
+    if not pauses or not tasks:
+        return tasks
+    paused = [t for t in tasks if pauses.node_paused(node.names) or pauses.type_paused(str(t.body.get("taskType")))]
+    if paused:
+        log.info("%d task(s) for %s paused since their claim; giving them back", len(paused), node.owner_id)
+        give_back_tasks(rt, node.owner_id, paused)
+        report.outcomes.update(dict.fromkeys((t.doc_id for t in paused), DispatchOutcome.PAUSED))
+    return [t for t in tasks if t not in paused]
+
+
+def still_claimed(rt: Runtime, tasks: list[ClaimedTask], report: DispatchReport) -> list[ClaimedTask]:
+    """The tasks whose document is still the claim this job carries: one real-time read of their versions
+    (no source), as Kibana's claimer reads its claims back with a ``bulkGet`` before it runs them.
+
+    A task that moved on since the claim (the retry loop or an operator took it back, or it was claimed
+    again) is neither pushed nor given back: its document and its slot are no longer this job's. A task
+    whose read failed (an error item) is not pushed either: its lease decides.
+    """
+    if not tasks:
+        return tasks
+    current = rt.store.mget_sources([task.doc_id for task in tasks], fields=())
+    kept = []
+    for task in tasks:
+        if task.doc_id not in current:
+            report.outcomes[task.doc_id] = DispatchOutcome.UNREAD
+            continue
+        hit = current[task.doc_id]
+        if hit is None or (hit.get("_seq_no"), hit.get("_primary_term")) != (task.seq_no, task.primary_term):
+            warn(task, "task %r moved on since its claim (taken back or claimed again); not pushing it", task.doc_id)
+            report.outcomes[task.doc_id] = DispatchOutcome.MOVED_ON
+            continue
+        kept.append(task)
+    return kept
+
+
+def mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, report: DispatchReport) -> list[ClaimedTask]:
+    """Set each claim's push marker (one pipelined round trip); a claim already marked is not pushed again."""
+    ttl_ms = {task.doc_id: max(remaining_ms(task, now), task.lease_ms) + _PUSH_MARKER_EXTRA_MS for task in tasks}
+    pipe = rt.redis.pipeline(transaction=False)
+    for task in tasks:
+        pipe.set(keys.pushed(task.doc_id, task.claim), 1, nx=True, px=ttl_ms[task.doc_id])
+    with redis_errors("setting push markers"):
+        markers = pipe.execute()
+    fresh = []
+    for task, was_set in zip(tasks, markers, strict=True):
+        if was_set:
+            fresh.append(task)
+        else:
+            warn(task, "task %r: this claim was already pushed once (redelivered job); its lease decides", task.doc_id)
+            report.outcomes[task.doc_id] = DispatchOutcome.DUPLICATE
+    renewed = [task for task in fresh if task.seq_no != task.claim]
+    if renewed:
+        # A renewed lease is a new version of the document: the retry loop looks for its push under it.
+        pipe = rt.redis.pipeline(transaction=False)
+        for task in renewed:
+            pipe.set(keys.pushed(task.doc_id, task.seq_no), 1, px=ttl_ms[task.doc_id])
+        with redis_errors("setting push markers of renewed leases"):
+            pipe.execute()
+    return fresh
