@@ -75,12 +75,12 @@ def restart_watch_turn(owner_id: str) -> str:
     return f"{PREFIX}nodes:watch:{owner_id}"
 
 
-def claimed(doc_id: str, seq_no: int) -> str:
+def claim_marker(doc_id: str, seq_no: int) -> str:
     """Marks that elastask wrote this claim (document version) and holds its slot (set by confirm.lua)."""
     return f"{PREFIX}claimed:{doc_id}:{seq_no}"
 
 
-def pushed(doc_id: str, seq_no: int) -> str:
+def push_marker(doc_id: str, seq_no: int) -> str:
     """Marks that the push of one claim (document version) was attempted: never push it twice."""
     return f"{PREFIX}pushed:{doc_id}:{seq_no}"
 

@@ -141,7 +141,7 @@ def claim_fields(task: TaskDocument, owner_id: str, now: datetime, timeout_ms: i
     }
 
 
-def claimed(task: TaskDocument, fields: Mapping[str, Any], seq_no: int, primary_term: int) -> TaskDocument:
+def after_claim(task: TaskDocument, fields: Mapping[str, Any], seq_no: int, primary_term: int) -> TaskDocument:
     """The document as it is after a successful claim write."""
     return task.with_changes(
         status=fields["status"],
@@ -225,7 +225,7 @@ def on_lease_expired(
     return after_failed_attempt(task.attempts, task.is_recurring, interval_ms, now, why, retry, rng=rng)
 
 
-def never_pushed(task: TaskDocument) -> Expiry:
+def attempt_returned(task: TaskDocument) -> Expiry:
     """An expired lease whose claim was never pushed (its dispatch job was lost): back to idle, attempt returned."""
     return Expiry(
         "returned",

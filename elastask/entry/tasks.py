@@ -67,15 +67,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def enqueue_dispatch(batch: DispatchJob, producer: Any = None, *, countdown_s: float | None = None) -> None:
+def enqueue_dispatch(job: DispatchJob, producer: Any = None, *, countdown_s: float | None = None) -> None:
     """Send a dispatch job to its node's queue; Flower shows only the task ids, never the bodies."""
     dispatch.apply_async(
-        args=[batch.as_dict()],
-        queue=keys.queue(batch.owner_id),
-        argsrepr=_dispatch_argsrepr(batch),
+        args=[job.as_dict()],
+        queue=keys.queue(job.owner_id),
+        argsrepr=_dispatch_argsrepr(job),
         producer=producer,
         # Tasks claimed ahead of their runAt: the worker holds the job until then.
-        eta=parse_date(batch.not_before) if batch.not_before and countdown_s is None else None,
+        eta=parse_date(job.not_before) if job.not_before and countdown_s is None else None,
         countdown=countdown_s,
     )
 
@@ -201,64 +201,64 @@ def _push_what_is_scheduled(**_kwargs: Any) -> None:
         log.warning("%d push(es) not answered before this process exits; their leases decide", unsent)
 
 
-def _dispatch_argsrepr(batch: DispatchJob) -> str:
+def _dispatch_argsrepr(job: DispatchJob) -> str:
     """What Flower and task events show of a dispatch job: task ids only, never params or state."""
-    ids = ", ".join(repr(job.doc_id) for job in batch.tasks[:MAX_IDS_SHOWN])
-    more = f", ... {len(batch.tasks) - MAX_IDS_SHOWN} more" if len(batch.tasks) > MAX_IDS_SHOWN else ""
+    ids = ", ".join(repr(task.doc_id) for task in job.tasks[:MAX_IDS_SHOWN])
+    more = f", ... {len(job.tasks) - MAX_IDS_SHOWN} more" if len(job.tasks) > MAX_IDS_SHOWN else ""
     return f"([{ids}{more}])"
 
 
 @app.task(name="elastask.dispatch", bind=True, ignore_result=True, max_retries=DISPATCH_RETRIES)
-def dispatch(self: Any, batch: dict[str, Any]) -> dict[str, int]:
+def dispatch(self: Any, message: dict[str, Any]) -> dict[str, int]:
     """Push the tasks one claim cycle claimed for one Kibana node; returns the count per outcome.
 
     An engine or Redis failure before any push left retries the job (with backoff, its task ids only
     shown); once pushes left, their outcomes are recorded or left to the leases, never pushed again.
     """
-    rt, claimed = runtime(), DispatchJob.from_dict(batch)
+    rt, job = runtime(), DispatchJob.from_dict(message)
     try:
         now = rt.now()
-        early_s = (parse_date(claimed.not_before) - now).total_seconds() if claimed.not_before else 0.0
+        early_s = (parse_date(job.not_before) - now).total_seconds() if job.not_before else 0.0
         if early_s > MAX_EARLY_WAIT_S:
             # This worker's clock runs ahead of Redis's: Celery released the job early. Never push
             # before runAt, and never hold the process for it: the job waits its remaining time again.
-            enqueue_dispatch(claimed, countdown_s=early_s)
-            return {"early": len(claimed.tasks)}
-        with bound(owner_id=claimed.owner_id):
+            enqueue_dispatch(job, countdown_s=early_s)
+            return {"early": len(job.tasks)}
+        with bound(owner_id=job.owner_id):
             report = push_claimed_tasks(
                 rt,
-                claimed,
+                job,
                 now,
-                rt.pushers(claimed.owner_id),
-                on_late=lambda late: record_dispatch(rt, claimed, late, now),
+                rt.pushers(job.owner_id),
+                on_late=lambda late: record_dispatch(rt, job, late, now),
             )
     except (StoreError, LedgerError) as e:
         countdown = min(DISPATCH_RETRY_MAX_S, 2**self.request.retries)
-        log.warning("dispatch job for %s failed before pushing, retrying in %ds: %s", claimed.owner_id, countdown, e)
-        raise self.retry(exc=e, countdown=countdown, argsrepr=_dispatch_argsrepr(claimed)) from e
-    if claimed.tasks and log.isEnabledFor(logging.DEBUG):
-        started_at = claimed.tasks[0].body.get("startedAt")
+        log.warning("dispatch job for %s failed before pushing, retrying in %ds: %s", job.owner_id, countdown, e)
+        raise self.retry(exc=e, countdown=countdown, argsrepr=_dispatch_argsrepr(job)) from e
+    if job.tasks and log.isEnabledFor(logging.DEBUG):
+        started_at = job.tasks[0].body.get("startedAt")
         waited_ms = (now - parse_date(started_at)).total_seconds() * 1000 if started_at else -1
         log.debug(
             "dispatch job for %s: %d task(s), started %.0f ms after the claim, pushed in %.0f ms",
-            claimed.owner_id,
-            len(claimed.tasks),
+            job.owner_id,
+            len(job.tasks),
             waited_ms,
             (rt.now() - now).total_seconds() * 1000,
         )
-    return record_dispatch(rt, claimed, report, now)
+    return record_dispatch(rt, job, report, now)
 
 
-def record_dispatch(rt: Runtime, claimed: DispatchJob, report: DispatchReport, now: datetime) -> dict[str, int]:
+def record_dispatch(rt: Runtime, job: DispatchJob, report: DispatchReport, now: datetime) -> dict[str, int]:
     """Usage and metrics of what a dispatch job's pushes did (called again for pushes answered late)."""
     counts = report.counts()
     counts.pop(DispatchOutcome.LATE, None)  # counted when they answer
     counts.pop(DispatchOutcome.SCHEDULED, None)  # counted when pushed, at their runAt
-    accepted = [task for task in claimed.tasks if report.outcomes.get(task.doc_id) == DispatchOutcome.ACCEPTED]
+    accepted = [task for task in job.tasks if report.outcomes.get(task.doc_id) == DispatchOutcome.ACCEPTED]
     units = sum(rt.settings.for_type(str(task.body.get("taskType", ""))).cost for task in accepted)
     Metrics(rt.redis).record(  # with the usage, in one round trip; best effort: the pushes are settled
         labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
         observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
-        also=lambda pipe: queue_runs_started(pipe, claimed.owner_id, len(accepted), units, epoch_ms(now)),
+        also=lambda pipe: queue_runs_started(pipe, job.owner_id, len(accepted), units, epoch_ms(now)),
     )
     return {str(outcome): n for outcome, n in report.counts().items()}

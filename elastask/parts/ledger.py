@@ -225,7 +225,7 @@ class Ledger:
         ]
         if not requests:
             return set()
-        markers = [keys.claimed(r[0], versions[r[0]]) for r in requests] if versions is not None else []
+        markers = [keys.claim_marker(r[0], versions[r[0]]) for r in requests] if versions is not None else []
         with redis_errors(f"confirming reservations on {owner_id}"):
             held = self._confirm(keys=[*_keys(owner_id), *markers], args=args)
         return {_text(t) for t in held}

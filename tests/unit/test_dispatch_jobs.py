@@ -50,7 +50,7 @@ def test_a_single_job_message_from_the_previous_release_is_still_dispatched() ->
 
 def test_a_renewed_job_keeps_the_version_of_its_claim_for_the_push_marker() -> None:
     renewed = ClaimedTask(**{**job("task:1").as_dict(), "seq_no": 12, "claim_seq_no": 7})
-    assert renewed.claim == 7 and keys.pushed("task:1", renewed.claim) == keys.pushed("task:1", 7)
+    assert renewed.claim == 7 and keys.push_marker("task:1", renewed.claim) == keys.push_marker("task:1", 7)
 
 
 def test_tasks_due_now_are_pushed_at_once_and_tasks_claimed_ahead_at_their_run_at_in_25ms_steps() -> None:

@@ -20,7 +20,7 @@ from elastask.errors import LedgerError
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import DispatchReport
 from elastask.loops.dispatch.renewal import renew_waited_leases
-from elastask.loops.retry.loop import never_pushed
+from elastask.loops.retry.loop import unpushed_claims
 from elastask.runtime import Runtime
 from tests.unit.helpers import NOW, answering, claimed, held
 from tests.unit.stubs import OWNER, URL, MakeRuntime, StubEngine
@@ -131,22 +131,22 @@ def test_given_a_renewed_lease_never_pushed_when_it_runs_out_then_its_attempt_co
 ) -> None:
     # The job renewed its lease (a new version), then its process died before the push.
     task = claimed(engine, rt, "task:renewed", attempts=1)
-    rt.redis.set(keys.claimed(task.doc_id, task.seq_no), 1)  # as confirm.lua marks the claim
+    rt.redis.set(keys.claim_marker(task.doc_id, task.seq_no), 1)  # as confirm.lua marks the claim
     [renewed] = renew_waited_leases(rt, OWNER, [task], NOW + timedelta(seconds=6), DispatchReport())
     assert renewed.seq_no != task.seq_no
-    assert never_pushed(rt, [rt.store.get(task.doc_id)]) == {task.doc_id}
+    assert unpushed_claims(rt, [rt.store.get(task.doc_id)]) == {task.doc_id}
 
 
 def test_given_a_renewed_lease_that_was_pushed_when_it_runs_out_then_the_attempt_counts(
     engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
     task = claimed(engine, rt, "task:renewed", attempts=1)
-    rt.redis.set(keys.claimed(task.doc_id, task.seq_no), 1)
+    rt.redis.set(keys.claim_marker(task.doc_id, task.seq_no), 1)
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=6), pool)
     assert report.outcomes == {"task:renewed": "accepted"}
     doc = rt.store.get(task.doc_id)
     assert doc.seq_no != task.seq_no  # renewed before the push
-    assert never_pushed(rt, [doc]) == set()
+    assert unpushed_claims(rt, [doc]) == set()
 
 
 def test_given_a_task_that_moved_on_since_its_claim_then_the_job_neither_pushes_it_nor_frees_its_slot(

@@ -14,7 +14,7 @@ from elastask.core.messages import DispatchJob
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import give_back_unsent
-from elastask.loops.retry.loop import never_pushed, retry_expired_leases
+from elastask.loops.retry.loop import retry_expired_leases, unpushed_claims
 from elastask.loops.retry.orphans import take_back_orphans
 from elastask.parts.store import TaskStore
 from elastask.parts.worker_claims import WorkerClaims
@@ -44,7 +44,7 @@ def test_given_a_worker_that_stopped_beating_then_its_unpushed_claims_go_back_an
     jobs = claimed_by(engine, rt, "dead-worker", 3)
     [job] = jobs
     pushed = job.tasks[0]
-    rt.redis.set(keys.pushed(pushed.doc_id, pushed.claim), 1)  # its process pushed this one before it died
+    rt.redis.set(keys.push_marker(pushed.doc_id, pushed.claim), 1)  # its process pushed this one before it died
     returned = take_back_orphans(rt, NOW + timedelta(seconds=6))
     assert returned == 2
     assert status_of(engine, pushed.doc_id) == ("running", 1)
@@ -91,9 +91,9 @@ def test_a_claim_given_back_but_still_running_when_its_lease_ends_counts_no_atte
     # The give-back write lost to a lease renewal (a new version); the lease ran out without a push.
     jobs = claimed_by(engine, rt, "dead-worker", 1)
     task = jobs[0].tasks[0]
-    rt.redis.set(keys.pushed(task.doc_id, task.claim), b"given-back")
+    rt.redis.set(keys.push_marker(task.doc_id, task.claim), b"given-back")
     doc = rt.store.get(task.doc_id)
-    assert never_pushed(rt, [doc]) == {task.doc_id}
+    assert unpushed_claims(rt, [doc]) == {task.doc_id}
 
 
 def test_the_retry_loop_runs_the_take_back_first(engine: StubEngine, rt: Runtime) -> None:

@@ -80,10 +80,10 @@ def test_given_a_job_with_tasks_due_and_ahead_then_the_due_one_is_pushed_at_once
     assert report.outcomes == {"task:due": "accepted", "task:soon": "scheduled", "task:later": "scheduled"}
     assert returned < 0.09  # the job does not wait for the tasks ahead: the process is free
     # No push marker before the push: a process that dies first leaves the retry loop a task never pushed.
-    assert rt.redis.exists(keys.pushed("task:due", due.claim))
-    assert not rt.redis.exists(keys.pushed("task:later", later.claim))
+    assert rt.redis.exists(keys.push_marker("task:due", due.claim))
+    assert not rt.redis.exists(keys.push_marker("task:later", later.claim))
     wait_until(lambda: len(settled) == 2)
-    assert rt.redis.exists(keys.pushed("task:later", later.claim))
+    assert rt.redis.exists(keys.push_marker("task:later", later.claim))
     assert pushed["task:soon"] - started >= 0.09 and pushed["task:later"] - started >= 0.24  # never before runAt
     assert [r.outcomes for r in settled] == [{"task:soon": "accepted"}, {"task:later": "accepted"}]
     assert all(0 <= drift < 0.025 + 1.0 for r in settled for drift in r.drifts_s)  # measured from runAt

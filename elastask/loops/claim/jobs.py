@@ -41,7 +41,7 @@ def enqueue_jobs(
     for assignment, doc in claimed:
         _advise_on_interval(rt, doc)
         slack_ms = policy.dispatch_slack_ms(assignment.task, rt.settings.for_type(doc.task_type).timeout_ms)
-        task = _job(doc, by_owner[assignment.owner_id], slack_ms)
+        task = _claimed_task(doc, by_owner[assignment.owner_id], slack_ms)
         jobs[assignment.owner_id].append((policy.push_step(doc.run_at, now), task))
     to_send = []
     for owner_id, steps in jobs.items():
@@ -75,7 +75,7 @@ def _advise_on_interval(rt: Runtime, doc: TaskDocument) -> None:
         log.warning("%s", advice)
 
 
-def _job(doc: TaskDocument, node: Node, slack_ms: int) -> ClaimedTask:
+def _claimed_task(doc: TaskDocument, node: Node, slack_ms: int) -> ClaimedTask:
     assert doc.seq_no is not None and doc.primary_term is not None and doc.retry_at is not None
     assert doc.started_at is not None
     lease_ms = int((doc.retry_at - doc.started_at).total_seconds() * 1000)

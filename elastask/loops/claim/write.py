@@ -67,7 +67,7 @@ def write_claims(
     give_back: dict[str, list[str]] = defaultdict(list)
     for assignment, claim, result in zip(to_claim, fields, results, strict=True):
         if result.ok and result.seq_no is not None and result.primary_term is not None:
-            claimed.append((assignment, policy.claimed(assignment.task, claim, result.seq_no, result.primary_term)))
+            claimed.append((assignment, policy.after_claim(assignment.task, claim, result.seq_no, result.primary_term)))
             continue
         give_back[assignment.owner_id].append(assignment.task.id)
         if result.conflict:

@@ -84,7 +84,7 @@ def push_claimed_tasks(
     if node is None:
         log.error("Kibana node %s is no longer configured; giving its %d task(s) back", job.node_url, len(job.tasks))
         give_back_tasks(rt, job.owner_id, job.tasks)
-        report.outcomes.update(dict.fromkeys((j.doc_id for j in job.tasks), DispatchOutcome.UNKNOWN_NODE))
+        report.outcomes.update(dict.fromkeys((task.doc_id for task in job.tasks), DispatchOutcome.UNKNOWN_NODE))
         return report
     live: list[ClaimedTask] = []
     expired: list[ClaimedTask] = []
@@ -98,7 +98,7 @@ def push_claimed_tasks(
             ", ".join(repr(t.doc_id) for t in expired),
         )
         give_back_tasks(rt, job.owner_id, expired)
-        report.outcomes.update(dict.fromkeys((j.doc_id for j in expired), DispatchOutcome.EXPIRED))
+        report.outcomes.update(dict.fromkeys((task.doc_id for task in expired), DispatchOutcome.EXPIRED))
     live = leave_out_paused(rt, node, live, clock.read(), report)
     live = renew_waited_leases(rt, job.owner_id, live, clock.read(), report)
     live = still_claimed(rt, live, report)

@@ -187,7 +187,7 @@ def _burn_attempts(
         warn(task, "task %r: %s", task.doc_id, plan.reason)
         plans.append((task, plan))
     writes = rt.store.bulk_update_versions(
-        [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, plan.fields) for j, plan in plans]
+        [VersionedUpdate(task.doc_id, task.seq_no, task.primary_term, plan.fields) for task, plan in plans]
     )
     for (task, plan), write in zip(plans, writes, strict=True):
         if write.ok and plan.outcome == "failed":
@@ -205,7 +205,10 @@ def give_back_tasks(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) ->
     if not tasks:
         return
     results = rt.store.bulk_update_versions(
-        [VersionedUpdate(j.doc_id, j.seq_no, j.primary_term, policy.release_fields_for(j.attempts)) for j in tasks],
+        [
+            VersionedUpdate(task.doc_id, task.seq_no, task.primary_term, policy.release_fields_for(task.attempts))
+            for task in tasks
+        ],
     )
     _release_where_ours(rt, owner_id, tasks, results)
     Cadence(rt.redis).wake()  # due again now: a resting claim loop must not wait its idle interval
@@ -226,7 +229,7 @@ def switch_off_pushes(rt: Runtime, claims: Sequence[tuple[str, int, int]]) -> se
         return set()
     pipe = rt.redis.pipeline(transaction=False)
     for doc_id, claim, lease_left_ms in claims:
-        marker = keys.pushed(doc_id, claim)
+        marker = keys.push_marker(doc_id, claim)
         pipe.set(marker, GIVEN_BACK, nx=True, px=lease_left_ms + _MARKER_EXTRA_MS)
         pipe.get(marker)
     with redis_errors("switching off the pushes of claims given back"):
@@ -258,8 +261,8 @@ def _release_where_ours(
     the write applied and this process paused before the release while the slot was freed and taken
     again: each slot is freed only while it is still this claim's (the ledger's fence).
     """
-    mine = [j.doc_id for j, r in zip(tasks, results, strict=True) if r.ok or r.missing]
-    rt.ledger.release(owner_id, mine, claims={j.doc_id: j.claim for j in tasks})
+    mine = [task.doc_id for task, r in zip(tasks, results, strict=True) if r.ok or r.missing]
+    rt.ledger.release(owner_id, mine, claims={task.doc_id: task.claim for task in tasks})
 
 
 def warn(task: ClaimedTask, message: str, *args: object) -> None:

@@ -34,19 +34,19 @@ def renew_waited_leases(
     """
     # Kibana's run, started now, ends by now + its lease (lease_ms - slack_ms); the retry loop waits
     # until retryAt + policy.LEASE_GRACE. Renewing once the wait passes the slack keeps policy.LEASE_GRACE in hand.
-    waited = [j for j in tasks if remaining_ms(j, now) < j.lease_ms - j.slack_ms]
+    waited = [task for task in tasks if remaining_ms(task, now) < task.lease_ms - task.slack_ms]
     if not waited:
         return list(tasks)
-    renewed_until = {j.doc_id: now + timedelta(milliseconds=j.lease_ms) for j in waited}
+    renewed_until = {task.doc_id: now + timedelta(milliseconds=task.lease_ms) for task in waited}
     results = rt.store.bulk_update_versions(
         [
             VersionedUpdate(
-                j.doc_id,
-                j.seq_no,
-                j.primary_term,
-                {"retryAt": format_date(renewed_until[j.doc_id]), "startedAt": format_date(now)},
+                task.doc_id,
+                task.seq_no,
+                task.primary_term,
+                {"retryAt": format_date(renewed_until[task.doc_id]), "startedAt": format_date(now)},
             )
-            for j in waited
+            for task in waited
         ],
     )
     renewed: dict[str, ClaimedTask] = {}
@@ -107,10 +107,10 @@ def renew_waited_leases(
             "%d task(s) for %s waited %.1fs in their queue; leases renewed",
             len(renewed),
             owner_id,
-            max(waited_s(j, now) for j in waited),
+            max(waited_s(task, now) for task in waited),
         )
-    waited_ids = {j.doc_id for j in waited}
-    return [renewed.get(j.doc_id, j) for j in tasks if j.doc_id in renewed or j.doc_id not in waited_ids]
+    waited_ids = {task.doc_id for task in waited}
+    return [renewed.get(task.doc_id, task) for task in tasks if task.doc_id in renewed or task.doc_id not in waited_ids]
 
 
 def _mark_renewed_claims(rt: Runtime, renewed: Sequence[ClaimedTask]) -> None:
@@ -121,7 +121,7 @@ def _mark_renewed_claims(rt: Runtime, renewed: Sequence[ClaimedTask]) -> None:
     extra_ms = int(policy.CLAIM_MARKER_EXTRA.total_seconds() * 1000)
     pipe = rt.redis.pipeline(transaction=False)
     for task in renewed:
-        pipe.set(keys.claimed(task.doc_id, task.seq_no), 1, px=task.lease_ms + extra_ms)
+        pipe.set(keys.claim_marker(task.doc_id, task.seq_no), 1, px=task.lease_ms + extra_ms)
     with redis_errors("marking renewed claims"):
         pipe.execute()
 

@@ -106,11 +106,11 @@ def _retry_cycle(rt: Runtime, now: datetime, summary: RetrySummary) -> RetrySumm
         except DocumentError as e:
             summary.skipped += 1
             report_malformed(rt.redis, e, now)
-    unpushed = never_pushed(rt, docs)
+    unpushed = unpushed_claims(rt, docs)
     plans: list[tuple[TaskDocument, policy.Expiry]] = []
     for doc in docs:
         if doc.id in unpushed:
-            plans.append((doc, policy.never_pushed(doc)))
+            plans.append((doc, policy.attempt_returned(doc)))
             continue
         plans.append((doc, lost_run_expiry(rt, doc, now)))
     outcomes, written = write_expiries(rt, plans, now)
@@ -157,7 +157,7 @@ def write_expiries(
     return outcomes, written
 
 
-def never_pushed(rt: Runtime, docs: Sequence[TaskDocument]) -> set[str]:
+def unpushed_claims(rt: Runtime, docs: Sequence[TaskDocument]) -> set[str]:
     """The expired leases elastask claimed and never pushed: a claim marker for their version, no push marker.
 
     Their dispatch job was lost before any push (ETA jobs a worker drops when its broker connection
@@ -172,8 +172,8 @@ def never_pushed(rt: Runtime, docs: Sequence[TaskDocument]) -> set[str]:
     pipe = rt.redis.pipeline(transaction=False)
     for doc in versioned:
         assert doc.seq_no is not None
-        pipe.exists(keys.claimed(doc.id, doc.seq_no))
-        pipe.get(keys.pushed(doc.id, doc.seq_no))
+        pipe.exists(keys.claim_marker(doc.id, doc.seq_no))
+        pipe.get(keys.push_marker(doc.id, doc.seq_no))
     try:
         with redis_errors("reading claim and push markers"):
             counts = pipe.execute()
