@@ -214,7 +214,7 @@ class Ledger:
         write) is taken again if it fits, else the id is left out and the claim must be given back.
         With ``versions`` (the claims' ``seq_no``), each held slot is fenced by its claim from now on
         (a release naming another claim leaves it alone) and each held claim gets its claim marker
-        (``keys.claimed``), living ``CLAIM_MARKER_EXTRA`` past its lease.
+        (``keys.claim_marker``), living ``CLAIM_MARKER_EXTRA`` past its lease.
         """
         requests = list(claims)
         args: list[str | int] = [
@@ -265,16 +265,26 @@ class Ledger:
         with redis_errors(f"releasing slots on {len(groups)} node(s)"):
             return int(self._release_many(keys=key_list, args=args))
 
-    def extend(self, owner_id: str, expiries: Mapping[str, datetime], now: datetime) -> set[str]:
+    def extend(
+        self,
+        owner_id: str,
+        expiries: Mapping[str, datetime],
+        now: datetime,
+        *,
+        claims: Mapping[str, int | None] | None = None,
+    ) -> set[str]:
         """Move held leases' expiries (after they were renewed in the engine); returns the ids moved.
 
         An id not held (its lease ran out, or it was freed) is left out: it has no slot to push into.
+        ``claims``: the claim each renewal acts for (as in ``release``): a slot another claim of the same
+        task took since is left alone. None moves whatever holds them.
         """
         if not expiries:
             return set()
         args: list[Any] = []
-        for task_id, until in expiries.items():
-            args += [task_id, max(0, epoch_ms(until) - epoch_ms(now))]
+        fenced = _fenced(list(expiries), claims)
+        for (task_id, until), claim in zip(expiries.items(), fenced[1::2], strict=True):
+            args += [task_id, max(0, epoch_ms(until) - epoch_ms(now)), claim]
         with redis_errors(f"extending leases on {owner_id}"):
             moved = self._extend(keys=_keys(owner_id), args=args)
         return {_text(t) for t in moved}

@@ -139,6 +139,19 @@ def test_given_a_slot_another_cycle_reserved_since_for_the_same_task_then_a_rele
     assert ledger.release_many({OWNER: ["task:t"]}, token="B") == 1
 
 
+def test_a_renewal_moves_only_the_slot_of_the_claim_it_renewed() -> None:
+    import fakeredis
+
+    ledger = Ledger(fakeredis.FakeRedis())
+    until = NOW + timedelta(minutes=5)
+    # The slot is a newer claim's (version 9) of the same task: a late renewal of claim 4 must not move it.
+    ledger.reserve(OWNER, 20, [("task:t", 2, until)], NOW)
+    ledger.confirm(OWNER, 20, [("task:t", 2, until)], NOW, versions={"task:t": 9})
+    later = NOW + timedelta(minutes=20)
+    assert ledger.extend(OWNER, {"task:t": later}, NOW, claims={"task:t": 4}) == set()
+    assert ledger.extend(OWNER, {"task:t": later}, NOW, claims={"task:t": 9}) == {"task:t"}
+
+
 def test_a_renewal_never_revives_a_lease_that_already_ran_out() -> None:
     import fakeredis
 

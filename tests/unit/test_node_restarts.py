@@ -126,3 +126,28 @@ def test_given_an_uptime_sampled_seconds_ago_then_a_push_that_reached_the_new_pr
     assert node_restarts.check_restart(rt, node_of(rt)) == 1
     assert engine.docs["task:reached-the-new-process"]["_source"]["task"]["status"] == "running"
     assert held(rt) == {"task:reached-the-new-process"}
+
+
+def test_given_a_restart_then_a_lost_lease_that_was_never_pushed_gets_its_attempt_back_and_a_pushed_one_counts(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two leases from before the restart, both claimed by elastask (their claim markers): one was pushed
+    # (its push marker), the other's dispatch job never pushed it (still queued, or lost).
+    restarted = datetime.now(UTC) - timedelta(seconds=20)
+    rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(restarted - timedelta(hours=1))))
+    for doc_id in ("task:pushed", "task:never-pushed"):
+        running(engine, rt, doc_id, restarted - timedelta(seconds=30))
+        rt.redis.set(keys.claim_marker(doc_id, engine.docs[doc_id]["_seq_no"]), 1)
+    rt.redis.set(keys.push_marker("task:pushed", engine.docs["task:pushed"]["_seq_no"]), 1)
+    claim = engine.docs["task:never-pushed"]["_seq_no"]
+    scripted_uptime(monkeypatch, rt, 20_000)
+
+    assert node_restarts.check_restart(rt, node_of(rt)) == 2
+
+    pushed = engine.docs["task:pushed"]["_source"]["task"]
+    never = engine.docs["task:never-pushed"]["_source"]["task"]
+    assert pushed["status"] == "idle" and pushed["attempts"] == 1  # it may have run: the attempt counts
+    assert never["status"] == "idle" and never["attempts"] == 0  # it never left: the attempt comes back
+    # And its push is switched off: a dispatch job still holding it pushes nothing.
+    assert rt.redis.get(keys.push_marker("task:never-pushed", claim)) is not None
+    assert held(rt) == set()

@@ -83,7 +83,7 @@ def renew_waited_leases(
     if unrenewed:
         give_back_tasks(rt, owner_id, unrenewed)
     until = {doc_id: renewed_until[doc_id] + policy.LEASE_GRACE for doc_id in renewed}
-    slotted = rt.ledger.extend(owner_id, until, now)
+    slotted = rt.ledger.extend(owner_id, until, now, claims={doc_id: task.claim for doc_id, task in renewed.items()})
     unslotted = [task for doc_id, task in renewed.items() if doc_id not in slotted]
     if unslotted:
         # Their slot ran out while the job waited and may be another task's now: pushing would break the cap.

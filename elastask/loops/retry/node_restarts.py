@@ -10,8 +10,10 @@ The start it gives (Redis's now - uptime) is kept per node; a later one means th
 
 Then every lease on it whose push could only have reached the old process ends as the retry loop
 ends an expired one (a conditional write; the attempt counts, the run was lost), and its slot is
-freed. A push leaves at most the dispatch slack after the claim (``startedAt``), and the start is
-read late by at most the time the question took plus the age of Kibana's sample of its uptime (its
+freed; a lease elastask claimed and never pushed (its claim marker, no push marker) has its push
+switched off and its attempt returned, as the retry loop does for one.
+
+A push leaves at most the dispatch slack after the claim (``startedAt``), and the start is read late by at most the time the question took plus the age of Kibana's sample of its uptime (its
 ``metrics.collection_interval_in_millis``, 5 s by default): a lease counts as lost only when
 ``startedAt`` + its slack + those + ``MARGIN_MS`` is before the start. A node that answers without its uptime
 (an unauthenticated, redacted status) is never judged: its leases run out as before.
@@ -21,13 +23,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 from elastask import keys
 from elastask.core import policy, queries
 from elastask.core.clock import epoch_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.errors import DocumentError, ElastaskError
-from elastask.loops.retry.loop import lost_run_expiry, write_expiries
+from elastask.loops.dispatch.outcomes import switch_off_pushes
+from elastask.loops.retry.loop import lost_run_expiry, unpushed_claims, write_expiries
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors
 from elastask.runtime import Runtime
@@ -117,7 +121,11 @@ def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:
         ):
             lost.append(doc)
     why = f"Kibana node {node.url} restarted (the run was lost)"
-    plans = [(doc, lost_run_expiry(rt, doc, now, why)) for doc in lost]
+    returned = _never_pushed(rt, lost, now)
+    plans = [
+        (doc, policy.attempt_returned(doc) if doc.id in returned else lost_run_expiry(rt, doc, now, why))
+        for doc in lost
+    ]
     # The claims whose slots these are, read before the writes: a slot freed and taken again by a newer
     # claim of the same task in between is that claim's, not ours to free.
     fences = {lease.task_id: lease.claim for lease in rt.ledger.leases([node.owner_id])} if plans else {}
@@ -126,3 +134,16 @@ def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:
     if plans:
         log.warning("%d lease(s) on %s ended after its restart, %d written", len(plans), node.owner_id, len(written))
     return len(written)
+
+
+def _never_pushed(rt: Runtime, docs: Sequence[TaskDocument], now: datetime) -> set[str]:
+    """The leases elastask claimed and never pushed, their pushes switched off now (a dispatch job still
+    holding one pushes nothing): the run never began, so their attempt is returned."""
+    never = unpushed_claims(rt, docs)
+    unpushed = [doc for doc in docs if doc.id in never and doc.seq_no is not None]
+    now_ms = epoch_ms(now)
+    switched = switch_off_pushes(
+        rt,
+        [(doc.id, doc.seq_no or 0, max(0, epoch_ms(doc.retry_at) - now_ms if doc.retry_at else 0)) for doc in unpushed],
+    )
+    return {doc_id for doc_id, _claim in switched}
