@@ -13,10 +13,11 @@ ends an expired one (a conditional write; the attempt counts, the run was lost),
 freed; a lease elastask claimed and never pushed (its claim marker, no push marker) has its push
 switched off and its attempt returned, as the retry loop does for one.
 
-A push leaves at most the dispatch slack after the claim (``startedAt``), and the start is read late by at most the time the question took plus the age of Kibana's sample of its uptime (its
+A push leaves at most the dispatch slack after the claim (``startedAt``), and the start is read late
+by at most the time the question took plus the age of Kibana's sample of its uptime (its
 ``metrics.collection_interval_in_millis``, 5 s by default): a lease counts as lost only when
-``startedAt`` + its slack + those + ``MARGIN_MS`` is before the start. A node that answers without its uptime
-(an unauthenticated, redacted status) is never judged: its leases run out as before.
+``startedAt`` + its slack + those + ``MARGIN_MS`` is before the start. A node that answers without
+its uptime (an unauthenticated, redacted status) is never judged: its leases run out as before.
 """
 
 from __future__ import annotations
