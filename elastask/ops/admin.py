@@ -11,12 +11,15 @@ from typing import Any, cast
 
 from elastask import keys
 from elastask.core import policy, queries
+from elastask.core.clock import epoch_ms
 from elastask.core.documents import TaskDocument, masked_source, new_task
 from elastask.core.intervals import format_date
 from elastask.errors import ConflictError, ElastaskError
+from elastask.loops.dispatch.outcomes import switch_off_pushes
 from elastask.ops import pausing
 from elastask.ops.health import capacity_estimation, count_overdue
 from elastask.parts.cadence import Cadence
+from elastask.parts.ledger import Lease
 from elastask.runtime import Runtime
 
 #: ``elastask status`` waits this long for nodes whose ownerId it must first ask.
@@ -109,14 +112,36 @@ def requeue(rt: Runtime, doc_id: str, now: datetime, *, force: bool = False) -> 
     if refusal is not None and not force:
         raise ElastaskError(refusal)
     fields = {"status": "idle", "attempts": 0, "runAt": format_date(now), "retryAt": None, "startedAt": None}
+    lease = _lease_of(rt, doc) if doc.status in ("running", "claiming") else None
+    switched = _switch_off_push(rt, doc_id, lease, now)
     try:
         updated = rt.store.update_task(doc, fields)
     except ConflictError as e:
         raise ElastaskError(f"task {doc_id!r} changed while requeueing it; look at it again and retry") from e
+    if lease is not None and switched:
+        # Never pushed, and now never will be: its slot is free for the next claim. A pushed one keeps its
+        # slot until reconcile sees Kibana is done (the run may still be going: the cap holds).
+        rt.ledger.release(lease.owner_id, [doc_id], claims={doc_id: lease.claim})
     rt.redis.hdel(keys.FAILED_REASONS, doc_id)
     rt.redis.zrem(keys.FAILED_REASONS_BY_TIME, doc_id)
     Cadence(rt.redis).wake()
     return updated
+
+
+def _lease_of(rt: Runtime, doc: TaskDocument) -> Lease | None:
+    """The ledger's lease of a running task on its node, if it holds one."""
+    if not doc.owner_id:
+        return None
+    return next((lease for lease in rt.ledger.leases([doc.owner_id]) if lease.task_id == doc.id), None)
+
+
+def _switch_off_push(rt: Runtime, doc_id: str, lease: Lease | None, now: datetime) -> bool:
+    """Switch off the push of the lease's claim (a dispatch job holding it pushes nothing); True when no
+    push came first (see ``switch_off_pushes``)."""
+    if lease is None or lease.claim is None:
+        return False
+    left_ms = max(0, lease.expires_ms - epoch_ms(now))
+    return (doc_id, lease.claim) in switch_off_pushes(rt, [(doc_id, lease.claim, left_ms)])
 
 
 def schedule(

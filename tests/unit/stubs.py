@@ -14,7 +14,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import elasticsearch
 import fakeredis
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
 
 from elastask.config import KibanaNode, KibanaSettings, Settings
 from elastask.parts.kibana import KibanaClient, PushOutcome, PushResult
@@ -105,6 +107,20 @@ class StubEngine:
                 self.writes.append({"_id": doc_id, **body["doc"]["task"]})
                 items.append({"update": {"_id": doc_id, "status": 200, "_seq_no": seq_no, "_primary_term": 1}})
         return Answer(items=items, errors=any(i["update"]["status"] >= 300 for i in items))
+
+    def update(
+        self, *, index: str, id: str, doc: Mapping[str, Any], if_seq_no: int, if_primary_term: int, refresh: Any = None
+    ) -> Answer:
+        """A conditional partial update (``task.*``); a stale version is a 409, as the engine answers."""
+        current = self.docs.get(id)
+        if current is None or (current["_seq_no"], current["_primary_term"]) != (if_seq_no, if_primary_term):
+            status = 404 if current is None else 409
+            meta = ApiResponseMeta(status, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "stub", 9200))
+            error = elasticsearch.NotFoundError if current is None else elasticsearch.ConflictError
+            raise error(f"stub engine: {status}", meta, {})
+        seq_no = self.put(id, {**current["_source"], "task": {**current["_source"]["task"], **doc["task"]}})
+        self.writes.append({"_id": id, **doc["task"]})
+        return Answer(_id=id, _seq_no=seq_no, _primary_term=1, result="updated")
 
     def mget(self, *, index: str, ids: Sequence[str], source_includes: Any = None, source: Any = None) -> Answer:
         self.mget_calls.append((list(ids), source is False))
