@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from elastask.errors import ElastaskError
 from elastask_bed.chaos.command import with_chaos
 
 if TYPE_CHECKING:
+    from elastask_bed.bench.scenarios import Scenario
     from elastask_bed.testbed import Testbed
 
 
@@ -104,7 +106,7 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, 
 
 
 @click.command("bench")
-@click.argument("scenario", type=click.Choice(["backlog", "burst", "steady", "idle", "scale", "mix", "all"]))
+@click.argument("scenario", type=click.Choice(["backlog", "burst", "steady", "idle", "scale", "mix", "fleet", "all"]))
 @click.option("--mode", type=click.Choice(["push", "pull", "both"]), default="both", show_default=True)
 @click.option(
     "--json",
@@ -117,6 +119,11 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, 
     "--chart", "chart_path", type=click.Path(dir_okay=False), default=None, help="PNG chart (default next to the JSON)"
 )
 @click.option("--nodes", type=int, default=None, help="simulated Kibana nodes")
+@click.option(
+    "--sizes",
+    default=None,
+    help="fleet: the fleet sizes to run, comma-separated (default 10,30,50 nodes of capacity 10)",
+)
 @click.option("--tasks", type=int, default=None, help="one-shot tasks (backlog, scale) or recurring tasks (steady)")
 @click.option("--docs", type=int, default=None, help="scale: task documents in the index in all")
 @click.option("--run-ms", type=int, default=None, help="run time of every task")
@@ -156,6 +163,7 @@ def bench(
     json_path: str | None,
     chart_path: str | None,
     nodes: int | None,
+    sizes: str | None,
     tasks: int | None,
     docs: int | None,
     run_ms: int | None,
@@ -173,8 +181,8 @@ def bench(
     import tempfile
 
     from elastask_bed.bench import report, timeline
-    from elastask_bed.bench.runner import BenchRun, run_idle
-    from elastask_bed.bench.scenarios import IDLE_FLEETS, SCENARIOS
+    from elastask_bed.bench.runner import run_idle
+    from elastask_bed.bench.scenarios import FLEET_SIZES, IDLE_FLEETS, SCENARIOS, fleet
     from elastask_bed.testbed import Testbed
 
     modes = (["push"] if mode in ("push", "both") else []) + (
@@ -206,6 +214,13 @@ def bench(
         if warm_up and names != ["idle"]:
             _warm_up(bed, modes, workdir, workers, concurrency)
         for name in names:
+            if name == "fleet":
+                fleet_sizes = tuple(int(n) for n in sizes.split(",")) if sizes else FLEET_SIZES
+                for sized_run in fleet(fleet_sizes, tasks=tasks, run_ms=run_ms, duration_s=duration):
+                    results += _run_modes(
+                        bed, sized_run, modes, workdir, push_interval, workers, concurrency, engine_latency_ms, progress
+                    )
+                continue
             base = SCENARIOS[name]
             if name == "idle":
                 click.echo(f"{name}: {base.description}", err=True)
@@ -218,21 +233,9 @@ def bench(
                 sized = sized.sized(**({"recurring_tasks": tasks} if name == "steady" else {"one_shot_tasks": tasks}))
             if docs is not None and name == "scale":
                 sized = sized.sized(idle_docs=max(0, docs - sized.one_shot_tasks))
-            click.echo(f"{name}: {sized.description}", err=True)
-            for run_mode in modes:
-                run = BenchRun(
-                    bed,
-                    sized,
-                    run_mode,
-                    workdir,
-                    push_interval_ms=push_interval,
-                    workers=workers,
-                    concurrency=concurrency,
-                    engine_latency_ms=engine_latency_ms,
-                    progress=progress,
-                )
-                results.append(run.run())
-                click.echo("", err=True)
+            results += _run_modes(
+                bed, sized, modes, workdir, push_interval, workers, concurrency, engine_latency_ms, progress
+            )
     except ElastaskError as e:
         fail(e)
     finally:
@@ -251,6 +254,39 @@ def bench(
 
 #: ``elastask bench chaos``: the randomized fault run (elastask_bed/chaos/), beside the scenarios.
 bench = with_chaos(bench)
+
+
+def _run_modes(
+    bed: Testbed,
+    scenario: Scenario,
+    modes: list[str],
+    workdir: Path,
+    push_interval: int | None,
+    workers: int,
+    concurrency: int | None,
+    engine_latency_ms: int,
+    progress: Callable[[int, int, str], None],
+) -> list[dict[str, Any]]:
+    """One scenario in every mode, side by side on the same bed."""
+    from elastask_bed.bench.runner import BenchRun
+
+    click.echo(f"{scenario.name}: {scenario.description}", err=True)
+    results = []
+    for run_mode in modes:
+        run = BenchRun(
+            bed,
+            scenario,
+            run_mode,
+            workdir,
+            push_interval_ms=push_interval,
+            workers=workers,
+            concurrency=concurrency,
+            engine_latency_ms=engine_latency_ms,
+            progress=progress,
+        )
+        results.append(run.run())
+        click.echo("", err=True)
+    return results
 
 
 def _warm_up(bed: Testbed, modes: list[str], workdir: Path, workers: int, concurrency: int | None) -> None:

@@ -50,8 +50,8 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     head = (
         "| scenario | mode | nodes | claim interval | completed | elapsed | utilisation | drift p50 / p95 / p99 / max "
         "| claim cycle p50 / p99 | busy cycle p50 / p99 | outcome write p50 / p99 | refill p50 / p99 | engine ops/s "
-        "| engine ops/task | CPU ms/task | cap viol. | overlaps | lost | early |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| engine ops/task | CPU ms/task | cap viol. | overlaps | lost | early | workers | claim path busy |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
@@ -66,7 +66,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         rows.append(
             "| {scenario} | {mode} | {nodes} | {interval} | {completed} | {elapsed} | {util} | {drift} | {cycle} "
             "| {busy} | {writes} | {refill} | {ops_s} | {ops_task} | {cpu} "
-            "| {viol} | {overlaps} | {lost} | {early} |".format(
+            "| {viol} | {overlaps} | {lost} | {early} | {workers} | {share} |".format(
                 scenario=r["scenario"] + (f" (+{latency} ms engine)" if latency else ""),
                 mode=r["mode"],
                 nodes=r["nodes"],
@@ -86,6 +86,8 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
                 overlaps=r.get("overlapping_runs", "-"),
                 lost=r.get("lost", "-"),
                 early=r.get("early_starts", "-"),
+                workers=r.get("workers") or "-",
+                share="-" if r.get("claim_path_share") is None else f"{r['claim_path_share'] * 100:.0f} %",
             )
         )
     return head + "\n".join(rows) + "\n"

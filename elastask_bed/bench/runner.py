@@ -311,6 +311,8 @@ class BenchRun:
             busy = [c for node in nodes for c in node.get("busy_claim_cycles", [])]
         completed = int(stats["totals"]["runs_finished"])
         throughput = completed / elapsed if elapsed > 0 else 0.0
+        # How much of the run the claim path spent in claim cycles: near 1, it is the limit.
+        claim_path_share = round(sum(cycles) / (elapsed * 1000), 3) if self.mode == "push" and elapsed > 0 else None
         violations = sum(max(0, int(n["max_concurrency"]) - s.capacity) for n in nodes)
         violations += int(stats["totals"]["rejected_over_capacity"])
         lost = remaining["failed"] + remaining["stuck"] + (0 if completed_in_time or s.duration_s else 1)
@@ -320,6 +322,8 @@ class BenchRun:
             "nodes": s.nodes,
             "capacity": s.capacity,
             "run_ms": s.run_ms,
+            "workers": self.workers if self.mode == "push" else None,
+            "claim_path_share": claim_path_share,
             "engine_latency_ms": self.engine_latency_ms,
             "engine_requests_delayed": self.delayed_requests,
             "one_shot_tasks": s.one_shot_tasks,

@@ -108,6 +108,45 @@ SCENARIOS: dict[str, Scenario] = {
     ),
 }
 
+#: The fleet scenario's sizes (nodes x capacity 10), its backlog's run time, and the share of the
+#: fleet's ceiling its steady recurring load asks for.
+FLEET_SIZES = (10, 30, 50)
+FLEET_RUN_MS = 100
+FLEET_STEADY_LOAD = 0.7
+FLEET_STEADY_S = 60.0
+
+
+def fleet(
+    sizes: tuple[int, ...] = FLEET_SIZES,
+    *,
+    tasks: int | None = None,
+    run_ms: int | None = None,
+    duration_s: float | None = None,
+    load: float = FLEET_STEADY_LOAD,
+) -> list[Scenario]:
+    """Per fleet size, a backlog of short one-shot tasks (3,000 + 100 per node: 4,000 at 10 nodes, 8,000
+    at 50) and a steady recurring load at ``load`` of the fleet's ceiling (1 s runs every 10 s)."""
+    runs = []
+    for nodes in sizes:
+        runs.append(
+            Scenario(
+                "fleet-backlog",
+                nodes=nodes,
+                one_shot_tasks=tasks if tasks is not None else 3000 + 100 * nodes,
+                run_ms=run_ms or FLEET_RUN_MS,
+                purpose="throughput as the fleet grows",
+            )
+        )
+        steady = Scenario(
+            "fleet-steady", nodes=nodes, interval="10s", run_ms=1000, duration_s=duration_s or FLEET_STEADY_S
+        )
+        recurring = round(load * steady.ceiling_per_s * parse_interval_ms(steady.interval) / 1000)
+        runs.append(
+            steady.sized(recurring_tasks=max(1, recurring), purpose=f"start drift at {load:.0%} of the ceiling")
+        )
+    return runs
+
+
 #: Kibana's number of task partitions.
 PARTITIONS = 256
 

@@ -111,3 +111,33 @@ def test_the_celery_hop_micro_benchmark_reports_its_cost_per_job() -> None:
     for row in rows:
         publishing, worker, both = (float(cell.strip().removesuffix(" ms")) for cell in row[1:])
         assert publishing > 0 and worker > 0 and both == pytest.approx(publishing + worker, abs=0.02)
+
+
+def test_a_tiny_fleet_benchmark_runs_its_backlog_and_steady_load_per_size_in_both_modes(tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "elastask", "bench", "fleet", "--sizes", "2", "--tasks", "40"),
+            *("--run-ms", "100", "--duration", "5", "--no-warm-up", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env={**os.environ, "ELASTASK_CONFIG": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["scenario"], r["mode"]) for r in runs] == [
+        ("fleet-backlog", "push"),
+        ("fleet-backlog", "pull-kibana"),
+        ("fleet-steady", "push"),
+        ("fleet-steady", "pull-kibana"),
+    ]
+    for run in runs:
+        assert run["cap_violations"] == 0 and run["overlapping_runs"] == 0 and run["lost"] == 0
+        assert run["early_starts"] == 0 and run["nodes"] == 2
+    assert runs[0]["completed"] == 40 and runs[1]["completed"] == 40
+    assert runs[0]["workers"] == 1 and runs[0]["claim_path_share"] > 0  # how busy the one claim path was
+    assert runs[1]["claim_path_share"] is None  # pull: every node claims for itself
+    assert runs[2]["drift_ms"]["count"] > 0 and runs[3]["drift_ms"]["count"] > 0
+    assert "| fleet-backlog | push |" in result.stdout and "| fleet-steady | pull-kibana |" in result.stdout

@@ -95,3 +95,24 @@ def test_the_burst_scenario_starts_the_dispatcher_with_the_burst() -> None:
     burst = SCENARIOS["burst"]
     assert burst.cold_start and burst.one_shot_tasks == 300 and burst.nodes == 3 and burst.run_ms == 200
     assert "started with the burst" in burst.description
+
+
+def test_the_fleet_runs_a_backlog_and_a_steady_load_at_each_size() -> None:
+    from elastask_bed.bench.scenarios import fleet
+
+    runs = fleet((10, 30, 50))
+    backlogs = [r for r in runs if r.name == "fleet-backlog"]
+    steady = [r for r in runs if r.name == "fleet-steady"]
+    assert [(r.nodes, r.one_shot_tasks, r.run_ms) for r in backlogs] == [
+        (10, 4000, 100),
+        (30, 6000, 100),
+        (50, 8000, 100),
+    ]
+    # 70 % of the ceiling: 30 nodes x 10 slots of 1 s runs every 10 s -> 2,100 recurring tasks.
+    assert [(r.nodes, r.recurring_tasks) for r in steady] == [(10, 700), (30, 2100), (50, 3500)]
+    assert all(r.duration_s == 60 and r.interval == "10s" for r in steady)
+    small = fleet((2,), tasks=40, duration_s=5)
+    assert [(r.name, r.one_shot_tasks, r.recurring_tasks, r.duration_s) for r in small] == [
+        ("fleet-backlog", 40, 0, 0.0),
+        ("fleet-steady", 0, 140, 5),
+    ]
