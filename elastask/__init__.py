@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.7.8"
+__version__ = "0.7.9"
 
 
 def __getattr__(name: str) -> Any:
