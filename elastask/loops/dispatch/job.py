@@ -79,7 +79,7 @@ def push_claimed_tasks(
     report = DispatchReport()
     # The job's one clock, started before its own engine and Redis calls: a slow renewal must not
     # leave the pushes believing they have more lease than they do.
-    clock = _JobClock(now, time.monotonic())
+    clock = _JobClock(now, rt.monotonic_ms(), rt.monotonic_ms)
     node = _node(rt, job)
     if node is None:
         log.error("Kibana node %s is no longer configured; giving its %d task(s) back", job.node_url, len(job.tasks))
@@ -161,7 +161,7 @@ def _schedule(
     """Leave the tasks claimed ahead to the push schedule, one entry per step (``scheduled``)."""
     for at, step in steps.items():
         report.outcomes.update(dict.fromkeys((task.doc_id for task in step), DispatchOutcome.SCHEDULED))
-        deadline = clock.started_monotonic + (at - clock.now).total_seconds()
+        deadline = clock.started_ms / 1000 + (at - clock.now).total_seconds()  # the push schedule's clock: s
         rt.push_schedule.at(deadline, functools.partial(_run_step, rt, node, step, pool, clock, wait_s, on_late))
 
 
@@ -214,10 +214,12 @@ class _JobClock:
     """The job's ``now``, moved on by the time elapsed since (one clock for every decision of a job)."""
 
     now: datetime
-    started_monotonic: float
+    started_ms: float
+    #: The process's monotonic clock (ms): the runtime's.
+    monotonic_ms: Callable[[], float]
 
     def read(self) -> datetime:
-        return self.now + timedelta(seconds=time.monotonic() - self.started_monotonic)
+        return self.now + timedelta(milliseconds=self.monotonic_ms() - self.started_ms)
 
 
 def _push_within_lease(rt: Runtime, node: Node, task: ClaimedTask, clock: _JobClock) -> PushResult | None:
