@@ -94,10 +94,11 @@ def test_rebuild_marker_disappears_with_a_flush(redis_client: redis.Redis) -> No
 
 def test_extend_moves_a_held_lease_only(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
-    ledger.reserve("kibana:a", 20, [("t", 2, NOW + timedelta(milliseconds=300))], NOW)
+    # 1.5 s to extend it in: a loaded machine took over 300 ms between the two calls once.
+    ledger.reserve("kibana:a", 20, [("t", 2, NOW + timedelta(milliseconds=1500))], NOW)
     ledger.extend("kibana:a", {"t": NOW + timedelta(minutes=1)}, NOW)
     ledger.extend("kibana:a", {"not-held": NOW + timedelta(minutes=1)}, NOW)
-    time.sleep(0.5)
+    time.sleep(1.7)
     assert ledger.used_units(["kibana:a"])["kibana:a"] == 2
     assert [lease.task_id for lease in ledger.leases(["kibana:a"])] == ["t"]
 
