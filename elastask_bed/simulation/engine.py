@@ -45,6 +45,10 @@ class StubEngine:
         self.mget_calls: list[tuple[list[str], bool]] = []  # (ids, versions only) per mget
         self.writes: list[dict[str, Any]] = []
         self.before_bulk: Callable[[], None] | None = None  # runs once, before the next bulk applies
+        #: Runs after every write that applied, before it answers (the simulation's interleavings and faults).
+        self.after_write: Callable[[], None] | None = None
+        #: Runs after every real-time read, before it answers (the simulation's interleavings).
+        self.after_read: Callable[[], None] | None = None
 
     def search(self, *, index: str, body: Mapping[str, Any]) -> Answer:
         """The query DSL the loops use (bool, term, terms, range, exists, ids), sorted by runAt or retryAt."""
@@ -97,6 +101,8 @@ class StubEngine:
                 seq_no = self.put(doc_id, {**current["_source"], "task": task})
                 self.writes.append({"_id": doc_id, **body["doc"]["task"]})
                 items.append({"update": {"_id": doc_id, "status": 200, "_seq_no": seq_no, "_primary_term": 1}})
+        if self.after_write is not None and any(i["update"]["status"] == 200 for i in items):
+            self.after_write()
         return Answer(items=items, errors=any(i["update"]["status"] >= 300 for i in items))
 
     def update(
@@ -111,6 +117,8 @@ class StubEngine:
             raise error(f"stub engine: {status}", meta, {})
         seq_no = self.put(id, {**current["_source"], "task": {**current["_source"]["task"], **doc["task"]}})
         self.writes.append({"_id": id, **doc["task"]})
+        if self.after_write is not None:
+            self.after_write()
         return Answer(_id=id, _seq_no=seq_no, _primary_term=1, result="updated")
 
     def mget(self, *, index: str, ids: Sequence[str], source_includes: Any = None, source: Any = None) -> Answer:
@@ -124,6 +132,8 @@ class StubEngine:
                 docs.append({"_id": doc_id, "found": True, **doc})
             else:
                 docs.append({"_id": doc_id, "found": False})
+        if self.after_read is not None:
+            self.after_read()
         return Answer(docs=docs)
 
     def close(self) -> None:

@@ -1,0 +1,427 @@
+"""The simulated world: the real claim, dispatch and retry loops as processes on one engine and one Redis,
+stepped one at a time by a seeded scheduler on a virtual clock.
+
+Everything the loops touch is in this process and answers at once: the stub engine (its clock the
+world's), one fakeredis server (the real Lua scripts; its TIME and key expiries on the world's clock),
+and simulated Kibana nodes that run what is pushed for a while and then write its outcome, as Kibana
+does. The loops are elastask's own code, unchanged; each process has its own runtime (its own Redis
+connection, memory and clocks) and takes one whole operation per step: a claim cycle, a dispatch
+job, a retry cycle. Interleavings inside an operation come from the engine: right after a write
+applies, the scheduler may run other processes' steps before the write answers (the writer is
+paused there), or make the write answer an error although it applied.
+
+After every step the world checks the invariants of shared/DESIGN.md on what the Kibana nodes saw:
+no node over its capacity in units, no task running twice at once, and, once the run drains, nothing
+lost and no attempt counted for a task that never reached Kibana's nodes more often than it was
+pushed. Deterministic: one seed gives the same run (ids, choices, faults and times).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+import types
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import elasticsearch
+import fakeredis
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+
+from elastask.config import KibanaNode, KibanaSettings, Settings
+from elastask.core.documents import new_task
+from elastask.core.intervals import format_date, parse_date
+from elastask.core.messages import DispatchJob
+from elastask.errors import ElastaskError
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.dispatch.job import push_claimed_tasks
+from elastask.loops.dispatch.outcomes import give_back_unsent
+from elastask.loops.retry.loop import retry_expired_leases
+from elastask.parts.kibana import KibanaClient, PushOutcome, PushResult, Uptime
+from elastask.parts.ledger import Ledger
+from elastask.parts.nodes import NodeRegistry
+from elastask.parts.store import TaskStore
+from elastask.runtime import Runtime
+from elastask.task_types import TaskTypeRule
+from elastask_bed.simulation.engine import StubEngine
+
+INDEX = ".kibana_task_manager"
+#: The world's clock starts here (a fixed moment: the same run for the same seed).
+EPOCH = datetime(2026, 12, 1, tzinfo=UTC)
+COST_UNITS = 2  # a normal task
+#: A task type limited to one run per node at a time.
+LIMITED = "sim:limited"
+
+
+class VirtualTime:
+    """The world's clock (ms since the epoch); every process reads it, each with its own skew."""
+
+    def __init__(self) -> None:
+        self.now_ms = EPOCH.timestamp() * 1000
+
+    def datetime(self) -> datetime:
+        return datetime.fromtimestamp(self.now_ms / 1000, UTC)
+
+
+@contextlib.contextmanager
+def redis_on(clock: VirtualTime) -> Iterator[None]:
+    """fakeredis's TIME and key expiries on the world's clock while the simulation runs."""
+    import fakeredis._socket._base as socket_base
+    import fakeredis.commands_mixins.server_mixin as server_mixin
+
+    shim = types.SimpleNamespace(time=lambda: clock.now_ms / 1000)
+    modules = (socket_base, server_mixin)
+    saved = [getattr(module, "time") for module in modules]  # noqa: B009 - not exported: read by name
+    for module in modules:
+        setattr(module, "time", shim)  # noqa: B010
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            setattr(module, "time", original)  # noqa: B010
+
+
+class Inline(Executor):
+    """Push threads, as a step: each push runs when it is submitted."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
+
+
+@dataclass
+class Run:
+    task_id: str
+    node: str
+    started_ms: float
+    ends_ms: float
+    cost: int
+    task_type: str = ""
+
+
+@dataclass
+class Violation:
+    step: int
+    what: str
+
+
+class SimKibana(KibanaClient):
+    """The simulated Kibana nodes, as one client: a push starts a run there (checked against the
+    invariants); the world ends it later with Kibana's outcome."""
+
+    def __init__(self, world: World, settings: KibanaSettings) -> None:
+        super().__init__(settings)
+        self.world = world
+
+    def push(self, node: KibanaNode, body: Mapping[str, Any]) -> PushResult:
+        return self.world.pushed(node.id or "", str(body.get("id", "")), body)
+
+    def uptime(self, node: KibanaNode, timeout_s: float = 2.0) -> Uptime | None:
+        started = self.world.node_started_ms.get(node.id or "", EPOCH.timestamp() * 1000)
+        return Uptime(int(self.world.clock.now_ms - started), 0)
+
+    def execution_control(self, node: KibanaNode, timeout_s: float = 2.0) -> Any:
+        return None
+
+
+@dataclass
+class Process:
+    """One simulated process: a claimer, a dispatcher or a retry loop, on its own runtime."""
+
+    name: str
+    kind: str
+    rt: Runtime
+    skew_ms: float = 0.0
+    dead: bool = False
+    frozen_until_ms: float = 0.0
+
+
+@dataclass
+class World:
+    seed: int
+    nodes: int = 3
+    capacity: int = 4
+    one_shots: int = 150
+    recurring: int = 12
+    limited: int = 12
+    claimers: int = 2
+    dispatchers: int = 2
+    run_ms: tuple[int, int] = (50, 400)
+    fault_rate: float = 0.05
+    rng: random.Random = field(init=False)
+    clock: VirtualTime = field(default_factory=VirtualTime)
+    step_no: int = 0
+    violations: list[Violation] = field(default_factory=list)
+    runs: dict[str, Run] = field(default_factory=dict)
+    pushes: dict[str, int] = field(default_factory=dict)
+    node_started_ms: dict[str, float] = field(default_factory=dict)
+    jobs: list[DispatchJob] = field(default_factory=list)
+    faults: dict[str, int] = field(default_factory=dict)
+    trace: list[str] = field(default_factory=list)
+    unsent: list[tuple[Process, DispatchJob]] = field(default_factory=list)
+    _stack: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.engine = StubEngine(clock=self.clock.datetime)
+        self.engine.after_write = self._after_write
+        self.engine.after_read = self._after_read
+        self.server = fakeredis.FakeServer()
+        hosts = tuple(
+            KibanaNode(url=f"http://kibana-{i}:5601", id=f"kibana:{i}", capacity=self.capacity)
+            for i in range(self.nodes)
+        )
+        self.settings = replace(
+            Settings(),
+            kibana=KibanaSettings(hosts=hosts),
+            kibana_capacity=self.capacity,
+            max_attempts=3,
+            # One type of limited concurrency (one run per node at a time), as Kibana's reports have.
+            task_types={LIMITED: TaskTypeRule(max_concurrency=1)},
+        )
+        self.processes = [self._process(f"claimer-{i}", "claim") for i in range(self.claimers)]
+        self.processes += [self._process(f"dispatcher-{i}", "dispatch") for i in range(self.dispatchers)]
+        self.processes.append(self._process("retry", "retry"))
+        now = self.clock.datetime()
+        for i in range(self.one_shots):
+            doc = new_task(f"once-{i:04d}", "sim:once", now=now - timedelta(seconds=1))
+            self.engine.put(doc.id, doc.to_source())
+        for i in range(self.recurring):
+            doc = new_task(f"every-{i:04d}", "sim:every", now=now, interval="2s")
+            self.engine.put(doc.id, doc.to_source())
+        for i in range(self.limited):
+            doc = new_task(f"once-limited-{i:04d}", LIMITED, now=now - timedelta(seconds=1))
+            self.engine.put(doc.id, doc.to_source())
+        self.recurring_ran: dict[str, int] = {}
+
+    # ---- the processes -------------------------------------------------------------------------
+
+    def _process(self, name: str, kind: str) -> Process:
+        client = fakeredis.FakeRedis(server=self.server)
+        proc = Process(name, kind, None)  # type: ignore[arg-type]
+        kibana = SimKibana(self, self.settings.kibana)
+
+        def monotonic() -> float:
+            return self.clock.now_ms + proc.skew_ms
+
+        proc.rt = Runtime(
+            settings=self.settings,
+            store=TaskStore(self.engine, INDEX),  # type: ignore[arg-type]
+            redis=client,
+            ledger=Ledger(client, monotonic=monotonic),
+            nodes=NodeRegistry(self.settings, client, kibana),
+            kibana=kibana,
+            rng=random.Random(self.rng.random()),
+            monotonic_ms=monotonic,
+            sleep=lambda _s: None,
+        )
+        proc.rt.nodes.submit = lambda fn, *args: fn(*args)  # type: ignore[method-assign]  # watchers, as a step
+        return proc
+
+    def _live(self, kind: str) -> list[Process]:
+        return [
+            p
+            for p in self.processes
+            if p.kind == kind and not p.dead and p.frozen_until_ms <= self.clock.now_ms and p.name not in self._stack
+        ]
+
+    def _claim(self, proc: Process) -> None:
+        claim_available_tasks(proc.rt, proc.rt.now(), lambda job: self._send(proc, job), sessions=False)
+
+    def _send(self, proc: Process, job: DispatchJob) -> None:
+        """A dispatch job to the broker; now and then the send raises although the broker took it: the
+        claim task gives the job's tasks back (as entry/tasks.py does), and the job is delivered too."""
+        self.jobs.append(job)
+        if self._faults_on and self.rng.random() < 0.03:
+            self.faults["sent, reported unsent"] = self.faults.get("sent, reported unsent", 0) + 1
+            self.unsent.append((proc, job))  # the publisher's report comes a moment later
+
+    def _report_unsent(self) -> None:
+        proc, job = self.unsent.pop(self.rng.randrange(len(self.unsent)))
+        give_back_unsent(proc.rt, job)
+
+    def _dispatch(self, proc: Process) -> bool:
+        now = self.clock.datetime()
+        ready = [j for j in self.jobs if all(parse_date(t.body["runAt"]) <= now for t in j.tasks)]
+        if not ready:
+            return False
+        job = self.rng.choice(ready)
+        self.jobs.remove(job)
+        push_claimed_tasks(proc.rt, job, proc.rt.now(), Inline())
+        return True
+
+    def _retry(self, proc: Process) -> None:
+        retry_expired_leases(proc.rt, proc.rt.now())
+
+    # ---- Kibana --------------------------------------------------------------------------------
+
+    def pushed(self, node: str, task_id: str, body: Mapping[str, Any]) -> PushResult:
+        """A push reaches a node: refused now and then (it is busy: 503, nothing runs), else a run starts;
+        now and then its answer is lost on the way back (a gateway's 504: the run goes on)."""
+        doc_id = task_id if task_id.startswith("task:") else f"task:{task_id}"
+        if self._faults_on and self.rng.random() < 0.1:
+            self.trace.append(f"{self.step_no}: push {doc_id} -> {node} refused")
+            return PushResult(PushOutcome.REFUSED, "503", 503)
+        self.pushes[doc_id] = self.pushes.get(doc_id, 0) + 1
+        if doc_id in self.runs:
+            self._violate(f"{doc_id} pushed to {node} while it runs on {self.runs[doc_id].node}: a second run")
+        task_type = str(body.get("taskType", ""))
+        if task_type == LIMITED and any(r.node == node and r.task_type == LIMITED for r in self.runs.values()):
+            self._violate(f"{node}: {doc_id} pushed beside another {LIMITED} run (limit 1 per node)")
+        used = sum(r.cost for r in self.runs.values() if r.node == node)
+        if used + COST_UNITS > self.capacity * COST_UNITS:
+            self._violate(f"{node} over its capacity: {used} units in use and {doc_id} pushed")
+        run_ms = self.rng.randint(*self.run_ms)
+        now = self.clock.now_ms
+        self.runs[doc_id] = Run(doc_id, node, now, now + run_ms, COST_UNITS, task_type)
+        self.trace.append(f"{self.step_no}: push {doc_id} -> {node}")
+        if self._faults_on and self.rng.random() < 0.03:
+            return PushResult(PushOutcome.AMBIGUOUS, "504", 504)
+        return PushResult(PushOutcome.ACCEPTED, "204", 204)
+
+    def _finish(self, run: Run) -> None:
+        """Kibana's outcome: a one-shot task deleted, a recurring one idle again at its next runAt."""
+        del self.runs[run.task_id]
+        doc = self.engine.docs.get(run.task_id)
+        if doc is None:
+            return
+        task = doc["_source"]["task"]
+        if task.get("schedule"):
+            self.recurring_ran[run.task_id] = self.recurring_ran.get(run.task_id, 0) + 1
+            next_run = self.clock.datetime() + timedelta(seconds=2)
+            changes = {"status": "idle", "attempts": 0, "runAt": format_date(next_run), "retryAt": None}
+            self.engine.put(run.task_id, {**doc["_source"], "task": {**task, **changes, "ownerId": None}})
+        else:
+            del self.engine.docs[run.task_id]
+        self.trace.append(f"{self.step_no}: {run.task_id} done on {run.node}")
+
+    # ---- the scheduler -------------------------------------------------------------------------
+
+    def step(self, *, faults: bool = True) -> None:
+        """One step: a process's operation, a run's end, time passing, or a fault."""
+        self.step_no += 1
+        choices: list[tuple[str, Callable[[], Any]]] = []
+        choices += [(proc.name, functools.partial(self._claim, proc)) for proc in self._live("claim")]
+        if self.jobs:
+            choices += [(proc.name, functools.partial(self._dispatch, proc)) for proc in self._live("dispatch")]
+        choices += [(proc.name, functools.partial(self._retry, proc)) for proc in self._live("retry")]
+        if self.unsent:
+            choices.append(("publisher", self._report_unsent))
+        ended = [r for r in self.runs.values() if r.ends_ms <= self.clock.now_ms]
+        if ended:
+            choices.append(("kibana", lambda: self._finish(min(ended, key=lambda r: r.ends_ms))))
+        choices.append(("time", self._advance))
+        if faults and self.rng.random() < self.fault_rate:
+            choices = [("fault", self._fault)]
+        name, action = self.rng.choice(choices)
+        self._stack.append(name)
+        try:
+            action()
+        except ElastaskError as e:  # a loop's own error (an engine or Redis failure): its job would retry
+            self.trace.append(f"{self.step_no}: {name} failed: {e}")
+        finally:
+            self._stack.pop()
+
+    def _advance(self) -> None:
+        self.clock.now_ms += self.rng.choice((5, 20, 100, 500, 2000))
+
+    def _after_read(self) -> None:
+        """Right after a real-time read answered: maybe other processes go first (the reader is paused)."""
+        self._others_first()
+
+    def _others_first(self) -> None:
+        if self.rng.random() < 0.3 and len(self._stack) < 3:
+            for _ in range(self.rng.randint(1, 10)):
+                self.step(faults=False)
+
+    def _after_write(self) -> None:
+        """Right after an engine write applied: maybe other processes go first, or the write fails."""
+        self._others_first()
+        if self._faults_on and self.rng.random() < 0.02:
+            self.faults["write applied, answered 503"] = self.faults.get("write applied, answered 503", 0) + 1
+            meta = ApiResponseMeta(503, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "sim", 9200))
+            raise elasticsearch.ApiError("applied, then 503", meta, {})
+
+    _faults_on = True
+
+    def _fault(self) -> None:
+        kind = self.rng.choice(("kill", "freeze", "flush", "restart"))
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+        if kind == "kill":
+            victims = [p for p in self.processes if not p.dead and p.kind != "retry"]
+            if victims:
+                victim = self.rng.choice(victims)
+                victim.dead = True
+                self.processes.append(self._process(f"{victim.name}+", victim.kind))  # its replacement
+                if victim.kind == "dispatch" and self.jobs:  # the jobs it had received die with it
+                    self.jobs.pop(self.rng.randrange(len(self.jobs)))
+        elif kind == "freeze":
+            proc = self.rng.choice([p for p in self.processes if not p.dead])
+            proc.frozen_until_ms = self.clock.now_ms + self.rng.choice((500, 3000, 10_000))
+        elif kind == "flush":
+            fakeredis.FakeRedis(server=self.server).flushall()
+        else:
+            node = f"kibana:{self.rng.randrange(self.nodes)}"
+            self.node_started_ms[node] = self.clock.now_ms
+            for run in [r for r in self.runs.values() if r.node == node]:
+                del self.runs[run.task_id]  # lost with the process: no outcome
+
+    def _violate(self, what: str) -> None:
+        self.violations.append(Violation(self.step_no, what))
+
+    # ---- a run ---------------------------------------------------------------------------------
+
+    def run(self, steps: int) -> list[Violation]:
+        """``steps`` steps with faults, then a drain without faults until the work is done; the violations."""
+        with redis_on(self.clock):
+            for _ in range(steps):
+                self.step()
+            self._faults_on = False
+            for proc in self.processes:
+                proc.frozen_until_ms = 0.0
+            for _ in range(20_000):
+                if self._drained():
+                    break
+                self.step(faults=False)
+            self._check_end()
+        return self.violations
+
+    def _drained(self) -> bool:
+        once = [d for d in self.engine.docs if d.startswith("task:once")]
+        return not self.runs and all(self.engine.docs[d]["_source"]["task"]["status"] == "failed" for d in once)
+
+    def _check_end(self) -> None:
+        for doc_id, doc in self.engine.docs.items():
+            task = doc["_source"]["task"]
+            if doc_id.startswith("task:once") and task["status"] != "failed":
+                self._violate(f"{doc_id} lost: {task['status']} after the drain (attempts {task['attempts']})")
+            if task["status"] == "failed" and self.pushes.get(doc_id, 0) < task["attempts"]:
+                self._violate(
+                    f"{doc_id} failed with {task['attempts']} attempts counted but {self.pushes.get(doc_id, 0)} pushes"
+                )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "steps": self.step_no,
+            "virtual_s": round((self.clock.now_ms - EPOCH.timestamp() * 1000) / 1000, 1),
+            "pushes": sum(self.pushes.values()),
+            "one_shots_done": self.one_shots
+            + self.limited
+            - sum(1 for d in self.engine.docs if d.startswith("task:once")),
+            "faults": dict(self.faults),
+            "violations": [f"step {v.step}: {v.what}" for v in self.violations],
+        }
+
+
+def new_seed() -> int:
+    return uuid.uuid4().int % 1_000_000

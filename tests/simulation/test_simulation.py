@@ -1,0 +1,82 @@
+"""The deterministic simulation (elastask_bed/simulation/): the real loops under faults hold every invariant,
+a seed gives the same run, and the simulation sees what a review saw: with a fix reverted, a seed finds it.
+
+The seeds that found a defect are kept here as regression tests (each with the fix reverted by the test,
+the violation it must find).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from elastask.loops.claim import reconcile
+from elastask.loops.dispatch import outcomes
+from elastask.parts import ledger
+from elastask_bed.simulation.world import World
+
+#: The CI budget: seeds x steps with faults (each then drains without faults).
+SEEDS = range(1, 7)
+STEPS = 1500
+
+
+@pytest.fixture(autouse=True)
+def quiet() -> Iterator[None]:
+    # The loops log every fault they meet (thousands of lines per seed); only a violation matters here.
+    logging.disable(logging.CRITICAL)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_invariant_holds_under_faults(seed: int) -> None:
+    world = World(seed)
+    violations = world.run(STEPS)
+    summary = world.summary()
+    assert violations == [], "\n".join([str(summary), *world.trace[-30:]])
+    assert summary["pushes"] > 100 and sum(summary["faults"].values()) > 10  # it did work, and met faults
+    left = [doc["_source"]["task"] for doc_id, doc in world.engine.docs.items() if doc_id.startswith("task:once")]
+    assert all(task["status"] == "failed" for task in left)  # every one-shot ran, or failed with its reason
+
+
+def test_a_seed_gives_the_same_run() -> None:
+    first, second = World(11), World(11)
+    first.run(400)
+    second.run(400)
+    assert first.summary() == second.summary() and first.trace == second.trace
+
+
+def _slots_freed_by_task_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 2 of issue 41: every release frees the task's slot whoever's claim it now is."""
+    fenced = ledger._fenced
+    monkeypatch.setattr(ledger, "_fenced", lambda ids, _claims: fenced(ids, None))
+
+
+def _unsent_jobs_given_back_without_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 3: a job reported unsent is given back without switching its pushes off first."""
+    monkeypatch.setattr(outcomes, "switch_off_pushes", lambda _rt, claims: {(d, c) for d, c, _ in claims})
+
+
+def _rebuilt_slots_without_their_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 6: a ledger rebuilt from the engine takes slots without their concurrency group."""
+    monkeypatch.setattr(reconcile, "slot_request", lambda _s, task_id, _type, cost, expiry: (task_id, cost, expiry))
+
+
+@pytest.mark.parametrize(
+    ("revert", "seed", "found"),
+    [
+        (_slots_freed_by_task_id, 3, "pushed beside another sim:limited run"),
+        (_unsent_jobs_given_back_without_the_switch, 0, "a second run"),
+        (_rebuilt_slots_without_their_group, 5, "pushed beside another sim:limited run"),
+    ],
+    ids=["defect-2-slot-fence", "defect-3-push-switch", "defect-6-rebuilt-groups"],
+)
+def test_with_a_fix_reverted_its_seed_finds_the_defect(
+    monkeypatch: pytest.MonkeyPatch, revert: Callable[[pytest.MonkeyPatch], Any], seed: int, found: str
+) -> None:
+    revert(monkeypatch)
+    violations = World(seed).run(STEPS)
+    assert violations and found in violations[0].what
