@@ -110,8 +110,17 @@ class LeaseView:
 class Ledger:
     """Per-node in-flight slots in Redis."""
 
-    def __init__(self, client: redis.Redis, *, monotonic: Callable[[], float] = monotonic_ms) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        monotonic: Callable[[], float] = monotonic_ms,
+        redis_time: Callable[[], Any] | None = None,
+    ) -> None:
+        """``monotonic``: this process's clock (ms); ``redis_time``: Redis's ``TIME`` (seconds, microseconds),
+        the client's by default (a test skews it to stand for a worker whose clock is off)."""
         self.client = client
+        self._redis_time = redis_time if redis_time is not None else client.time
         #: This process's monotonic clock (ms), which moves a reused reading of Redis's clock on.
         self._monotonic = monotonic
         #: The last tight read of Redis's clock: (its ms, this process's monotonic ms when the answer came).
@@ -336,7 +345,7 @@ class Ledger:
         if clock is not None and asked_ms - clock[1] < CLOCK_REUSE_MS:
             return clock[0] + int(asked_ms - clock[1])
         with redis_errors("reading Redis's clock"):
-            seconds, micros = cast(tuple[int, int], self.client.time())
+            seconds, micros = cast(tuple[int, int], self._redis_time())
         now_ms, answered_ms = int(seconds) * 1000 + int(micros) // 1000, self._monotonic()
         # A slow round trip leaves the reading behind by up to its length: used once, as a fresh
         # read is, but never kept for the next CLOCK_REUSE_MS of decisions (pushes would wait for it).

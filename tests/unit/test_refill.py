@@ -30,6 +30,7 @@ from elastask.loops.claim.refill import (
     RefillSession,
 )
 from elastask.loops.claim.summary import ClaimSummary
+from elastask.parts.ledger import Ledger
 from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime
 from tests.unit.stubs import OWNER, MakeRuntime, StubEngine
@@ -410,11 +411,9 @@ def test_one_run_far_shorter_than_its_types_others_does_not_bring_every_later_fi
     assert session.reads.next_read["next"] >= 1000 + FIRST_READ_SHARE * 280
 
 
-def test_a_task_claimed_ahead_is_timed_on_redis_clock_not_the_workers(
-    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_task_claimed_ahead_is_timed_on_redis_clock_not_the_workers(engine: StubEngine, rt: Runtime) -> None:
     # Given a worker whose own clock is 5 s behind Redis's, and a task due 400 ms from now (Redis's time).
-    monkeypatch.setattr(rt.ledger, "now_ms", lambda: int(time.time() * 1000) + 5000)
+    rt.ledger = Ledger(rt.redis, redis_time=lambda: divmod(int(time.time() * 1_000_000) + 5_000_000, 1_000_000))
     doc = new_task(
         "ahead", "sample", now=rt.now() - timedelta(seconds=5), run_at=rt.now() + timedelta(milliseconds=400)
     )
