@@ -80,3 +80,10 @@ def test_with_a_fix_reverted_its_seed_finds_the_defect(
     revert(monkeypatch)
     violations = World(seed).run(STEPS)
     assert violations and found in violations[0].what
+
+
+@pytest.mark.parametrize("seed", [113])
+def test_the_seeds_that_found_a_defect_hold_now(seed: int) -> None:
+    # 113: a job pushed, Redis restarted empty, then the publisher reported the job unsent: the switch
+    # found no push marker and the task was given back and claimed again while it ran (0.7.9).
+    assert World(seed).run(3000) == []

@@ -19,8 +19,8 @@ from elastask.loops.retry.orphans import take_back_orphans
 from elastask.parts.store import TaskStore
 from elastask.parts.worker_claims import WorkerClaims
 from elastask.runtime import Runtime
-from tests.unit.helpers import NOW, seeded
-from tests.unit.stubs import INDEX, OWNER, StubEngine
+from tests.unit.helpers import NOW, claimed, seeded
+from tests.unit.stubs import INDEX, OWNER, URL, StubEngine
 
 
 def claimed_by(engine: StubEngine, rt: Runtime, worker_id: str, count: int) -> list[DispatchJob]:
@@ -127,3 +127,17 @@ def test_given_a_job_reported_unsent_that_the_broker_took_after_all_then_it_push
         report = push_claimed_tasks(rt, jobs[0], NOW, pool)
     assert set(report.outcomes.values()) <= {"moved-on", "duplicate"}
     assert rt.kibana.pushed == []  # type: ignore[attr-defined]
+
+
+def test_a_job_reported_unsent_after_redis_lost_its_data_is_left_to_its_lease_not_given_back(
+    engine: StubEngine, rt: Runtime
+) -> None:
+    # Given a claim its job already pushed (Kibana runs it), and then Redis restarted empty: the push
+    # marker is gone with the claim marker (found by the simulation: seed 113 of `elastask simulate`).
+    task = claimed(engine, rt, "task:pushed", attempts=1)
+    rt.redis.set(keys.push_marker(task.doc_id, task.claim), 1)
+    rt.redis.flushall()
+    # When the publisher reports the job unsent after all.
+    give_back_unsent(rt, DispatchJob(OWNER, URL, (task,)))
+    # Then nothing proves it was never pushed: it stays claimed (its lease decides), never claimed twice.
+    assert engine.docs["task:pushed"]["_source"]["task"]["status"] == "running"

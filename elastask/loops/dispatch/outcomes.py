@@ -27,6 +27,7 @@ from elastask.parts.failures import record_failure
 from elastask.parts.nodes import Node
 from elastask.parts.push_outcome import PushOutcome, PushResult
 from elastask.parts.redis_errors import redis_errors
+from elastask.parts.scripts import register
 from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
 
@@ -224,21 +225,18 @@ def switch_off_pushes(rt: Runtime, claims: Sequence[tuple[str, int, int]]) -> se
     yet: their push marker is set to GIVEN_BACK, so a job of theirs that runs later (delivered after
     all, or in a frozen process that wakes) pushes nothing. Returns the (doc id, claim) switched off,
     now or before, whose tasks the caller gives back; a claim whose push came first keeps its lease.
-    The push marker is the one switch between a push and a give-back."""
+    The push marker is the one switch between a push and a give-back, and only while Redis remembers
+    the claim (its claim marker): after Redis lost its data, a missing push marker proves nothing, so
+    such a claim is left to its dispatch job and its lease (a push in between ran twice otherwise)."""
     if not claims:
         return set()
-    pipe = rt.redis.pipeline(transaction=False)
-    for doc_id, claim, lease_left_ms in claims:
-        marker = keys.push_marker(doc_id, claim)
-        pipe.set(marker, GIVEN_BACK, nx=True, px=lease_left_ms + _MARKER_EXTRA_MS)
-        pipe.get(marker)
+    markers = [
+        k for doc_id, claim, _ in claims for k in (keys.claim_marker(doc_id, claim), keys.push_marker(doc_id, claim))
+    ]
+    ttls = [lease_left_ms + _MARKER_EXTRA_MS for _, _, lease_left_ms in claims]
     with redis_errors("switching off the pushes of claims given back"):
-        answers = pipe.execute()
-    return {
-        (doc_id, claim)
-        for (doc_id, claim, _), marker in zip(claims, answers[1::2], strict=True)
-        if marker == GIVEN_BACK
-    }
+        switched = register(rt.redis, "switch_off")(keys=markers, args=[GIVEN_BACK, *ttls])
+    return {(doc_id, claim) for (doc_id, claim, _), off in zip(claims, switched, strict=True) if off}
 
 
 def give_back_unsent(rt: Runtime, job: DispatchJob) -> None:
