@@ -48,6 +48,14 @@ METRIC_COUNTERS = PREFIX + "metrics:counters"
 METRIC_LAST_CLAIM = PREFIX + "metrics:last_claim_ms"
 #: When the in-flight usage was last sampled (ms, ops/usage.py).
 USAGE_LAST_SAMPLE = PREFIX + "usage:last_sample_ms"
+#: Recent accepted pushes, newest first, ``<epoch ms>|<ownerId>|<drift s>|<taskType>`` (ops/recent.py, the console).
+RECENT_STARTS = PREFIX + "recent:starts"
+#: Hash ownerId -> when elastask last pushed to it (ms, the console).
+RECENT_LAST_PUSH = PREFIX + "recent:last_push_ms"
+#: Hash ownerId -> restarts of that node the restart watch noticed (the console).
+RECENT_RESTARTS = PREFIX + "recent:restarts"
+#: The console's control actions, newest first (JSON lines: who, what, when; ops/recent.py).
+CONSOLE_ACTIONS = PREFIX + "console:actions"
 
 
 def inflight(owner_id: str) -> str:

@@ -79,8 +79,9 @@ def run_demo(kibana_nodes: int, duration_s: float | None, as_json: bool, echo: C
         flower = fleet._celery(
             "flower", "flower", f"--port={flower_port}", "--address=127.0.0.1", f"--basic-auth=demo:{password}"
         )
-        fleet.exporter(metrics_port)
+        fleet.exporter(metrics_port, env={"ELASTASK_CONSOLE_USERNAME": "demo", "ELASTASK_CONSOLE_PASSWORD": password})
         flower.wait_until(lambda: port_open(flower_port), 60)
+        echo(f"Console: http://127.0.0.1:{metrics_port}/console  (user demo, password {password})")
         echo(f"Flower:  http://127.0.0.1:{flower_port}  (user demo, password {password})")
         echo(f"Metrics: http://127.0.0.1:{metrics_port}/metrics   Health: http://127.0.0.1:{metrics_port}/health")
         settings = parse_settings({}, source="<demo>", env=fleet.env)

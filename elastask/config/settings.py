@@ -2,7 +2,8 @@
 
 Each field of :class:`Settings` (and of its sections) is one :func:`setting` call. The key list and
 the environment variables (config/load.py), and the commented listing that is elastask.yaml
-(config/listing.py), are all derived from these declarations.
+(config/listing.py), are all derived from these declarations. It stays one module: the order of the
+declarations here is the order of elastask.yaml.
 """
 
 from __future__ import annotations
@@ -113,6 +114,20 @@ class KibanaSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """Who may use the controls of the console ``elastask serve`` shows (the page itself is read-only without)."""
+
+    username: str = setting(
+        "console.username", "str", "admin",
+        "The console (elastask serve, /console): without a password it is read-only (no controls).\n"
+        "With one, pause/resume, drain and requeue work after logging in as username/password.\n"
+        "The password can also be read from console.password_file.",
+    )  # fmt: skip
+    password: Secret | None = setting("console.password", "secret?", None, "", from_file=True)
+    read_only: bool = setting("console.read_only", "bool", False, "true: no controls even with a password.")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything elastask reads from elastask.yaml and the environment."""
 
@@ -200,6 +215,7 @@ class Settings:
         "worker): all, type:<task type> (prefix* too) or node:<ownerId, URL or id>. Nothing new is claimed\n"
         "or pushed for it; running tasks finish, due tasks wait and keep their attempts.",
     )  # fmt: skip
+    console: ConsoleSettings = section(ConsoleSettings)
     #: ``task_types.<type>`` of elastask.yaml, as written there (task_types.py merges them).
     task_types: Mapping[str, TaskTypeRule] = setting(
         "task_types", "task_types", {},

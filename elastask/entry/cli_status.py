@@ -33,12 +33,15 @@ def check_cmd(obj: Context) -> None:
 @click.option("--port", type=int, default=9808, show_default=True)
 @click.pass_obj
 def serve_cmd(obj: Context, host: str, port: int) -> None:
-    """Serve Prometheus /metrics and the /health report over HTTP."""
+    """Serve the console (/console), Prometheus /metrics and the /health report over HTTP."""
     import logging
 
-    from elastask.ops.exporter import serve
+    from elastask.console.access import Access
+    from elastask.console.app import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    why = Access.from_settings(obj.settings).why_read_only()
+    click.echo(f"elastask: console on http://{host}:{port}/console ({why or 'controls after logging in'})", err=True)
     click.echo(f"elastask: /metrics and /health on http://{host}:{port}", err=True)
     serve(obj.runtime(), host, port)
 

@@ -32,6 +32,7 @@ from elastask.loops.dispatch.job import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_clai
 from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_unsent
 from elastask.loops.retry.loop import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
+from elastask.ops.recent import queue_started
 from elastask.ops.usage import UsageRecorder, queue_runs_started
 from elastask.parts.cadence import Cadence
 from elastask.runtime import Runtime, build_runtime
@@ -259,6 +260,12 @@ def record_dispatch(rt: Runtime, job: DispatchJob, report: DispatchReport, now: 
     Metrics(rt.redis).record(  # with the usage, in one round trip; best effort: the pushes are settled
         labelled=[("elastask_dispatched_total", {"outcome": outcome}, n) for outcome, n in counts.items()],
         observations=[("start_drift_seconds", drift) for drift in report.drifts_s],
-        also=lambda pipe: queue_runs_started(pipe, job.owner_id, len(accepted), units, epoch_ms(now)),
+        also=lambda pipe: _queue_usage(pipe, job.owner_id, len(accepted), units, report, epoch_ms(now)),
     )
     return {str(outcome): n for outcome, n in report.counts().items()}
+
+
+def _queue_usage(pipe: Any, owner_id: str, runs: int, units: int, report: DispatchReport, now_ms: int) -> None:
+    """The usage (capacity estimation) and the recent starts (the console) of a job, on one pipeline."""
+    queue_runs_started(pipe, owner_id, runs, units, now_ms)
+    queue_started(pipe, owner_id, report.drifts, now_ms)

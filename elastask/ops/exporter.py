@@ -1,4 +1,4 @@
-"""``elastask serve``: Prometheus ``/metrics`` and ``/health`` over HTTP, read from Redis and the engine.
+"""Prometheus ``/metrics`` of ``elastask serve`` (console/app.py serves it), read from Redis and the engine.
 
 One exporter serves the whole dispatcher, however many workers and machines: the loops record in
 Redis (see metrics.py), so the numbers are right under Celery's prefork pool without
@@ -7,20 +7,16 @@ multiprocess mode.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import redis
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from elastask.errors import StoreError
-from elastask.ops.health import capacity_estimation, count_overdue, health
+from elastask.ops.health import capacity_estimation, count_overdue
 from elastask.ops.metrics import MetricsReader, parse_counter_field
 from elastask.parts.pauses import PauseStore
 from elastask.runtime import Runtime
@@ -160,40 +156,3 @@ class ElastaskCollector:
                 "Estimate: how long a run holds its slot, push to outcome seen (last 5 minutes).",
                 value=observed["mean_hold_seconds"],
             )
-
-
-def make_handler(rt: Runtime, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] == "/metrics":
-                self._send(200, generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8")
-            elif self.path.split("?")[0] == "/health":
-                report = health(rt, datetime.now(UTC))
-                status = 503 if report["status"] == "error" else 200
-                self._send(status, json.dumps(report, indent=2).encode(), "application/json")
-            else:
-                self._send(404, b'{"error": "try /metrics or /health"}', "application/json")
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-    return Handler
-
-
-def serve(rt: Runtime, host: str, port: int) -> None:
-    """Serve until interrupted."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ElastaskCollector(rt))
-    server = ThreadingHTTPServer((host, port), make_handler(rt, registry))
-    log.info("serving /metrics and /health on http://%s:%d", host, port)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()

@@ -75,10 +75,11 @@ class CeleryFleet:
         """Start a beat with its own schedule file."""
         return self._celery(name, "beat", "-l", "info", "-s", str(self.workdir / f"{name}-schedule"))
 
-    def exporter(self, port: int) -> ManagedProcess:
-        """Start ``elastask serve`` (/metrics and /health) on a port and wait until it listens."""
+    def exporter(self, port: int, env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start ``elastask serve`` (the console, /metrics and /health) on a port and wait until it listens;
+        ``env``: more variables for it alone (``ELASTASK_CONSOLE_PASSWORD``)."""
         argv = [sys.executable, "-m", "elastask", "serve", "--port", str(port)]
-        process = ManagedProcess("exporter", argv, self.workdir / "exporter.log", env=self.env)
+        process = ManagedProcess("exporter", argv, self.workdir / "exporter.log", env={**self.env, **(env or {})})
         process.start()
         self.processes.append(process)
         process.wait_until(lambda: port_open(port), 30)

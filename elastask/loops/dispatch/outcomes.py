@@ -67,7 +67,12 @@ class DispatchReport:
     """What one dispatch job did: an outcome per task, and the start drift of the accepted ones."""
 
     outcomes: dict[str, DispatchOutcome] = field(default_factory=dict)  # task id -> outcome
-    drifts_s: list[float] = field(default_factory=list)
+    #: (taskType, start drift in seconds) of every accepted push.
+    drifts: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def drifts_s(self) -> list[float]:
+        return [drift for _type, drift in self.drifts]
 
     def counts(self) -> Counter[DispatchOutcome]:
         return Counter(self.outcomes.values())
@@ -123,7 +128,8 @@ def _record(
         report.outcomes[task.doc_id] = DispatchOutcome(result.outcome.value)
         if result.outcome is PushOutcome.ACCEPTED:
             # Start drift as Kibana's health API defines it: when the run started (at once) - runAt.
-            report.drifts_s.append(max(0.0, (now - parse_date(task.body["runAt"])).total_seconds()))
+            drift = max(0.0, (now - parse_date(task.body["runAt"])).total_seconds())
+            report.drifts.append((str(task.body.get("taskType", "")), drift))
         elif result.outcome is PushOutcome.REFUSED:
             warn(task, "task %r: push refused, back to idle without burning an attempt: %s", task.doc_id, result.detail)
             refused.append(task)

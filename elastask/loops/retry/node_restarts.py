@@ -22,9 +22,12 @@ its uptime (an unauthenticated, redacted status) is never judged: its leases run
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+
+import redis
 
 from elastask import keys
 from elastask.core import policy, queries
@@ -93,6 +96,8 @@ def check_restart(rt: Runtime, node: Node) -> int:
         known, _ = pipe.execute()
     if known is None or started_ms <= int(known) + RESTART_TOLERANCE_MS:
         return 0
+    with contextlib.suppress(redis.RedisError):  # the console's "restarts noticed"; a count, best effort
+        rt.redis.hincrby(keys.RECENT_RESTARTS, node.owner_id, 1)
     log.warning(
         "Kibana node %s (%s) restarted %.1f s ago: ending the leases of the runs it lost",
         node.url,
