@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -64,6 +65,11 @@ def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
             assert len(HEADER.findall(pane)) == 1, pane
             assert pane.index("Flower:  http://127.0.0.1:") < pane.index("in flight   pushed"), pane
             assert "None" not in pane, pane
+        # And the console it prints lets a new user in with the printed password: the demo's nodes and
+        # backlog on the page, a type paused and a node drained from it.
+        printed = re.search(r"Console: (http://127\.0\.0\.1:\d+)/console  \(user demo, password (\S+)\)", pane)
+        assert printed, pane
+        try_the_console(printed.group(1), printed.group(2))
         # And the view was redrawn over itself, never scrolled: the pane's whole history holds one.
         history = subprocess.run([*tmux, "capture-pane", "-p", "-S", "-"], capture_output=True, text=True).stdout
         assert len(HEADER.findall(history)) == 1, history[-3000:]
@@ -73,6 +79,29 @@ def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
         wait_until_gone(marker, 90)
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def try_the_console(base: str, password: str) -> None:
+    """Log in to the demo's console as the demo prints it, and use two of its controls."""
+    with requests.Session() as browser:
+        browser.get(base + "/console/login")
+        token = browser.cookies["_xsrf"]
+        credentials = {"username": "demo", "password": password, "_xsrf": token}
+        login = browser.post(base + "/console/login", data=credentials, allow_redirects=False)
+        assert login.status_code == 302, login.text
+        state = browser.get(base + "/console/api/state").json()
+        assert state["controls"] and len(state["nodes"]) == 2 and state["backlog"] is not None, state
+        headers = {"X-XSRFToken": token}
+        paused = browser.post(
+            base + "/console/api/action", json={"action": "pause", "target": "type:demo:one-shot"}, headers=headers
+        )
+        assert paused.json() == {"ok": True, "message": "paused type:demo:one-shot"}
+        node = state["nodes"][0]["owner_id"]
+        drained = browser.post(base + "/console/api/action", json={"action": "drain", "target": node}, headers=headers)
+        assert drained.json()["ok"], drained.text
+        state = browser.get(base + "/console/api/state").json()
+        assert [row["drained"] for row in state["nodes"]] == [True, False], state["nodes"]
+        assert {p["pause"] for p in state["pauses"]["paused"]} == {"type:demo:one-shot", f"node:{node}"}
 
 
 def demo_in_tmux(name: str, demo_args: str) -> tuple[list[str], str]:
