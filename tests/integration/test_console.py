@@ -316,3 +316,50 @@ def test_no_control_works_without_logging_in_with_a_forged_request_or_in_read_on
         assert login.status_code == 403
         refused = anyone.post(read_only + "/console/api/action", json=pause_all, headers={"X-XSRFToken": token})
         assert refused.status_code == 403 and "read-only" in refused.json()["message"]
+
+
+def test_the_console_costs_the_engine_one_search_per_refresh_shared_by_every_page_and_nothing_when_closed(
+    store: TaskStore,
+    redis_client: redis.Redis,
+    simulator: SimulatorFactory,
+    dispatcher_factory: DispatcherFactory,
+) -> None:
+    # No worker and no beat: every request the engine gets comes from elastask serve (counted by the proxy).
+    sim = simulator(nodes=2, run_ms="100")
+    dispatcher = dispatcher_factory(sim)
+    seed(store.client, [new_task(f"cost-{i:02d}", "console:cost", now=now()) for i in range(20)])
+    base = console(dispatcher)
+    engine = dispatcher.env["ELASTASK_ELASTICSEARCH_HOST"]
+
+    def engine_requests() -> dict[str, int]:
+        return dict(requests.get(engine + "/_proxy/stats", timeout=10).json()["requests"])
+
+    def sent_since(before: dict[str, int]) -> dict[str, int]:
+        after = engine_requests()
+        return {kind: n - before.get(kind, 0) for kind, n in after.items() if n != before.get(kind, 0)}
+
+    before = engine_requests()
+    time.sleep(4)
+    assert sent_since(before) == {}, "elastask serve reads nothing while no page is open"
+    requests.get(base + "/console/api/state", timeout=30)  # the first refresh also starts the dependency checks
+    time.sleep(5)  # they run in the background, once per 30 s
+    before = engine_requests()
+    refreshes = 5
+    for _ in range(refreshes):
+        assert requests.get(base + "/console/api/state", timeout=30).status_code == 200
+        time.sleep(1.1)
+    per_refresh = sent_since(before)
+    assert per_refresh == {"search": refreshes}, per_refresh
+    # Pages refreshing within the same second share one snapshot: one search for all of them.
+    time.sleep(1.1)
+    before = engine_requests()
+    for _ in range(4):
+        requests.get(base + "/console/api/state", timeout=30)
+    assert sent_since(before) == {"search": 1}
+    # /health, for comparison: a count and a search per request.
+    time.sleep(1.1)
+    before = engine_requests()
+    requests.get(base + "/health", timeout=30)
+    health = sent_since(before)
+    assert sum(health.values()) >= sum(per_refresh.values()) / refreshes, health
+    print(f"engine requests per console refresh: {per_refresh} over {refreshes}; per /health: {health}")
