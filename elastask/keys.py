@@ -134,3 +134,18 @@ def queue(owner_id: str) -> str:
 
 CLAIM_QUEUE = "elastask.claim"
 RETRY_QUEUE = "elastask.retry"
+
+
+def claim_lock(lane: int) -> str:
+    """The claim lock of one claim lane (core/lanes.py); lane 0's is the one-path lock ``CLAIM_LOCK``."""
+    return CLAIM_LOCK if lane == 0 else f"{CLAIM_LOCK}:{lane}"
+
+
+def claim_resting(lane: int) -> str:
+    """Whether a claim lane rests (parts/cadence.py); lane 0's is ``CLAIM_RESTING``."""
+    return CLAIM_RESTING if lane == 0 else f"{CLAIM_RESTING}:{lane}"
+
+
+def claim_follow_up(lane: int) -> str:
+    """A claim lane's follow-up claim job is on its way (parts/cadence.py); lane 0's is ``CLAIM_FOLLOW_UP``."""
+    return CLAIM_FOLLOW_UP if lane == 0 else f"{CLAIM_FOLLOW_UP}:{lane}"

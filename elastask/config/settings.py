@@ -191,6 +191,12 @@ class Settings:
         "How long a run may take before its lease (retryAt) expires (Kibana's task timeout).",
     )  # fmt: skip
     claim_batch_size: int = setting("claim_batch_size", "posint", 1000, "Most due tasks read per claim cycle.")
+    claim_lanes: int = setting(
+        "claim_lanes", "posint", 1,
+        "Claim paths that run at once (up to 16, and one per live worker), each over a disjoint share of the\n"
+        "due tasks by task.partition (as Kibana's partitions; tasks without one go to the first), each with\n"
+        "its own claim lock and refill session; the cap stays one ledger. 1: one claim path for every task.",
+    )  # fmt: skip
     retry_delay_ms: int = setting(
         "retry_delay", "interval", "30s",
         "After a one-shot task's lease expires: wait retry_delay before the first retry, then a random\n"

@@ -72,12 +72,14 @@ def due_tasks(
     priority_by_type: Mapping[str, int] | None = None,
     exclude_types: Collection[str] = (),
     only_types: Collection[str] = (),
+    share: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Idle tasks whose runAt has come, highest priority first, then oldest runAt (Kibana's order).
 
     Priority: the document's ``task.priority``, else its type's (``priority_by_type``, ``prefix*``
     patterns too), else Kibana's Normal (50). ``exclude_types`` (types Kibana removed, types searched
-    apart) and ``only_types`` (a limited-concurrency group's own search) narrow it by ``taskType``.
+    apart) and ``only_types`` (a limited-concurrency group's own search) narrow it by ``taskType``;
+    ``share``, by partition (a claim lane's share: core/lanes.py).
 
     Only ids and versions come back (``_source: false``): the claim loop reads the documents it may
     claim with a real-time ``mget`` anyway, so the search does not load every hit's source.
@@ -98,6 +100,8 @@ def due_tasks(
     query = _claimable_idle({"lte": format_date(now)}, attempts, must_not)
     if only_types:
         query["bool"]["filter"].append({"bool": {"should": _types(only_types), "minimum_should_match": 1}})
+    if share is not None:
+        query["bool"]["filter"].append(dict(share))
     body = {
         "query": query,
         "sort": [priority_sort(priority_by_type or {}), {"task.runAt": {"order": "asc"}}],

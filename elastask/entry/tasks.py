@@ -21,6 +21,7 @@ from celery import signals
 from elastask import keys
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date
+from elastask.core.lanes import Lane, lane_count
 from elastask.core.messages import DispatchJob
 from elastask.entry.celeryapp import get_app, process_of
 from elastask.entry.publisher import background_publisher
@@ -35,6 +36,7 @@ from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.recent import queue_started
 from elastask.ops.usage import UsageRecorder, queue_runs_started
 from elastask.parts.cadence import Cadence
+from elastask.parts.worker_claims import WorkerClaims
 from elastask.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -91,17 +93,22 @@ def claim(self: Any) -> dict[str, Any]:
         # The jobs go out from a thread with one producer of its own: the loop does not wait on the broker.
         unsent = functools.partial(give_back_unsent, rt)
         with background_publisher(enqueue_dispatch, app.producer_or_acquire, unsent) as publish:
-            summary = claim_available_tasks(
-                rt,
-                now,
-                publish,
-                lambda cycle: record_cycle(rt, cycle),
-                sessions=sessions_allowed(),
-                sending=publish.sending,
-                stopping=stopping,
-            )
+            # The first lane free (core/lanes.py): with one lane, the one claim path.
+            for lane in lanes(rt):
+                summary = claim_available_tasks(
+                    rt,
+                    now,
+                    publish,
+                    lambda cycle: record_cycle(rt, cycle),
+                    sessions=sessions_allowed(),
+                    sending=publish.sending,
+                    stopping=stopping,
+                    lane=lane,
+                )
+                if summary.ran:
+                    break
         if summary.ran and summary.backlog:
-            follow_up(rt, at_once=summary.session_expired)
+            follow_up(rt, at_once=summary.session_expired, lane=lane)
         if summary.resting:
             Metrics(rt.redis).claim_succeeded(now)  # resting after a quiet cycle is a healthy loop
             UsageRecorder(rt.redis).sample_in_flight({}, epoch_ms(now))  # quiet time counts in the usage window
@@ -129,11 +136,19 @@ def sessions_allowed() -> bool:
     return processes is None or processes >= 2
 
 
-def follow_up(rt: Runtime, *, at_once: bool = False) -> None:
+def lanes(rt: Runtime) -> list[Lane]:
+    """The claim lanes to try, in order: ``claim_lanes`` of them, at most one per live worker."""
+    configured = rt.settings.claim_lanes
+    count = 1 if configured == 1 else lane_count(configured, WorkerClaims(rt.redis).alive_count())
+    return [Lane(index, count) for index in range(count)]
+
+
+def follow_up(rt: Runtime, *, at_once: bool = False, lane: Lane | None = None) -> None:
     """Tasks wait for slots: one more claim cycle after busy_polling_interval (``at_once``: a refill
-    session that ran out of time hands over now), not at beat's next tick."""
+    session that ran out of time hands over now), not at beat's next tick; one pending per lane."""
     busy_ms = rt.settings.busy_polling_interval_ms
-    if busy_ms < rt.settings.polling_interval_ms and Cadence(rt.redis).follow_up(busy_ms):
+    index = 0 if lane is None else lane.index
+    if busy_ms < rt.settings.polling_interval_ms and Cadence(rt.redis, index).follow_up(busy_ms):
         claim.apply_async(
             queue=keys.CLAIM_QUEUE,
             countdown=0 if at_once else busy_ms / 1000,

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 import redis
 
 from elastask import keys
+from elastask.core.lanes import MAX_LANES
 from elastask.parts.redis_errors import redis_errors
 
 
@@ -35,15 +36,17 @@ def rest_until(now: datetime, *, next_run_at: datetime | None, idle_ms: int, loo
 
 
 class Cadence:
-    """Whether the claim loop rests; one Redis key that expires when the rest ends."""
+    """Whether the claim loop (one claim lane of it: core/lanes.py) rests; one Redis key that expires when
+    the rest ends."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, lane: int = 0) -> None:
         self.client = client
+        self.lane = lane
 
     def resting(self) -> bool:
         """True while a quiet cycle's rest lasts (beat's claim jobs return at once)."""
         with redis_errors("reading the claim loop's rest"):
-            return bool(self.client.exists(keys.CLAIM_RESTING))
+            return bool(self.client.exists(keys.claim_resting(self.lane)))
 
     def rest(self, now: datetime, until: datetime) -> None:
         """Rest until ``until`` (nothing happens if that is now or past)."""
@@ -51,14 +54,14 @@ class Cadence:
         if rest_ms <= 0:
             return
         with redis_errors("resting the claim loop"):
-            self.client.set(keys.CLAIM_RESTING, 1, px=rest_ms)
+            self.client.set(keys.claim_resting(self.lane), 1, px=rest_ms)
 
     def follow_up(self, busy_ms: int) -> bool:
         """True at most once per ``busy_ms`` across every process: schedule one more cycle that soon."""
         with redis_errors("scheduling a follow-up claim cycle"):
-            return bool(self.client.set(keys.CLAIM_FOLLOW_UP, 1, nx=True, px=busy_ms))
+            return bool(self.client.set(keys.claim_follow_up(self.lane), 1, nx=True, px=busy_ms))
 
     def wake(self) -> None:
-        """Something became due now: the next claim job runs a full cycle."""
+        """Something became due now: the next claim job of every lane runs a full cycle."""
         with redis_errors("waking the claim loop"):
-            self.client.delete(keys.CLAIM_RESTING)
+            self.client.delete(*(keys.claim_resting(lane) for lane in range(MAX_LANES)))

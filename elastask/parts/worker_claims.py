@@ -106,6 +106,14 @@ class WorkerClaims:
         beats = cast(list[bytes | None], self.client.mget([keys.worker_alive(w) for w in workers]))
         return [w for w, beat in zip(workers, beats, strict=True) if beat is None]
 
+    def alive_count(self) -> int:
+        """How many workers beat now (claim lanes run at most one per worker)."""
+        workers = sorted(_text(w) for w in cast(set[bytes], self.client.smembers(keys.WORKERS)))
+        if not workers:
+            return 0
+        beats = cast(list[bytes | None], self.client.mget([keys.worker_alive(w) for w in workers]))
+        return sum(1 for beat in beats if beat is not None)
+
     def claims_of(self, worker_id: str) -> list[HeldClaim]:
         """Every claim a worker recorded (a claim in two of its jobs' records once)."""
         records = cast(list[bytes], self.client.zrange(keys.worker_claims(worker_id), 0, -1))

@@ -54,7 +54,15 @@ def _plan(cycle: Cycle, claimed_now: frozenset[str] = frozenset(), sources: bool
         *claimed_now,
     }
     return due_search.plan(
-        cycle.settings, cycle.now, cycle.available, cycle.view, cycle.pauses, cycle.cheapest, exclude, sources=sources
+        cycle.settings,
+        cycle.now,
+        cycle.available,
+        cycle.view,
+        cycle.pauses,
+        cycle.cheapest,
+        exclude,
+        sources=sources,
+        lane=cycle.session.lane,
     )
 
 

@@ -22,6 +22,7 @@ import redis
 
 from elastask import keys, tracing
 from elastask.config import Settings
+from elastask.core.lanes import Lane
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim.cycle import run_claim_cycle
 from elastask.loops.claim.refill import MIN_RECHECK_MS, RefillSession
@@ -52,6 +53,7 @@ def claim_available_tasks(
     sending: Callable[[], bool] = lambda: True,
     stopping: Callable[[], bool] = lambda: False,
     session_max_ms: int = SESSION_MAX_MS,
+    lane: Lane | None = None,
 ) -> ClaimSummary:
     """One claim cycle (see the module docstring), and a refill session while a backlog waits.
 
@@ -61,20 +63,22 @@ def claim_available_tasks(
     False once dispatch jobs can no longer be sent; checked with the lock before every claim write.
     ``stopping``: True once the worker is shutting down: a session ends at its next look and frees the
     claim lock at once (another worker's claim job takes over), instead of holding it up to 10 s.
-    ``session_max_ms``: how long a refill session may hold the lock. Returns the last cycle's summary.
+    ``session_max_ms``: how long a refill session may hold the lock. ``lane``: the claim lane whose lock,
+    rest and share of the tasks this is (core/lanes.py). Returns the last cycle's summary.
     """
-    cadence = Cadence(rt.redis)
+    lane = lane or Lane()
+    cadence = Cadence(rt.redis, lane.index)
     if cadence.resting():
         return ClaimSummary(ran=False, resting=True)
-    with exclusive(rt.redis, keys.CLAIM_LOCK, claim_lock_ttl_ms(rt.settings)) as lock:
+    with exclusive(rt.redis, keys.claim_lock(lane.index), claim_lock_ttl_ms(rt.settings)) as lock:
         if not lock.taken:
             return ClaimSummary(ran=False)
-        session = RefillSession(rt.monotonic_ms(), max_wait_ms=rt.settings.busy_polling_interval_ms)
+        session = RefillSession(rt.monotonic_ms(), max_wait_ms=rt.settings.busy_polling_interval_ms, lane=lane)
 
         def fence() -> bool:
             return lock.held() and sending()
 
-        summary = _timed(rt, lambda: run_claim_cycle(rt, now, enqueue, fence, session))
+        summary = _timed(rt, lambda: run_claim_cycle(rt, now, enqueue, fence, session), lane)
         on_cycle(summary)
         if _quiet(summary):
             cadence.rest(now, _rest_until(rt.settings, summary, now))
@@ -115,7 +119,7 @@ def _refill(
                 log.info("worker shutting down: refill session ended, claim lock freed for another worker")
                 last.session_expired = last.backlog  # the follow-up claim job goes out at once
                 break
-            summary = _timed(rt, lambda: run_claim_cycle(rt, rt.now(), enqueue, fence, session))
+            summary = _timed(rt, lambda: run_claim_cycle(rt, rt.now(), enqueue, fence, session), session.lane)
             if not summary.ran:
                 break
             if summary.searched or rt.monotonic_ms() - marked >= SESSION_MARK_MS:
@@ -173,8 +177,9 @@ def _remember_runs(rt: Runtime, runs: dict[str, float]) -> None:
         pipe.execute()
 
 
-def _timed(rt: Runtime, cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
+def _timed(rt: Runtime, cycle: Callable[[], ClaimSummary], lane: Lane | None = None) -> ClaimSummary:
     """Run one cycle, time it, and log its line (a session's look that did not search logs at debug)."""
+    lane = lane or Lane()
     started = time.monotonic()
     with tracing.span(rt.tracer, "elastask.claim_cycle") as traced:
         summary = cycle()
@@ -187,8 +192,9 @@ def _timed(rt: Runtime, cycle: Callable[[], ClaimSummary]) -> ClaimSummary:
     steps = ",".join(f"{name}:{ms:.0f}" for name, ms in summary.steps_ms.items() if ms >= 1)
     log.log(
         logging.INFO if summary.searched or not summary.ran or summary.ledger_rebuilt is not None else logging.DEBUG,
-        "claim cycle: found=%d claimed=%d conflicts=%d stale=%d missing=%d skipped(malformed)=%d released=%d "
+        "claim cycle%s: found=%d claimed=%d conflicts=%d stale=%d missing=%d skipped(malformed)=%d released=%d "
         "nodes=%d duration=%.0fms (%s) capacity_left(units) %s",
+        "" if lane.count == 1 else f" ({lane})",
         summary.found,
         summary.claimed,
         summary.conflicts,

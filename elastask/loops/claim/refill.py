@@ -30,6 +30,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from elastask.core.lanes import Lane
 from elastask.loops.claim.reconcile import LeaseReader
 
 if TYPE_CHECKING:
@@ -236,6 +237,8 @@ class RefillSession:
     searcher: Executor | None = None
     prefetching: Future[Any] | None = None
     nodes: KnownNodes | None = None
+    #: The claim lane whose share of the tasks the session's looks search (core/lanes.py).
+    lane: Lane = field(default_factory=Lane)
 
     def __post_init__(self) -> None:
         self.reads = LeaseReadSchedule(self.max_wait_ms)

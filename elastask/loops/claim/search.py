@@ -15,6 +15,7 @@ from typing import Any
 from elastask.config import Settings
 from elastask.core import policy, queries
 from elastask.core.clock import monotonic_ms
+from elastask.core.lanes import Lane
 from elastask.core.pauses import PauseSet
 from elastask.loops.claim import limited
 from elastask.parts.ledger import LeaseView
@@ -62,10 +63,12 @@ def plan(
     exclude_ids: Iterable[str],
     *,
     sources: bool = False,
+    lane: Lane | None = None,
 ) -> DueSearch:
     """The searches for tasks due by ``now`` plus the claim-ahead window, leaving out ``exclude_ids``
     (the tasks the ledger holds, the quarantined, those Kibana finished a moment ago). ``sources``:
-    the hits carry their documents (loops/claim/fresh_hits.py need not read them again)."""
+    the hits carry their documents (loops/claim/fresh_hits.py need not read them again). ``lane``: only
+    that claim lane's share of the tasks (core/lanes.py)."""
     if not available:
         return DueSearch()
     lookahead = timedelta(milliseconds=lookahead_ms(settings))
@@ -74,6 +77,7 @@ def plan(
         "max_attempts_by_type": settings.max_attempts_by_type(),
         "priority_by_type": settings.priority_by_type(),
         "exclude_ids": set(exclude_ids),
+        "share": None if lane is None else lane.query_filter(),
     }
     source_option = {"_source": True} if sources else {}
     body = queries.due_tasks(

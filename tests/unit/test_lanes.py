@@ -1,0 +1,90 @@
+"""Claim lanes (core/lanes.py): disjoint shares of the partitions, a lock and a rest per lane, one ledger.
+
+Two workers claiming in lanes on real processes, and a lane holder killed or frozen:
+tests/integration/test_lanes.py.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import fakeredis
+import pytest
+
+from elastask import keys
+from elastask.core.documents import new_task
+from elastask.core.lanes import MAX_LANES, PARTITIONS, Lane, lane_count
+from elastask.core.messages import DispatchJob
+from elastask.loops.claim.loop import claim_available_tasks
+from elastask.parts.cadence import Cadence
+from tests.unit.helpers import NOW, running
+from tests.unit.stubs import MakeRuntime, StubEngine
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 16])
+def test_the_lanes_shares_are_disjoint_and_cover_every_partition(count: int) -> None:
+    shares = [set(Lane(i, count).partitions) for i in range(count)]
+    assert set().union(*shares) == set(range(PARTITIONS))
+    assert sum(len(s) for s in shares) == PARTITIONS
+
+
+def test_one_lane_filters_nothing_and_lane_zero_takes_the_tasks_without_a_partition() -> None:
+    assert Lane().query_filter() is None
+    first, second = Lane(0, 2).query_filter(), Lane(1, 2).query_filter()
+    assert first is not None and second is not None
+    assert {"bool": {"must_not": [{"exists": {"field": "task.partition"}}]}} in first["bool"]["should"]
+    assert len(second["bool"]["should"]) == 1
+    assert str(Lane(1, 2)) == "lane 2 of 2"
+    with pytest.raises(ValueError):
+        Lane(2, 2)
+
+
+def test_lanes_run_as_configured_at_most_one_per_live_worker() -> None:
+    assert lane_count(1, 5) == 1
+    assert lane_count(4, 2) == 2
+    assert lane_count(4, 0) == 1  # no beat seen yet: one lane, the one claim path
+    assert lane_count(99, 99) == MAX_LANES
+
+
+def test_each_lane_rests_on_its_own_and_a_wake_wakes_them_all() -> None:
+    client = fakeredis.FakeRedis()
+    first, second = Cadence(client, 0), Cadence(client, 1)
+    second.rest(NOW, NOW + timedelta(seconds=30))
+    assert second.resting() and not first.resting()
+    assert client.exists(keys.claim_resting(1)) and not client.exists(keys.CLAIM_RESTING)
+    first.rest(NOW, NOW + timedelta(seconds=30))
+    Cadence(client).wake()
+    assert not first.resting() and not second.resting()
+    assert first.follow_up(500) and second.follow_up(500) and not second.follow_up(500)
+
+
+def test_two_lanes_claim_disjoint_shares_at_once_and_share_one_cap(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
+    # Twenty due tasks, ten per partition parity, and three without a partition (lane 0's); a node of 16 slots.
+    for i in range(20):
+        doc = new_task(f"p{i}", "sample", now=NOW - timedelta(seconds=10), partition=i)
+        engine.put(doc.id, doc.to_source())
+    for i in range(3):
+        doc = new_task(f"old{i}", "sample", now=NOW - timedelta(seconds=10))
+        engine.put(doc.id, doc.to_source())
+    rt = make_runtime(kibana_capacity=16)
+    sent: list[DispatchJob] = []
+    during_first: list[set[str]] = []
+
+    def second_lane_claims_meanwhile() -> None:
+        engine.before_bulk = None
+        # Lane 2's cycle runs while lane 1's claim write is in flight: its own lock, the same ledger.
+        summary = claim_available_tasks(rt, NOW, sent.append, sessions=False, lane=Lane(1, 2))
+        assert summary.ran, summary
+        during_first.append(set(running(engine)))
+
+    engine.before_bulk = second_lane_claims_meanwhile
+    first = claim_available_tasks(rt, NOW, sent.append, sessions=False, lane=Lane(0, 2))
+    assert first.ran
+    claimed = running(engine)
+    odd = {f"task:p{i}" for i in range(1, 20, 2)}
+    # Lane 1 reserved its whole share (13) before its write; lane 2 found the 3 slots left, of odd partitions.
+    assert during_first and len(during_first[0]) == 3 and during_first[0] <= odd
+    assert claimed - during_first[0] == {f"task:p{i}" for i in range(0, 20, 2)} | {f"task:old{i}" for i in range(3)}
+    assert len(claimed) == 16  # one cap for both lanes: 16 slots, never more
