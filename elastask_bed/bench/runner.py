@@ -28,7 +28,7 @@ from elastask_bed.testbed.fleet import CeleryFleet
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
 
-_CLAIM_CYCLE = re.compile(r"claim cycle: found=\d+ claimed=(\d+) .*? duration=(\d+)ms")
+_CLAIM_CYCLE = re.compile(r"claim cycle(?: \(lane \d+ of \d+\))?: found=\d+ claimed=(\d+) .*? duration=(\d+)ms")
 BENCH_TASK_TYPES = "bench:one-shot,bench:recurring,bench:later," + ",".join(MIX)
 
 
@@ -311,7 +311,7 @@ class BenchRun:
             busy = [c for node in nodes for c in node.get("busy_claim_cycles", [])]
         completed = int(stats["totals"]["runs_finished"])
         throughput = completed / elapsed if elapsed > 0 else 0.0
-        # How much of the run the claim path spent in claim cycles: near 1, it is the limit.
+        # How much of the run the claim path spent in claim cycles (summed over lanes): near 1 a lane, it is the limit.
         claim_path_share = round(sum(cycles) / (elapsed * 1000), 3) if self.mode == "push" and elapsed > 0 else None
         violations = sum(max(0, int(n["max_concurrency"]) - s.capacity) for n in nodes)
         violations += int(stats["totals"]["rejected_over_capacity"])

@@ -1,7 +1,8 @@
 """The chaos run's tasks: recurring tasks at several intervals and a stream of one-shot tasks. Pure.
 
 Three task types with run times from tens of ms to a few seconds (the simulator's ``--run-ms-by-type``),
-each with a short timeout so a lease cut short by a fault runs out within the run.
+each with a short timeout so a lease cut short by a fault runs out within the run. Every task has its
+partition, as Kibana 8.16+ writes it, so claim lanes (``ELASTASK_CLAIM_LANES``) split the work.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from elastask.core.documents import TaskDocument, new_task
+from elastask_bed.bench.scenarios import partition_of
 
 #: Task type -> simulated run time (ms, uniform range) and share of the tasks.
 TYPES: dict[str, tuple[str, float]] = {
@@ -63,7 +65,15 @@ def recurring_tasks(rng: random.Random, now: datetime, count: int) -> list[TaskD
         interval, seconds = interval_of(n, count)
         run_at = now + timedelta(seconds=2 + rng.uniform(0, seconds))
         docs.append(
-            new_task(f"chaos-recurring-{n}", draw_type(rng), now=now, run_at=run_at, interval=interval, params={"n": n})
+            new_task(
+                f"chaos-recurring-{n}",
+                draw_type(rng),
+                now=now,
+                run_at=run_at,
+                interval=interval,
+                params={"n": n},
+                partition=partition_of(f"task:chaos-recurring-{n}"),
+            )
         )
     return docs
 
@@ -77,6 +87,7 @@ def one_shot_tasks(rng: random.Random, now: datetime, first: int, count: int) ->
             now=now,
             run_at=now + timedelta(seconds=rng.uniform(0, 3)),
             params={"n": first + n},
+            partition=partition_of(f"task:chaos-once-{first + n}"),
         )
         for n in range(count)
     ]

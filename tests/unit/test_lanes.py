@@ -16,6 +16,7 @@ from elastask.core.documents import new_task
 from elastask.core.lanes import MAX_LANES, PARTITIONS, Lane, lane_count
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.claim.refill import FOREIGN_READ_MS, ClaimedLease, LeaseReadSchedule, RefillSession
 from elastask.parts.cadence import Cadence
 from tests.unit.helpers import NOW, running
 from tests.unit.stubs import MakeRuntime, StubEngine
@@ -88,3 +89,19 @@ def test_two_lanes_claim_disjoint_shares_at_once_and_share_one_cap(
     assert during_first and len(during_first[0]) == 3 and during_first[0] <= odd
     assert claimed - during_first[0] == {f"task:p{i}" for i in range(0, 20, 2)} | {f"task:old{i}" for i in range(3)}
     assert len(claimed) == 16  # one cap for both lanes: 16 slots, never more
+
+
+def test_with_several_lanes_a_session_reads_another_lanes_leases_only_every_half_second() -> None:
+    reads = LeaseReadSchedule(max_wait_ms=100, foreign_wait_ms=FOREIGN_READ_MS)
+    reads.add_claims([ClaimedLease("ours", "sample", (1, 1))], now_ms=0)
+    assert reads.due(["ours", "theirs"], now_ms=100) == {"ours"}  # theirs: first seen now, read 500 ms later
+    reads.record_reads(["ours"], {"ours"}, now_ms=100)
+    assert reads.due(["ours", "theirs"], now_ms=600) == {"ours", "theirs"}
+    reads.record_reads(["ours", "theirs"], {"ours", "theirs"}, now_ms=600)
+    assert reads.next_read["ours"] < 700 <= 1100 <= reads.next_read["theirs"]
+    reads.record_reads(["theirs"], set(), now_ms=1100)  # finished: forgotten
+    assert "theirs" not in reads.next_read and "theirs" not in reads.foreign
+    one_lane = LeaseReadSchedule(max_wait_ms=100)
+    assert one_lane.due(["theirs"], now_ms=0) == {"theirs"}  # one lane: every lease is read at once
+    assert RefillSession(0, 100, lane=Lane(1, 2)).reads.foreign_wait_ms == FOREIGN_READ_MS
+    assert RefillSession(0, 100).reads.foreign_wait_ms == 0

@@ -65,6 +65,9 @@ PREFETCH_BELOW_SHARE = 0.5
 PREFETCH_AGE_SHARE = 0.6
 #: The task type of a lease the session did not claim (its type is not known).
 DEFAULT_TYPE = ""
+#: With several claim lanes (core/lanes.py), a lease another lane claimed is read this often only: its own
+#: lane reads it on time; this read frees its slot should that lane's holder be gone.
+FOREIGN_READ_MS = 500
 #: A session's look reuses what it learned of the nodes (rotation, pauses, ownerIds; the ledger's
 #: epoch) this long: a pause, a breaker that opened or a Redis that lost the ledger is seen this much
 #: later, and every dispatch job checks pauses and leases itself. The fence before a claim write (the
@@ -94,6 +97,10 @@ class LeaseReadSchedule:
     next_read: dict[str, float] = field(default_factory=dict)
     #: task type -> its last RECENT_RUNS runs (claim written -> found finished)
     runs_ms: dict[str, deque[float]] = field(default_factory=dict)
+    #: How long a lease this session did not claim waits for each read (0: read it now, then as its age says).
+    foreign_wait_ms: float = 0.0
+    #: The leases read at ``foreign_wait_ms`` (another lane's).
+    foreign: set[str] = field(default_factory=set)
 
     @property
     def shortest_run_ms(self) -> dict[str, float]:
@@ -131,7 +138,13 @@ class LeaseReadSchedule:
                 self.next_read[task_id] = min(self.next_read[task_id], first)
 
     def due(self, lease_ids: Iterable[str], now_ms: float) -> set[str]:
-        """The leases worth a real-time read now (a lease this session did not claim: read it now)."""
+        """The leases worth a real-time read now (a lease this session did not claim: read it now, or
+        after ``foreign_wait_ms``)."""
+        if self.foreign_wait_ms:
+            for task_id in lease_ids:
+                if task_id not in self.next_read:
+                    self.next_read[task_id] = now_ms + self.foreign_wait_ms
+                    self.foreign.add(task_id)
         return {task_id for task_id in lease_ids if self.next_read.get(task_id, now_ms) <= now_ms}
 
     def record_reads(self, read: Iterable[str], still_leased: set[str], now_ms: float) -> None:
@@ -139,19 +152,23 @@ class LeaseReadSchedule:
         for task_id in read:
             task_type, since = self.started_at.get(task_id, (DEFAULT_TYPE, now_ms))
             if task_id in still_leased:
+                ours = task_id not in self.foreign
                 self.started_at.setdefault(task_id, (task_type, since))  # not ours: its age counts from now
-                self.next_read[task_id] = now_ms + max(MIN_RECHECK_MS, RECHECK_SHARE * (now_ms - since))
+                recheck_ms = max(MIN_RECHECK_MS, RECHECK_SHARE * (now_ms - since))
+                self.next_read[task_id] = now_ms + (recheck_ms if ours else max(recheck_ms, self.foreign_wait_ms))
                 continue
             if task_id in self.started_at:
                 self._ran(task_type, now_ms - since)
             self.started_at.pop(task_id, None)
             self.next_read.pop(task_id, None)
+            self.foreign.discard(task_id)
 
     def forget(self, lease_ids: set[str]) -> None:
         """Drop what is known of leases no longer in the ledger (freed by another path)."""
         for task_id in [t for t in self.next_read if t not in lease_ids]:
             self.next_read.pop(task_id, None)
             self.started_at.pop(task_id, None)
+            self.foreign.discard(task_id)
 
     def wait_ms(self, now_ms: float) -> float:
         """How long to sleep before the next look: until the earliest lease is worth reading."""
@@ -241,7 +258,8 @@ class RefillSession:
     lane: Lane = field(default_factory=Lane)
 
     def __post_init__(self) -> None:
-        self.reads = LeaseReadSchedule(self.max_wait_ms)
+        foreign_wait_ms = FOREIGN_READ_MS if self.lane.count > 1 else 0.0
+        self.reads = LeaseReadSchedule(self.max_wait_ms, foreign_wait_ms=foreign_wait_ms)
 
     def plan(self, now_ms: float) -> LookPlan:
         """The next look's plan (see LookPlan)."""
