@@ -27,7 +27,7 @@ from elastask.entry.celeryapp import get_app, process_of
 from elastask.entry.publisher import background_publisher
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
-from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.claim.loop import claim_every_lane
 from elastask.loops.claim.summary import ClaimSummary
 from elastask.loops.dispatch.job import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_claimed_tasks
 from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_unsent
@@ -93,26 +93,24 @@ def claim(self: Any) -> dict[str, Any]:
         # The jobs go out from a thread with one producer of its own: the loop does not wait on the broker.
         unsent = functools.partial(give_back_unsent, rt)
         with background_publisher(enqueue_dispatch, app.producer_or_acquire, unsent) as publish:
-            # The first lane free (core/lanes.py): with one lane, the one claim path.
-            for lane in lanes(rt):
-                summary = claim_available_tasks(
-                    rt,
-                    now,
-                    publish,
-                    lambda cycle: record_cycle(rt, cycle),
-                    sessions=sessions_allowed(),
-                    sending=publish.sending,
-                    stopping=stopping,
-                    lane=lane,
-                )
-                if summary.ran:
-                    break
-        if summary.ran and summary.backlog:
-            follow_up(rt, at_once=summary.session_expired, lane=lane)
-        if summary.resting:
+            done = claim_every_lane(
+                rt,
+                now,
+                publish,
+                lanes(rt),
+                lambda cycle: record_cycle(rt, cycle),
+                sessions=sessions_allowed(),
+                sending=publish.sending,
+                stopping=stopping,
+            )
+        for lane, summary in done:
+            if summary.ran and summary.backlog:
+                follow_up(rt, at_once=summary.session_expired, lane=lane)
+        if any(summary.resting for _, summary in done):
             Metrics(rt.redis).claim_succeeded(now)  # resting after a quiet cycle is a healthy loop
             UsageRecorder(rt.redis).sample_in_flight({}, epoch_ms(now))  # quiet time counts in the usage window
-        return summary.as_dict()
+        ran = [summary for _, summary in done if summary.ran]
+        return (ran[-1] if ran else done[-1][1]).as_dict()
     except (StoreError, LedgerError) as e:
         log.error("claim cycle failed, next one in %d ms: %s", app.conf.elastask_settings.polling_interval_ms, e)
         return {"ran": False, "error": str(e)}

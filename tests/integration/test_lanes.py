@@ -7,6 +7,7 @@ asserted as a timing: how long the work took after the fault.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -55,6 +56,31 @@ def test_two_workers_claim_in_two_lanes_and_every_task_runs_once_within_the_cap(
     assert_no_violations(stats)
     assert stats["totals"]["runs_started"] == 800  # once each: the lanes' shares are disjoint
     assert lanes_seen(dispatcher.logs()) == {"lane 1 of 2", "lane 2 of 2"}
+
+
+def test_with_no_backlog_every_lane_is_served_and_every_recurring_task_keeps_running(
+    store: TaskStore, redis_client: redis.Redis, simulator: SimulatorFactory, dispatcher_factory: DispatcherFactory
+) -> None:
+    # A steady load, no backlog: no lane holds a refill session, so each claim job must serve every lane
+    # (the chaos run found lane 2 starved when a job took only the first free lane).
+    sim = simulator(nodes=2, run_ms="50")
+    es = store.client
+    dispatcher = dispatcher_factory(sim, config=LANES)
+    dispatcher.worker("first")
+    dispatcher.worker("second")
+    time.sleep(2)
+    at = now()
+    seed(es, [partitioned_task(f"r-{i:02d}", "lanes", at, interval="1s", state={"runs": 0}) for i in range(40)])
+    dispatcher.beat()
+
+    def runs_each() -> list[int]:
+        store.refresh()
+        hits = store.search_hits({"query": {"term": {"task.taskType": "lanes"}}, "size": 100}, "runs")
+        return [int(json.loads(h["_source"]["task"].get("state") or "{}").get("runs", 0)) for h in hits]
+
+    wait_for(lambda: min(runs_each()) >= 5, 60, "every recurring task run 5 times")
+    assert lanes_seen(dispatcher.logs()) == {"lane 1 of 2", "lane 2 of 2"}
+    assert_no_violations(sim.stats())
 
 
 @pytest.mark.parametrize("fault", ["killed", "frozen past its lock"])

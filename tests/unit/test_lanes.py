@@ -15,7 +15,7 @@ from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.lanes import MAX_LANES, PARTITIONS, Lane, lane_count
 from elastask.core.messages import DispatchJob
-from elastask.loops.claim.loop import claim_available_tasks
+from elastask.loops.claim.loop import claim_available_tasks, claim_every_lane
 from elastask.loops.claim.refill import FOREIGN_READ_MS, ClaimedLease, LeaseReadSchedule, RefillSession
 from elastask.parts.cadence import Cadence
 from tests.unit.helpers import NOW, running
@@ -105,3 +105,23 @@ def test_with_several_lanes_a_session_reads_another_lanes_leases_only_every_half
     assert one_lane.due(["theirs"], now_ms=0) == {"theirs"}  # one lane: every lease is read at once
     assert RefillSession(0, 100, lane=Lane(1, 2)).reads.foreign_wait_ms == FOREIGN_READ_MS
     assert RefillSession(0, 100).reads.foreign_wait_ms == 0
+
+
+def test_one_claim_job_serves_every_free_lane_while_none_holds_a_session(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
+    # No backlog (room for every due task): no lane keeps the job for a session, so the job's cycles
+    # claim both lanes' shares. Taking only the first free lane starved lane 2 for as long as lane 1 was
+    # free at each tick (the chaos run with two lanes: half the recurring tasks stopped).
+    for i in range(6):
+        doc = new_task(f"q{i}", "sample", now=NOW - timedelta(seconds=10), partition=i)
+        engine.put(doc.id, doc.to_source())
+    rt = make_runtime(kibana_capacity=10)
+    sent: list[DispatchJob] = []
+    done = claim_every_lane(rt, NOW, sent.append, [Lane(0, 2), Lane(1, 2)], sessions=False)
+    assert [(lane.index, summary.ran, summary.claimed) for lane, summary in done] == [(0, True, 3), (1, True, 3)]
+    assert running(engine) == {f"task:q{i}" for i in range(6)}
+    # A lane whose lock another process holds is skipped; the others still run.
+    rt.redis.set(keys.claim_lock(0), "someone else", px=10_000)
+    again = claim_every_lane(rt, NOW, sent.append, [Lane(0, 2), Lane(1, 2)], sessions=False)
+    assert [(lane.index, summary.ran) for lane, summary in again] == [(0, False), (1, True)]

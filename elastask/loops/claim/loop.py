@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -85,6 +85,29 @@ def claim_available_tasks(
         elif summary.backlog and sessions and _sessions_on(rt.settings):
             summary = _refill(rt, enqueue, fence, session, summary, on_cycle, stopping, session_max_ms)
     return summary
+
+
+def claim_every_lane(
+    rt: Runtime,
+    now: datetime,
+    enqueue: Callable[[DispatchJob], None],
+    lanes: Sequence[Lane],
+    on_cycle: Callable[[ClaimSummary], None] = lambda _s: None,
+    **options: Any,
+) -> list[tuple[Lane, ClaimSummary]]:
+    """One claim job: a cycle on every lane whose lock is free (core/lanes.py), in order, until one keeps
+    this process for a refill session (the lanes after it are the next claim job's). Without a backlog
+    no lane holds a session, so every job serves every lane: taking only the first free lane left the
+    others unclaimed for as long as the first was free at each tick (found by the chaos run).
+    ``options``: those of ``claim_available_tasks``. Returns each lane tried with its summary.
+    """
+    done: list[tuple[Lane, ClaimSummary]] = []
+    for lane in lanes:
+        summary = claim_available_tasks(rt, now if not done else rt.now(), enqueue, on_cycle, lane=lane, **options)
+        done.append((lane, summary))
+        if summary.ran and summary.backlog:
+            break
+    return done
 
 
 def _sessions_on(settings: Settings) -> bool:
