@@ -237,11 +237,16 @@ def test_draining_a_node_from_the_page_empties_it_and_undraining_brings_it_back(
     dispatcher.worker()
     dispatcher.beat()
     owners = [n["owner_id"] for n in sim.nodes]
-    seed(es, [new_task(f"d-{i:03d}", "console:drain", now=now()) for i in range(150)])
+    seed(es, [new_task(f"d-{i:03d}", "console:drain", now=now()) for i in range(500)])
     log_in(browser, base)
     wait_for(lambda: sim.stats()["nodes"][owners[0]]["current"] > 0, 60, "node 0 running tasks")
     drain = node_row(browser, owners[0]).find_element(By.CSS_SELECTOR, 'button[data-action="drain"]')
-    drain.click()
+    browser.execute_script("arguments[0].focus()", drain)
+    page_refreshed(browser)
+    page_refreshed(browser)
+    # Rows are updated in place: the button a keyboard user reached keeps its focus across refreshes.
+    assert browser.switch_to.active_element == drain
+    drain.send_keys(Keys.ENTER)
     wait_for(lambda: "draining" in message(browser), 10, "the page's answer")
     drained_at = sim.stats()["nodes"][owners[0]]["runs_started"]
     wait_for(

@@ -21,9 +21,63 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Rows are updated in place, not replaced: a row keeps its element (and a focused button its
+// focus) for as long as its node, type, task or pause is on the page.
+const KEYS = ["data-owner", "data-type", "data-task", "data-pause", "data-check"];
+
+function keyOf(node) {
+  if (node.nodeType !== Node.ELEMENT_NODE) return null;
+  for (const k of KEYS) if (node.hasAttribute(k)) return `${node.nodeName} ${k}=${node.getAttribute(k)}`;
+  return null;
+}
+
+function morph(old, fresh) {
+  if (old.nodeType !== fresh.nodeType || old.nodeName !== fresh.nodeName) {
+    old.replaceWith(fresh);
+    return fresh;
+  }
+  if (old.nodeType !== Node.ELEMENT_NODE) {
+    if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
+    return old;
+  }
+  for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+  for (const a of [...fresh.attributes]) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  patch(old, [...fresh.childNodes]);
+  return old;
+}
+
+function patch(parent, fresh) {
+  const keyed = new Map();
+  for (const child of parent.childNodes) {
+    const k = keyOf(child);
+    if (k) keyed.set(k, child);
+  }
+  let cursor = parent.firstChild;
+  for (const next of fresh) {
+    const k = keyOf(next);
+    let match = null;
+    if (k) {
+      match = keyed.get(k) || null;
+      keyed.delete(k);
+    } else if (cursor && !keyOf(cursor) && cursor.nodeName === next.nodeName) {
+      match = cursor;
+    }
+    if (match) {
+      if (match !== cursor) parent.insertBefore(match, cursor);
+      cursor = morph(match, next).nextSibling;
+    } else {
+      parent.insertBefore(next, cursor);
+    }
+  }
+  while (cursor) {
+    const gone = cursor;
+    cursor = cursor.nextSibling;
+    gone.remove();
+  }
+}
+
 function fill(id, rows) {
-  const target = document.getElementById(id);
-  target.replaceChildren(...rows);
+  patch(document.getElementById(id), rows);
 }
 
 function seconds(s) {
@@ -62,8 +116,7 @@ function button(label, action, target, id) {
   if (id) b.id = id;
   b.disabled = !controls;
   b.title = controls ? `${action} ${target}` : "log in for the controls";
-  b.addEventListener("click", () => act(action, target));
-  return b;
+  return b;  // clicks: one listener on the document (rows are updated in place, see patch)
 }
 
 function bar(used, capacity) {
@@ -259,6 +312,10 @@ document.addEventListener("DOMContentLoaded", () => {
   const target = document.getElementById("pause-target");
   form.addEventListener("submit", (event) => { event.preventDefault(); act("pause", target.value || "all"); });
   document.getElementById("resume-button").addEventListener("click", () => act("resume", target.value || "all"));
+  document.addEventListener("click", (event) => {
+    const b = event.target.closest("button[data-action][data-target]");
+    if (b && !b.disabled) act(b.dataset.action, b.dataset.target);
+  });
   document.getElementById("drift-type").addEventListener("change", () => lastState && drawDrift(lastState));
   refresh();
   setInterval(refresh, REFRESH_MS);
