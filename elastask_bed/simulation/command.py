@@ -22,9 +22,11 @@ def simulate(seed: int, seeds: int, steps: int, json_path: str | None, trace: bo
 
     Two claimers, two dispatchers and a retry loop on one stub engine and one fakeredis server (the
     real Lua scripts), three simulated Kibana nodes, a virtual clock; processes killed and frozen,
-    Redis flushed, nodes restarted, pushes refused or their answers lost, engine writes that apply
-    and answer 503, jobs sent and reported unsent, and other processes run between any engine call
-    and its answer. One line per seed; a seed that breaks an invariant prints it and exits 1.
+    Redis flushed or failed over to a replica that missed the last writes, Redis replies lost after
+    the command applied, nodes restarted, pushes refused, their answers lost or accepted and never
+    run, engine writes that apply and answer 503, jobs sent and reported unsent, and other processes
+    run between any engine, Redis or Kibana call and its answer. One line per seed; a seed that
+    breaks an invariant prints it and exits 1 (--trace: the steps that led to it).
     """
     from elastask_bed.simulation.world import World
 
@@ -37,13 +39,14 @@ def simulate(seed: int, seeds: int, steps: int, json_path: str | None, trace: bo
         summaries.append(summary)
         line = (
             f"seed {s}: {summary['steps']} steps, {summary['virtual_s']} s simulated, {summary['pushes']} runs, "
-            f"faults {sum(summary['faults'].values())}: "
+            f"faults {sum(summary['faults'].values())}, pauses {sum(summary['pauses'].values())}: "
         )
         if violations:
             failed += 1
             click.echo(line + f"VIOLATION at step {violations[0].step}: {violations[0].what}")
             if trace:
-                click.echo("\n".join(f"  {t}" for t in world.trace[-40:]))
+                upto = [t for t in world.trace if int(t.split(":", 1)[0]) <= violations[0].step]
+                click.echo("\n".join(f"  {t}" for t in upto[-60:]))
         else:
             click.echo(line + "every invariant held")
     total = sum(s["steps"] for s in summaries)

@@ -6,9 +6,11 @@ world's), one fakeredis server (the real Lua scripts; its TIME and key expiries 
 and simulated Kibana nodes that run what is pushed for a while and then write its outcome, as Kibana
 does. The loops are elastask's own code, unchanged; each process has its own runtime (its own Redis
 connection, memory and clocks) and takes one whole operation per step: a claim cycle, a dispatch
-job, a retry cycle. Interleavings inside an operation come from the engine: right after a write
-applies, the scheduler may run other processes' steps before the write answers (the writer is
-paused there), or make the write answer an error although it applied.
+job, a retry cycle. Interleavings inside an operation come from its calls: right after an engine
+write or real-time read, a Redis command or pipeline, or a push reached a Kibana node, the scheduler
+may run other processes' steps before the call answers (the caller is paused there), or make the
+call answer an error although it applied (an engine write's 503, a Redis connection lost before its
+reply).
 
 After every step the world checks the invariants of shared/DESIGN.md on what the Kibana nodes saw:
 no node over its capacity in units, no task running twice at once, and, once the run drains, nothing
@@ -19,8 +21,10 @@ pushed. Deterministic: one seed gives the same run (ids, choices, faults and tim
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import random
+import threading
 import types
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -31,8 +35,10 @@ from typing import Any
 
 import elasticsearch
 import fakeredis
+import redis
 from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
 
+from elastask import keys
 from elastask.config import KibanaNode, KibanaSettings, Settings
 from elastask.core.documents import new_task
 from elastask.core.intervals import format_date, parse_date
@@ -114,6 +120,32 @@ class Violation:
     what: str
 
 
+class PausingRedis(fakeredis.FakeRedis):
+    """A process's Redis connection: after each command or pipeline applied, ``after_call`` runs before
+    the caller sees the reply (the world runs other processes there, or loses the reply)."""
+
+    def __init__(self, *, server: fakeredis.FakeServer, after_call: Callable[[], None]) -> None:
+        super().__init__(server=server)
+        self.after_call = after_call
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        answer = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        self.after_call()
+        return answer
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        def execute_then_pause(raise_on_error: bool = True) -> Any:
+            answer = execute(raise_on_error)
+            self.after_call()
+            return answer
+
+        pipe.execute = execute_then_pause  # type: ignore[method-assign]
+        return pipe
+
+
 class SimKibana(KibanaClient):
     """The simulated Kibana nodes, as one client: a push starts a run there (checked against the
     invariants); the world ends it later with Kibana's outcome."""
@@ -157,6 +189,12 @@ class World:
     dispatchers: int = 2
     run_ms: tuple[int, int] = (50, 400)
     fault_rate: float = 0.05
+    #: Pauses (other processes run first) after Redis calls and pushes too, not only after engine calls;
+    #: with them, Redis replies lost after the command applied and pushes accepted but never run.
+    redis_pauses: bool = True
+    kibana_pauses: bool = True
+    #: Redis fails over now and then to a replica that missed the writes since it last caught up.
+    redis_failovers: bool = True
     rng: random.Random = field(init=False)
     clock: VirtualTime = field(default_factory=VirtualTime)
     step_no: int = 0
@@ -170,6 +208,8 @@ class World:
     unsent: list[tuple[Process, DispatchJob]] = field(default_factory=list)
     #: Tasks claimed when Redis lost its data (see ``_fault``).
     forgotten: set[str] = field(default_factory=set)
+    #: Pauses where other processes went first, by the call the paused process was in.
+    pauses: dict[str, int] = field(default_factory=dict)
     _stack: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -178,6 +218,7 @@ class World:
         self.engine.after_write = self._after_write
         self.engine.after_read = self._after_read
         self.server = fakeredis.FakeServer()
+        self.replica = fakeredis_database(None)  # what a replica has: Redis's data as of its last catch-up
         hosts = tuple(
             KibanaNode(url=f"http://kibana-{i}:5601", id=f"kibana:{i}", capacity=self.capacity)
             for i in range(self.nodes)
@@ -208,7 +249,7 @@ class World:
     # ---- the processes -------------------------------------------------------------------------
 
     def _process(self, name: str, kind: str) -> Process:
-        client = fakeredis.FakeRedis(server=self.server)
+        client = PausingRedis(server=self.server, after_call=self._after_redis)
         proc = Process(name, kind, None)  # type: ignore[arg-type]
         kibana = SimKibana(self, self.settings.kibana)
 
@@ -244,7 +285,7 @@ class World:
         claim task gives the job's tasks back (as entry/tasks.py does), and the job is delivered too."""
         self.jobs.append(job)
         if self._faults_on and self.rng.random() < 0.03:
-            self.faults["sent, reported unsent"] = self.faults.get("sent, reported unsent", 0) + 1
+            self._count("sent, reported unsent")
             self.unsent.append((proc, job))  # the publisher's report comes a moment later
 
     def _report_unsent(self) -> None:
@@ -274,6 +315,11 @@ class World:
             self.trace.append(f"{self.step_no}: push {doc_id} -> {node} refused")
             return PushResult(PushOutcome.REFUSED, "503", 503)
         self.pushes[doc_id] = self.pushes.get(doc_id, 0) + 1
+        if self.kibana_pauses and self._faults_on and self.rng.random() < 0.01:
+            # Accepted and never run (Kibana lost it): no outcome; its lease runs out and it is retried.
+            self._count("push accepted, never run")
+            self.trace.append(f"{self.step_no}: push {doc_id} -> {node} accepted, lost")
+            return PushResult(PushOutcome.ACCEPTED, "204", 204)
         if doc_id in self.runs:
             self._violate(f"{doc_id} pushed to {node} while it runs on {self.runs[doc_id].node}: a second run")
         task_type = str(body.get("taskType", ""))
@@ -286,6 +332,8 @@ class World:
         now = self.clock.now_ms
         self.runs[doc_id] = Run(doc_id, node, now, now + run_ms, COST_UNITS, task_type)
         self.trace.append(f"{self.step_no}: push {doc_id} -> {node}")
+        if self.kibana_pauses:
+            self._others_first("kibana")  # the run started; its answer comes late
         if self._faults_on and self.rng.random() < 0.03:
             return PushResult(PushOutcome.AMBIGUOUS, "504", 504)
         return PushResult(PushOutcome.ACCEPTED, "204", 204)
@@ -322,14 +370,16 @@ class World:
         if ended:
             choices.append(("kibana", lambda: self._finish(min(ended, key=lambda r: r.ends_ms))))
         choices.append(("time", self._advance))
+        if self.redis_failovers and self.rng.random() < 0.05:
+            self.replica = _copy_of(self.server.dbs[0])  # the replica catches up
         if faults and self.rng.random() < self.fault_rate:
             choices = [("fault", self._fault)]
         name, action = self.rng.choice(choices)
         self._stack.append(name)
         try:
             action()
-        except ElastaskError as e:  # a loop's own error (an engine or Redis failure): its job would retry
-            self.trace.append(f"{self.step_no}: {name} failed: {e}")
+        except (ElastaskError, redis.RedisError) as e:  # a loop's job failed (an engine or Redis failure)
+            self.trace.append(f"{self.step_no}: {name} failed: {e!r}")
         finally:
             self._stack.pop()
 
@@ -338,39 +388,71 @@ class World:
 
     def _after_read(self) -> None:
         """Right after a real-time read answered: maybe other processes go first (the reader is paused)."""
-        self._others_first()
+        self._others_first("engine")
 
-    def _others_first(self) -> None:
-        if self.rng.random() < 0.3 and len(self._stack) < 3:
+    def _after_redis(self) -> None:
+        """Right after a Redis command or pipeline applied: maybe other processes go first, or the reply
+        is lost (the connection dropped: the caller sees an error although the command applied). Only
+        on the scheduler's thread: a lock's renewal thread is a production detail and never pauses."""
+        if not self.redis_pauses or threading.current_thread() is not threading.main_thread():
+            return
+        self._others_first("redis", 0.03)
+        if self._faults_on and self.rng.random() < 0.002:
+            self._count("Redis reply lost")
+            raise redis.ConnectionError("simulated: connection lost after the command applied")
+
+    def _count(self, fault: str) -> None:
+        self.faults[fault] = self.faults.get(fault, 0) + 1
+        self.trace.append(f"{self.step_no}: fault: {fault} ({'/'.join(self._stack)})")
+
+    def _others_first(self, where: str, chance: float = 0.3) -> None:
+        """The caller is paused at a call to ``where``: maybe up to ten steps of other processes go first."""
+        if self.rng.random() < chance and len(self._stack) < 3:
+            self.pauses[where] = self.pauses.get(where, 0) + 1
             for _ in range(self.rng.randint(1, 10)):
                 self.step(faults=False)
 
     def _after_write(self) -> None:
         """Right after an engine write applied: maybe other processes go first, or the write fails."""
-        self._others_first()
+        self._others_first("engine")
         if self._faults_on and self.rng.random() < 0.02:
-            self.faults["write applied, answered 503"] = self.faults.get("write applied, answered 503", 0) + 1
+            self._count("write applied, answered 503")
             meta = ApiResponseMeta(503, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "sim", 9200))
             raise elasticsearch.ApiError("applied, then 503", meta, {})
 
     _faults_on = True
 
     def _fault(self) -> None:
-        kind = self.rng.choice(("kill", "freeze", "flush", "restart"))
-        self.faults[kind] = self.faults.get(kind, 0) + 1
+        kinds = ("kill", "freeze", "flush", "restart") + (("failover",) if self.redis_failovers else ())
+        kind = self.rng.choice(kinds)
+        self._count(kind)
         if kind == "kill":
             victims = [p for p in self.processes if not p.dead and p.kind != "retry"]
             if victims:
                 victim = self.rng.choice(victims)
                 victim.dead = True
+                self.trace.append(f"{self.step_no}: {victim.name} killed")
                 self.processes.append(self._process(f"{victim.name}+", victim.kind))  # its replacement
                 if victim.kind == "dispatch" and self.jobs:  # the jobs it had received die with it
                     self.jobs.pop(self.rng.randrange(len(self.jobs)))
         elif kind == "freeze":
             proc = self.rng.choice([p for p in self.processes if not p.dead])
-            proc.frozen_until_ms = self.clock.now_ms + self.rng.choice((500, 3000, 10_000))
-        elif kind == "flush":
-            fakeredis.FakeRedis(server=self.server).flushall()
+            frozen_ms = self.rng.choice((500, 3000, 10_000))
+            proc.frozen_until_ms = self.clock.now_ms + frozen_ms
+            self.trace.append(f"{self.step_no}: {proc.name} frozen for {frozen_ms} ms")
+        elif kind in ("flush", "failover"):
+            if kind == "flush":
+                fakeredis.FakeRedis(server=self.server).flushall()
+            else:  # the promoted replica has what it had at its last catch-up; the writes since are gone
+                db = self.server.dbs[0]
+                promoted = _copy_of(self.replica)
+                promoted.time = db.time
+                # The ledger's epoch names the server it was built on (INFO's run_id), which the promoted
+                # one is not: elastask rebuilds. fakeredis has no INFO (every run_id reads "unknown"), so
+                # here the promoted data lacks the epoch instead; the run_id check itself is proven on
+                # real servers (tests/integration/test_redis_ha.py).
+                promoted.pop(keys.LEDGER_EPOCH.encode(), None)
+                db.swap(promoted)
             # Claims made before Redis lost its data lost their claim markers: a lease of theirs that runs
             # out counts its attempt even if never pushed (elastask cannot tell), so they are excused.
             self.forgotten |= {
@@ -379,6 +461,7 @@ class World:
         else:
             node = f"kibana:{self.rng.randrange(self.nodes)}"
             self.node_started_ms[node] = self.clock.now_ms
+            self.trace.append(f"{self.step_no}: {node} restarted, its runs lost")
             for run in [r for r in self.runs.values() if r.node == node]:
                 del self.runs[run.task_id]  # lost with the process: no outcome
 
@@ -427,8 +510,24 @@ class World:
             + self.limited
             - sum(1 for d in self.engine.docs if d.startswith("task:once")),
             "faults": dict(self.faults),
+            "pauses": dict(self.pauses),
             "violations": [f"step {v.step}: {v.what}" for v in self.violations],
         }
+
+
+def fakeredis_database(lock: threading.Lock | None) -> Any:
+    from fakeredis._core._database import Database  # fakeredis's own store: swap() exchanges two
+
+    return Database(lock)
+
+
+def _copy_of(db: Any) -> Any:
+    """A copy of one fakeredis database (its keys, values and expiries)."""
+    replica = fakeredis_database(None)
+    replica.time = db.time
+    for key in list(db):
+        replica[key] = copy.deepcopy(db[key])
+    return replica
 
 
 def new_seed() -> int:

@@ -38,6 +38,8 @@ def test_every_invariant_holds_under_faults(seed: int) -> None:
     summary = world.summary()
     assert violations == [], "\n".join([str(summary), *world.trace[-30:]])
     assert summary["pushes"] > 100 and sum(summary["faults"].values()) > 10  # it did work, and met faults
+    assert {"failover", "Redis reply lost", "flush", "kill"} <= set(summary["faults"])
+    assert set(summary["pauses"]) == {"engine", "redis", "kibana"}  # paused at every kind of call
     left = [doc["_source"]["task"] for doc_id, doc in world.engine.docs.items() if doc_id.startswith("task:once")]
     assert all(task["status"] == "failed" for task in left)  # every one-shot ran, or failed with its reason
 
@@ -68,9 +70,9 @@ def _rebuilt_slots_without_their_group(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("revert", "seed", "found"),
     [
-        (_slots_freed_by_task_id, 3, "pushed beside another sim:limited run"),
+        (_slots_freed_by_task_id, 1, "over its capacity"),
         (_unsent_jobs_given_back_without_the_switch, 0, "a second run"),
-        (_rebuilt_slots_without_their_group, 5, "pushed beside another sim:limited run"),
+        (_rebuilt_slots_without_their_group, 30, "pushed beside another sim:limited run"),
     ],
     ids=["defect-2-slot-fence", "defect-3-push-switch", "defect-6-rebuilt-groups"],
 )
@@ -82,8 +84,12 @@ def test_with_a_fix_reverted_its_seed_finds_the_defect(
     assert violations and found in violations[0].what
 
 
-@pytest.mark.parametrize("seed", [113])
-def test_the_seeds_that_found_a_defect_hold_now(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "steps"), [(113, 3000), (6, 1500)])
+def test_the_seeds_that_found_a_defect_hold_now(seed: int, steps: int) -> None:
     # 113: a job pushed, Redis restarted empty, then the publisher reported the job unsent: the switch
-    # found no push marker and the task was given back and claimed again while it ran (0.7.9).
-    assert World(seed).run(3000) == []
+    # found no push marker and the task was given back and claimed again while it ran (0.7.9; found
+    # before the simulation paused at Redis and Kibana calls, so its path is another one now).
+    # 6: Redis failed over to a replica that missed three claims on one node: the ledger must be
+    # rebuilt from the engine (the epoch names another server), else the node is filled past its cap
+    # (found by the first run with failovers, when the simulated failover kept the epoch: 0.8.1).
+    assert World(seed).run(steps) == []
