@@ -7,6 +7,7 @@ and its clock (date math) is the caller's. Races and faults on the real engine: 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -52,9 +53,8 @@ class StubEngine:
 
     def search(self, *, index: str, body: Mapping[str, Any]) -> Answer:
         """The query DSL the loops use (bool, term, terms, range, exists, ids), sorted by runAt or retryAt."""
-        matches = [
-            doc_id for doc_id, doc in self.docs.items() if _matches(body["query"], doc_id, doc["_source"], self.clock())
-        ]
+        matches_query = _compile(body["query"], self.clock())
+        matches = [doc_id for doc_id, doc in self.docs.items() if matches_query(doc_id, doc["_source"])]
         sort_field = "retryAt" if "retryAt" in json.dumps(body.get("sort", [])) else "runAt"
         matches.sort(key=lambda d: str(self.docs[d]["_source"].get("task", {}).get(sort_field) or ""))
         first = (body.get("sort") or [{}])[0]
@@ -143,20 +143,12 @@ class StubEngine:
 def _terms_buckets(sources: Sequence[Mapping[str, Any]], path: str) -> list[dict[str, Any]]:
     """A ``terms`` aggregation's buckets over the matching documents, most frequent first."""
     counts: dict[Any, int] = {}
+    field_of = _getter(path)
     for source in sources:
-        value = _field(source, path)
+        value = field_of(source)
         if value is not None:
             counts[value] = counts.get(value, 0) + 1
     return [{"key": k, "doc_count": n} for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
-
-
-def _field(source: Mapping[str, Any], path: str) -> Any:
-    value: Any = source
-    for part in path.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
 
 
 def _date(text: str, now: datetime) -> datetime:
@@ -170,6 +162,11 @@ def _date(text: str, now: datetime) -> datetime:
             return now
         seconds = int(amount) * {"s": 1, "m": 60, "h": 3600, "H": 3600, "d": 86400}[unit]
         return now + timedelta(seconds=-seconds if sign == "-" else seconds)
+    return _iso(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _iso(text: str) -> datetime:
     # The engine's own date parsing: any year (elastask's parse_date refuses dates it cannot add to).
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
@@ -198,38 +195,72 @@ def _priority_of(task: Mapping[str, Any], sort: Mapping[str, Any]) -> int:
     return int(params["fallback"])
 
 
-def _matches(query: Mapping[str, Any], doc_id: str, source: Mapping[str, Any], now: datetime) -> bool:
+Predicate = Callable[[str, Mapping[str, Any]], bool]
+
+
+def _compile(query: Mapping[str, Any], now: datetime) -> Predicate:
+    """``query`` as a predicate over (id, source), read once per search (bool, ids, term(s), prefix, exists, range)."""
     (kind, spec), *_ = query.items()
     if kind == "bool":
-        if not all(_matches(q, doc_id, source, now) for q in spec.get("filter", []) + spec.get("must", [])):
-            return False
-        if any(_matches(q, doc_id, source, now) for q in spec.get("must_not", [])):
-            return False
-        should = spec.get("should", [])
+        required = [_compile(q, now) for q in spec.get("filter", []) + spec.get("must", [])]
+        excluded = [_compile(q, now) for q in spec.get("must_not", [])]
+        should = [_compile(q, now) for q in spec.get("should", [])]
         needed = spec.get("minimum_should_match", 1 if should and not spec.get("filter") else 0)
-        return bool(sum(_matches(q, doc_id, source, now) for q in should) >= needed)
+
+        def matches_bool(doc_id: str, source: Mapping[str, Any]) -> bool:
+            return (
+                all(q(doc_id, source) for q in required)
+                and not any(q(doc_id, source) for q in excluded)
+                and (needed == 0 or sum(q(doc_id, source) for q in should) >= needed)
+            )
+
+        return matches_bool
     if kind == "ids":
-        return doc_id in spec["values"]
-    (path, value), *_ = spec.items()
-    actual = _field(source, path)
-    if kind == "term":
-        return bool(actual == value)
-    if kind == "terms":
-        return actual in value
-    if kind == "prefix":
-        return isinstance(actual, str) and actual.startswith(value)
+        ids = set(spec["values"])
+        return lambda doc_id, source: doc_id in ids
     if kind == "exists":
-        return _field(source, spec["field"]) is not None
-    if kind == "range":
+        field_of = _getter(spec["field"])
+        return lambda doc_id, source: field_of(source) is not None
+    if kind not in ("term", "terms", "prefix", "range"):
+
+        def refused(doc_id: str, source: Mapping[str, Any]) -> bool:
+            raise NotImplementedError(f"stub engine: query {kind!r}")
+
+        return refused
+    (path, value), *_ = spec.items()
+    field_of = _getter(path)
+    if kind == "term":
+        return lambda doc_id, source: bool(field_of(source) == value)
+    if kind == "terms":
+        return lambda doc_id, source: field_of(source) in value
+    if kind == "prefix":
+        return lambda doc_id, source: isinstance(actual := field_of(source), str) and actual.startswith(value)
+    checks = [(_COMPARE[op], bound) for op, bound in value.items()]
+    dated_checks: list[tuple[Callable[[Any, Any], bool], datetime]] = []
+
+    def in_range(doc_id: str, source: Mapping[str, Any]) -> bool:
+        actual = field_of(source)
         if actual is None:
             return False
-        dated = isinstance(actual, str)
-        left = _date(actual, now) if dated else actual
-        checks = {
-            "gt": lambda a, b: a > b,
-            "gte": lambda a, b: a >= b,
-            "lt": lambda a, b: a < b,
-            "lte": lambda a, b: a <= b,
-        }
-        return all(checks[op](left, _date(bound, now) if dated else bound) for op, bound in value.items())
-    raise NotImplementedError(f"stub engine: query {kind!r}")
+        if isinstance(actual, str):  # a date: compared as the engine does, date math on its clock
+            if not dated_checks:
+                dated_checks.extend((compare, _date(bound, now)) for compare, bound in checks)
+            left = _date(actual, now)
+            return all(compare(left, bound) for compare, bound in dated_checks)
+        return all(compare(actual, bound) for compare, bound in checks)
+
+    return in_range
+
+
+def _getter(path: str) -> Callable[[Mapping[str, Any]], Any]:
+    parts = path.split(".")
+
+    def field_of(source: Mapping[str, Any]) -> Any:
+        value: Any = source
+        for part in parts:
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        return value
+
+    return field_of

@@ -526,7 +526,10 @@ def _copy_of(db: Any) -> Any:
     replica = fakeredis_database(None)
     replica.time = db.time
     for key in list(db):
-        replica[key] = copy.deepcopy(db[key])
+        item = copy.copy(db[key])  # its value and expiry; a container's contents are copied too
+        if not isinstance(item.value, bytes | str | int | float):
+            item.value = copy.deepcopy(item.value)
+        replica[key] = item
     return replica
 
 
