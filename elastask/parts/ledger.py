@@ -132,6 +132,7 @@ class Ledger:
         self._confirm = register(client, "confirm", *_CLOCKED)
         self._extend = register(client, "extend", *_CLOCKED)
         self._leases = register(client, "leases", *_CLOCKED)
+        self._mark_claims = register(client, "mark_claims")
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -163,6 +164,21 @@ class Ledger:
             return _run_id(self.client.info("server"))
         except redis.ResponseError as e:  # a server (or a test double) without INFO
             return _run_id(e)
+
+    def mark_claims(self, claims: Sequence[tuple[str, int, int]]) -> None:
+        """Claim markers for (doc id, claim version, ms the marker lives), holding the ledger's epoch (as
+        confirm's): a renewed lease's new version is elastask's claim too."""
+        if not claims:
+            return
+        markers = [keys.claim_marker(doc_id, claim) for doc_id, claim, _ in claims]
+        with redis_errors("marking claims"):
+            self._mark_claims(keys=[keys.LEDGER_EPOCH, *markers], args=[ttl_ms for _, _, ttl_ms in claims])
+
+    def claims_current(self) -> bool:
+        """True when claim markers can be trusted: the ledger is built on this Redis server, so a claim
+        marker of its epoch was written on the data Redis still has (see ``is_built``). False after a
+        flush or a failover not yet rebuilt: no marker proves its claim was never pushed."""
+        return self.is_built()
 
     def reconcile_due(self, every_ms: int) -> bool:
         """True at most once per ``every_ms`` across every process: time to reconcile with the engine."""
@@ -236,7 +252,7 @@ class Ledger:
             return set()
         markers = [keys.claim_marker(r[0], versions[r[0]]) for r in requests] if versions is not None else []
         with redis_errors(f"confirming reservations on {owner_id}"):
-            held = self._confirm(keys=[*_keys(owner_id), *markers], args=args)
+            held = self._confirm(keys=[*_keys(owner_id), keys.LEDGER_EPOCH, *markers], args=args)
         return {_text(t) for t in held}
 
     def release(self, owner_id: str, task_ids: Iterable[str], *, claims: Mapping[str, int | None] | None = None) -> int:

@@ -131,7 +131,7 @@ def test_given_a_renewed_lease_never_pushed_when_it_runs_out_then_its_attempt_co
 ) -> None:
     # The job renewed its lease (a new version), then its process died before the push.
     task = claimed(engine, rt, "task:renewed", attempts=1)
-    rt.redis.set(keys.claim_marker(task.doc_id, task.seq_no), 1)  # as confirm.lua marks the claim
+    rt.ledger.mark_claims([(task.doc_id, task.seq_no, 60_000)])  # as confirm.lua marks the claim
     [renewed] = renew_waited_leases(rt, OWNER, [task], NOW + timedelta(seconds=6), DispatchReport())
     assert renewed.seq_no != task.seq_no
     assert unpushed_claims(rt, [rt.store.get(task.doc_id)]) == {task.doc_id}
@@ -141,7 +141,7 @@ def test_given_a_renewed_lease_that_was_pushed_when_it_runs_out_then_the_attempt
     engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor
 ) -> None:
     task = claimed(engine, rt, "task:renewed", attempts=1)
-    rt.redis.set(keys.claim_marker(task.doc_id, task.seq_no), 1)
+    rt.ledger.mark_claims([(task.doc_id, task.seq_no, 60_000)])
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=6), pool)
     assert report.outcomes == {"task:renewed": "accepted"}
     doc = rt.store.get(task.doc_id)

@@ -137,7 +137,7 @@ def test_given_a_restart_then_a_lost_lease_that_was_never_pushed_gets_its_attemp
     rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(restarted - timedelta(hours=1))))
     for doc_id in ("task:pushed", "task:never-pushed"):
         running(engine, rt, doc_id, restarted - timedelta(seconds=30))
-        rt.redis.set(keys.claim_marker(doc_id, engine.docs[doc_id]["_seq_no"]), 1)
+        rt.ledger.mark_claims([(doc_id, engine.docs[doc_id]["_seq_no"], 60_000)])
     rt.redis.set(keys.push_marker("task:pushed", engine.docs["task:pushed"]["_seq_no"]), 1)
     claim = engine.docs["task:never-pushed"]["_seq_no"]
     scripted_uptime(monkeypatch, rt, 20_000)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
+
 from elastask import keys
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim.loop import claim_available_tasks
@@ -16,6 +18,7 @@ from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import give_back_unsent
 from elastask.loops.retry.loop import retry_expired_leases, unpushed_claims
 from elastask.loops.retry.orphans import take_back_orphans
+from elastask.parts import ledger as ledger_module
 from elastask.parts.store import TaskStore
 from elastask.parts.worker_claims import WorkerClaims
 from elastask.runtime import Runtime
@@ -141,3 +144,46 @@ def test_a_job_reported_unsent_after_redis_lost_its_data_is_left_to_its_lease_no
     give_back_unsent(rt, DispatchJob(OWNER, URL, (task,)))
     # Then nothing proves it was never pushed: it stays claimed (its lease decides), never claimed twice.
     assert engine.docs["task:pushed"]["_source"]["task"]["status"] == "running"
+
+
+def failed_over(monkeypatch: pytest.MonkeyPatch, rt: Runtime, missed: list[str], *, rebuilt: bool) -> None:
+    """Redis failed over to a replica that missed the writes of ``missed``: the promoted server has
+    another ``run_id`` (fakeredis has none: patched), and the ledger is rebuilt on it or not yet."""
+    monkeypatch.setattr(ledger_module, "_run_id", lambda _info: "promoted-replica")
+    rt.redis.delete(*missed)
+    if rebuilt:
+        rt.ledger.mark_built(NOW)
+
+
+@pytest.mark.parametrize("rebuilt", [False, True], ids=["before-the-rebuild", "after-the-rebuild"])
+def test_a_job_reported_unsent_after_a_failover_lost_its_push_marker_is_left_to_its_lease(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch, rebuilt: bool
+) -> None:
+    # Given a claim cycle's claims (their claim markers hold the ledger's epoch), one of them pushed,
+    # then Redis failed over to a replica that had the claim markers but missed the push marker
+    # (found by the simulation: `elastask simulate --seed 5000 --seeds 1 --steps 3000`, a second run).
+    [job] = claimed_by(engine, rt, "claimer", 1)
+    [task] = job.tasks
+    pushed = keys.push_marker(task.doc_id, task.claim)
+    rt.redis.set(pushed, 1)
+    assert rt.redis.exists(keys.claim_marker(task.doc_id, task.claim))
+    failed_over(monkeypatch, rt, [pushed], rebuilt=rebuilt)
+    # When the publisher reports the job unsent after all.
+    give_back_unsent(rt, job)
+    # Then the missing push marker proves nothing: the claim stays (its lease decides), never run twice.
+    assert status_of(engine, task.doc_id) == ("running", 1)
+
+
+def test_a_lease_that_ran_out_after_a_failover_lost_its_push_marker_counts_its_attempt(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [job] = claimed_by(engine, rt, "claimer", 1)
+    [task] = job.tasks
+    doc = rt.store.get(task.doc_id)
+    assert unpushed_claims(rt, [doc]) == {task.doc_id}  # claimed here and never pushed: attempt returned
+    pushed = keys.push_marker(task.doc_id, task.claim)
+    rt.redis.set(pushed, 1)
+    failed_over(monkeypatch, rt, [pushed], rebuilt=False)
+    assert unpushed_claims(rt, [doc]) == set()  # not rebuilt: no marker is trusted
+    rt.ledger.mark_built(NOW)
+    assert unpushed_claims(rt, [doc]) == set()  # rebuilt: the marker is of the old epoch

@@ -232,16 +232,21 @@ def switch_off_pushes(rt: Runtime, claims: Sequence[tuple[str, int, int]]) -> se
     all, or in a frozen process that wakes) pushes nothing. Returns the (doc id, claim) switched off,
     now or before, whose tasks the caller gives back; a claim whose push came first keeps its lease.
     The push marker is the one switch between a push and a give-back, and only while Redis remembers
-    the claim (its claim marker): after Redis lost its data, a missing push marker proves nothing, so
-    such a claim is left to its dispatch job and its lease (a push in between ran twice otherwise)."""
+    the claim (its claim marker, of the ledger's epoch): after Redis lost its data, all of it or the
+    last writes (a failover to a replica behind), a missing push marker proves nothing, so such a
+    claim is left to its dispatch job and its lease (a push in between ran twice otherwise). Until the
+    ledger is rebuilt after such a loss, nothing is switched off."""
     if not claims:
+        return set()
+    if not rt.ledger.claims_current():
+        log.info("Redis lost data since these claims (the ledger is not rebuilt yet): left to their leases")
         return set()
     markers = [
         k for doc_id, claim, _ in claims for k in (keys.claim_marker(doc_id, claim), keys.push_marker(doc_id, claim))
     ]
     ttls = [lease_left_ms + _MARKER_EXTRA_MS for _, _, lease_left_ms in claims]
     with redis_errors("switching off the pushes of claims given back"):
-        switched = register(rt.redis, "switch_off")(keys=markers, args=[GIVEN_BACK, *ttls])
+        switched = register(rt.redis, "switch_off")(keys=[keys.LEDGER_EPOCH, *markers], args=[GIVEN_BACK, *ttls])
     return {(doc_id, claim) for (doc_id, claim, _), off in zip(claims, switched, strict=True) if off}
 
 

@@ -12,12 +12,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from elastask import keys
 from elastask.core import policy
 from elastask.core.intervals import format_date, parse_date
 from elastask.core.messages import ClaimedTask
 from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_tasks, warn
-from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate
 from elastask.runtime import Runtime
 
@@ -119,11 +117,7 @@ def _mark_renewed_claims(rt: Runtime, renewed: Sequence[ClaimedTask]) -> None:
     if not renewed:
         return
     extra_ms = int(policy.CLAIM_MARKER_EXTRA.total_seconds() * 1000)
-    pipe = rt.redis.pipeline(transaction=False)
-    for task in renewed:
-        pipe.set(keys.claim_marker(task.doc_id, task.seq_no), 1, px=task.lease_ms + extra_ms)
-    with redis_errors("marking renewed claims"):
-        pipe.execute()
+    rt.ledger.mark_claims([(task.doc_id, task.seq_no, task.lease_ms + extra_ms) for task in renewed])
 
 
 def remaining_ms(task: ClaimedTask, now: datetime) -> int:

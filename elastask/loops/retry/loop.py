@@ -163,26 +163,34 @@ def unpushed_claims(rt: Runtime, docs: Sequence[TaskDocument]) -> set[str]:
     Their dispatch job was lost before any push (ETA jobs a worker drops when its broker connection
     resets, a job whose worker died before it started): the run never began, so the attempt is
     returned. The markers are Redis's: when Redis lost its data since the claim (a restart, a
-    failover) the claim marker is gone too, and the lease counts as an attempt, as before. So does
-    a renewed lease (a new version, no claim marker) and a claim Kibana made itself.
+    failover, also one to a replica that missed the last writes) the claim marker is gone or of an
+    older epoch than the ledger's, and the lease counts as an attempt, as before. So does a claim
+    Kibana made itself.
     """
     versioned = [d for d in docs if d.seq_no is not None]
     if not versioned:
         return set()
     pipe = rt.redis.pipeline(transaction=False)
+    pipe.get(keys.LEDGER_EPOCH)
     for doc in versioned:
         assert doc.seq_no is not None
-        pipe.exists(keys.claim_marker(doc.id, doc.seq_no))
+        pipe.get(keys.claim_marker(doc.id, doc.seq_no))
         pipe.get(keys.push_marker(doc.id, doc.seq_no))
     try:
+        if not rt.ledger.claims_current():
+            return set()  # Redis lost data since (not rebuilt yet): the leases count as attempts
         with redis_errors("reading claim and push markers"):
-            counts = pipe.execute()
+            epoch, *markers = pipe.execute()
     except LedgerError as e:  # the leases count as attempts, as without markers
         log.warning("%s; expired leases count as attempts", e)
         return set()
-    claimed, pushed = counts[0::2], counts[1::2]
+    claimed, pushed = markers[0::2], markers[1::2]
     # A marker the retry loop set when it took the claim back from a dead worker is no push either.
-    return {d.id for d, c, p in zip(versioned, claimed, pushed, strict=True) if c and p in (None, GIVEN_BACK)}
+    return {
+        d.id
+        for d, c, p in zip(versioned, claimed, pushed, strict=True)
+        if epoch is not None and c == epoch and p in (None, GIVEN_BACK)
+    }
 
 
 def audit_unclaimable(rt: Runtime, now: datetime) -> int:

@@ -1,5 +1,5 @@
 -- A claim cycle's claims are written: confirm their slots, or take one now where the ledger lost it.
--- KEYS: zset, costs, pending, then (optional) one claim-marker key per sextuple, in their order
+-- KEYS: zset, costs, pending, the ledger's epoch, then (optional) one claim-marker key per sextuple
 -- ARGV: capacity units, the cycle's token, how long a claim marker outlives its lease (ms), then
 --       (id, cost, lease duration ms, concurrency group or '', its limit or 0, the claim's version)
 --       sextuples: the slot is the claim's from now on (its fence)
@@ -9,11 +9,15 @@
 -- late never pushes a node over its cap: the caller gives back the ones not returned. A slot another
 -- cycle reserved meanwhile for the same task and node becomes this claim's: only one write applied.
 -- A held claim's marker says "elastask claimed this version": the retry loop returns the attempt of
--- an expired lease that has it and no push marker (its dispatch job was lost before any push).
+-- an expired lease that has it and no push marker (its dispatch job was lost before any push). It
+-- holds the ledger's epoch: after Redis lost writes (a failover to a replica behind) the ledger is
+-- rebuilt under a new epoch, and a marker of an older one proves nothing (its push marker may be
+-- the write that was lost).
 prune(KEYS[1], KEYS[2], KEYS[3])
 local capacity = tonumber(ARGV[1])
 local marker_extra = tonumber(ARGV[3])
 local used, groups = usage(KEYS[2])
+local epoch = redis.call('GET', KEYS[4]) or '-'
 local held = {}
 local k = 0
 for i = 4, #ARGV, 6 do
@@ -34,7 +38,7 @@ for i = 4, #ARGV, 6 do
   end
   if holds then
     table.insert(held, id)
-    if KEYS[3 + k] then redis.call('SET', KEYS[3 + k], 1, 'PX', duration + marker_extra) end
+    if KEYS[4 + k] then redis.call('SET', KEYS[4 + k], epoch, 'PX', duration + marker_extra) end
   end
 end
 return held
