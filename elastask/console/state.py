@@ -106,7 +106,7 @@ class ConsoleState:
             pauses = described_pauses(rt, now)
             starts, last_push, restarts, actions = RecentReader(rt.redis).read(now_ms - DRIFT_MINUTES * 60_000)
             window = UsageReader(rt.redis).window(now_ms)
-            breakers = {owner: rt.nodes.breaker(owner) for owner in owner_ids}
+            breakers = rt.nodes.breakers(owner_ids)
             failed_latest = self._failed_latest()
         except (redis.RedisError, ElastaskError) as e:
             problems.append(f"Redis (redis.url) cannot be read: {type(e).__name__}: {e}")

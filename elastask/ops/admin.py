@@ -31,8 +31,9 @@ def status(rt: Runtime, now: datetime) -> dict[str, Any]:
     nodes, problems = rt.nodes.resolve(wait_s=STATUS_RESOLVE_WAIT_S)
     used = rt.ledger.used_units([n.owner_id for n in nodes])
     rows = []
+    breakers = rt.nodes.breakers([n.owner_id for n in nodes])
     for node in nodes:
-        breaker = rt.nodes.breaker(node.owner_id)
+        breaker = breakers[node.owner_id]
         open_until = breaker["open_until_ms"]
         rows.append(
             {

@@ -38,6 +38,17 @@ def test_failures_in_a_row_open_the_breaker_and_a_success_closes_it(make_runtime
     assert rt.nodes.breaker("kibana:a") == {"failures": 0, "open_until_ms": 0, "outage_since_ms": 0, "probes": 0}
 
 
+def test_every_nodes_breaker_is_read_in_one_round_trip(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime(node_failure_threshold=3)
+    [node] = rt.nodes.resolve()[0]
+    rt.nodes.record_failure(node, "answered 503", hard=False)
+    commands: list[object] = []
+    rt.nodes.redis.execute_command = lambda *args, **kw: commands.append(args)  # type: ignore[method-assign]
+    pipelined = rt.nodes.breakers(["kibana:a", "kibana:b"])
+    assert commands == []  # no command outside the one pipeline
+    assert pipelined["kibana:a"]["failures"] == 1 and pipelined["kibana:b"] == dict.fromkeys(pipelined["kibana:b"], 0)
+
+
 def test_given_an_open_breaker_when_more_pushes_of_the_same_outage_fail_then_its_next_probe_does_not_move(
     make_runtime: MakeRuntime,
 ) -> None:
