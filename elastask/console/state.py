@@ -119,14 +119,9 @@ class ConsoleState:
         rows = []
         for node in nodes:
             node_paused = any(f"node:{name}" in paused_names for name in node.names if name)
-            used = view.used_units.get(node.owner_id, 0)
             rows.append(
-                {
-                    "owner_id": node.owner_id,
-                    "url": node.url,
-                    "in_flight_units": used,
-                    "capacity_units": node.capacity_units,
-                    "load_percent": round(100 * used / node.capacity_units, 1) if node.capacity_units else None,
+                node.load(view.used_units.get(node.owner_id, 0))
+                | {
                     "leases": sum(1 for lease in view.leases if lease.owner_id == node.owner_id),
                     "groups": group_use.get(node.owner_id, {}),
                     "rotation": figures.rotation(breakers[node.owner_id], view.now_ms),

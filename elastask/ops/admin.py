@@ -36,15 +36,7 @@ def status(rt: Runtime, now: datetime) -> dict[str, Any]:
         breaker = breakers[node.owner_id]
         open_until = breaker["open_until_ms"]
         rows.append(
-            {
-                "url": node.url,
-                "owner_id": node.owner_id,
-                "in_flight_units": used.get(node.owner_id, 0),
-                "capacity_units": node.capacity_units,
-                "load_percent": round(100 * used.get(node.owner_id, 0) / node.capacity_units, 1),
-                "in_rotation": open_until == 0,
-                "failures": breaker["failures"],
-            }
+            node.load(used.get(node.owner_id, 0)) | {"in_rotation": open_until == 0, "failures": breaker["failures"]}
         )
     answer = rt.store.search(queries.counts_by_status(), "counting tasks by status")
     counts = {b["key"]: b["doc_count"] for b in answer["aggregations"]["status"]["buckets"]}

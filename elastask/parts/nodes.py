@@ -48,6 +48,16 @@ class Node:
         """What an operator may call it by: ownerId, URL, configured id (``elastask pause --node``)."""
         return self.owner_id, self.config.url, self.config.id
 
+    def load(self, used_units: int) -> dict[str, Any]:
+        """Its row of ``elastask status`` and the console: in flight / capacity in cost units."""
+        return {
+            "url": self.url,
+            "owner_id": self.owner_id,
+            "in_flight_units": used_units,
+            "capacity_units": self.capacity_units,
+            "load_percent": round(100 * used_units / self.capacity_units, 1) if self.capacity_units else None,
+        }
+
 
 class NodeRegistry:
     """Resolves ownerIds (``id`` from config, else ``kibana:<uuid>`` from /api/status, cached in Redis)
