@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import requests
 from elasticsearch import Elasticsearch
 
 from elastask.core.documents import TaskDocument, new_task
@@ -76,3 +77,12 @@ def assert_no_violations(stats: dict[str, Any], capacity: int = 10) -> None:
         assert node["max_concurrency"] <= capacity, f"{owner} ran {node['max_concurrency']} at once"
         assert node["overlapping_runs"] == 0, f"{owner} saw an overlapping run"
         assert node["rejected_over_capacity"] == 0, f"{owner} was pushed beyond its capacity"
+
+
+def console_login(session: requests.Session, base: str, username: str, password: str) -> tuple[requests.Response, str]:
+    """Post the console's login form as its page does (the CSRF token from the cookie the form sets):
+    the answer (302 when admitted) and the token, which every control then sends as ``X-XSRFToken``."""
+    session.get(base + "/console/login")
+    token = session.cookies["_xsrf"]
+    credentials = {"username": username, "password": password, "_xsrf": token}
+    return session.post(base + "/console/login", data=credentials, allow_redirects=False), token

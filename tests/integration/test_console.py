@@ -29,7 +29,15 @@ from elastask.core.documents import new_task
 from elastask.parts.store import TaskStore
 from elastask_bed.testbed.bed import SimulatorProcess
 from elastask_bed.testbed.process import free_port
-from tests.integration.harness import Dispatcher, assert_no_violations, now, seed, task_count, wait_for
+from tests.integration.harness import (
+    Dispatcher,
+    assert_no_violations,
+    console_login,
+    now,
+    seed,
+    task_count,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -289,10 +297,7 @@ def test_no_control_works_without_logging_in_with_a_forged_request_or_in_read_on
         wrong = anonymous.post(base + "/console/login", data=guess, allow_redirects=False)
         assert wrong.status_code == 403
     with requests.Session() as operator:
-        operator.get(base + "/console/login")
-        token = operator.cookies["_xsrf"]
-        credentials = {"username": "ops", "password": PASSWORD, "_xsrf": token}
-        login = operator.post(base + "/console/login", data=credentials, allow_redirects=False)
+        login, token = console_login(operator, base, "ops", PASSWORD)
         assert login.status_code == 302, login.text
         assert operator.post(base + "/console/api/action", json=pause_all).status_code == 403  # no CSRF token
         forged = operator.post(base + "/console/api/action", json=pause_all, headers={"X-XSRFToken": "forged"})
@@ -311,13 +316,7 @@ def test_no_control_works_without_logging_in_with_a_forged_request_or_in_read_on
     browser.get(read_only + "/console")
     assert "console.password" in browser.find_element(By.ID, "read-only-why").text
     with requests.Session() as anyone:
-        anyone.get(read_only + "/console/login")
-        token = anyone.cookies["_xsrf"]
-        login = anyone.post(
-            read_only + "/console/login",
-            data={"username": "admin", "password": "", "_xsrf": token},
-            allow_redirects=False,
-        )
+        login, token = console_login(anyone, read_only, "admin", "")
         assert login.status_code == 403
         refused = anyone.post(read_only + "/console/api/action", json=pause_all, headers={"X-XSRFToken": token})
         assert refused.status_code == 403 and "read-only" in refused.json()["message"]

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.harness import console_login
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.slow]
 
 #: The live view's table header.
@@ -84,10 +86,7 @@ def test_on_a_terminal_the_live_view_redraws_in_place() -> None:
 def try_the_console(base: str, password: str) -> None:
     """Log in to the demo's console as the demo prints it, and use two of its controls."""
     with requests.Session() as browser:
-        browser.get(base + "/console/login")
-        token = browser.cookies["_xsrf"]
-        credentials = {"username": "demo", "password": password, "_xsrf": token}
-        login = browser.post(base + "/console/login", data=credentials, allow_redirects=False)
+        login, token = console_login(browser, base, "demo", password)
         assert login.status_code == 302, login.text
         state = browser.get(base + "/console/api/state").json()
         assert state["controls"] and len(state["nodes"]) == 2 and state["backlog"] is not None, state
