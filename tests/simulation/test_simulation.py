@@ -70,7 +70,7 @@ def _rebuilt_slots_without_their_group(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("revert", "seed", "found"),
     [
-        (_slots_freed_by_task_id, 1, "over its capacity"),
+        (_slots_freed_by_task_id, 0, "over its capacity"),
         (_unsent_jobs_given_back_without_the_switch, 0, "a second run"),
         (_rebuilt_slots_without_their_group, 30, "pushed beside another sim:limited run"),
     ],
