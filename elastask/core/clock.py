@@ -6,12 +6,16 @@ Lease decisions use one clock, Redis's ``TIME`` (``Runtime.now()``); these helpe
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch of an aware datetime (the ledger's and the usage buckets' unit)."""
-    return int(moment.timestamp() * 1000)
+    """Milliseconds since the epoch of an aware datetime (the ledger's and the usage buckets' unit), exact:
+    the milliseconds ``format_date`` writes (no float rounding: a claim's ``startedAt`` is matched by it)."""
+    return (moment - _EPOCH) // _MS
 
 
 def monotonic_ms() -> float:

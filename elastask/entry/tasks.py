@@ -178,7 +178,11 @@ def retry() -> dict[str, Any]:
         rt = runtime()
         summary = retry_expired_leases(rt, rt.now())
         Metrics(rt.redis).record(
-            {"elastask_malformed_total": summary.skipped, "elastask_dead_worker_claims_total": summary.orphans},
+            {
+                "elastask_malformed_total": summary.skipped,
+                "elastask_dead_worker_claims_total": summary.orphans,
+                "elastask_dead_worker_in_flight_total": summary.orphans_in_flight,
+            },
             labelled=[("elastask_retried_total", {"outcome": k}, n) for k, n in summary.outcomes.items()],
         )
         return summary.as_dict()

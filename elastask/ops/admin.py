@@ -15,7 +15,7 @@ from elastask.core.clock import epoch_ms
 from elastask.core.documents import TaskDocument, masked_source, new_task
 from elastask.core.intervals import format_date
 from elastask.errors import ConflictError, ElastaskError
-from elastask.loops.dispatch.outcomes import switch_off_pushes
+from elastask.loops.dispatch.push_markers import switch_off_pushes
 from elastask.ops import pausing
 from elastask.ops.health import capacity_estimation, count_overdue
 from elastask.parts.cadence import Cadence

@@ -33,6 +33,7 @@ HELP = {
     "elastask_too_costly": "Tasks failed because their own task.cost is more than any Kibana node holds.",
     "elastask_dispatched": "Pushes to _run_now, by outcome.",
     "elastask_dead_worker_claims": "Claims of a worker that stopped beating, never pushed, given back to idle.",
+    "elastask_dead_worker_in_flight": "Pushes in flight, unanswered, when their worker died: left to their leases.",
     "elastask_retried": "Expired leases handled, by outcome (retry, failed, rescheduled).",
 }
 

@@ -20,6 +20,7 @@ callers rely on, so the cap and its fences are read in one place.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,6 +82,30 @@ def _text(value: bytes | str) -> str:
 
 
 @dataclass(frozen=True)
+class Reserver:
+    """The claim cycle that reserved a slot, as its token names it (``reservation_token``)."""
+
+    #: The worker it runs in (parts/worker_claims.py).
+    worker_id: str
+    #: The cycle's time (ms since epoch): the ``startedAt`` its claim writes.
+    started_ms: int
+
+
+def reservation_token(worker_id: str | None, started_ms: int) -> str:
+    """A claim cycle's token, which names its reservations (and, in a worker, the worker and its time)."""
+    unique = uuid.uuid4().hex[:16]
+    return f"{worker_id}/{started_ms}/{unique}" if worker_id else unique
+
+
+def reserver_of(token: str) -> Reserver | None:
+    """The cycle a reservation token names (``reservation_token``), None if it names no worker."""
+    parts = token.rsplit("/", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return Reserver(parts[0], int(parts[1]))
+
+
+@dataclass(frozen=True)
 class Lease:
     """A slot held for one task on one node until ``expires_ms`` (Redis's clock)."""
 
@@ -91,6 +116,8 @@ class Lease:
     pending_since_ms: int | None = None
     #: The version (``_seq_no``) of the claim whose slot this is, once written: its fence.
     claim: int | None = None
+    #: The claim cycle that reserved the slot, while it is pending and if it ran in a worker.
+    reserved_by: Reserver | None = None
 
 
 @dataclass(frozen=True)
@@ -327,12 +354,14 @@ class Ledger:
             owner_ids, rest[::5], rest[1::5], rest[2::5], rest[3::5], rest[4::5], strict=True
         ):
             groups[owner] = {_text(counts[i]): int(counts[i + 1]) for i in range(0, len(counts), 2)}
-            since = {_text(pending[i]): int(_text(pending[i + 1]).split(":", 1)[0]) for i in range(0, len(pending), 2)}
+            marks = {_text(pending[i]): _text(pending[i + 1]).split(":", 1) for i in range(0, len(pending), 2)}
             claims = {_text(claimed[i]): int(claimed[i + 1]) for i in range(0, len(claimed), 2)}
             for i in range(0, len(members), 2):
                 task_id = _text(members[i])
                 expires = int(float(members[i + 1]))
-                leases.append(Lease(task_id, owner, expires, since.get(task_id), claims.get(task_id)))
+                mark = marks.get(task_id)
+                since, by = (int(mark[0]), reserver_of(mark[-1])) if mark else (None, None)
+                leases.append(Lease(task_id, owner, expires, since, claims.get(task_id), by))
             used[owner] = int(units)
         return LeaseView(now_ms, leases, used, frozenset(_text(t) for t in finished), groups)
 

@@ -63,6 +63,11 @@ class PushResult:
     status_code: int | None = None
     connection_refused: bool = False
 
+    @property
+    def known(self) -> bool:
+        """Whether it is known if Kibana runs the task (every outcome but ambiguous)."""
+        return self.outcome is not PushOutcome.AMBIGUOUS
+
 
 def failed_push(
     url: str, error: urllib3.exceptions.HTTPError | OSError, *, connect_timeout_s: float, read_timeout_s: float

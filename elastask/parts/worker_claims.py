@@ -106,6 +106,14 @@ class WorkerClaims:
         beats = cast(list[bytes | None], self.client.mget([keys.worker_alive(w) for w in workers]))
         return [w for w, beat in zip(workers, beats, strict=True) if beat is None]
 
+    def beating(self, worker_ids: Iterable[str]) -> set[str]:
+        """The workers of ``worker_ids`` that beat now."""
+        workers = sorted(set(worker_ids))
+        if not workers:
+            return set()
+        beats = cast(list[bytes | None], self.client.mget([keys.worker_alive(w) for w in workers]))
+        return {w for w, beat in zip(workers, beats, strict=True) if beat is not None}
+
     def alive_count(self) -> int:
         """How many workers beat now (claim lanes run at most one per worker)."""
         workers = sorted(_text(w) for w in cast(set[bytes], self.client.smembers(keys.WORKERS)))

@@ -6,8 +6,10 @@ Given/When/Then in each name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -16,14 +18,16 @@ from elastask.core.messages import DispatchJob
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import give_back_unsent
+from elastask.loops.dispatch.push_markers import ANSWERED, PUSHED
 from elastask.loops.retry.loop import retry_expired_leases, unpushed_claims
 from elastask.loops.retry.orphans import take_back_orphans
 from elastask.parts import ledger as ledger_module
+from elastask.parts.push_outcome import PushOutcome, PushResult
 from elastask.parts.store import TaskStore
 from elastask.parts.worker_claims import WorkerClaims
 from elastask.runtime import Runtime
 from tests.unit.helpers import NOW, claimed, seeded
-from tests.unit.stubs import INDEX, OWNER, URL, StubEngine
+from tests.unit.stubs import INDEX, OWNER, URL, MakeRuntime, StubEngine
 
 
 def claimed_by(engine: StubEngine, rt: Runtime, worker_id: str, count: int) -> list[DispatchJob]:
@@ -48,8 +52,8 @@ def test_given_a_worker_that_stopped_beating_then_its_unpushed_claims_go_back_an
     [job] = jobs
     pushed = job.tasks[0]
     rt.redis.set(keys.push_marker(pushed.doc_id, pushed.claim), 1)  # its process pushed this one before it died
-    returned = take_back_orphans(rt, NOW + timedelta(seconds=6))
-    assert returned == 2
+    taken = take_back_orphans(rt, NOW + timedelta(seconds=6))
+    assert taken.returned == 2
     assert status_of(engine, pushed.doc_id) == ("running", 1)
     for task in job.tasks[1:]:
         assert status_of(engine, task.doc_id) == ("idle", 0)  # attempt returned
@@ -57,10 +61,42 @@ def test_given_a_worker_that_stopped_beating_then_its_unpushed_claims_go_back_an
     assert WorkerClaims(rt.redis).dead() == []  # handled once, forgotten
 
 
+def test_a_push_kibana_answered_is_marked_answered_and_an_ambiguous_one_stays_only_pushed(
+    engine: StubEngine, make_runtime: MakeRuntime
+) -> None:
+    def answer(body: Mapping[str, Any]) -> PushResult:
+        if body["id"] == "task:t0":
+            return PushResult(PushOutcome.AMBIGUOUS, "connection lost after sending")
+        return PushResult(PushOutcome.ACCEPTED, "204", 204)
+
+    rt = make_runtime(answer)
+    [job] = claimed_by(engine, rt, "worker", 3)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        push_claimed_tasks(rt, job, NOW, pool)
+    markers = {t.doc_id: rt.redis.get(keys.push_marker(t.doc_id, t.claim)) for t in job.tasks}
+    assert markers == {"task:t0": PUSHED, "task:t1": ANSWERED, "task:t2": ANSWERED}
+
+
+def test_given_a_worker_that_died_with_a_push_in_flight_then_it_keeps_its_lease_and_is_named(
+    engine: StubEngine, rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    [job] = claimed_by(engine, rt, "dead-worker", 3)
+    answered, in_flight, _unpushed = job.tasks
+    rt.redis.set(keys.push_marker(answered.doc_id, answered.claim), ANSWERED)  # Kibana answered it
+    rt.redis.set(keys.push_marker(in_flight.doc_id, in_flight.claim), PUSHED)  # the death came first
+    taken = take_back_orphans(rt, NOW + timedelta(seconds=6))
+    assert (taken.returned, taken.in_flight) == (1, 1)
+    assert status_of(engine, in_flight.doc_id) == ("running", 1)  # never pushed twice: its lease decides
+    assert {lease.task_id for lease in rt.ledger.leases([OWNER])} == {answered.doc_id, in_flight.doc_id}
+    [line] = [r.getMessage() for r in caplog.records if "in flight" in r.getMessage()]
+    assert repr(in_flight.doc_id) in line and repr(answered.doc_id) not in line
+    assert retry_expired_leases(rt, NOW + timedelta(seconds=7)).orphans_in_flight == 0  # reported once
+
+
 def test_given_a_live_worker_then_its_claims_are_left_alone(engine: StubEngine, rt: Runtime) -> None:
     jobs = claimed_by(engine, rt, "live-worker", 2)
     WorkerClaims(rt.redis).beat("live-worker", 0)
-    assert take_back_orphans(rt, NOW) == 0
+    assert take_back_orphans(rt, NOW).returned == 0
     assert all(status_of(engine, task.doc_id) == ("running", 1) for task in jobs[0].tasks)
 
 
@@ -82,9 +118,9 @@ def test_given_a_give_back_that_failed_then_the_next_retry_cycle_gives_them_back
     jobs = claimed_by(engine, rt, "dead-worker", 2)
     healthy = rt.store
     rt.store = TaskStore(_Down(), INDEX)  # type: ignore[arg-type]
-    assert take_back_orphans(rt, NOW + timedelta(seconds=6)) == 0
+    assert take_back_orphans(rt, NOW + timedelta(seconds=6)).returned == 0
     rt.store = healthy
-    assert take_back_orphans(rt, NOW + timedelta(seconds=11)) == 2
+    assert take_back_orphans(rt, NOW + timedelta(seconds=11)).returned == 2
     assert all(status_of(engine, task.doc_id) == ("idle", 0) for task in jobs[0].tasks)
 
 

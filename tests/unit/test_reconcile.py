@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from elastask.core.clock import epoch_ms
 from elastask.core.intervals import format_date
 from elastask.loops.claim.reconcile import LeaseReader, LeaseVersions, reconcile_ledger
+from elastask.parts.ledger import Reserver, reservation_token
+from elastask.parts.worker_claims import WorkerClaims
 from elastask.runtime import Runtime
 from tests.unit.helpers import NOW
 from tests.unit.stubs import OWNER, StubEngine
@@ -37,6 +40,48 @@ def test_given_an_mget_error_item_for_a_leased_task_then_its_slot_is_kept_not_fr
     assert held == {"task:on-a-relocating-shard"}
     assert released == 1
     assert {lease.task_id for lease in rt.ledger.leases([OWNER])} == {"task:on-a-relocating-shard"}
+
+
+def reserved_by_a_cycle_of(rt: Runtime, worker_id: str, doc_id: str) -> str:
+    """A slot reserved by a claim cycle of ``worker_id`` started at NOW; returns its token."""
+    token = reservation_token(worker_id, epoch_ms(NOW))
+    rt.ledger.reserve(OWNER, 20, [(doc_id, 2, NOW + timedelta(minutes=5))], NOW, token=token)
+    return token
+
+
+@pytest.mark.parametrize(("beating", "age_ms", "kept"), [(False, 6000, False), (True, 6000, True), (False, 2000, True)])
+def test_a_reservation_of_a_worker_that_stopped_beating_is_judged_without_the_pending_window(
+    engine: StubEngine, rt: Runtime, beating: bool, age_ms: int, kept: bool
+) -> None:
+    # A worker SIGKILLed between its reserve and its claim write: its slots must not wait the pending
+    # window (38 s by default). Kept: while its worker beats, and while a beat may not be recorded yet.
+    reserved_by_a_cycle_of(rt, "host:123:abcdef", "task:killed-mid-claim")
+    engine.put("task:killed-mid-claim", {"type": "task", "task": {"status": "idle", "attempts": 0}})
+    if beating:
+        WorkerClaims(rt.redis).beat("host:123:abcdef", 0)
+    view = rt.ledger.view([OWNER])
+    assert [lease.reserved_by for lease in view.leases] == [Reserver("host:123:abcdef", epoch_ms(NOW))]
+    held, released = reconcile_ledger(rt, replace(view, now_ms=view.now_ms + age_ms), 38_000)
+    assert (held, released) == (({"task:killed-mid-claim"}, 0) if kept else (set(), 1))
+
+
+def test_a_claim_written_by_a_cycle_whose_worker_died_before_its_dispatch_goes_back_to_idle_at_once(
+    engine: StubEngine, rt: Runtime
+) -> None:
+    # Killed between its claim _bulk (which the engine applied) and its confirm: no job was ever sent.
+    reserved_by_a_cycle_of(rt, "host:123:abcdef", "task:claimed-never-sent")
+    written = {"status": "running", "ownerId": OWNER, "attempts": 2, "startedAt": format_date(NOW)}
+    engine.put("task:claimed-never-sent", {"type": "task", "task": written})
+    # Claimed by a Kibana node that pulls for itself: another startedAt, so it is left to its lease.
+    reserved_by_a_cycle_of(rt, "host:123:abcdef", "task:kibana-claimed")
+    kibanas = {**written, "startedAt": format_date(NOW + timedelta(milliseconds=3))}
+    engine.put("task:kibana-claimed", {"type": "task", "task": kibanas})
+    view = rt.ledger.view([OWNER])
+    held, released = reconcile_ledger(rt, replace(view, now_ms=view.now_ms + 6000), 38_000)
+    assert (held, released) == ({"task:kibana-claimed"}, 1)
+    task = engine.docs["task:claimed-never-sent"]["_source"]["task"]
+    assert (task["status"], task["attempts"], task["ownerId"]) == ("idle", 1, None)  # its attempt returned
+    assert [lease.task_id for lease in rt.ledger.leases([OWNER])] == ["task:kibana-claimed"]
 
 
 def test_given_a_recurring_task_kibana_rescheduled_then_its_slot_is_freed(engine: StubEngine, rt: Runtime) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from elastask import keys
-from elastask.loops.dispatch.outcomes import GIVEN_BACK
+from elastask.loops.dispatch.push_markers import GIVEN_BACK
 from elastask.ops import admin
 from elastask.runtime import Runtime
 from tests.unit.helpers import NOW, claimed, held

@@ -19,15 +19,16 @@ from elastask.core import policy, queries
 from elastask.core.clock import epoch_ms
 from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
+from elastask.loops.claim.dead_cycles import claimed_by_dead_cycle, give_back_dead_claims, orphaned_reservations
 from elastask.loops.claim.limited import slot_request
-from elastask.parts.ledger import LeaseView, SlotRequest
+from elastask.parts.ledger import Lease, LeaseView, SlotRequest
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 #: The fields ``finished`` looks at: the ledger's reads fetch only these.
-FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts", "task.runAt")
+FINISHED_FIELDS = ("task.ownerId", "task.status", "task.attempts", "task.runAt", "task.startedAt")
 #: How long a finished task is left out of the due search: the engine's refresh interval (1 s, as
 #: Kibana's index has it) and a margin; until then the near-real-time search shows its old version.
 FINISHED_MEMORY_MS = 1500
@@ -65,15 +66,21 @@ class LeaseReader:
         """Judge every lease of ``view`` by the engine; the ids still held, and how many were freed.
 
         A reservation whose claim may not be written yet (another cycle still running, for up to
-        ``pending_max_ms``) looks idle in the engine and is never judged by it; nor is a lease whose
-        real-time read failed (unknown). Expiry is judged on Redis's clock (``view.now_ms``). To judge
+        ``pending_max_ms``) looks idle in the engine and is never judged by it, unless its worker
+        stopped beating (loops/claim/dead_cycles.py: a claim that cycle wrote is given back); nor is a
+        lease whose real-time read failed (unknown). Expiry is judged on Redis's clock (``view.now_ms``). To judge
         only some leases, pass a view of those (``likely_finished``).
         """
         now_ms = view.now_ms
+        orphaned = orphaned_reservations(rt, view)  # their worker died: judged now (loops/claim/dead_cycles.py)
+        for task_id in orphaned:
+            self.versions.drop(task_id)
         held = {
             lease.task_id
             for lease in view.leases
-            if lease.pending_since_ms is not None and now_ms - lease.pending_since_ms < pending_max_ms
+            if lease.pending_since_ms is not None
+            and now_ms - lease.pending_since_ms < pending_max_ms
+            and lease.task_id not in orphaned
         }
         judged = [lease for lease in view.leases if lease.task_id not in held]
         if not judged:
@@ -81,12 +88,16 @@ class LeaseReader:
         hits = read_leases(rt, sorted({lease.task_id for lease in judged}), self.versions)
         done: dict[str, list[str]] = defaultdict(list)
         forget_at: dict[str, int] = {}
+        dead_claims: list[tuple[Lease, dict[str, Any]]] = []
         for lease in judged:
             live = lease.expires_ms > now_ms
+            hit = hits.get(lease.task_id)
+            if lease.task_id in orphaned and isinstance(hit, dict) and claimed_by_dead_cycle(lease, hit):
+                dead_claims.append((lease, hit))
+                continue
             if live and lease.task_id not in hits:
                 held.add(lease.task_id)  # the read failed: unknown, so the lease stands
                 continue
-            hit = hits.get(lease.task_id)
             if hit is UNCHANGED:
                 if live:
                     held.add(lease.task_id)  # the very document last judged held
@@ -105,7 +116,9 @@ class LeaseReader:
         # lock finds a slot freed and taken again since by a newer claim of the same task, and leaves it.
         released = rt.ledger.release_many(done, claims={lease.task_id: lease.claim for lease in judged})
         rt.ledger.mark_finished(forget_at)
-        return held, released
+        given_back = give_back_dead_claims(rt, dead_claims)
+        held |= {lease.task_id for lease, _ in dead_claims} - given_back
+        return held, released + len(given_back)
 
 
 def likely_finished(view: LeaseView, ids: Collection[str]) -> LeaseView:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from elastask.config import Settings
+from elastask.core.clock import epoch_ms
 from elastask.core.pauses import PauseSet
 from elastask.loops.claim.refill import LookPlan, RefillSession
 from elastask.loops.claim.summary import ClaimSummary
-from elastask.parts.ledger import LeaseView
+from elastask.parts.ledger import LeaseView, reservation_token
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
 
@@ -46,8 +46,12 @@ class Cycle:
     search_full: bool = False
     #: What is paused now (elastask pause, elastask.yaml's paused:): nothing new is claimed for it.
     pauses: PauseSet = field(default_factory=PauseSet)
-    #: Names this cycle's reservations in the ledger: its releases and confirms touch only its own.
-    token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    #: Names this cycle's reservations in the ledger (and its worker): its releases and confirms touch
+    #: only its own, and reconcile judges those of a worker that died without waiting the pending window.
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        self.token = self.token or reservation_token(self.rt.worker_id, epoch_ms(self.now))
 
     @property
     def settings(self) -> Settings:

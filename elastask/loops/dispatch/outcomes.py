@@ -15,19 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from elastask import keys
 from elastask.core import policy
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date, parse_interval_ms
 from elastask.core.messages import ClaimedTask, DispatchJob
 from elastask.errors import LedgerError, StoreError
 from elastask.logs import bound
+from elastask.loops.dispatch.push_markers import mark_answered, switch_off_pushes
 from elastask.parts.cadence import Cadence
 from elastask.parts.failures import record_failure
 from elastask.parts.nodes import Node
 from elastask.parts.push_outcome import PushOutcome, PushResult
-from elastask.parts.redis_errors import redis_errors
-from elastask.parts.scripts import register
 from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
 
@@ -97,6 +95,7 @@ def settle_safely(
     meanwhile, so an error here is logged, never raised (each lease runs out; the retry loop takes
     the task back, ambiguous at worst, never a second run at once).
     """
+    mark_answered(rt, [task for task, r in zip(tasks, results, strict=True) if r is not None and r.known])
     try:
         _record(rt, node, list(zip(tasks, results, strict=True)), now, report)
     except (StoreError, LedgerError) as e:
@@ -222,34 +221,6 @@ def give_back_tasks(rt: Runtime, owner_id: str, tasks: Sequence[ClaimedTask]) ->
 
 
 #: A push marker's value when the claim was given back instead of pushed (loops/retry/loop.py reads it: no attempt).
-GIVEN_BACK = b"given-back"
-_MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
-
-
-def switch_off_pushes(rt: Runtime, claims: Sequence[tuple[str, int, int]]) -> set[tuple[str, int]]:
-    """Switch off the pushes of claims (doc id, claim version, ms left of the lease) that no push marked
-    yet: their push marker is set to GIVEN_BACK, so a job of theirs that runs later (delivered after
-    all, or in a frozen process that wakes) pushes nothing. Returns the (doc id, claim) switched off,
-    now or before, whose tasks the caller gives back; a claim whose push came first keeps its lease.
-    The push marker is the one switch between a push and a give-back, and only while Redis remembers
-    the claim (its claim marker, of the ledger's epoch): after Redis lost its data, all of it or the
-    last writes (a failover to a replica behind), a missing push marker proves nothing, so such a
-    claim is left to its dispatch job and its lease (a push in between ran twice otherwise). Until the
-    ledger is rebuilt after such a loss, nothing is switched off."""
-    if not claims:
-        return set()
-    if not rt.ledger.claims_current():
-        log.info("Redis lost data since these claims (the ledger is not rebuilt yet): left to their leases")
-        return set()
-    markers = [
-        k for doc_id, claim, _ in claims for k in (keys.claim_marker(doc_id, claim), keys.push_marker(doc_id, claim))
-    ]
-    ttls = [lease_left_ms + _MARKER_EXTRA_MS for _, _, lease_left_ms in claims]
-    with redis_errors("switching off the pushes of claims given back"):
-        switched = register(rt.redis, "switch_off")(keys=[keys.LEDGER_EPOCH, *markers], args=[GIVEN_BACK, *ttls])
-    return {(doc_id, claim) for (doc_id, claim, _), off in zip(claims, switched, strict=True) if off}
-
-
 def give_back_unsent(rt: Runtime, job: DispatchJob) -> None:
     """A dispatch job the broker may or may not have taken (its send raised): switch its pushes off,
     then give back its tasks. Had the send applied, the job finds its claims given back and pushes none."""

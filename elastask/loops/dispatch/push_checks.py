@@ -13,6 +13,7 @@ from elastask import keys
 from elastask.core import policy
 from elastask.core.messages import ClaimedTask
 from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_tasks, warn
+from elastask.loops.dispatch.push_markers import PUSHED
 from elastask.loops.dispatch.renewal import remaining_ms
 from elastask.loops.pauses.read import read_pauses, recent_pauses
 from elastask.parts.nodes import Node
@@ -70,7 +71,7 @@ def mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, report
     ttl_ms = {task.doc_id: max(remaining_ms(task, now), task.lease_ms) + _PUSH_MARKER_EXTRA_MS for task in tasks}
     pipe = rt.redis.pipeline(transaction=False)
     for task in tasks:
-        pipe.set(keys.push_marker(task.doc_id, task.claim), 1, nx=True, px=ttl_ms[task.doc_id])
+        pipe.set(keys.push_marker(task.doc_id, task.claim), PUSHED, nx=True, px=ttl_ms[task.doc_id])
     with redis_errors("setting push markers"):
         markers = pipe.execute()
     fresh = []
@@ -85,7 +86,7 @@ def mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, report
         # A renewed lease is a new version of the document: the retry loop looks for its push under it.
         pipe = rt.redis.pipeline(transaction=False)
         for task in renewed:
-            pipe.set(keys.push_marker(task.doc_id, task.seq_no), 1, px=ttl_ms[task.doc_id])
+            pipe.set(keys.push_marker(task.doc_id, task.seq_no), PUSHED, px=ttl_ms[task.doc_id])
         with redis_errors("setting push markers of renewed leases"):
             pipe.execute()
     return fresh

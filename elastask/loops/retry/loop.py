@@ -25,7 +25,7 @@ from elastask import keys
 from elastask.core import policy, queries
 from elastask.core.documents import STATUSES, TaskDocument, parse_hit
 from elastask.errors import DocumentError, LedgerError
-from elastask.loops.dispatch.outcomes import GIVEN_BACK
+from elastask.loops.dispatch.push_markers import GIVEN_BACK
 from elastask.loops.retry.orphans import take_back_orphans
 from elastask.parts.cadence import Cadence
 from elastask.parts.failures import record_failure
@@ -52,6 +52,8 @@ class RetrySummary:
     unclaimable: int = 0
     #: Claims of dead workers given back, never pushed (loops/retry/orphans.py).
     orphans: int = 0
+    #: Pushes of dead workers in flight at their death, unanswered: left to their leases.
+    orphans_in_flight: int = 0
     duration_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,7 +66,8 @@ def retry_expired_leases(rt: Runtime, now: datetime) -> RetrySummary:
     with exclusive(rt.redis, keys.RETRY_LOCK, max(30_000, 10 * rt.settings.retry_interval_ms)) as lock:
         if not lock.taken:
             return RetrySummary(ran=False)
-        summary = RetrySummary(orphans=take_back_orphans(rt, now))
+        taken = take_back_orphans(rt, now)
+        summary = RetrySummary(orphans=taken.returned, orphans_in_flight=taken.in_flight)
         _retry_cycle(rt, now, summary)
         # The audit looks for documents no loop would pick up; once a minute is plenty.
         if rt.redis.set(keys.AUDIT_DUE, 1, nx=True, ex=AUDIT_EVERY_S):

@@ -34,7 +34,7 @@ from elastask.core import policy, queries
 from elastask.core.clock import epoch_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.errors import DocumentError, ElastaskError
-from elastask.loops.dispatch.outcomes import switch_off_pushes
+from elastask.loops.dispatch.push_markers import switch_off_pushes
 from elastask.loops.retry.loop import lost_run_expiry, unpushed_claims, write_expiries
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors
