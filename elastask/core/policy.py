@@ -155,15 +155,13 @@ def after_claim(task: TaskDocument, fields: Mapping[str, Any], seq_no: int, prim
     )
 
 
-#: Answers after which a write may have applied all the same: a gateway in front of the engine failed.
-GATEWAY_STATUSES = frozenset({502, 504})
-
-
 def write_may_have_applied(status: int | None) -> bool:
     """Whether a write the engine did not confirm may still have applied (``status``: the whole request's
-    answer, None when none came: a timeout or a lost connection). The engine's own error answers (429,
-    503, 4xx) reject the whole request."""
-    return status is None or status in GATEWAY_STATUSES
+    answer, None when none came: a timeout or a lost connection). Every 5xx, 408 and 429 may: a proxy or
+    load balancer in front of the engine answers them for requests the engine applied (its upstream
+    timed out, or it retried). Only a 4xx about the request itself (400 malformed, 401/403 refused,
+    404 no index, 413 too large) proves nothing applied."""
+    return status is None or status >= 500 or status in (408, 429)
 
 
 def release_fields_for(claimed_attempts: int) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def simulate(seed: int, seeds: int, steps: int, json_path: str | None, trace: bo
     """Run elastask's claim, dispatch and retry loops in a deterministic simulation with faults.
 
     Two claimers, two dispatchers and a retry loop on one stub engine and one fakeredis server (the
-    real Lua scripts), three simulated Kibana nodes, a virtual clock; processes killed and frozen,
+    real Lua scripts), three simulated Kibana nodes, a virtual clock; processes killed (also mid-call) and frozen,
     Redis flushed or failed over to a replica that missed the last writes, Redis replies lost after
     the command applied, nodes restarted, pushes refused, their answers lost or accepted and never
     run, engine writes that apply and answer 503, jobs sent and reported unsent, and other processes

@@ -13,9 +13,12 @@ call answer an error although it applied (an engine write's 503, a Redis connect
 reply).
 
 After every step the world checks the invariants of shared/DESIGN.md on what the Kibana nodes saw:
-no node over its capacity in units, no task running twice at once, and, once the run drains, nothing
-lost and no attempt counted for a task that never reached Kibana's nodes more often than it was
-pushed. Deterministic: one seed gives the same run (ids, choices, faults and times).
+no node over its capacity in units, no task running twice at once, no push carrying more attempts than
+the task's pushes since Kibana last reset them, and, once the run drains, nothing lost and no attempt
+counted for a task that never reached Kibana's nodes more often than it was pushed. Every process is a
+worker that beats while it runs and records the jobs it holds; a process may be killed between its
+operations or in the middle of one, at a pause (driver.py). Deterministic: one seed gives the same run
+(ids, choices, faults and times).
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ from elastask.parts.kibana import KibanaClient, PushOutcome, PushResult, Uptime
 from elastask.parts.ledger import Ledger
 from elastask.parts.nodes import NodeRegistry
 from elastask.parts.store import TaskStore
+from elastask.parts.worker_claims import KEEP_MS, WorkerClaims
 from elastask.runtime import Runtime
 from elastask.task_types import TaskTypeRule
+from elastask_bed.simulation.driver import Driver, ProcessKilled
 from elastask_bed.simulation.engine import StubEngine
 
 INDEX = ".kibana_task_manager"
@@ -99,6 +104,8 @@ class Inline(Executor):
         future: Future[Any] = Future()
         try:
             future.set_result(fn(*args, **kwargs))
+        except ProcessKilled:
+            raise  # the pushing process was killed at this push: nothing after it runs
         except BaseException as e:
             future.set_exception(e)
         return future
@@ -127,8 +134,12 @@ class PausingRedis(fakeredis.FakeRedis):
     def __init__(self, *, server: fakeredis.FakeServer, after_call: Callable[[], None]) -> None:
         super().__init__(server=server)
         self.after_call = after_call
+        #: The process was killed: its connection is gone (its lock's renewal thread renews nothing).
+        self.closed = False
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.closed:
+            raise redis.ConnectionError("simulated: the process was killed")
         answer = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         self.after_call()
         return answer
@@ -138,6 +149,8 @@ class PausingRedis(fakeredis.FakeRedis):
         execute = pipe.execute
 
         def execute_then_pause(raise_on_error: bool = True) -> Any:
+            if self.closed:
+                raise redis.ConnectionError("simulated: the process was killed")
             answer = execute(raise_on_error)
             self.after_call()
             return answer
@@ -175,6 +188,13 @@ class Process:
     skew_ms: float = 0.0
     dead: bool = False
     frozen_until_ms: float = 0.0
+    #: The dispatch job it is pushing (a kill mid-job strands its tasks, some perhaps marked pushed).
+    job: DispatchJob | None = None
+
+    @property
+    def worker_id(self) -> str:
+        """Its worker's id: the process beats under it and records the jobs it holds (parts/worker_claims.py)."""
+        return f"sim:{self.name}"
 
 
 @dataclass
@@ -195,6 +215,9 @@ class World:
     kibana_pauses: bool = True
     #: Redis fails over now and then to a replica that missed the writes since it last caught up.
     redis_failovers: bool = True
+    #: Processes killed in the middle of an operation, at a pause (right after an engine, Redis or
+    #: Kibana call): they stop there for good, as a SIGKILLed worker does (driver.py).
+    kills_mid_call: bool = True
     rng: random.Random = field(init=False)
     clock: VirtualTime = field(default_factory=VirtualTime)
     step_no: int = 0
@@ -210,7 +233,13 @@ class World:
     forgotten: set[str] = field(default_factory=set)
     #: Pauses where other processes went first, by the call the paused process was in.
     pauses: dict[str, int] = field(default_factory=dict)
+    #: Tasks of dispatch jobs whose process was killed mid-job: a push marked and never sent may count
+    #: its attempt (elastask cannot tell it from a push that reached Kibana), so they are excused.
+    marked_unsent: set[str] = field(default_factory=set)
+    #: Pushes per task since Kibana last reset its attempts (a recurring task's outcome).
+    pushes_since_reset: dict[str, int] = field(default_factory=dict)
     _stack: list[str] = field(default_factory=list)
+    _over: bool = False
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -218,6 +247,9 @@ class World:
         self.engine.after_write = self._after_write
         self.engine.after_read = self._after_read
         self.server = fakeredis.FakeServer()
+        self.driver = Driver()
+        #: The workers' main processes' connection: heartbeats and received jobs (never paused).
+        self.beats = WorkerClaims(fakeredis.FakeRedis(server=self.server))
         self.replica = fakeredis_database(None)  # what a replica has: Redis's data as of its last catch-up
         hosts = tuple(
             KibanaNode(url=f"http://kibana-{i}:5601", id=f"kibana:{i}", capacity=self.capacity)
@@ -268,7 +300,15 @@ class World:
             sleep=lambda _s: None,
         )
         proc.rt.nodes.submit = lambda fn, *args: fn(*args)  # type: ignore[method-assign]  # watchers, as a step
+        proc.rt.worker_id = proc.worker_id
+        self.beats.beat(proc.worker_id, int(self.clock.now_ms))
         return proc
+
+    def _beat(self) -> None:
+        """Every worker that runs (not dead, not frozen) beats, as its main process does every second."""
+        for proc in self.processes:
+            if not proc.dead and proc.frozen_until_ms <= self.clock.now_ms:
+                self.beats.beat(proc.worker_id, int(self.clock.now_ms))
 
     def _live(self, kind: str) -> list[Process]:
         return [
@@ -299,7 +339,11 @@ class World:
             return False
         job = self.rng.choice(ready)
         self.jobs.remove(job)
+        # The worker received it (entry/heartbeat.py records it, until it is long pushed).
+        self.beats.hold(proc.worker_id, [job], int(self.clock.now_ms) + KEEP_MS)
+        proc.job = job
         push_claimed_tasks(proc.rt, job, proc.rt.now(), Inline())
+        proc.job = None
         return True
 
     def _retry(self, proc: Process) -> None:
@@ -315,6 +359,13 @@ class World:
             self.trace.append(f"{self.step_no}: push {doc_id} -> {node} refused")
             return PushResult(PushOutcome.REFUSED, "503", 503)
         self.pushes[doc_id] = self.pushes.get(doc_id, 0) + 1
+        self.pushes_since_reset[doc_id] = since = self.pushes_since_reset.get(doc_id, 0) + 1
+        attempts = body.get("attempts")
+        excused = doc_id in self.forgotten or doc_id in self.marked_unsent
+        if isinstance(attempts, int) and attempts > since and not excused:
+            self._violate(
+                f"{doc_id} pushed with attempts {attempts} after {since - 1} push(es): an attempt counted unpushed"
+            )
         if self.kibana_pauses and self._faults_on and self.rng.random() < 0.01:
             # Accepted and never run (Kibana lost it): no outcome; its lease runs out and it is retried.
             self._count("push accepted, never run")
@@ -346,6 +397,7 @@ class World:
             return
         task = doc["_source"]["task"]
         if task.get("schedule"):
+            self.pushes_since_reset[run.task_id] = 0  # Kibana's outcome resets attempts
             self.recurring_ran[run.task_id] = self.recurring_ran.get(run.task_id, 0) + 1
             next_run = self.clock.datetime() + timedelta(seconds=2)
             changes = {"status": "idle", "attempts": 0, "runAt": format_date(next_run), "retryAt": None}
@@ -379,12 +431,15 @@ class World:
         try:
             action()
         except (ElastaskError, redis.RedisError) as e:  # a loop's job failed (an engine or Redis failure)
-            self.trace.append(f"{self.step_no}: {name} failed: {e!r}")
+            if not self._over:
+                self.trace.append(f"{self.step_no}: {name} failed: {e!r}")
         finally:
-            self._stack.pop()
+            if self._stack:
+                self._stack.pop()
 
     def _advance(self) -> None:
         self.clock.now_ms += self.rng.choice((5, 20, 100, 500, 2000))
+        self._beat()
 
     def _after_read(self) -> None:
         """Right after a real-time read answered: maybe other processes go first (the reader is paused)."""
@@ -394,7 +449,7 @@ class World:
         """Right after a Redis command or pipeline applied: maybe other processes go first, or the reply
         is lost (the connection dropped: the caller sees an error although the command applied). Only
         on the scheduler's thread: a lock's renewal thread is a production detail and never pauses."""
-        if not self.redis_pauses or threading.current_thread() is not threading.main_thread():
+        if not self.redis_pauses or threading.current_thread() is not self.driver.thread:
             return
         self._others_first("redis", 0.03)
         if self._faults_on and self.rng.random() < 0.002:
@@ -406,11 +461,39 @@ class World:
         self.trace.append(f"{self.step_no}: fault: {fault} ({'/'.join(self._stack)})")
 
     def _others_first(self, where: str, chance: float = 0.3) -> None:
-        """The caller is paused at a call to ``where``: maybe up to ten steps of other processes go first."""
+        """The caller is paused at a call to ``where``: maybe it is killed there, or up to ten steps of
+        other processes go first."""
+        self._maybe_killed_at(where)
         if self.rng.random() < chance and len(self._stack) < 3:
             self.pauses[where] = self.pauses.get(where, 0) + 1
             for _ in range(self.rng.randint(1, 10)):
                 self.step(faults=False)
+
+    def _maybe_killed_at(self, where: str) -> None:
+        """Now and then the process paused at this call is killed here (only a top-level operation's: a
+        process that others run inside of would stop with it). It never resumes (driver.py)."""
+        if not (self.kills_mid_call and self._faults_on and len(self._stack) == 1):
+            return
+        if threading.current_thread() is not self.driver.thread or self.rng.random() >= 0.002:
+            return
+        proc = next((p for p in self.processes if p.name == self._stack[0] and not p.dead), None)
+        if proc is None or proc.kind == "retry":
+            return
+        self._count(f"killed mid-call ({where})")
+        if proc.job is not None:
+            self.marked_unsent |= {t.doc_id for t in proc.job.tasks}
+        self._kill(proc)
+        self._stack.clear()
+        self.driver.park()
+
+    def _kill(self, victim: Process) -> None:
+        """A process dies: its connection closes, a replacement starts (its memory gone)."""
+        victim.dead = True
+        client = victim.rt.redis
+        if isinstance(client, PausingRedis):
+            client.closed = True
+        self.trace.append(f"{self.step_no}: {victim.name} killed")
+        self.processes.append(self._process(f"{victim.name}+", victim.kind))
 
     def _after_write(self) -> None:
         """Right after an engine write applied: maybe other processes go first, or the write fails."""
@@ -430,11 +513,10 @@ class World:
             victims = [p for p in self.processes if not p.dead and p.kind != "retry"]
             if victims:
                 victim = self.rng.choice(victims)
-                victim.dead = True
-                self.trace.append(f"{self.step_no}: {victim.name} killed")
-                self.processes.append(self._process(f"{victim.name}+", victim.kind))  # its replacement
-                if victim.kind == "dispatch" and self.jobs:  # the jobs it had received die with it
-                    self.jobs.pop(self.rng.randrange(len(self.jobs)))
+                if victim.kind == "dispatch" and self.jobs:  # a job it had received dies with it
+                    lost = self.jobs.pop(self.rng.randrange(len(self.jobs)))
+                    self.beats.hold(victim.worker_id, [lost], int(self.clock.now_ms) + KEEP_MS)
+                self._kill(victim)
         elif kind == "freeze":
             proc = self.rng.choice([p for p in self.processes if not p.dead])
             frozen_ms = self.rng.choice((500, 3000, 10_000))
@@ -466,23 +548,28 @@ class World:
                 del self.runs[run.task_id]  # lost with the process: no outcome
 
     def _violate(self, what: str) -> None:
-        self.violations.append(Violation(self.step_no, what))
+        if not self._over:  # a killed process unwinding after the run is not the world's
+            self.violations.append(Violation(self.step_no, what))
 
     # ---- a run ---------------------------------------------------------------------------------
 
     def run(self, steps: int) -> list[Violation]:
         """``steps`` steps with faults, then a drain without faults until the work is done; the violations."""
         with redis_on(self.clock):
-            for _ in range(steps):
-                self.step()
-            self._faults_on = False
-            for proc in self.processes:
-                proc.frozen_until_ms = 0.0
-            for _ in range(20_000):
-                if self._drained():
-                    break
-                self.step(faults=False)
-            self._check_end()
+            try:
+                for _ in range(steps):
+                    self.driver.run(self.step)
+                self._faults_on = False
+                for proc in self.processes:
+                    proc.frozen_until_ms = 0.0
+                for _ in range(20_000):
+                    if self._drained():
+                        break
+                    self.driver.run(functools.partial(self.step, faults=False))
+                self._check_end()
+            finally:
+                self._over = True
+                self.driver.close()
         return self.violations
 
     def _drained(self) -> bool:

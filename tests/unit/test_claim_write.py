@@ -54,15 +54,26 @@ def test_given_the_engine_rejects_the_claim_bulk_with_429_then_its_reservations_
     assert summary.claimed == 3 and sum(len(job.tasks) for job in sent) == 3
 
 
-def test_given_a_claim_bulk_that_applied_but_timed_out_then_the_claims_read_back_as_written_are_pushed(
-    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: elastic_transport.ConnectionTimeout("timed out after 30s"),
+        # A proxy or load balancer in front of the engine answered for a request the engine applied
+        # (the simulation's "write applied, answered 503" found a claim left unpushed, its attempt counted).
+        lambda: answered(503),
+        lambda: answered(429),
+    ],
+    ids=["timeout", "503", "429"],
+)
+def test_given_a_claim_bulk_that_applied_but_failed_then_the_claims_read_back_as_written_are_pushed(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch, failure: Any
 ) -> None:
     seeded(engine, 2)
     real_bulk = engine.bulk
 
     def applied_then_timed_out(**kwargs: Any) -> Answer:
         real_bulk(**kwargs)
-        raise elastic_transport.ConnectionTimeout("timed out after 30s")
+        raise failure()
 
     monkeypatch.setattr(engine, "bulk", applied_then_timed_out)
     sent: list[DispatchJob] = []

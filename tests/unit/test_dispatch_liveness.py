@@ -26,6 +26,7 @@ from elastask.parts.kibana import PushOutcome, PushResult
 from elastask.runtime import Runtime
 from tests.unit.helpers import NOW, answering, claimed, held
 from tests.unit.stubs import OWNER, URL, Answer, MakeRuntime, StubEngine
+from tests.unit.test_claim_write import answered
 
 
 def test_given_a_hung_node_when_its_job_runs_then_the_job_returns_at_once_and_settles_when_the_node_answers(
@@ -141,3 +142,29 @@ def test_given_a_renewal_the_engine_answers_429_then_the_task_goes_back_at_once_
     doc = engine.docs["task:busy"]["_source"]["task"]
     assert doc["status"] == "idle" and doc["attempts"] == 0  # given back, attempt returned
     assert held(rt) == set()  # its slot freed now, not at the end of its lease
+
+
+def test_given_a_renewal_that_applied_but_answered_503_then_the_task_is_pushed_under_the_renewed_lease(
+    engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the simulation ("write applied, answered 503"): the job failed, its renewal stood in the
+    # engine with no claim marker under its version, and the lease ran out counting an attempt unpushed.
+    task = claimed(engine, rt, "task:renewed", attempts=1)
+    real_bulk = engine.bulk
+    calls = [0]
+
+    def applied_then_503(**kwargs: Any) -> Answer:
+        answer = real_bulk(**kwargs)
+        calls[0] += 1
+        if calls[0] == 1:
+            raise answered(503)
+        return answer
+
+    monkeypatch.setattr(engine, "bulk", applied_then_503)
+    later = NOW + timedelta(seconds=10)
+    report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), later, pool)
+    assert report.outcomes == {"task:renewed": "accepted"}
+    [body] = rt.kibana.pushed  # type: ignore[attr-defined]
+    renewed = engine.docs["task:renewed"]
+    assert body["startedAt"] == renewed["_source"]["task"]["startedAt"] == format_date(later)
+    assert rt.redis.get(keys.claim_marker("task:renewed", renewed["_seq_no"])) is not None  # the renewal is ours

@@ -9,7 +9,6 @@ ETA, its first step, so it waits in the broker's worker rather than in a pool pr
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -18,9 +17,11 @@ import redis
 
 from elastask.core import policy
 from elastask.core.advice import interval_advice
+from elastask.core.clock import epoch_ms
 from elastask.core.documents import TaskDocument
 from elastask.core.intervals import format_date
 from elastask.core.messages import ClaimedTask, DispatchJob, run_now_body
+from elastask.errors import LedgerError
 from elastask.parts.nodes import Node
 from elastask.parts.worker_claims import SENDING_MS, WorkerClaims
 from elastask.runtime import Runtime
@@ -59,8 +60,9 @@ def _hold_until_received(rt: Runtime, jobs: Sequence[DispatchJob]) -> None:
     if rt.worker_id is None or not jobs:
         return
     try:
-        WorkerClaims(rt.redis).hold(rt.worker_id, jobs, int(time.time() * 1000) + SENDING_MS)
-    except redis.RedisError as e:
+        # Redis's clock (every lease's): a simulated or skewed worker keeps the record as long as meant.
+        WorkerClaims(rt.redis).hold(rt.worker_id, jobs, epoch_ms(rt.now()) + SENDING_MS)
+    except (redis.RedisError, LedgerError) as e:
         log.warning("could not record the dispatch jobs this worker sends (if it dies, their leases decide): %s", e)
 
 

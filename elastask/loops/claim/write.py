@@ -101,10 +101,11 @@ def _after_failed_write(
 ) -> list[WriteResult]:
     """The claim ``_bulk`` failed: which claims applied all the same (results as the ``_bulk`` would give).
 
-    Rejected by the engine (429, 503...): none did. No answer (a timeout): read them back in real
-    time; a claim applied where the document now shows this very claim. If that read fails too, the
-    reservations are given back and the error raised: a claim that applied unseen is never pushed, so
-    it cannot break the cap; its lease runs out and the retry loop takes it back.
+    A 4xx about the request itself: none did. No answer (a timeout), a 5xx, 408 or 429 (which a proxy in
+    front of the engine may give for a request the engine applied, ``policy.write_may_have_applied``):
+    read them back in real time; a claim applied where the document now shows this very claim. If that
+    read fails too, the reservations are given back and the error raised: a claim that applied unseen is
+    never pushed, so it cannot break the cap; its lease runs out and the retry loop takes it back.
     """
     applied: dict[str, dict[str, Any] | None] = {}
     if policy.write_may_have_applied(error.status):
@@ -119,7 +120,7 @@ def _after_failed_write(
         raise error
     written = sum(r.ok for r in results)
     log.warning(
-        "claim write failed without an answer (%s); %d of %d claim(s) read back as written",
+        "claim write failed (%s); %d of %d claim(s) read back as written",
         error,
         written,
         len(results),

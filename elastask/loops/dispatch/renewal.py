@@ -15,8 +15,9 @@ from datetime import datetime, timedelta
 from elastask.core import policy
 from elastask.core.intervals import format_date, parse_date
 from elastask.core.messages import ClaimedTask
+from elastask.errors import StoreError
 from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_tasks, warn
-from elastask.parts.store import VersionedUpdate
+from elastask.parts.store import VersionedUpdate, WriteResult
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,19 @@ def renew_waited_leases(
     if not waited:
         return list(tasks)
     renewed_until = {task.doc_id: now + timedelta(milliseconds=task.lease_ms) for task in waited}
-    results = rt.store.bulk_update_versions(
-        [
-            VersionedUpdate(
-                task.doc_id,
-                task.seq_no,
-                task.primary_term,
-                {"retryAt": format_date(renewed_until[task.doc_id]), "startedAt": format_date(now)},
-            )
-            for task in waited
-        ],
-    )
+    updates = [
+        VersionedUpdate(
+            task.doc_id,
+            task.seq_no,
+            task.primary_term,
+            {"retryAt": format_date(renewed_until[task.doc_id]), "startedAt": format_date(now)},
+        )
+        for task in waited
+    ]
+    try:
+        results = rt.store.bulk_update_versions(updates)
+    except StoreError as e:
+        results = _read_back(rt, updates, e)
     renewed: dict[str, ClaimedTask] = {}
     unrenewed: list[ClaimedTask] = []
     for task, result in zip(waited, results, strict=True):
@@ -109,6 +112,33 @@ def renew_waited_leases(
         )
     waited_ids = {task.doc_id for task in waited}
     return [renewed.get(task.doc_id, task) for task in tasks if task.doc_id in renewed or task.doc_id not in waited_ids]
+
+
+def _read_back(rt: Runtime, updates: Sequence[VersionedUpdate], error: StoreError) -> list[WriteResult]:
+    """The renewal ``_bulk`` failed where it may have applied all the same (no answer, or an answer a proxy
+    in front of the engine gives): read the documents back in real time; a renewal applied where the
+    document shows this very renewal (its ``retryAt`` and ``startedAt``). A renewal that applied unseen
+    would leave a lease no claim marker speaks for, counting an attempt never pushed. If the read fails
+    too, the error is raised (the job is retried; its leases decide)."""
+    if not policy.write_may_have_applied(error.status):
+        raise error
+    try:
+        hits = rt.store.mget_sources([u.doc_id for u in updates], fields=("task.retryAt", "task.startedAt"))
+    except StoreError:
+        raise error from None
+    results = []
+    for update in updates:
+        hit = hits.get(update.doc_id)
+        task = hit.get("_source", {}).get("task", {}) if hit else {}
+        mine = isinstance(task, dict) and all(task.get(k) == v for k, v in update.fields.items())
+        if hit is not None and mine:
+            results.append(WriteResult(update.doc_id, 200, hit.get("_seq_no"), hit.get("_primary_term"), ""))
+        else:
+            results.append(WriteResult(update.doc_id, 0, None, None, "not written"))
+    log.warning(
+        "renewing %d lease(s) failed (%s); %d read back as renewed", len(updates), error, sum(r.ok for r in results)
+    )
+    return results
 
 
 def _mark_renewed_claims(rt: Runtime, renewed: Sequence[ClaimedTask]) -> None:
