@@ -49,3 +49,46 @@ def tree_cpu_seconds(roots: Iterable[int]) -> dict[int, float]:
 def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds used between two snapshots (processes born in between count from zero)."""
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, summed over its CPUs (from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest time is in user)
+    return (total - idle) / _TICKS, total / _TICKS
+
+
+class CpuMeter:
+    """CPU used by each part of the bed (a process tree each) and by the machine, between ``start`` and ``stop``.
+
+    What limits a run shows here: a machine busy near 100 % is CPU-bound whatever the design; below it,
+    the run waits on something (a round trip, a pacing, a queue).
+    """
+
+    def __init__(self, parts: dict[str, list[int]]) -> None:
+        self.parts = {name: pids for name, pids in parts.items() if pids}
+        self._before: dict[str, dict[int, float]] = {}
+        self._machine_before = (0.0, 0.0)
+        self.seconds: dict[str, float] = {}
+        self.machine_busy_share: float | None = None
+
+    def start(self) -> None:
+        self._before = {name: tree_cpu_seconds(pids) for name, pids in self.parts.items()}
+        self._machine_before = machine_cpu_seconds()
+
+    def stop(self) -> None:
+        busy, total = machine_cpu_seconds()
+        self.seconds = {
+            name: cpu_between(self._before.get(name, {}), tree_cpu_seconds(pids)) for name, pids in self.parts.items()
+        }
+        spent = total - self._machine_before[1]
+        self.machine_busy_share = round((busy - self._machine_before[0]) / spent, 3) if spent > 0 else None
+
+    def ms_per_task(self, completed: int) -> dict[str, float]:
+        """Each part's CPU milliseconds per completed task (and their sum, ``all``)."""
+        if not completed:
+            return {}
+        per_task = {name: round(1000 * seconds / completed, 2) for name, seconds in self.seconds.items()}
+        per_task["all"] = round(sum(per_task.values()), 2)
+        return per_task

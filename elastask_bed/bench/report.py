@@ -45,13 +45,21 @@ def _elapsed(r: dict[str, Any]) -> str:
     return f"{_fmt(r.get('burst_s'))} s ({after})"
 
 
+def _bed_cpu(per_task: dict[str, float]) -> str:
+    """Every part's CPU per task, and the simulated nodes' and the engine's of it."""
+    if not per_task:
+        return "-"
+    return f"{_fmt(per_task.get('all'))} ({_fmt(per_task.get('simulator'))} / {_fmt(per_task.get('engine'))})"
+
+
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """A table of every run, side by side."""
     head = (
         "| scenario | mode | nodes | claim interval | completed | elapsed | utilisation | drift p50 / p95 / p99 / max "
         "| claim cycle p50 / p99 | busy cycle p50 / p99 | outcome write p50 / p99 | refill p50 / p99 | engine ops/s "
-        "| engine ops/task | CPU ms/task | cap viol. | overlaps | lost | early | workers | claim path busy |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| engine ops/task | CPU ms/task | bed CPU ms/task: all (nodes / engine) | machine busy "
+        "| cap viol. | overlaps | lost | early | workers | claim path busy |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
@@ -65,7 +73,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         util = r.get("utilisation")
         rows.append(
             "| {scenario} | {mode} | {nodes} | {interval} | {completed} | {elapsed} | {util} | {drift} | {cycle} "
-            "| {busy} | {writes} | {refill} | {ops_s} | {ops_task} | {cpu} "
+            "| {busy} | {writes} | {refill} | {ops_s} | {ops_task} | {cpu} | {bed_cpu} | {machine} "
             "| {viol} | {overlaps} | {lost} | {early} | {workers} | {share} |".format(
                 scenario=r["scenario"] + (f" (+{latency} ms engine)" if latency else ""),
                 mode=r["mode"],
@@ -82,6 +90,8 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
                 refill=" / ".join(_fmt(refill.get(k)) for k in ("p50", "p99")) + " ms" if refill.get("count") else "-",
                 writes=" / ".join(_fmt(writes.get(k)) for k in ("p50", "p99")) + " ms" if writes.get("count") else "-",
                 cpu=_fmt(r.get("dispatcher_cpu_ms_per_task")),
+                bed_cpu=_bed_cpu(r.get("cpu_ms_per_task") or {}),
+                machine="-" if r.get("machine_busy_share") is None else f"{r['machine_busy_share'] * 100:.0f} %",
                 viol=r.get("cap_violations", "-"),
                 overlaps=r.get("overlapping_runs", "-"),
                 lost=r.get("lost", "-"),

@@ -19,7 +19,7 @@ from elastask.config import ElasticsearchSettings
 from elastask.core.documents import TaskDocument
 from elastask.core.percentiles import percentile
 from elastask.parts.store import build_client
-from elastask_bed.bench.cpu import cpu_between, tree_cpu_seconds
+from elastask_bed.bench.cpu import CpuMeter
 from elastask_bed.bench.engine_stats import read_counters
 from elastask_bed.bench.scenarios import MIX, Scenario, documents, priorities, run_times
 from elastask_bed.testbed.bed import INDEX, SimulatorProcess, Testbed, empty_task_index
@@ -172,13 +172,13 @@ class BenchRun:
             before = read_counters(self.bed.engine.url)
             if wait > 0:
                 time.sleep(wait)
-            roots = fleet.pids() if fleet else []
-            cpu_before = tree_cpu_seconds(roots)
+            meter = self.cpu_meter(simulator, fleet)
+            meter.start()
             started = time.monotonic()
             self.started_at = time.time()
             finished = self.wait_until_done(simulator, started)
             elapsed = (finished or time.monotonic()) - started
-            cpu_s = cpu_between(cpu_before, tree_cpu_seconds(roots)) if fleet else None
+            meter.stop()
             if not s.duration_s:
                 self.wait_for_outcomes(simulator)
             self.engine_latency(False)
@@ -192,8 +192,7 @@ class BenchRun:
                 fleet.stop()
             simulator.stop()
         result = self.measure(stats, after.minus(before), elapsed, finished is not None, remaining, logs)
-        completed = result["completed"]
-        result["dispatcher_cpu_ms_per_task"] = round(1000 * cpu_s / completed, 2) if cpu_s and completed else None
+        self.add_cpu(result, meter)
         return result
 
     def run_cold(self) -> dict[str, Any]:
@@ -207,10 +206,10 @@ class BenchRun:
         started = time.monotonic()
         simulator, fleet = self.start(together=True)
         try:
-            roots = fleet.pids() if fleet else []
-            cpu_before = tree_cpu_seconds(roots)
+            meter = self.cpu_meter(simulator, fleet)
+            meter.start()
             finished = self.wait_until_done(simulator, started)
-            cpu_s = cpu_between(cpu_before, tree_cpu_seconds(roots)) if fleet else None
+            meter.stop()
             self.wait_for_outcomes(simulator)
             self.engine_latency(False)
             after = read_counters(self.bed.engine.url)
@@ -224,9 +223,8 @@ class BenchRun:
             simulator.stop()
         elapsed = (finished or time.monotonic()) - started
         result = self.measure(stats, after.minus(before), elapsed, finished is not None, remaining, logs)
-        completed = result["completed"]
         # CPU from the worker being ready (start-up's imports left out) to the last run.
-        result["dispatcher_cpu_ms_per_task"] = round(1000 * cpu_s / completed, 2) if cpu_s and completed else None
+        self.add_cpu(result, meter)
         nodes = stats["nodes"].values()
         first = min((n["first_start_s"] for n in nodes if n.get("first_start_s") is not None), default=None)
         last = max((n["last_end_s"] for n in nodes if n.get("last_end_s") is not None), default=None)
@@ -237,9 +235,34 @@ class BenchRun:
         burst_s = None if first is None or last is None else last - first
         result["burst_s"] = None if burst_s is None else round(burst_s, 3)
         # Throughput from the first run's start to the last run's end (the start-up is in first_run_after_start_s).
-        result["throughput_per_s"] = round(completed / burst_s, 2) if burst_s else result["throughput_per_s"]
+        result["throughput_per_s"] = round(result["completed"] / burst_s, 2) if burst_s else result["throughput_per_s"]
         result["utilisation"] = round(result["throughput_per_s"] / s.ceiling_per_s, 4)
         return result
+
+    def cpu_meter(self, simulator: SimulatorProcess, fleet: CeleryFleet | None) -> CpuMeter:
+        """CPU of each part of the bed: elastask's processes (push), the simulated nodes, engine, Redis, proxy."""
+        bed = self.bed
+
+        def pid(process: Any) -> list[int]:
+            return [process.pid] if process is not None and process.pid is not None else []
+
+        return CpuMeter(
+            {
+                "dispatcher": fleet.pids() if fleet else [],
+                "simulator": pid(simulator.process),
+                "engine": pid(bed.engine.process),
+                "redis": pid(bed.redis.process),
+                "proxy": pid(bed.proxy.process if bed.proxy is not None else None),
+            }
+        )
+
+    @staticmethod
+    def add_cpu(result: dict[str, Any], meter: CpuMeter) -> None:
+        """The run's CPU per task, by part, and how busy the whole machine was (what limits the run)."""
+        per_task = meter.ms_per_task(result["completed"])
+        result["dispatcher_cpu_ms_per_task"] = per_task.get("dispatcher")
+        result["cpu_ms_per_task"] = per_task
+        result["machine_busy_share"] = meter.machine_busy_share
 
     def wait_until_done(self, simulator: SimulatorProcess, started: float) -> float | None:
         """Poll the simulator; the monotonic time the work was done, or None on timeout."""

@@ -556,6 +556,7 @@ class World:
     def run(self, steps: int) -> list[Violation]:
         """``steps`` steps with faults, then a drain without faults until the work is done; the violations."""
         with redis_on(self.clock):
+            self._beat()  # the first beats on the world's clock (those made before it ran expire on the real one)
             try:
                 for _ in range(steps):
                     self.driver.run(self.step)

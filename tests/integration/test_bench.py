@@ -61,6 +61,13 @@ def test_a_tiny_backlog_benchmark_runs_push_and_pull_side_by_side(tmp_path: Path
         assert run["claim_cycle_ms"]["count"] > 0
         assert run["busy_claim_cycle_ms"]["count"] > 0  # cycles that claimed something, apart
     assert report["runs"][0]["dispatcher_cpu_ms_per_task"] > 0  # worker and beat CPU over completed tasks
+    for run in report["runs"]:
+        # Every part of the bed's CPU per task, and how busy the machine was: what limits the run.
+        parts = run["cpu_ms_per_task"]
+        assert parts["engine"] > 0 and parts["simulator"] > 0 and parts["redis"] >= 0
+        assert ("dispatcher" in parts) == (run["mode"] == "push")
+        assert parts["all"] == pytest.approx(sum(v for k, v in parts.items() if k != "all"), abs=0.05)
+        assert 0 < run["machine_busy_share"] <= 1
     for mode in ("push", "pull-kibana", "pull-500"):
         assert f"| backlog | {mode} |" in result.stdout
     assert out.with_suffix(".md").read_text() in result.stdout  # the table is kept beside the JSON
