@@ -71,6 +71,8 @@ class CpuMeter:
         self._before: dict[str, dict[int, float]] = {}
         self._machine_before = (0.0, 0.0)
         self.seconds: dict[str, float] = {}
+        #: Each part's CPU seconds by process (a worker's main process and its pool's, apart).
+        self.by_process: dict[str, dict[int, float]] = {}
         self.machine_busy_share: float | None = None
 
     def start(self) -> None:
@@ -79,11 +81,27 @@ class CpuMeter:
 
     def stop(self) -> None:
         busy, total = machine_cpu_seconds()
-        self.seconds = {
-            name: cpu_between(self._before.get(name, {}), tree_cpu_seconds(pids)) for name, pids in self.parts.items()
+        after = {name: tree_cpu_seconds(pids) for name, pids in self.parts.items()}
+        self.seconds = {name: cpu_between(self._before.get(name, {}), now) for name, now in after.items()}
+        self.by_process = {
+            name: {pid: seconds - self._before.get(name, {}).get(pid, 0.0) for pid, seconds in now.items()}
+            for name, now in after.items()
         }
         spent = total - self._machine_before[1]
         self.machine_busy_share = round((busy - self._machine_before[0]) / spent, 3) if spent > 0 else None
+
+    def processes_ms_per_task(self, name: str, completed: int) -> list[tuple[str, float]]:
+        """One part's CPU milliseconds per completed task by process, the busiest first: ("main", ms) for a
+        process the part was started as (a worker's main process, the beat), ("child", ms) for one it forked
+        (a worker's pool processes)."""
+        if not completed:
+            return []
+        roots = set(self.parts.get(name, []))
+        spent = [
+            ("main" if pid in roots else "child", round(1000 * seconds / completed, 2))
+            for pid, seconds in self.by_process.get(name, {}).items()
+        ]
+        return sorted(spent, key=lambda item: -item[1])
 
     def ms_per_task(self, completed: int) -> dict[str, float]:
         """Each part's CPU milliseconds per completed task (and their sum, ``all``)."""
