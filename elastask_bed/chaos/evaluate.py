@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from elastask_bed.chaos import invariants, liveness
+from elastask_bed.chaos import invariants, liveness, workload
 from elastask_bed.chaos.liveness import Thresholds
 from elastask_bed.chaos.model import Check, OneShot, ProcessExit, Run, Window
 
@@ -32,6 +32,10 @@ class Collected:
     #: Liveness is measured from t0 + warm_up_s: before it the fleet learns the nodes and the first runs
     #: of every recurring task fall due together (a burst over the fleet's capacity, not a fault).
     warm_up_s: float = 0.0
+    #: Recurring task id -> its interval (s); the tasks whose pushes were in flight when their worker died
+    #: (the workers' logs name them): for the lease-waits figure.
+    intervals: Mapping[str, float] = field(default_factory=dict)
+    in_flight: frozenset[str] = frozenset()
 
 
 def evaluate(c: Collected, limits: Thresholds, check_liveness: bool) -> list[Check]:
@@ -58,6 +62,14 @@ def evaluate(c: Collected, limits: Thresholds, check_liveness: bool) -> list[Che
         liveness.check_heal(liveness.heal_to_push(c.windows, c.runs, until), limits, check_liveness, c.t0),
         liveness.check_drift(liveness.drifts_outside(measured, c.windows, until), limits, check_liveness),
         liveness.check_early_starts(c.runs, c.windows, until, c.t0),
+        liveness.check_lease_waits(
+            liveness.lease_waits(
+                c.runs, c.one_shots, c.intervals, workload.PATIENT_TYPE, c.windows, c.in_flight, until
+            ),
+            workload.PATIENT_TYPE,
+            check_liveness,
+            c.t0,
+        ),
     ]
 
 

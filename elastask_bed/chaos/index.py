@@ -74,3 +74,19 @@ class TaskIndex:
         }
         hits = self._post("_search", {"query": query, "size": 100, "_source": ["task.status", "task.retryAt"]})
         return [f"{h['_id']} ({h['_source']['task']})" for h in hits["hits"]["hits"]]
+
+    def held_longer_than(self, task_type: str, seconds: int) -> list[str]:
+        """Tasks of ``task_type`` still ``running``/``claiming`` from a claim over ``seconds`` old (engine clock)."""
+        self._post("_refresh", {})
+        query = {
+            "bool": {
+                "filter": [
+                    {"term": {"type": "task"}},
+                    {"term": {"task.taskType": task_type}},
+                    {"terms": {"task.status": ["running", "claiming"]}},
+                    {"range": {"task.startedAt": {"lt": f"now-{seconds}s"}}},
+                ]
+            }
+        }
+        hits = self._post("_search", {"query": query, "size": 100, "_source": False})
+        return [str(h["_id"]) for h in hits["hits"]["hits"]]

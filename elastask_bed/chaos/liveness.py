@@ -5,11 +5,12 @@ Reported on every run; checked against thresholds only with ``--check-liveness``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from elastask.core.percentiles import percentile
-from elastask_bed.chaos.model import ENGINE, NODE, REDIS, SKEW, Check, Run, Window
+from elastask_bed.chaos.invariants import by_task
+from elastask_bed.chaos.model import ENGINE, NODE, REDIS, SKEW, Check, OneShot, Run, Window
 
 Interval = tuple[float, float]
 
@@ -241,4 +242,103 @@ def check_early_starts(runs: Sequence[Run], windows: Sequence[Window], until: fl
             "outside_skew": [f"{r.task} on node{r.node} at +{r.received - t0:.1f}s" for r in outside[:20]],
             "max_ahead_s": worst,
         },
+    )
+
+
+#: A task that starts more than this long after it fell due has waited out a lease: every other wait a
+#: fault causes is seconds (a refused push is given back, a dead worker's unpushed claims go back once it
+#: stops beating), and the patient type's leases are minutes (workload.PATIENT_TIMEOUT_S).
+LEASE_WAIT_S = 60.0
+#: Node faults after which a push may have reached Kibana unanswered (a hung node, one killed mid-request):
+#: its lease must stand, as it must for a run Kibana lost.
+UNANSWERED_PUSH_FAULTS = ("hang", "crash")
+
+
+@dataclass(frozen=True)
+class LeaseWait:
+    """A task that fell due at ``due`` and started only at ``started``; ``why`` the lease had to stand
+    ("" when nothing explains it: a claim never pushed that waited out its lease)."""
+
+    task: str
+    due: float
+    started: float
+    why: str
+
+    @property
+    def seconds(self) -> float:
+        return self.started - self.due
+
+
+def _explain(
+    task: str, previous: Run | None, due: float, windows: Sequence[Window], in_flight: Collection[str], until: float
+) -> str:
+    """Why a lease had to run out before ``task`` started again, or "" when nothing does."""
+    if previous is not None and previous.outcome_ok is not True:
+        return f"its run on node{previous.node} ended without an outcome written (Kibana's own lease)"
+    if task in in_flight:
+        return "a push in flight when its worker died (named in the worker's log)"
+    begin, finish = due - 5.0, due + LEASE_WAIT_S
+    for window in windows:
+        a, b = _span(window, until)
+        if a > finish or b < begin:
+            continue
+        if window.kind == REDIS:
+            return f"Redis lost its data ({window.describe()}): claims made before wait for their leases"
+        if window.kind == ENGINE:
+            return f"the engine faulted ({window.describe()})"
+        if window.kind == NODE and window.detail in UNANSWERED_PUSH_FAULTS:
+            return f"a push to a node that may have received it ({window.describe()})"
+    return ""
+
+
+def lease_waits(
+    runs: Sequence[Run],
+    one_shots: Sequence[OneShot],
+    intervals: Mapping[str, float],
+    task_type: str,
+    windows: Sequence[Window],
+    in_flight: Collection[str],
+    until: float,
+) -> list[LeaseWait]:
+    """Every start of a ``task_type`` task more than LEASE_WAIT_S after it fell due, with its explanation.
+
+    A one-shot task falls due at its runAt, and again when a run of it ends without its outcome; a
+    recurring one (``intervals``: task id -> seconds) an interval after its last run was received (Kibana
+    schedules the next runAt from when the request arrived), its first run left out (the warm-up).
+    """
+    one_shot_due = {t.id: t.run_at for t in one_shots if t.task_type == task_type}
+    waits = []
+    for task, task_runs in by_task(r for r in runs if r.task_type == task_type).items():
+        ordered = sorted(task_runs, key=lambda r: r.received)
+        previous: Run | None = None
+        for run in ordered:
+            if previous is None:
+                due = one_shot_due.get(task)
+            elif task in intervals:
+                due = previous.received + intervals[task]
+            else:
+                due = previous.received
+            if due is not None and run.received - due > LEASE_WAIT_S:
+                waits.append(
+                    LeaseWait(task, due, run.received, _explain(task, previous, due, windows, in_flight, until))
+                )
+            previous = run
+    return sorted(waits, key=lambda w: w.due)
+
+
+def check_lease_waits(waits: Sequence[LeaseWait], task_type: str, enabled: bool, t0: float = 0.0) -> Check:
+    """Checked: no claim waited out a lease without a cause that makes its lease stand (the rest are listed)."""
+    unexplained = [w for w in waits if not w.why]
+    ok = None if not enabled else not unexplained
+
+    def label(w: LeaseWait) -> str:
+        return f"{w.task} due +{w.due - t0:.1f}s started after {w.seconds:.0f} s: {w.why or 'UNEXPLAINED'}"
+
+    return Check(
+        "lease-waits",
+        ok,
+        f"{len(waits)} starts of {task_type} (Kibana's 5m timeout) came over {LEASE_WAIT_S:g} s late, "
+        f"{len(unexplained)} with no fault that makes a lease stand (a claim never pushed that waited its lease)",
+        safety=False,
+        data={"waits": [label(w) for w in (unexplained + [w for w in waits if w.why])[:40]]},
     )

@@ -111,6 +111,7 @@ class OneShot:
     id: str
     run_at: float
     created: float
+    task_type: str = ""
 
 
 @dataclass(frozen=True)

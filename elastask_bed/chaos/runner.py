@@ -20,7 +20,8 @@ from elastask_bed.chaos.evaluate import Collected, counts, evaluate
 from elastask_bed.chaos.fleet import ChaosFleet
 from elastask_bed.chaos.index import TaskIndex
 from elastask_bed.chaos.injector import Injector, RecordingSimulator
-from elastask_bed.chaos.liveness import Thresholds
+from elastask_bed.chaos.liveness import LEASE_WAIT_S, Thresholds
+from elastask_bed.chaos.logs import in_flight_pushes
 from elastask_bed.chaos.model import Fault, OneShot, Run
 from elastask_bed.chaos.report import ChaosResult
 from elastask_bed.chaos.schedule import Plan, make_schedule
@@ -166,6 +167,7 @@ class ChaosRun:
         while time.time() < quiet_start + o.quiet_s:
             next_progress = self._progress(simulator, t0, next_progress)
             time.sleep(0.2)
+        self._wait_out_lost_leases(index, simulator, t0, next_progress)
         fleet.watching = False
         stats = simulator.stats()
         records = simulator.runs()
@@ -187,6 +189,12 @@ class ChaosRun:
             simulator_nodes=_per_node(stats, simulator),
             simulator_overlapping=int(stats["totals"]["overlapping_runs"]),
             warm_up_s=o.warm_up_s,
+            intervals={
+                doc.id: doc.schedule.interval_ms / 1000
+                for doc in recurring
+                if doc.schedule is not None and doc.schedule.interval_ms
+            },
+            in_flight=in_flight_pushes(fleet.workdir.glob("worker*.log")),
         )
         self._keep_records(collected, records, stats)
         checks = evaluate(collected, o.thresholds, o.check_liveness)
@@ -230,6 +238,28 @@ class ChaosRun:
         }
         (self.workdir / "records.json").write_text(json.dumps(kept))
 
+    def _wait_out_lost_leases(self, index: TaskIndex, simulator: RecordingSimulator, t0: float, due: float) -> None:
+        """After the quiet phase, until no task of the patient type is held by a lease older than
+        LEASE_WAIT_S (a lost run's, Kibana's 5 minutes; or a claim never pushed, which lease-waits then
+        names), and a retry cycle more: so every task has run again before the checks read the end."""
+        deadline = time.time() + workload.PATIENT_TIMEOUT_S + 60
+        said = False
+        while time.time() < deadline:
+            held = index.held_longer_than(workload.PATIENT_TYPE, int(LEASE_WAIT_S))
+            if not held:
+                break
+            if not said:
+                self.say(
+                    f"+{time.time() - t0:6.1f}s  waiting out {len(held)} lease(s) of {workload.PATIENT_TYPE} "
+                    f"(Kibana's {workload.PATIENT_TIMEOUT_S // 60}m timeout) held over {LEASE_WAIT_S:g} s: "
+                    + ", ".join(held[:6])
+                )
+                said = True
+            due = self._progress(simulator, t0, due)
+            time.sleep(1.0)
+        if said:
+            time.sleep(2 * RETRY_INTERVAL_S + 2)  # the last ones taken back and pushed again
+
     def _stream(self, index: TaskIndex, rng: random.Random) -> None:
         """One-shot tasks, ``one_shots_per_s`` on average, until the fault phase ends."""
         rate = self.options.one_shots_per_s
@@ -239,7 +269,7 @@ class ChaosRun:
             docs = workload.one_shot_tasks(rng, now, len(self.one_shots), count)
             try:
                 index.create(docs)
-                self.one_shots += [OneShot(d.id, d.run_at.timestamp(), now.timestamp()) for d in docs]
+                self.one_shots += [OneShot(d.id, d.run_at.timestamp(), now.timestamp(), d.task_type) for d in docs]
             except Exception as e:  # the engine itself is never faulted; report and go on
                 self.stream_errors.append(f"creating one-shot tasks: {e}")
             self.stream_stop.wait(1.0)

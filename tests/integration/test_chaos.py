@@ -19,7 +19,7 @@ from elastask_bed.chaos.model import ENGINE, KILL, NODE, PAUSE, REDIS, SKEW
 from elastask_bed.chaos.runner import ChaosOptions, ChaosRun
 from elastask_bed.testbed import Testbed
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900), pytest.mark.slow]
 
 SEED = 817
 

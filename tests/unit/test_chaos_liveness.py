@@ -12,15 +12,18 @@ from elastask_bed.chaos.liveness import (
     check_drift,
     check_early_starts,
     check_heal,
+    check_lease_waits,
     check_stall,
     drifts_outside,
     heal_to_push,
+    lease_waits,
     longest_stall,
     merge,
     stall_exclusions,
     subtract,
 )
-from elastask_bed.chaos.model import Check, Run, Window
+from elastask_bed.chaos.logs import in_flight_ids
+from elastask_bed.chaos.model import Check, OneShot, Run, Window
 from elastask_bed.chaos.report import LIVENESS_VIOLATION, SAFETY_VIOLATION, ChaosResult
 
 T0 = 1_000_000.0
@@ -194,8 +197,71 @@ def test_every_check_comes_in_report_order_and_the_warm_up_is_not_measured() -> 
         "heal-to-push",
         "drift",
         "early-starts",
+        "lease-waits",
     ]
     by_name = {c.name: c for c in checks}
     assert all(c.ok for c in checks if c.safety)
     assert by_name["drift"].data["count"] == 2  # the run due in the warm-up (4 s late) is left out
     assert by_name["stall"].ok is True
+
+
+# --- lease waits: a task of Kibana's 5m timeout that started minutes late, and why ---
+
+PATIENT = "chaos:patient"
+
+
+def patient(task: str, node: int, start: float, **fields: Any) -> Run:
+    return run(task, node, start, task_type=PATIENT, **fields)
+
+
+def test_a_recurring_task_that_waited_out_a_lease_after_a_clean_run_is_unexplained() -> None:
+    runs = [patient("task:r", 0, 10.0), patient("task:r", 1, 20.0), patient("task:r", 2, 330.0)]
+    waits = lease_waits(runs, [], {"task:r": 10.0}, PATIENT, [], frozenset(), until=T0 + 400)
+    assert [(w.task, round(w.due - T0), round(w.seconds)) for w in waits] == [("task:r", 30, 300)]
+    assert waits[0].why == ""  # its last run wrote its outcome: nothing made the lease stand
+    check = check_lease_waits(waits, PATIENT, enabled=True, t0=T0)
+    assert check.ok is False and not check.safety and "UNEXPLAINED" in check.data["waits"][0]
+
+
+def test_a_lease_wait_after_a_run_kibana_lost_or_a_push_in_flight_at_a_death_is_explained() -> None:
+    lost = [patient("task:a", 0, 10.0, outcome_ok=None, ok=None, end=None), patient("task:a", 1, 320.0)]
+    in_flight = [patient("task:b", 0, 10.0), patient("task:b", 1, 330.0)]
+    waits = lease_waits([*lost, *in_flight], [], {"task:a": 5.0, "task:b": 5.0}, PATIENT, [], {"task:b"}, T0 + 400)
+    assert {w.task: w.why.split(" ")[0] for w in waits} == {"task:a": "its", "task:b": "a"}
+    assert check_lease_waits(waits, PATIENT, enabled=True).ok is True
+
+
+def test_a_lease_wait_is_explained_by_a_fault_that_makes_leases_stand_around_when_the_task_fell_due() -> None:
+    runs = [patient("task:r", 0, 100.0), patient("task:r", 1, 410.0)]  # due at 110
+    for fault, explained in [
+        (window("redis", "redis", 108.0, 112.0), True),  # Redis emptied: claims before it wait their leases
+        (window("engine", "engine", 150.0, 160.0, "down"), True),  # within a minute of falling due
+        (window("node", "node1", 90.0, 115.0, "hang"), True),  # a push may have reached it, unanswered
+        (window("node", "node1", 90.0, 115.0, "refuse"), False),  # refused: given back at once
+        (window("kill", "worker1", 109.0, 111.0), False),  # a dead worker's unpushed claims go back in seconds
+        (window("redis", "redis", 300.0, 305.0), False),  # long after it fell due
+    ]:
+        waits = lease_waits(runs, [], {"task:r": 10.0}, PATIENT, [fault], frozenset(), T0 + 500)
+        assert len(waits) == 1 and bool(waits[0].why) == explained, fault
+
+
+def test_a_one_shot_falls_due_at_its_run_at_and_other_types_or_short_waits_are_not_lease_waits() -> None:
+    one_shots = [OneShot("task:o", T0 + 50.0, T0 + 49.0, PATIENT), OneShot("task:p", T0 + 50.0, T0 + 49.0, PATIENT)]
+    runs = [
+        patient("task:o", 0, 200.0, recurring=False),  # 150 s after its runAt
+        patient("task:p", 0, 80.0, recurring=False),  # 30 s: a slow start, not a lease
+        run("task:x", 0, 400.0, task_type="chaos:fast"),  # another type
+    ]
+    waits = lease_waits(runs, one_shots, {}, PATIENT, [], frozenset(), T0 + 500)
+    assert [(w.task, round(w.seconds)) for w in waits] == [("task:o", 150)]
+    assert check_lease_waits(waits, PATIENT, enabled=False).ok is None  # reported only without --check-liveness
+
+
+def test_the_workers_logs_name_the_pushes_in_flight_at_a_death() -> None:
+    lines = [
+        "[12:00:01] WARNING worker celery@w1 died with 2 push(es) in flight, unanswered: Kibana may be running them, "
+        "so they are never pushed again; each is retried when its lease ends (the last at 2026-12-06T12:05:01+00:00, "
+        "the task type's timeout): 'task:chaos-once-7', 'task:chaos-recurring-12'",
+        "[12:00:02] INFO claim cycle: found=3 claimed=3",
+    ]
+    assert in_flight_ids(lines) == {"task:chaos-once-7", "task:chaos-recurring-12"}
