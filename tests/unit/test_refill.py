@@ -424,3 +424,28 @@ def test_a_task_claimed_ahead_is_timed_on_redis_clock_not_the_workers(engine: St
     # Then its run counts from its runAt 400 ms away, not 5.4 s away (the lease read that late).
     _type, since_ms = session.reads.started_at["task:ahead"]
     assert since_ms - monotonic_ms() < 1000
+
+
+def test_a_short_end_learned_during_a_fault_does_not_hold_every_first_read_for_seconds() -> None:
+    # Given a session that starts from a short end of 7 s, learned while an engine fault kept dispatch jobs
+    # 7 s in their queues (a run counts from the claim: 7 s + the run), and leases that now end in 100 ms.
+    session = RefillSession(0.0, max_wait_ms=250)
+    session.reads.learn({"report": 7000.0})
+    leases = {f"t{i}": 10.0 * i for i in range(12)}  # claimed 10 ms apart; each ends 100 ms after its claim
+    for task_id, claimed_ms in leases.items():
+        session.add_claims([ClaimedLease(task_id, "report", (1, 1))], now_ms=claimed_ms)
+    # When the session looks every 10 ms, freeing what a read finds finished.
+    freed: dict[str, float] = {}
+    now = 120.0
+    while len(freed) < len(leases) and now < 10_000:
+        held = set(leases) - set(freed)
+        read = session.reads.due(held, now)
+        finished = {t for t in read if now >= leases[t] + 100}
+        session.reads.record_reads(read, still_leased=read - finished, now_ms=now)
+        freed.update(dict.fromkeys(finished, now))
+        now += 10
+    # Then a few early reads teach the session that runs are short, and every lease is freed within a
+    # couple of seconds -- not when the stale short end says (6.65 s: a stall of the whole claim path).
+    assert len(freed) == len(leases)
+    assert max(freed.values()) < 2000, freed
+    assert session.reads.shortest_run_ms["report"] < 1000
