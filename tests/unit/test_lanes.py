@@ -15,8 +15,9 @@ from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.lanes import MAX_LANES, PARTITIONS, Lane, lane_count
 from elastask.core.messages import DispatchJob
+from elastask.loops.claim.lease_reads import FOREIGN_READ_MS, ClaimedLease, LeaseReadSchedule
 from elastask.loops.claim.loop import claim_available_tasks, claim_every_lane
-from elastask.loops.claim.refill import FOREIGN_READ_MS, ClaimedLease, LeaseReadSchedule, RefillSession
+from elastask.loops.claim.refill import RefillSession
 from elastask.parts.cadence import Cadence
 from tests.unit.helpers import NOW, running
 from tests.unit.stubs import MakeRuntime, StubEngine

@@ -17,16 +17,12 @@ from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
 from elastask.errors import StoreError
 from elastask.loops.claim.cycle import run_claim_cycle
+from elastask.loops.claim.lease_reads import FIRST_READ_SHARE, MIN_RECHECK_MS, MIN_WAIT_MS, RECHECK_SHARE, ClaimedLease
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.claim.refill import (
-    FIRST_READ_SHARE,
-    MIN_RECHECK_MS,
-    MIN_WAIT_MS,
     NODES_REUSE_MS,
     PREFETCH_BELOW_SHARE,
-    RECHECK_SHARE,
     UNREAD_HITS_MAX_AGE_MS,
-    ClaimedLease,
     RefillSession,
 )
 from elastask.loops.claim.summary import ClaimSummary

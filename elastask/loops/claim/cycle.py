@@ -22,8 +22,9 @@ from elastask.loops.claim import limited
 from elastask.loops.claim.fresh_hits import fresh_hits
 from elastask.loops.claim.hits import find_hits, prefetch
 from elastask.loops.claim.jobs import enqueue_jobs
+from elastask.loops.claim.lease_reads import ClaimedLease
 from elastask.loops.claim.reconcile import ensure_ledger, likely_finished
-from elastask.loops.claim.refill import ClaimedLease, KnownNodes, RefillSession
+from elastask.loops.claim.refill import KnownNodes, RefillSession
 from elastask.loops.claim.state import Cycle
 from elastask.loops.claim.summary import ClaimSummary
 from elastask.loops.claim.timing import RECONCILE_EVERY_MS, pending_max_ms

@@ -25,7 +25,8 @@ from elastask.config import Settings
 from elastask.core.lanes import Lane
 from elastask.core.messages import DispatchJob
 from elastask.loops.claim.cycle import run_claim_cycle
-from elastask.loops.claim.refill import MIN_RECHECK_MS, RefillSession
+from elastask.loops.claim.lease_reads import MIN_RECHECK_MS
+from elastask.loops.claim.refill import RefillSession
 from elastask.loops.claim.search import lookahead_ms
 from elastask.loops.claim.summary import ClaimSummary
 from elastask.loops.claim.timing import claim_lock_ttl_ms
