@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.8.2"
+__version__ = "0.8.3"
 
 
 def __getattr__(name: str) -> Any:
