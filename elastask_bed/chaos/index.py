@@ -75,8 +75,12 @@ class TaskIndex:
         hits = self._post("_search", {"query": query, "size": 100, "_source": ["task.status", "task.retryAt"]})
         return [f"{h['_id']} ({h['_source']['task']})" for h in hits["hits"]["hits"]]
 
-    def held_longer_than(self, task_type: str, seconds: int) -> list[str]:
-        """Tasks of ``task_type`` still ``running``/``claiming`` from a claim over ``seconds`` old (engine clock)."""
+    def held_longer_than(self, task_type: str, seconds: int, timeout_s: int) -> list[str]:
+        """Tasks of ``task_type`` still ``running``/``claiming`` from a claim over ``seconds`` old (engine clock).
+
+        Kibana's mapping leaves ``startedAt`` out (``dynamic: false``): a claim's age is read from its lease,
+        ``retryAt`` = the claim + the type's ``timeout_s`` + a slack of a few seconds (a little younger, then).
+        """
         self._post("_refresh", {})
         query = {
             "bool": {
@@ -84,7 +88,7 @@ class TaskIndex:
                     {"term": {"type": "task"}},
                     {"term": {"task.taskType": task_type}},
                     {"terms": {"task.status": ["running", "claiming"]}},
-                    {"range": {"task.startedAt": {"lt": f"now-{seconds}s"}}},
+                    {"range": {"task.retryAt": {"lt": f"now+{timeout_s - seconds}s"}}},
                 ]
             }
         }

@@ -263,6 +263,8 @@ class LeaseWait:
     due: float
     started: float
     why: str
+    #: Not started by the end (``started`` is then the end).
+    waiting: bool = False
 
     @property
     def seconds(self) -> float:
@@ -276,7 +278,7 @@ def _explain(
     if previous is not None and previous.outcome_ok is not True:
         return f"its run on node{previous.node} ended without an outcome written (Kibana's own lease)"
     if task in in_flight:
-        return "a push in flight when its worker died (named in the worker's log)"
+        return "pushed, unanswered, by a process that died (named in the workers' logs)"
     begin, finish = due - 5.0, due + LEASE_WAIT_S
     for window in windows:
         a, b = _span(window, until)
@@ -300,28 +302,33 @@ def lease_waits(
     in_flight: Collection[str],
     until: float,
 ) -> list[LeaseWait]:
-    """Every start of a ``task_type`` task more than LEASE_WAIT_S after it fell due, with its explanation.
+    """Every start of a ``task_type`` task more than LEASE_WAIT_S after it fell due, with its explanation,
+    and every such task still waiting at ``until`` (``waiting``).
 
     A one-shot task falls due at its runAt, and again when a run of it ends without its outcome; a
     recurring one (``intervals``: task id -> seconds) an interval after its last run was received (Kibana
     schedules the next runAt from when the request arrived), its first run left out (the warm-up).
     """
     one_shot_due = {t.id: t.run_at for t in one_shots if t.task_type == task_type}
+    by_id = by_task(r for r in runs if r.task_type == task_type)
     waits = []
-    for task, task_runs in by_task(r for r in runs if r.task_type == task_type).items():
-        ordered = sorted(task_runs, key=lambda r: r.received)
+    for task in set(by_id) | set(one_shot_due):
         previous: Run | None = None
-        for run in ordered:
+        for run in [*sorted(by_id.get(task, []), key=lambda r: r.received), None]:
             if previous is None:
                 due = one_shot_due.get(task)
             elif task in intervals:
                 due = previous.received + intervals[task]
-            else:
+            elif previous.outcome_ok is not True:
                 due = previous.received
-            if due is not None and run.received - due > LEASE_WAIT_S:
-                waits.append(
-                    LeaseWait(task, due, run.received, _explain(task, previous, due, windows, in_flight, until))
-                )
+            else:
+                due = None  # a one-shot run that wrote its outcome: done
+            started = until if run is None else run.received
+            if due is not None and started - due > LEASE_WAIT_S:
+                why = _explain(task, previous, due, windows, in_flight, until)
+                waits.append(LeaseWait(task, due, started, why, waiting=run is None))
+            if run is None:
+                break
             previous = run
     return sorted(waits, key=lambda w: w.due)
 
@@ -332,7 +339,8 @@ def check_lease_waits(waits: Sequence[LeaseWait], task_type: str, enabled: bool,
     ok = None if not enabled else not unexplained
 
     def label(w: LeaseWait) -> str:
-        return f"{w.task} due +{w.due - t0:.1f}s started after {w.seconds:.0f} s: {w.why or 'UNEXPLAINED'}"
+        late = f"still waiting after {w.seconds:.0f} s" if w.waiting else f"started after {w.seconds:.0f} s"
+        return f"{w.task} due +{w.due - t0:.1f}s {late}: {w.why or 'UNEXPLAINED'}"
 
     return Check(
         "lease-waits",

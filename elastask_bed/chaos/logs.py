@@ -8,16 +8,22 @@ from pathlib import Path
 
 #: loops/retry/orphans.py: "worker W died with N push(es) in flight, unanswered: ...: 'task:a', 'task:b'"
 _IN_FLIGHT = re.compile(r"died with \d+ push\(es\) in flight, unanswered: .*?\): (.*)$")
+#: loops/dispatch/push_checks.py: a redelivered job found the push marker of the job that died mid-push.
+_PUSHED_ONCE = re.compile(r"task '([^']+)': this claim was already pushed once \(redelivered job\)")
 _TASK_ID = re.compile(r"'([^']+)'")
 
 
 def in_flight_ids(lines: Iterable[str]) -> frozenset[str]:
-    """The task ids the retry loop named as pushed in flight when their worker died (their leases stand)."""
+    """The task ids elastask named as pushed, unanswered, by a process that died (their leases stand): the
+    retry loop's "in flight" when it judged a dead worker, or a redelivered job that found the push marker."""
     found: set[str] = set()
     for line in lines:
         match = _IN_FLIGHT.search(line)
         if match:
             found.update(_TASK_ID.findall(match.group(1)))
+        once = _PUSHED_ONCE.search(line)
+        if once:
+            found.add(once.group(1))
     return frozenset(found)
 
 

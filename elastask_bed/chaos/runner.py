@@ -245,7 +245,7 @@ class ChaosRun:
         deadline = time.time() + workload.PATIENT_TIMEOUT_S + 60
         said = False
         while time.time() < deadline:
-            held = index.held_longer_than(workload.PATIENT_TYPE, int(LEASE_WAIT_S))
+            held = index.held_longer_than(workload.PATIENT_TYPE, int(LEASE_WAIT_S), workload.PATIENT_TIMEOUT_S)
             if not held:
                 break
             if not said:

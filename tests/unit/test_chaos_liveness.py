@@ -226,8 +226,8 @@ def test_a_recurring_task_that_waited_out_a_lease_after_a_clean_run_is_unexplain
 def test_a_lease_wait_after_a_run_kibana_lost_or_a_push_in_flight_at_a_death_is_explained() -> None:
     lost = [patient("task:a", 0, 10.0, outcome_ok=None, ok=None, end=None), patient("task:a", 1, 320.0)]
     in_flight = [patient("task:b", 0, 10.0), patient("task:b", 1, 330.0)]
-    waits = lease_waits([*lost, *in_flight], [], {"task:a": 5.0, "task:b": 5.0}, PATIENT, [], {"task:b"}, T0 + 400)
-    assert {w.task: w.why.split(" ")[0] for w in waits} == {"task:a": "its", "task:b": "a"}
+    waits = lease_waits([*lost, *in_flight], [], {"task:a": 5.0, "task:b": 5.0}, PATIENT, [], {"task:b"}, T0 + 340)
+    assert {w.task: w.why.split(" ")[0] for w in waits} == {"task:a": "its", "task:b": "pushed,"}
     assert check_lease_waits(waits, PATIENT, enabled=True).ok is True
 
 
@@ -241,7 +241,7 @@ def test_a_lease_wait_is_explained_by_a_fault_that_makes_leases_stand_around_whe
         (window("kill", "worker1", 109.0, 111.0), False),  # a dead worker's unpushed claims go back in seconds
         (window("redis", "redis", 300.0, 305.0), False),  # long after it fell due
     ]:
-        waits = lease_waits(runs, [], {"task:r": 10.0}, PATIENT, [fault], frozenset(), T0 + 500)
+        waits = lease_waits(runs, [], {"task:r": 10.0}, PATIENT, [fault], frozenset(), T0 + 430)
         assert len(waits) == 1 and bool(waits[0].why) == explained, fault
 
 
@@ -257,11 +257,23 @@ def test_a_one_shot_falls_due_at_its_run_at_and_other_types_or_short_waits_are_n
     assert check_lease_waits(waits, PATIENT, enabled=False).ok is None  # reported only without --check-liveness
 
 
+def test_a_task_still_waiting_at_the_end_is_a_lease_wait_too() -> None:
+    # A recurring task whose next run never came (its claim waits out a lease past the end), and a one-shot
+    # that never ran; a one-shot whose run wrote its outcome is done, however long ago.
+    runs = [patient("task:r", 0, 100.0), patient("task:done", 1, 60.0, recurring=False)]
+    one_shots = [OneShot(t, T0 + 50.0, T0 + 49.0, PATIENT) for t in ("task:never", "task:done")]
+    waits = lease_waits(runs, one_shots, {"task:r": 30.0}, PATIENT, [], frozenset(), T0 + 240)
+    assert [(w.task, round(w.seconds), w.waiting) for w in waits] == [("task:never", 190, True), ("task:r", 110, True)]
+    assert "still waiting after 110 s: UNEXPLAINED" in check_lease_waits(waits, PATIENT, True, T0).data["waits"][1]
+
+
 def test_the_workers_logs_name_the_pushes_in_flight_at_a_death() -> None:
     lines = [
         "[12:00:01] WARNING worker celery@w1 died with 2 push(es) in flight, unanswered: Kibana may be running them, "
         "so they are never pushed again; each is retried when its lease ends (the last at 2026-12-06T12:05:01+00:00, "
         "the task type's timeout): 'task:chaos-once-7', 'task:chaos-recurring-12'",
         "[12:00:02] INFO claim cycle: found=3 claimed=3",
+        "[12:00:03] WARNING task 'task:chaos-recurring-115': this claim was already pushed once (redelivered job); "
+        "its lease decides",
     ]
-    assert in_flight_ids(lines) == {"task:chaos-once-7", "task:chaos-recurring-12"}
+    assert in_flight_ids(lines) == {"task:chaos-once-7", "task:chaos-recurring-12", "task:chaos-recurring-115"}
