@@ -52,8 +52,9 @@ def dispatcher_config() -> dict[str, Any]:
     }
 
 
-def draw_type(rng: random.Random) -> str:
-    names = list(TYPES)
+def draw_type(rng: random.Random, patient: bool = True) -> str:
+    """A task type by its share (``patient`` False: never the patient type)."""
+    names = [name for name in TYPES if patient or name != PATIENT_TYPE]
     return rng.choices(names, [TYPES[n][1] for n in names])[0]
 
 
@@ -67,7 +68,7 @@ def interval_of(n: int, count: int) -> tuple[str, int]:
     return INTERVALS[-1][0], INTERVALS[-1][1]
 
 
-def recurring_tasks(rng: random.Random, now: datetime, count: int) -> list[TaskDocument]:
+def recurring_tasks(rng: random.Random, now: datetime, count: int, patient: bool = True) -> list[TaskDocument]:
     """``count`` recurring tasks, their first runAt spread over their interval (from 2 s after ``now``)."""
     docs = []
     for n in range(count):
@@ -76,7 +77,7 @@ def recurring_tasks(rng: random.Random, now: datetime, count: int) -> list[TaskD
         docs.append(
             new_task(
                 f"chaos-recurring-{n}",
-                draw_type(rng),
+                draw_type(rng, patient),
                 now=now,
                 run_at=run_at,
                 interval=interval,
@@ -87,12 +88,14 @@ def recurring_tasks(rng: random.Random, now: datetime, count: int) -> list[TaskD
     return docs
 
 
-def one_shot_tasks(rng: random.Random, now: datetime, first: int, count: int) -> list[TaskDocument]:
+def one_shot_tasks(
+    rng: random.Random, now: datetime, first: int, count: int, patient: bool = True
+) -> list[TaskDocument]:
     """``count`` one-shot tasks numbered from ``first``, due from now to 3 s ahead."""
     return [
         new_task(
             f"chaos-once-{first + n}",
-            draw_type(rng),
+            draw_type(rng, patient),
             now=now,
             run_at=now + timedelta(seconds=rng.uniform(0, 3)),
             params={"n": first + n},

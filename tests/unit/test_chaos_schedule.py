@@ -9,8 +9,16 @@ from collections import Counter
 import pytest
 
 from elastask_bed.chaos.model import ENGINE, KILL, NODE, PAUSE, PROCESS_KINDS, REDIS, SKEW, Fault
+from elastask_bed.chaos.runner import ChaosOptions
 from elastask_bed.chaos.schedule import GAP_S, Plan, make_schedule
-from elastask_bed.chaos.workload import dispatcher_config, interval_of, one_shot_tasks, recurring_tasks
+from elastask_bed.chaos.workload import (
+    PATIENT_TYPE,
+    dispatcher_config,
+    draw_type,
+    interval_of,
+    one_shot_tasks,
+    recurring_tasks,
+)
 from tests.unit.helpers import NOW
 
 PLAN = Plan(fault_phase_s=1800)
@@ -82,3 +90,12 @@ def test_one_shot_tasks_are_numbered_on_and_fall_due_within_three_seconds() -> N
     docs = one_shot_tasks(random.Random(2), NOW, 10, 5)
     assert [d.id for d in docs] == [f"task:chaos-once-{n}" for n in range(10, 15)]
     assert all(d.schedule is None and 0 <= (d.run_at - NOW).total_seconds() <= 3 for d in docs)
+
+
+def test_the_operators_plan_has_no_task_of_kibanas_5m_timeout() -> None:
+    # Its steps own the leases that run out after them: a 5-minute one would land in a later step.
+    rng = random.Random(3)
+    drawn = {draw_type(rng, patient=False) for _ in range(500)}
+    assert PATIENT_TYPE not in drawn and len(drawn) == 3
+    assert PATIENT_TYPE in {draw_type(rng) for _ in range(500)}
+    assert ChaosOptions(seed=1).patient and not ChaosOptions(seed=1, plan="operators").patient
