@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -122,21 +122,31 @@ def test_given_a_job_that_waited_past_its_slack_then_kibana_gets_the_renewed_lea
     assert body["startedAt"] == doc["startedAt"] == format_date(later)
 
 
+def first_bulk(
+    engine: StubEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    instead: Callable[[Callable[..., Answer], dict[str, Any]], Answer],
+) -> None:
+    """The engine's first ``_bulk`` goes through ``instead`` (given the real one and the call's arguments)."""
+    real_bulk, calls = engine.bulk, [0]
+
+    def bulk(**kwargs: Any) -> Answer:
+        calls[0] += 1
+        return instead(real_bulk, kwargs) if calls[0] == 1 else real_bulk(**kwargs)
+
+    monkeypatch.setattr(engine, "bulk", bulk)
+
+
 def test_given_a_renewal_the_engine_answers_429_then_the_task_goes_back_at_once_not_after_its_lease(
     engine: StubEngine, rt: Runtime, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task = claimed(engine, rt, "task:busy", attempts=1)
-    real_bulk = engine.bulk
-    calls = [0]
 
-    def busy_once(**kwargs: Any) -> Answer:
-        calls[0] += 1
-        if calls[0] == 1:  # the renewal: every item rejected by a busy engine
-            ids = [op["update"]["_id"] for op in kwargs["operations"][::2]]
-            return Answer(items=[{"update": {"_id": i, "status": 429, "error": {"reason": "busy"}}} for i in ids])
-        return real_bulk(**kwargs)
+    def busy(_real_bulk: Callable[..., Answer], kwargs: dict[str, Any]) -> Answer:
+        ids = [op["update"]["_id"] for op in kwargs["operations"][::2]]  # every item rejected by a busy engine
+        return Answer(items=[{"update": {"_id": i, "status": 429, "error": {"reason": "busy"}}} for i in ids])
 
-    monkeypatch.setattr(engine, "bulk", busy_once)
+    first_bulk(engine, monkeypatch, busy)  # the renewal
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), NOW + timedelta(seconds=10), pool)
     assert report.outcomes == {"task:busy": "expired"} and rt.kibana.pushed == []  # type: ignore[attr-defined]
     doc = engine.docs["task:busy"]["_source"]["task"]
@@ -150,17 +160,12 @@ def test_given_a_renewal_that_applied_but_answered_503_then_the_task_is_pushed_u
     # Found by the simulation ("write applied, answered 503"): the job failed, its renewal stood in the
     # engine with no claim marker under its version, and the lease ran out counting an attempt unpushed.
     task = claimed(engine, rt, "task:renewed", attempts=1)
-    real_bulk = engine.bulk
-    calls = [0]
 
-    def applied_then_503(**kwargs: Any) -> Answer:
-        answer = real_bulk(**kwargs)
-        calls[0] += 1
-        if calls[0] == 1:
-            raise answered(503)
-        return answer
+    def applied_then_503(real_bulk: Callable[..., Answer], kwargs: dict[str, Any]) -> Answer:
+        real_bulk(**kwargs)
+        raise answered(503)
 
-    monkeypatch.setattr(engine, "bulk", applied_then_503)
+    first_bulk(engine, monkeypatch, applied_then_503)  # the renewal
     later = NOW + timedelta(seconds=10)
     report = push_claimed_tasks(rt, DispatchJob(OWNER, URL, (task,)), later, pool)
     assert report.outcomes == {"task:renewed": "accepted"}
