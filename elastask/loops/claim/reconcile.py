@@ -21,6 +21,7 @@ from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
 from elastask.loops.claim.dead_cycles import claimed_by_dead_cycle, give_back_dead_claims, orphaned_reservations
 from elastask.loops.claim.limited import slot_request
+from elastask.loops.claim.search import lookahead_ms
 from elastask.parts.ledger import Lease, LeaseView, SlotRequest
 from elastask.parts.nodes import Node
 from elastask.runtime import Runtime
@@ -110,7 +111,7 @@ class LeaseReader:
                     self.versions.seen(lease.task_id, _version(hit))
             else:
                 done[lease.owner_id].append(lease.task_id)
-                forget_at[lease.task_id] = _search_again_at(task, now_ms)
+                forget_at[lease.task_id] = _search_again_at(task, now_ms, lookahead_ms(rt.settings))
                 self.versions.drop(lease.task_id)
         # Each slot freed only while it is the claim judged here: a look that paused past the claim
         # lock finds a slot freed and taken again since by a newer claim of the same task, and leaves it.
@@ -190,12 +191,14 @@ def _version(hit: dict[str, Any]) -> Version:
     return int(hit.get("_seq_no", -1)), int(hit.get("_primary_term", -1))
 
 
-def _search_again_at(task: Any, now_ms: int) -> int:
+def _search_again_at(task: Any, now_ms: int, lookahead: int) -> int:
     """Until when (ms) a finished task stays out of the due search: FINISHED_MEMORY_MS, or less for a
-    recurring task rescheduled sooner (its next run must not wait for the index to refresh)."""
+    recurring task rescheduled sooner: no later than its claim-ahead window opens (``lookahead`` ms
+    before its runAt), so a look then may claim it ahead and push it at its runAt. Its next run must not
+    wait for the index to refresh, nor for the first look after its runAt: up to a polling interval late."""
     until = now_ms + FINISHED_MEMORY_MS
     try:
-        return min(until, epoch_ms(parse_date(task["runAt"])))
+        return min(until, epoch_ms(parse_date(task["runAt"])) - lookahead)
     except (KeyError, TypeError, ValueError):
         return until
 
