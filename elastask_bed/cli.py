@@ -152,6 +152,14 @@ def testbed_run(kibana_nodes: int, run_ms: str, workdir: str | None, tls: bool, 
     "(a real Elasticsearch is a network hop away; not in idle)",
 )
 @click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="the push workers of the measured runs write CPU profiles of every thread here (several times slower; "
+    "read them with python -m elastask_bed.bench.profiling.report DIR)",
+)
+@click.option(
     "--warm-up/--no-warm-up",
     default=True,
     show_default=True,
@@ -174,6 +182,7 @@ def bench(
     workers: int,
     concurrency: int | None,
     engine_latency_ms: int,
+    profile_dir: Path | None,
     warm_up: bool,
 ) -> None:
     """Benchmark push (elastask) against Kibana's pull model, side by side on one test bed."""
@@ -218,7 +227,16 @@ def bench(
                 fleet_sizes = tuple(int(n) for n in sizes.split(",")) if sizes else FLEET_SIZES
                 for sized_run in fleet(fleet_sizes, tasks=tasks, run_ms=run_ms, duration_s=duration):
                     results += _run_modes(
-                        bed, sized_run, modes, workdir, push_interval, workers, concurrency, engine_latency_ms, progress
+                        bed,
+                        sized_run,
+                        modes,
+                        workdir,
+                        push_interval,
+                        workers,
+                        concurrency,
+                        engine_latency_ms,
+                        progress,
+                        profile_dir,
                     )
                 continue
             base = SCENARIOS[name]
@@ -234,7 +252,16 @@ def bench(
             if docs is not None and name == "scale":
                 sized = sized.sized(idle_docs=max(0, docs - sized.one_shot_tasks))
             results += _run_modes(
-                bed, sized, modes, workdir, push_interval, workers, concurrency, engine_latency_ms, progress
+                bed,
+                sized,
+                modes,
+                workdir,
+                push_interval,
+                workers,
+                concurrency,
+                engine_latency_ms,
+                progress,
+                profile_dir,
             )
     except ElastaskError as e:
         fail(e)
@@ -266,6 +293,7 @@ def _run_modes(
     concurrency: int | None,
     engine_latency_ms: int,
     progress: Callable[[int, int, str], None],
+    profile_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One scenario in every mode, side by side on the same bed."""
     from elastask_bed.bench.runner import BenchRun
@@ -283,6 +311,7 @@ def _run_modes(
             concurrency=concurrency,
             engine_latency_ms=engine_latency_ms,
             progress=progress,
+            profile_dir=profile_dir / f"{scenario.name}-{scenario.nodes}" if profile_dir is not None else None,
         )
         results.append(run.run())
         click.echo("", err=True)

@@ -134,13 +134,16 @@ class KibanaClient:
         return pusher
 
     def _push_headers(self, node: KibanaNode) -> dict[str, str]:
-        headers = {"kbn-xsrf": "elastask", "Content-Type": "application/json"}
+        return {"kbn-xsrf": "elastask", "Content-Type": "application/json", **self._auth_headers(node)}
+
+    @staticmethod
+    def _auth_headers(node: KibanaNode) -> dict[str, str]:
         if node.api_key is not None:
-            headers["Authorization"] = f"ApiKey {node.api_key.reveal()}"
-        elif node.username is not None:
+            return {"Authorization": f"ApiKey {node.api_key.reveal()}"}
+        if node.username is not None:
             password = node.password.reveal() if node.password else ""
-            headers.update(urllib3.util.make_headers(basic_auth=f"{node.username}:{password}"))
-        return headers
+            return dict(urllib3.util.make_headers(basic_auth=f"{node.username}:{password}"))
+        return {}
 
     def _options(self, node: KibanaNode, read_timeout_s: float) -> dict[str, Any]:
         headers = {"kbn-xsrf": "elastask", "Content-Type": "application/json"}
@@ -211,15 +214,23 @@ class KibanaClient:
     def uptime(self, node: KibanaNode, timeout_s: float = 2.0) -> Uptime | None:
         """How long the node's Kibana process has run (``metrics.process.uptime_in_millis`` of
         ``GET /api/status``) and how often Kibana samples it; None when it does not answer or does not
-        say (an unauthenticated, redacted status)."""
+        say (an unauthenticated, redacted status). Asked of every node holding leases once a second
+        (loops/retry/node_restarts.py): over its pushes' kept connections, not a requests session (CPU)."""
         try:
-            answer = self.session.get(node.url + STATUS_PATH, **self._options(node, timeout_s))
-            metrics = answer.json().get("metrics", {})
+            answer = self._pool_for(node).request(
+                "GET",
+                node.url + STATUS_PATH,
+                headers=self._auth_headers(node),
+                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=timeout_s),
+                redirect=False,
+                retries=False,
+            )
+            metrics = json.loads(answer.data).get("metrics", {})
             uptime = metrics.get("process", {}).get("uptime_in_millis")
             every = metrics.get("collection_interval_in_millis", DEFAULT_OPS_INTERVAL_MS)
-        except (requests.RequestException, ValueError, AttributeError):
+        except (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError):
             return None
-        if answer.status_code != 200 or not _number(uptime) or uptime < 0:
+        if answer.status != 200 or not _number(uptime) or uptime < 0:
             return None
         return Uptime(int(uptime), int(every) if _number(every) and every >= 0 else DEFAULT_OPS_INTERVAL_MS)
 

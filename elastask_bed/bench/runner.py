@@ -21,6 +21,7 @@ from elastask.core.percentiles import percentile
 from elastask.parts.store import build_client
 from elastask_bed.bench.cpu import CpuMeter
 from elastask_bed.bench.engine_stats import read_counters
+from elastask_bed.bench.profiling import profiling_env
 from elastask_bed.bench.scenarios import MIX, Scenario, documents, priorities, run_times
 from elastask_bed.testbed.bed import INDEX, SimulatorProcess, Testbed, empty_task_index
 from elastask_bed.testbed.fleet import CeleryFleet
@@ -67,6 +68,7 @@ class BenchRun:
         concurrency: int | None = None,
         engine_latency_ms: int = 0,
         progress: Progress | None = None,
+        profile_dir: Path | None = None,
     ) -> None:
         self.bed = bed
         self.scenario = scenario
@@ -76,6 +78,8 @@ class BenchRun:
         self.workers = workers
         self.concurrency = concurrency
         self.engine_latency_ms = engine_latency_ms
+        #: Where the workers write CPU profiles of every thread (bench/profiling/); None: not profiled.
+        self.profile_dir = profile_dir
         #: While the latency is on: the proxy's count of delayed requests when it was turned on.
         self._delayed_from: int | None = None
         #: Engine requests that waited the injected latency (from the proxy's count).
@@ -114,6 +118,7 @@ class BenchRun:
                 **({"ELASTASK_POLLING_INTERVAL": str(self.push_interval_ms)} if self.push_interval_ms else {}),
                 "ELASTASK_RETRY_INTERVAL": "1000",
                 "ELASTASK_KIBANA_CAPACITY": str(s.capacity),
+                **(profiling_env(self.profile_dir) if self.profile_dir is not None else {}),
             },
         )
         workers = [

@@ -239,6 +239,16 @@ class Recording(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def do_GET(self) -> None:
+        """``/api/status`` with the metrics the restart watch reads."""
+        self.server.seen.append((self.path, self.headers.get("Authorization"), None, self.client_address[1], b""))  # type: ignore[attr-defined]
+        body = b'{"uuid":"u","metrics":{"process":{"uptime_in_millis":12345},"collection_interval_in_millis":5000}}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *_args: object) -> None:
         pass
 
@@ -267,6 +277,43 @@ def test_a_nodes_pushes_keep_its_base_path_and_credentials_over_one_kept_connect
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_the_restart_watchs_uptime_questions_keep_the_base_path_and_credentials_over_one_kept_connection() -> None:
+    # Asked of every node holding leases once a second: one kept connection per node, as its pushes.
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    httpd.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        node = KibanaNode(url=f"http://127.0.0.1:{httpd.server_address[1]}/kbn", api_key=Secret("k"))
+        client = KibanaClient(KibanaSettings(hosts=(node,), request_timeout_s=2))
+        CLIENTS.append(client)
+        answers = [client.uptime(node) for _ in range(3)]
+        assert [(a.ms, a.sampled_every_ms) for a in answers if a is not None] == [(12345, 5000)] * 3
+        seen = httpd.seen  # type: ignore[attr-defined]
+        assert [path for path, *_ in seen] == ["/kbn/api/status"] * 3
+        assert {auth for _, auth, *_ in seen} == {"ApiKey k"}
+        assert len({port for *_, port, _ in seen}) == 1
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("mode", ["html", "401", "503", "reset"])
+def test_an_uptime_answer_without_usable_metrics_is_none(server: ThreadingHTTPServer, mode: str) -> None:
+    server.mode = mode  # type: ignore[attr-defined]
+    client, node = client_for(server)
+    assert client.uptime(node) is None
+
+
+def test_an_unanswering_node_gives_no_uptime() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts, never answers
+        node = KibanaNode(url=f"http://127.0.0.1:{listener.getsockname()[1]}")
+        client = KibanaClient(KibanaSettings(hosts=(node,), request_timeout_s=2))
+        CLIENTS.append(client)
+        started = time.monotonic()
+        assert client.uptime(node, timeout_s=0.3) is None
+        assert time.monotonic() - started < 2
 
 
 @pytest.fixture
