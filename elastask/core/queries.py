@@ -81,8 +81,9 @@ def due_tasks(
     apart) and ``only_types`` (a limited-concurrency group's own search) narrow it by ``taskType``;
     ``share``, by partition (a claim lane's share: core/lanes.py).
 
-    Only ids and versions come back (``_source: false``): the claim loop reads the documents it may
-    claim with a real-time ``mget`` anyway, so the search does not load every hit's source.
+    Only ids, versions and task types come back (``_source: false``): the claim loop reads the documents
+    it may claim with a real-time ``mget`` anyway, so the search does not load every hit's source; the
+    types say how many of the hits the room can take (loops/claim/fresh_hits.py ``read_limit``).
     ``next_run_after``: also return (aggregation ``next_run_at``) the earliest runAt after it of any
     claimable idle task, in the same request, so a quiet claim loop knows how long it may rest.
     """
@@ -108,6 +109,8 @@ def due_tasks(
         "size": size,
         "seq_no_primary_term": True,
         "_source": False,
+        # Each hit's type, from its doc values (no source loaded): its cost tells how many hits fill the room.
+        "docvalue_fields": ["task.taskType"],
     }
     if next_run_after is not None:
         later = _claimable_idle({"gt": format_date(next_run_after)}, attempts, [{"term": {"task.enabled": False}}])

@@ -12,6 +12,7 @@ import pytest
 from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.messages import DispatchJob
+from elastask.loops.claim.fresh_hits import read_limit
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.runtime import Runtime
 from tests.unit.helpers import NOW, running, seeded
@@ -125,3 +126,20 @@ def test_a_task_whose_own_cost_is_more_than_any_node_holds_is_failed_with_the_re
     reasons = rt.redis.hgetall(keys.FAILED_REASONS)
     assert b"task:big" in reasons and b"extralarge" in reasons[b"task:big"]
     assert b"kibana_capacity" in reasons[b"task:big"]
+
+
+def test_the_real_time_read_takes_only_the_hits_whose_types_fill_the_room() -> None:
+    # 40 due hits of a 2-unit type (the search's doc values name it), 20 free units, a 1-unit type known:
+    # the room takes 10; with a quarter more for stale ones (25 units: 13 hits) and 2 hits, 15 are read,
+    # not the 27 that "every hit the cheapest type" would read (as before 0.8.4).
+    hits = [{"_id": f"task:{n}", "fields": {"task.taskType": ["normal"]}} for n in range(40)]
+    costs = {"normal": 2, "tiny": 1}
+    assert read_limit(hits, set(), 20, costs.__getitem__, 1) == 15
+    # Leased hits are passed over, not counted; a hit whose type is not known counts as the cheapest.
+    assert read_limit(hits, {"task:0", "task:1"}, 20, costs.__getitem__, 1) == 15
+    unknown = [{"_id": f"task:{n}"} for n in range(40)]
+    assert read_limit(unknown, set(), 20, costs.__getitem__, 1) == 27
+    # A hit carrying its source (a session's search after a claim) is costed by its source's type.
+    sourced = [{"_id": f"task:{n}", "_source": {"task": {"taskType": "normal"}}} for n in range(40)]
+    assert read_limit(sourced, set(), 20, costs.__getitem__, 1) == 15
+    assert read_limit(hits, set(), 0, costs.__getitem__, 1) == 2

@@ -19,7 +19,7 @@ from elastask.core.messages import DispatchJob
 from elastask.core.pauses import PauseSet
 from elastask.errors import DocumentError
 from elastask.loops.claim import limited
-from elastask.loops.claim.fresh_hits import fresh_hits
+from elastask.loops.claim.fresh_hits import fresh_hits, read_limit
 from elastask.loops.claim.hits import find_hits, prefetch
 from elastask.loops.claim.jobs import enqueue_jobs
 from elastask.loops.claim.lease_reads import ClaimedLease
@@ -180,11 +180,9 @@ def _lease(cycle: Cycle, a: policy.Assignment, doc: TaskDocument) -> ClaimedLeas
 
 def _verify(cycle: Cycle) -> list[TaskDocument]:
     """The hits this cycle can claim, read in real time; stale ones dropped, malformed ones reported."""
-    most = cycle.room() // cycle.cheapest  # plus a margin for stale hits
+    limit = read_limit(cycle.hits, cycle.leased, cycle.room(), cycle.cost_of, cycle.cheapest)
     candidates = []
-    for hit in fresh_hits(
-        cycle.rt, cycle.hits, cycle.leased, cycle.summary, limit=most + most // 4 + 2, seen=cycle.examined
-    ):
+    for hit in fresh_hits(cycle.rt, cycle.hits, cycle.leased, cycle.summary, limit=limit, seen=cycle.examined):
         try:
             candidates.append(parse_hit(hit))
         except DocumentError as e:

@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from elastask.loops.claim.summary import ClaimSummary
 from elastask.runtime import Runtime
+
+#: More hits read than the room takes, for those found stale, as a share of the room, and in hits.
+STALE_SHARE = 4
+STALE_HITS = 2
+
+
+def read_limit(
+    hits: Sequence[dict[str, Any]],
+    leased: Collection[str],
+    room_units: int,
+    cost_of: Callable[[str], int],
+    cheapest: int,
+) -> int:
+    """How many hits not leased a cycle reads in real time: those whose costs fill the room and a quarter
+    more, plus STALE_HITS (for stale hits, and tasks that fit nowhere). A hit's cost is its type's, from the
+    search's doc values or its source; a hit without either counts as the cheapest type (read more, never
+    fewer). Reading every hit the room could take were each the cheapest read twice the documents needed
+    when the tasks cost 2 units and a 1-unit type is known."""
+    budget = room_units + room_units // STALE_SHARE
+    count = 0
+    for hit in hits:
+        if budget <= 0:
+            break
+        if str(hit["_id"]) in leased:
+            continue
+        task_type = _task_type(hit)
+        budget -= cheapest if task_type is None else max(cheapest, cost_of(task_type))
+        count += 1
+    return count + STALE_HITS
+
+
+def _task_type(hit: dict[str, Any]) -> str | None:
+    values = hit.get("fields", {}).get("task.taskType")
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        return values[0]
+    task = hit.get("_source", {}).get("task") if isinstance(hit.get("_source"), dict) else None
+    found = task.get("taskType") if isinstance(task, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def fresh_hits(
