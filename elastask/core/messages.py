@@ -7,7 +7,7 @@ Their JSON form is the Celery message's argument, so fields are only ever added,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from elastask.core import policy
@@ -50,6 +50,9 @@ class DispatchJob:
     tasks: tuple[ClaimedTask, ...]
     #: Push no earlier than this (ISO date): the latest runAt of the tasks, when claimed ahead.
     not_before: str | None = None
+    #: The tokens of this job's earlier executions that failed before any push (a Celery retry): push
+    #: markers they set are this job's to push under (loops/dispatch/push_markers.py).
+    marked_by: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DispatchJob:
@@ -57,7 +60,10 @@ class DispatchJob:
         if "tasks" in data:
             tasks = tuple(ClaimedTask(**task) for task in data["tasks"])
             not_before = data.get("not_before")
-            return cls(str(data["owner_id"]), str(data["node_url"]), tasks, str(not_before) if not_before else None)
+            marked_by = tuple(str(token) for token in data.get("marked_by") or ())
+            return cls(
+                str(data["owner_id"]), str(data["node_url"]), tasks, str(not_before) if not_before else None, marked_by
+            )
         task = ClaimedTask(**data)  # a message enqueued by elastask 0.1, one task per job
         return cls(task.owner_id, task.node_url, (task,))
 
@@ -67,7 +73,12 @@ class DispatchJob:
             "node_url": self.node_url,
             "tasks": [t.as_dict() for t in self.tasks],
             "not_before": self.not_before,
+            "marked_by": list(self.marked_by),
         }
+
+    def retried_after(self, token: str) -> DispatchJob:
+        """This job as its retry carries it, after an execution with ``token`` failed before any push."""
+        return replace(self, marked_by=(*self.marked_by, token))
 
 
 def run_now_body(doc: TaskDocument) -> dict[str, Any]:

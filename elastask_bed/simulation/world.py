@@ -50,6 +50,7 @@ from elastask.errors import ElastaskError
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import give_back_unsent
+from elastask.loops.dispatch.push_markers import new_token
 from elastask.loops.retry.loop import retry_expired_leases
 from elastask.parts.kibana import KibanaClient, PushOutcome, PushResult, Uptime
 from elastask.parts.ledger import Ledger
@@ -218,6 +219,8 @@ class World:
     #: Processes killed in the middle of an operation, at a pause (right after an engine, Redis or
     #: Kibana call): they stop there for good, as a SIGKILLed worker does (driver.py).
     kills_mid_call: bool = True
+    #: How often a Redis reply is lost after its command applied (per call, while faults are on).
+    lost_replies: float = 0.002
     rng: random.Random = field(init=False)
     clock: VirtualTime = field(default_factory=VirtualTime)
     step_no: int = 0
@@ -342,8 +345,14 @@ class World:
         # The worker received it (entry/heartbeat.py records it, until it is long pushed).
         self.beats.hold(proc.worker_id, [job], int(self.clock.now_ms) + KEEP_MS)
         proc.job = job
-        push_claimed_tasks(proc.rt, job, proc.rt.now(), Inline())
-        proc.job = None
+        token = new_token(proc.rt)
+        try:
+            push_claimed_tasks(proc.rt, job, proc.rt.now(), Inline(), token=token)
+        except (ElastaskError, redis.RedisError):
+            self.jobs.append(job.retried_after(token))  # Celery retries it (entry/tasks.py: dispatch)
+            raise
+        finally:
+            proc.job = None
         return True
 
     def _retry(self, proc: Process) -> None:
@@ -452,7 +461,7 @@ class World:
         if not self.redis_pauses or threading.current_thread() is not self.driver.thread:
             return
         self._others_first("redis", 0.03)
-        if self._faults_on and self.rng.random() < 0.002:
+        if self._faults_on and self.rng.random() < self.lost_replies:
             self._count("Redis reply lost")
             raise redis.ConnectionError("simulated: connection lost after the command applied")
 

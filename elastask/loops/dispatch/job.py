@@ -39,6 +39,7 @@ from elastask.loops.dispatch.outcomes import (
     settle_safely,
 )
 from elastask.loops.dispatch.push_checks import leave_out_paused, mark_pushed, still_claimed
+from elastask.loops.dispatch.push_markers import new_token
 from elastask.loops.dispatch.renewal import remaining_ms, renew_waited_leases
 from elastask.parts.nodes import Node
 from elastask.parts.push_outcome import PushResult
@@ -62,6 +63,7 @@ def push_claimed_tasks(
     *,
     wait_s: float = PUSH_WAIT_S,
     on_late: Callable[[DispatchReport], object] = lambda _report: None,
+    token: str | None = None,
 ) -> DispatchReport:
     """Push a node's claimed tasks; each ends accepted, refused, rejected, ambiguous, expired, duplicate,
     unknown-node, or ``late`` (not answered within ``wait_s``).
@@ -75,8 +77,12 @@ def push_claimed_tasks(
     only ``wait_s``: a node that does not answer holds its own push threads, never the worker process
     other nodes' jobs need. Late answers are settled (and passed to ``on_late``) when they arrive, on
     the push thread; until then their leases stand, as for an ambiguous push.
+
+    ``token`` names this execution in the push markers it sets (a fresh one by default): a caller that
+    retries the job after an engine or Redis error passes the retry ``job.retried_after(token)``.
     """
     report = DispatchReport()
+    token = token or new_token(rt)
     # The job's one clock, started before its own engine and Redis calls: a slow renewal must not
     # leave the pushes believing they have more lease than they do.
     clock = _JobClock(now, rt.monotonic_ms(), rt.monotonic_ms)
@@ -104,8 +110,8 @@ def push_claimed_tasks(
     live = still_claimed(rt, live, report)
     due, ahead = _split_by_step(live, clock.read())
     # Marked first: a Redis error retries the job before anything is scheduled.
-    due = mark_pushed(rt, due, clock.read(), report)
-    _schedule(rt, node, ahead, pool, clock, wait_s, on_late, report)
+    due = mark_pushed(rt, due, clock.read(), report, token=token, inherited=job.marked_by)
+    _schedule(rt, node, ahead, pool, clock, wait_s, on_late, report, token)
     if not due:
         return report
     futures = {pool.submit(_push_within_lease, rt, node, task, clock): task for task in due}
@@ -157,12 +163,13 @@ def _schedule(
     wait_s: float,
     on_late: Callable[[DispatchReport], object],
     report: DispatchReport,
+    token: str,
 ) -> None:
     """Leave the tasks claimed ahead to the push schedule, one entry per step (``scheduled``)."""
     for at, step in steps.items():
         report.outcomes.update(dict.fromkeys((task.doc_id for task in step), DispatchOutcome.SCHEDULED))
         deadline = clock.started_ms / 1000 + (at - clock.now).total_seconds()  # the push schedule's clock: s
-        rt.push_schedule.at(deadline, functools.partial(_run_step, rt, node, step, pool, clock, wait_s, on_late))
+        rt.push_schedule.at(deadline, functools.partial(_run_step, rt, node, step, pool, clock, wait_s, on_late, token))
 
 
 def _run_step(
@@ -173,6 +180,7 @@ def _run_step(
     clock: _JobClock,
     wait_s: float,
     on_late: Callable[[DispatchReport], object],
+    token: str,
 ) -> None:
     """One scheduled step: its tasks pushed now (their runAt has come), settled when they answer.
 
@@ -184,7 +192,7 @@ def _run_step(
     report = DispatchReport()
     try:
         tasks = leave_out_paused(rt, node, tasks, clock.read(), report, step=True)
-        tasks = mark_pushed(rt, tasks, clock.now, report)
+        tasks = mark_pushed(rt, tasks, clock.now, report, token=token)
     except (LedgerError, StoreError) as e:
         log.warning("a scheduled push step for %s is not pushed; its leases decide: %s", node.url, e)
         return

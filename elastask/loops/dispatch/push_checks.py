@@ -6,21 +6,26 @@ most once, and never both pushed and given back).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
+
+import redis
 
 from elastask import keys
 from elastask.core import policy
 from elastask.core.messages import ClaimedTask
 from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_tasks, warn
-from elastask.loops.dispatch.push_markers import PUSHED
+from elastask.loops.dispatch.push_markers import pushed_value
 from elastask.loops.dispatch.renewal import remaining_ms
 from elastask.loops.pauses.read import read_pauses, recent_pauses
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors
+from elastask.parts.scripts import register
 from elastask.runtime import Runtime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PUSH_MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
 
@@ -66,16 +71,31 @@ def still_claimed(rt: Runtime, tasks: list[ClaimedTask], report: DispatchReport)
     return kept
 
 
-def mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, report: DispatchReport) -> list[ClaimedTask]:
-    """Set each claim's push marker (one pipelined round trip); a claim already marked is not pushed again."""
+def mark_pushed(
+    rt: Runtime,
+    tasks: Sequence[ClaimedTask],
+    now: datetime,
+    report: DispatchReport,
+    *,
+    token: str,
+    inherited: Sequence[str] = (),
+) -> list[ClaimedTask]:
+    """Set each claim's push marker to this execution's ``token`` (one script); a claim another push marked
+    first is not pushed again. Markers an earlier execution of the same job set (``inherited``: it failed
+    before any push) are this one's. A Redis error is tried once more before it raises: the script is
+    idempotent for one token, so a reply lost after the markers applied finds them this execution's."""
+    if not tasks:
+        return []
     ttl_ms = {task.doc_id: max(remaining_ms(task, now), task.lease_ms) + _PUSH_MARKER_EXTRA_MS for task in tasks}
-    pipe = rt.redis.pipeline(transaction=False)
-    for task in tasks:
-        pipe.set(keys.push_marker(task.doc_id, task.claim), PUSHED, nx=True, px=ttl_ms[task.doc_id])
+    mine = pushed_value(token)
+    taken = [pushed_value(t) for t in inherited]
+    script = register(rt.redis, "mark_pushed")
+    markers = [keys.push_marker(task.doc_id, task.claim) for task in tasks]
+    args: list[bytes | int] = [mine, len(taken), *taken, *(ttl_ms[task.doc_id] for task in tasks)]
     with redis_errors("setting push markers"):
-        markers = pipe.execute()
+        marked = _once_more(lambda: script(keys=markers, args=args))
     fresh = []
-    for task, was_set in zip(tasks, markers, strict=True):
+    for task, was_set in zip(tasks, marked, strict=True):
         if was_set:
             fresh.append(task)
         else:
@@ -84,9 +104,22 @@ def mark_pushed(rt: Runtime, tasks: Sequence[ClaimedTask], now: datetime, report
     renewed = [task for task in fresh if task.seq_no != task.claim]
     if renewed:
         # A renewed lease is a new version of the document: the retry loop looks for its push under it.
-        pipe = rt.redis.pipeline(transaction=False)
-        for task in renewed:
-            pipe.set(keys.push_marker(task.doc_id, task.seq_no), PUSHED, px=ttl_ms[task.doc_id])
+        def set_renewed() -> object:
+            pipe = rt.redis.pipeline(transaction=False)
+            for task in renewed:
+                pipe.set(keys.push_marker(task.doc_id, task.seq_no), mine, px=ttl_ms[task.doc_id])
+            return pipe.execute()
+
         with redis_errors("setting push markers of renewed leases"):
-            pipe.execute()
+            _once_more(set_renewed)
     return fresh
+
+
+def _once_more(call: Callable[[], T]) -> T:
+    """``call``, and once more after a Redis error (a reply lost on a dropped connection: redis-py connects
+    again); only for idempotent calls."""
+    try:
+        return call()
+    except redis.RedisError as e:
+        log.info("Redis call failed (%s); trying once more", e)
+        return call()

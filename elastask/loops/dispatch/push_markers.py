@@ -1,10 +1,16 @@
 """A claim's push marker: the one switch between a push and a give-back (``keys.push_marker``).
 
-Set to ``PUSHED`` right before a claim's push (loops/dispatch/push_checks.py: never pushed twice), to
-``ANSWERED`` once Kibana answered it (its outcome is known), or to ``GIVEN_BACK`` by whoever gives an
-unpushed claim back first (a push marked later pushes nothing). A dead worker's claims are judged by it
-(loops/retry/orphans.py): no marker or ``GIVEN_BACK``, never pushed; ``ANSWERED``, Kibana has it or
-refused it; ``PUSHED`` only, in flight at the death (ambiguous: the lease decides).
+Set to ``PUSHED`` and the marking execution's token right before a claim's push
+(loops/dispatch/push_checks.py: never pushed twice), to ``ANSWERED`` once Kibana answered it (its outcome
+is known), or to ``GIVEN_BACK`` by whoever gives an unpushed claim back first (a push marked later pushes
+nothing). A dead worker's claims are judged by it (loops/retry/orphans.py): no marker or ``GIVEN_BACK``,
+never pushed; ``ANSWERED``, Kibana has it or refused it; ``PUSHED`` only, in flight at the death
+(ambiguous: the lease decides).
+
+The token names one execution of a dispatch job: a marker write whose reply was lost (it applied) is
+run again with the same token and finds its own marker, and a job retried after its markers were set
+and nothing pushed takes them back by the token it inherits (``DispatchJob.marked_by``), so neither
+leaves a claim marked and never pushed, whose lease would count an attempt Kibana never saw.
 """
 
 from __future__ import annotations
@@ -24,10 +30,25 @@ log = logging.getLogger(__name__)
 
 #: The values of a claim's push marker (``keys.push_marker``): a push was attempted; Kibana answered
 #: it; the retry loop gave the claim back before any push (the switch: a push marked later pushes nothing).
-PUSHED = b"1"
+PUSHED = b"1"  # then ":" and the marking execution's token (elastask 0.8.4 and earlier: b"1" alone)
 ANSWERED = b"answered"
 GIVEN_BACK = b"given-back"
 _MARKER_EXTRA_MS = int(policy.PUSH_MARKER_EXTRA.total_seconds() * 1000)
+
+
+def new_token(rt: Runtime) -> str:
+    """A fresh token for one execution of a dispatch job (the process's random source: the simulation's is seeded)."""
+    return f"{rt.rng.getrandbits(64):016x}"
+
+
+def pushed_value(token: str) -> bytes:
+    """The push marker an execution sets with ``token``."""
+    return PUSHED + b":" + token.encode()
+
+
+def pushed_unanswered(marker: bytes | None) -> bool:
+    """Whether a push marker says "pushed, Kibana has not answered" (set by any execution, any version)."""
+    return marker is not None and (marker == PUSHED or marker.startswith(PUSHED + b":"))
 
 
 def mark_answered(rt: Runtime, tasks: Sequence[ClaimedTask]) -> None:

@@ -28,7 +28,7 @@ from elastask import keys
 from elastask.core import policy
 from elastask.core.clock import epoch_ms
 from elastask.errors import StoreError
-from elastask.loops.dispatch.push_markers import PUSHED, switch_off_pushes
+from elastask.loops.dispatch.push_markers import pushed_unanswered, switch_off_pushes
 from elastask.parts.cadence import Cadence
 from elastask.parts.redis_errors import redis_errors
 from elastask.parts.store import VersionedUpdate
@@ -78,7 +78,7 @@ def _in_flight(rt: Runtime, pushed: list[HeldClaim]) -> list[HeldClaim]:
         return []
     with redis_errors("reading the push markers of a dead worker's claims"):
         markers = cast(list[bytes | None], rt.redis.mget([keys.push_marker(c.doc_id, c.claim) for c in pushed]))
-    return [claim for claim, marker in zip(pushed, markers, strict=True) if marker == PUSHED]
+    return [claim for claim, marker in zip(pushed, markers, strict=True) if pushed_unanswered(marker)]
 
 
 def _report(worker: str, claims: list[HeldClaim], unpushed: list[HeldClaim], in_flight: list[HeldClaim]) -> None:
