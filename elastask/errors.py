@@ -64,3 +64,12 @@ class TaskIndexError(StoreError):
 
 class LedgerError(ElastaskError):
     """Redis, which holds the in-flight ledger, failed or could not be reached: retryable."""
+
+
+class PushMarkersUnknown(LedgerError):
+    """A dispatch job's push-marker write failed and may have applied: nothing of the job was pushed, and
+    a retry of it under ``token`` (``DispatchJob.retried_after``) takes the markers set as its own."""
+
+    def __init__(self, message: str, token: str) -> None:
+        self.token = token
+        super().__init__(message)

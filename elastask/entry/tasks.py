@@ -25,13 +25,12 @@ from elastask.core.lanes import Lane, lane_count
 from elastask.core.messages import DispatchJob
 from elastask.entry.celeryapp import get_app, process_of
 from elastask.entry.publisher import background_publisher
-from elastask.errors import LedgerError, StoreError
+from elastask.errors import LedgerError, PushMarkersUnknown, StoreError
 from elastask.logs import bound
 from elastask.loops.claim.loop import claim_every_lane
 from elastask.loops.claim.summary import ClaimSummary
 from elastask.loops.dispatch.job import MAX_EARLY_WAIT_S, PUSH_WAIT_S, push_claimed_tasks
 from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_unsent
-from elastask.loops.dispatch.push_markers import new_token
 from elastask.loops.retry.loop import retry_expired_leases
 from elastask.ops.metrics import Metrics, summary_counts
 from elastask.ops.recent import queue_started
@@ -235,7 +234,6 @@ def dispatch(self: Any, message: dict[str, Any]) -> dict[str, int]:
     shown); once pushes left, their outcomes are recorded or left to the leases, never pushed again.
     """
     rt, job = runtime(), DispatchJob.from_dict(message)
-    token = new_token(rt)  # this execution's, in the push markers it sets
     try:
         now = rt.now()
         early_s = (parse_date(job.not_before) - now).total_seconds() if job.not_before else 0.0
@@ -251,13 +249,12 @@ def dispatch(self: Any, message: dict[str, Any]) -> dict[str, int]:
                 now,
                 rt.pushers(job.owner_id),
                 on_late=lambda late: record_dispatch(rt, job, late, now),
-                token=token,
             )
     except (StoreError, LedgerError) as e:
         countdown = min(DISPATCH_RETRY_MAX_S, 2**self.request.retries)
         log.warning("dispatch job for %s failed before pushing, retrying in %ds: %s", job.owner_id, countdown, e)
-        # The retry pushes under the push markers this execution may have set (a reply lost after they applied).
-        retry = job.retried_after(token).as_dict()
+        # Its push markers may have applied (a reply lost): nothing was pushed, the retry takes them as its own.
+        retry = (job.retried_after(e.token) if isinstance(e, PushMarkersUnknown) else job).as_dict()
         raise self.retry(args=[retry], exc=e, countdown=countdown, argsrepr=_dispatch_argsrepr(job)) from e
     if job.tasks and log.isEnabledFor(logging.DEBUG):
         started_at = job.tasks[0].body.get("startedAt")

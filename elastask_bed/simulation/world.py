@@ -46,11 +46,10 @@ from elastask.config import KibanaNode, KibanaSettings, Settings
 from elastask.core.documents import new_task
 from elastask.core.intervals import format_date, parse_date
 from elastask.core.messages import DispatchJob
-from elastask.errors import ElastaskError
+from elastask.errors import ElastaskError, LedgerError, PushMarkersUnknown, StoreError
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.outcomes import give_back_unsent
-from elastask.loops.dispatch.push_markers import new_token
 from elastask.loops.retry.loop import retry_expired_leases
 from elastask.parts.kibana import KibanaClient, PushOutcome, PushResult, Uptime
 from elastask.parts.ledger import Ledger
@@ -345,11 +344,10 @@ class World:
         # The worker received it (entry/heartbeat.py records it, until it is long pushed).
         self.beats.hold(proc.worker_id, [job], int(self.clock.now_ms) + KEEP_MS)
         proc.job = job
-        token = new_token(proc.rt)
         try:
-            push_claimed_tasks(proc.rt, job, proc.rt.now(), Inline(), token=token)
-        except (ElastaskError, redis.RedisError):
-            self.jobs.append(job.retried_after(token))  # Celery retries it (entry/tasks.py: dispatch)
+            push_claimed_tasks(proc.rt, job, proc.rt.now(), Inline())
+        except (StoreError, LedgerError) as e:  # Celery retries it, as entry/tasks.py's dispatch does
+            self.jobs.append(job.retried_after(e.token) if isinstance(e, PushMarkersUnknown) else job)
             raise
         finally:
             proc.job = None

@@ -20,7 +20,7 @@ from elastask import keys
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.core.messages import DispatchJob
 from elastask.entry.celeryapp import process_of
-from elastask.errors import LedgerError
+from elastask.errors import PushMarkersUnknown, StoreError
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.dispatch.push_markers import PUSHED, pushed_unanswered, pushed_value
 from elastask.loops.retry.loop import unpushed_claims
@@ -68,13 +68,14 @@ def test_given_a_job_failed_after_its_push_markers_applied_when_it_is_retried_th
     task = claimed(engine, rt, "task:retried", attempts=1)
     job = DispatchJob(OWNER, URL, (task,))
     losing_marker_replies(rt, times=2)
-    with pytest.raises(LedgerError, match="setting push markers"):
+    with pytest.raises(PushMarkersUnknown, match="setting push markers") as failed:
         push_claimed_tasks(rt, job, NOW, pool, token="first")
+    assert failed.value.token == "first"
     assert pushed_ids(rt) == []
     marker = rt.redis.get(keys.push_marker(task.doc_id, task.claim))
     assert marker == pushed_value("first")  # applied: to anyone else this claim was pushed
     assert unpushed_claims(rt, [_doc(engine, task.doc_id)]) == set()
-    report = push_claimed_tasks(rt, job.retried_after("first"), NOW, pool, token="second")
+    report = push_claimed_tasks(rt, job.retried_after(failed.value.token), NOW, pool, token="second")
     assert report.outcomes == {"task:retried": "accepted"} and pushed_ids(rt) == ["task:retried"]
     assert rt.redis.get(keys.push_marker(task.doc_id, task.claim)) == b"answered"
 
@@ -125,3 +126,32 @@ def test_given_a_dispatch_job_failed_after_its_push_markers_applied_then_its_cel
         process.runtime = saved
     assert result.get() == {"accepted": 1}
     assert pushed_ids(rt) == ["task:celery-retry"]
+
+
+def test_given_a_dispatch_job_failed_before_its_push_markers_then_its_celery_retry_inherits_no_token(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from elastask.entry import tasks
+
+    task = claimed(engine, rt, "task:read-failed", attempts=1)
+    messages: list[dict[str, Any]] = []
+    monkeypatch.setattr(rt, "now", lambda: NOW)
+
+    def retry(args: list[dict[str, Any]], **_options: Any) -> Exception:  # Celery's: the message it sends
+        messages.extend(args)
+        return Exception("retry")
+
+    monkeypatch.setattr(tasks.dispatch, "retry", retry)
+    monkeypatch.setattr(rt.store, "mget_sources", _failing_read)
+    process = process_of(tasks.app)
+    saved, process.runtime = process.runtime, (os.getpid(), rt)
+    try:
+        with pytest.raises(Exception, match="retry"):
+            tasks.dispatch.run(DispatchJob(OWNER, URL, (task,)).as_dict())
+    finally:
+        process.runtime = saved
+    assert [DispatchJob.from_dict(m).marked_by for m in messages] == [()]  # no markers were set: none to inherit
+
+
+def _failing_read(*_args: Any, **_kwargs: Any) -> Any:
+    raise StoreError("the engine did not answer (simulated)")

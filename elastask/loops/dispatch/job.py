@@ -78,8 +78,10 @@ def push_claimed_tasks(
     other nodes' jobs need. Late answers are settled (and passed to ``on_late``) when they arrive, on
     the push thread; until then their leases stand, as for an ambiguous push.
 
-    ``token`` names this execution in the push markers it sets (a fresh one by default): a caller that
-    retries the job after an engine or Redis error passes the retry ``job.retried_after(token)``.
+    An engine or Redis error before any push raises (``StoreError``, ``LedgerError``): the caller retries
+    the job. ``token`` names this execution in the push markers it sets (a fresh one by default); when
+    setting them failed and they may have applied (``PushMarkersUnknown``, carrying it), the caller
+    retries ``job.retried_after(error.token)``, which takes them as its own.
     """
     report = DispatchReport()
     token = token or new_token(rt)

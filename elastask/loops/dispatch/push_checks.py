@@ -5,8 +5,9 @@ most once, and never both pushed and given back).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -15,6 +16,7 @@ import redis
 from elastask import keys
 from elastask.core import policy
 from elastask.core.messages import ClaimedTask
+from elastask.errors import LedgerError, PushMarkersUnknown
 from elastask.loops.dispatch.outcomes import DispatchOutcome, DispatchReport, give_back_tasks, warn
 from elastask.loops.dispatch.push_markers import pushed_value
 from elastask.loops.dispatch.renewal import remaining_ms
@@ -92,7 +94,7 @@ def mark_pushed(
     script = register(rt.redis, "mark_pushed")
     markers = [keys.push_marker(task.doc_id, task.claim) for task in tasks]
     args: list[bytes | int] = [mine, len(taken), *taken, *(ttl_ms[task.doc_id] for task in tasks)]
-    with redis_errors("setting push markers"):
+    with _markers_unknown(token, "setting push markers"):
         marked = _once_more(lambda: script(keys=markers, args=args))
     fresh = []
     for task, was_set in zip(tasks, marked, strict=True):
@@ -110,9 +112,20 @@ def mark_pushed(
                 pipe.set(keys.push_marker(task.doc_id, task.seq_no), mine, px=ttl_ms[task.doc_id])
             return pipe.execute()
 
-        with redis_errors("setting push markers of renewed leases"):
+        with _markers_unknown(token, "setting push markers of renewed leases"):
             _once_more(set_renewed)
     return fresh
+
+
+@contextlib.contextmanager
+def _markers_unknown(token: str, what: str) -> Iterator[None]:
+    """A Redis failure setting push markers (they may have applied) as ``PushMarkersUnknown``: the job's
+    retry under ``token`` takes them as its own. Raised only before any push of the execution."""
+    try:
+        with redis_errors(what):
+            yield
+    except LedgerError as e:
+        raise PushMarkersUnknown(str(e), token) from e
 
 
 def _once_more(call: Callable[[], T]) -> T:
