@@ -217,6 +217,12 @@ def bench(
 
     results: list[dict[str, Any]] = []
     bed = Testbed(workdir / "testbed", kibana_nodes=0, engine_heap_mb=1024)
+
+    def run_modes(scenario: Scenario) -> list[dict[str, Any]]:
+        """One scenario in every mode, with this invocation's options."""
+        options = (push_interval, workers, concurrency, engine_latency_ms, progress, profile_dir)
+        return _run_modes(bed, scenario, modes, workdir, *options)
+
     click.echo("elastask bench: starting the test bed...", err=True)
     try:
         bed.start()
@@ -226,18 +232,7 @@ def bench(
             if name == "fleet":
                 fleet_sizes = tuple(int(n) for n in sizes.split(",")) if sizes else FLEET_SIZES
                 for sized_run in fleet(fleet_sizes, tasks=tasks, run_ms=run_ms, duration_s=duration):
-                    results += _run_modes(
-                        bed,
-                        sized_run,
-                        modes,
-                        workdir,
-                        push_interval,
-                        workers,
-                        concurrency,
-                        engine_latency_ms,
-                        progress,
-                        profile_dir,
-                    )
+                    results += run_modes(sized_run)
                 continue
             base = SCENARIOS[name]
             if name == "idle":
@@ -251,18 +246,7 @@ def bench(
                 sized = sized.sized(**({"recurring_tasks": tasks} if name == "steady" else {"one_shot_tasks": tasks}))
             if docs is not None and name == "scale":
                 sized = sized.sized(idle_docs=max(0, docs - sized.one_shot_tasks))
-            results += _run_modes(
-                bed,
-                sized,
-                modes,
-                workdir,
-                push_interval,
-                workers,
-                concurrency,
-                engine_latency_ms,
-                progress,
-                profile_dir,
-            )
+            results += run_modes(sized)
     except ElastaskError as e:
         fail(e)
     finally:

@@ -220,6 +220,8 @@ class World:
     kills_mid_call: bool = True
     #: How often a Redis reply is lost after its command applied (per call, while faults are on).
     lost_replies: float = 0.002
+    #: How often an engine write that applied answers 503 all the same (per write, while faults are on).
+    applied_503s: float = 0.02
     rng: random.Random = field(init=False)
     clock: VirtualTime = field(default_factory=VirtualTime)
     step_no: int = 0
@@ -505,7 +507,7 @@ class World:
     def _after_write(self) -> None:
         """Right after an engine write applied: maybe other processes go first, or the write fails."""
         self._others_first("engine")
-        if self._faults_on and self.rng.random() < 0.02:
+        if self._faults_on and self.rng.random() < self.applied_503s:
             self._count("write applied, answered 503")
             meta = ApiResponseMeta(503, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "sim", 9200))
             raise elasticsearch.ApiError("applied, then 503", meta, {})

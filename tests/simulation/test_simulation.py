@@ -8,14 +8,16 @@ the violation it must find).
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from elastask.core import policy
 from elastask.core.messages import DispatchJob
-from elastask.loops.claim import reconcile
-from elastask.loops.dispatch import outcomes, push_checks
+from elastask.loops.claim import reconcile, write
+from elastask.loops.dispatch import outcomes, push_checks, renewal
 from elastask.parts import ledger
 from elastask_bed.simulation.world import World
 
@@ -69,6 +71,24 @@ def _rebuilt_slots_without_their_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reconcile, "slot_request", lambda _s, task_id, _type, cost, expiry: (task_id, cost, expiry))
 
 
+def _claim_writes_answered_503_taken_as_not_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 8 (0.8.2's form of it): a claim ``_bulk`` that applied and answered 503 is taken as not
+    applied: its claims are never dispatched, and their leases count an attempt never pushed."""
+    _policy_of(monkeypatch, write, write_may_have_applied=lambda _status: False)
+
+
+def _renewals_answered_503_taken_as_not_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 7 (0.8.2's form of it): a renewal ``_bulk`` that applied and answered 503 is taken as not
+    applied: the renewed lease has no claim marker under its version and counts an attempt never pushed."""
+    _policy_of(monkeypatch, renewal, write_may_have_applied=lambda _status: False)
+
+
+def _policy_of(monkeypatch: pytest.MonkeyPatch, module: types.ModuleType, **changed: Any) -> None:
+    """``module`` sees core/policy.py with ``changed`` functions (other modules keep the real ones)."""
+    rules = {name: getattr(policy, name) for name in dir(policy) if not name.startswith("__")}
+    monkeypatch.setattr(module, "policy", types.SimpleNamespace(**{**rules, **changed}))
+
+
 def _push_markers_blind_to_their_own_token(monkeypatch: pytest.MonkeyPatch) -> None:
     """Seeds 20000 and 30005 (0.8.4): a push-marker write whose reply is lost after it applied leaves the
     claim marked and never pushed: neither a second try nor the job's retry takes the marker as its own."""
@@ -94,10 +114,20 @@ ENGINE_PAUSES_ONLY: dict[str, Any] = {
         # Rarer in the full world (one seed in 40: it needs a rebuild while a limited run is on); the
         # engine-pauses-only world finds it within the CI budget.
         (_rebuilt_slots_without_their_group, range(12), ENGINE_PAUSES_ONLY, "pushed beside another sim:limited run"),
+        (_claim_writes_answered_503_taken_as_not_applied, range(8), {}, "an attempt counted unpushed"),
+        # A renewal is a small share of the writes: at 20 % of writes answered 503, seed 2 of 0-7 found it.
+        (_renewals_answered_503_taken_as_not_applied, range(8), {"applied_503s": 0.2}, "an attempt counted unpushed"),
         # Two seeds in 50 found it at the default rate of lost replies; at 5 % of Redis calls, 3 of seeds 0-7.
         (_push_markers_blind_to_their_own_token, range(8), {"lost_replies": 0.05}, "an attempt counted unpushed"),
     ],
-    ids=["defect-2-slot-fence", "defect-3-push-switch", "defect-6-rebuilt-groups", "lost-push-marker-reply"],
+    ids=[
+        "defect-2-slot-fence",
+        "defect-3-push-switch",
+        "defect-6-rebuilt-groups",
+        "defect-8-claim-write-read-back",
+        "defect-7-renewal-read-back",
+        "lost-push-marker-reply",
+    ],
 )
 def test_with_a_fix_reverted_a_few_seeds_find_the_defect(
     monkeypatch: pytest.MonkeyPatch,
@@ -120,7 +150,10 @@ def test_with_a_fix_reverted_a_few_seeds_find_the_defect(
     pytest.fail(f"none of seeds {seen} found the reverted defect ({found!r}) in {STEPS} steps")
 
 
-@pytest.mark.parametrize(("seed", "steps"), [(113, 3000), (6, 1500), (5000, 3000), (20000, 1500), (30005, 1500)])
+@pytest.mark.parametrize(
+    ("seed", "steps"),
+    [(113, 3000), (6, 1500), (5000, 3000), (20000, 1500), (30005, 1500), (50023, 1500), (50036, 1500)],
+)
 def test_the_seeds_that_found_a_defect_hold_now(seed: int, steps: int) -> None:
     # 113: a job pushed, Redis restarted empty, then the publisher reported the job unsent: the switch
     # found no push marker and the task was given back and claimed again while it ran (0.7.9; found
@@ -137,4 +170,12 @@ def test_the_seeds_that_found_a_defect_hold_now(seed: int, steps: int) -> None:
     # failed, and its retry found the marker set and took it for another push ("redelivered job"): never
     # pushed, the claim's lease counted an attempt Kibana never saw (0.8.4; the markers now carry the
     # marking execution's token: tests/unit/test_push_markers.py).
+    # 50023: a claim cycle wrote its claim and was killed before its confirm (no claim marker, no job);
+    # the node restarted, and the restart ended the lease counting an attempt never pushed: a slot still
+    # pending (its cycle's reservation) now returns it (0.8.5; tests/unit/test_node_restarts.py).
+    # 50036: Redis failed over to a replica that had a cycle's reservations, not their confirm nor the
+    # worker's last beats, after the cycle pushed; the rebuild left them pending, the dead-cycle rule
+    # gave the running tasks back, and they were claimed again: the node over its cap. A rebuild now
+    # makes a held slot the claim the engine shows, and nothing is judged a dead cycle's before the
+    # rebuild (0.8.5; tests/unit/test_reconcile.py).
     assert World(seed).run(steps) == []

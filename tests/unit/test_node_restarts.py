@@ -15,6 +15,7 @@ from elastask.core.clock import epoch_ms
 from elastask.core.intervals import format_date
 from elastask.loops.retry import node_restarts
 from elastask.parts.kibana import Uptime
+from elastask.parts.ledger import reservation_token
 from elastask.runtime import Runtime
 from tests.unit.helpers import held, node_of
 from tests.unit.stubs import OWNER, MakeRuntime, StubEngine
@@ -151,3 +152,51 @@ def test_given_a_restart_then_a_lost_lease_that_was_never_pushed_gets_its_attemp
     # And its push is switched off: a dispatch job still holding it pushes nothing.
     assert rt.redis.get(keys.push_marker("task:never-pushed", claim)) is not None
     assert held(rt) == set()
+
+
+@pytest.mark.parametrize("redis_lost_writes", [False, True], ids=["ledger-current", "not-rebuilt-yet"])
+def test_given_a_restart_then_a_lost_lease_whose_claim_cycle_never_confirmed_it_gets_its_attempt_back(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch, redis_lost_writes: bool
+) -> None:
+    # Simulation seed 50023 (0.8.5): a claim cycle wrote its claim and was killed before it confirmed the
+    # slot (no claim marker, no dispatch job: it sends none before its confirm); the node restarted, and
+    # the restart ended the lease as a lost run, counting an attempt for a task never pushed.
+    restarted = datetime.now(UTC) - timedelta(seconds=20)
+    rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(restarted - timedelta(hours=1))))
+    claimed_at = restarted - timedelta(seconds=30)
+    running(engine, rt, "task:confirmed-and-pushed", claimed_at)
+    rt.ledger.mark_claims([("task:confirmed-and-pushed", engine.docs["task:confirmed-and-pushed"]["_seq_no"], 60_000)])
+    rt.redis.set(keys.push_marker("task:confirmed-and-pushed", engine.docs["task:confirmed-and-pushed"]["_seq_no"]), 1)
+    unconfirmed(
+        engine, rt, "task:never-confirmed", claimed_at, token=reservation_token("dead-worker", epoch_ms(claimed_at))
+    )
+    scripted_uptime(monkeypatch, rt, 20_000)
+    if redis_lost_writes:  # a failover to a replica behind: the confirm may be what was lost
+        rt.redis.delete(keys.LEDGER_EPOCH)
+
+    assert node_restarts.check_restart(rt, node_of(rt)) == 2
+
+    pushed = engine.docs["task:confirmed-and-pushed"]["_source"]["task"]
+    never = engine.docs["task:never-confirmed"]["_source"]["task"]
+    assert pushed["status"] == "idle" and pushed["attempts"] == 1  # it may have run: the attempt counts
+    # No job ever carried it: the attempt comes back (unless Redis lost writes since: then it counts).
+    assert never["status"] == "idle" and never["attempts"] == (1 if redis_lost_writes else 0)
+    assert held(rt) == set()
+
+
+def unconfirmed(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime, token: str) -> None:
+    """A task a claim cycle (``token``) claimed at ``started`` and never confirmed: its slot still pending."""
+    retry_at = started + timedelta(minutes=5)
+    task = {
+        "taskType": "sample",
+        "status": "running",
+        "ownerId": OWNER,
+        "attempts": 1,
+        "runAt": format_date(started),
+        "startedAt": format_date(started),
+        "retryAt": format_date(retry_at),
+        "params": "{}",
+        "state": "{}",
+    }
+    engine.put(doc_id, {"type": "task", "task": task})
+    assert rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], datetime.now(UTC), token=token) == {doc_id}

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from elastask import keys
 from elastask.core.clock import epoch_ms
 from elastask.core.intervals import format_date
 from elastask.loops.claim.reconcile import LeaseReader, LeaseVersions, reconcile_ledger
@@ -83,6 +84,21 @@ def test_a_claim_written_by_a_cycle_whose_worker_died_before_its_dispatch_goes_b
     task = engine.docs["task:claimed-never-sent"]["_source"]["task"]
     assert (task["status"], task["attempts"], task["ownerId"]) == ("idle", 1, None)  # its attempt returned
     assert [lease.task_id for lease in rt.ledger.leases([OWNER])] == ["task:kibana-claimed"]
+
+
+def test_before_the_rebuild_after_redis_lost_writes_no_reservation_is_judged_a_dead_cycles(
+    engine: StubEngine, rt: Runtime
+) -> None:
+    # Seed 50036: the replica promoted had the reservation, not its confirm nor the worker's last beats;
+    # the cycle had sent and pushed. Until the rebuild the reservation proves nothing: it stays.
+    reserved_by_a_cycle_of(rt, "host:123:abcdef", "task:pushed-before-the-failover")
+    written = {"status": "running", "ownerId": OWNER, "attempts": 1, "startedAt": format_date(NOW)}
+    engine.put("task:pushed-before-the-failover", {"type": "task", "task": written})
+    rt.redis.delete(keys.LEDGER_EPOCH)  # the promoted replica's data: not the ledger's server (not rebuilt)
+    view = rt.ledger.view([OWNER])
+    held, released = reconcile_ledger(rt, replace(view, now_ms=view.now_ms + 6000), 38_000)
+    assert (held, released) == ({"task:pushed-before-the-failover"}, 0)
+    assert engine.docs["task:pushed-before-the-failover"]["_source"]["task"]["status"] == "running"
 
 
 def test_given_a_recurring_task_kibana_rescheduled_then_its_slot_is_freed(engine: StubEngine, rt: Runtime) -> None:
@@ -260,3 +276,38 @@ def test_a_late_release_for_an_older_claim_leaves_the_newer_claims_slot(rt: Runt
     assert rt.ledger.release(OWNER, ["task:x"], claims={"task:x": 5}) == 0
     assert rt.ledger.used_units([OWNER]) == {OWNER: 2}
     assert rt.ledger.release(OWNER, ["task:x"], claims={"task:x": 9}) == 1
+
+
+def test_given_a_failover_that_lost_a_confirm_then_the_rebuild_makes_the_pending_slot_the_written_claims(
+    engine: StubEngine, rt: Runtime
+) -> None:
+    # Simulation seed 50036 (0.8.5): Redis failed over to a replica that had a cycle's reservations but
+    # missed their confirm; the cycle had pushed its tasks. The rebuild left the stale reservations
+    # pending, the cycle's worker (its heartbeat lost with the same writes) was judged dead, and its
+    # "never sent" claims were given back while Kibana ran them: claimed again, the node over its cap.
+    from elastask.loops.claim.reconcile import rebuild_ledger
+
+    now = datetime.now(UTC)
+    started = now - timedelta(seconds=20)
+    token = reservation_token("sim:claimer-0", epoch_ms(started))
+    lease = [("task:pushed", 2, now + timedelta(minutes=5))]
+    assert rt.ledger.reserve(OWNER, 20, lease, started, token=token) == {"task:pushed"}  # what the replica had
+    task = {
+        "taskType": "sample",
+        "status": "running",
+        "ownerId": OWNER,
+        "attempts": 1,
+        "runAt": format_date(started),
+        "startedAt": format_date(started),
+        "retryAt": format_date(now + timedelta(minutes=5)),
+    }
+    claim = engine.put("task:pushed", {"type": "task", "task": task})  # the claim the cycle wrote (and pushed)
+
+    assert rebuild_ledger(rt, rt.nodes.resolve()[0], now) == 1
+    [rebuilt] = rt.ledger.leases([OWNER])
+    assert (rebuilt.task_id, rebuilt.claim, rebuilt.reserved_by, rebuilt.pending_since_ms) == (
+        "task:pushed",
+        claim,
+        None,
+        None,
+    )

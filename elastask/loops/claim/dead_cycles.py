@@ -52,15 +52,18 @@ def orphaned_reservations(rt: Runtime, view: LeaseView) -> set[str]:
         and lease.pending_since_ms is not None
         and view.now_ms - lease.pending_since_ms >= ALIVE_MS
     }
-    if not old:
+    if not old or not rt.ledger.claims_current():
+        # After Redis lost writes (not rebuilt yet) a reservation may be one whose confirm was lost while
+        # its cycle went on to send and push: it proves nothing until the rebuild makes it the claim's.
         return set()
     with redis_errors("reading the heartbeats of workers holding reservations"):
         beating = WorkerClaims(rt.redis).beating(set(old.values()))
     return {task_id for task_id, worker in old.items() if worker not in beating}
 
 
-def claimed_by_dead_cycle(lease: Lease, hit: dict[str, Any] | None) -> bool:
-    """True when the document shows the claim of the dead cycle that reserved ``lease`` (never confirmed)."""
+def claimed_by_reserving_cycle(lease: Lease, hit: dict[str, Any] | None) -> bool:
+    """True when the document shows the claim of the cycle that reserved ``lease`` (a pending reservation:
+    never confirmed), as a dead cycle's claims are judged and a restarted node's lost leases too."""
     task = hit.get("_source", {}).get("task", {}) if hit else None
     if not isinstance(task, dict) or lease.reserved_by is None:
         return False

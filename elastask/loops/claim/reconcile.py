@@ -19,7 +19,7 @@ from elastask.core import policy, queries
 from elastask.core.clock import epoch_ms
 from elastask.core.documents import INSTANCE_COSTS
 from elastask.core.intervals import parse_date
-from elastask.loops.claim.dead_cycles import claimed_by_dead_cycle, give_back_dead_claims, orphaned_reservations
+from elastask.loops.claim.dead_cycles import claimed_by_reserving_cycle, give_back_dead_claims, orphaned_reservations
 from elastask.loops.claim.limited import slot_request
 from elastask.loops.claim.search import lookahead_ms
 from elastask.parts.ledger import Lease, LeaseView, SlotRequest
@@ -93,7 +93,7 @@ class LeaseReader:
         for lease in judged:
             live = lease.expires_ms > now_ms
             hit = hits.get(lease.task_id)
-            if lease.task_id in orphaned and isinstance(hit, dict) and claimed_by_dead_cycle(lease, hit):
+            if lease.task_id in orphaned and isinstance(hit, dict) and claimed_by_reserving_cycle(lease, hit):
                 dead_claims.append((lease, hit))
                 continue
             if live and lease.task_id not in hits:

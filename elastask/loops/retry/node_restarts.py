@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import redis
 
@@ -34,8 +35,10 @@ from elastask.core import policy, queries
 from elastask.core.clock import epoch_ms
 from elastask.core.documents import TaskDocument, parse_hit
 from elastask.errors import DocumentError, ElastaskError
+from elastask.loops.claim.dead_cycles import claimed_by_reserving_cycle
 from elastask.loops.dispatch.push_markers import switch_off_pushes
 from elastask.loops.retry.loop import lost_run_expiry, unpushed_claims, write_expiries
+from elastask.parts.ledger import Lease
 from elastask.parts.nodes import Node
 from elastask.parts.redis_errors import redis_errors
 from elastask.runtime import Runtime
@@ -116,6 +119,7 @@ def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:
         queries.in_flight(now, [node.owner_id], size=MAX_LEASES), f"reading the leases of {node.owner_id}"
     )
     lost: list[TaskDocument] = []
+    lost_hits: dict[str, dict[str, Any]] = {}
     for hit in hits:
         try:
             doc = parse_hit(hit)
@@ -126,20 +130,38 @@ def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:
             epoch_ms(doc.started_at) + policy.dispatch_slack_ms(doc, timeout_ms) < restarted_ms
         ):
             lost.append(doc)
+            lost_hits[doc.id] = hit
+    if not lost:
+        return 0
     why = f"Kibana node {node.url} restarted (the run was lost)"
-    returned = _never_pushed(rt, lost, now)
+    # The slots of these leases, read before the writes: a slot freed and taken again by a newer claim of
+    # the same task in between is that claim's, not ours to free (the fences).
+    leases = {lease.task_id: lease for lease in rt.ledger.leases([node.owner_id])}
+    returned = _never_pushed(rt, lost, now) | _never_sent(rt, leases, lost_hits)
     plans = [
         (doc, policy.attempt_returned(doc) if doc.id in returned else lost_run_expiry(rt, doc, now, why))
         for doc in lost
     ]
-    # The claims whose slots these are, read before the writes: a slot freed and taken again by a newer
-    # claim of the same task in between is that claim's, not ours to free.
-    fences = {lease.task_id: lease.claim for lease in rt.ledger.leases([node.owner_id])} if plans else {}
+    fences = {task_id: lease.claim for task_id, lease in leases.items()}
     _, written = write_expiries(rt, plans, now)
     rt.ledger.release(node.owner_id, [doc.id for doc in written], claims=fences)
     if plans:
         log.warning("%d lease(s) on %s ended after its restart, %d written", len(plans), node.owner_id, len(written))
     return len(written)
+
+
+def _never_sent(rt: Runtime, leases: Mapping[str, Lease], hits: Mapping[str, dict[str, Any]]) -> set[str]:
+    """The leases whose claim cycle wrote them and never confirmed their slot (still its pending
+    reservation): it sends no dispatch job before its confirm, so nothing pushed them and their attempt
+    is returned. Such a claim has no claim marker, so ``_never_pushed`` cannot tell (the cycle died or
+    froze between its claim write and its confirm; its dead-cycle judgement may not have come yet). A
+    frozen cycle that wakes and sends the job anyway pushes nothing: the job's real-time read finds the
+    claim moved on. After Redis lost writes (not rebuilt yet) a pending slot proves nothing (its confirm
+    may be what was lost): none is returned."""
+    pending = {task_id for task_id, lease in leases.items() if lease.reserved_by is not None and task_id in hits}
+    if not pending or not rt.ledger.claims_current():
+        return set()
+    return {task_id for task_id in pending if claimed_by_reserving_cycle(leases[task_id], hits[task_id])}
 
 
 def _never_pushed(rt: Runtime, docs: Sequence[TaskDocument], now: datetime) -> set[str]:
