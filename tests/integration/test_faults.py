@@ -24,7 +24,7 @@ import redis
 from elasticsearch import Elasticsearch
 
 from elastask import keys
-from elastask.loops.dispatch.push_markers import PUSHED
+from elastask.loops.dispatch.push_markers import pushed_unanswered
 from elastask.parts.store import TaskStore
 from elastask.parts.worker_claims import HeldClaim, WorkerClaims
 from elastask_bed.testbed import Testbed
@@ -192,7 +192,7 @@ def test_worker_killed_mid_burst_with_kibanas_task_timeout_costs_seconds_not_a_l
     stranded = claims_held(redis_client)  # read before the retry loop (5 s of missed beats) takes them back
     # Its pushes Kibana had not answered (marked pushed, not answered): Kibana may run them, so only
     # their leases (5 m) may give them back. Every other task is done within seconds.
-    in_flight = {c.doc_id for c in stranded if redis_client.get(keys.push_marker(c.doc_id, c.claim)) == PUSHED}
+    in_flight = {c.doc_id for c in stranded if pushed_unanswered(redis_client.get(keys.push_marker(c.doc_id, c.claim)))}
     dispatcher.worker("survivor")
 
     def others_left() -> int:
