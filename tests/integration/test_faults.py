@@ -215,9 +215,11 @@ def test_worker_killed_mid_burst_with_kibanas_task_timeout_costs_seconds_not_a_l
     for doc_id in in_flight:  # gone (Kibana had it and ran it), or still leased: never given back, never failed
         if es.exists(index=INDEX, id=doc_id):
             assert es.get(index=INDEX, id=doc_id)["_source"]["task"]["status"] == "running", left_over(es, redis_client)
+    if stranded:  # its claims were judged at its death (about 5 s of missed beats), not left to their leases
+        # The survivor may finish first (jobs the dead worker sent and never received wait in the queue;
+        # CI once saw every task done before the judgement): wait for it, do not assume its order.
+        wait_for(lambda: "stopped beating" in dispatcher.logs(), 30, f"the judgement of {len(stranded)} claim(s)")
     logs = dispatcher.logs()
-    if stranded:  # its claims were taken back at its death, not left to their leases
-        assert "stopped beating" in logs, f"{len(stranded)} claim(s) held at the kill"
     for doc_id in in_flight:
         assert re.search(rf"died with \d+ push\(es\) in flight.*{re.escape(repr(doc_id))}", logs), doc_id
 
