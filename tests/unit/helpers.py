@@ -84,3 +84,19 @@ def node_of(rt: Runtime) -> Node:
     """The stub runtime's node, resolved (ownerId kibana:a)."""
     config = rt.settings.kibana.hosts[0]
     return Node(config, OWNER, rt.settings.capacity_units(config))
+
+
+def running_source(started: datetime, retry_at: datetime, attempts: int = 1, owner: str = OWNER) -> dict[str, Any]:
+    """A task document claimed for ``owner`` at ``started`` (due then), leased until ``retry_at``."""
+    task = {
+        "taskType": "sample",
+        "status": "running",
+        "ownerId": owner,
+        "attempts": attempts,
+        "runAt": format_date(started),
+        "startedAt": format_date(started),
+        "retryAt": format_date(retry_at),
+        "params": "{}",
+        "state": "{}",
+    }
+    return {"type": "task", "task": task}

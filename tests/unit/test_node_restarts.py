@@ -12,30 +12,18 @@ import pytest
 
 from elastask import keys
 from elastask.core.clock import epoch_ms
-from elastask.core.intervals import format_date
 from elastask.loops.retry import node_restarts
 from elastask.parts.kibana import Uptime
 from elastask.parts.ledger import reservation_token
 from elastask.runtime import Runtime
-from tests.unit.helpers import held, node_of
+from tests.unit.helpers import held, node_of, running_source
 from tests.unit.stubs import OWNER, MakeRuntime, StubEngine
 
 
 def running(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime, attempts: int = 1) -> None:
     """A task claimed for kibana:a at ``started`` (its lease runs 5 minutes), its slot held."""
     retry_at = started + timedelta(minutes=5)
-    task = {
-        "taskType": "sample",
-        "status": "running",
-        "ownerId": OWNER,
-        "attempts": attempts,
-        "runAt": format_date(started),
-        "startedAt": format_date(started),
-        "retryAt": format_date(retry_at),
-        "params": "{}",
-        "state": "{}",
-    }
-    engine.put(doc_id, {"type": "task", "task": task})
+    engine.put(doc_id, running_source(started, retry_at, attempts))
     now = datetime.now(UTC)
     rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], now)
     rt.ledger.confirm(OWNER, 20, [(doc_id, 2, retry_at)], now)
@@ -187,16 +175,5 @@ def test_given_a_restart_then_a_lost_lease_whose_claim_cycle_never_confirmed_it_
 def unconfirmed(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime, token: str) -> None:
     """A task a claim cycle (``token``) claimed at ``started`` and never confirmed: its slot still pending."""
     retry_at = started + timedelta(minutes=5)
-    task = {
-        "taskType": "sample",
-        "status": "running",
-        "ownerId": OWNER,
-        "attempts": 1,
-        "runAt": format_date(started),
-        "startedAt": format_date(started),
-        "retryAt": format_date(retry_at),
-        "params": "{}",
-        "state": "{}",
-    }
-    engine.put(doc_id, {"type": "task", "task": task})
+    engine.put(doc_id, running_source(started, retry_at))
     assert rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], datetime.now(UTC), token=token) == {doc_id}

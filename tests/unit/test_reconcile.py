@@ -15,7 +15,7 @@ from elastask.loops.claim.search import lookahead_ms
 from elastask.parts.ledger import Reserver, reservation_token
 from elastask.parts.worker_claims import WorkerClaims
 from elastask.runtime import Runtime
-from tests.unit.helpers import NOW
+from tests.unit.helpers import NOW, running_source
 from tests.unit.stubs import OWNER, StubEngine
 
 
@@ -292,16 +292,9 @@ def test_given_a_failover_that_lost_a_confirm_then_the_rebuild_makes_the_pending
     token = reservation_token("sim:claimer-0", epoch_ms(started))
     lease = [("task:pushed", 2, now + timedelta(minutes=5))]
     assert rt.ledger.reserve(OWNER, 20, lease, started, token=token) == {"task:pushed"}  # what the replica had
-    task = {
-        "taskType": "sample",
-        "status": "running",
-        "ownerId": OWNER,
-        "attempts": 1,
-        "runAt": format_date(started),
-        "startedAt": format_date(started),
-        "retryAt": format_date(now + timedelta(minutes=5)),
-    }
-    claim = engine.put("task:pushed", {"type": "task", "task": task})  # the claim the cycle wrote (and pushed)
+    claim = engine.put(
+        "task:pushed", running_source(started, now + timedelta(minutes=5))
+    )  # the claim the cycle wrote (and pushed)
 
     assert rebuild_ledger(rt, rt.nodes.resolve()[0], now) == 1
     [rebuilt] = rt.ledger.leases([OWNER])
