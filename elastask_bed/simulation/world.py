@@ -127,12 +127,43 @@ class Violation:
     what: str
 
 
+class _Fields(list[bytes]):
+    """One command's arguments, encoded: what DirectConnection hands fakeredis instead of RESP bytes."""
+
+
+class DirectConnection(fakeredis.FakeRedisConnection):
+    """fakeredis without the wire: each command's encoded arguments go straight to the fake server's
+    command handler, instead of being packed into RESP by redis-py and parsed back by fakeredis (a
+    third of the simulation's Redis cost). The same commands run in the same order with the same
+    replies; only the bytes in between are gone."""
+
+    def _fields(self, args: tuple[Any, ...]) -> _Fields:
+        if isinstance(args[0], str):  # as redis-py's packer: "CLIENT SETNAME" is two arguments
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        return _Fields(map(self.encoder.encode, args))
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self.send_packed_command([self._fields(args)])
+
+    def pack_commands(self, commands: Any) -> list[Any]:
+        return [self._fields(tuple(command)) for command in commands]
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        sock: Any = self.get_socket()
+        if not sock._server.connected or sock._killed:  # as FakeSocket.sendall
+            raise redis.ConnectionError("FakeRedis is emulating a connection error.")
+        for fields in command:
+            sock._process_command(fields)
+
+
 class PausingRedis(fakeredis.FakeRedis):
     """A process's Redis connection: after each command or pipeline applied, ``after_call`` runs before
     the caller sees the reply (the world runs other processes there, or loses the reply)."""
 
     def __init__(self, *, server: fakeredis.FakeServer, after_call: Callable[[], None]) -> None:
-        super().__init__(server=server)
+        super().__init__(server=server, connection_class=DirectConnection)
         self.after_call = after_call
         #: The process was killed: its connection is gone (its lock's renewal thread renews nothing).
         self.closed = False
@@ -253,7 +284,7 @@ class World:
         self.server = fakeredis.FakeServer()
         self.driver = Driver()
         #: The workers' main processes' connection: heartbeats and received jobs (never paused).
-        self.beats = WorkerClaims(fakeredis.FakeRedis(server=self.server))
+        self.beats = WorkerClaims(fakeredis.FakeRedis(server=self.server, connection_class=DirectConnection))
         self.replica = fakeredis_database(None)  # what a replica has: Redis's data as of its last catch-up
         hosts = tuple(
             KibanaNode(url=f"http://kibana-{i}:5601", id=f"kibana:{i}", capacity=self.capacity)
