@@ -15,7 +15,13 @@ import click
 @click.option("--seed", type=int, default=1, show_default=True, help="the first seed")
 @click.option("--seeds", type=int, default=10, show_default=True, help="how many seeds, from --seed on")
 @click.option("--steps", type=int, default=1500, show_default=True, help="steps with faults per seed (then a drain)")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write every seed's summary")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="every seed's summary, written after each",
+)
 @click.option("--trace", is_flag=True, help="print the last steps of a seed that found a violation")
 def simulate(seed: int, seeds: int, steps: int, json_path: str | None, trace: bool) -> None:
     """Run elastask's claim, dispatch and retry loops in a deterministic simulation with faults.
@@ -49,8 +55,8 @@ def simulate(seed: int, seeds: int, steps: int, json_path: str | None, trace: bo
                 click.echo("\n".join(f"  {t}" for t in upto[-60:]))
         else:
             click.echo(line + "every invariant held")
+        if json_path:  # after every seed: a long run stopped midway keeps what it ran
+            Path(json_path).write_text(json.dumps({"command": " ".join(sys.argv), "seeds": summaries}, indent=2))
     total = sum(s["steps"] for s in summaries)
     click.echo(f"{seeds} seed(s), {total} steps in {time.monotonic() - started:.0f} s: {failed} with a violation")
-    if json_path:
-        Path(json_path).write_text(json.dumps({"command": " ".join(sys.argv), "seeds": summaries}, indent=2))
     sys.exit(1 if failed else 0)
