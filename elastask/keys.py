@@ -13,6 +13,9 @@ RETRY_LOCK = PREFIX + "lock:retry"
 CLAIM_RESTING = PREFIX + "claim:resting"
 #: Hash: ownerId -> when that node's Kibana process started (ms, Redis's clock), from its uptime.
 NODE_STARTS = PREFIX + "nodes:started"
+#: Hash: ownerId -> that node's last uptime answer (JSON: the uptime, when it was asked, the start a
+#: restart's leases were last judged against), to narrow a restart's start down (loops/retry/node_restarts.py).
+NODE_UPTIMES = PREFIX + "nodes:uptimes"
 #: Present while a follow-up claim cycle is scheduled (tasks waiting for slots: see parts/cadence.py).
 CLAIM_FOLLOW_UP = PREFIX + "claim:follow-up"
 #: Hash: Kibana URL -> ownerId learned from GET /api/status.

@@ -202,8 +202,11 @@ class SimKibana(KibanaClient):
         return self.world.pushed(node.id or "", str(body.get("id", "")), body)
 
     def uptime(self, node: KibanaNode, timeout_s: float = 2.0) -> Uptime | None:
+        """As Kibana shows it: its last sample, taken every ``uptime_sampled_every_ms`` from the start."""
         started = self.world.node_started_ms.get(node.id or "", EPOCH.timestamp() * 1000)
-        return Uptime(int(self.world.clock.now_ms - started), 0)
+        every = self.world.uptime_sampled_every_ms
+        uptime = int(self.world.clock.now_ms - started)
+        return Uptime(uptime - uptime % every if every else uptime, every)
 
     def execution_control(self, node: KibanaNode, timeout_s: float = 2.0) -> Any:
         return None
@@ -253,6 +256,8 @@ class World:
     lost_replies: float = 0.002
     #: How often an engine write that applied answers 503 all the same (per write, while faults are on).
     applied_503s: float = 0.02
+    #: How often a node samples the uptime its status shows (Kibana's ops interval; 0: always current).
+    uptime_sampled_every_ms: int = 5000
     rng: random.Random = field(init=False)
     clock: VirtualTime = field(default_factory=VirtualTime)
     step_no: int = 0

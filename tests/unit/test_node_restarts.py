@@ -177,3 +177,63 @@ def unconfirmed(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime,
     retry_at = started + timedelta(minutes=5)
     engine.put(doc_id, running_source(started, retry_at))
     assert rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], datetime.now(UTC), token=token) == {doc_id}
+
+
+def kept_answer(rt: Runtime, uptime_ms: int, asked: datetime, judged: datetime | None) -> None:
+    """The node's last uptime answer, as the watcher keeps it (and the start it recorded then)."""
+    judged_ms = None if judged is None else epoch_ms(judged)
+    answer = node_restarts.UptimeAnswer(uptime_ms, epoch_ms(asked), judged_ms)
+    rt.redis.hset(keys.NODE_UPTIMES, OWNER, answer.dump())
+    rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(asked) - uptime_ms))
+
+
+def test_given_a_restart_seen_on_a_stale_sample_then_the_next_sample_ends_the_leases_pushed_just_before_it(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chaos seed 5401 (0.8.5): a node crashed seconds after its 10 slots were filled and came back 4.7 s
+    # later; its uptime (a sample up to 5 s old) could not tell those pushes from pushes to the new
+    # process, so its slots stood until the leases ran out (heal-to-push 9.4 s; minutes with Kibana's
+    # 5-minute timeout). The next sample narrows the start down to the time between two questions.
+    now = datetime.now(UTC)
+    start = now - timedelta(seconds=4)  # the new process's real start
+    # The restart was seen 2 s after the start on the sample taken at it (uptime 0, 5 s samples): the
+    # start was judged no later than 5 s before that answer, so pushes 5 s before the start stood.
+    kept_answer(rt, 0, start + timedelta(seconds=2), judged=start + timedelta(seconds=2) - timedelta(seconds=5))
+    running(engine, rt, "task:lost", start - timedelta(seconds=8))  # a 5-minute lease: pushed within 5 s
+    running(engine, rt, "task:maybe-in-the-new-process", start - timedelta(seconds=5))
+    scripted_uptime(monkeypatch, rt, 3000, sampled_every_ms=5000)  # the next sample, taken 1 s ago
+
+    assert node_restarts.check_restart(rt, node_of(rt)) == 1
+
+    lost = engine.docs["task:lost"]["_source"]["task"]
+    assert lost["status"] == "idle" and lost["attempts"] == 1  # a lost run: the attempt counts
+    assert engine.docs["task:maybe-in-the-new-process"]["_source"]["task"]["status"] == "running"
+    assert held(rt) == {"task:maybe-in-the-new-process"}
+    # Asked again on the same sample: the start is no narrower, nothing is judged again.
+    monkeypatch.setattr(node_restarts, "end_lost_runs", lambda *_args: pytest.fail("judged again"))
+    assert node_restarts.check_restart(rt, node_of(rt)) == 0
+
+
+@pytest.mark.parametrize("why", ["no restart seen", "long after the restart"])
+def test_given_no_recent_restart_then_a_new_sample_ends_no_lease(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    now = datetime.now(UTC)
+    uptime = 3000 if why == "no restart seen" else 60_000
+    start = now - timedelta(milliseconds=uptime + 1000)
+    judged = None if why == "no restart seen" else start - timedelta(seconds=5)
+    kept_answer(rt, uptime - 2000, now - timedelta(seconds=2), judged=judged)
+    running(engine, rt, "task:old", start - timedelta(seconds=30))
+    scripted_uptime(monkeypatch, rt, uptime, sampled_every_ms=5000)
+
+    assert node_restarts.check_restart(rt, node_of(rt)) == 0
+    assert held(rt) == {"task:old"}  # the first look at a process never ends its leases (nor one long up)
+    kept = node_restarts.UptimeAnswer.parse(rt.redis.hget(keys.NODE_UPTIMES, OWNER))
+    assert kept is not None and kept.uptime_ms == uptime and kept.judged_ms is None
+
+
+def test_a_kept_uptime_answer_that_cannot_be_read_is_ignored() -> None:
+    for raw in (b"not json", b"[1, 2]", b'{"uptime": 1}', b'{"uptime": "x", "asked": 2}', None):
+        assert node_restarts.UptimeAnswer.parse(raw) is None
+    answer = node_restarts.UptimeAnswer(1000, 2000, None)
+    assert node_restarts.UptimeAnswer.parse(answer.dump().encode()) == answer

@@ -18,15 +18,23 @@ by at most the time the question took plus the age of Kibana's sample of its upt
 ``metrics.collection_interval_in_millis``, 5 s by default): a lease counts as lost only when
 ``startedAt`` + its slack + those + ``MARGIN_MS`` is before the start. A node that answers without
 its uptime (an unauthenticated, redacted status) is never judged: its leases run out as before.
+
+The sample's age is what leaves a node that crashed right after its slots were filled waiting out
+those leases (pushes in the seconds before the start cannot be told from pushes to the new process).
+So the start is narrowed down by the next answers: when the uptime shown changes between two
+questions, its sample was taken after the earlier one was asked, so the process started after that
+moment minus the new uptime. For ``REFINE_FOR_MS`` after a restart, each answer that narrows the
+start down judges the node's leases again against it (pushes before it reached the old process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -56,6 +64,10 @@ MARGIN_MS = 1000
 MAX_LEASES = 1000
 #: The watcher's name in the process's memory (its turns).
 WATCHER = "node-restarts"
+#: How long after a restart later answers may narrow its start down and end more leases.
+REFINE_FOR_MS = 15_000
+#: A narrower start judges the leases again only when it moved by at least this much.
+REFINE_STEP_MS = 250
 
 
 def watch_restarts(rt: Runtime, nodes: Sequence[Node]) -> None:
@@ -83,12 +95,13 @@ def _check_quietly(rt: Runtime, node: Node) -> None:
 
 
 def check_restart(rt: Runtime, node: Node) -> int:
-    """Ask the node its uptime; when it restarted since last asked, end the leases it lost. Returns how many."""
+    """Ask the node its uptime; when it restarted since last asked, end the leases it lost (and, for a
+    while after, those a narrower start shows lost too). Returns how many."""
     asked_ms = rt.monotonic_ms()
     answer = rt.kibana.uptime(node.config)
     if answer is None:
         return 0
-    uptime = answer.ms
+    uptime, every = answer.ms, answer.sampled_every_ms
     now = rt.now()
     took_ms = int(rt.monotonic_ms() - asked_ms)
     started_ms = epoch_ms(now) - uptime
@@ -96,20 +109,64 @@ def check_restart(rt: Runtime, node: Node) -> int:
         pipe = rt.redis.pipeline(transaction=False)
         pipe.hget(keys.NODE_STARTS, node.owner_id)
         pipe.hset(keys.NODE_STARTS, node.owner_id, str(started_ms))
-        known, _ = pipe.execute()
-    if known is None or started_ms <= int(known) + RESTART_TOLERANCE_MS:
-        return 0
-    with contextlib.suppress(redis.RedisError):  # the console's "restarts noticed"; a count, best effort
-        rt.redis.hincrby(keys.RECENT_RESTARTS, node.owner_id, 1)
-    log.warning(
-        "Kibana node %s (%s) restarted %.1f s ago: ending the leases of the runs it lost",
-        node.url,
-        node.owner_id,
-        uptime / 1000,
-    )
+        pipe.hget(keys.NODE_UPTIMES, node.owner_id)
+        known, _, last = pipe.execute()
+    restarted = known is not None and started_ms > int(known) + RESTART_TOLERANCE_MS
     # The uptime is Kibana's last sample, up to its interval old: the real start may be that much earlier,
     # and a push since then may run in the new process.
-    return end_lost_runs(rt, node, started_ms - answer.sampled_every_ms - took_ms - MARGIN_MS)
+    earliest = started_ms - every - took_ms
+    before = UptimeAnswer.parse(last)
+    if before is not None and uptime != before.uptime_ms:
+        # A sample the last answer did not show was taken after that question was asked.
+        earliest = max(earliest, before.asked_ms - uptime)
+    narrower = False
+    if restarted:
+        judged: int | None = earliest
+    elif before is None or before.judged_ms is None or uptime > REFINE_FOR_MS + every:
+        judged = None  # no restart being narrowed down
+    elif earliest >= before.judged_ms + REFINE_STEP_MS:
+        judged, narrower = earliest, True
+    else:
+        judged = before.judged_ms
+    with contextlib.suppress(redis.RedisError):  # without it, a restart is judged on one answer, as before
+        rt.redis.hset(keys.NODE_UPTIMES, node.owner_id, UptimeAnswer(uptime, epoch_ms(now) - took_ms, judged).dump())
+    if restarted:
+        with contextlib.suppress(redis.RedisError):  # the console's "restarts noticed"; a count, best effort
+            rt.redis.hincrby(keys.RECENT_RESTARTS, node.owner_id, 1)
+        log.warning(
+            "Kibana node %s (%s) restarted %.1f s ago: ending the leases of the runs it lost",
+            node.url,
+            node.owner_id,
+            uptime / 1000,
+        )
+    elif not narrower:
+        return 0
+    return end_lost_runs(rt, node, earliest - MARGIN_MS)
+
+
+class UptimeAnswer(NamedTuple):
+    """A node's last uptime answer, kept in Redis (``keys.NODE_UPTIMES``): the uptime shown, when it was
+    asked (Redis's clock), and the start its restart's leases were last judged against (None: no restart
+    being narrowed down). Whichever process the earlier answer came from, a sample the later one shows
+    and it did not was taken after it was asked (a new process starts after the old one last answered)."""
+
+    uptime_ms: int
+    asked_ms: int
+    judged_ms: int | None
+
+    def dump(self) -> str:
+        return json.dumps({"uptime": self.uptime_ms, "asked": self.asked_ms, "judged": self.judged_ms})
+
+    @classmethod
+    def parse(cls, raw: bytes | str | None) -> UptimeAnswer | None:
+        if raw is None:
+            return None
+        try:
+            kept = json.loads(raw)
+            judged = kept.get("judged")
+            return cls(int(kept["uptime"]), int(kept["asked"]), None if judged is None else int(judged))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None  # not ours, or from another version: judged on one answer, as before
 
 
 def end_lost_runs(rt: Runtime, node: Node, restarted_ms: int) -> int:
