@@ -179,10 +179,13 @@ def unconfirmed(engine: StubEngine, rt: Runtime, doc_id: str, started: datetime,
     assert rt.ledger.reserve(OWNER, 20, [(doc_id, 2, retry_at)], datetime.now(UTC), token=token) == {doc_id}
 
 
-def kept_answer(rt: Runtime, uptime_ms: int, asked: datetime, judged: datetime | None) -> None:
+def kept_answer(
+    rt: Runtime, uptime_ms: int, asked: datetime, judged: datetime | None, received: datetime | None = None
+) -> None:
     """The node's last uptime answer, as the watcher keeps it (and the start it recorded then)."""
     judged_ms = None if judged is None else epoch_ms(judged)
-    answer = node_restarts.UptimeAnswer(uptime_ms, epoch_ms(asked), judged_ms)
+    arrived = epoch_ms(received) if received is not None else epoch_ms(asked) + 10
+    answer = node_restarts.UptimeAnswer(uptime_ms, epoch_ms(asked), arrived, judged_ms)
     rt.redis.hset(keys.NODE_UPTIMES, OWNER, answer.dump())
     rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(asked) - uptime_ms))
 
@@ -232,8 +235,27 @@ def test_given_no_recent_restart_then_a_new_sample_ends_no_lease(
     assert kept is not None and kept.uptime_ms == uptime and kept.judged_ms is None
 
 
+def test_given_an_answer_that_arrived_after_the_question_was_asked_then_it_narrows_nothing(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two questions in flight at once (a slow one, or another process's turn): the other answer, asked
+    # 2 s ago but arrived just now, may have been served after this one, its sample newer than this
+    # one's; "a sample it did not show came after it was asked" does not hold, and the start it would
+    # give (2 s ago minus this uptime) could be later than the real one: leases of pushes that reached
+    # the new process would end, and their tasks run twice.
+    now = datetime.now(UTC)
+    start = now - timedelta(seconds=5)  # the real start; this answer shows the sample taken at it
+    # The other answer showed the next sample (taken a moment after this one was served).
+    kept_answer(rt, 5000, now - timedelta(seconds=2), judged=start - timedelta(seconds=6), received=now)
+    running(engine, rt, "task:in-the-new-process", start - timedelta(seconds=4))  # pushed up to 5 s later
+    scripted_uptime(monkeypatch, rt, 0, sampled_every_ms=5000)
+
+    assert node_restarts.check_restart(rt, node_of(rt)) == 0
+    assert held(rt) == {"task:in-the-new-process"}
+
+
 def test_a_kept_uptime_answer_that_cannot_be_read_is_ignored() -> None:
-    for raw in (b"not json", b"[1, 2]", b'{"uptime": 1}', b'{"uptime": "x", "asked": 2}', None):
+    for raw in (b"not json", b"[1, 2]", b'{"uptime": 1}', b'{"uptime": 1, "asked": 2}', None):
         assert node_restarts.UptimeAnswer.parse(raw) is None
-    answer = node_restarts.UptimeAnswer(1000, 2000, None)
+    answer = node_restarts.UptimeAnswer(1000, 2000, 2010, None)
     assert node_restarts.UptimeAnswer.parse(answer.dump().encode()) == answer

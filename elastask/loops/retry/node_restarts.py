@@ -21,10 +21,13 @@ its uptime (an unauthenticated, redacted status) is never judged: its leases run
 
 The sample's age is what leaves a node that crashed right after its slots were filled waiting out
 those leases (pushes in the seconds before the start cannot be told from pushes to the new process).
-So the start is narrowed down by the next answers: when the uptime shown changes between two
-questions, its sample was taken after the earlier one was asked, so the process started after that
-moment minus the new uptime. For ``REFINE_FOR_MS`` after a restart, each answer that narrows the
-start down judges the node's leases again against it (pushes before it reached the old process).
+So the start is narrowed down by the next answers: when the uptime shown changed since an answer
+received before the question was asked, its sample was taken after that earlier question was asked
+(it was not the latest sample then), so the process started after that moment minus the new uptime.
+Questions can overlap (a slow one, another process's turn): an answer received after this question
+was asked may have been served after it, and narrows nothing. For ``REFINE_FOR_MS`` after a restart,
+each answer that narrows the start down judges the node's leases again against it (pushes before it
+reached the old process).
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ WATCHER = "node-restarts"
 REFINE_FOR_MS = 15_000
 #: A narrower start judges the leases again only when it moved by at least this much.
 REFINE_STEP_MS = 250
+#: Redis's clock as two processes read it may differ by this much (runtime.py: each reading is at most
+#: a 2 ms round trip old, never ahead): an earlier answer must have arrived this much before a question.
+ORDER_SLACK_MS = 50
 
 
 def watch_restarts(rt: Runtime, nodes: Sequence[Node]) -> None:
@@ -115,9 +121,11 @@ def check_restart(rt: Runtime, node: Node) -> int:
     # The uptime is Kibana's last sample, up to its interval old: the real start may be that much earlier,
     # and a push since then may run in the new process.
     earliest = started_ms - every - took_ms
+    received = epoch_ms(now)
     before = UptimeAnswer.parse(last)
-    if before is not None and uptime != before.uptime_ms:
-        # A sample the last answer did not show was taken after that question was asked.
+    if before is not None and before.received_ms + ORDER_SLACK_MS <= received - took_ms and uptime != before.uptime_ms:
+        # The last answer arrived before this question was asked, and this sample is not the one it
+        # showed: it was taken after that question was asked.
         earliest = max(earliest, before.asked_ms - uptime)
     narrower = False
     if restarted:
@@ -129,7 +137,9 @@ def check_restart(rt: Runtime, node: Node) -> int:
     else:
         judged = before.judged_ms
     with contextlib.suppress(redis.RedisError):  # without it, a restart is judged on one answer, as before
-        rt.redis.hset(keys.NODE_UPTIMES, node.owner_id, UptimeAnswer(uptime, epoch_ms(now) - took_ms, judged).dump())
+        rt.redis.hset(
+            keys.NODE_UPTIMES, node.owner_id, UptimeAnswer(uptime, received - took_ms, received, judged).dump()
+        )
     if restarted:
         with contextlib.suppress(redis.RedisError):  # the console's "restarts noticed"; a count, best effort
             rt.redis.hincrby(keys.RECENT_RESTARTS, node.owner_id, 1)
@@ -146,16 +156,20 @@ def check_restart(rt: Runtime, node: Node) -> int:
 
 class UptimeAnswer(NamedTuple):
     """A node's last uptime answer, kept in Redis (``keys.NODE_UPTIMES``): the uptime shown, when it was
-    asked (Redis's clock), and the start its restart's leases were last judged against (None: no restart
-    being narrowed down). Whichever process the earlier answer came from, a sample the later one shows
-    and it did not was taken after it was asked (a new process starts after the old one last answered)."""
+    asked and when it arrived (Redis's clock), and the start its restart's leases were last judged against
+    (None: no restart being narrowed down). Whichever process an earlier answer came from, a sample a
+    question asked after it arrived shows, and it did not, was taken after it was asked (a newer sample
+    of the same process, or a new process, started after the old one last answered)."""
 
     uptime_ms: int
     asked_ms: int
+    received_ms: int
     judged_ms: int | None
 
     def dump(self) -> str:
-        return json.dumps({"uptime": self.uptime_ms, "asked": self.asked_ms, "judged": self.judged_ms})
+        return json.dumps(
+            {"uptime": self.uptime_ms, "asked": self.asked_ms, "received": self.received_ms, "judged": self.judged_ms}
+        )
 
     @classmethod
     def parse(cls, raw: bytes | str | None) -> UptimeAnswer | None:
@@ -164,7 +178,9 @@ class UptimeAnswer(NamedTuple):
         try:
             kept = json.loads(raw)
             judged = kept.get("judged")
-            return cls(int(kept["uptime"]), int(kept["asked"]), None if judged is None else int(judged))
+            return cls(
+                int(kept["uptime"]), int(kept["asked"]), int(kept["received"]), None if judged is None else int(judged)
+            )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None  # not ours, or from another version: judged on one answer, as before
 
