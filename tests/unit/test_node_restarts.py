@@ -12,6 +12,7 @@ import pytest
 
 from elastask import keys
 from elastask.core.clock import epoch_ms
+from elastask.errors import StoreError
 from elastask.loops.retry import node_restarts
 from elastask.parts.kibana import Uptime
 from elastask.parts.ledger import reservation_token
@@ -259,3 +260,28 @@ def test_a_kept_uptime_answer_that_cannot_be_read_is_ignored() -> None:
         assert node_restarts.UptimeAnswer.parse(raw) is None
     answer = node_restarts.UptimeAnswer(1000, 2000, 2010, None)
     assert node_restarts.UptimeAnswer.parse(answer.dump().encode()) == answer
+
+
+def test_given_the_engine_failed_when_a_restart_was_seen_then_the_next_answer_judges_it_again(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A restart noticed while the engine failed (the leases could not be read): the next answer sees
+    # the restart again and judges it, instead of the leases waiting out their timeout.
+    now = datetime.now(UTC)
+    start = now - timedelta(seconds=3)
+    rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(start - timedelta(hours=1))))
+    running(engine, rt, "task:lost", start - timedelta(seconds=30))
+    scripted_uptime(monkeypatch, rt, 3000)
+    search = rt.store.search_hits
+
+    def engine_down(*_args: object) -> object:
+        raise StoreError("reading the leases: the search engine could not be reached")
+
+    monkeypatch.setattr(rt.store, "search_hits", engine_down)
+    with pytest.raises(StoreError):
+        node_restarts.check_restart(rt, node_of(rt))
+    assert held(rt) == {"task:lost"}
+
+    monkeypatch.setattr(rt.store, "search_hits", search)
+    assert node_restarts.check_restart(rt, node_of(rt)) == 1  # the next answer
+    assert held(rt) == set()

@@ -123,23 +123,28 @@ def check_restart(rt: Runtime, node: Node) -> int:
     earliest = started_ms - every - took_ms
     received = epoch_ms(now)
     before = UptimeAnswer.parse(last)
+    later = None  # what a sample the last answer did not show says: only narrowing relies on it
     if before is not None and before.received_ms + ORDER_SLACK_MS <= received - took_ms and uptime != before.uptime_ms:
         # The last answer arrived before this question was asked, and this sample is not the one it
         # showed: it was taken after that question was asked.
-        earliest = max(earliest, before.asked_ms - uptime)
+        later = before.asked_ms - uptime
+        earliest = max(earliest, later)
     narrower = False
     if restarted:
         judged: int | None = earliest
     elif before is None or before.judged_ms is None or uptime > REFINE_FOR_MS + every:
         judged = None  # no restart being narrowed down
-    elif earliest >= before.judged_ms + REFINE_STEP_MS:
-        judged, narrower = earliest, True
+    elif later is not None and later >= before.judged_ms + REFINE_STEP_MS:
+        judged, narrower, earliest = later, True, later
     else:
         judged = before.judged_ms
-    with contextlib.suppress(redis.RedisError):  # without it, a restart is judged on one answer, as before
-        rt.redis.hset(
-            keys.NODE_UPTIMES, node.owner_id, UptimeAnswer(uptime, received - took_ms, received, judged).dump()
-        )
+
+    def remember(judged_ms: int | None) -> None:
+        answer = UptimeAnswer(uptime, received - took_ms, received, judged_ms)
+        with contextlib.suppress(redis.RedisError):  # without it, a restart is judged on one answer, as before
+            rt.redis.hset(keys.NODE_UPTIMES, node.owner_id, answer.dump())
+
+    remember(judged)
     if restarted:
         with contextlib.suppress(redis.RedisError):  # the console's "restarts noticed"; a count, best effort
             rt.redis.hincrby(keys.RECENT_RESTARTS, node.owner_id, 1)
@@ -151,7 +156,16 @@ def check_restart(rt: Runtime, node: Node) -> int:
         )
     elif not narrower:
         return 0
-    return end_lost_runs(rt, node, earliest - MARGIN_MS)
+    try:
+        return end_lost_runs(rt, node, earliest - MARGIN_MS)
+    except ElastaskError:
+        # Not judged (the engine or Redis failed): the next answer judges again (a restart is seen
+        # again: the start known before is put back).
+        with contextlib.suppress(redis.RedisError):
+            if restarted:
+                rt.redis.hset(keys.NODE_STARTS, node.owner_id, known)
+        remember(None if restarted or before is None else before.judged_ms)
+        raise
 
 
 class UptimeAnswer(NamedTuple):
