@@ -8,10 +8,12 @@ Their JSON form is the Celery message's argument, so fields are only ever added,
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from typing import Any
 
 from elastask.core import policy
 from elastask.core.documents import TaskDocument, task_fields
+from elastask.core.intervals import parse_date
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class DispatchJob:
             "not_before": self.not_before,
             "marked_by": list(self.marked_by),
         }
+
+    def leases_end(self) -> datetime | None:
+        """When the last of its tasks' leases runs out (their ``retryAt`` as claimed); None without tasks."""
+        return max((parse_date(task.retry_at) for task in self.tasks), default=None)
 
     def retried_after(self, token: str) -> DispatchJob:
         """This job as its retry carries it, after an execution with ``token`` failed before any push."""

@@ -23,6 +23,7 @@ from elastask.core.clock import epoch_ms
 from elastask.core.intervals import parse_date
 from elastask.core.lanes import Lane, lane_count
 from elastask.core.messages import DispatchJob
+from elastask.entry import dispatch_retries
 from elastask.entry.celeryapp import get_app, process_of
 from elastask.entry.publisher import background_publisher
 from elastask.errors import LedgerError, PushMarkersUnknown, StoreError
@@ -191,11 +192,6 @@ def retry() -> dict[str, Any]:
         return {"ran": False, "error": str(e)}
 
 
-#: A dispatch job that failed before its pushes left (engine or Redis down) is retried this often, this far apart.
-DISPATCH_RETRIES = 10
-DISPATCH_RETRY_MAX_S = 30
-
-
 #: How long a process that stops waits for the pushes queued on its nodes' threads (Kibana answers at
 #: once; a hung node's pushes that already left are ambiguous anyway, their leases decide).
 DRAIN_PUSHES_S = 2.0 + PUSH_WAIT_S
@@ -226,12 +222,13 @@ def _dispatch_argsrepr(job: DispatchJob) -> str:
     return f"([{ids}{more}])"
 
 
-@app.task(name="elastask.dispatch", bind=True, ignore_result=True, max_retries=DISPATCH_RETRIES)
+@app.task(name="elastask.dispatch", bind=True, ignore_result=True, max_retries=None)
 def dispatch(self: Any, message: dict[str, Any]) -> dict[str, int]:
     """Push the tasks one claim cycle claimed for one Kibana node; returns the count per outcome.
 
-    An engine or Redis failure before any push left retries the job (with backoff, its task ids only
-    shown); once pushes left, their outcomes are recorded or left to the leases, never pushed again.
+    An engine or Redis failure before any push left retries the job every second while its leases
+    stand (its task ids only shown); once pushes left, their outcomes are recorded or left to the
+    leases, never pushed again.
     """
     rt, job = runtime(), DispatchJob.from_dict(message)
     try:
@@ -251,10 +248,12 @@ def dispatch(self: Any, message: dict[str, Any]) -> dict[str, int]:
                 on_late=lambda late: record_dispatch(rt, job, late, now),
             )
     except (StoreError, LedgerError) as e:
-        countdown = min(DISPATCH_RETRY_MAX_S, 2**self.request.retries)
-        log.warning("dispatch job for %s failed before pushing, retrying in %ds: %s", job.owner_id, countdown, e)
+        if dispatch_retries.leases_ran_out(rt, job, e):
+            return {"unsent": len(job.tasks)}
+        dispatch_retries.say_retrying(job, self.request.retries or 0, e)
         # Its push markers may have applied (a reply lost): nothing was pushed, the retry takes them as its own.
         retry = (job.retried_after(e.token) if isinstance(e, PushMarkersUnknown) else job).as_dict()
+        countdown = dispatch_retries.EVERY_S
         raise self.retry(args=[retry], exc=e, countdown=countdown, argsrepr=_dispatch_argsrepr(job)) from e
     if job.tasks and log.isEnabledFor(logging.DEBUG):
         started_at = job.tasks[0].body.get("startedAt")
