@@ -48,7 +48,13 @@ def site_overrides() -> dict[str, Any]:
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured from ``settings`` (plus celeryconfig.py overrides)."""
-    app = Celery("elastask", set_as_current=True, include=["elastask.entry.tasks"])
+    # PromptAMQP: a worker that lost Redis reconnects within a second of its return (broker_connection.py).
+    app = Celery(
+        "elastask",
+        set_as_current=True,
+        include=["elastask.entry.tasks"],
+        amqp="elastask.entry.broker_connection:PromptAMQP",
+    )
     app.conf.update(_settings_of(celery_settings))
     app.conf.update(
         broker_url=settings.redis_url.reveal(),
