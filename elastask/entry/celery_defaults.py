@@ -39,6 +39,9 @@ broker_transport_options = {"visibility_timeout": 3600, "queue_order_strategy": 
 worker_soft_shutdown_timeout = 5.0
 # Workers and beat wait for Redis at start-up instead of crashing (Celery 6 changes the default).
 broker_connection_retry_on_startup = True
+# ... and however long it is away: a lost broker connection is retried at least every second
+# (entry/broker_connection.py), so Celery's 100 retries would give up after about 100 s of outage.
+broker_connection_max_retries = None
 # Results are not needed: outcomes live in the task documents. Saves a Redis write per job.
 task_ignore_result = True
 # Task events off until someone watches: Flower turns them on in every worker while it runs (its

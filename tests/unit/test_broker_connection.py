@@ -46,6 +46,16 @@ def test_given_redis_down_when_the_consumer_reconnects_then_it_retries_at_least_
     assert waits[0] == 0.0, waits
 
 
+def test_given_the_prompt_retries_then_the_consumer_never_gives_up_on_redis(tmp_path: Path) -> None:
+    # Celery's 100 retries a second apart would end a worker after ~100 s of outage (kombu's own
+    # waits, up to 30 s apart, made that ~45 minutes).
+    from elastask.entry.celeryapp import create_app
+
+    path = tmp_path / "elastask.yaml"
+    path.write_text("redis:\n  url: redis://127.0.0.1:6379/0\n")
+    assert create_app(load_settings(path, env={})).conf.broker_connection_max_retries is None
+
+
 def test_given_intervals_in_the_transport_options_then_they_decide(tmp_path: Path) -> None:
     waits = _reconnect_waits(tmp_path, {"interval_start": 0.1, "interval_step": 0.1, "interval_max": 0.2})
     assert waits == [0.1, 0.2, 0.2], waits
