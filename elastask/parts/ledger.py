@@ -20,6 +20,7 @@ callers rely on, so the cap and its fences are read in one place.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,7 +184,8 @@ class Ledger:
     def mark_built(self, now: datetime) -> None:
         """Record that the ledger now mirrors the engine, on this Redis server."""
         with redis_errors("writing the ledger's epoch"):
-            self.client.set(keys.LEDGER_EPOCH, f"{epoch_ms(now)}@{self._server_id()}")
+            # The nonce: two rebuilds on one server in one millisecond (a flush between them) are two epochs.
+            self.client.set(keys.LEDGER_EPOCH, f"{epoch_ms(now)}.{secrets.token_hex(4)}@{self._server_id()}")
 
     def _server_id(self) -> str:
         """The Redis server's ``run_id`` (new after a restart; another one after a failover)."""

@@ -108,3 +108,39 @@ def test_the_scripts_survive_a_flushed_script_cache(redis_client: redis.Redis) -
     ledger = Ledger(redis_client)
     redis_client.script_flush()
     assert ledger.reserve("kibana:a", 20, [("t", 2, NOW + timedelta(minutes=1))], NOW) == {"t"}
+
+
+def test_given_data_from_another_server_then_no_push_is_switched_off(redis_client: redis.Redis) -> None:
+    """The push markers' one switch checks, in the same script, that the ledger was built on this very
+    server: a Sentinel failover between a caller's check (``claims_current``) and the script leaves a
+    promoted replica holding the old master's epoch and claim markers but maybe not its last push
+    markers, and a missing push marker there proves no push absent (the task would be given back while
+    it runs: a second run). Found by reading the simulation's seed 140115 (0.8.7)."""
+    from elastask import keys
+    from elastask.parts.scripts import register
+
+    switch_off = register(redis_client, "switch_off")
+    ledger = Ledger(redis_client)
+
+    def claim(doc_id: str, epoch: bytes) -> list[str]:
+        redis_client.set(keys.LEDGER_EPOCH, epoch)
+        redis_client.set(keys.claim_marker(doc_id, 5), epoch)
+        return [keys.LEDGER_EPOCH, keys.claim_marker(doc_id, 5), keys.push_marker(doc_id, 5)]
+
+    ledger.mark_built(NOW)
+    here = redis_client.get(keys.LEDGER_EPOCH)
+    assert isinstance(here, bytes) and ledger.claims_current()
+    assert switch_off(keys=claim("t-here", here), args=[b"given-back", 60_000]) == [1]  # the control
+    replicated = here.rsplit(b"@", 1)[0] + b"@" + b"0" * 40  # the old master's run_id
+    assert switch_off(keys=claim("t-promoted", replicated), args=[b"given-back", 60_000]) == [0]
+    assert redis_client.get(keys.push_marker("t-promoted", 5)) is None
+
+
+def test_two_rebuilds_in_one_millisecond_are_two_epochs(redis_client: redis.Redis) -> None:
+    """A claim marker of the ledger before a flush never matches the ledger rebuilt after it."""
+    ledger = Ledger(redis_client)
+    ledger.mark_built(NOW)
+    first = redis_client.get("elastask:ledger:epoch")
+    redis_client.flushall()
+    ledger.mark_built(NOW)
+    assert redis_client.get("elastask:ledger:epoch") != first
