@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.8.7"
+__version__ = "0.8.8"
 
 
 def __getattr__(name: str) -> Any:

@@ -7,12 +7,14 @@ nodes mid-run and brings them back as new processes (elastask_bed/chaos/recordin
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+import redis
 
 from elastask import keys
 from elastask.core.clock import epoch_ms
-from elastask.errors import StoreError
+from elastask.errors import LedgerError, StoreError
 from elastask.loops.retry import node_restarts
 from elastask.parts.kibana import Uptime
 from elastask.parts.ledger import reservation_token
@@ -284,4 +286,65 @@ def test_given_the_engine_failed_when_a_restart_was_seen_then_the_next_answer_ju
 
     monkeypatch.setattr(rt.store, "search_hits", search)
     assert node_restarts.check_restart(rt, node_of(rt)) == 1  # the next answer
+    assert held(rt) == set()
+
+
+def failing_once(monkeypatch: pytest.MonkeyPatch, rt: Runtime, where: str) -> None:
+    """The next read of the ledger's epoch (``where="epoch"``) or of the claim and push markers
+    (``where="markers"``) loses its reply, as a dropped connection does; the ones after answer."""
+    if where == "epoch":
+        current = rt.ledger.claims_current
+        calls = iter([True])
+
+        def claims_current() -> bool:
+            if next(calls, False):
+                raise LedgerError("Redis, reading the ledger's epoch: ConnectionError: connection lost")
+            return current()
+
+        monkeypatch.setattr(rt.ledger, "claims_current", claims_current)
+        return
+    pipeline, failed = rt.redis.pipeline, []
+
+    def losing_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def execute_once(*eargs: Any, **ekwargs: Any) -> Any:
+            reads_markers = any(str(a).startswith("elastask:pushed:") for cmd in pipe.command_stack for a in cmd[0])
+            if reads_markers and not failed:
+                failed.append(True)
+                raise redis.ConnectionError("connection lost after the command applied")
+            return execute(*eargs, **ekwargs)
+
+        pipe.execute = execute_once
+        return pipe
+
+    monkeypatch.setattr(rt.redis, "pipeline", losing_pipeline)
+
+
+@pytest.mark.parametrize("where", ["epoch", "markers"])
+def test_given_redis_failed_while_the_markers_were_read_then_a_never_pushed_lease_counts_no_attempt(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Found by the simulation (`elastask simulate --seed 180047 --seeds 1 --trace`, 0.8.7): a restart
+    # ended a lease elastask claimed and never pushed while Redis's reply to the markers' read was lost;
+    # the lease counted its attempt, and the task was pushed next with attempts 2 after no push at all.
+    restarted = datetime.now(UTC) - timedelta(seconds=20)
+    rt.redis.hset(keys.NODE_STARTS, OWNER, str(epoch_ms(restarted - timedelta(hours=1))))
+    running(engine, rt, "task:never-pushed", restarted - timedelta(seconds=30))
+    rt.ledger.mark_claims([("task:never-pushed", engine.docs["task:never-pushed"]["_seq_no"], 60_000)])
+    scripted_uptime(monkeypatch, rt, 20_000)
+    failing_once(monkeypatch, rt, where)
+
+    # When the restart is seen and the markers cannot be read: the lease is not judged now.
+    with pytest.raises(LedgerError):
+        node_restarts.check_restart(rt, node_of(rt))
+    task = engine.docs["task:never-pushed"]["_source"]["task"]
+    assert task["status"] == "running" and task["attempts"] == 1
+    assert held(rt) == {"task:never-pushed"}
+
+    # Then the next answer judges it again, with Redis answering: never pushed, its attempt comes back.
+    assert node_restarts.check_restart(rt, node_of(rt)) == 1
+    task = engine.docs["task:never-pushed"]["_source"]["task"]
+    assert task["status"] == "idle" and task["attempts"] == 0
     assert held(rt) == set()

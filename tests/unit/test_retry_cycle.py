@@ -6,10 +6,13 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from elastask import keys
 from elastask.core.documents import new_task
 from elastask.core.intervals import format_date
 from elastask.core.messages import DispatchJob
+from elastask.errors import LedgerError
 from elastask.loops.claim.loop import claim_available_tasks
 from elastask.loops.dispatch.job import push_claimed_tasks
 from elastask.loops.retry.loop import retry_expired_leases
@@ -209,3 +212,32 @@ def test_given_redis_lost_its_data_since_the_claim_then_a_lease_expiry_counts_th
 
     assert {k: n for k, n in summary.outcomes.items() if n} == {"failed": 1}
     assert status(engine, "task:lost-0")["status"] == "failed"
+
+
+def test_given_redis_failing_while_the_markers_are_read_then_a_never_pushed_claim_waits_for_the_next_cycle(
+    engine: StubEngine, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An expired lease elastask claimed and never pushed (its claim marker, no push marker), and the
+    # reply to the markers' read lost: ended now, it would count an attempt never made (the simulation's
+    # seed 180047 found it at a node restart, which shares this read; tests/unit/test_node_restarts.py).
+    now = datetime.now(UTC)
+    leased(engine, "task:never-pushed", attempts=1, retry_at=now - timedelta(seconds=10))
+    rt.ledger.mark_built(now)
+    rt.ledger.mark_claims([("task:never-pushed", engine.docs["task:never-pushed"]["_seq_no"], 60_000)])
+    current = rt.ledger.claims_current
+    monkeypatch.setattr(rt.ledger, "claims_current", lambda: _raise(LedgerError("Redis, reading the epoch: lost")))
+
+    with pytest.raises(LedgerError):
+        retry_expired_leases(rt, now)
+    assert status(engine, "task:never-pushed")["status"] == "running"
+    assert status(engine, "task:never-pushed")["attempts"] == 1
+
+    monkeypatch.setattr(rt.ledger, "claims_current", current)  # Redis answers again
+    summary = retry_expired_leases(rt, now)  # the next cycle: the lock was let go
+    assert summary.outcomes["returned"] == 1
+    assert status(engine, "task:never-pushed")["status"] == "idle"
+    assert status(engine, "task:never-pushed")["attempts"] == 0
+
+
+def _raise(error: Exception) -> bool:
+    raise error
